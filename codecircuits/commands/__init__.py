@@ -1,0 +1,1 @@
+"""Sub-commands of the ``codecircuits`` CLI, one module each (see ``codecircuits.cli``)."""

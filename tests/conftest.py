@@ -1,0 +1,42 @@
+"""Shared fixtures: the architecture test matrix of tiny random models (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from codecircuits.testing import FAMILIES, save_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """family -> directory of a saved tiny random model (with tokenizer)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {fam: save_tiny_model(fam, root / fam) for fam in FAMILIES}
+
+
+_MODELS: dict = {}
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(family, tiny_dirs):
+    """The tiny model of ``family``, loaded through load_model (cached for the session)."""
+    from codecircuits import load_model
+
+    if family not in _MODELS:
+        _MODELS[family] = load_model(tiny_dirs[family], device="cpu")
+    return _MODELS[family]
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (smollm2-135m); tests using it are marked slow."""
+    from codecircuits import load_model
+
+    if "default" not in _MODELS:
+        _MODELS["default"] = load_model("smollm2-135m", device="cpu")
+    return _MODELS["default"]
