@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+
+from codecircuits import HookNameError, InputError
+from codecircuits.inputs import check_hook_names, check_pair_lengths, paired_tokens, single_token_id, to_tokens
+
+
+def test_hook_name_typo(tiny):
+    with pytest.raises(HookNameError, match="blocks.0.attn.hook_z"):
+        check_hook_names(tiny, "blocks.0.attn.hook_zz")
+    assert check_hook_names(tiny, ["blocks.0.attn.hook_z"]) == ["blocks.0.attn.hook_z"]
+
+
+def test_different_lengths(tiny):
+    with pytest.raises(InputError, match="differ by"):
+        paired_tokens(tiny, ["print(1)"], ["print(str(12345))"])
+    with pytest.raises(InputError, match="pair 0"):
+        check_pair_lengths(tiny, ["print(1)"], ["print(str(12345))"])
+    with pytest.raises(InputError, match="different token lengths"):
+        to_tokens(tiny, ["a", "print(str(1))"])
+
+
+def test_single_token_label(tiny):
+    assert isinstance(single_token_id(tiny, ")))"), int)
+    with pytest.raises(InputError, match="not a single token"):
+        single_token_id(tiny, "print(str(")
