@@ -1,0 +1,5 @@
+"""Tasks: prompts with labels and counterfactual pairs (``from codecircuits.tasks import parens``)."""
+
+from . import parens
+
+__all__ = ["parens"]
