@@ -1,0 +1,347 @@
+"""Activation patching sweeps that recompute only what a patch can change.
+
+A sweep patches one component at a time (a residual position, a head, a neuron, ...) from a *source* run into
+a *receiver* run and records a metric on the receiver's logits for every cell. ``transformer_lens.patching``
+runs one full forward per cell; this engine gives the same numbers with far less work:
+
+1. cells are stacked along the batch dimension, in chunks sized from a memory budget;
+2. a cell patched at layer ``l`` starts at layer ``l`` from the receiver's cached residual, and layers before
+   ``l`` are not run at all (the bridge's own ``start_at_layer`` still runs them, so we skip them ourselves);
+3. positions before the patched position are identical to the receiver run in every layer, so their keys
+   and values come from the receiver's KV cache and only the later positions are run;
+4. a cell that patches only positions before the first token where clean and corrupted differ changes
+   nothing: its value is the receiver's baseline, exactly, and it is not run.
+
+Metrics map logits ``[batch, pos, vocab]`` to per-example values ``[batch]`` and stay on the device until the
+sweep ends.
+
+    >>> res = sweep(model, clean, corrupted, metric, site="resid_pre")      # [layer, pos]
+    >>> res.recovery                                                          # 0 = no effect, 1 = full effect
+    >>> res.top(5)
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .errors import InputError
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Per-cell metric values of a patching or ablation sweep.
+
+    Attributes:
+        per_example: ``[*axes, batch]`` metric of every cell on every example.
+        axes: names of the leading axes of ``per_example`` (e.g. ``("layer", "pos")``).
+        base: ``[batch]`` metric of the run that receives the intervention, untouched.
+        source: ``[batch]`` metric of the donor run (patching), or ``None`` (ablation).
+        labels: for each axis, a label per index: ints (the layer or head numbers swept) or strings
+            (e.g. the token at each position).
+        site: the hook site that was intervened on (``"resid_pre"``, ``"z"``, ...).
+        method: how, e.g. ``"patch clean->corrupted"`` or ``"ablate zero"``.
+    """
+
+    per_example: torch.Tensor
+    axes: tuple[str, ...]
+    base: torch.Tensor
+    source: torch.Tensor | None = None
+    labels: dict = field(default_factory=dict)
+    site: str = ""
+    method: str = ""
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``[*axes]`` the metric averaged over examples."""
+        return self.per_example.mean(-1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.per_example.shape[:-1])
+
+    @property
+    def effect(self) -> torch.Tensor:
+        """``[*axes]`` mean change of the metric caused by each cell's intervention."""
+        return self.values - self.base.mean()
+
+    @property
+    def recovery(self) -> torch.Tensor:
+        """``[*axes]`` normalised effect: 0 = the receiver's baseline, 1 = the source's value.
+
+        For clean-into-corrupted patching this is the usual fraction of the clean metric restored,
+        ``(patched - corrupted) / (clean - corrupted)`` (on means over examples).
+        """
+        if self.source is None:
+            raise InputError("This result has no source run (an ablation sweep): use .effect or .values.")
+        denom = self.source.mean() - self.base.mean()
+        if denom.abs() < 1e-12:
+            raise InputError(
+                "The source and receiver runs give the same mean metric, so recovery is undefined: "
+                "choose a metric or prompts on which clean and corrupted differ."
+            )
+        return self.effect / denom
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per cell: an index column per axis (plus its label), value, effect and recovery."""
+        shape = self.shape
+        grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij") if shape else []
+        data: dict[str, object] = {}
+        for ax, g in zip(self.axes, grids):
+            idx = g.reshape(-1).tolist()
+            labs = self.labels.get(ax)
+            if labs is not None and all(isinstance(x, int) for x in labs):
+                data[ax] = [labs[i] for i in idx]  # e.g. the real layer numbers of a subset of layers
+            else:
+                data[ax] = idx
+                if labs is not None:
+                    data[f"{ax}_label"] = [labs[i] for i in idx]
+        data["value"] = self.values.reshape(-1).detach().cpu().tolist()
+        data["effect"] = self.effect.reshape(-1).detach().cpu().tolist()
+        if self.source is not None:
+            data["recovery"] = self.recovery.reshape(-1).detach().cpu().tolist()
+        return pd.DataFrame(data)
+
+    def top(self, k: int = 10, *, by: str | None = None, absolute: bool = True) -> pd.DataFrame:
+        """The ``k`` cells with the largest (absolute) ``by`` column: recovery for patching, effect otherwise."""
+        df = self.to_dataframe()
+        by = by or ("recovery" if self.source is not None else "effect")
+        if by not in df.columns:
+            raise InputError(f"Cannot rank by {by!r}: choose one of {', '.join(df.columns)}.")
+        key = df[by].abs() if absolute else df[by]
+        return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
+
+    def heatmap(self, *, of: str | None = None, title: str | None = None, cell: int = 18) -> str:
+        """A self-contained SVG heatmap (2-D results; 3-D results are drawn with the last two axes merged).
+
+        ``of`` is ``"recovery"`` (default for patching), ``"effect"`` (default for ablation) or ``"value"``.
+        Returns the SVG markup; write it to a ``.svg`` file or embed it in HTML.
+        """
+        of = of or ("recovery" if self.source is not None else "effect")
+        grid = {"recovery": self.recovery if of == "recovery" else None, "effect": self.effect, "value": self.values}
+        if of not in grid:
+            raise InputError(f"heatmap(of={of!r}): choose 'recovery', 'effect' or 'value'.")
+        t = (grid[of] if grid[of] is not None else self.recovery).detach().float().cpu()
+        if t.dim() == 1:
+            t = t.unsqueeze(1)
+        elif t.dim() > 2:
+            t = t.reshape(t.shape[0], -1)
+        rows, cols = t.shape
+        vmax = float(t.abs().max()) or 1.0
+        left, top = 70, 30
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + cols * cell + 10}" '
+            f'height="{top + rows * cell + 40}" font-family="sans-serif" font-size="10">',
+            f'<text x="{left}" y="14">{html.escape(title or f"{self.method} {self.site}: {of}")}</text>',
+        ]
+        for i in range(rows):
+            parts.append(f'<text x="{left - 4}" y="{top + i * cell + cell * 0.7}" text-anchor="end">{i}</text>')
+            for j in range(cols):
+                v = float(t[i, j])
+                a = min(1.0, abs(v) / vmax)
+                rgb = (255, int(255 * (1 - a)), int(255 * (1 - a))) if v >= 0 else (int(255 * (1 - a)),) * 2 + (255,)
+                parts.append(
+                    f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
+                    f'fill="rgb{rgb}"><title>{self.axes[0]} {i}, {j}: {v:.4g}</title></rect>'
+                )
+        ax_name = " x ".join(self.axes[1:]) or "value"
+        parts.append(f'<text x="{left}" y="{top + rows * cell + 16}">{html.escape(ax_name)} →  (±{vmax:.3g})</text>')
+        parts.append("</svg>")
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape))
+        return f"SweepResult({self.method} {self.site}: [{dims}], batch={self.per_example.shape[-1]})"
+
+
+def _check_metric_output(out, batch: int) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"The metric must return a tensor of per-example values [batch]; it returned {type(out)}.")
+    if out.dim() == 0 or out.shape[0] != batch or out.dim() > 1:
+        raise InputError(
+            f"The metric must return one value per example, shape [{batch}]; it returned shape {tuple(out.shape)}. "
+            "Average inside the metric only over positions/vocab, not over the batch."
+        )
+    return out
+
+
+def position_labels(model, tokens: torch.Tensor) -> tuple[str, ...]:
+    """Labels ``"i:token"`` for the positions of the first example."""
+    try:
+        toks = model.tokenizer.convert_ids_to_tokens(tokens[0].tolist())
+    except Exception:  # a model without tokenizer
+        toks = [str(int(t)) for t in tokens[0]]
+    return tuple(f"{i}:{t}" for i, t in enumerate(toks))
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the engine: run only the layers and positions a patch can change
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk
+
+
+def _parse_budget(budget) -> int:
+    if budget is None:
+        return DEFAULT_MEMORY_BUDGET
+    if isinstance(budget, (int, float)):
+        if budget <= 0:
+            raise InputError(f"memory_budget must be positive, got {budget}.")
+        return int(budget)
+    s = str(budget).strip().upper().replace("IB", "B")
+    for unit, mult in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("B", 1)):
+        if s.endswith(unit):
+            try:
+                return int(float(s[: -len(unit)]) * mult)
+            except ValueError:
+                break
+    raise InputError(f"Cannot read memory_budget={budget!r}: give bytes (an int) or a string like '2GB' or '500MB'.")
+
+
+def _skip_block(returns_tuple: bool):
+    def forward(*args, **kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        return (x,) if returns_tuple else x
+
+    return forward
+
+
+class Receiver:
+    """One cached forward of the prompts that receive interventions: the residual entering every layer,
+    the logits and the Hugging Face key/value cache. :meth:`run` then runs a batch of rows (each row one
+    of these prompts, with interventions installed as hooks) from layer ``layer`` and position ``start``
+    only, reusing the cached keys and values of the earlier positions and skipping the earlier layers.
+    """
+
+    def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = ()):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.tokens = tokens
+        self.n_layers = int(model.cfg.n_layers)
+        names = {f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)} | set(extra_names)
+        self.kv = DynamicCache(config=model.original_model.config)
+        seen: dict[str, bool] = {}
+        handle = model.blocks[0].register_forward_hook(lambda mod, a, o: seen.__setitem__("tuple", type(o) is tuple))
+        try:
+            with torch.no_grad():
+                self.logits, self.cache = model.run_with_cache(
+                    tokens, names_filter=lambda n: n in names, past_key_values=self.kv
+                )
+        finally:
+            handle.remove()
+        self._returns_tuple = seen.get("tuple", False)
+        if self.kv.get_seq_length() != tokens.shape[1]:
+            raise RuntimeError(
+                f"The model's key/value cache holds {self.kv.get_seq_length()} positions after a forward over "
+                f"{tokens.shape[1]}; this architecture does not fill a Hugging Face DynamicCache, so prefix reuse "
+                "cannot work. Pass reuse_prefix=False."
+            )
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.cache[name]
+
+    def run(self, layer: int, start: int, rows: torch.Tensor, fwd_hooks, *, resid: torch.Tensor | None = None):
+        """Logits ``[len(rows), pos, vocab]`` of the receiver prompts ``rows`` with ``fwd_hooks`` installed.
+
+        Only layers ``>= layer`` and positions ``>= start`` are computed (hooks see those positions only: a
+        hook's position ``i`` is the prompt's position ``start + i``); the earlier positions' logits are the
+        cached receiver logits. ``resid`` overrides the residual entering ``layer`` at positions ``>= start``.
+        """
+        from transformers import DynamicCache
+
+        model = self.model
+        if resid is None:
+            resid = self.cache[f"blocks.{layer}.hook_resid_pre"][rows, start:]
+        sub = None
+        if start > 0:
+            sub = DynamicCache(config=model.original_model.config)
+            for i, lay in enumerate(self.kv.layers):
+                if i < layer:  # skipped layers never read their cache; only the length of layer 0 matters
+                    k = lay.keys[:1, :, :start].expand(len(rows), -1, -1, -1)
+                    v = lay.values[:1, :, :start].expand(len(rows), -1, -1, -1)
+                else:
+                    k, v = lay.keys[rows, :, :start], lay.values[rows, :, :start]
+                sub.update(k.contiguous() if i >= layer else k, v.contiguous() if i >= layer else v, i)
+        skipped = [model.blocks[i] for i in range(layer)]
+        fwd = _skip_block(self._returns_tuple)
+        for b in skipped:
+            object.__setattr__(b, "forward", fwd)
+        try:
+            with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+                kwargs = {"past_key_values": sub} if sub is not None else {"use_cache": False}
+                out = model(resid, start_at_layer=layer, **kwargs)
+        finally:
+            for b in skipped:
+                object.__delattr__(b, "forward")
+        if start > 0:
+            out = torch.cat([self.logits[rows, :start], out], dim=1)
+        return out
+
+    def row_bytes(self, start: int) -> int:
+        """Rough activation bytes one row needs when run from ``start`` (for chunk sizing)."""
+        cfg = self.model.cfg
+        s = self.n_pos - start
+        per_pos = cfg.d_vocab + 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * self.n_pos
+        return 4 * (s * per_pos + self.n_pos * cfg.d_vocab)
+
+
+def run_cells(
+    receiver: Receiver,
+    metric: Metric,
+    layer: int,
+    start: int,
+    n_cells: int,
+    make_hooks: Callable[[torch.Tensor, torch.Tensor], list],
+    *,
+    memory_budget=None,
+    pbar=None,
+) -> torch.Tensor:
+    """Metric ``[n_cells, n_examples]`` of ``n_cells`` interventions at one layer, batched in chunks.
+
+    ``make_hooks(cell_of_row, example_of_row)`` returns the forward hooks for a chunk whose batch rows are
+    ``(cell, example)`` pairs, cell-major. Every cell must leave the receiver's positions ``< start`` and its
+    layers ``< layer`` unchanged.
+    """
+    n_ex = receiver.n_examples
+    device = receiver.tokens.device
+    per_chunk = max(1, _parse_budget(memory_budget) // (receiver.row_bytes(start) * n_ex))
+    out = []
+    for c0 in range(0, n_cells, per_chunk):
+        c1 = min(n_cells, c0 + per_chunk)
+        cells = torch.arange(c0, c1, device=device)
+        cell_of_row = cells.repeat_interleave(n_ex)
+        ex_of_row = torch.arange(n_ex, device=device).repeat(c1 - c0)
+        logits = receiver.run(layer, start, ex_of_row, make_hooks(cell_of_row, ex_of_row))
+        vals = _check_metric_output(metric(logits), len(ex_of_row))
+        out.append(vals.detach().reshape(c1 - c0, n_ex))
+        if pbar is not None:
+            pbar.update(c1 - c0)
+    return torch.cat(out) if out else torch.empty(0, n_ex, device=device)
+
+
+def _progress(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
