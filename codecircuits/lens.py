@@ -9,6 +9,8 @@ That is the lens of Yu & Ananiadou, Miller et al. and Geva et al.'s agreement (M
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from jaxtyping import Float
 
@@ -24,7 +26,7 @@ def final_scale(cache, pos: int | None = -1) -> torch.Tensor:
     return scale if pos is None else scale[:, pos]
 
 
-def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor) -> torch.Tensor:
+def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor) -> torch.Tensor:  # noqa: F722
     """Normalise ``x`` as the final norm would, with its scale frozen to ``scale`` (broadcast against ``x``)."""
     if is_layernorm(model):
         x = x - x.mean(-1, keepdim=True)
@@ -32,10 +34,267 @@ def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.
 
 
 def to_logits(
-    model, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor, *, include_bias: bool = True
-) -> Float[torch.Tensor, "... d_vocab"]:
+    model,
+    x: Float[torch.Tensor, "... d_model"],  # noqa: F722
+    scale: torch.Tensor,
+    *,
+    include_bias: bool = True,
+) -> Float[torch.Tensor, "... d_vocab"]:  # noqa: F722
     """Logits of residual-stream vector(s) ``x`` with the final scale frozen (``include_bias`` adds ``b_U``)."""
     out = apply_final_norm(model, x, scale) @ model.W_U
     if include_bias and getattr(model, "b_U", None) is not None:
         out = out + model.b_U
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logit lens of a logit difference, and direct contributions of sublayers and heads (Miller et al., METHODS §2)
+
+
+def _as_ids(ids, batch: int, device) -> torch.Tensor:
+    from .errors import InputError
+
+    t = torch.as_tensor(ids, device=device).long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise InputError(f"Got {t.numel()} token ids for {batch} prompts: pass one id per prompt (or a single id).")
+    return t
+
+
+def _check_ids_in_vocab(model, *ids: torch.Tensor) -> None:
+    from .errors import InputError
+
+    for t in ids:
+        if t.numel() and (t.min() < 0 or t.max() >= model.cfg.d_vocab):
+            raise InputError(f"Token ids must lie in [0, {model.cfg.d_vocab}); got {t.min().item()}..{t.max().item()}.")
+
+
+_LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+
+
+def run_cache(model, tokens, *, names=_LENS_HOOKS, extra: tuple[str, ...] = ()):
+    """Logits and a cache with the hooks the lens methods read (plus ``extra`` hook-name suffixes), no grad."""
+    from .inputs import to_tokens
+
+    tokens = to_tokens(model, tokens)
+    want = tuple(names) + tuple(extra)
+
+    def keep(name: str) -> bool:
+        return name == "ln_final.hook_scale" or name in ("hook_embed", "hook_pos_embed") or name.endswith(want)
+
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=keep)
+    return logits, cache
+
+
+def _direction(model, correct: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """``[batch, d_model]``: ``W_U[:, correct] - W_U[:, wrong]`` (the logit-difference direction)."""
+    return (model.W_U[:, correct] - model.W_U[:, wrong]).T
+
+
+@dataclass(frozen=True)
+class LogitDiffLens:
+    """Logit difference (correct minus wrong token) read from the residual stream at every layer.
+
+    ``values[site, batch]`` with ``sites[i] = (layer, "pre" | "post")``: the residual at ``hook_resid_pre`` /
+    ``hook_resid_post`` of that layer, read with the final norm's scale frozen from the clean run (``b_U``
+    included). ``final[batch]`` is the model's own logit difference (equal to the last ``post`` site).
+    """
+
+    values: torch.Tensor
+    sites: tuple[tuple[int, str], ...]
+    final: torch.Tensor
+    pos: int
+    axes: tuple[str, ...] = ("site", "batch")
+
+    @property
+    def labels(self) -> list[str]:
+        return [f"{layer} {kind}" for layer, kind in self.sites]
+
+    def mean(self) -> torch.Tensor:
+        return self.values.mean(-1)
+
+    def post(self) -> torch.Tensor:
+        """``[layer, batch]``: the values at ``hook_resid_post`` only."""
+        idx = [i for i, (_, k) in enumerate(self.sites) if k == "post"]
+        return self.values[idx]
+
+    def emergence_layer(self, fraction: float = 0.5) -> int | None:
+        """First layer from whose ``resid_post`` on the mean logit difference stays >= ``fraction`` × its final
+        value (None if the final mean is not positive)."""
+        curve = self.post().mean(-1)
+        final = float(self.final.mean())
+        if final <= 0:
+            return None
+        ok = (curve >= fraction * final).tolist()
+        for layer in range(len(ok)):
+            if all(ok[layer:]):
+                return layer
+        return None
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        m, s = self.values.mean(-1), self.values.std(-1) if self.values.shape[-1] > 1 else self.values[:, 0] * 0
+        return pd.DataFrame(
+            dict(
+                layer=[x for x, _ in self.sites],
+                site=[k for _, k in self.sites],
+                logit_diff=m.tolist(),
+                std=s.tolist(),
+            )
+        )
+
+    def top(self, k: int = 5):
+        return self.to_dataframe().sort_values("logit_diff", ascending=False).head(k)
+
+
+def logit_diff_lens(model, tokens, correct, wrong, *, pos: int = -1, cache=None, logits=None) -> LogitDiffLens:
+    """Logit lens of ``logit[correct] - logit[wrong]`` at every ``resid_pre`` and ``resid_post`` (METHODS §2.1).
+
+    ``correct``/``wrong``: one token id per prompt (or one for all). The final norm's scale is frozen from this
+    clean run at ``pos``. Pass ``cache``/``logits`` from :func:`run_cache` to reuse a forward pass.
+    """
+    if cache is None:
+        logits, cache = run_cache(model, tokens)
+    batch = cache["blocks.0.hook_resid_pre"].shape[0]
+    dev = cache["blocks.0.hook_resid_pre"].device
+    c, w = _as_ids(correct, batch, dev), _as_ids(wrong, batch, dev)
+    _check_ids_in_vocab(model, c, w)
+    scale = final_scale(cache, pos)
+    direction = _direction(model, c, w)
+    b = (model.b_U[c] - model.b_U[w]) if getattr(model, "b_U", None) is not None else 0.0
+    vals, sites = [], []
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            for kind in ("pre", "post"):
+                x = apply_final_norm(model, cache[f"blocks.{layer}.hook_resid_{kind}"][:, pos], scale)
+                vals.append((x * direction).sum(-1) + b)
+                sites.append((layer, kind))
+        if logits is None:
+            final = vals[-1]
+        else:
+            ar = torch.arange(batch, device=dev)
+            final = logits[ar, pos, c] - logits[ar, pos, w]
+    return LogitDiffLens(torch.stack(vals).detach(), tuple(sites), final.detach(), pos)
+
+
+@dataclass(frozen=True)
+class SublayerContributions:
+    """Direct contribution of each sublayer to the logit difference, through the frozen final norm.
+
+    ``attn[layer, batch]`` and ``mlp[layer, batch]`` (``hook_attn_out`` / ``hook_mlp_out``), ``embed[batch]``
+    (token plus positional embeddings) and ``bias[batch]`` (the ``b_U`` difference); they sum exactly to the
+    model's logit difference ``total[batch]``.
+    """
+
+    attn: torch.Tensor
+    mlp: torch.Tensor
+    embed: torch.Tensor
+    bias: torch.Tensor
+    total: torch.Tensor
+    pos: int
+    axes: tuple[str, ...] = ("layer", "batch")
+
+    def attn_share(self) -> float:
+        """Share of |direct effect| that attention sublayers carry: sum|attn| / (sum|attn| + sum|mlp|) of means."""
+        a = self.attn.mean(-1).abs().sum()
+        m = self.mlp.mean(-1).abs().sum()
+        return float(a / (a + m)) if float(a + m) > 0 else float("nan")
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        for layer in range(self.attn.shape[0]):
+            rows.append(
+                dict(component=f"L{layer} attn", layer=layer, kind="attn", value=float(self.attn[layer].mean()))
+            )
+            rows.append(dict(component=f"L{layer} mlp", layer=layer, kind="mlp", value=float(self.mlp[layer].mean())))
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5):
+        df = self.to_dataframe()
+        return df.reindex(df.value.abs().sort_values(ascending=False).index).head(k)
+
+
+def sublayer_contributions(model, tokens, correct, wrong, *, pos: int = -1, cache=None) -> SublayerContributions:
+    """Each attention and MLP sublayer's direct effect on ``logit[correct] - logit[wrong]`` (METHODS §2.2)."""
+    if cache is None:
+        _, cache = run_cache(model, tokens)
+    resid0 = cache["blocks.0.hook_resid_pre"]
+    batch, dev = resid0.shape[0], resid0.device
+    c, w = _as_ids(correct, batch, dev), _as_ids(wrong, batch, dev)
+    _check_ids_in_vocab(model, c, w)
+    scale = final_scale(cache, pos)
+    direction = _direction(model, c, w)
+
+    def read(x):
+        return (apply_final_norm(model, x[:, pos], scale) * direction).sum(-1)
+
+    with torch.no_grad():
+        attn = torch.stack([read(cache[f"blocks.{i}.hook_attn_out"]) for i in range(model.cfg.n_layers)])
+        mlp = torch.stack([read(cache[f"blocks.{i}.hook_mlp_out"]) for i in range(model.cfg.n_layers)])
+        embed = read(resid0)
+        bias = (model.b_U[c] - model.b_U[w]) if getattr(model, "b_U", None) is not None else torch.zeros_like(embed)
+        total = read(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]) + bias
+    return SublayerContributions(attn.detach(), mlp.detach(), embed.detach(), bias.detach(), total.detach(), pos)
+
+
+@dataclass(frozen=True)
+class HeadLogits:
+    """Direct logits of every attention head onto a few tokens: ``values[batch, layer, head, token]``.
+
+    A head's output ``z @ W_O`` at ``pos`` is read through the unembedding, with the final norm's scale frozen
+    (``frozen_scale=True``) or raw as in the paper's code (``result @ W_U``); no bias.
+    """
+
+    values: torch.Tensor
+    token_ids: tuple[int, ...]
+    token_labels: tuple[str, ...]
+    frozen_scale: bool
+    pos: int
+    axes: tuple[str, ...] = ("batch", "layer", "head", "token")
+
+    def logit_diff(self, correct_index: torch.Tensor, wrong_index: torch.Tensor) -> torch.Tensor:
+        """``[batch, layer, head]``: each head's direct logit difference between two of its tokens (indices into
+        ``token_ids``), one pair per prompt."""
+        ar = torch.arange(self.values.shape[0])
+        return self.values[ar, :, :, correct_index] - self.values[ar, :, :, wrong_index]
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        m = self.values.mean(0)
+        rows = []
+        for layer in range(m.shape[0]):
+            for h in range(m.shape[1]):
+                row = dict(head=f"L{layer}H{h}", layer=layer, head_index=h)
+                row.update({lab: float(m[layer, h, i]) for i, lab in enumerate(self.token_labels)})
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5, token: int = 0):
+        """The ``k`` heads with the largest mean direct logit on the ``token``-th token."""
+        return self.to_dataframe().sort_values(self.token_labels[token], ascending=False).head(k)
+
+
+def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool = True, cache=None) -> HeadLogits:
+    """Per-head direct logit attribution at ``pos`` onto ``token_ids`` (METHODS §2.3), from ``attn.hook_z``."""
+    if cache is None:
+        _, cache = run_cache(model, tokens)
+    ids = torch.as_tensor(list(token_ids)).long()
+    _check_ids_in_vocab(model, ids)
+    scale = final_scale(cache, pos) if frozen_scale else None
+    w_u = model.W_U[:, ids.to(model.W_U.device)]  # [d_model, token]
+    out = []
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"][:, pos]  # [batch, head, d_head]
+            res = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer])
+            if frozen_scale:
+                res = apply_final_norm(model, res, scale[:, None])
+            out.append(res @ w_u)
+    labels = tuple(model.tokenizer.decode([i]) for i in ids.tolist())
+    return HeadLogits(torch.stack(out, 1).detach(), tuple(ids.tolist()), labels, frozen_scale, pos)

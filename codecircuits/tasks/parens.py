@@ -380,3 +380,125 @@ def pairs(
     if not out:
         raise InputError(f"No counterfactual pairs could be built (strategy {strategy!r}) for this tokenizer.")
     return ParenPairs(tuple(out), strategy)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts mined from real code
+
+
+@dataclass(frozen=True)
+class MinedPrompts:
+    """Windows of real code that end just before a closing-paren token.
+
+    ``tokens[i]`` is ``[BOS +] window`` tokens of code; the next token in the file is ``")" * n_close[i]``
+    (``label_ids[i]``), and ``depth[i]`` parens were open at that point of the file (counted over the file's
+    tokens; strings and comments are not excluded). ``sources[i]`` names the file.
+    """
+
+    tokens: torch.Tensor
+    n_close: torch.Tensor
+    depth: torch.Tensor
+    label_ids: torch.Tensor
+    sources: tuple[str, ...]
+    window: int
+    corpus: str
+    candidates: dict[int, int]  # n_close -> how many positions the corpus had before sampling
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def select(self, n_close: int) -> MinedPrompts:
+        sel = self.n_close == n_close
+        if not sel.any():
+            raise InputError(f"No mined prompts close {n_close} parens.")
+        idx = sel.nonzero().flatten().tolist()
+        return MinedPrompts(
+            self.tokens[sel],
+            self.n_close[sel],
+            self.depth[sel],
+            self.label_ids[sel],
+            tuple(self.sources[i] for i in idx),
+            self.window,
+            self.corpus,
+            dict(self.candidates),
+        )
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            dict(
+                n_close=self.n_close.tolist(),
+                depth=self.depth.tolist(),
+                label_id=self.label_ids.tolist(),
+                source=list(self.sources),
+            )
+        )
+
+
+def mined(
+    model,
+    corpus=None,
+    *,
+    counts: Sequence[int] = (1, 2, 3, 4),
+    window: int = 32,
+    max_per_count: int = 50,
+    seed: int = 0,
+    progress: bool = False,
+) -> MinedPrompts:
+    """Positions of real held-out code just before a token that is exactly ``")" * k`` (``k`` in ``counts``).
+
+    ``corpus``: a :class:`codecircuits.corpus.Corpus` (default: the standard library's ``"test"`` split).
+    Each prompt is the ``window`` tokens before that position (BOS prepended as the model does), so prompts
+    batch together. At most ``max_per_count`` positions per ``k`` are kept, sampled with ``seed``. Counts whose
+    paren token is not a single token for this tokenizer are an :class:`InputError`.
+    """
+    from ..corpus import stdlib
+
+    if window < 1:
+        raise InputError(f"window must be >= 1 token, got {window}.")
+    if max_per_count < 1:
+        raise InputError(f"max_per_count must be >= 1, got {max_per_count}.")
+    corpus = stdlib("test") if corpus is None else corpus
+    ids = paren_token_ids(model, max(counts))
+    wanted = {ids[k]: k for k in counts}
+    vocab_parens: dict[int, tuple[int, int]] = {}  # token id -> ("(" count, ")" count)
+    found: dict[int, list[tuple[list[int], int, str]]] = {k: [] for k in counts}
+    for f in tqdm(list(corpus), disable=not progress, desc="mining parens"):
+        toks = model.to_tokens(f.text, prepend_bos=False)[0].tolist()
+        depth = 0
+        for i, t in enumerate(toks):
+            if t not in vocab_parens:
+                s = model.tokenizer.decode([t])
+                vocab_parens[t] = (s.count("("), s.count(")"))
+            if t in wanted and i >= window:
+                found[wanted[t]].append((toks[i - window : i], depth, f.path))
+            o, c = vocab_parens[t]
+            depth = max(0, depth + o - c)
+    rng = random.Random(seed)
+    rows, n_close, depth_l, labels, sources = [], [], [], [], []
+    for k in counts:
+        cands = found[k]
+        pick = rng.sample(range(len(cands)), min(max_per_count, len(cands)))
+        for j in sorted(pick):
+            w, d, src = cands[j]
+            rows.append(w)
+            n_close.append(k)
+            depth_l.append(d)
+            labels.append(ids[k])
+            sources.append(src)
+    if not rows:
+        raise InputError(f"The corpus {corpus.name!r} has no position before a closing-paren token {counts}.")
+    toks = torch.tensor(rows)
+    if model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None:
+        toks = torch.cat([torch.full((toks.shape[0], 1), model.tokenizer.bos_token_id), toks], 1)
+    return MinedPrompts(
+        toks.to(model.cfg.device),
+        torch.tensor(n_close),
+        torch.tensor(depth_l),
+        torch.tensor(labels),
+        tuple(sources),
+        window,
+        corpus.name,
+        {k: len(found[k]) for k in counts},
+    )

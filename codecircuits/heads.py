@@ -1,0 +1,291 @@
+"""Attention heads of the closing-parenthesis circuit: paren-promoting heads and counting heads.
+
+- :func:`paren_promoters` (Miller et al., METHODS §2.3–2.4): a head *promotes* the ``k``-paren token on a
+  prompt when its direct logit for that token is at least ``ratio`` × its largest direct logit among the
+  paren tokens (and that largest logit is positive). Against the prompts' labels, each head gets a precision,
+  recall and F1 per ``k``.
+- :func:`counting_heads`: heads whose attention from the answer position to the ``(`` tokens, or whose
+  output, tracks how many parens are open; and whether the count they promote is the right one.
+
+Both read what :func:`codecircuits.lens.head_logits` and :func:`codecircuits.lens.run_cache` return, so one
+forward pass serves the lens, the attributions and the heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .lens import HeadLogits, run_cache
+
+
+def _head_name(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+@dataclass(frozen=True)
+class PromoterHeads:
+    """Precision, recall and F1 of every head as a promoter of each paren count.
+
+    ``precision/recall/f1[class, layer, head]``; ``classes[i]`` is the number of parens the ``i``-th token
+    closes. ``mean_logit[class, layer, head]`` is the head's mean direct logit on the correct token over the
+    prompts of that class, minus its mean over the other paren tokens (positive = promotes the right count).
+    """
+
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+    mean_logit: torch.Tensor
+    support: tuple[int, ...]  # prompts per class
+    classes: tuple[int, ...]
+    ratio: float
+    axes: tuple[str, ...] = ("class", "layer", "head")
+
+    def _ci(self, n_open: int) -> int:
+        if n_open not in self.classes:
+            raise InputError(f"No class {n_open}; the classes are {self.classes}.")
+        return self.classes.index(n_open)
+
+    def heads(self, n_open: int, k: int = 5, *, min_logit: float = 0.0) -> list[tuple[int, int]]:
+        """The ``k`` heads with the highest F1 for ``n_open`` parens whose mean relative logit exceeds
+        ``min_logit`` (ties broken by that logit)."""
+        i = self._ci(n_open)
+        f1, lg = self.f1[i].flatten(), self.mean_logit[i].flatten()
+        ok = lg > min_logit
+        key = torch.where(ok, f1 + 1e-6 * lg.clamp(-1e5, 1e5).sigmoid(), torch.full_like(f1, -1.0))
+        order = key.argsort(descending=True)[:k]
+        n_heads = self.f1.shape[-1]
+        return [(int(j) // n_heads, int(j) % n_heads) for j in order if key[j] >= 0]
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        n_layers, n_heads = self.f1.shape[1:]
+        for i, c in enumerate(self.classes):
+            for layer in range(n_layers):
+                for h in range(n_heads):
+                    rows.append(
+                        dict(
+                            n_open=c,
+                            head=_head_name(layer, h),
+                            layer=layer,
+                            head_index=h,
+                            precision=float(self.precision[i, layer, h]),
+                            recall=float(self.recall[i, layer, h]),
+                            f1=float(self.f1[i, layer, h]),
+                            mean_logit=float(self.mean_logit[i, layer, h]),
+                        )
+                    )
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5, n_open: int | None = None):
+        df = self.to_dataframe()
+        if n_open is not None:
+            self._ci(n_open)
+            df = df[df.n_open == n_open]
+        return df.sort_values(["f1", "mean_logit"], ascending=False).head(k)
+
+
+def paren_promoters(
+    head_logits: HeadLogits, labels: Sequence[int] | torch.Tensor, *, classes: Sequence[int] | None = None, ratio=0.8
+) -> PromoterHeads:
+    """Precision/recall/F1 of each head as a promoter of each paren token (METHODS §2.4).
+
+    ``head_logits.values[batch, layer, head, token]`` are direct logits on the paren tokens; ``labels[b]`` is
+    the index (into ``head_logits.token_ids``) of prompt ``b``'s correct token. ``classes`` names each token
+    column (default 1, 2, ...: the number of parens it closes).
+    """
+    v = head_logits.values
+    if v.dim() != 4:
+        raise InputError(f"head_logits.values must be [batch, layer, head, token], got shape {tuple(v.shape)}.")
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.numel() != v.shape[0]:
+        raise InputError(f"{labels.numel()} labels for {v.shape[0]} prompts: pass one label index per prompt.")
+    n_tok = v.shape[-1]
+    if labels.min() < 0 or labels.max() >= n_tok:
+        raise InputError(f"Label indices must be in [0, {n_tok}) (columns of head_logits), got {labels.tolist()[:8]}.")
+    if not 0 < ratio <= 1:
+        raise InputError(f"ratio must be in (0, 1], got {ratio}.")
+    classes = tuple(range(1, n_tok + 1)) if classes is None else tuple(int(c) for c in classes)
+    if len(classes) != n_tok:
+        raise InputError(f"{len(classes)} class names for {n_tok} token columns.")
+    mx = v.max(-1, keepdim=True).values
+    promotes = (v >= ratio * mx) & (mx > 0)  # [b, l, h, t]
+    onehot = torch.nn.functional.one_hot(labels, n_tok).bool()[:, None, None, :]  # [b, 1, 1, t]
+    tp = (promotes & onehot).sum(0).float()  # [l, h, t]
+    pred = promotes.sum(0).float()
+    actual = onehot.sum(0).float().expand_as(tp)
+    precision = torch.where(pred > 0, tp / pred.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0 * tp)
+    # mean relative logit: correct token minus mean of the other paren tokens, averaged per class
+    rel = torch.empty(n_tok, *v.shape[1:3])
+    for t in range(n_tok):
+        sel = labels == t
+        if not sel.any():
+            rel[t] = float("nan")
+            continue
+        vt = v[sel]
+        others = [j for j in range(n_tok) if j != t]
+        rel[t] = (vt[..., t] - vt[..., others].mean(-1)).mean(0) if others else vt[..., t].mean(0)
+    support = tuple(int((labels == t).sum()) for t in range(n_tok))
+    perm = (2, 0, 1)
+    return PromoterHeads(
+        precision.permute(*perm), recall.permute(*perm), f1.permute(*perm), rel, support, classes, float(ratio)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# counting heads
+
+
+def paren_counts(model, tokens: torch.Tensor, char: str = "(") -> torch.Tensor:
+    """``[batch, pos]``: how many ``char`` each token contains (``((`` counts 2)."""
+    pieces = [model.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens]
+    return torch.tensor([[str(p).count(char) for p in row] for row in pieces])
+
+
+@dataclass(frozen=True)
+class CountingHeads:
+    """How each head's attention and output follow the number of open parens, at the answer position.
+
+    - ``attn_mass[group, layer, head]``: mean attention from the answer position to the tokens with a ``(``;
+    - ``attn_corr[layer, head]``: Pearson correlation, over prompts, of that attention mass with the count;
+    - ``per_paren[group, layer, head]``: ``attn_mass`` divided by the number of ``(`` (uniform attention over
+      the open parens gives a falling ``per_paren`` and a flat ``attn_mass``);
+    - ``output_corr[layer, head]``: Pearson correlation, over prompts, of the count with the count the head's
+      output promotes (``sum_k k * softmax(direct logits on the k-paren tokens)``);
+    - ``promotes_correct[group, layer, head]``: fraction of prompts where, among the paren tokens, the head's
+      largest direct logit is the correct count.
+
+    The output fields are None when no head logits were given.
+
+    ``counts[i]`` is the number of open parens of group ``i``.
+    """
+
+    attn_mass: torch.Tensor
+    per_paren: torch.Tensor
+    attn_corr: torch.Tensor
+    output_corr: torch.Tensor | None
+    promotes_correct: torch.Tensor | None
+    counts: tuple[int, ...]
+    axes: tuple[str, ...] = ("count", "layer", "head")
+
+    def score(self) -> torch.Tensor:
+        """``[layer, head]``: |correlation of paren attention with the count| × sqrt(mean paren attention)."""
+        mass = self.attn_mass.mean(0).clamp(0, 1)
+        return self.attn_corr.nan_to_num(0).abs() * mass.sqrt()
+
+    def heads(self, k: int = 5, *, by: str = "score") -> list[tuple[int, int]]:
+        """The ``k`` heads with the largest ``score``, ``|attn_corr|`` or ``|output_corr|`` (``by``)."""
+        if by == "output_corr" and self.output_corr is None:
+            raise InputError("No output correlations: pass head_logits to counting_heads.")
+        if by not in ("score", "attn_corr", "output_corr"):
+            raise InputError(f"by must be 'score', 'attn_corr' or 'output_corr', got {by!r}.")
+        vals = {"score": self.score(), "attn_corr": self.attn_corr, "output_corr": self.output_corr}[by]
+        vals = vals.nan_to_num(0).abs()
+        order = vals.flatten().argsort(descending=True)[:k]
+        n_heads = vals.shape[1]
+        return [(int(j) // n_heads, int(j) % n_heads) for j in order]
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        score = self.score()
+        n_layers, n_heads = self.attn_corr.shape
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                row = dict(
+                    head=_head_name(layer, h),
+                    layer=layer,
+                    head_index=h,
+                    score=float(score[layer, h]),
+                    attn_corr=float(self.attn_corr[layer, h]),
+                )
+                if self.output_corr is not None:
+                    row["output_corr"] = float(self.output_corr[layer, h])
+                for i, c in enumerate(self.counts):
+                    row[f"attn_{c}"] = float(self.attn_mass[i, layer, h])
+                    if self.promotes_correct is not None:
+                        row[f"promotes_{c}"] = float(self.promotes_correct[i, layer, h])
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5, by: str = "score"):
+        return self.to_dataframe().sort_values(by, ascending=False, key=lambda s: s.abs()).head(k)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correlation of ``x[batch]`` with each column ``y[batch, ...]`` (NaN where ``y`` is constant)."""
+    x = x.float() - x.float().mean()
+    y = y - y.mean(0)
+    num = (x.view(-1, *[1] * (y.dim() - 1)) * y).sum(0)
+    den = x.norm() * y.norm(dim=0)
+    return torch.where(den > 1e-12, num / den.clamp_min(1e-12), torch.full_like(num, float("nan")))
+
+
+def counting_heads(
+    model,
+    groups: Sequence[tuple[torch.Tensor, int]],
+    *,
+    caches: Sequence | None = None,
+    head_logits: Sequence[HeadLogits] | None = None,
+    correct_index: Sequence[int] | None = None,
+    pos: int = -1,
+) -> CountingHeads:
+    """Find heads that count open parens (METHODS §2.3, finding (c)).
+
+    ``groups``: ``(tokens [batch, pos], n_open)`` per group (prompts of one count share a length). ``caches``
+    (from :func:`codecircuits.lens.run_cache` with ``extra=("attn.hook_pattern",)``) reuse forward passes.
+    With ``head_logits`` (one :class:`HeadLogits` per group, paren tokens as columns) and ``correct_index``
+    (the column of each group's correct token), also report how often each head promotes the right count.
+    """
+    if not groups:
+        raise InputError("counting_heads needs at least one group of (tokens, n_open).")
+    if len({int(n) for _, n in groups}) < 2:
+        raise InputError("counting_heads needs prompts with at least two different numbers of open parens.")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    masses, per_paren, counts_b, counts = [], [], [], []
+    promotes = [] if head_logits is not None else None
+    expected = [] if head_logits is not None else None
+    for gi, (tokens, n_open) in enumerate(groups):
+        cache = caches[gi] if caches is not None else run_cache(model, tokens, extra=("attn.hook_pattern",))[1]
+        tokens = tokens.to(cache["blocks.0.hook_resid_pre"].device)
+        pc = paren_counts(model, tokens).to(tokens.device)  # [b, pos]
+        is_paren = (pc > 0).float()
+        n_paren = pc.sum(-1).clamp_min(1).float()  # [b]
+        m = []
+        for layer in range(n_layers):
+            pat = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, pos]  # [b, h, k]
+            m.append((pat * is_paren[:, None]).sum(-1))  # [b, h]
+        mass = torch.stack(m, 1).detach().float().cpu()  # [b, l, h]
+        masses.append(mass)
+        per_paren.append((mass / n_paren.cpu()[:, None, None]).mean(0))
+        counts_b.append(torch.full((mass.shape[0],), float(n_open)))
+        counts.append(int(n_open))
+        if promotes is not None:
+            v = head_logits[gi].values  # [b, l, h, t]
+            if v.shape[0] != mass.shape[0] or v.shape[1:3] != (n_layers, n_heads):
+                raise InputError(
+                    f"head_logits[{gi}] has shape {tuple(v.shape)}; group {gi} has {mass.shape[0]} prompts."
+                )
+            promotes.append((v.argmax(-1) == int(correct_index[gi])).float().mean(0))
+            k = torch.arange(1, v.shape[-1] + 1, dtype=torch.float32)
+            expected.append((v.float().softmax(-1) * k).sum(-1))  # [b, l, h]
+    mass_all = torch.cat(masses)
+    count_all = torch.cat(counts_b)
+    attn_corr = _pearson(count_all, mass_all)
+    output_corr = _pearson(count_all, torch.cat(expected)) if expected is not None else None
+    return CountingHeads(
+        torch.stack([x.mean(0) for x in masses]),
+        torch.stack(per_paren),
+        attn_corr,
+        output_corr,
+        torch.stack(promotes) if promotes is not None else None,
+        tuple(counts),
+    )
