@@ -66,8 +66,6 @@ def format_value(value, *, digits: int = 4) -> str:
             return "n/a"
         if math.isinf(value):
             return "∞" if value > 0 else "−∞"
-        if value == 0:
-            return "0"
         if value == int(value) and abs(value) < 1e15:
             return f"{int(value):,}" if abs(value) >= 1e4 else f"{value:.{max(1, digits - 3)}f}"
         text = f"{value:.{digits}g}"

@@ -40,7 +40,7 @@ def heatmap_svg(
     vmax: float | None = None,
     value_label: str = "value",
     annotate: bool | None = None,
-    digits: int = 3,
+    digits: int | None = None,
 ) -> str:
     """A heatmap of ``values[row, col]`` (rows on the y axis, top to bottom) as an SVG string."""
     arr = to_array(values, name="heatmap values", ndim=2)
@@ -60,6 +60,10 @@ def heatmap_svg(
         raise InputError(f"heatmap has {n_rows} rows but {len(y_labels)} y_labels were given.")
 
     scale = ColourScale(arr, center=center, vmin=vmin, vmax=vmax)
+    finite = np.abs(arr[np.isfinite(arr)])
+    biggest = float(finite.max()) if finite.size else 1.0
+    if digits is None:  # decimals for the in-cell numbers: two significant digits at the largest magnitude
+        digits = int(min(3, max(0, 1 - math.floor(math.log10(biggest))))) if biggest > 0 else 1
     cw = min(48.0, max(6.0, 860.0 / n_cols))
     ch = min(26.0, max(6.0, 640.0 / n_rows))
     if annotate is None:
@@ -96,7 +100,7 @@ def heatmap_svg(
             if annotate and math.isfinite(v):
                 out.append(
                     f'<text x="{(c + 0.5) * cw:.1f}" y="{(r + 0.5) * ch + 3.5:.1f}" text-anchor="middle" '
-                    f'class="ann" fill="{scale.text_css(v)}">{esc(format_value(v, digits=digits))}</text>'
+                    f'class="ann" fill="{scale.text_css(v)}">{_annotation(v, digits)}</text>'
                 )
     out.append(f'<rect class="frame" x="0" y="0" width="{plot_w:.2f}" height="{plot_h:.2f}" fill="none"/>')
     out.append("</g>")
@@ -132,6 +136,14 @@ def heatmap_svg(
     out.append(_colour_bar(scale, bar_x, top, min(plot_h, 240.0), value_label))
     out.append("</svg>")
     return "".join(out)
+
+
+def _annotation(v: float, decimals: int) -> str:
+    """The number written inside a cell: fixed decimals, no leading zero (".38"), and "0" when it rounds to zero."""
+    if abs(v) < 0.5 * 10**-decimals:
+        return "0"
+    text = f"{v:.{decimals}f}"
+    return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
 
 
 def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str) -> str:
@@ -236,6 +248,8 @@ def line_chart_svg(
     # x ticks
     if numeric_x:
         xt = [t for t in _nice_ticks(xlo, xhi, 10) if xlo - 1e-9 <= t <= xhi + 1e-9]
+        if all(float(v).is_integer() for v in xv):  # layers, positions: integer ticks only
+            xt = [t for t in xt if float(t).is_integer()] or [xlo, xhi]
         xt_pos = [(sx(t), format_value(t, digits=3)) for t in xt]
     else:
         step = _label_step(pw / max(n, 1), 40)

@@ -1,0 +1,232 @@
+"""A report on one prompt: what the model predicts next, where in depth that prediction appears, which heads
+look away from the first token at the last position (with their attention patterns), and which MLP neurons
+fire most there (over the code). Used by ``codecircuits report``; any model of the test matrix works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+from ..inputs import to_tokens
+from ..lens import final_scale, to_logits
+from ._util import position_labels, show_token
+from .builder import Report
+from .views import parse_heads, parse_neurons, str_tokens
+
+
+@dataclass(frozen=True)
+class PromptSummary:
+    """What :func:`prompt_report` measured (all JSON-able through :meth:`to_dict`).
+
+    ``lens_logprob[layer]`` is the log-probability of the model's final top token read from the residual stream
+    after each layer (final-norm scale frozen); ``attention_off_first[layer][head]`` is the share of the last
+    position's attention that is not on position 0.
+    """
+
+    model: str
+    prompt: str
+    tokens: list[str]
+    top_token: str
+    top_prob: float
+    top_tokens: list[tuple[str, float]]
+    lens_logprob: list[float]
+    first_top1_layer: int | None
+    attention_off_first: list[list[float]]
+    heads: list[str]
+    neurons: list[str]
+    neuron_last: list[float]
+    settings: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """The key numbers the report shows (the browser test compares them with the page)."""
+        return {
+            "n_tokens": len(self.tokens),
+            "top_token": show_token(self.top_token),
+            "top_prob": self.top_prob,
+            "first_top1_layer": self.first_top1_layer if self.first_top1_layer is not None else "never",
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "tokens": self.tokens,
+            "metrics": self.metrics(),
+            "top_tokens": [[t, p] for t, p in self.top_tokens],
+            "lens_logprob": self.lens_logprob,
+            "attention_off_first": self.attention_off_first,
+            "heads": self.heads,
+            "neurons": self.neurons,
+            "neuron_last": self.neuron_last,
+            "settings": self.settings,
+        }
+
+
+@torch.no_grad()
+def prompt_report(
+    model,
+    prompt: str,
+    *,
+    heads: Sequence | str | None = None,
+    neurons: Sequence | str | None = None,
+    k_heads: int = 6,
+    k_neurons: int = 8,
+    model_name: str | None = None,
+) -> tuple[Report, PromptSummary]:
+    """Build the report on ``prompt``; ``heads`` / ``neurons`` default to the ``k_heads`` heads that look most
+    away from position 0 at the last position and the ``k_neurons`` neurons with the largest activation there."""
+    if not isinstance(prompt, str) or not prompt:
+        raise InputError("prompt_report needs a non-empty prompt string.")
+    if k_heads < 1 or k_neurons < 1:
+        raise InputError("k_heads and k_neurons must be at least 1.")
+    toks = to_tokens(model, prompt)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if toks.shape[1] < 2:
+        raise InputError(f"prompt {prompt!r} is a single token; give at least one token after the first.")
+    names = {"ln_final.hook_scale"}
+    for layer in range(n_layers):
+        names |= {
+            f"blocks.{layer}.attn.hook_pattern",
+            f"blocks.{layer}.hook_resid_post",
+            f"blocks.{layer}.mlp.hook_post",
+        }
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
+    tokens = str_tokens(model, toks)
+
+    probs = logits[0, -1].float().softmax(-1)
+    top_p, top_i = probs.topk(5)
+    top_id = int(top_i[0])
+    top_tokens = [(model.tokenizer.decode([int(i)]), float(p)) for p, i in zip(top_p, top_i)]
+
+    scale = final_scale(cache, pos=-1)
+    resid = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][0, -1] for layer in range(n_layers)])
+    lens_logits = to_logits(model, resid, scale[0]).float()
+    lens_logprob = lens_logits.log_softmax(-1)[:, top_id]
+    is_top = lens_logits.argmax(-1) == top_id
+    first_top1 = next((layer for layer in range(n_layers) if bool(is_top[layer:].all())), None)
+
+    off_first = torch.stack(
+        [1.0 - cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, 0].float() for layer in range(n_layers)]
+    )  # [layer, head]
+    if heads is None:
+        order = off_first.flatten().argsort(descending=True)[: min(k_heads, n_layers * n_heads)].tolist()
+        head_pairs = sorted((i // n_heads, i % n_heads) for i in order)
+    else:
+        head_pairs = parse_heads(model, heads)
+    pats = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, h] for layer, h in head_pairs]).float()
+    head_labels = [f"L{layer}H{h}" for layer, h in head_pairs]
+
+    acts_last = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, -1] for layer in range(n_layers)]).float()
+    if neurons is None:
+        d_mlp = acts_last.shape[1]
+        order = acts_last.flatten().argsort(descending=True)[: min(k_neurons, acts_last.numel())].tolist()
+        neuron_pairs = [(i // d_mlp, i % d_mlp) for i in order]
+    else:
+        neuron_pairs = parse_neurons(model, neurons)
+    acts = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, n] for layer, n in neuron_pairs], -1).float()
+    neuron_labels = [f"L{layer}N{n}" for layer, n in neuron_pairs]
+
+    name = model_name or str(getattr(model.cfg, "model_name", "model"))
+    summary = PromptSummary(
+        model=name,
+        prompt=prompt,
+        tokens=tokens,
+        top_token=top_tokens[0][0],
+        top_prob=top_tokens[0][1],
+        top_tokens=top_tokens,
+        lens_logprob=[round(float(v), 6) for v in lens_logprob],
+        first_top1_layer=first_top1,
+        attention_off_first=[[round(float(v), 6) for v in row] for row in off_first],
+        heads=head_labels,
+        neurons=neuron_labels,
+        neuron_last=[round(float(v), 6) for v in acts[-1]],
+        settings={
+            "k_heads": k_heads,
+            "k_neurons": k_neurons,
+            "heads_given": heads is not None,
+            "neurons_given": neurons is not None,
+        },
+    )
+
+    top_shown = show_token(summary.top_token)
+    r = Report(
+        f"What {name} does on one prompt",
+        subtitle="Next-token prediction, attention and MLP neurons",
+        meta={"model": name},
+    )
+    r.section("Prediction", text="The prompt, and the token the model puts first after it.")
+    r.code(prompt, title="Prompt")
+    r.metrics(
+        summary.metrics(),
+        labels={
+            "n_tokens": "tokens in the prompt (with BOS)",
+            "top_token": "predicted next token",
+            "top_prob": f"probability of {top_shown!r}",
+            "first_top1_layer": "first layer from which it stays top-1 (logit lens)",
+        },
+    )
+    r.table(
+        [{"rank": i + 1, "token": show_token(t), "probability": p} for i, (t, p) in enumerate(top_tokens)],
+        caption="Top five next tokens",
+    )
+    r.line_chart(
+        list(range(n_layers)),
+        {f"log-prob of {top_shown!r}": summary.lens_logprob},
+        title="Where the prediction emerges",
+        x_title="layer (residual stream after it)",
+        y_title="log-probability",
+        caption="Logit lens: each layer's residual stream at the last position read through the unembedding, "
+        "with the final norm's scale frozen at its clean value.",
+    )
+    r.section(
+        "Attention",
+        text="Heads that look away from the first token at the last position. The first token is where most heads "
+        "park attention they do not need; a head that looks elsewhere is reading something.",
+    )
+    r.heatmap(
+        off_first.cpu(),
+        x_labels=[str(h) for h in range(n_heads)],
+        y_labels=[str(layer) for layer in range(n_layers)],
+        x_title="head",
+        y_title="layer",
+        title="Share of the last position's attention not on position 0",
+        value_label="attention off position 0",
+        vmin=0.0,
+        vmax=1.0,
+    )
+    r.attention(
+        tokens,
+        pats.cpu(),
+        head_labels,
+        title="Attention patterns of the chosen heads",
+        caption="Hover a thumbnail to enlarge it, click to keep it; rows are query (destination) tokens, columns "
+        "key (source) tokens.",
+    )
+    r.section(
+        "Neurons", text="MLP neurons (after the activation function) with the largest activation at the last position."
+    )
+    r.heatmap(
+        acts.T.cpu(),
+        x_labels=position_labels(tokens),
+        y_labels=neuron_labels,
+        x_title="position and token",
+        y_title="neuron",
+        center=0.0,
+        title="Activation of each chosen neuron at each position",
+        value_label="activation",
+    )
+    r.neuron_activations(tokens, acts.cpu(), neuron_labels, title="Chosen neurons over the prompt (pick one)")
+    r.token_values(
+        tokens,
+        acts[:, 0].cpu(),
+        title=f"{neuron_labels[0]} over the prompt",
+        value_label=f"{neuron_labels[0]} activation",
+        marked=[len(tokens) - 1],
+        caption="The outlined token is the last position, where the neuron was chosen.",
+    )
+    r.data(summary.to_dict())
+    return r, summary
