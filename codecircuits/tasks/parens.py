@@ -444,13 +444,15 @@ def mined(
     window: int = 32,
     max_per_count: int = 50,
     seed: int = 0,
+    max_chars: int | None = None,
     progress: bool = False,
 ) -> MinedPrompts:
     """Positions of real held-out code just before a token that is exactly ``")" * k`` (``k`` in ``counts``).
 
     ``corpus``: a :class:`codecircuits.corpus.Corpus` (default: the standard library's ``"test"`` split).
     Each prompt is the ``window`` tokens before that position (BOS prepended as the model does), so prompts
-    batch together. At most ``max_per_count`` positions per ``k`` are kept, sampled with ``seed``. Counts whose
+    batch together. At most ``max_per_count`` positions per ``k`` are kept, sampled with ``seed``; only the
+    first ``max_chars`` characters of the corpus are scanned when given (files in corpus order). Counts whose
     paren token is not a single token for this tokenizer are an :class:`InputError`.
     """
     from ..corpus import stdlib
@@ -464,7 +466,11 @@ def mined(
     wanted = {ids[k]: k for k in counts}
     vocab_parens: dict[int, tuple[int, int]] = {}  # token id -> ("(" count, ")" count)
     found: dict[int, list[tuple[list[int], int, str]]] = {k: [] for k in counts}
+    seen = 0
     for f in tqdm(list(corpus), disable=not progress, desc="mining parens"):
+        if max_chars is not None and seen >= max_chars:
+            break
+        seen += len(f.text)
         toks = model.to_tokens(f.text, prepend_bos=False)[0].tolist()
         depth = 0
         for i, t in enumerate(toks):

@@ -1,0 +1,44 @@
+"""``codecircuits parens``: the closing-parenthesis study (Miller, Rai and Yao 2025) on one model."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "parens"
+HELP = "run the closing-parenthesis study and write report.html + results.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
+    p.add_argument("--out", default="reports/parens", help="directory for report.html and results.json")
+    p.add_argument("--prompts-per-n", type=int, default=24, help="prompts per paren count for lens and heads")
+    p.add_argument("--pairs-per-n", type=int, default=3, help="counterfactual pairs per count for patching")
+    p.add_argument("--intervention-prompts-per-n", type=int, default=6, help="prompts per count for ablation")
+    p.add_argument("--no-mined", action="store_true", help="skip the prompts mined from real code")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..models import DEFAULT_MODEL, load_model
+    from ..studies import parens
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model or DEFAULT_MODEL, device="cpu")
+    cfg = parens.ParensConfig(
+        prompts_per_n=args.prompts_per_n,
+        pairs_per_n=args.pairs_per_n,
+        intervention_prompts_per_n=args.intervention_prompts_per_n,
+        mined=not args.no_mined,
+    )
+    study = parens.run(model, cfg, progress=not args.quiet)
+    html, js = study.save(args.out)
+    acc = ", ".join(f"{k}: {v:.2f}" for k, v in study.accuracy.items())
+    emerge = ", ".join(f"{k}: {v}" for k, v in study.emergence.items())
+    print(f"accuracy per number of parens  {acc}")
+    print(f"answer emerges at layer        {emerge}")
+    print(f"report  {html}\nresults {js}")
+    return 0
