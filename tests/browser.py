@@ -274,91 +274,101 @@ def _eval(b: Browser, session: str, expression: str):
     ]
 
 
-def open_report(html_path, screenshot_path=None, *, timeout: float = 30.0, executable: str | None = None) -> PageCheck:
+def open_report(html_path, screenshot_path=None, *, timeout: float = 30.0, browser: Browser | None = None) -> PageCheck:
     """Load ``html_path`` in headless Chromium (network off), wait until the report says it rendered, and return
-    what was seen; writes a full-page PNG to ``screenshot_path`` when given. Asserts nothing."""
+    what was seen; writes a full-page PNG to ``screenshot_path`` when given. Asserts nothing. Pass ``browser``
+    to reuse a running :class:`Browser` (each page gets its own tab)."""
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
         raise FileNotFoundError(f"no report at {html_path}")
+    if browser is None:
+        with Browser(require_chromium(), timeout=timeout) as b:
+            return _open(b, html_path, screenshot_path, timeout)
+    return _open(browser, html_path, screenshot_path, timeout)
+
+
+def _open(b: Browser, html_path: Path, screenshot_path, timeout: float) -> PageCheck:
     url = html_path.as_uri()
-    with Browser(executable or require_chromium(), timeout=timeout) as b:
-        target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        s = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            b.send(f"{domain}.enable", session=s)
-        b.send(
-            "Network.emulateNetworkConditions",
-            {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
-            session=s,
+    first_event = len(b.all_events)
+    target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        b.send(f"{domain}.enable", session=s)
+    b.send(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        session=s,
+    )
+    b.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session=s,
+    )
+    nav = b.send("Page.navigate", {"url": url}, session=s)
+    if nav.get("errorText"):
+        raise CDPError(f"Chromium could not open {url}: {nav['errorText']}")
+    b.wait_event("Page.loadEventFired", s, timeout)
+    # report.js marks the report root data-rendered="true" once every view has drawn (or failed); a page that is
+    # not a codecircuits report has no root and is read after the load event
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _eval(
+            b, s, "(document.querySelector('.ccr') || {getAttribute: () => 'none'}).getAttribute('data-rendered')"
         )
-        b.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session=s,
-        )
-        nav = b.send("Page.navigate", {"url": url}, session=s)
-        if nav.get("errorText"):
-            raise CDPError(f"Chromium could not open {url}: {nav['errorText']}")
-        b.wait_event("Page.loadEventFired", s, timeout)
-        deadline = time.monotonic() + timeout
-        page: dict = {}
-        while time.monotonic() < deadline:
-            page = b.send("Runtime.evaluate", {"expression": _PROBE, "returnByValue": True}, session=s)["result"][
-                "value"
-            ]
-            if (
-                page.get("rendered") == "true"
-                or page.get("rendered") is None
-                and time.monotonic() > deadline - timeout + 2
-            ):
+        if state in ("true", "none"):
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)  # let late console messages and requests arrive
+    page = _eval(b, s, _PROBE)
+    shot = None
+    if screenshot_path is not None:
+        shot = Path(screenshot_path)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        # make the viewport as tall as the page (charts redraw, animated, on every resize, so resize first and
+        # never use captureBeyondViewport), then wait until two screenshots agree
+        height = 0
+        for _ in range(3):
+            want = int(min(max(_eval(b, s, "document.documentElement.scrollHeight"), 300), 16000))
+            if want == height:
                 break
-            time.sleep(0.05)
-        time.sleep(0.2)  # let late console messages and requests arrive
-        page = b.send("Runtime.evaluate", {"expression": _PROBE, "returnByValue": True}, session=s)["result"]["value"]
-        shot = None
-        if screenshot_path is not None:
-            shot = Path(screenshot_path)
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            # make the viewport as tall as the page (charts redraw, animated, on every resize, so resize first and
-            # never use captureBeyondViewport), then wait until two screenshots agree
-            height = 0
-            for _ in range(3):
-                want = int(min(max(_eval(b, s, "document.documentElement.scrollHeight"), 300), 16000))
-                if want == height:
-                    break
-                height = want
-                b.send(
-                    "Emulation.setDeviceMetricsOverride",
-                    {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False},
-                    session=s,
-                )
-                time.sleep(0.3)
-            png, previous = None, None
-            for _ in range(15):
-                time.sleep(0.4)
-                png = b.send("Page.captureScreenshot", {"format": "png"}, session=s)
-                if png["data"] == previous:
-                    break
-                previous = png["data"]
-            shot.write_bytes(base64.b64decode(png["data"]))
-        check = PageCheck(url=url, page=page, screenshot=shot)
-        for ev in b.all_events:
-            m, p = ev.get("method"), ev.get("params", {})
-            if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                args = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
-                check.console_errors.append(f"console.{p['type']}: {args}")
-            elif m == "Runtime.exceptionThrown":
-                d = p.get("exceptionDetails", {})
-                desc = d.get("exception", {}).get("description") or d.get("text")
-                check.console_errors.append(f"uncaught exception: {desc}")
-            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-                e = p["entry"]
-                check.console_errors.append(f"log error ({e.get('source')}): {e.get('text')} {e.get('url', '')}")
-            elif m == "Network.requestWillBeSent":
-                check.requests.append(p["request"]["url"])
-            elif m == "Network.loadingFailed":
-                check.failed_requests.append(f"{p.get('type')}: {p.get('errorText')}")
-        return check
+            height = want
+            b.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=s,
+            )
+            time.sleep(0.3)
+        png, previous = None, None
+        for _ in range(15):
+            time.sleep(0.4)
+            png = b.send("Page.captureScreenshot", {"format": "png"}, session=s)
+            if png["data"] == previous:
+                break
+            previous = png["data"]
+        shot.write_bytes(base64.b64decode(png["data"]))
+    time.sleep(0.1)
+    check = PageCheck(url=url, page=page, screenshot=shot)
+    for ev in b.all_events[first_event:]:
+        if ev.get("sessionId") != s:
+            continue
+        m, p = ev.get("method"), ev.get("params", {})
+        if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            check.console_errors.append(f"console.{p['type']}: {args}")
+        elif m == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            desc = d.get("exception", {}).get("description") or d.get("text")
+            check.console_errors.append(f"uncaught exception: {desc}")
+        elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            e = p["entry"]
+            check.console_errors.append(f"log error ({e.get('source')}): {e.get('text')} {e.get('url', '')}")
+        elif m == "Network.requestWillBeSent":
+            check.requests.append(p["request"]["url"])
+        elif m == "Network.loadingFailed":
+            check.failed_requests.append(f"{p.get('type')}: {p.get('errorText')}")
+    with contextlib.suppress(CDPError):
+        b.send("Target.closeTarget", {"targetId": target})
+    return check
 
 
 def _same(expected, shown_json: str) -> bool:
@@ -385,6 +395,7 @@ def check_report(
     title: str | None = None,
     require: tuple[str, ...] = (),
     timeout: float = 30.0,
+    browser: Browser | None = None,
 ) -> PageCheck:
     """Open the report in headless Chromium with the network off and assert that a person sees what it claims.
 
@@ -396,9 +407,16 @@ def check_report(
     ``"line-chart"``, ``"table"``, ``"tokens"``, ``"code"``. Saves a full-page screenshot to ``screenshot_path``.
     Returns the :class:`PageCheck` for further assertions.
     """
-    c = open_report(html_path, screenshot_path, timeout=timeout)
+    c = open_report(html_path, screenshot_path, timeout=timeout, browser=browser)
+    return assert_report(c, expected_metrics, title=title, require=require)
+
+
+def assert_report(
+    c: PageCheck, expected_metrics: dict, *, title: str | None = None, require: tuple[str, ...] = ()
+) -> PageCheck:
+    """The assertions of :func:`check_report` on a page already opened with :func:`open_report`."""
     p = c.page
-    where = f"(report {html_path}, screenshot {screenshot_path})"
+    where = f"(report {c.url}, screenshot {c.screenshot})"
     assert not c.console_errors, f"console errors {where}:\n" + "\n".join(c.console_errors)
     assert not c.outgoing, f"outgoing network requests {where}: {c.outgoing}"
     assert not c.failed_requests, f"failed requests {where}: {c.failed_requests}"

@@ -25,6 +25,7 @@ from codecircuits.report import (
     position_labels,
     show_token,
 )
+from codecircuits.report._util import json_for_script
 from codecircuits.report.cvis import bundle_js
 from codecircuits.report.highlight import highlight_python
 
@@ -288,16 +289,11 @@ def test_demo_report_in_browser(tiny_llama, tmp_path):
 
 def test_browser_check_catches_problems(tmp_path):
     """The harness is not a rubber stamp: wrong numbers, network requests and script errors all fail it."""
+    from browser import Browser, assert_report, require_chromium
+
     page = Report("Caught").metrics({"a": 0.5}).heatmap(np.eye(2)).to_html()
-    good = tmp_path / "good.html"
+    good, bad = tmp_path / "good.html", tmp_path / "bad.html"
     good.write_text(page)
-    with pytest.raises(AssertionError, match="metric a"):
-        check_report(good, {"a": 0.25}, tmp_path / "wrong.png", title="Caught")
-    with pytest.raises(AssertionError, match="not expected"):
-        check_report(good, {}, tmp_path / "extra.png")
-    with pytest.raises(AssertionError, match="page title"):
-        check_report(good, {"a": 0.5}, tmp_path / "title.png", title="Other")
-    bad = tmp_path / "bad.html"
     bad.write_text(
         page.replace(
             "</body>",
@@ -305,12 +301,60 @@ def test_browser_check_catches_problems(tmp_path):
             "console.error('boom'); null.x;</script></body>",
         )
     )
-    c = open_report(bad, tmp_path / "bad.png")
+    with Browser(require_chromium()) as b:
+        ok = open_report(good, tmp_path / "good.png", browser=b)
+        c = open_report(bad, None, browser=b)
+    assert_report(ok, {"a": 0.5}, title="Caught", require=("heatmap",))
+    with pytest.raises(AssertionError, match="metric a"):
+        assert_report(ok, {"a": 0.25})
+    with pytest.raises(AssertionError, match="not expected"):
+        assert_report(ok, {})
+    with pytest.raises(AssertionError, match="page title"):
+        assert_report(ok, {"a": 0.5}, title="Other")
+    with pytest.raises(AssertionError, match="has no attention"):
+        assert_report(ok, {"a": 0.5}, require=("attention",))
     assert "https://example.com/pixel.png" in c.outgoing and "http://example.org/x" in c.outgoing
     assert any("boom" in e for e in c.console_errors) and any("uncaught" in e for e in c.console_errors)
     assert c.failed_requests
-    with pytest.raises(AssertionError):
-        check_report(bad, {"a": 0.5}, tmp_path / "bad2.png")
+    with pytest.raises(AssertionError, match="console errors"):
+        assert_report(c, {"a": 0.5})
+
+
+def test_notebook_outputs_render_offline_in_browser(tiny_llama, tmp_path):
+    """Two views and a report inserted the way Jupyter inserts HTML outputs (innerHTML, then each script
+    re-created so it runs) all draw, with no network and no console errors."""
+    toks, pats, labels = head_patterns(tiny_llama, "x = [1, 2]", ["L0H0", "L1H1"])
+    outputs = [
+        attention_view(toks, pats, labels)._repr_html_(),
+        neurons_of(tiny_llama, "for i in x:\n    print(i)", ["L0N0", "L1N1"])._repr_html_(),
+        Report("Inline report").metrics({"a": 1}).heatmap(np.eye(3))._repr_html_(),
+    ]
+    page = tmp_path / "notebook.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Notebook</title></head><body>"
+        "<h1 data-report-title>Notebook</h1>"
+        f"<script>const outputs = {json_for_script(outputs)};"
+        """
+        for (const out of outputs) {
+          const cell = document.createElement('div'); cell.className = 'output';
+          document.body.appendChild(cell);
+          cell.innerHTML = out;
+          for (const old of cell.querySelectorAll('script')) {
+            if (old.type === 'application/json') continue;
+            const s = document.createElement('script'); s.textContent = old.textContent;
+            old.replaceWith(s);
+          }
+        }
+        </script></body></html>"""
+    )
+    c = check_report(
+        page,
+        {"a": 1},
+        artifact_path("report_notebook.png"),
+        title="Notebook",
+        require=("attention", "neurons", "heatmap"),
+    )
+    assert len(c.page["views"]) == 2 and all(v["drawn"] for v in c.page["views"])
 
 
 def test_report_command_in_browser(tiny_dirs, tmp_path, capsys):

@@ -29,6 +29,7 @@ class Fragment:
 
 
 def _figure(body: str, title: str | None, caption: str | None, kind: str) -> str:
+    """A titled figure; an empty caption ("") shows none."""
     head = f"<h3>{esc(title)}</h3>" if title else ""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure class="cc-figure" data-figure="{kind}">{head}<div class="figure-scroll">{body}</div>{cap}</figure>'
@@ -280,6 +281,11 @@ def attention(
         raise InputError(f"attention got {n_heads} heads but {len(labels)} head_labels.")
     if not np.isfinite(arr).all():
         raise InputError("attention patterns contain NaN or infinite values.")
+    if caption is None:
+        caption = (
+            "Each thumbnail is one head: hover it to enlarge it, click to keep it. In the enlarged pattern a row is "
+            "the query (destination) token and a column the key (source) token it attends to; darker is more."
+        )
     props = {
         "attention": _round(arr),
         "tokens": tokens,
@@ -314,6 +320,8 @@ def neuron_activations(
             "(activations are [pos, neuron] or [pos, layer, neuron])."
         )
     _, n_layers, n_neurons = arr.shape
+    if caption is None:
+        caption = "Pick a neuron (and layer) above: each token is coloured by that neuron's activation there."
     props = {
         "tokens": tokens,
         "activations": _round(arr),

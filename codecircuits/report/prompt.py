@@ -203,8 +203,6 @@ def prompt_report(
         pats.cpu(),
         head_labels,
         title="Attention patterns of the chosen heads",
-        caption="Hover a thumbnail to enlarge it, click to keep it; rows are query (destination) tokens, columns "
-        "key (source) tokens.",
     )
     r.section(
         "Neurons", text="MLP neurons (after the activation function) with the largest activation at the last position."

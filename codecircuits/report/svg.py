@@ -185,6 +185,14 @@ def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     return ticks
 
 
+def _tick_texts(ticks: list[float]) -> list[str]:
+    """Tick labels with the fewest decimals that show every tick exactly: 0, 5, 10 or 0.25, 0.5, 0.75."""
+    for d in range(7):
+        if all(abs(round(t, d) - t) < 1e-9 * max(1.0, abs(t)) for t in ticks):
+            break
+    return [f"{t:,.{d}f}" if abs(t) >= 1e4 else f"{t:.{d}f}" for t in ticks]
+
+
 def line_chart_svg(
     x: Sequence,
     series: Mapping[str, Sequence],
@@ -221,7 +229,7 @@ def line_chart_svg(
     xlo, xhi = float(xv.min()), float(xv.max())
     if xhi == xlo:
         xlo, xhi = xlo - 1, xhi + 1
-    ytick_text = [format_value(t, digits=3) for t in yt]
+    ytick_text = _tick_texts(yt)
     left = 30 + max(len(s) for s in ytick_text) * _CHAR_W + 6
     legend_w = min(220, 36 + max(len(s) for s in ys) * _CHAR_W)
     right, top, bottom = legend_w + 16, 12, 48
@@ -250,7 +258,7 @@ def line_chart_svg(
         xt = [t for t in _nice_ticks(xlo, xhi, 10) if xlo - 1e-9 <= t <= xhi + 1e-9]
         if all(float(v).is_integer() for v in xv):  # layers, positions: integer ticks only
             xt = [t for t in xt if float(t).is_integer()] or [xlo, xhi]
-        xt_pos = [(sx(t), format_value(t, digits=3)) for t in xt]
+        xt_pos = [(sx(t), label) for t, label in zip(xt, _tick_texts(xt))]
     else:
         step = _label_step(pw / max(n, 1), 40)
         xt_pos = [(sx(xv[i]), _clip_label(str(xs[i]), 12)) for i in range(0, n, step)]
