@@ -1,0 +1,497 @@
+"""Weight signatures (Cai, Zhang, Wang, "Robust Weight Signatures", ICML 2023), carried from vision to code.
+
+From one base model, fine-tune briefly on clean code (the *standard* task vector ``a = theta_std - theta_pre``) and
+on code under a distribution shift ``c`` (``Delta_c = theta_c - theta_pre``). The shift's signature, per weight
+tensor and restricted to chosen layers, is its task vector with the standard component removed::
+
+    RWS_c = Delta_c - (Delta_c . a / a . a) a
+
+A base model is patched with ``theta = theta_base + sum_c alpha_c RWS_c`` (signatures compose by summation).
+Patches are reversible: :class:`WeightPatch` keeps the tensors it replaced and ``undo`` restores them bit for bit.
+
+Weights are named per block, ``blocks.{l}.<path inside the block>`` (e.g. ``blocks.3.mlp.out.weight``), the same
+on every architecture, and are the tensors the bridge's forward pass reads (its processed weight space).
+Code shifts that are real: :func:`tabs_for_spaces` (tab indentation) and :func:`rename_locals` (a deterministic
+minifier-style renaming of local names with the stdlib ``tokenize`` and ``ast`` modules).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import keyword
+import math
+import re
+import time
+import tokenize
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InputError
+
+__all__ = [
+    "FinetuneRun",
+    "Signature",
+    "TaskVector",
+    "WeightPatch",
+    "block_params",
+    "compose",
+    "finetune",
+    "full_copy_bytes",
+    "lm_loss",
+    "make_batches",
+    "patch",
+    "patched",
+    "rename_locals",
+    "signature",
+    "snapshot",
+    "tabs_for_spaces",
+    "task_vector",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# naming the weights
+
+
+def block_params(model, layers: Iterable[int] | None = None, kind: str = "mlp") -> dict[str, torch.nn.Parameter]:
+    """The parameters of ``layers`` (default: all) of a ``kind``: ``"mlp"``, ``"mlp_out"`` (the output projection
+    only), ``"attn"`` or ``"block"`` (everything in the block), named ``blocks.{l}.<path>``."""
+    n = model.cfg.n_layers
+    layer_list = list(range(n)) if layers is None else sorted({int(x) for x in layers})
+    if not layer_list or layer_list[0] < 0 or layer_list[-1] >= n:
+        raise InputError(f"Layers must be a non-empty subset of 0..{n - 1}; got {layers!r}.")
+    prefix = {"mlp": "mlp.", "mlp_out": "mlp.out.", "attn": "attn.", "block": ""}.get(kind)
+    if prefix is None:
+        raise InputError(f"Unknown weight kind {kind!r}; use 'mlp', 'mlp_out', 'attn' or 'block'.")
+    out: dict[str, torch.nn.Parameter] = {}
+    for layer in layer_list:
+        seen: set[int] = set()
+        for name, p in model.blocks[layer].named_parameters():
+            short = name.replace("_original_component.", "")
+            if not short.startswith(prefix) or id(p) in seen:
+                continue
+            seen.add(id(p))
+            out[f"blocks.{layer}.{short}"] = p
+    if not out:
+        raise InputError(f"No {kind} parameters found in layers {layer_list}.")
+    return out
+
+
+def _layer_of(name: str) -> int:
+    return int(name.split(".")[1])
+
+
+def _params_by_name(model, names: Iterable[str]) -> dict[str, torch.nn.Parameter]:
+    names = list(names)
+    layers = sorted({_layer_of(n) for n in names})
+    table = block_params(model, layers, "block")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise InputError(f"The model has no weights named {missing[:3]}; names look like 'blocks.3.mlp.out.weight'.")
+    return {n: table[n] for n in names}
+
+
+def snapshot(model, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Copies (on CPU) of the named weights."""
+    return {n: p.detach().cpu().clone() for n, p in _params_by_name(model, names).items()}
+
+
+def full_copy_bytes(model) -> int:
+    """Bytes of a full copy of the model's weights, at their stored dtype."""
+    seen, total = set(), 0
+    for p in model.original_model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------
+# task vectors and signatures
+
+
+@dataclass(frozen=True)
+class TaskVector:
+    """Per-tensor weight differences ``theta_ft - theta_pre`` (on CPU)."""
+
+    name: str
+    deltas: Mapping[str, torch.Tensor]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({_layer_of(n) for n in self.deltas})
+
+    def norm(self) -> float:
+        return math.sqrt(sum(float(d.double().pow(2).sum()) for d in self.deltas.values()))
+
+    def restrict(self, layers: Iterable[int]) -> TaskVector:
+        keep = set(layers)
+        return TaskVector(self.name, {n: d for n, d in self.deltas.items() if _layer_of(n) in keep})
+
+    def norm_profile(self) -> dict[int, float]:
+        """L2 norm of the layer's deltas, per layer."""
+        sq: dict[int, float] = {}
+        for n, d in self.deltas.items():
+            sq[_layer_of(n)] = sq.get(_layer_of(n), 0.0) + float(d.double().pow(2).sum())
+        return {layer: math.sqrt(v) for layer, v in sorted(sq.items())}
+
+    def storage_bytes(self, dtype: torch.dtype | None = None) -> int:
+        size = torch.empty((), dtype=dtype).element_size() if dtype is not None else None
+        return sum(d.numel() * (size or d.element_size()) for d in self.deltas.values())
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {"tensor": n, "layer": _layer_of(n), "numel": d.numel(), "norm": float(d.double().norm())}
+                for n, d in self.deltas.items()
+            ]
+        )
+
+    def top(self, k: int = 10):
+        return self.to_dataframe().sort_values("norm", ascending=False).head(k)
+
+
+def task_vector(model_or_state, base: Mapping[str, torch.Tensor], name: str = "task") -> TaskVector:
+    """``theta - theta_base`` for every tensor of ``base`` (a :func:`snapshot`), from a model or another snapshot."""
+    if isinstance(model_or_state, Mapping):
+        now = model_or_state
+        missing = [n for n in base if n not in now]
+        if missing:
+            raise InputError(f"The fine-tuned weights lack {missing[:3]}; take both snapshots over the same names.")
+    else:
+        now = snapshot(model_or_state, base.keys())
+    deltas = {}
+    for n, b in base.items():
+        if now[n].shape != b.shape:
+            raise InputError(f"{n} has shape {tuple(now[n].shape)} but the base has {tuple(b.shape)}.")
+        deltas[n] = (now[n].detach().cpu().float() - b.float()).to(b.dtype)
+    return TaskVector(name, deltas)
+
+
+@dataclass(frozen=True)
+class Signature(TaskVector):
+    """A shift's weight signature: its task vector minus the projection on the standard one, per tensor."""
+
+    cosines: Mapping[str, float] = field(default_factory=dict)  # cos(Delta_c, a) per tensor, before removal
+
+
+def signature(shift: TaskVector, standard: TaskVector, *, layers: Iterable[int] | None = None, name=None) -> Signature:
+    """``RWS = Delta_c - (Delta_c . a / a . a) a`` per tensor, over ``layers`` (default: all the task vectors share).
+
+    Tensors where the standard task vector is zero keep ``Delta_c`` unchanged.
+    """
+    keep = set(layers) if layers is not None else None
+    common = [n for n in shift.deltas if n in standard.deltas and (keep is None or _layer_of(n) in keep)]
+    if not common:
+        raise InputError(
+            "The shift and standard task vectors share no tensors in the chosen layers; fine-tune the same weights "
+            "for both and choose layers they cover."
+        )
+    out, cos = {}, {}
+    for n in common:
+        d, a = shift.deltas[n].double().flatten(), standard.deltas[n].double().flatten()
+        aa = float(a @ a)
+        proj = float(d @ a) / aa if aa > 0 else 0.0
+        dn = float(d.norm())
+        cos[n] = float(d @ a) / (dn * math.sqrt(aa)) if aa > 0 and dn > 0 else 0.0
+        out[n] = (d - proj * a).view_as(shift.deltas[n]).to(shift.deltas[n].dtype)
+    return Signature(name or f"{shift.name} signature", out, cos)
+
+
+def compose(signatures: Sequence[TaskVector], alphas: Sequence[float] | None = None, name: str = "composed"):
+    """``sum_c alpha_c RWS_c`` as one task vector (alphas default to 1)."""
+    if not signatures:
+        raise InputError("Compose at least one signature.")
+    alphas = [1.0] * len(signatures) if alphas is None else list(alphas)
+    if len(alphas) != len(signatures):
+        raise InputError(f"{len(signatures)} signatures but {len(alphas)} alphas.")
+    out: dict[str, torch.Tensor] = {}
+    for s, a in zip(signatures, alphas):
+        for n, d in s.deltas.items():
+            out[n] = out[n] + a * d if n in out else a * d
+    return TaskVector(name, out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patching a model, reversibly
+
+
+@dataclass(frozen=True)
+class WeightPatch:
+    """Record of a patch: the tensors it overwrote (on CPU). ``undo`` restores them exactly."""
+
+    old: Mapping[str, torch.Tensor]
+    alphas: tuple[float, ...]
+    names: tuple[str, ...]
+
+    def undo(self, model) -> None:
+        params = _params_by_name(model, self.old.keys())
+        with torch.no_grad():
+            for n, t in self.old.items():
+                params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
+
+
+def patch(model, signatures: TaskVector | Sequence[TaskVector], alphas: float | Sequence[float] = 1.0) -> WeightPatch:
+    """``theta <- theta + sum_c alpha_c RWS_c`` in place; returns the record that undoes it."""
+    sigs = [signatures] if isinstance(signatures, TaskVector) else list(signatures)
+    al = [float(alphas)] * len(sigs) if isinstance(alphas, (int, float)) else [float(a) for a in alphas]
+    if len(al) != len(sigs):
+        raise InputError(f"{len(sigs)} signatures but {len(al)} alphas.")
+    names = sorted({n for s in sigs for n in s.deltas})
+    params = _params_by_name(model, names)
+    for s in sigs:
+        for n, d in s.deltas.items():
+            if params[n].shape != d.shape:
+                raise InputError(f"{s.name}: {n} has shape {tuple(d.shape)}, the model's has {tuple(params[n].shape)}.")
+    old = {n: params[n].detach().cpu().clone() for n in names}
+    with torch.no_grad():
+        for s, a in zip(sigs, al):
+            for n, d in s.deltas.items():
+                p = params[n]
+                p.add_(d.to(device=p.device, dtype=p.dtype), alpha=a)
+    return WeightPatch(old, tuple(al), tuple(s.name for s in sigs))
+
+
+@contextmanager
+def patched(model, signatures, alphas=1.0):
+    """Patch for the duration of a ``with`` block, then restore the weights exactly."""
+    rec = patch(model, signatures, alphas)
+    try:
+        yield model
+    finally:
+        rec.undo(model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# real code shifts
+
+
+def tabs_for_spaces(text: str, width: int = 4) -> str:
+    """Re-indent with tabs: each leading run of ``width`` spaces becomes a tab."""
+    pat = re.compile(rf"^((?: {{{width}}})+)", re.M)
+    return pat.sub(lambda m: "\t" * (len(m.group(1)) // width), text)
+
+
+def _short_names():
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    n = 1
+    while True:
+        for i in range(len(letters) ** n):
+            s, k = "", i
+            for _ in range(n):
+                s = letters[k % 26] + s
+                k //= 26
+            yield s
+        n += 1
+
+
+def rename_locals(text: str) -> str:
+    """Minifier-style renaming: every parameter and assigned name inside a function becomes ``a``, ``b``, ...
+
+    Deterministic (in order of first appearance), consistent within each function, never reusing a short name
+    within a file (so nested functions cannot shadow), skipping ``self``/``cls``,
+    dunders, names declared ``global``/``nonlocal``, attribute names (after ``.``) and keyword arguments at call
+    sites. Text that does not parse is returned unchanged.
+    """
+    try:
+        tree = ast.parse(text)
+        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (SyntaxError, tokenize.TokenError, IndentationError, ValueError):
+        return text
+    reserved = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls"}
+    used = {t.string for t in toks if t.type == tokenize.NAME}
+    spans: list[tuple[tuple[int, int], tuple[int, int], dict[str, str]]] = []
+    gen = (s for s in _short_names() if s not in used and s not in reserved)  # one supply per file: no shadowing
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        skip: set[str] = set()
+        local: list[str] = []
+        a = node.args
+        for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
+            local.append(arg.arg)
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.Global, ast.Nonlocal)):
+                skip.update(sub.names)
+            elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                local.append(sub.id)
+            elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+                skip.add(sub.name)
+        mapping: dict[str, str] = {}
+        for name in local:
+            if name in mapping or name in skip or name in reserved or name.startswith("__"):
+                continue
+            mapping[name] = next(gen)
+        if mapping:
+            end = (getattr(node, "end_lineno", node.lineno), getattr(node, "end_col_offset", 0))
+            spans.append(((node.lineno, node.col_offset), end, mapping))
+    if not spans:
+        return text
+    spans.sort(key=lambda s: (s[0], (-s[1][0], -s[1][1])))  # outer functions first, inner ones override
+    call_kws = {(k.lineno, k.col_offset) for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg}
+    lines = text.splitlines(keepends=True)
+    edits: list[tuple[int, int, int, str]] = []
+    prev = None
+    for t in toks:
+        if t.type == tokenize.NAME and t.start not in call_kws:
+            after_dot = prev is not None and prev.type == tokenize.OP and prev.string == "."
+            if not after_dot:
+                new = None
+                for start, end, mapping in spans:
+                    if start <= t.start <= end and t.string in mapping:
+                        new = mapping[t.string]  # innermost (latest in sort order) wins
+                if new is not None:
+                    edits.append((t.start[0], t.start[1], t.end[1], new))
+        if t.type not in (tokenize.NL, tokenize.COMMENT):
+            prev = t
+    for row, c0, c1, new in sorted(edits, reverse=True):
+        line = lines[row - 1]
+        lines[row - 1] = line[:c0] + new + line[c1:]
+    return "".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# brief fine-tuning
+
+
+def make_batches(model, texts: Sequence[str], *, seq_len: int = 128, n: int | None = None) -> torch.Tensor:
+    """Tokenize and concatenate ``texts`` (each starting with BOS) and cut ``[n, seq_len]`` chunks."""
+    if seq_len < 2:
+        raise InputError("seq_len must be at least 2.")
+    bos = model.tokenizer.bos_token_id
+    ids: list[int] = []
+    for t in texts:
+        if bos is not None:
+            ids.append(bos)
+        ids.extend(model.tokenizer(t, add_special_tokens=False)["input_ids"])
+        if n is not None and len(ids) >= n * seq_len:
+            break
+    rows = len(ids) // seq_len if n is None else min(n, len(ids) // seq_len)
+    if rows < 1:
+        raise InputError(f"The texts hold {len(ids)} tokens, fewer than one chunk of {seq_len}.")
+    return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
+
+
+def lm_loss(model, tokens: torch.Tensor, *, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy over ``tokens`` ``[n, pos]``."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, tokens.shape[0], batch_size):
+            b = tokens[i : i + batch_size].to(model.cfg.device)
+            logits = model(b).float()
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), b[:, 1:].flatten(), reduction="sum")
+            total += float(loss)
+            count += b[:, 1:].numel()
+    return total / count
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """A brief fine-tune: its task vector, loss curve and settings."""
+
+    task_vector: TaskVector
+    losses: tuple[float, ...]
+    seconds: float
+    settings: dict
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame({"step": range(len(self.losses)), "loss": self.losses})
+
+
+def finetune(
+    model,
+    tokens: torch.Tensor,
+    params: Mapping[str, torch.nn.Parameter] | Sequence[str],
+    *,
+    steps: int = 40,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+    name: str = "finetune",
+    restore: bool = True,
+    progress: bool = True,
+) -> FinetuneRun:
+    """Fine-tune only ``params`` with Adam on next-token loss over ``tokens`` and return the task vector.
+
+    With ``restore`` (the default) the weights are put back exactly afterwards, so several fine-tunes can start
+    from the same base model in one process.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise InputError("steps must be at least 1.")
+    named = dict(params) if isinstance(params, Mapping) else _params_by_name(model, params)
+    base = {n: p.detach().cpu().clone() for n, p in named.items()}
+    all_params = list(model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        for p in all_params:
+            p.requires_grad_(False)
+        for p in named.values():
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(list(named.values()), lr=lr)
+        with torch.enable_grad():
+            for _ in tqdm(range(steps), desc=name, disable=not progress):
+                idx = torch.randint(0, tokens.shape[0], (batch_size,), generator=gen)
+                b = tokens[idx].to(model.cfg.device)
+                logits = model(b).float()
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), b[:, 1:].flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+        tv = task_vector(model, base, name=name)
+    finally:
+        for p, f in zip(all_params, flags):
+            p.requires_grad_(f)
+        for p in named.values():
+            p.grad = None
+        if restore:
+            with torch.no_grad():
+                for n, p in named.items():
+                    p.copy_(base[n].to(device=p.device, dtype=p.dtype))
+    settings = dict(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seq_len=int(tokens.shape[1]),
+        seed=seed,
+        n_params=sum(p.numel() for p in named.values()),
+        tensors=len(named),
+    )
+    return FinetuneRun(tv, tuple(losses), time.perf_counter() - t0, settings)
+
+
+def alpha_sweep(
+    model,
+    signatures: TaskVector | Sequence[TaskVector],
+    alphas: Sequence[float],
+    evals: Mapping[str, torch.Tensor],
+    *,
+    loss_fn: Callable = lm_loss,
+    progress: bool = True,
+):
+    """Loss on each evaluation set (name -> tokens) with the model patched by ``alpha * signature(s)``, per alpha.
+
+    Returns a DataFrame with one row per alpha; the model is restored after each alpha.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = []
+    for a in tqdm(list(alphas), desc="alpha", disable=not progress):
+        with patched(model, signatures, a):
+            rows.append({"alpha": float(a), **{k: loss_fn(model, v) for k, v in evals.items()}})
+    return pd.DataFrame(rows)
