@@ -365,6 +365,7 @@ def train(
     texts: dict[str, list[str]] | None = None,
     log_every: int = 50,
     on_step: Callable[[int, float], None] | None = None,
+    minutes: float | None = None,
 ) -> TrainResult:
     """Train a code LM from ``cfg`` into ``out_dir`` (tokenizer, checkpoints, then the final model and card).
 
@@ -377,6 +378,9 @@ def train(
             the result then has ``finished=False`` and a later ``resume=True`` call continues.
         texts: ``{"train": [...], "validation": [...]}`` instead of reading ``cfg.corpus`` (tests).
         on_step: called as ``on_step(step, loss)`` after every optimizer step.
+        minutes: instead of ``cfg.steps``, train for about this long: the step count is fixed once, from
+            the speed of the first warm-up steps (whose learning rates do not depend on it), and recorded
+            in the checkpoint and card; rerun with that ``--steps`` for a bit-identical model.
     """
     from tqdm.auto import tqdm
 
@@ -410,7 +414,13 @@ def train(
         step, elapsed_before, losses = state["step"], state["elapsed"], [tuple(x) for x in state["losses"]]
     model.train()
 
-    finished = step >= cfg.steps
+    if minutes is not None and state is None:
+        if minutes <= 0:
+            raise InputError(f"minutes must be positive, got {minutes}.")
+        calibrate_at = max(1, min(cfg.warmup_steps, 10))
+        cfg = cfg.replace(steps=max(cfg.steps, calibrate_at + 1))  # provisional, replaced at calibrate_at
+    else:
+        calibrate_at = None
     window: list[float] = []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
     t0 = time.time()
@@ -427,6 +437,10 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1
+        if step == calibrate_at:
+            per_step = (time.time() - t0) / step
+            cfg = cfg.replace(steps=max(step + 1, int((60 * minutes - (t0 - t_call)) / per_step)))
+            bar.total = cfg.steps
         lv = loss.item()
         window.append(lv)
         if on_step is not None:
