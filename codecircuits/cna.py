@@ -282,11 +282,15 @@ def compare(
         run_a = _clean_run(model, toks, pos, fwd_hooks=hooks)
         t = run_o["logits"].argmax(-1) if tgt is None else tgt[ix]
         kw = dict(exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers)
+        # both runs in one batch: the readout rows W_out @ W_U are computed once and shared by M and M'
+        both = {k: torch.cat([run_o[k], run_a[k]]) for k in ("post", "ffn_base")}
         with torch.no_grad():
-            res_o, _ = _ffn_batch(model, run_o, t, ("logprob_increase",), **kw)
-            res_a, _ = _ffn_batch(model, run_a, t, ("logprob_increase",), scale=run_o["scale"], **kw)
-        imp_o[ix, layers[0] :] = res_o["logprob_increase"].cpu()
-        imp_a[ix, layers[0] :] = res_a["logprob_increase"].cpu()
+            res, _ = _ffn_batch(
+                model, both, torch.cat([t, t]), ("logprob_increase",), scale=run_o["scale"].repeat(2, 1), **kw
+            )
+        imp = res["logprob_increase"].cpu()
+        imp_o[ix, layers[0] :] = imp[: len(ix)]
+        imp_a[ix, layers[0] :] = imp[len(ix) :]
         coef_o[ix] = run_o["post"].cpu()
         coef_a[ix] = run_a["post"].cpu()
         targets[ix] = t.cpu()

@@ -454,7 +454,7 @@ def ffn_neurons(
     exact_authors_lens: bool = False,
     pos: int = -1,
     layers: Sequence[int] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
     memory_mb: float = _DEFAULT_MEMORY_MB,
     progress: bool = True,
 ) -> Attribution:
