@@ -49,16 +49,19 @@ class PromoterHeads:
             raise InputError(f"No class {n_open}; the classes are {self.classes}.")
         return self.classes.index(n_open)
 
-    def heads(self, n_open: int, k: int = 5, *, min_logit: float = 0.0) -> list[tuple[int, int]]:
-        """The ``k`` heads with the highest F1 for ``n_open`` parens whose mean relative logit exceeds
-        ``min_logit`` (ties broken by that logit)."""
+    def heads(self, n_open: int, k: int = 5, *, min_logit: float = 0.0, by: str = "f1") -> list[tuple[int, int]]:
+        """The ``k`` heads with the highest F1 (``by="f1"``, ties broken by logit) or the highest mean relative
+        logit (``by="logit"``) for ``n_open`` parens, among heads whose mean relative logit exceeds ``min_logit``."""
+        if by not in ("f1", "logit"):
+            raise InputError(f"by must be 'f1' or 'logit', got {by!r}.")
         i = self._ci(n_open)
-        f1, lg = self.f1[i].flatten(), self.mean_logit[i].flatten()
+        f1, lg = self.f1[i].flatten(), self.mean_logit[i].flatten().nan_to_num(-1e9)
         ok = lg > min_logit
-        key = torch.where(ok, f1 + 1e-6 * lg.clamp(-1e5, 1e5).sigmoid(), torch.full_like(f1, -1.0))
+        primary = f1 + 1e-6 * lg.clamp(-1e5, 1e5).sigmoid() if by == "f1" else lg
+        key = torch.where(ok, primary, torch.full_like(f1, -float("inf")))
         order = key.argsort(descending=True)[:k]
         n_heads = self.f1.shape[-1]
-        return [(int(j) // n_heads, int(j) % n_heads) for j in order if key[j] >= 0]
+        return [(int(j) // n_heads, int(j) % n_heads) for j in order if key[j] > -float("inf")]
 
     def to_dataframe(self):
         import pandas as pd

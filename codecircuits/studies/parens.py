@@ -55,13 +55,14 @@ class ParensConfig:
     n_numbers: int = 500
     seed: int = 20
     split: str = "test"
-    prompts_per_n: int = 24  # lens, attributions, heads (one cached forward)
-    pairs_per_n: int = 3  # sublayer patching
-    intervention_prompts_per_n: int = 6  # head ablation and scaling
-    n_candidates: int = 12  # heads ablated one at a time
+    prompts_per_n: int = 20  # lens, attributions, heads (one cached forward)
+    pairs_per_n: int = 2  # sublayer patching
+    intervention_prompts_per_n: int = 4  # head ablation and scaling
+    n_candidates: int = 10  # heads ablated one at a time
     promoter_ratio: float = 0.8
     scale_top_k: tuple[int, ...] = (5, 10)
-    scale_factors: tuple[float, ...] = (1.25, 1.5, 2.0)
+    scale_factors: tuple[float, ...] = (1.5, 2.0)
+    scale_rankings: tuple[str, ...] = ("f1", "logit")  # promoters by F1 (the paper's code) or by direct logit
     mined: bool = True
     mined_per_count: int = 12
     mined_window: int = 24
@@ -75,6 +76,8 @@ class ParensConfig:
                 raise InputError(f"ParensConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.n_candidates < 0 or self.mined_per_count < 1:
             raise InputError("ParensConfig.n_candidates must be >= 0 and mined_per_count >= 1.")
+        if any(r not in ("f1", "logit") for r in self.scale_rankings):
+            raise InputError(f"scale_rankings must be 'f1' and/or 'logit', got {self.scale_rankings}.")
         if any(c <= 0 for c in self.scale_factors):
             raise InputError(f"scale_factors must be positive, got {self.scale_factors}.")
 
@@ -379,20 +382,27 @@ def run(model, config: ParensConfig | None = None, *, progress: bool = True) -> 
     t0 = time.perf_counter()
     hardest = min(counts, key=lambda k: (base[k][0], base[k][1]))
     scale_rows = []
-    for top_k in cfg.scale_top_k:
-        top = promoters.heads(hardest, top_k, min_logit=0.0)
-        if not top:
-            continue
-        for c in cfg.scale_factors:
-            with ablation.scale_heads(model, {hd: c for hd in top}):
-                r = _acc_and_ld(model, iv_groups, paren_ids, wrong_of, cfg.batch_size)
-            row = {"top_k": len(top), "factor": c, "heads": [f"L{a}H{b}" for a, b in top]}
-            row.update({f"accuracy_{k}": r[k][0] for k in counts})
-            row.update({f"logit_diff_{k}": r[k][1] for k in counts})
-            row["accuracy"] = r[hardest][0]
-            scale_rows.append(row)
+    for ranking in cfg.scale_rankings:
+        for top_k in cfg.scale_top_k:
+            top = promoters.heads(hardest, top_k, min_logit=0.0, by=ranking)
+            if not top:
+                continue
+            for c in cfg.scale_factors:
+                with ablation.scale_heads(model, {hd: c for hd in top}):
+                    r = _acc_and_ld(model, iv_groups, paren_ids, wrong_of, cfg.batch_size)
+                row = {"ranking": ranking, "top_k": len(top), "factor": c, "heads": [f"L{a}H{b}" for a, b in top]}
+                row.update({f"accuracy_{k}": r[k][0] for k in counts})
+                row.update({f"logit_diff_{k}": r[k][1] for k in counts})
+                row["accuracy"] = r[hardest][0]
+                scale_rows.append(row)
     best = max(scale_rows, key=lambda r: (r["accuracy"], r[f"logit_diff_{hardest}"]), default=None)
-    scaling_out = {"hardest": hardest, "baseline": base[hardest][0], "rows": scale_rows, "best": best}
+    scaling_out = {
+        "hardest": hardest,
+        "baseline": base[hardest][0],
+        "baseline_logit_diff": base[hardest][1],
+        "rows": scale_rows,
+        "best": best,
+    }
     timings["scaling"] = time.perf_counter() - t0
 
     # 7: real code
@@ -448,6 +458,7 @@ def _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters
         logits, cache = lens.run_cache(model, sub.tokens)
         pred = logits[:, -1].argmax(-1).cpu()
         correct = pred == sub.label_ids
+        among = logits[:, -1][:, token_ids].argmax(-1).cpu() == col[k]  # right count among the paren tokens
         ll = lens.logit_diff_lens(model, sub.tokens, paren_ids[k], paren_ids[wrong_of[k]], cache=cache, logits=logits)
         hl = lens.head_logits(model, sub.tokens, token_ids, cache=cache)
         tops = promoters.heads(k, 5)
@@ -459,10 +470,15 @@ def _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters
         by_depth = {}
         for d in sorted(set(sub.depth.tolist())):
             sel = sub.depth == d
-            by_depth[int(d)] = {"n": int(sel.sum()), "accuracy": float(correct[sel].float().mean())}
+            by_depth[int(d)] = {
+                "n": int(sel.sum()),
+                "accuracy": float(correct[sel].float().mean()),
+                "paren_accuracy": float(among[sel].float().mean()),
+            }
         out["by_count"][k] = {
             "n": len(sub),
             "accuracy": float(correct.float().mean()),
+            "paren_accuracy": float(among.float().mean()),
             "emergence_layer": ll.emergence_layer(cfg.emergence_fraction),
             "lens_post_mean": ll.post().mean(-1).tolist(),
             "final_logit_diff": float(ll.final.mean()),
@@ -626,7 +642,8 @@ def build_report(study: ParensStudy):
                 {k: v for k, v in row.items() if k != "heads"} | {"heads": " ".join(row["heads"])}
                 for row in s.scaling["rows"]
             ],
-            caption="amplifying the top promoters of the hardest count",
+            caption="amplifying the top promoters of the hardest count (ranked by F1 as in the paper's code, or by "
+            "mean direct logit)",
         )
 
     r.section(
@@ -639,6 +656,7 @@ def build_report(study: ParensStudy):
                     "parens": k,
                     "prompts": v.get("n", 0),
                     "accuracy": v.get("accuracy"),
+                    "right count among paren tokens": v.get("paren_accuracy"),
                     "emergence layer": v.get("emergence_layer"),
                     "candidates in corpus": s.mined["candidates"].get(k),
                 }

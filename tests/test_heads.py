@@ -1,0 +1,116 @@
+"""Paren-promoting heads (precision/recall/F1) and counting heads, on hand-made numbers and on every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codecircuits import heads, lens
+from codecircuits.errors import InputError
+from codecircuits.tasks import parens
+
+
+def _hl(values):
+    return lens.HeadLogits(values, (11, 12, 13), (")", "))", ")))"), True, -1)
+
+
+def test_promoter_precision_recall_f1_by_hand():
+    labels = torch.tensor([0, 0, 1, 2])
+    v = torch.zeros(4, 1, 3, 3)
+    v[torch.arange(4), 0, 0, labels] = 5.0  # head 0: always the right token
+    v[:, 0, 1, 0] = 2.0  # head 1: always token 0
+    v[:, 0, 2, :] = -1.0  # head 2: never promotes anything (all logits negative)
+    v[3, 0, 1, 2] = 1.7  # head 1 on prompt 3: token 2 within 0.8 x max -> promotes 0 and 2
+    pr = heads.paren_promoters(_hl(v), labels, classes=(1, 2, 3))
+    assert pr.f1[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    # head 1 promotes class 1 on all 4 prompts, 2 of which are class 1
+    assert pr.precision[0, 0, 1].item() == pytest.approx(0.5) and pr.recall[0, 0, 1].item() == 1.0
+    assert pr.f1[0, 0, 1].item() == pytest.approx(2 * 0.5 / 1.5)
+    assert pr.precision[2, 0, 1].item() == 1.0 and pr.recall[2, 0, 1].item() == 1.0
+    assert pr.recall[1, 0, 1].item() == 0.0 and pr.f1[1, 0, 1].item() == 0.0
+    assert pr.f1[:, 0, 2].abs().sum() == 0
+    assert pr.support == (2, 1, 1)
+    assert pr.heads(2, 1) == [(0, 0)]
+    assert pr.heads(1, 2, by="logit")[0] == (0, 0)
+    assert pr.top(1, 1).iloc[0]["head"] == "L0H0"
+    # stricter ratio: head 1 no longer promotes token 2 on prompt 3
+    strict = heads.paren_promoters(_hl(v), labels, classes=(1, 2, 3), ratio=0.9)
+    assert strict.recall[2, 0, 1].item() == 0.0
+
+
+def test_promoter_errors():
+    v = torch.zeros(2, 1, 1, 3)
+    with pytest.raises(InputError, match="labels"):
+        heads.paren_promoters(_hl(v), [0])
+    with pytest.raises(InputError, match="Label indices"):
+        heads.paren_promoters(_hl(v), [0, 3])
+    with pytest.raises(InputError, match="ratio"):
+        heads.paren_promoters(_hl(v), [0, 1], ratio=0)
+
+
+class _FakeModel:
+    """Just what counting_heads reads: cfg, W_O and a tokenizer that names tokens."""
+
+    class cfg:  # noqa: N801
+        n_layers, n_heads = 1, 2
+
+    W_O = torch.zeros(1, 2, 1, 1)
+
+    class tokenizer:  # noqa: N801
+        @staticmethod
+        def convert_ids_to_tokens(ids):
+            return ["(" if i == 1 else "x" for i in ids]
+
+
+def test_counting_head_found_by_hand():
+    # head 0 attends to the "(" tokens in proportion to their count; head 1 always to the first token
+    groups, caches = [], []
+    for n in (1, 2, 3):
+        toks = torch.tensor([[0] + [1] * n + [2] * (4 - n)] * 2)
+        pat = torch.zeros(2, 2, 5, 5)
+        pat[:, 0, -1, 1 : 1 + n] = 0.2
+        pat[:, 0, -1, 0] = 1 - 0.2 * n
+        pat[:, 1, -1, 0] = 1.0
+        groups.append((toks, n + 0))
+        caches.append({"blocks.0.attn.hook_pattern": pat, "blocks.0.hook_resid_pre": torch.zeros(2, 5, 1)})
+    ch = heads.counting_heads(_FakeModel, groups, caches=caches)
+    assert ch.attn_corr[0, 0].item() == pytest.approx(1.0)
+    assert torch.isnan(ch.attn_corr[0, 1])  # constant: no correlation
+    torch.testing.assert_close(ch.attn_mass[:, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
+    torch.testing.assert_close(ch.per_paren[:, 0, 0], torch.tensor([0.2, 0.2, 0.2]))
+    assert ch.heads(1) == [(0, 0)]
+    assert ch.output_corr is None
+    with pytest.raises(InputError):
+        ch.heads(1, by="output_corr")
+    with pytest.raises(InputError, match="two different"):
+        heads.counting_heads(_FakeModel, groups[:1], caches=caches[:1])
+
+
+def test_heads_on_every_family(tiny):
+    ds = parens.dataset(tiny, n_numbers=4, split=None)
+    groups = {k: t for k, (_, t) in ds.groups(tiny).items()}
+    ids = [ds.label_ids[k] for k in ds.n_opens]
+    caches, hls = [], []
+    for k in ds.n_opens:
+        _, cache = lens.run_cache(tiny, groups[k], extra=("attn.hook_pattern",))
+        caches.append(cache)
+        hls.append(lens.head_logits(tiny, groups[k], ids, cache=cache))
+    labels = torch.cat([torch.full((groups[k].shape[0],), i) for i, k in enumerate(ds.n_opens)])
+    merged = lens.HeadLogits(torch.cat([h.values for h in hls]), tuple(ids), hls[0].token_labels, True, -1)
+    pr = heads.paren_promoters(merged, labels, classes=ds.n_opens)
+    assert pr.f1.shape == (4, tiny.cfg.n_layers, tiny.cfg.n_heads)
+    assert ((pr.f1 >= 0) & (pr.f1 <= 1)).all()
+    ch = heads.counting_heads(
+        tiny,
+        [(groups[k], k) for k in ds.n_opens],
+        caches=caches,
+        head_logits=hls,
+        correct_index=list(range(4)),
+    )
+    assert ch.attn_mass.shape == (4, tiny.cfg.n_layers, tiny.cfg.n_heads)
+    assert ((ch.attn_mass >= -1e-6) & (ch.attn_mass <= 1 + 1e-6)).all()
+    assert ch.promotes_correct.shape == (4, tiny.cfg.n_layers, tiny.cfg.n_heads)
+    # the same numbers when counting_heads runs the model itself
+    again = heads.counting_heads(tiny, [(groups[k], k) for k in ds.n_opens])
+    torch.testing.assert_close(again.attn_corr, ch.attn_corr, equal_nan=True)
+    assert len(ch.top(3)) == 3
