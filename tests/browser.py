@@ -274,7 +274,14 @@ def _eval(b: Browser, session: str, expression: str):
     ]
 
 
-def open_report(html_path, screenshot_path=None, *, timeout: float = 30.0, browser: Browser | None = None) -> PageCheck:
+def open_report(
+    html_path,
+    screenshot_path=None,
+    *,
+    timeout: float = 30.0,
+    browser: Browser | None = None,
+    max_height: int = 16000,
+) -> PageCheck:
     """Load ``html_path`` in headless Chromium (network off), wait until the report says it rendered, and return
     what was seen; writes a full-page PNG to ``screenshot_path`` when given. Asserts nothing. Pass ``browser``
     to reuse a running :class:`Browser` (each page gets its own tab)."""
@@ -283,11 +290,11 @@ def open_report(html_path, screenshot_path=None, *, timeout: float = 30.0, brows
         raise FileNotFoundError(f"no report at {html_path}")
     if browser is None:
         with Browser(require_chromium(), timeout=timeout) as b:
-            return _open(b, html_path, screenshot_path, timeout)
-    return _open(browser, html_path, screenshot_path, timeout)
+            return _open(b, html_path, screenshot_path, timeout, max_height)
+    return _open(browser, html_path, screenshot_path, timeout, max_height)
 
 
-def _open(b: Browser, html_path: Path, screenshot_path, timeout: float) -> PageCheck:
+def _open(b: Browser, html_path: Path, screenshot_path, timeout: float, max_height: int) -> PageCheck:
     url = html_path.as_uri()
     first_event = len(b.all_events)
     target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -328,7 +335,7 @@ def _open(b: Browser, html_path: Path, screenshot_path, timeout: float) -> PageC
         # never use captureBeyondViewport), then wait until two screenshots agree
         height = 0
         for _ in range(3):
-            want = int(min(max(_eval(b, s, "document.documentElement.scrollHeight"), 300), 16000))
+            want = int(min(max(_eval(b, s, "document.documentElement.scrollHeight"), 300), max_height))
             if want == height:
                 break
             height = want
@@ -472,3 +479,27 @@ def artifact_path(name: str) -> Path:
     )
     root.mkdir(parents=True, exist_ok=True)
     return root / name
+
+
+def main(argv=None) -> int:
+    """``python tests/browser.py REPORT.html [--screenshot PNG] [--max-height N]``: open a report the way the
+    tests do and print what the browser saw (console errors, requests, metrics, views)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("report")
+    ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--max-height", type=int, default=16000, help="crop the screenshot to this many pixels")
+    args = ap.parse_args(argv)
+    c = open_report(args.report, args.screenshot, max_height=args.max_height)
+    print(
+        json.dumps(
+            {"console_errors": c.console_errors, "requests": c.requests, "failed": c.failed_requests, "page": c.page},
+            indent=1,
+        )
+    )
+    return 1 if c.console_errors or c.outgoing or c.failed_requests else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

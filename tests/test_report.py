@@ -252,6 +252,21 @@ def test_bad_heads_and_neurons(tiny):
         neuron_acts(tiny, "x = 1", [(0, 10**6)])
 
 
+def test_prompt_report_on_every_family(tiny):
+    from codecircuits.report.prompt import prompt_report
+
+    r, s = prompt_report(tiny, "print(str(len(x", k_heads=3, k_neurons=2)
+    n_layers, n_heads = tiny.cfg.n_layers, tiny.cfg.n_heads
+    assert len(s.head_direct_logit) == n_layers and len(s.head_direct_logit[0]) == n_heads
+    assert len(s.lens_logprob) == n_layers and len(s.heads) == 3 and len(s.neurons) == 2
+    direct = torch.tensor(s.head_direct_logit)
+    best = {f"L{int(i) // n_heads}H{int(i) % n_heads}" for i in direct.flatten().topk(3).indices}
+    assert set(s.heads) == best and s.top_head in best
+    assert s.lens_logprob[-1] == pytest.approx(float(np.log(s.top_prob)), abs=1e-3)  # the lens ends at the model
+    assert json.loads(json.dumps(s.to_dict()))["metrics"] == s.metrics()
+    assert r.needs_circuitsvis
+
+
 def test_notebook_views_display_offline(tiny, no_network):
     view = neurons_of(tiny, "x = [1, 2]", ["L0N0", "L1N1"])
     out = view._repr_html_()
@@ -382,7 +397,10 @@ def test_prompt_report_on_default_model(default_model, tmp_path):
 
     r, s = prompt_report(default_model, "#print the string 123\nprint(str(str(123", model_name="smollm2-135m")
     assert s.top_token == ")))" and s.top_prob > 0.5
-    assert s.lens_logprob[-1] > s.lens_logprob[0]  # the answer gets likelier with depth
+    assert s.lens_logprob[-1] > s.lens_logprob[0] + 5  # the answer gets much likelier with depth
+    # the heads that write ')))' directly are late ones (measured: L28H4, direct logit 4.6)
+    layer = int(s.top_head[1:].split("H")[0])
+    assert layer >= 20 and max(max(row) for row in s.head_direct_logit) > 1.0
     path = r.save(tmp_path / "smollm2.html")
     check_report(
         path,

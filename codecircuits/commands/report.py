@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heads",
         default=None,
-        help="heads to view, e.g. L3H2,L5H0 (default: the 6 heads looking most away from position 0)",
+        help="heads to view, e.g. L3H2,L5H0 (default: the 6 heads with the largest direct logit onto the predicted token)",
     )
     p.add_argument(
         "--neurons",

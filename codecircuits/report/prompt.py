@@ -1,6 +1,6 @@
-"""A report on one prompt: what the model predicts next, where in depth that prediction appears, which heads
-look away from the first token at the last position (with their attention patterns), and which MLP neurons
-fire most there (over the code). Used by ``codecircuits report``; any model of the test matrix works.
+"""A report on one prompt: what the model predicts next, where in depth that prediction appears (logit lens),
+which heads write it (direct logit attribution, with their attention patterns), and which MLP neurons fire most
+at the last position (over the code). Used by ``codecircuits report``; any model of the test matrix works.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..inputs import to_tokens
-from ..lens import final_scale, to_logits
+from ..lens import final_scale, head_logits, to_logits
 from ._util import position_labels, show_token
 from .builder import Report
 from .views import parse_heads, parse_neurons, str_tokens
@@ -23,8 +23,8 @@ class PromptSummary:
     """What :func:`prompt_report` measured (all JSON-able through :meth:`to_dict`).
 
     ``lens_logprob[layer]`` is the log-probability of the model's final top token read from the residual stream
-    after each layer (final-norm scale frozen); ``attention_off_first[layer][head]`` is the share of the last
-    position's attention that is not on position 0.
+    after each layer (final-norm scale frozen); ``head_direct_logit[layer][head]`` is each head's direct logit
+    onto that token at the last position (its output read through the unembedding, final scale frozen).
     """
 
     model: str
@@ -35,7 +35,7 @@ class PromptSummary:
     top_tokens: list[tuple[str, float]]
     lens_logprob: list[float]
     first_top1_layer: int | None
-    attention_off_first: list[list[float]]
+    head_direct_logit: list[list[float]]
     heads: list[str]
     neurons: list[str]
     neuron_last: list[float]
@@ -48,7 +48,15 @@ class PromptSummary:
             "top_token": show_token(self.top_token),
             "top_prob": self.top_prob,
             "first_top1_layer": self.first_top1_layer if self.first_top1_layer is not None else "never",
+            "top_head": self.top_head,
         }
+
+    @property
+    def top_head(self) -> str:
+        """The head with the largest direct logit onto the predicted token."""
+        flat = [(v, layer, h) for layer, row in enumerate(self.head_direct_logit) for h, v in enumerate(row)]
+        _, layer, h = max(flat)
+        return f"L{layer}H{h}"
 
     def to_dict(self) -> dict:
         return {
@@ -58,7 +66,7 @@ class PromptSummary:
             "metrics": self.metrics(),
             "top_tokens": [[t, p] for t, p in self.top_tokens],
             "lens_logprob": self.lens_logprob,
-            "attention_off_first": self.attention_off_first,
+            "head_direct_logit": self.head_direct_logit,
             "heads": self.heads,
             "neurons": self.neurons,
             "neuron_last": self.neuron_last,
@@ -77,8 +85,9 @@ def prompt_report(
     k_neurons: int = 8,
     model_name: str | None = None,
 ) -> tuple[Report, PromptSummary]:
-    """Build the report on ``prompt``; ``heads`` / ``neurons`` default to the ``k_heads`` heads that look most
-    away from position 0 at the last position and the ``k_neurons`` neurons with the largest activation there."""
+    """Build the report on ``prompt``; ``heads`` / ``neurons`` default to the ``k_heads`` heads with the largest
+    direct logit onto the predicted token and the ``k_neurons`` neurons with the largest activation at the last
+    position."""
     if not isinstance(prompt, str) or not prompt:
         raise InputError("prompt_report needs a non-empty prompt string.")
     if k_heads < 1 or k_neurons < 1:
@@ -94,6 +103,8 @@ def prompt_report(
             f"blocks.{layer}.hook_resid_post",
             f"blocks.{layer}.mlp.hook_post",
         }
+    # hook_z in a cache of its own names: head_logits reads attn.hook_z and ln_final.hook_scale
+    names |= {f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)}
     logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
     tokens = str_tokens(model, toks)
 
@@ -109,11 +120,9 @@ def prompt_report(
     is_top = lens_logits.argmax(-1) == top_id
     first_top1 = next((layer for layer in range(n_layers) if bool(is_top[layer:].all())), None)
 
-    off_first = torch.stack(
-        [1.0 - cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, 0].float() for layer in range(n_layers)]
-    )  # [layer, head]
+    direct = head_logits(model, toks, [top_id], cache=cache).values[0, :, :, 0].float()  # [layer, head]
     if heads is None:
-        order = off_first.flatten().argsort(descending=True)[: min(k_heads, n_layers * n_heads)].tolist()
+        order = direct.flatten().argsort(descending=True)[: min(k_heads, n_layers * n_heads)].tolist()
         head_pairs = sorted((i // n_heads, i % n_heads) for i in order)
     else:
         head_pairs = parse_heads(model, heads)
@@ -140,7 +149,7 @@ def prompt_report(
         top_tokens=top_tokens,
         lens_logprob=[round(float(v), 6) for v in lens_logprob],
         first_top1_layer=first_top1,
-        attention_off_first=[[round(float(v), 6) for v in row] for row in off_first],
+        head_direct_logit=[[round(float(v), 6) for v in row] for row in direct],
         heads=head_labels,
         neurons=neuron_labels,
         neuron_last=[round(float(v), 6) for v in acts[-1]],
@@ -167,6 +176,7 @@ def prompt_report(
             "top_token": "predicted next token",
             "top_prob": f"probability of {top_shown!r}",
             "first_top1_layer": "first layer from which it stays top-1 (logit lens)",
+            "top_head": f"head writing most toward {top_shown!r}",
         },
     )
     r.table(
@@ -184,25 +194,27 @@ def prompt_report(
     )
     r.section(
         "Attention",
-        text="Heads that look away from the first token at the last position. The first token is where most heads "
-        "park attention they do not need; a head that looks elsewhere is reading something.",
+        text=f"Which heads write the prediction: each head's output at the last position read through the "
+        f"unembedding (its direct logit onto {top_shown!r}). The heads with the largest direct logit are shown "
+        "below with their attention patterns: what they read to write it.",
     )
     r.heatmap(
-        off_first.cpu(),
+        direct.cpu(),
         x_labels=[str(h) for h in range(n_heads)],
         y_labels=[str(layer) for layer in range(n_layers)],
         x_title="head",
         y_title="layer",
-        title="Share of the last position's attention not on position 0",
-        value_label="attention off position 0",
-        vmin=0.0,
-        vmax=1.0,
+        title=f"Direct logit of each head onto {top_shown!r}",
+        value_label="direct logit",
+        center=0.0,
     )
     r.attention(
         tokens,
         pats.cpu(),
         head_labels,
-        title="Attention patterns of the chosen heads",
+        title="Attention patterns of the heads writing most toward the prediction"
+        if heads is None
+        else "Attention patterns of the chosen heads",
     )
     r.section(
         "Neurons", text="MLP neurons (after the activation function) with the largest activation at the last position."

@@ -97,10 +97,10 @@ def heatmap_svg(
                 f'<rect x="{c * cw:.2f}" y="{r * ch:.2f}" width="{cw + 0.3:.2f}" height="{ch + 0.3:.2f}" '
                 f'fill="{scale.css(v)}"><title>{esc(tip)}</title></rect>'
             )
-            if annotate and math.isfinite(v):
+            if annotate and math.isfinite(v) and _annotation(v, digits):
                 out.append(
                     f'<text x="{(c + 0.5) * cw:.1f}" y="{(r + 0.5) * ch + 3.5:.1f}" text-anchor="middle" '
-                    f'class="ann" fill="{scale.text_css(v)}">{_annotation(v, digits)}</text>'
+                    f'class="ann" style="fill:{scale.text_css(v)}">{_annotation(v, digits)}</text>'
                 )
     out.append(f'<rect class="frame" x="0" y="0" width="{plot_w:.2f}" height="{plot_h:.2f}" fill="none"/>')
     out.append("</g>")
@@ -139,9 +139,10 @@ def heatmap_svg(
 
 
 def _annotation(v: float, decimals: int) -> str:
-    """The number written inside a cell: fixed decimals, no leading zero (".38"), and "0" when it rounds to zero."""
+    """The number written inside a cell: fixed decimals, no leading zero (".38"); nothing when it rounds to zero
+    (the cell's colour and tooltip still say so), which keeps sparse maps readable."""
     if abs(v) < 0.5 * 10**-decimals:
-        return "0"
+        return ""
     text = f"{v:.{decimals}f}"
     return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
 
