@@ -1,0 +1,81 @@
+"""Layer agreement with the final prediction, by context length: every architecture of the matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from codecircuits import InputError
+from codecircuits import agreement as ag
+from codecircuits import memories as mem
+
+TEXTS = [
+    "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n",
+    "for i in range(10):\n    total = total + i * 2\n    print('i is', i)\n",
+    "try:\n    value = int(text)\nexcept ValueError:\n    value = None\n",
+]
+
+
+def _reference(model, chunked):
+    """Agreement counts per layer, by an independent route: argmax of (centred) vector @ W_U, one chunk at a time.
+
+    The final norm's scale is positive, so it cannot change a single vector's argmax; only centring (LayerNorm)
+    and the bias (residual readouts) matter.
+    """
+    n_layers = model.cfg.n_layers
+    ln = not str(model.cfg.normalization_type).upper().startswith("RMS")
+    mlp, resid, total = np.zeros(n_layers), np.zeros(n_layers), 0
+    first = 0 if chunked.bos is None else 1
+    for c in range(len(chunked)):
+        logits, cache = model.run_with_cache(chunked.chunk_tokens(c).unsqueeze(0))
+        final = logits[0, first:].argmax(-1)
+        total += len(final)
+        for layer in range(n_layers):
+            x = cache[f"blocks.{layer}.hook_mlp_out"][0, first:]
+            x = x - x.mean(-1, keepdim=True) if ln else x
+            mlp[layer] += int(((x @ model.W_U).argmax(-1) == final).sum())
+            r = cache[f"blocks.{layer}.hook_resid_post"][0, first:]
+            r = model.ln_final(r) @ model.W_U + model.b_U
+            resid[layer] += int((r.argmax(-1) == final).sum())
+    return mlp / total, resid / total, total
+
+
+def test_agreement_matches_reference(tiny):
+    ch = mem.chunk_corpus(tiny, TEXTS, window=24, max_chunks=5)
+    res = ag.layer_agreement(tiny, ch, batch_size=3, progress=False)
+    n_layers = tiny.cfg.n_layers
+    assert res.agree.shape == (2, n_layers, len(res.edges) - 1)
+    mlp, resid, total = _reference(tiny, ch)
+    assert int(res.total.sum()) == total == ch.n_tokens
+    np.testing.assert_allclose(res.curve("mlp_out"), mlp)
+    np.testing.assert_allclose(res.curve("resid_post"), resid)
+    # the last residual, read with the frozen final scale and b_U, is the model's own prediction
+    assert res.curve("resid_post")[-1] == 1.0
+    assert np.all(res.by_bucket("resid_post")[-1][res.total.numpy() > 0] == 1.0)
+    assert res.first_layer("resid_post", 1.0)[0] in range(n_layers)
+    df = res.to_dataframe()
+    assert set(df["component"]) == {"mlp_out", "resid_post"} and (df["agreement"].dropna().between(0, 1)).all()
+    assert len(res.top(2)) == 2
+
+
+def test_buckets_partition_predictions(tiny):
+    ch = mem.chunk_corpus(tiny, TEXTS, window=16, max_chunks=4)
+    res = ag.layer_agreement(tiny, ch, edges=[1, 4, 17], components=["mlp_out"], progress=False)
+    body = ch.body
+    lengths = np.concatenate([np.arange(1, len(ch.chunk_ids(c)) + 1) for c in range(len(ch))])
+    assert res.total.tolist() == [int(((lengths >= 1) & (lengths < 4)).sum()), int((lengths >= 4).sum())]
+    assert lengths.max() <= body and res.bucket_labels() == ["1-3", "4-16"]
+    assert res.components == ("mlp_out",)
+    assert ag.default_edges(16) == (1, 2, 4, 8, 16, 17)
+
+
+def test_agreement_bad_input(tiny):
+    with pytest.raises(InputError, match="components"):
+        ag.layer_agreement(tiny, TEXTS, components=["attn_out"], progress=False)
+    with pytest.raises(InputError, match="edges"):
+        ag.layer_agreement(tiny, TEXTS, edges=[4, 2], progress=False)
+    res = ag.layer_agreement(tiny, TEXTS, window=16, max_chunks=1, progress=False)
+    with pytest.raises(InputError, match="component"):
+        res.curve("attn")
+    assert torch.isfinite(torch.as_tensor(res.curve())).all()
