@@ -81,7 +81,8 @@ class LayerAgreement:
         ``sum_l (1 - agreement[l]) / n_layers``: 0 if every layer already agrees, 1 if none does.
         """
         b = self.by_bucket(component)
-        return (np.nansum(1.0 - b, axis=0) / b.shape[0]).tolist()
+        out = (1.0 - b).sum(axis=0) / b.shape[0]
+        return [float(x) for x in out]  # NaN for empty buckets
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long table: component, layer, bucket, agreement, predictions in the bucket."""

@@ -1,0 +1,474 @@
+"""Feed-forward key-value memories in code models (Haider et al. 2024, after Geva et al. 2021), end to end.
+
+RQ1 what keys store: a streaming trigger-example scan (:mod:`codecircuits.memories`), the tokens each value
+promotes, and regex concept scores with the shallow / semantic distribution per layer (:mod:`codecircuits.concepts`);
+RQ2 concept editing by masking the concept's keys, next to a random-key control;
+RQ3-RQ4 layer agreement of ``mlp_out`` and residuals with the final prediction, by context length
+(:mod:`codecircuits.agreement`).
+
+>>> study = run(model, corpus="stdlib:test", max_tokens=6000)
+>>> html, js = write(study, "reports/memories")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import agreement as ag
+from .. import concepts as cc
+from .. import memories as mem
+from ..errors import InputError
+
+PAPER = {
+    "rq1": "lower layers store shallow patterns (keywords, n-grams), higher layers more abstract, semantic ones; "
+    "many keys are polysemantic",
+    "rq2": "masking a concept's keys drops the model's performance on that concept much more than on the rest",
+    "rq3": "early layers rarely agree with the final prediction; agreement rises sharply in the later layers",
+    "rq4": "with small contexts earlier layers already agree with the final prediction; larger contexts need "
+    "the later layers",
+}
+
+
+@dataclass(frozen=True)
+class MemoriesStudy:
+    """Everything the study measured on one model, with the settings that produced it."""
+
+    model: str
+    scan: mem.TriggerScan
+    chunked: mem.ChunkedCorpus = field(repr=False)
+    values: mem.ValueTokens = field(repr=False)
+    scores: cc.ConceptScores = field(repr=False)
+    distribution: pd.DataFrame = field(repr=False)
+    kv_agreement: pd.DataFrame = field(repr=False)
+    edits: tuple[cc.ConceptEdit, ...] = ()
+    agreement: ag.LayerAgreement | None = None
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def edit_table(self) -> pd.DataFrame:
+        return cc.edit_table(self.edits)
+
+    def depth_shares(self) -> dict[str, float]:
+        """Semantic share of labelled keys in the first, middle and last third of the layers."""
+        d = self.distribution
+        n = len(d)
+        thirds = {"early": d.iloc[: n // 3], "middle": d.iloc[n // 3 : n - n // 3], "late": d.iloc[n - n // 3 :]}
+        out = {}
+        for name, part in thirds.items():
+            lab = part["shallow"].sum() + part["semantic"].sum()
+            out[name] = float(part["semantic"].sum() / lab) if lab else float("nan")
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The key numbers (also shown as cards in the report, with the same keys)."""
+        m: dict[str, float] = {
+            "scan_chunks": self.scan.chunks_done,
+            "scan_tokens": self.scan.tokens_done,
+            "scan_tokens_per_s": self.timings.get("scan_tokens_per_s", float("nan")),
+        }
+        for k, v in self.depth_shares().items():
+            m[f"semantic_share_{k}"] = v
+        lab = self.distribution["shallow"] + self.distribution["semantic"]
+        m["labelled_keys"] = int(lab.sum())
+        if self.edits:
+            t = self.edit_table()
+            dc = t["concept_acc"] - t["concept_acc_masked"]
+            dg = t["general_acc"] - t["general_acc_masked"]
+            dr = t["concept_acc"] - t["concept_acc_control"]
+            m["edit_mean_concept_acc_drop"] = float(dc.mean())
+            m["edit_mean_general_acc_drop"] = float(dg.mean())
+            m["edit_mean_control_concept_acc_drop"] = float(dr.mean())
+        if self.agreement is not None:
+            a = self.agreement
+            for comp in a.components:
+                c = a.curve(comp)
+                n = len(c)
+                m[f"agree_{comp}_first_quarter"] = float(np.mean(c[: max(1, n // 4)]))
+                m[f"agree_{comp}_last_quarter"] = float(np.mean(c[n - max(1, n // 4) :]))
+            ml = [x for x, t in zip(a.mean_layer("resid_post"), a.total.tolist()) if t > 0]
+            m["resid_depth_shortest_bucket"] = float(ml[0])
+            m["resid_depth_longest_bucket"] = float(ml[-1])
+        return m
+
+    def to_json(self) -> dict:
+        """Every number of the study, JSON-ready (NaN becomes null)."""
+        a = self.agreement
+        out = {
+            "model": self.model,
+            "paper": PAPER,
+            "settings": self.settings,
+            "timings": self.timings,
+            "metrics": self.metrics(),
+            "scan": {
+                "corpus": self.scan.corpus,
+                "chunks": self.scan.chunks_done,
+                "tokens": self.scan.tokens_done,
+                "k": self.scan.k,
+                "window": self.scan.settings["window"],
+                "rank_by": self.scan.settings["rank_by"],
+            },
+            "concepts": self.scores.to_dataframe().to_dict(orient="records"),
+            "layer_distribution": self.distribution.to_dict(orient="records"),
+            "key_value_agreement": self.kv_agreement.to_dict(orient="records"),
+            "edits": self.edit_table().to_dict(orient="records") if self.edits else [],
+            "edit_keys": {e.concept.name: {str(k): v for k, v in e.keys.items()} for e in self.edits},
+            "examples": _example_records(self),
+        }
+        if a is not None:
+            out["agreement"] = {
+                "buckets": a.bucket_labels(),
+                "bucket_counts": a.total.tolist(),
+                **{f"{c}_by_layer": a.curve(c).tolist() for c in a.components},
+                **{f"{c}_by_bucket": a.by_bucket(c).tolist() for c in a.components},
+                "resid_first_layer_50": a.first_layer("resid_post", 0.5),
+                "resid_mean_depth": a.mean_layer("resid_post"),
+                "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
+            }
+        return _clean(out)
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(obj, torch.Tensor):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    return obj
+
+
+def showcase_keys(study: MemoriesStudy, n: int = 6, *, tau: float | None = None, min_lift: float | None = None):
+    """Keys to show: the best-scoring labelled key of the concepts with most labelled keys, alternating kinds."""
+    tau = study.settings.get("tau", 0.5) if tau is None else tau
+    min_lift = study.settings.get("min_lift", 2.0) if min_lift is None else min_lift
+    sc = study.scores
+    lab = sc.labels(tau=tau, min_lift=min_lift)
+    counts = [(int((lab == ci).sum()), ci) for ci in range(len(sc.concepts))]
+    by_kind = {
+        k: [ci for cnt, ci in sorted(counts, reverse=True) if cnt and sc.concepts[ci].kind == k] for k in cc.KINDS
+    }
+    order = [c for pair in zip(by_kind["shallow"] + [None] * n, by_kind["semantic"] + [None] * n) for c in pair]
+    out = []
+    for ci in [c for c in order if c is not None][:n]:
+        s = sc.scores[ci].masked_fill(lab != ci, -1)
+        li, ni = divmod(int(s.argmax()), s.shape[1])
+        out.append((sc.concepts[ci], sc.layers[li], ni, float(sc.scores[ci, li, ni])))
+    return out
+
+
+def _example_records(study: MemoriesStudy, n_keys: int = 6, n_examples: int = 3) -> list[dict]:
+    recs = []
+    for concept, layer, neuron, score in showcase_keys(study, n_keys):
+        exs = study.scan.examples(layer, neuron, study.chunked, k=n_examples)
+        li = study.scan.layers.index(layer)
+        sign = 1 if float(study.scan.values[li, neuron, 0]) >= 0 else -1
+        recs.append(
+            {
+                "concept": concept.name,
+                "kind": concept.kind,
+                "layer": layer,
+                "neuron": neuron,
+                "score": score,
+                "promotes": study.values.tokens(layer, neuron, sign=sign),
+                "triggers": [
+                    {"doc": e.doc, "coefficient": e.coefficient, "tail": e.prefix[-120:], "next": e.next_token}
+                    for e in exs
+                ],
+            }
+        )
+    return recs
+
+
+def pick_edit_concepts(
+    scores: cc.ConceptScores,
+    eval_masks: torch.Tensor,
+    n_per_kind: int,
+    *,
+    tau: float,
+    min_lift: float,
+    min_tokens: int = 20,
+) -> list[str]:
+    """Concepts to edit: per kind, those with most selected keys among concepts that match at least
+    ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``)."""
+    out = []
+    for kind in cc.KINDS:
+        cands = []
+        for ci, c in enumerate(scores.concepts):
+            if c.kind != kind or int(eval_masks[ci].sum()) < min_tokens:
+                continue
+            n = sum(len(v) for v in scores.keys(c, tau=tau, min_lift=min_lift).values())
+            if n:
+                cands.append((-n, ci))
+        out += [scores.concepts[ci].name for _, ci in sorted(cands)[:n_per_kind]]
+    return out
+
+
+def run(
+    model,
+    *,
+    corpus="stdlib:test",
+    eval_corpus="stdlib:validation",
+    max_tokens: int | None = 6000,
+    window: int = 128,
+    k: int = 20,
+    concepts=None,
+    tau: float = 0.5,
+    min_lift: float = 2.0,
+    edit: list[str] | None = None,
+    n_edit_per_kind: int = 2,
+    edit_max_keys: int | None = 300,
+    edit_tokens: int = 512,
+    agreement_tokens: int = 512,
+    batch_size: int = 8,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> MemoriesStudy:
+    """Run RQ1-RQ4 on ``model``: scan ``corpus`` (``max_tokens``), edit on ``eval_corpus``, agreement on it too.
+
+    ``edit`` names the concepts to mask (default: per kind the ``n_edit_per_kind`` concepts with most selected
+    keys); ``edit_tokens`` / ``agreement_tokens`` cap the evaluation corpus for those steps; 0 skips a step.
+    """
+    cs = cc._resolve(concepts)
+    timings: dict[str, float] = {}
+    name = str(getattr(model.cfg, "model_name", "") or "model")
+    t0 = time.perf_counter()
+    chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens)
+    scan = mem.scan(model, chunked, k=k, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress)
+    timings["scan_s"] = time.perf_counter() - t0
+    timings["scan_tokens_per_s"] = scan.tokens_done / max(timings["scan_s"], 1e-9)
+    t0 = time.perf_counter()
+    values = mem.value_tokens(model, k=10, progress=progress)
+    kva = mem.key_value_agreement(scan, values, chunked)
+    scores = cc.key_scores(scan, chunked, cs)
+    dist = scores.layer_distribution(tau=tau, min_lift=min_lift)
+    timings["values_and_scores_s"] = time.perf_counter() - t0
+
+    edits: list[cc.ConceptEdit] = []
+    if edit_tokens:
+        t0 = time.perf_counter()
+        ev = mem.chunk_corpus(model, eval_corpus, window=window, max_tokens=edit_tokens)
+        if edit is None:
+            emask = cc.token_masks(ev, scores.concepts, force_token=True).mask[:, cc._chunk_flat_tokens(ev)]
+            names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
+        else:
+            names = list(edit)
+        base = cc.evaluate(model, ev, batch_size=batch_size, progress=progress)
+        for cname in names:
+            edits.append(
+                cc.edit_concept(
+                    model,
+                    scores,
+                    cname,
+                    ev,
+                    tau=tau,
+                    min_lift=min_lift,
+                    max_keys=edit_max_keys,
+                    batch_size=batch_size,
+                    baseline=base,
+                    progress=progress,
+                )
+            )
+        timings["edit_s"] = time.perf_counter() - t0
+    agreement = None
+    if agreement_tokens:
+        t0 = time.perf_counter()
+        agreement = ag.layer_agreement(
+            model, eval_corpus, window=window, max_tokens=agreement_tokens, batch_size=4, progress=progress
+        )
+        timings["agreement_s"] = time.perf_counter() - t0
+    settings = {
+        "model": name,
+        "corpus": chunked.name,
+        "eval_corpus": str(eval_corpus) if not isinstance(eval_corpus, (list, tuple)) else "texts",
+        "max_tokens": max_tokens,
+        "window": window,
+        "k": k,
+        "tau": tau,
+        "min_lift": min_lift,
+        "edit_max_keys": edit_max_keys,
+        "edit_tokens": edit_tokens,
+        "agreement_tokens": agreement_tokens,
+        "concepts": [c.name for c in cs],
+        "threads": torch.get_num_threads(),
+    }
+    return MemoriesStudy(
+        model=name,
+        scan=scan,
+        chunked=chunked,
+        values=values,
+        scores=scores,
+        distribution=dist,
+        kv_agreement=kva,
+        edits=tuple(edits),
+        agreement=agreement,
+        settings=settings,
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+_LABELS = {
+    "scan_chunks": "chunks scanned",
+    "scan_tokens": "tokens scanned",
+    "scan_tokens_per_s": "scan tokens / s",
+    "semantic_share_early": "semantic share, first third",
+    "semantic_share_middle": "semantic share, middle third",
+    "semantic_share_late": "semantic share, last third",
+    "labelled_keys": "keys with a concept label",
+    "edit_mean_concept_acc_drop": "concept accuracy drop (masked)",
+    "edit_mean_general_acc_drop": "general accuracy drop (masked)",
+    "edit_mean_control_concept_acc_drop": "concept accuracy drop (random keys)",
+    "agree_mlp_out_first_quarter": "mlp_out agreement, first quarter",
+    "agree_mlp_out_last_quarter": "mlp_out agreement, last quarter",
+    "agree_resid_post_first_quarter": "residual agreement, first quarter",
+    "agree_resid_post_last_quarter": "residual agreement, last quarter",
+    "resid_depth_shortest_bucket": "depth to agree, shortest contexts",
+    "resid_depth_longest_bucket": "depth to agree, longest contexts",
+}
+
+
+def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int = 2, tail_tokens: int = 48):
+    """The study as a :class:`codecircuits.report.Report`; with ``model``, trigger examples get per-token activations."""
+    from ..report import Report
+
+    s = study.settings
+    r = Report(
+        title=f"Feed-forward key-value memories in {study.model}",
+        subtitle=f"Haider et al. 2024 (after Geva et al. 2021) on {s['corpus']}: trigger examples, concept keys, "
+        "masking edits, layer agreement",
+        meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
+    )
+    metrics = {k: v for k, v in _clean(study.metrics()).items() if v is not None}
+    r.metrics(metrics, labels={k: _LABELS.get(k, k) for k in metrics})
+
+    r.section(
+        "What the keys store (RQ1)",
+        text=f"Paper: {PAPER['rq1']}. Each key (neuron of mlp.hook_post) keeps its top-{s['k']} trigger chunks; "
+        f"a key is labelled with a concept when at least {s['tau']:.0%} of its trigger tokens match the concept's "
+        f"regex and that is at least {s['min_lift']}x the concept's base rate among all scanned tokens.",
+    )
+    d = study.distribution
+    r.line_chart(
+        d["layer"].tolist(),
+        {"shallow": d["shallow"].tolist(), "semantic": d["semantic"].tolist()},
+        title="Labelled keys per layer",
+        x_title="layer",
+        y_title="keys",
+    )
+    r.line_chart(
+        d["layer"].tolist(),
+        {"semantic share of labelled keys": [None if math.isnan(x) else x for x in d["semantic_share"]]},
+        title="Semantic share per layer",
+        x_title="layer",
+        y_title="share",
+    )
+    r.table(d, caption="Keys per layer labelled shallow, semantic or not at all")
+    r.table(study.scores.to_dataframe(), caption="Concepts: base rate among scanned tokens and keys that store them")
+    r.table(
+        study.kv_agreement,
+        caption="Key-value agreement: the value's top-10 tokens contain the token after the "
+        "key's top trigger (chance = 10 / vocabulary)",
+    )
+
+    r.section(
+        "Trigger examples",
+        text="For a few labelled keys, the tail of their strongest trigger chunks, "
+        "coloured by the key's coefficient; the outlined token is the trigger (the prefix ends there).",
+    )
+    for concept, layer, neuron, score in showcase_keys(study, n_keys):
+        li = study.scan.layers.index(layer)
+        sign = 1 if float(study.scan.values[li, neuron, 0]) >= 0 else -1
+        promotes = " ".join(repr(t) for t in study.values.tokens(layer, neuron, sign=sign)[:8])
+        r.text(f"L{layer}N{neuron}: {concept.name} ({concept.kind}), score {score:.2f}; its value promotes {promotes}")
+        for e in study.scan.examples(layer, neuron, study.chunked, k=n_examples):
+            title = f"L{layer}N{neuron} #{e.rank + 1} · {e.doc} · coefficient {e.coefficient:.3g}"
+            if model is not None:
+                toks, acts = mem.chunk_activations(model, study.chunked, e.chunk, layer, neuron)
+                end = e.pos - int(study.chunked.chunk_start[e.chunk]) + 1
+                a = max(0, end - tail_tokens)
+                r.token_values(
+                    toks[a:end], acts[a:end], title=title, center=0.0, value_label="coefficient", marked=[end - 1 - a]
+                )
+            else:
+                r.code(e.prefix[-400:], title=title)
+
+    if study.edits:
+        r.section(
+            "Masking a concept's keys (RQ2)",
+            text=f"Paper: {PAPER['rq2']}. The concept's keys (at most "
+            f"{s['edit_max_keys']}) are zeroed at every position; concept tokens are next tokens inside a "
+            "regex match, general tokens all others; the control zeroes as many random keys per layer.",
+        )
+        r.table(study.edit_table(), caption="Next-token accuracy and loss: baseline, concept keys masked, random keys")
+    a = study.agreement
+    if a is not None:
+        r.section(
+            "Layer agreement (RQ3)",
+            text=f"Paper: {PAPER['rq3']}. Share of positions whose per-layer top-1 "
+            "(read through the unembedding with the frozen final scale) equals the model's final top-1.",
+        )
+        r.line_chart(
+            list(range(a.n_layers)),
+            {c: a.curve(c).tolist() for c in a.components},
+            title="Agreement with the final prediction",
+            x_title="layer",
+            y_title="agreement",
+        )
+        r.section(
+            "Agreement by context length (RQ4)",
+            text=f"Paper: {PAPER['rq4']}. Rows: layers; columns: "
+            "context length (document tokens before the prediction).",
+        )
+        for c in a.components:
+            r.heatmap(
+                a.by_bucket(c),
+                x_labels=a.bucket_labels(),
+                y_labels=[str(i) for i in range(a.n_layers)],
+                title=f"{c} agreement by context length",
+                x_title="context length",
+                y_title="layer",
+                vmin=0.0,
+                vmax=1.0,
+                value_label="agreement",
+            )
+        r.table(
+            pd.DataFrame(
+                {
+                    "context": a.bucket_labels(),
+                    "predictions": a.total.tolist(),
+                    "first layer ≥ 0.5 (resid)": a.first_layer("resid_post", 0.5),
+                    "depth to agree (resid)": a.mean_layer("resid_post"),
+                }
+            ),
+            caption="Per context bucket: first layer whose residual agrees on half the positions; "
+            "depth to agree = mean over layers of (1 - agreement), 0 = every layer agrees",
+        )
+    r.data(study.to_json())
+    return r
+
+
+def write(study: MemoriesStudy, out_dir, model=None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``results.json`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    if out.suffix:
+        raise InputError(f"out_dir must be a directory, not a file name: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "results.json"
+    js.write_text(json.dumps(study.to_json(), indent=1))
+    html = report(study, model).save(out / "report.html")
+    return html, js
