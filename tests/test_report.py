@@ -221,6 +221,29 @@ def test_format_value_and_token_labels():
     assert position_labels(["<s>", "a\n"]) == ["0 <s>", "1 a⏎"]
 
 
+def test_token_values_show_newlines_and_values():
+    out = Report("t").token_values(["<s>", "x", "\n", " y"], [0.0, 1.0, -1.0, 0.5], value_label="act").to_html()
+    spans = re.findall(
+        r'<span class="tok[^"]*" data-pos="(\d)" style="background:(#[0-9a-f]{6})[^"]*" title="([^"]*)">', out
+    )
+    assert [p for p, _, _ in spans] == ["0", "1", "2", "3"]
+    assert spans[0][1] == "#f7f7f7" and spans[1][1] == "#67001f" and spans[2][1] == "#053061"  # diverging at 0
+    assert html.unescape(spans[2][2]) == "position 2 · ⏎ · act -1.0"
+    assert '<span class="nl">⏎</span>\n' in out and '<span class="special">&lt;s&gt;</span>' in out
+
+
+def test_missing_chromium_skips_locally_and_fails_in_ci(monkeypatch):
+    import browser
+
+    monkeypatch.setattr(browser, "find_chromium", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        browser.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser test"):
+        browser.require_chromium()
+
+
 # ------------------------------------------------------------------------ model views, on every architecture
 
 

@@ -209,8 +209,8 @@ def token_values(
         style = f"background:{scale.css(float(v))};color:{scale.text_css(float(v))}"
         if is_special_token(tok):
             inner = f'<span class="special">{esc(tok)}</span>'
-        else:
-            inner = esc(tok)
+        else:  # a newline gets a visible mark, so a newline token shows its colour too
+            inner = esc(tok).replace("\n", '<span class="nl">⏎</span>\n')
         spans.append(f'<span class="{cls}" data-pos="{i}" style="{style}" title="{esc(tip)}">{inner}</span>')
     stops = ", ".join(col for _, col in scale.gradient_stops())
     legend = (
