@@ -208,8 +208,14 @@ class CNAResult:
         return int(self.target.shape[0])
 
     def top_indices(self, k: int = 10) -> torch.Tensor:
-        """Per prompt, flat indices ``layer * d_mlp + neuron`` of the ``k`` highest CNA neurons: ``[prompt, k]``."""
-        return self.cna.reshape(self.n_prompts, -1).topk(k, dim=1).indices
+        """Per prompt, flat indices ``layer * d_mlp + neuron`` of the ``k`` highest CNA neurons: ``[prompt, k]``,
+        chosen among the layers the ablation can reach (from the head's layer on)."""
+        return self._reachable(self.cna).reshape(self.n_prompts, -1).topk(k, dim=1).indices
+
+    def _reachable(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        t[..., : self.head[0], :] = float("-inf")
+        return t
 
     def top(self, k: int = 10, prompt: int | None = None) -> pd.DataFrame:
         """The top-``k`` neurons by CNA for one prompt, or by the mean over prompts."""
@@ -217,8 +223,8 @@ class CNAResult:
         def pick(t):
             return t.nanmean(0) if prompt is None else t[prompt]
 
-        cna = pick(self.cna)
-        top = cna.flatten().topk(min(k, cna.numel()))
+        cna = self._reachable(pick(self.cna))
+        top = cna.flatten().topk(min(k, cna[self.head[0] :].numel()))
         layer, neuron = torch.unravel_index(top.indices, cna.shape)
         cols = {
             "imp_original": pick(self.imp_original),

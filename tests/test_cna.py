@@ -1,0 +1,146 @@
+"""Single-head ablation sweep, comparative neuron analysis and the mask/keep table (codecircuits.cna), and the
+arithmetic task, on every architecture of the test matrix; study-level checks on the default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codecircuits import cna, neurons
+from codecircuits.errors import InputError
+from codecircuits.tasks import arithmetic
+
+PROMPTS = ["def f(x):\n    return (x", "print(str(str(12", "x = [i * 2 for i"]
+
+
+def _zero_head(layer, head):
+    def hook(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+
+    return [(f"blocks.{layer}.attn.hook_z", hook)]
+
+
+def test_head_sweep_matches_one_full_run_per_head(tiny):
+    toks = [tiny.to_tokens(p) for p in PROMPTS]
+    with torch.no_grad():
+        labels = torch.tensor([int(tiny(t)[0, -1].argsort()[-2]) for t in toks])  # the runner-up: accuracy 0 at base
+    sweep = cna.head_sweep(tiny, PROMPTS, labels, progress=False, max_rows=5)  # max_rows forces chunking of heads
+    assert sweep.accuracy.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads)
+    assert sweep.base_accuracy == 0.0
+    for layer in range(tiny.cfg.n_layers):
+        for head in range(tiny.cfg.n_heads):
+            for i, t in enumerate(toks):
+                with torch.no_grad(), tiny.hooks(fwd_hooks=_zero_head(layer, head)):
+                    logits = tiny(t)[0, -1]
+                lp = torch.log_softmax(logits, -1)[labels[i]]
+                assert abs(float(sweep.prompt_logprob[layer, head, i]) - float(lp)) < 1e-4
+                assert bool(sweep.correct[layer, head, i]) == (int(logits.argmax()) == int(labels[i]))
+    top = sweep.top(3)
+    assert list(top.columns[:3]) == ["layer", "head", "name"]
+    assert 0.0 <= sweep.fraction_harmless() <= 1.0
+
+
+def test_head_sweep_agrees_with_the_ablation_module(tiny):
+    from codecircuits import ablation
+
+    toks = tiny.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        w = tiny(toks)[:, -1].argmax(-1)
+    ours = cna.head_sweep(tiny, PROMPTS[:1], w, progress=False)
+    theirs = ablation.head_sweep(
+        tiny, toks, lambda logits: torch.log_softmax(logits[:, -1], -1)[:, int(w[0])], progress=False
+    )
+    torch.testing.assert_close(ours.logprob, theirs.values.float().reshape(ours.logprob.shape), atol=1e-4, rtol=1e-4)
+
+
+def test_cna_is_the_difference_of_two_importances(tiny):
+    layer, head = tiny.cfg.n_layers - 1, 1
+    res = cna.compare(tiny, PROMPTS[:2], (layer, head), progress=False)
+    assert res.cna.shape == (2, tiny.cfg.n_layers, tiny.cfg.d_mlp)
+    assert torch.all(res.cna[:, :layer] == 0)  # the ablation cannot reach earlier layers
+    clean = neurons.ffn_neurons(tiny, PROMPTS[:2], progress=False)
+    torch.testing.assert_close(res.imp_original[:, layer:], clean["logprob_increase"][:, layer:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(res.target, clean.target)
+    # the ablated importance, by hand: the ablated run's activations, the clean run's scale and target
+    toks = tiny.to_tokens(PROMPTS[0])
+    _, c0 = tiny.run_with_cache(toks)
+    with tiny.hooks(fwd_hooks=_zero_head(layer, head)):
+        _, c1 = tiny.run_with_cache(toks)
+    scale = c0["ln_final.hook_scale"][0, -1]
+    w = int(res.target[0])
+    ln = str(tiny.cfg.normalization_type).upper().startswith("LN")
+
+    def lp(x):
+        x = x - x.mean(-1, keepdim=True) if ln else x
+        return torch.log_softmax((x / scale) @ tiny.W_U + tiny.b_U, -1)[w]
+
+    if tiny.cfg.parallel_attn_mlp:
+        base = c1[f"blocks.{layer}.hook_resid_pre"][0, -1] + c1[f"blocks.{layer}.hook_attn_out"][0, -1]
+    else:
+        base = c1[f"blocks.{layer}.hook_resid_mid"][0, -1]
+    for k in (0, 5, tiny.cfg.d_mlp - 1):
+        m = c1[f"blocks.{layer}.mlp.hook_post"][0, -1, k]
+        want = lp(base + m * tiny.W_out[layer, k]) - lp(base)
+        torch.testing.assert_close(res.imp_ablated[0, layer, k], want, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(res.coef_ablated[0, layer, k], m)
+    assert res.top(5)["cna"].is_monotonic_decreasing
+    assert len(res.to_dataframe()) == res.cna.numel()
+
+
+def test_mask_keep_table_extremes(tiny):
+    layer = tiny.cfg.n_layers - 1
+    res = cna.compare(tiny, PROMPTS, (layer, 0), progress=False)
+    n_all = tiny.cfg.d_mlp  # every neuron of the layers from the head's layer on
+    mk = cna.mask_keep(tiny, PROMPTS, res, ns=(3, n_all), progress=False)
+    t = mk.table.set_index("N")
+    assert mk.n_prompts == 3 and mk.base_accuracy == 1.0  # the target is the model's own top-1
+    assert t.loc[n_all, "keep_acc_decrease_pct"] == 0.0  # keeping every neuron changes nothing
+    # masking every neuron of the last layer equals zeroing that layer's MLP by hand
+    with torch.no_grad(), tiny.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", lambda a, hook: a * 0)]):
+        preds = torch.stack([tiny(tiny.to_tokens(p))[0, -1].argmax() for p in PROMPTS])
+    want = 100.0 * (1 - float((preds == res.target).float().mean()))
+    assert abs(t.loc[n_all, "mask_acc_decrease_pct"] - want) < 1e-9
+    assert t.loc[n_all, "random_mask_acc_decrease_pct"] == t.loc[n_all, "mask_acc_decrease_pct"]
+    with pytest.raises(InputError, match="exceeds"):
+        cna.mask_keep(tiny, PROMPTS, res, ns=(n_all + 1,), progress=False)
+    with pytest.raises(InputError, match="computed on"):
+        cna.mask_keep(tiny, PROMPTS[:2], res, progress=False)
+
+
+def test_arithmetic_dataset_labels_are_the_first_answer_token(tiny):
+    ds = arithmetic.dataset(tiny, templates=("assert", "bare"), ops=("+", "-"))
+    assert len(ds) == 2 * (100 + 55)  # every pair for "+", the non-negative ones for "-"
+    for p in ds.select(limit=20):
+        full = tiny.to_tokens(p.text + str(p.answer))[0].tolist()
+        n = tiny.to_tokens(p.text).shape[1]
+        assert full[n] == p.label_id
+        assert p.label == str(p.answer)[0]  # this tokenizer splits digits
+    assert set(ds.templates) == {"assert", "bare"}
+    acc = arithmetic.accuracy(tiny, ds.select(op="+", limit=10), by="template")
+    assert set(acc) <= {"assert", "bare"} and all(0 <= v <= 1 for v in acc.values())
+    with pytest.raises(InputError, match="Unknown operation"):
+        arithmetic.dataset(tiny, ops=("^",))
+    with pytest.raises(InputError, match="neither a name"):
+        arithmetic.dataset(tiny, templates=("no placeholders",))
+    with pytest.raises(InputError, match="No prompts"):
+        ds.select(template="prose")
+
+
+@pytest.mark.slow
+def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
+    """Study check: the model adds in code; a single head carries much of it while most heads are harmless; the
+    top CNA neurons matter far more when masked than everything else does when they alone are kept."""
+    ds = arithmetic.dataset(default_model, templates=("assert",))
+    assert arithmetic.accuracy(default_model, ds)["assert"] >= 0.8
+    sub = ds.select(limit=30, seed=0)
+    sweep = cna.head_sweep(default_model, sub.texts, sub.label_ids, progress=False)
+    assert float(sweep.accuracy_drop.max()) >= 0.3
+    assert sweep.fraction_harmless(0.05) >= 0.85
+    head = sweep.top_head()
+    right = [i for i in range(len(sub)) if bool(sweep.base_correct[i])][:4]
+    texts, labels = [sub.texts[i] for i in right], sub.label_ids[right]
+    res = cna.compare(default_model, texts, head, target=labels, progress=False)
+    mk = cna.mask_keep(default_model, texts, res, labels=labels, ns=(50,), progress=False).table.iloc[0]
+    assert mk["mask_acc_decrease_pct"] > mk["random_mask_acc_decrease_pct"]
