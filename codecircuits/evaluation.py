@@ -245,7 +245,7 @@ def paren_accuracy(
 def evaluate(
     model,
     *,
-    corpora: tuple[str, ...] = ("stdlib:test", "humaneval"),
+    corpora: tuple = ("stdlib:test", "humaneval"),
     max_chars: int = 20_000,
     file_chars: int = 2_000,
     window: int = 512,
@@ -254,7 +254,10 @@ def evaluate(
     prepend_bos: bool | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Held-out loss on ``corpora`` (specs for :func:`codecircuits.corpus.load`) and paren accuracy 1-4.
+    """Held-out loss on ``corpora`` and paren accuracy for 1-4 parens.
+
+    ``corpora`` holds specs for :func:`codecircuits.corpus.load` (``"stdlib:test"``, ``"humaneval"``, a
+    directory) or :class:`~codecircuits.corpus.Corpus` objects.
 
     ``prepend_bos`` overrides the model's setting for both the losses and the paren prompts.
     """
@@ -264,7 +267,7 @@ def evaluate(
         losses = tuple(
             corpus_loss(
                 model,
-                corpus_mod.load(spec),
+                corpus_mod.load(spec) if isinstance(spec, str) else spec,
                 max_chars=max_chars,
                 file_chars=file_chars,
                 window=window,
@@ -281,7 +284,7 @@ def evaluate(
         paren_accuracy=acc,
         paren_prompts=counts,
         settings=dict(
-            corpora=list(corpora),
+            corpora=[c if isinstance(c, str) else c.name for c in corpora],
             max_chars=max_chars,
             file_chars=file_chars,
             window=window,

@@ -67,6 +67,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source: dict | None = None) 
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     del quantized
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished model is an ordinary cache directory
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
