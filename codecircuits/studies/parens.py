@@ -273,8 +273,12 @@ def _acc_and_ld(model, groups, paren_ids, wrong_of, batch_size):
     return out
 
 
-def run(model, config: ParensConfig | None = None, *, progress: bool = True) -> ParensStudy:
-    """Run the whole study on ``model`` (see the module docstring); returns a :class:`ParensStudy`."""
+def run(model, config: ParensConfig | None = None, *, corpus=None, progress: bool = True) -> ParensStudy:
+    """Run the whole study on ``model`` (see the module docstring); returns a :class:`ParensStudy`.
+
+    ``corpus``: the code to mine real closing-paren positions from (a :class:`codecircuits.corpus.Corpus`;
+    default the standard library's held-out ``"test"`` split).
+    """
     from .. import ablation, patching
 
     cfg = config or ParensConfig()
@@ -412,6 +416,7 @@ def run(model, config: ParensConfig | None = None, *, progress: bool = True) -> 
         try:
             mp = task.mined(
                 model,
+                corpus,
                 counts=counts,
                 window=cfg.mined_window,
                 max_per_count=cfg.mined_per_count,
