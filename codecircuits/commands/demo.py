@@ -1,24 +1,30 @@
-"""``codecircuits demo``: the main job on the default model."""
+"""``codecircuits demo``: the closing-parenthesis study on the default model, written as an HTML report."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "demo"
-HELP = "run the main analysis on the default model and write a report"
+HELP = "run the closing-parenthesis study on the default model and write its report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
-    p.add_argument("--out", default="reports", help="directory for the report")
+    p.add_argument("--out", default="reports", help="directory for the report (written to OUT/parens/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from ..models import DEFAULT_MODEL, describe, load_model
+    from ..models import DEFAULT_MODEL, load_model
+    from ..studies import parens
 
-    model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    print(describe(model))
-    prompt = "#print the string 123\nprint(str(str(123"
-    completion = model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
-    print(f"\ngreedy completion of {prompt!r}: {completion[len(prompt):]!r}")
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name, device="cpu")
+    study = parens.run(model, parens.ParensConfig(), progress=not args.quiet)
+    html, js = study.save(Path(args.out) / "parens")
+    acc = ", ".join(f"{k}: {v:.2f}" for k, v in study.accuracy.items())
+    print(f"closing parentheses on {name}: accuracy per number of parens {acc}")
+    print(f"report written to {html}")
+    print(f"numbers written to {js}")
     return 0
