@@ -388,6 +388,27 @@ class TriggerScan:
         idx = np.where(ok, starts[d] + nxt, total)
         return torch.as_tensor(flat[idx])
 
+    def trigger_token_ids(self, chunked: ChunkedCorpus) -> torch.Tensor:
+        """The trigger token of each example, ``[layer, neuron, rank]`` (-1 where unfilled)."""
+        self.check_corpus(chunked)
+        starts, total = chunked.flat_index()
+        flat = np.concatenate(list(chunked.ids) + [np.array([-1])])
+        c = self.chunk.clamp(min=0).numpy()
+        idx = np.where(self.chunk.numpy() >= 0, starts[self.chunk_doc.numpy()[c]] + self.pos.numpy(), total)
+        return torch.as_tensor(flat[idx])
+
+    def token_purity(self, chunked: ChunkedCorpus) -> torch.Tensor:
+        """Per key, the share of its trigger examples whose trigger is its most common trigger token, ``[layer, neuron]``.
+
+        1.0 means the key fires on one surface token (a lexical, shallow key); low values mean its triggers are
+        different tokens that share something else.
+        """
+        ids = self.trigger_token_ids(chunked)
+        filled = ids >= 0
+        same = (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & filled.unsqueeze(-1) & filled.unsqueeze(-2)
+        mode = same.sum(-1).max(-1).values
+        return mode.float() / filled.sum(-1).clamp(min=1)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the scan to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
         return _save(self, Path(path))

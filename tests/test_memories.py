@@ -143,5 +143,11 @@ def test_value_tokens_and_agreement(tiny):
     c, p = int(s.chunk[0, 0, 0]), int(s.pos[0, 0, 0])
     ids = ch.ids[int(ch.chunk_doc[c])]
     assert int(nxt[0, 0, 0]) == (int(ids[p + 1]) if p + 1 < len(ids) else -1)
+    trig = s.trigger_token_ids(ch)
+    assert int(trig[0, 0, 0]) == int(ids[p])
+    purity = s.token_purity(ch)
+    for layer_, n_ in [(0, 0), (n_layers - 1, 2)]:
+        got = [int(t) for t in trig[layer_, n_] if t >= 0]
+        assert float(purity[layer_, n_]) == pytest.approx(max(got.count(t) for t in got) / len(got))
     kva = mem.key_value_agreement(s, v, ch)
     assert list(kva["layer"]) == list(range(n_layers)) and kva["agreement"].between(0, 1).all()

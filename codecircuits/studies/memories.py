@@ -67,6 +67,13 @@ class MemoriesStudy:
             out[name] = float(part["semantic"].sum() / lab) if lab else float("nan")
         return out
 
+    def depth_means(self, column: str) -> dict[str, float]:
+        """Mean of a per-layer column of :attr:`distribution` over the first, middle and last third of the layers."""
+        d = self.distribution
+        n = len(d)
+        parts = {"early": d.iloc[: n // 3], "middle": d.iloc[n // 3 : n - n // 3], "late": d.iloc[n - n // 3 :]}
+        return {k: float(p[column].mean()) if len(p) else float("nan") for k, p in parts.items()}
+
     def metrics(self) -> dict[str, float]:
         """The key numbers (also shown as cards in the report, with the same keys)."""
         m: dict[str, float] = {
@@ -76,6 +83,8 @@ class MemoriesStudy:
         }
         for k, v in self.depth_shares().items():
             m[f"semantic_share_{k}"] = v
+        for k, v in self.depth_means("token_purity").items():
+            m[f"token_purity_{k}"] = v
         lab = self.distribution["shallow"] + self.distribution["semantic"]
         m["labelled_keys"] = int(lab.sum())
         if self.edits:
@@ -257,6 +266,7 @@ def run(
     kva = mem.key_value_agreement(scan, values, chunked)
     scores = cc.key_scores(scan, chunked, cs)
     dist = scores.layer_distribution(tau=tau, min_lift=min_lift)
+    dist["token_purity"] = scan.token_purity(chunked).mean(-1).numpy()
     timings["values_and_scores_s"] = time.perf_counter() - t0
 
     edits: list[cc.ConceptEdit] = []
@@ -330,6 +340,9 @@ _LABELS = {
     "semantic_share_middle": "semantic share, middle third",
     "semantic_share_late": "semantic share, last third",
     "labelled_keys": "keys with a concept label",
+    "token_purity_early": "trigger-token purity, first third",
+    "token_purity_middle": "trigger-token purity, middle third",
+    "token_purity_late": "trigger-token purity, last third",
     "edit_mean_concept_acc_drop": "concept accuracy drop (masked)",
     "edit_mean_general_acc_drop": "general accuracy drop (masked)",
     "edit_mean_control_concept_acc_drop": "concept accuracy drop (random keys)",
@@ -377,7 +390,15 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         x_title="layer",
         y_title="share",
     )
-    r.table(d, caption="Keys per layer labelled shallow, semantic or not at all")
+    r.line_chart(
+        d["layer"].tolist(),
+        {"trigger-token purity": d["token_purity"].tolist()},
+        title="Trigger-token purity per layer",
+        caption="Mean over keys of the share of trigger examples whose trigger is the key's most common token",
+        x_title="layer",
+        y_title="purity",
+    )
+    r.table(d, caption="Keys per layer labelled shallow, semantic or not at all; mean trigger-token purity")
     r.table(study.scores.to_dataframe(), caption="Concepts: base rate among scanned tokens and keys that store them")
     r.table(
         study.kv_agreement,
