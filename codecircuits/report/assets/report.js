@@ -73,7 +73,7 @@
     var start = Date.now();
     (function wait() {
       var pending = views.filter(function (v) { return !drawn(v) && !v.getAttribute("data-failed"); });
-      if (pending.length === 0 || Date.now() - start > 10000) {
+      if (pending.length === 0 || Date.now() - start > 20000) {
         pending.forEach(function (v) {
           v.setAttribute("data-failed", "true");
           console.error("codecircuits report: view " + v.getAttribute("data-component") + " drew nothing");
