@@ -107,6 +107,7 @@ class Attribution:
         idx = torch.stack(torch.unravel_index(top.indices, values.shape), dim=1)
         rows = []
         for rank, (vals, flat) in enumerate(zip(idx.tolist(), top.indices.tolist())):
+            vals = self._model_layers(vals)
             row = {"rank": rank + 1, **dict(zip(self.axes[1:], vals))}
             row["name"] = "_".join(str(v) for v in vals)
             for name, t in self.scores.items():
@@ -118,12 +119,23 @@ class Attribution:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def _model_layers(self, vals: list[int]) -> list[int]:
+        """Map the ``layer`` index of ``axes[1:]`` to the model's layer number when only some layers were scored."""
+        layers = self.settings.get("layers")
+        if layers is not None and "layer" in self.axes[1:]:
+            i = self.axes[1:].index("layer")
+            vals = list(vals)
+            vals[i] = int(layers[vals[i]])
+        return vals
+
     def to_dataframe(self, scores: Sequence[str] | None = None) -> pd.DataFrame:
-        """Long format: one row per (prompt, component) with one column per score."""
+        """Long format: one row per (prompt, component) with one column per score (``layer`` = model layer)."""
         names = list(scores or self.scores)
         shape = self[names[0]].shape
         grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
         df = pd.DataFrame(grid.numpy(), columns=list(self.axes))
+        if self.settings.get("layers") is not None and "layer" in df:
+            df["layer"] = [int(self.settings["layers"][i]) for i in df["layer"]]
         for n in names:
             df[n] = self[n].reshape(-1).float().numpy()
         if self.coefficients is not None and self.coefficients.shape == shape:

@@ -248,3 +248,15 @@ def test_log_prob_increase_picks_the_neurons_that_matter(default_model):
     assert t.loc["logprob_increase", "prob_drop_pct"] > 30
     assert t.loc["random", "prob_drop_pct"] < 10
     assert t.loc["logprob_increase", "mrr"] < t.loc["coefficient", "mrr"]
+
+
+def test_a_subset_of_layers_reports_model_layer_numbers(tiny):
+    last = tiny.cfg.n_layers - 1
+    full = neurons.ffn_neurons(tiny, PROMPTS, progress=False)
+    part = neurons.ffn_neurons(tiny, PROMPTS, layers=[last], progress=False)
+    torch.testing.assert_close(part["logprob_increase"][:, 0], full["logprob_increase"][:, last])
+    top = part.top(3, prompt=1)
+    assert set(top["layer"]) == {last}
+    assert set(part.to_dataframe()["layer"]) == {last}
+    ev = neurons.evaluate_top_neurons(tiny, PROMPTS, part, k=2, random_control=False, progress=False)
+    assert list(ev.table["method"]) == ["original", "logprob_increase"]
