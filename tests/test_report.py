@@ -17,6 +17,7 @@ from browser import artifact_path, check_report, open_report
 from codecircuits.errors import InputError
 from codecircuits.report import (
     Report,
+    attention_of,
     attention_view,
     format_value,
     head_patterns,
@@ -297,6 +298,8 @@ def test_notebook_views_display_offline(tiny, no_network):
     assert "unpkg.com" not in out and "<style>" in out
     toks, pats, labels = head_patterns(tiny, "x = [1, 2]", ["L0H0"])
     assert "AttentionHeads" in attention_view(toks, pats, labels)._repr_html_()
+    both = attention_of(tiny, ["x = [1, 2]", "print(x)"], "L0H0,L1H1")._repr_html_()
+    assert both.count('data-component="AttentionHeads"') == 2 and both.count("var CircuitsVis=") == 1
     assert 'class="ccr"' in Report("nb").metrics({"a": 1})._repr_html_()
 
 

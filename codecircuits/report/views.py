@@ -162,10 +162,20 @@ def neuron_acts(model, code: str, neurons) -> tuple[list[str], torch.Tensor, lis
     return str_tokens(model, toks), acts, [f"L{layer}N{n}" for layer, n in pairs]
 
 
-def attention_of(model, prompt: str, heads: Sequence | str | None = None, **kwargs) -> View:
-    """A notebook view of the chosen heads' attention on ``prompt``."""
-    toks, pats, labels = head_patterns(model, prompt, heads)
-    return attention_view(toks, pats, labels, **kwargs)
+def attention_of(model, prompts: str | Sequence[str], heads: Sequence | str | None = None, **kwargs) -> View:
+    """A notebook view of the chosen heads' attention on one prompt, or one view per prompt for a list."""
+    if isinstance(prompts, str):
+        toks, pats, labels = head_patterns(model, prompts, heads)
+        return attention_view(toks, pats, labels, **kwargs)
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("attention_of got an empty list of prompts.")
+    parts = []
+    for p in prompts:
+        toks, pats, labels = head_patterns(model, p, heads)
+        parts.append(el.attention(toks, pats, head_labels=labels, title=repr(p), **kwargs))
+    frag = el.Fragment("".join(f.html for f in parts), needs_circuitsvis=True)
+    return View(f"Attention of {len(prompts)} prompts", frag)
 
 
 def neurons_of(model, code: str, neurons, **kwargs) -> View:
