@@ -23,6 +23,7 @@ sweep ends.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -345,3 +346,302 @@ def _progress(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sites and sweeps
+
+# site -> (hook suffix, the kind of tensor: "vec" [b,pos,d], "head" [b,pos,head,d], "kv" [b,pos,kv,d],
+#          "neuron" [b,pos,d_mlp], "pattern" [b,head,dest,src])
+SITES = {
+    "resid_pre": ("hook_resid_pre", "vec"),
+    "resid_mid": ("hook_resid_mid", "vec"),
+    "resid_post": ("hook_resid_post", "vec"),
+    "attn_out": ("hook_attn_out", "vec"),
+    "mlp_out": ("hook_mlp_out", "vec"),
+    "z": ("attn.hook_z", "head"),
+    "q": ("attn.hook_q", "head"),
+    "k": ("attn.hook_k", "kv"),
+    "v": ("attn.hook_v", "kv"),
+    "pattern": ("attn.hook_pattern", "pattern"),
+    "post": ("mlp.hook_post", "neuron"),
+}
+SITE_ALIASES = {"head_out": "z", "neurons": "post", "mlp_post": "post"}
+
+DEFAULT_BY = {
+    "vec": ("layer", "pos"),
+    "head": ("layer", "head"),
+    "kv": ("layer", "head"),
+    "pattern": ("layer", "head"),
+    "neuron": ("layer", "neuron"),
+}
+ALLOWED_BY = {
+    "vec": [("layer", "pos"), ("layer",)],
+    "head": [("layer", "head"), ("layer", "pos", "head")],
+    "kv": [("layer", "head"), ("layer", "pos", "head"), ("layer", "kv_head"), ("layer", "pos", "kv_head")],
+    "pattern": [("layer", "head"), ("layer", "head", "dest_pos")],
+    "neuron": [("layer", "neuron")],
+}
+
+
+def _site(site: str) -> tuple[str, str, str]:
+    site = SITE_ALIASES.get(site, site)
+    if site not in SITES:
+        raise InputError(
+            f"Unknown patching site {site!r}: choose one of {', '.join(SITES)} (aliases: {', '.join(SITE_ALIASES)})."
+        )
+    return (site, *SITES[site])
+
+
+def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
+    """The first position where any clean prompt differs from its corrupted prompt (the length if none)."""
+    diff = (clean != corrupted).any(0).nonzero()
+    return int(diff[0]) if len(diff) else int(clean.shape[1])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The cells of a sweep at one layer that start at the same position."""
+
+    layer: int
+    start: int
+    cells: torch.Tensor  # [n] flat cell indices (within the layer)
+    pos: torch.Tensor  # [n] the patched position of each cell, -1 = all selected positions
+    unit: torch.Tensor  # [n] the head / kv head / neuron index of each cell, -1 = none
+
+
+def _plan(
+    by: tuple[str, ...],
+    layers: list[int],
+    n_units: int,
+    positions: list[int],
+    first_diff: int,
+    units: list[int] | None,
+) -> tuple[tuple[int, ...], list[_Plan]]:
+    """Cell grid shape (per layer) and the groups to run; cells that change nothing are left out."""
+    has_pos = "pos" in by or "dest_pos" in by
+    has_unit = any(a in by for a in ("head", "kv_head", "neuron"))
+    pos_axis = positions if has_pos else [-1]
+    unit_axis = (units if units is not None else list(range(n_units))) if has_unit else [-1]
+    unit_first = by.index("dest_pos") > by.index("head") if "dest_pos" in by else False  # pattern by dest_pos
+    grid = tuple(len(a) for a, keep in ((pos_axis, has_pos), (unit_axis, has_unit)) if keep)
+    if unit_first:
+        grid = grid[::-1]
+    changed = [p for p in positions if p >= first_diff]
+    plans = []
+    for layer in layers:
+        by_start: dict[int, list[tuple[int, int, int]]] = {}
+        cells = (
+            [(u, p) for u in unit_axis for p in pos_axis]
+            if unit_first
+            else [(u, p) for p in pos_axis for u in unit_axis]
+        )
+        for flat, (u, p) in enumerate(cells):
+            if p == -1:  # all selected positions: the first one that differs between the runs
+                start = changed[0] if changed else None
+            else:
+                start = p if p >= first_diff else None
+            if start is not None:
+                by_start.setdefault(start, []).append((flat, p, u))
+        for start, items in sorted(by_start.items()):
+            t = torch.tensor(items, dtype=torch.long)
+            plans.append(_Plan(layer, start, t[:, 0], t[:, 1], t[:, 2]))
+    return grid, plans
+
+
+def sweep(
+    model,
+    clean,
+    corrupted,
+    metric: Metric,
+    *,
+    site: str = "resid_pre",
+    by: Sequence[str] | None = None,
+    into: str = "corrupted",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | int | None = None,
+    heads: Sequence[int] | None = None,
+    neurons: Sequence[int] | None = None,
+    memory_budget=None,
+    progress: bool = True,
+) -> SweepResult:
+    """Patch one component at a time from one run into the other and record ``metric`` for every cell.
+
+    Args:
+        clean, corrupted: prompts or tokens of equal token length, one corrupted prompt per clean prompt.
+        metric: logits ``[batch, pos, vocab]`` -> per-example values ``[batch]``.
+        site: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` (by layer and
+            position); ``z`` (head outputs), ``q``, ``k``, ``v`` (by layer and query head, over all positions
+            or by position), ``pattern`` (by layer and head, or by destination position), ``post`` (MLP
+            neurons by layer and neuron, at ``positions``).
+        by: the axes of the result (default: ``("layer", "pos")`` for residual sites, ``("layer", "head")``
+            for head sites, ``("layer", "neuron")`` for ``post``). For ``k`` and ``v``, ``"head"`` is a query
+            head: patching it changes only that query head's use of the key/value, even where a key/value head
+            is shared (grouped-query, multi-query); ``"kv_head"`` patches the shared slot itself (as
+            ``transformer_lens.patching`` does).
+        into: ``"corrupted"`` patches clean activations into the corrupted run (denoising); ``"clean"`` patches
+            corrupted activations into the clean run (noising).
+        layers, heads, neurons: subsets to sweep (default all).
+        positions: positions to sweep (for ``pos`` axes) or to patch at (otherwise); default all.
+        memory_budget: bytes (or ``"2GB"``) of activations per batched forward.
+
+    Returns a :class:`SweepResult`: ``per_example`` ``[*by, batch]``, ``base`` the receiving run's metric and
+    ``source`` the donor run's, so ``recovery`` is the usual normalised score.
+    """
+    site, hook_suffix, kind = _site(site)
+    by = tuple(by) if by is not None else DEFAULT_BY[kind]
+    if by not in ALLOWED_BY[kind]:
+        raise InputError(
+            f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, ALLOWED_BY[kind]))}."
+        )
+    if into not in ("corrupted", "clean"):
+        raise InputError(f"into must be 'corrupted' (clean activations patched in) or 'clean'; got {into!r}.")
+    from .inputs import paired_tokens
+
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    recv_t, donor_t = (corr_t, clean_t) if into == "corrupted" else (clean_t, corr_t)
+    cfg = model.cfg
+    n_layers, n_pos, n_heads = int(cfg.n_layers), int(clean_t.shape[1]), int(cfg.n_heads)
+    from .models.summary import kv_head_of, n_kv_heads
+
+    n_kv = n_kv_heads(model)
+    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layer_list if not 0 <= x < n_layers]
+    if bad:
+        raise InputError(f"Layers {bad} do not exist: the model has {n_layers} layers.")
+    pos_list = list(range(n_pos)) if positions is None else sorted({int(p) % n_pos for p in _as_list(positions)})
+    if any(not -n_pos <= int(p) < n_pos for p in _as_list(positions or [])):
+        raise InputError(f"Positions {_as_list(positions)} are outside prompts of {n_pos} tokens.")
+    if kind == "neuron":
+        n_units, units = int(cfg.d_mlp), neurons
+    elif "kv_head" in by:
+        n_units, units = n_kv, heads
+    else:
+        n_units, units = n_heads, heads
+    if units is not None:
+        units = [int(u) for u in units]
+        if any(not 0 <= u < n_units for u in units):
+            raise InputError(f"Indices {units} are out of range for {n_units} {by[-1]}s.")
+    d = first_difference(clean_t, corr_t)
+    grid, plans = _plan(by, layer_list, n_units, pos_list, d, units)
+
+    query_kv = kind == "kv" and "head" in by and n_kv != n_heads  # per-query-head patch of a shared slot
+    hook_names = [f"blocks.{layer}.{hook_suffix}" for layer in layer_list]
+    from .inputs import check_hook_names
+
+    check_hook_names(model, hook_names)
+    extra = []
+    if query_kv:
+        extra = [f"blocks.{layer}.attn.hook_{'pattern' if site == 'k' else 'z'}" for layer in layer_list]
+    receiver = Receiver(model, recv_t, extra_names=extra)
+    wanted = set(hook_names)
+    with torch.no_grad():
+        donor_logits, donor_cache = model.run_with_cache(donor_t, names_filter=lambda n: n in wanted)
+    n_ex = int(recv_t.shape[0])
+    base = _check_metric_output(metric(receiver.logits), n_ex).detach()
+    source = _check_metric_output(metric(donor_logits), n_ex).detach()
+    del donor_logits
+
+    n_cells = math.prod(grid) if grid else 1
+    per_example = base.expand(len(layer_list), n_cells, n_ex).clone()  # cells that change nothing keep the base
+    layer_index = {layer: i for i, layer in enumerate(layer_list)}
+    kv_of = torch.tensor(kv_head_of(model), device=recv_t.device)
+    sel_pos = torch.zeros(n_pos, dtype=torch.bool, device=recv_t.device)
+    sel_pos[pos_list] = True
+    sel_pos[:d] = False  # positions before the first difference are identical in both runs
+    total = sum(len(p.cells) for p in plans)
+    with _progress(total, f"patching {site}", progress) as bar:
+        for plan in plans:
+            layer, start = plan.layer, plan.start
+            name = f"blocks.{layer}.{hook_suffix}"
+            src_act = donor_cache[name]
+            cells_pos = plan.pos.to(recv_t.device)
+            cells_unit = plan.unit.to(recv_t.device)
+
+            def make_hooks(
+                cell_of_row, ex_of_row, name=name, src_act=src_act, cp=cells_pos, cu=cells_unit, L=layer, start=start
+            ):
+                pos_of_row, unit_of_row = cp[cell_of_row], cu[cell_of_row]
+                # [rows, s] which suffix positions each row patches
+                q = torch.arange(start, n_pos, device=pos_of_row.device)
+                pmask = torch.where(
+                    pos_of_row[:, None] < 0, sel_pos[start:][None, :], q[None, :] == pos_of_row[:, None]
+                )
+                src = src_act[ex_of_row]
+                hooks = []
+                if kind == "vec":
+
+                    def hook(act, hook=None):
+                        return torch.where(pmask[:, :, None], src[:, start:], act)
+
+                elif kind in ("head", "kv", "neuron"):
+                    n_slots = src.shape[2]
+                    slot = kv_of[unit_of_row] if query_kv else unit_of_row
+                    umask = torch.nn.functional.one_hot(slot, n_slots).bool()  # [rows, slots]
+                    m = pmask[:, :, None] & umask[:, None, :]
+
+                    def hook(act, hook=None, m=m):
+                        mm = m[..., None] if act.dim() == 4 else m
+                        return torch.where(mm, src[:, start:], act)
+
+                else:  # pattern [rows, head, dest, src]: patch whole rows of the destination positions
+
+                    def hook(act, hook=None):
+                        umask = torch.nn.functional.one_hot(unit_of_row, n_heads).bool()
+                        mm = umask[:, :, None, None] & pmask[:, None, :, None]
+                        return torch.where(mm, src[:, :, start:], act)
+
+                hooks.append((name, hook))
+                if query_kv:
+                    # the slot is shared: restore the other query heads of its group to the receiver's values,
+                    # which are exact at the first patched layer
+                    other = (kv_of[None, :] == kv_of[unit_of_row][:, None]) & (
+                        torch.arange(n_heads, device=kv_of.device)[None, :] != unit_of_row[:, None]
+                    )  # [rows, head]
+                    if site == "k":
+                        cached = receiver[f"blocks.{L}.attn.hook_pattern"][ex_of_row][:, :, start:]
+
+                        def restore(act, hook=None):
+                            return torch.where(other[:, :, None, None], cached, act)
+
+                        hooks.append((f"blocks.{L}.attn.hook_pattern", restore))
+                    else:
+                        cached = receiver[f"blocks.{L}.attn.hook_z"][ex_of_row][:, start:]
+
+                        def restore(act, hook=None):
+                            return torch.where(other[:, None, :, None], cached, act)
+
+                        hooks.append((f"blocks.{L}.attn.hook_z", restore))
+                return hooks
+
+            vals = run_cells(
+                receiver, metric, layer, start, len(plan.cells), make_hooks, memory_budget=memory_budget, pbar=bar
+            )
+            per_example[layer_index[layer], plan.cells.to(per_example.device)] = vals
+    per_example = per_example.reshape(len(layer_list), *grid, n_ex)
+    labels: dict = {"layer": layer_list}
+    plabels = position_labels(model, recv_t)
+    for ax in by[1:]:
+        if ax in ("pos", "dest_pos"):
+            labels[ax] = [plabels[p] for p in pos_list]
+        else:
+            labels[ax] = units if units is not None else list(range(n_units))
+    if by == ("layer",):
+        per_example = per_example.reshape(len(layer_list), n_ex)
+    return SweepResult(
+        per_example=per_example,
+        axes=by,
+        base=base,
+        source=source,
+        labels=labels,
+        site=site,
+        method=f"patch {'clean->corrupted' if into == 'corrupted' else 'corrupted->clean'}",
+    )
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, int):
+        return [x]
+    return list(x)

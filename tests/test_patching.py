@@ -1,0 +1,200 @@
+"""Patching sweeps give transformer_lens.patching's numbers (max abs diff <= 1e-4, fp32) on every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching as tlp
+
+from codecircuits import patching
+from codecircuits.errors import InputError
+from codecircuits.models import kv_groups, kv_head_of
+
+ATOL = 1e-4
+# equal token lengths; the pairs first differ after a shared prefix, so the engine's savings are exercised
+CLEAN = ["print(str(str(123", "print(len(str(456", "print(str(str(789"]
+CORRUPTED = ["print(str(len(123", "print(len(len(456", "print(str(len(789"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and the CPU is shared: restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _metric(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1, 5] - logits[:, -1, 7]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    cache = {}
+
+    def get(model):
+        if id(model) not in cache:
+            clean, corr = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+            assert clean.shape == corr.shape, "test prompts must tokenize to equal lengths"
+            assert patching.first_difference(clean, corr) > 1
+            _, clean_cache = model.run_with_cache(clean)
+            cache[id(model)] = clean, corr, clean_cache
+        return cache[id(model)]
+
+    return get
+
+
+def _tl(fn, model, corr, clean_cache):
+    return fn(model, corr, clean_cache, _metric, reduce="mean")
+
+
+def _check(ours: torch.Tensor, ref: torch.Tensor):
+    assert ours.shape == ref.shape
+    diff = (ours - ref).abs().max().item()
+    assert diff <= ATOL, f"max abs diff {diff:.2e}"
+
+
+TL_SWEEPS = [
+    ("resid_pre", None, tlp.get_act_patch_resid_pre),
+    ("resid_mid", None, tlp.get_act_patch_resid_mid),
+    ("attn_out", None, tlp.get_act_patch_attn_out),
+    ("mlp_out", None, tlp.get_act_patch_mlp_out),
+    ("z", ("layer", "head"), tlp.get_act_patch_attn_head_out_all_pos),
+    ("z", ("layer", "pos", "head"), tlp.get_act_patch_attn_head_out_by_pos),
+    ("q", ("layer", "head"), tlp.get_act_patch_attn_head_q_all_pos),
+    ("q", ("layer", "pos", "head"), tlp.get_act_patch_attn_head_q_by_pos),
+    ("k", ("layer", "kv_head"), tlp.get_act_patch_attn_head_k_all_pos),
+    ("k", ("layer", "pos", "kv_head"), tlp.get_act_patch_attn_head_k_by_pos),
+    ("v", ("layer", "kv_head"), tlp.get_act_patch_attn_head_v_all_pos),
+    ("v", ("layer", "pos", "kv_head"), tlp.get_act_patch_attn_head_v_by_pos),
+    ("pattern", ("layer", "head"), tlp.get_act_patch_attn_head_pattern_all_pos),
+    ("pattern", ("layer", "head", "dest_pos"), tlp.get_act_patch_attn_head_pattern_by_pos),
+]
+
+
+@pytest.mark.parametrize(
+    "site,by,fn", TL_SWEEPS, ids=[f"{s}-{'x'.join(b or ('layer', 'pos'))}" for s, b, _ in TL_SWEEPS]
+)
+def test_same_numbers_as_transformer_lens(tiny, pair, site, by, fn):
+    clean, corr, clean_cache = pair(tiny)
+    if site == "resid_mid" and tiny.cfg.parallel_attn_mlp:
+        with pytest.raises(Exception, match="resid_mid"):
+            patching.sweep(tiny, clean, corr, _metric, site=site, progress=False)
+        return
+    ours = patching.sweep(tiny, clean, corr, _metric, site=site, by=by, progress=False)
+    _check(ours.values, _tl(fn, tiny, corr, clean_cache))
+
+
+def test_query_head_kv_equals_slot_patch_when_not_shared(tiny, pair):
+    """Per-query-head k/v equals TL's slot patch for multi-head models; for shared slots it touches one head."""
+    clean, corr, clean_cache = pair(tiny)
+    for site, fn in (("k", tlp.get_act_patch_attn_head_k_by_pos), ("v", tlp.get_act_patch_attn_head_v_all_pos)):
+        by = ("layer", "pos", "head") if site == "k" else ("layer", "head")
+        ours = patching.sweep(tiny, clean, corr, _metric, site=site, by=by, progress=False)
+        if len(kv_groups(tiny)) == tiny.cfg.n_heads:
+            _check(ours.values, _tl(fn, tiny, corr, clean_cache))
+        else:
+            assert ours.values.shape[-1] == tiny.cfg.n_heads
+
+
+def _query_head_reference(model, clean, corr, site, layer, head, pos=None):
+    """Hand-written per-query-head k/v patch: the query head's attention is recomputed from its pattern.
+
+    Patching the shared slot changes every head of its group; this reference keeps the group's other heads at
+    their corrupted pattern / z by patching their output back, one full forward per cell.
+    """
+    name = f"blocks.{layer}.attn.hook_{site}"
+    _, cc = model.run_with_cache(clean)
+    _, kc = model.run_with_cache(corr)
+    g = kv_head_of(model)[head]
+    others = [h for h in range(model.cfg.n_heads) if kv_head_of(model)[h] == g and h != head]
+
+    def patch(act, hook):
+        p = slice(None) if pos is None else pos
+        act[:, p, g] = cc[name][:, p, g]
+        return act
+
+    keep = "pattern" if site == "k" else "z"
+    keep_name = f"blocks.{layer}.attn.hook_{keep}"
+
+    def restore(act, hook):
+        for h in others:
+            if keep == "pattern":
+                act[:, h] = kc[keep_name][:, h]
+            else:
+                act[:, :, h] = kc[keep_name][:, :, h]
+        return act
+
+    return _metric(model.run_with_hooks(corr, fwd_hooks=[(name, patch), (keep_name, restore)]))
+
+
+@pytest.mark.parametrize("site", ["k", "v"])
+def test_query_head_kv_on_shared_slots(tiny, pair, site):
+    clean, corr, _ = pair(tiny)
+    res = patching.sweep(tiny, clean, corr, _metric, site=site, by=("layer", "pos", "head"), progress=False)
+    n = clean.shape[1]
+    for layer in range(tiny.cfg.n_layers):
+        for head in (0, tiny.cfg.n_heads - 1):
+            for pos in (n - 3, n - 1):
+                want = _query_head_reference(tiny, clean, corr, site, layer, head, pos)
+                torch.testing.assert_close(res.per_example[layer, pos, head], want, atol=ATOL, rtol=0)
+
+
+def test_neurons_and_noising_direction(tiny, pair):
+    clean, corr, _ = pair(tiny)
+    n = clean.shape[1]
+    picks = [1, 9, tiny.cfg.d_mlp - 1]
+    res = patching.sweep(
+        tiny, clean, corr, _metric, site="post", neurons=picks, positions=[n - 2, n - 1], into="clean", progress=False
+    )
+    assert res.axes == ("layer", "neuron") and res.values.shape == (tiny.cfg.n_layers, len(picks))
+    _, kc = tiny.run_with_cache(corr)
+    for layer in range(tiny.cfg.n_layers):
+        name = f"blocks.{layer}.mlp.hook_post"
+        for j, nrn in enumerate(picks):
+
+            def hook(act, hook, nrn=nrn, name=name):
+                act[:, n - 2 :, nrn] = kc[name][:, n - 2 :, nrn]
+                return act
+
+            want = _metric(tiny.run_with_hooks(clean, fwd_hooks=[(name, hook)]))
+            torch.testing.assert_close(res.per_example[layer, j], want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.base, _metric(tiny(clean)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.source, _metric(tiny(corr)), atol=ATOL, rtol=0)
+
+
+def test_unchanged_prefix_is_the_baseline_exactly(tiny, pair):
+    clean, corr, _ = pair(tiny)
+    d = patching.first_difference(clean, corr)
+    res = patching.sweep(tiny, clean, corr, _metric, site="resid_pre", progress=False, memory_budget="64KB")
+    assert torch.equal(res.per_example[:, :d], res.base.expand(tiny.cfg.n_layers, d, -1))
+    # patching the whole residual at layer 0, last position... restores the clean logits at the last position
+    full = patching.sweep(tiny, clean, corr, _metric, site="resid_pre", by=("layer",), progress=False)
+    torch.testing.assert_close(full.per_example[0], full.source, atol=ATOL, rtol=0)
+    torch.testing.assert_close(full.recovery[0], torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+def test_result_api(tiny, pair):
+    clean, corr, _ = pair(tiny)
+    res = patching.sweep(tiny, clean, corr, _metric, site="z", by=("layer", "pos", "head"), progress=False)
+    assert res.axes == ("layer", "pos", "head")
+    df = res.to_dataframe()
+    assert {"layer", "pos", "pos_label", "head", "value", "effect", "recovery"} <= set(df.columns)
+    assert len(df) == tiny.cfg.n_layers * clean.shape[1] * tiny.cfg.n_heads
+    top = res.top(3)
+    assert len(top) == 3 and top["recovery"].abs().is_monotonic_decreasing
+    assert res.heatmap().startswith("<svg")
+
+
+def test_bad_input_is_explained(tiny):
+    clean = ["print(str(str(123"]
+    longer = ["print(str(str(str(str(123"]
+    with pytest.raises(InputError, match="differ by"):
+        patching.sweep(tiny, clean, longer, _metric, progress=False)
+    with pytest.raises(InputError, match="Unknown patching site"):
+        patching.sweep(tiny, clean, clean, _metric, site="resid", progress=False)
+    with pytest.raises(InputError, match="cannot be swept by"):
+        patching.sweep(tiny, clean, clean, _metric, site="resid_pre", by=("layer", "head"), progress=False)
+    with pytest.raises(InputError, match="into"):
+        patching.sweep(tiny, clean, clean, _metric, into="both", progress=False)
