@@ -263,6 +263,7 @@ class PageCheck:
     requests: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+    evaluated: list = field(default_factory=list)
 
     @property
     def outgoing(self) -> list[str]:
@@ -270,9 +271,12 @@ class PageCheck:
 
 
 def _eval(b: Browser, session: str, expression: str):
-    return b.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)["result"][
-        "value"
-    ]
+    """The JSON value of a JavaScript expression in the page (None for undefined); a thrown error raises."""
+    resp = b.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
+    if "exceptionDetails" in resp:
+        d = resp["exceptionDetails"]
+        raise CDPError(f"{expression!r} threw: {d.get('exception', {}).get('description') or d.get('text')}")
+    return resp["result"].get("value")
 
 
 def open_report(
@@ -282,20 +286,23 @@ def open_report(
     timeout: float = 30.0,
     browser: Browser | None = None,
     max_height: int = 16000,
+    evaluate: tuple[str, ...] = (),
 ) -> PageCheck:
     """Load ``html_path`` in headless Chromium (network off), wait until the report says it rendered, and return
     what was seen; writes a full-page PNG to ``screenshot_path`` when given. Asserts nothing. Pass ``browser``
-    to reuse a running :class:`Browser` (each page gets its own tab)."""
+    to reuse a running :class:`Browser` (each page gets its own tab). ``evaluate`` holds JavaScript expressions
+    run in the page after the screenshot (e.g. clicking a table header); their JSON values are in ``.evaluated``
+    and any console error they cause is reported like the page's own."""
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
         raise FileNotFoundError(f"no report at {html_path}")
     if browser is None:
         with Browser(require_chromium(), timeout=timeout) as b:
-            return _open(b, html_path, screenshot_path, timeout, max_height)
-    return _open(browser, html_path, screenshot_path, timeout, max_height)
+            return _open(b, html_path, screenshot_path, timeout, max_height, evaluate)
+    return _open(browser, html_path, screenshot_path, timeout, max_height, evaluate)
 
 
-def _open(b: Browser, html_path: Path, screenshot_path, timeout: float, max_height: int) -> PageCheck:
+def _open(b: Browser, html_path: Path, screenshot_path, timeout: float, max_height: int, evaluate) -> PageCheck:
     url = html_path.as_uri()
     first_event = len(b.all_events)
     target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -355,7 +362,10 @@ def _open(b: Browser, html_path: Path, screenshot_path, timeout: float, max_heig
             previous = png["data"]
         shot.write_bytes(base64.b64decode(png["data"]))
     time.sleep(0.1)
-    check = PageCheck(url=url, page=page, screenshot=shot)
+    evaluated = [_eval(b, s, expr) for expr in evaluate]
+    if evaluate:
+        time.sleep(0.2)
+    check = PageCheck(url=url, page=page, screenshot=shot, evaluated=evaluated)
     for ev in b.all_events[first_event:]:
         if ev.get("sessionId") != s:
             continue

@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from browser import artifact_path, check_report, open_report
+from browser import artifact_path, assert_report, check_report, open_report
 
 from codecircuits.errors import InputError
 from codecircuits.report import (
@@ -316,9 +316,16 @@ def tiny_llama():
 def test_demo_report_in_browser(tiny_llama, tmp_path):
     r, metrics = _demo_report(tiny_llama)
     path = r.save(tmp_path / "demo.html")
-    c = check_report(
-        path, metrics, artifact_path("report_demo.png"), title="Demo: every piece of a report", require=EVERY_KIND
+    # click "score" once (ascending) and twice (descending), then read the column back
+    column = "[...document.querySelectorAll('table.cc-table tbody tr')].map(r => +r.cells[2].dataset.sort)"
+    click = "document.querySelectorAll('table.cc-table th')[2].click()"
+    c = open_report(
+        path, artifact_path("report_demo.png"), evaluate=(column, click, column, click, column, "document.title")
     )
+    assert_report(c, metrics, title="Demo: every piece of a report", require=EVERY_KIND)
+    before, _, up, _, down, _ = c.evaluated
+    assert before == [float(np.sin(i)) for i in range(12)]
+    assert up == sorted(before) and down == sorted(before, reverse=True)
     assert c.requests == [path.resolve().as_uri()]  # the page itself, nothing else
     assert c.screenshot.stat().st_size > 10_000
     views = {v["kind"]: v for v in c.page["views"]}
@@ -330,9 +337,9 @@ def test_demo_report_in_browser(tiny_llama, tmp_path):
 
 def test_browser_check_catches_problems(tmp_path):
     """The harness is not a rubber stamp: wrong numbers, network requests and script errors all fail it."""
-    from browser import Browser, assert_report, require_chromium
+    from browser import Browser, require_chromium
 
-    page = Report("Caught").metrics({"a": 0.5}).heatmap(np.eye(2)).to_html()
+    page = Report("Caught").metrics({"a": 0.5, "b": float("nan")}).heatmap(np.eye(2)).to_html()
     good, bad = tmp_path / "good.html", tmp_path / "bad.html"
     good.write_text(page)
     bad.write_text(
@@ -345,20 +352,25 @@ def test_browser_check_catches_problems(tmp_path):
     with Browser(require_chromium()) as b:
         ok = open_report(good, tmp_path / "good.png", browser=b)
         c = open_report(bad, None, browser=b)
-    assert_report(ok, {"a": 0.5}, title="Caught", require=("heatmap",))
+    nan = float("nan")
+    assert_report(ok, {"a": 0.5, "b": nan}, title="Caught", require=("heatmap",))
     with pytest.raises(AssertionError, match="metric a"):
-        assert_report(ok, {"a": 0.25})
+        assert_report(ok, {"a": 0.25, "b": nan})
+    with pytest.raises(AssertionError, match="metric b"):
+        assert_report(ok, {"a": 0.5, "b": 1.0})
     with pytest.raises(AssertionError, match="not expected"):
-        assert_report(ok, {})
+        assert_report(ok, {"a": 0.5})
+    with pytest.raises(AssertionError, match="not shown"):
+        assert_report(ok, {"a": 0.5, "b": nan, "c": 1})
     with pytest.raises(AssertionError, match="page title"):
-        assert_report(ok, {"a": 0.5}, title="Other")
+        assert_report(ok, {"a": 0.5, "b": nan}, title="Other")
     with pytest.raises(AssertionError, match="has no attention"):
-        assert_report(ok, {"a": 0.5}, require=("attention",))
+        assert_report(ok, {"a": 0.5, "b": nan}, require=("attention",))
     assert "https://example.com/pixel.png" in c.outgoing and "http://example.org/x" in c.outgoing
     assert any("boom" in e for e in c.console_errors) and any("uncaught" in e for e in c.console_errors)
     assert c.failed_requests
     with pytest.raises(AssertionError, match="console errors"):
-        assert_report(c, {"a": 0.5})
+        assert_report(c, {"a": 0.5, "b": nan})
 
 
 def test_notebook_outputs_render_offline_in_browser(tiny_llama, tmp_path):
