@@ -158,6 +158,14 @@ def test_line_chart_and_table_contents():
     )
     assert out.count("<circle") == 2  # the NaN point is a gap, not a point
     assert 'data-sort="-2.0"' in out and "<td>x</td>" in out
+    import pandas as pd
+
+    dicts = Report("t").table([{1: "a", "x": 2}, {"x": 3, "y": None}]).to_html()
+    assert re.findall(r'<th scope="col">([^<]*)</th>', dicts) == ["1", "x", "y"]
+    indexed = Report("t").table(pd.DataFrame({"a": [1, 2]}, index=pd.Index(["p", "q"], name="k"))).to_html()
+    assert re.findall(r'<th scope="col">([^<]*)</th>', indexed) == ["k", "a"] and "<td>q</td>" in indexed
+    long = Report("t").table({"i": list(range(30))}, max_rows=10).to_html()
+    assert long.count("<tr>") == 11 and "Showing the first 10 of 30 rows." in long
 
 
 @pytest.mark.parametrize(

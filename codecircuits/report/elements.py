@@ -104,10 +104,9 @@ def _table_columns_rows(data, columns: Sequence[str] | None) -> tuple[list[str],
     else:
         rows_in = list(data)
         if rows_in and all(isinstance(r, Mapping) for r in rows_in):
-            cols = []
-            for r in rows_in:
-                cols.extend(str(k) for k in r if str(k) not in cols)
-            rows = [[r.get(c, r.get(c)) for c in cols] for r in rows_in]
+            dicts = [{str(k): v for k, v in r.items()} for r in rows_in]
+            cols = list(dict.fromkeys(k for d in dicts for k in d))  # every key, in order of first appearance
+            rows = [[d.get(c) for c in cols] for d in dicts]
         else:
             rows = [list(r) for r in rows_in]
             width = {len(r) for r in rows}
@@ -120,7 +119,7 @@ def _table_columns_rows(data, columns: Sequence[str] | None) -> tuple[list[str],
     if columns is not None:
         columns = [str(c) for c in columns]
         if len(columns) != len(cols):
-            raise InputError(f"columns names {len(columns)} columns but the data has {len(cols)}.")
+            raise InputError(f"columns= names {len(columns)} columns but the data has {len(cols)}.")
         cols = columns
     return cols, rows
 
