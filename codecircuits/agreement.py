@@ -120,8 +120,17 @@ class LayerAgreement:
         return pd.DataFrame({"layer": order, "agreement": c[order]})
 
 
+def _cap(keep: torch.Tensor, bucket: torch.Tensor, total: torch.Tensor, cap: int) -> torch.Tensor:
+    """``keep`` limited so that no bucket exceeds ``cap`` predictions counting ``total`` (row-major order)."""
+    flat_keep, flat_b = keep.flatten(), bucket.flatten().clamp(min=0)
+    onehot = torch.nn.functional.one_hot(flat_b, len(total)) & flat_keep.unsqueeze(-1)
+    seen = onehot.cumsum(0).gather(1, flat_b.unsqueeze(-1)).squeeze(-1)  # running count within the bucket
+    ok = flat_keep & (seen + total[flat_b] <= cap)
+    return ok.view_as(keep)
+
+
 def default_edges(window: int) -> tuple[int, ...]:
-    """Powers of two from 1, the last bucket closed at the window: 1, 2, 4, ..., window + 1."""
+    """Powers of two from 1, the last bucket closed at the longest context: 1, 2, 4, ..., window + 1."""
     e = [1]
     while e[-1] * 2 <= window:
         e.append(e[-1] * 2)
@@ -138,17 +147,24 @@ def layer_agreement(
     max_chunks: int | None = None,
     edges: Sequence[int] | None = None,
     components: Sequence[str] = COMPONENTS,
+    max_per_bucket: int | None = None,
     batch_size: int = 4,
     readout_rows: int = 256,
     progress: bool = True,
 ) -> LayerAgreement:
-    """Agreement of every layer's ``mlp_out`` / ``resid_post`` top-1 with the final top-1, by context length."""
+    """Agreement of every layer's ``mlp_out`` / ``resid_post`` top-1 with the final top-1, by context length.
+
+    Each chunk gives one prediction per context length, so long contexts dominate a plain count; with
+    ``max_per_bucket`` each bucket keeps only its first predictions (in chunk order, which is breadth-first
+    across documents), the readouts are done only for those, and the scan stops once every bucket is full.
+    The cost is one forward per chunk plus ``2 × n_layers`` readouts through the unembedding per kept prediction.
+    """
     comps = tuple(components)
     bad = [c for c in comps if c not in COMPONENTS]
     if bad or not comps:
         raise InputError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {list(components)}.")
     chunked = chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, max_chunks=max_chunks)
-    eds = tuple(int(e) for e in (edges if edges is not None else default_edges(chunked.window)))
+    eds = tuple(int(e) for e in (edges if edges is not None else default_edges(chunked.body)))
     if len(eds) < 2 or any(b <= a for a, b in zip(eds[:-1], eds[1:])) or eds[0] < 0:
         raise InputError(f"edges must be increasing non-negative integers, at least two; got {list(eds)}.")
     n_layers = int(model.cfg.n_layers)
@@ -167,7 +183,11 @@ def layer_agreement(
             ctx = (torch.arange(toks.shape[1]) - first + 1).expand_as(mask).contiguous()  # document tokens seen
             bucket = torch.bucketize(ctx, edges_t, right=True) - 1
             keep = mask & (bucket >= 0) & (bucket < len(eds) - 1)
+            if max_per_bucket is not None:
+                keep = _cap(keep, bucket, total, max_per_bucket)
             if not keep.any():
+                if max_per_bucket is not None and bool((total >= max_per_bucket).all()):
+                    break
                 continue
             kd = keep.to(logits.device)
             final = logits.argmax(-1)[kd].cpu()

@@ -709,24 +709,31 @@ class ValueTokens:
     bottom_ids: torch.Tensor  # [layer, neuron, k] most negative logits (promoted by a negative coefficient)
     bottom_logits: torch.Tensor
     layers: tuple[int, ...]
+    neurons: tuple[int, ...] = ()  # the keys projected (axis "neuron" indexes this list)
     token_strs: tuple[str, ...] = field(repr=False, default=())
     axes: tuple[str, ...] = ("layer", "neuron", "k")
 
+    def _index(self, layer: int, neuron: int) -> tuple[int, int]:
+        if layer not in self.layers or neuron not in self.neurons:
+            raise InputError(f"Key L{layer}N{neuron} was not projected; value_tokens(layers=..., neurons=...) it.")
+        return self.layers.index(layer), self.neurons.index(neuron)
+
     def tokens(self, layer: int, neuron: int, *, sign: int = 1) -> list[str]:
-        li = self.layers.index(layer)
+        """The tokens key (``layer``, ``neuron``) promotes with a positive (``sign=1``) or negative coefficient."""
+        li, ni = self._index(layer, neuron)
         ids = self.top_ids if sign >= 0 else self.bottom_ids
-        return [self.token_strs[int(i)] for i in ids[li, neuron]]
+        return [self.token_strs[int(i)] for i in ids[li, ni]]
 
     def to_dataframe(self, layer: int | None = None) -> pd.DataFrame:
         rows = []
         for li, lay in enumerate(self.layers):
             if layer is not None and lay != layer:
                 continue
-            for n in range(self.top_ids.shape[1]):
+            for n, neuron in enumerate(self.neurons):
                 rows.append(
                     {
                         "layer": lay,
-                        "neuron": n,
+                        "neuron": neuron,
                         "promotes": " ".join(repr(self.token_strs[int(i)]) for i in self.top_ids[li, n]),
                         "top_logit": float(self.top_logits[li, n, 0]),
                         "promotes_if_negative": " ".join(repr(self.token_strs[int(i)]) for i in self.bottom_ids[li, n]),
@@ -742,26 +749,43 @@ class ValueTokens:
         return pd.DataFrame(
             {
                 "layer": [self.layers[int(i)] for i in li],
-                "neuron": ni.tolist(),
+                "neuron": [self.neurons[int(i)] for i in ni],
                 "logit": s[li, ni].tolist(),
-                "promotes": [self.tokens(self.layers[int(a)], int(b)) for a, b in zip(li, ni)],
+                "promotes": [self.tokens(self.layers[int(a)], self.neurons[int(b)]) for a, b in zip(li, ni)],
             }
         )
 
 
 def value_tokens(
-    model, *, k: int = 10, layers: Sequence[int] | None = None, batch: int = 512, progress: bool = True
+    model,
+    *,
+    k: int = 10,
+    layers: Sequence[int] | None = None,
+    neurons: Sequence[int] | None = None,
+    batch: int = 512,
+    progress: bool = True,
 ) -> ValueTokens:
-    """Project every value vector ``W_out[l][k]`` through the unembedding and keep its top / bottom ``k`` tokens."""
+    """Project value vectors ``W_out[l][n]`` through the unembedding and keep their top / bottom ``k`` tokens.
+
+    All keys of ``layers`` (default: every layer), or only ``neurons`` (the same indices in every layer): a full
+    projection costs ``d_mlp × d_model × d_vocab`` multiply-adds per layer.
+    """
     from .lens import is_layernorm
 
     lays = _layers(model, layers)
+    d_mlp = int(model.cfg.d_mlp)
+    if neurons is None:
+        nidx = torch.arange(d_mlp)
+    else:
+        nidx = torch.as_tensor(sorted({int(n) for n in neurons}), dtype=torch.long)
+        if len(nidx) == 0 or nidx.min() < 0 or nidx.max() >= d_mlp:
+            raise InputError(f"neurons must be a non-empty subset of 0..{d_mlp - 1}.")
     W_U = model.W_U.detach().float()
     k = min(k, W_U.shape[1])
     tops, topl, bots, botl = [], [], [], []
     with torch.no_grad():
         for layer in tqdm(lays, desc="values", disable=not progress):
-            W = model.W_out[layer].detach().float()  # [d_mlp, d_model]
+            W = model.W_out[layer].detach().float()[nidx.to(model.W_out.device)]  # [neuron, d_model]
             if is_layernorm(model):
                 W = W - W.mean(-1, keepdim=True)
             ti, tl, bi, bl = [], [], [], []
@@ -784,6 +808,7 @@ def value_tokens(
         bottom_ids=torch.stack(bots).cpu(),
         bottom_logits=torch.stack(botl).cpu(),
         layers=lays,
+        neurons=tuple(nidx.tolist()),
         token_strs=strs,
     )
 
@@ -796,13 +821,14 @@ def key_value_agreement(
     Geva et al.'s key-value agreement: for each key's ``rank``-th trigger, is the document's next token among the
     value's top-k tokens (its bottom-k when the coefficient is negative)? ``chance`` is k / vocabulary size.
     """
-    nxt = scan.next_token_ids(chunked)[..., rank]  # [layer, neuron]
+    nxt = scan.next_token_ids(chunked)[..., rank][:, list(values.neurons)]  # [layer, projected neuron]
+    sv = scan.values[:, list(values.neurons), rank]
     rows = []
     for li, layer in enumerate(scan.layers):
         if layer not in values.layers:
             continue
         vi = values.layers.index(layer)
-        neg = scan.values[li, :, rank] < 0
+        neg = sv[li] < 0
         ids = torch.where(neg.unsqueeze(-1), values.bottom_ids[vi], values.top_ids[vi])
         ok = nxt[li] >= 0
         hit = (ids == nxt[li].unsqueeze(-1)).any(-1) & ok

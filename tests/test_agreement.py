@@ -70,6 +70,21 @@ def test_buckets_partition_predictions(tiny):
     assert ag.default_edges(16) == (1, 2, 4, 8, 16, 17)
 
 
+def test_max_per_bucket(tiny):
+    ch = mem.chunk_corpus(tiny, TEXTS, window=16, max_chunks=6)
+    full = ag.layer_agreement(tiny, ch, edges=[1, 2, 8, 17], progress=False)
+    same = ag.layer_agreement(tiny, ch, edges=[1, 2, 8, 17], max_per_bucket=10_000, progress=False)
+    assert torch.equal(full.agree, same.agree) and torch.equal(full.total, same.total)
+    capped = ag.layer_agreement(tiny, ch, edges=[1, 2, 8, 17], max_per_bucket=4, batch_size=2, progress=False)
+    assert capped.total.tolist() == [min(4, int(t)) for t in full.total]
+    assert (capped.agree <= capped.total).all()
+    # the one-token bucket holds the first position of the first four chunks: same counts as a run on them alone
+    first4 = ag.layer_agreement(
+        tiny, mem.chunk_corpus(tiny, TEXTS, window=16, max_chunks=4), edges=[1, 2], progress=False
+    )
+    assert torch.equal(capped.agree[..., 0], first4.agree[..., 0])
+
+
 def test_agreement_bad_input(tiny):
     with pytest.raises(InputError, match="components"):
         ag.layer_agreement(tiny, TEXTS, components=["attn_out"], progress=False)

@@ -27,6 +27,8 @@ from .. import concepts as cc
 from .. import memories as mem
 from ..errors import InputError
 
+TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
+
 PAPER = {
     "rq1": "lower layers store shallow patterns (keywords, n-grams), higher layers more abstract, semantic ones; "
     "many keys are polysemantic",
@@ -50,8 +52,19 @@ class MemoriesStudy:
     kv_agreement: pd.DataFrame = field(repr=False)
     edits: tuple[cc.ConceptEdit, ...] = ()
     agreement: ag.LayerAgreement | None = None
+    showcase: tuple = ()  # (concept, layer, neuron, score) of the keys shown with their trigger examples
+    showcase_values: mem.ValueTokens | None = field(default=None, repr=False)
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+    def promotes(self, layer: int, neuron: int) -> list[str]:
+        """The tokens key (``layer``, ``neuron``) promotes, in the sign of its strongest trigger's coefficient."""
+        li = self.scan.layers.index(layer)
+        sign = 1 if float(self.scan.values[li, neuron, 0]) >= 0 else -1
+        for v in (self.showcase_values, self.values):
+            if v is not None and layer in v.layers and neuron in v.neurons:
+                return v.tokens(layer, neuron, sign=sign)
+        raise InputError(f"The value vector of L{layer}N{neuron} was not projected in this study.")
 
     def edit_table(self) -> pd.DataFrame:
         return cc.edit_table(self.edits)
@@ -161,11 +174,9 @@ def _clean(obj):
     return obj
 
 
-def showcase_keys(study: MemoriesStudy, n: int = 6, *, tau: float | None = None, min_lift: float | None = None):
-    """Keys to show: the best-scoring labelled key of the concepts with most labelled keys, alternating kinds."""
-    tau = study.settings.get("tau", 0.5) if tau is None else tau
-    min_lift = study.settings.get("min_lift", 2.0) if min_lift is None else min_lift
-    sc = study.scores
+def showcase_keys(sc: cc.ConceptScores, n: int = 6, *, tau: float = 0.5, min_lift: float = 2.0):
+    """Keys to show, ``[(concept, layer, neuron, score)]``: the best-scoring labelled key of each of the concepts
+    with most labelled keys, alternating shallow and semantic."""
     lab = sc.labels(tau=tau, min_lift=min_lift)
     counts = [(int((lab == ci).sum()), ci) for ci in range(len(sc.concepts))]
     by_kind = {
@@ -182,10 +193,8 @@ def showcase_keys(study: MemoriesStudy, n: int = 6, *, tau: float | None = None,
 
 def _example_records(study: MemoriesStudy, n_keys: int = 6, n_examples: int = 3) -> list[dict]:
     recs = []
-    for concept, layer, neuron, score in showcase_keys(study, n_keys):
+    for concept, layer, neuron, score in study.showcase[:n_keys]:
         exs = study.scan.examples(layer, neuron, study.chunked, k=n_examples)
-        li = study.scan.layers.index(layer)
-        sign = 1 if float(study.scan.values[li, neuron, 0]) >= 0 else -1
         recs.append(
             {
                 "concept": concept.name,
@@ -193,7 +202,7 @@ def _example_records(study: MemoriesStudy, n_keys: int = 6, n_examples: int = 3)
                 "layer": layer,
                 "neuron": neuron,
                 "score": score,
-                "promotes": study.values.tokens(layer, neuron, sign=sign),
+                "promotes": study.promotes(layer, neuron),
                 "triggers": [
                     {"doc": e.doc, "coefficient": e.coefficient, "tail": e.prefix[-120:], "next": e.next_token}
                     for e in exs
@@ -243,6 +252,8 @@ def run(
     edit_max_keys: int | None = 300,
     edit_tokens: int = 512,
     agreement_tokens: int = 512,
+    agreement_per_bucket: int | None = 64,
+    kv_keys: int | None = 256,
     batch_size: int = 8,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -251,7 +262,9 @@ def run(
     """Run RQ1-RQ4 on ``model``: scan ``corpus`` (``max_tokens``), edit on ``eval_corpus``, agreement on it too.
 
     ``edit`` names the concepts to mask (default: per kind the ``n_edit_per_kind`` concepts with most selected
-    keys); ``edit_tokens`` / ``agreement_tokens`` cap the evaluation corpus for those steps; 0 skips a step.
+    keys); ``edit_tokens`` / ``agreement_tokens`` cap the evaluation corpus for those steps (0 skips a step);
+    agreement keeps at most ``agreement_per_bucket`` predictions per context bucket. Key-value agreement is
+    measured on ``kv_keys`` random keys per layer (None: all, which costs ``n_layers × d_mlp × d_model × d_vocab``).
     """
     cs = cc._resolve(concepts)
     timings: dict[str, float] = {}
@@ -262,11 +275,21 @@ def run(
     timings["scan_s"] = time.perf_counter() - t0
     timings["scan_tokens_per_s"] = scan.tokens_done / max(timings["scan_s"], 1e-9)
     t0 = time.perf_counter()
-    values = mem.value_tokens(model, k=10, progress=progress)
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randperm(int(model.cfg.d_mlp), generator=g)[:kv_keys].tolist() if kv_keys else None
+    values = mem.value_tokens(model, k=10, neurons=sample, progress=progress)
     kva = mem.key_value_agreement(scan, values, chunked)
     scores = cc.key_scores(scan, chunked, cs)
+    show = tuple(showcase_keys(scores, 6, tau=tau, min_lift=min_lift))
+    show_values = (
+        mem.value_tokens(model, k=10, layers=[x[1] for x in show], neurons=[x[2] for x in show], progress=False)
+        if show
+        else None
+    )
     dist = scores.layer_distribution(tau=tau, min_lift=min_lift)
     dist["token_purity"] = scan.token_purity(chunked).mean(-1).numpy()
+    for t in TAUS:
+        dist[f"semantic_share_tau{t}"] = scores.layer_distribution(tau=t, min_lift=min_lift)["semantic_share"]
     timings["values_and_scores_s"] = time.perf_counter() - t0
 
     edits: list[cc.ConceptEdit] = []
@@ -299,7 +322,13 @@ def run(
     if agreement_tokens:
         t0 = time.perf_counter()
         agreement = ag.layer_agreement(
-            model, eval_corpus, window=window, max_tokens=agreement_tokens, batch_size=4, progress=progress
+            model,
+            eval_corpus,
+            window=window,
+            max_tokens=agreement_tokens,
+            max_per_bucket=agreement_per_bucket,
+            batch_size=4,
+            progress=progress,
         )
         timings["agreement_s"] = time.perf_counter() - t0
     settings = {
@@ -314,6 +343,8 @@ def run(
         "edit_max_keys": edit_max_keys,
         "edit_tokens": edit_tokens,
         "agreement_tokens": agreement_tokens,
+        "agreement_per_bucket": agreement_per_bucket,
+        "kv_keys": kv_keys,
         "concepts": [c.name for c in cs],
         "threads": torch.get_num_threads(),
     }
@@ -327,6 +358,8 @@ def run(
         kv_agreement=kva,
         edits=tuple(edits),
         agreement=agreement,
+        showcase=show,
+        showcase_values=show_values,
         settings=settings,
         timings={k: round(v, 3) for k, v in timings.items()},
     )
@@ -385,8 +418,12 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
     )
     r.line_chart(
         d["layer"].tolist(),
-        {"semantic share of labelled keys": [None if math.isnan(x) else x for x in d["semantic_share"]]},
-        title="Semantic share per layer",
+        {
+            f"tau {t}": [None if math.isnan(x) else x for x in d[f"semantic_share_tau{t}"]]
+            for t in TAUS
+            if f"semantic_share_tau{t}" in d
+        },
+        title="Semantic share of labelled keys per layer, by score threshold tau",
         x_title="layer",
         y_title="share",
     )
@@ -411,10 +448,8 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         text="For a few labelled keys, the tail of their strongest trigger chunks, "
         "coloured by the key's coefficient; the outlined token is the trigger (the prefix ends there).",
     )
-    for concept, layer, neuron, score in showcase_keys(study, n_keys):
-        li = study.scan.layers.index(layer)
-        sign = 1 if float(study.scan.values[li, neuron, 0]) >= 0 else -1
-        promotes = " ".join(repr(t) for t in study.values.tokens(layer, neuron, sign=sign)[:8])
+    for concept, layer, neuron, score in study.showcase[:n_keys]:
+        promotes = " ".join(repr(t) for t in study.promotes(layer, neuron)[:8])
         r.text(f"L{layer}N{neuron}: {concept.name} ({concept.kind}), score {score:.2f}; its value promotes {promotes}")
         for e in study.scan.examples(layer, neuron, study.chunked, k=n_examples):
             title = f"L{layer}N{neuron} #{e.rank + 1} · {e.doc} · coefficient {e.coefficient:.3g}"
