@@ -147,6 +147,11 @@ def test_heatmap_cells_colours_and_labels():
     assert fills[4] == "#d9d9d9"  # NaN is grey
     assert "layer L1, position b: value n/a" in html.unescape(cells[4][1])
     assert ">position</text>" in out and ">layer</text>" in out
+    bar = re.search(r'<g class="colourbar">.*?</g>', out).group(0)
+    assert re.findall(r">([^<>]+)</text>", bar) == ["2.0", "-2.0", "0.0", "value"]
+    clipped = Report("h").heatmap(vals, center=0.0, vmin=-1, vmax=1, value_label="ld").to_html()
+    bar = re.search(r'<g class="colourbar">.*?</g>', clipped).group(0)
+    assert re.findall(r">([^<>]+)</text>", bar) == ["≥ 1.0", "≤ -1.0", "0.0", "ld"]
 
 
 def test_line_chart_and_table_contents():

@@ -142,6 +142,7 @@ class ColourScale:
         lo = float(finite.min()) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 1.0
         self.center = center
+        self.data_min, self.data_max = lo, hi
         if center is not None:
             half = max(abs(lo - center), abs(hi - center))
             if vmin is not None or vmax is not None:
@@ -171,6 +172,13 @@ class ColourScale:
             return "#000"
         lum = 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
         return "#000" if lum > 140 else "#fff"
+
+    def end_labels(self, digits: int = 3) -> tuple[str, str]:
+        """Labels of the low and high ends of the scale, with "≤" / "≥" when the data runs past them."""
+        tol = 1e-9 * max(1.0, abs(self.vmin), abs(self.vmax))
+        lo = ("≤ " if self.data_min < self.vmin - tol else "") + format_value(float(self.vmin), digits=digits)
+        hi = ("≥ " if self.data_max > self.vmax + tol else "") + format_value(float(self.vmax), digits=digits)
+        return lo, hi
 
     def gradient_stops(self, n: int = 9) -> list[tuple[float, str]]:
         """(offset 0..1, colour) stops for a colour bar, bottom (vmin) to top (vmax)."""

@@ -212,10 +212,11 @@ def token_values(
             inner = esc(tok).replace("\n", '<span class="nl">⏎</span>\n')
         spans.append(f'<span class="{cls}" data-pos="{i}" style="{style}" title="{esc(tip)}">{inner}</span>')
     stops = ", ".join(col for _, col in scale.gradient_stops())
+    lo_label, hi_label = scale.end_labels()
     legend = (
-        f'<div class="cc-legend"><span>{esc(format_value(scale.vmin, digits=3))}</span>'
+        f'<div class="cc-legend"><span>{esc(lo_label)}</span>'
         f'<span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
-        f"<span>{esc(format_value(scale.vmax, digits=3))}</span><span>{esc(value_label)}</span></div>"
+        f"<span>{esc(hi_label)}</span><span>{esc(value_label)}</span></div>"
     )
     body = f'<pre class="cc-tokens" data-kind="tokens" data-tokens="{len(tokens)}">{"".join(spans)}</pre>{legend}'
     return Fragment(_figure(body, title, caption, "tokens"))

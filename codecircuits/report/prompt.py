@@ -219,6 +219,11 @@ def prompt_report(
     r.section(
         "Neurons", text="MLP neurons (after the activation function) with the largest activation at the last position."
     )
+    # the first token's activations are often outliers (hundreds, where the rest are tens): scale the colours
+    # on the other positions so they stay readable; the first cell saturates and its tooltip keeps the value
+    rest = acts[1:].cpu()
+    lim = float(rest.abs().max()) or 1.0
+    first_note = "Colours are scaled on positions 1 onward (position 0 often holds outliers); hover for exact values."
     r.heatmap(
         acts.T.cpu(),
         x_labels=position_labels(tokens),
@@ -226,17 +231,24 @@ def prompt_report(
         x_title="position and token",
         y_title="neuron",
         center=0.0,
+        vmin=-lim,
+        vmax=lim,
         title="Activation of each chosen neuron at each position",
+        caption=first_note,
         value_label="activation",
     )
     r.neuron_activations(tokens, acts.cpu(), neuron_labels, title="Chosen neurons over the prompt (pick one)")
+    lo, hi = float(rest[:, 0].min()), float(rest[:, 0].max())
     r.token_values(
         tokens,
         acts[:, 0].cpu(),
         title=f"{neuron_labels[0]} over the prompt",
         value_label=f"{neuron_labels[0]} activation",
+        center=0.0 if lo < 0 else None,
+        vmin=lo,
+        vmax=hi if hi > lo else lo + 1.0,
         marked=[len(tokens) - 1],
-        caption="The outlined token is the last position, where the neuron was chosen.",
+        caption="The outlined token is the last position, where the neuron was chosen. " + first_note,
     )
     r.data(summary.to_dict())
     return r, summary

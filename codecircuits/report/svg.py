@@ -79,7 +79,7 @@ def heatmap_svg(
     x_label_h = (max_x * 0.82 + 10) if rotate else 16
     bottom = x_label_h + 30
     bar_x = left + plot_w + 18
-    width = bar_x + 14 + 60
+    width = bar_x + 14 + 72
     height = top + plot_h + bottom
 
     out = [
@@ -153,17 +153,18 @@ def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str) ->
     stops = "".join(
         f'<stop offset="{1 - off:.3f}" stop-color="{col}"/>' for off, col in reversed(scale.gradient_stops())
     )
-    ticks = [(scale.vmax, y), (scale.vmin, y + h)]
+    lo_label, hi_label = scale.end_labels()
+    ticks = [(hi_label, y), (lo_label, y + h)]
     if scale.center is not None:
-        ticks.append((scale.center, y + h / 2))
+        ticks.append((format_value(float(scale.center), digits=3), y + h / 2))
     parts = [
         f'<g class="colourbar"><defs><linearGradient id="{gid}" x1="0" y1="0" x2="0" y2="1">{stops}</linearGradient></defs>',
         f'<rect x="{x:.1f}" y="{y:.1f}" width="12" height="{h:.1f}" fill="url(#{gid})" class="frame"/>',
     ]
-    for v, ty in ticks:
-        parts.append(f'<text x="{x + 16:.1f}" y="{ty + 4:.1f}">{esc(format_value(float(v), digits=3))}</text>')
+    for tick, ty in ticks:
+        parts.append(f'<text x="{x + 16:.1f}" y="{ty + 4:.1f}">{esc(tick)}</text>')
     parts.append(
-        f'<text class="axis-title" transform="translate({x + 62:.1f},{y + h / 2:.1f}) rotate(90)" '
+        f'<text class="axis-title" transform="translate({x + 74:.1f},{y + h / 2:.1f}) rotate(90)" '
         f'text-anchor="middle">{esc(_clip_label(label, 32))}</text></g>'
     )
     return "".join(parts)
