@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import random
 import shutil
 import time
@@ -61,6 +60,9 @@ __all__ = [
     "save_edited_model",
     "semantic_basis",
     "sgd_repair",
+    "ResidCache",
+    "WeightSnapshot",
+    "probes_of",
     "upper_layers",
     "value_vector",
 ]
@@ -422,12 +424,14 @@ def repair_cases(
     max_errors: int = 2,
     seed: int = 0,
     max_lines: int = 2000,
+    min_scanned: int = 0,
     progress: bool = True,
 ) -> tuple[list[RepairCase], list[RepairCase]]:
     """Repair cases from real code: lines whose teacher-forced greedy completion has 1..``max_errors`` wrong tokens.
 
     Returns ``(cases, scanned)``: the first ``n`` lines that need repair, and every line scanned (the pool that
-    generalisation and specificity probes are drawn from). ``corpus`` is a :class:`codecircuits.corpus.Corpus`
+    generalisation and specificity probes are drawn from; scanning goes on until it holds ``min_scanned`` lines).
+    ``corpus`` is a :class:`codecircuits.corpus.Corpus`
     (e.g. ``corpus.stdlib("test")`` or ``corpus.humaneval()``).
     """
     from tqdm.auto import tqdm
@@ -445,11 +449,11 @@ def repair_cases(
         pred = _greedy(model, toks)[len(ctx) - 1 :]
         case = RepairCase(src, line_no, line, ctx, ref, tuple(int(t) for t in pred))
         scanned.append(case)
-        if 1 <= len(case.errors) <= max_errors:
+        if len(cases) < n and 1 <= len(case.errors) <= max_errors:
             cases.append(case)
             bar.update(1)
-            if len(cases) >= n:
-                break
+        if len(cases) >= n and len(scanned) >= min_scanned:
+            break
     bar.close()
     if not cases:
         raise InputError(
@@ -469,17 +473,38 @@ def probes_of(cases: Iterable[RepairCase]) -> list[Probe]:
     return out
 
 
+class ResidCache:
+    """``resid_pre`` of a layer for token sequences, computed once: evaluations after edits of layers >= ``layer``
+    (which cannot change it) run only the layers from ``layer`` on."""
+
+    def __init__(self, model, layer: int = 0):
+        self.model, self.layer = model, layer
+        self._store: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def logits(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        key = tuple(int(t) for t in (tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else tokens))
+        t = torch.tensor([key])
+        if self.layer == 0:
+            with torch.no_grad():
+                return self.model(t.to(self.model.cfg.device))
+        if key not in self._store:
+            self._store[key] = _resid(self.model, t, self.layer)
+        with torch.no_grad():
+            return self.model(self._store[key], start_at_layer=self.layer)
+
+
 @torch.no_grad()
-def evaluate_probes(model, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
+def evaluate_probes(model, probes: Sequence[Probe], *, cache: ResidCache | None = None) -> dict[str, torch.Tensor]:
     """For each probe: ``correct`` (greedy == target), ``logp`` (log p(target)) and ``argmax``, one forward per
-    distinct token sequence."""
+    distinct token sequence (from ``cache.layer`` on, when a :class:`ResidCache` is given)."""
+    cache = cache or ResidCache(model, 0)
     by_seq: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(probes):
         by_seq.setdefault(p.tokens, []).append(i)
     logp = torch.zeros(len(probes))
     argmax = torch.zeros(len(probes), dtype=torch.long)
     for toks, idx in by_seq.items():
-        lp = model(torch.tensor([toks], device=model.cfg.device))[0].float().log_softmax(-1).cpu()
+        lp = cache.logits(toks)[0].float().log_softmax(-1).cpu()
         for i in idx:
             logp[i] = lp[probes[i].pos, probes[i].target]
             argmax[i] = lp[probes[i].pos].argmax()
@@ -488,12 +513,15 @@ def evaluate_probes(model, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def heldout_loss(model, tokens: torch.Tensor) -> float:
+def heldout_loss(model, tokens: torch.Tensor, *, cache: ResidCache | None = None) -> float:
     """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]``."""
-    logits = model(tokens.to(model.cfg.device)).float()
-    return float(
-        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten().to(logits.device))
-    )
+    cache = cache or ResidCache(model, 0)
+    total, count = 0.0, 0
+    for row in tokens:
+        logits = cache.logits(row)[0].float()
+        total += float(torch.nn.functional.cross_entropy(logits[:-1], row[1:].to(logits.device), reduction="sum"))
+        count += row.numel() - 1
+    return total / count
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -534,25 +562,40 @@ def _layer_directions(model, layers, target: int, argmax: int, semantics: str, m
     return out
 
 
+def _resid(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """``blocks.{layer}.hook_resid_pre`` of ``tokens`` (edits of layers >= ``layer`` leave it unchanged)."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)
+    return cache[name]
+
+
 def candidate_neurons(
-    model, tokens: torch.Tensor, pos: int, target: int, layers: Sequence[int], k: int = 10
+    model,
+    tokens: torch.Tensor,
+    pos: int,
+    target: int,
+    layers: Sequence[int],
+    k: int = 10,
+    *,
+    resid: torch.Tensor | None = None,
 ) -> list[tuple[int, int, float]]:
     """Top-``k`` (layer, neuron, score) by gradient x activation on ``mlp.hook_post`` w.r.t. p(target) at ``pos``,
-    L2-normed over positions 0..pos."""
+    L2-normed over positions 0..pos. ``resid`` (``resid_pre`` of ``min(layers)``) skips the lower layers."""
+    layers = sorted(layers)
+    start = layers[0]
     names = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
     acts: dict[str, torch.Tensor] = {}
-
-    def need_grad(x, hook):
-        return x.detach().requires_grad_(True)
 
     def keep(x, hook):
         acts[hook.name] = x
         return x
 
-    tokens = tokens[:, : pos + 1].to(model.cfg.device)
+    if resid is None:
+        resid = _resid(model, tokens, start)
+    x = resid[:, : pos + 1].detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        fwd = [("blocks.0.hook_resid_pre", need_grad)] + [(n, keep) for n in names]
-        logits = model.run_with_hooks(tokens, fwd_hooks=fwd)
+        logits = model.run_with_hooks(x, start_at_layer=start, fwd_hooks=[(n, keep) for n in names])
         prob = logits[0, pos].float().softmax(-1)[target]
         grads = torch.autograd.grad(prob, [acts[n] for n in names])
     scores = torch.stack([(g * acts[n]).detach()[0].float().norm(dim=0) for n, g in zip(names, grads)])  # [L, d_mlp]
@@ -562,10 +605,14 @@ def candidate_neurons(
 
 
 @torch.no_grad()
-def _simulate(model, tokens, pos, cands, rows_new, target: int, argmax: int) -> torch.Tensor:
-    """Gap p(argmax) - p(target) at ``pos`` for each candidate's simulated value-vector edit, in one batch."""
+def _simulate(model, tokens, pos, cands, rows_new, target: int, argmax: int, *, resid=None, start=None) -> torch.Tensor:
+    """Gap p(argmax) - p(target) at ``pos`` for each candidate's simulated value-vector edit (row change
+    ``rows_new[i]`` added to the neuron's value vector), in one batched forward from ``start``."""
     b = len(cands)
-    tokens = tokens[:, : pos + 1].expand(b, -1).to(model.cfg.device)
+    start = min(c[0] for c in cands) if start is None else start
+    if resid is None:
+        resid = _resid(model, tokens, start)
+    x = resid[:, : pos + 1].expand(b, -1, -1)
     post: dict[int, torch.Tensor] = {}
     by_layer: dict[int, list[int]] = {}
     for i, (layer, _, _) in enumerate(cands):
@@ -584,7 +631,7 @@ def _simulate(model, tokens, pos, cands, rows_new, target: int, argmax: int) -> 
             return x
 
         hooks += [(f"blocks.{layer}.mlp.hook_post", keep), (f"blocks.{layer}.hook_mlp_out", add)]
-    probs = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, pos].float().softmax(-1)
+    probs = model.run_with_hooks(x, start_at_layer=start, fwd_hooks=hooks)[:, pos].float().softmax(-1)
     return probs[:, argmax] - probs[:, target]
 
 
@@ -675,9 +722,16 @@ def mint_repair(
     eps = 0.01 * scale
     t0 = time.perf_counter()
     tokens = case.tokens
+    start = layer_list[0]
+    resid = _resid(model, tokens, start)  # edits only touch layers >= start: compute the rest once
+
+    def greedy() -> torch.Tensor:
+        with torch.no_grad():
+            return model(resid, start_at_layer=start).argmax(-1)[0].cpu()
+
     history: dict[int, list[torch.Tensor]] = {}
     repairs, kept = [], Edits(model_name=str(model.cfg.model_name))
-    current = _greedy(model, tokens)
+    current = greedy()
     for i, target in enumerate(case.reference):
         pos = case.positions[i]
         wrong = int(current[pos])
@@ -692,7 +746,8 @@ def mint_repair(
                     u = u - (u @ h) * h
                 if u.norm() > 1e-8:
                     dirs[layer] = u / u.norm() * d.norm()
-        cands = [c for c in candidate_neurons(model, tokens, pos, target, layer_list, n_candidates) if c[0] in dirs]
+        cands = candidate_neurons(model, tokens, pos, target, layer_list, n_candidates, resid=resid)
+        cands = [c for c in cands if c[0] in dirs]
         token_edits: list[NeuronEdit] = []
         steps, argmax = 0, wrong
         while argmax != target and steps < max_edits and cands:
@@ -702,7 +757,7 @@ def mint_repair(
                 row = w[k].detach().float()
                 new = (row + eps * dirs[layer].to(row.device)) / (1 + eps)
                 deltas.append((new - row).to(w.dtype))
-            gaps = _simulate(model, tokens, pos, cands, deltas, target, argmax)
+            gaps = _simulate(model, tokens, pos, cands, deltas, target, argmax, resid=resid, start=start)
             best = int(gaps.argmin())
             layer, k, _ = cands[best]
             w = mlp_out_weight(model, layer)
@@ -710,7 +765,7 @@ def mint_repair(
             new = (row + eps * dirs[layer].to(row.device)) / (1 + eps)
             token_edits.append(apply_edit(model, layer, k, new))
             steps += 1
-            argmax = int(_greedy(model, tokens)[pos])
+            argmax = int(greedy()[pos])
         fixed = argmax == target
         if not fixed:
             Edits(tuple(token_edits)).undo(model)
@@ -722,7 +777,7 @@ def mint_repair(
         te = Edits(tuple(token_edits), str(model.cfg.model_name))
         kept = kept + te
         repairs.append(TokenRepair(i, int(target), wrong, fixed, steps, te, tuple(cands)))
-        current = _greedy(model, tokens)
+        current = greedy()
     after = tuple(int(current[p]) for p in case.positions)
     settings = dict(
         layers=layer_list if not isinstance(layers, str) else layers,
@@ -798,11 +853,11 @@ def sgd_repair(
     layer_list = upper_layers(model, layers)
     snap = snapshot or WeightSnapshot(model, layer_list)
     params = [_mlp_out_module(model, layer).weight for layer in layer_list]
-    flags = [p.requires_grad for p in params]
     all_params = list(model.parameters())
     all_flags = [p.requires_grad for p in all_params]
     t0 = time.perf_counter()
-    tokens = case.tokens.to(model.cfg.device)
+    start = layer_list[0]
+    resid = _resid(model, case.tokens, start)  # the layers below are frozen: run only the trained ones
     pos = torch.tensor([case.positions[i] for i in case.errors])
     tgt = torch.tensor([case.reference[i] for i in case.errors], device=model.cfg.device)
     try:
@@ -814,7 +869,7 @@ def sgd_repair(
         with torch.enable_grad():
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                logits = model(tokens)[0, pos].float()
+                logits = model(resid, start_at_layer=start)[0, pos].float()
                 torch.nn.functional.cross_entropy(logits, tgt).backward()
                 opt.step()
     finally:
@@ -822,8 +877,8 @@ def sgd_repair(
             p.requires_grad_(f)
         for p in params:
             p.grad = None
-        del flags
-    after = _greedy(model, case.tokens)
+    with torch.no_grad():
+        after = model(resid, start_at_layer=start).argmax(-1)[0].cpu()
     pred = tuple(int(after[p]) for p in case.positions)
     out = CaseOutcome(
         case=case,
@@ -835,8 +890,3 @@ def sgd_repair(
         settings=dict(layers=layers if isinstance(layers, str) else layer_list, lr=lr, steps=steps),
     )
     return out, snap
-
-
-def _nan_mean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else float("nan")

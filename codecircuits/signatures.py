@@ -70,13 +70,17 @@ def block_params(model, layers: Iterable[int] | None = None, kind: str = "mlp") 
         raise InputError(f"Unknown weight kind {kind!r}; use 'mlp', 'mlp_out', 'attn' or 'block'.")
     out: dict[str, torch.nn.Parameter] = {}
     for layer in layer_list:
-        seen: set[int] = set()
-        for name, p in model.blocks[layer].named_parameters():
+        # each parameter is reachable both through the bridge (mlp.out) and the wrapped HF module
+        # (mlp.down_proj); name it by the bridge path, the one with the fewest wrapper hops
+        best: dict[int, tuple[int, str, torch.nn.Parameter]] = {}
+        for name, p in model.blocks[layer].named_parameters(remove_duplicate=False):
+            hops = name.count("_original_component")
             short = name.replace("_original_component.", "")
-            if not short.startswith(prefix) or id(p) in seen:
-                continue
-            seen.add(id(p))
-            out[f"blocks.{layer}.{short}"] = p
+            if id(p) not in best or hops < best[id(p)][0]:
+                best[id(p)] = (hops, short, p)
+        for _, short, p in sorted(best.values(), key=lambda t: t[1]):
+            if short.startswith(prefix):
+                out[f"blocks.{layer}.{short}"] = p
     if not out:
         raise InputError(f"No {kind} parameters found in layers {layer_list}.")
     return out
@@ -361,8 +365,13 @@ def rename_locals(text: str) -> str:
 # brief fine-tuning
 
 
-def make_batches(model, texts: Sequence[str], *, seq_len: int = 128, n: int | None = None) -> torch.Tensor:
-    """Tokenize and concatenate ``texts`` (each starting with BOS) and cut ``[n, seq_len]`` chunks."""
+def make_batches(
+    model, texts: Sequence[str], *, seq_len: int = 128, n: int | None = None, spread: bool = True
+) -> torch.Tensor:
+    """Tokenize and concatenate ``texts`` (each starting with BOS) and cut ``[n, seq_len]`` chunks.
+
+    With ``n`` and ``spread`` (the default) the ``n`` chunks are spaced evenly over all the text, not its start.
+    """
     if seq_len < 2:
         raise InputError("seq_len must be at least 2.")
     bos = model.tokenizer.bos_token_id
@@ -371,12 +380,17 @@ def make_batches(model, texts: Sequence[str], *, seq_len: int = 128, n: int | No
         if bos is not None:
             ids.append(bos)
         ids.extend(model.tokenizer(t, add_special_tokens=False)["input_ids"])
-        if n is not None and len(ids) >= n * seq_len:
+        if n is not None and not spread and len(ids) >= n * seq_len:
             break
-    rows = len(ids) // seq_len if n is None else min(n, len(ids) // seq_len)
-    if rows < 1:
+    total = len(ids) // seq_len
+    if total < 1:
         raise InputError(f"The texts hold {len(ids)} tokens, fewer than one chunk of {seq_len}.")
-    return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
+    chunks = torch.tensor(ids[: total * seq_len]).view(total, seq_len)
+    if n is None or n >= total:
+        return chunks
+    if not spread:
+        return chunks[:n]
+    return chunks[torch.linspace(0, total - 1, n).round().long()]
 
 
 def lm_loss(model, tokens: torch.Tensor, *, batch_size: int = 8) -> float:
@@ -451,7 +465,7 @@ def finetune(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         tv = task_vector(model, base, name=name)
     finally:
         for p, f in zip(all_params, flags):

@@ -99,7 +99,12 @@ def test_saved_edited_model_loads_with_the_edits(tiny, tmp_path):
     toks = _tokens(tiny)
     logits0 = tiny(toks)
     layer = tiny.cfg.n_layers - 1
-    e = R.apply_edit(tiny, layer, 4, R.value_vector(tiny, layer, 4) + 0.5)
+    e = R.apply_edit(
+        tiny,
+        layer,
+        4,
+        R.value_vector(tiny, layer, 4) + torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(0)),
+    )
     edits = R.Edits((e,), "tiny")
     logits1 = tiny(toks)
     out = R.save_edited_model(tiny, edits, tmp_path / "edited")
