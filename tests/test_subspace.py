@@ -1,0 +1,195 @@
+"""Subspace activation patching, DAS and the illusion checks, on every family of the test matrix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codecircuits import HookNameError, InputError
+from codecircuits import subspace as sub
+
+BASE = ["print(str(123", "print(str(45", "print(str(str(7", "x = (1 + 2", "print(str(str(88", "print(str(6"]
+SOURCE = ["print(str(str(123", "print(str(str(4", "print(str(8", "x = ((1 + 2", "print(str(31", "print(str(str(60"]
+BV = [0, 0, 1, 0, 1, 0]
+SV = [1, 1, 0, 1, 0, 1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many tiny forwards, for which a second thread costs more than it gives on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pairs(model):
+    return sub.PatchPairs.from_prompts(model, BASE, SOURCE, BV, SV, ["))", ")))"], groups=list("aabbcc"))
+
+
+def _equal_length_pairs(model):
+    base = ["print(str(123", "print(str(456", "print(str(789", "print(str(321"]
+    source = ["print(str(124", "print(str(457", "print(str(788", "print(str(320"]
+    return sub.PatchPairs.from_prompts(model, base, source, [0, 1, 0, 1], [1, 0, 1, 0], ["))", ")))"])
+
+
+def _reference_full_patch(model, pairs, hook):
+    """Last-position answer logits with the whole activation replaced by the source's, by plain hooks."""
+    store = {}
+
+    def grab(act, hook):
+        store["src"] = act[torch.arange(len(act)), pairs.source_positions].clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(pairs.source_tokens, fwd_hooks=[(hook, grab)])
+
+        def put(act, hook):
+            act = act.clone()
+            act[torch.arange(len(act)), pairs.base_positions] = store["src"]
+            return act
+
+        logits = model.run_with_hooks(pairs.base_tokens, fwd_hooks=[(hook, put)])
+    rows = torch.arange(len(pairs))
+    return logits[rows, pairs.base_positions][:, pairs.answer_ids]
+
+
+HOOKS = ("blocks.1.mlp.hook_post", "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_zero_patch_changes_nothing(tiny, hook):
+    pairs = _pairs(tiny)
+    d = sub.activations(tiny, hook, pairs.base_tokens, pairs.base_positions).shape[1]
+    none = sub.patch(tiny, pairs, hook, torch.zeros(d, 0))
+    assert none.dimension == 0
+    assert torch.equal(none.ld_patched, none.ld_clean) and none.fldd == 0.0
+    v = sub.random_direction(tiny, hook, seed=3)
+    weak = sub.patch(tiny, pairs, hook, v, strength=0.0)
+    assert torch.allclose(weak.ld_patched, weak.ld_clean, atol=1e-5)
+    assert abs(weak.fldd) < 1e-3
+    # a real 1-D patch does change something (so the two checks above can fail)
+    strong = sub.patch(tiny, pairs, hook, v, strength=50.0)
+    assert not torch.allclose(strong.ld_patched, strong.ld_clean, atol=1e-4)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_full_basis_equals_full_component_patch(tiny, hook):
+    pairs = _pairs(tiny)
+    full = sub.patch(tiny, pairs, hook, None)
+    d = sub.activations(tiny, hook, pairs.base_tokens, pairs.base_positions).shape[1]
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))[0]
+    rotated = sub.patch(tiny, pairs, hook, basis)  # any orthonormal full basis is the identity patch
+    ref = _reference_full_patch(tiny, pairs, hook)
+    ref_ld = ref[torch.arange(len(pairs)), pairs.base_values] - ref[torch.arange(len(pairs)), pairs.source_values]
+    assert full.dimension == d
+    assert torch.allclose(full.ld_patched, ref_ld, atol=1e-4)
+    assert torch.allclose(rotated.ld_patched, ref_ld, atol=1e-3)
+    # and it is not the clean run
+    assert not torch.allclose(full.ld_patched, full.ld_clean, atol=1e-4)
+
+
+def test_nullspace_of_mlp_output_is_inert(tiny):
+    hook = "blocks.1.mlp.hook_post"
+    W = sub.readout_matrix(tiny, hook)
+    assert W is not None and W.shape == (tiny.cfg.d_mlp, tiny.cfg.d_model)
+    v = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1))
+    v_row, v_null = sub.rowspace_split(v, W)
+    assert torch.allclose(v_row + v_null, v, atol=1e-5)
+    assert (v_null @ W).abs().max() < 1e-3 * v.norm() * W.abs().max()
+    assert abs(float(v_row @ v_null)) < 1e-3
+    pairs = _pairs(tiny)
+    null = sub.patch(tiny, pairs, hook, v_null, strength=20.0)
+    assert torch.allclose(null.ld_patched, null.ld_clean, atol=1e-3)
+    row = sub.patch(tiny, pairs, hook, v_row, strength=20.0)
+    assert not torch.allclose(row.ld_patched, row.ld_clean, atol=1e-3)
+    assert sub.readout_matrix(tiny, "blocks.0.hook_resid_post") is None
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_das_trains_and_lowers_its_loss(tiny, hook):
+    pairs = _pairs(tiny)
+    flags = [p.requires_grad for p in tiny.parameters()]
+    d = sub.fit_direction(tiny, pairs, hook, epochs=6, batch_size=3, lr=0.05, progress=False)
+    assert d.kind == "das" and len(d.losses) == 6
+    assert abs(float(d.vector.norm()) - 1.0) < 1e-5
+    assert d.losses[-1] < d.losses[0]
+    assert [p.requires_grad for p in tiny.parameters()] == flags  # the model's flags are restored
+    assert len(d.top(5)) == 5
+
+
+def test_das_matches_transformer_lens_fit_das(tiny):
+    from transformer_lens.tools.analysis.interchange import fit_das
+
+    hook = "blocks.1.mlp.hook_post"
+    pairs = _equal_length_pairs(tiny)
+    pos = pairs.base_positions
+    assert (pos == pos[0]).all() and (pairs.source_positions == pos[0]).all()
+    ours = sub.fit_direction(
+        tiny, pairs, hook, epochs=3, batch_size=2, lr=0.02, final_lr_factor=1.0, seed=4, progress=False
+    )
+    ref = fit_das(
+        tiny,
+        hook,
+        pairs.base_tokens,
+        pairs.source_tokens,
+        pairs.source_values,
+        lambda t: tiny(t)[:, -1, pairs.answer_ids],
+        rank=1,
+        base_positions=pos,
+        source_positions=pairs.source_positions,
+        epochs=3,
+        batch_size=2,
+        lr=0.02,
+        seed=4,
+    )
+    assert torch.allclose(ours.vector, ref.basis[:, 0].float(), atol=1e-4)
+    assert torch.allclose(torch.tensor(ours.losses), torch.tensor(ref.losses), atol=1e-4)
+
+
+def test_illusion_checks_run_and_are_consistent(tiny):
+    hook = "blocks.1.mlp.hook_post"
+    pairs = _pairs(tiny)
+    train, test = pairs.in_groups(["a", "b"]), pairs.in_groups(["c"])
+    rep = sub.illusion_checks(tiny, train, test, hook, epochs=2, batch_size=2, progress=False)
+    assert rep.verdict in ("passes", "suspicious", "no effect")
+    assert (rep.verdict == "passes") == (len(rep.reasons) == 0)
+    assert abs(rep.row_norm**2 + rep.null_norm**2 - 1.0) < 1e-4
+    keys = {k.split("/")[0] for k in rep.patches}
+    assert {"full", "das", "rowspace", "nullspace", "mean_difference", "random"} <= keys
+    # the report's DAS number is the DAS direction patched on its own
+    again = sub.patch(tiny, test, hook, rep.direction)
+    assert abs(again.fldd - rep.fldd("das/test")) < 1e-3
+    # the nullspace part is causally inert
+    assert torch.allclose(rep.patches["nullspace/test"].ld_patched, rep.patches["nullspace/test"].ld_clean, atol=1e-3)
+    assert set(rep.separation) == {"v", "v_row", "v_null", "mean_difference"}
+    df = rep.to_dataframe()
+    assert len(df) == len(rep.patches) and len(rep.top(3)) == 3
+    resid = sub.illusion_checks(tiny, train, test, "blocks.0.hook_resid_post", epochs=1, batch_size=2, progress=False)
+    assert "rowspace/test" not in resid.patches and resid.row_norm != resid.row_norm  # nan: no readout
+
+
+def test_separation_measures_what_it_says():
+    acts = torch.tensor([[0.0, 1.0], [0.1, -1.0], [2.0, 0.5], [2.1, -0.5]])
+    values = torch.tensor([0, 0, 1, 1])
+    good = sub._separation("x", acts, values, torch.tensor([1.0, 0.0]))
+    bad = sub._separation("y", acts, values, torch.tensor([0.0, 1.0]))
+    assert good.accuracy == 1.0 and good.cohens_d > 10
+    assert bad.accuracy <= 0.75 and bad.cohens_d == 0.0  # the best cut of (-1, -.5 | .5, 1) gets 3 of 4
+
+
+def test_bad_input_is_a_clear_error(tiny):
+    with pytest.raises(InputError, match="same feature value"):
+        sub.PatchPairs.from_prompts(tiny, ["print(1"], ["print(2"], [0], [0], ["))", ")))"])
+    with pytest.raises(InputError, match="one of each"):
+        sub.PatchPairs.from_prompts(tiny, ["print(1", "print(3"], ["print(2"], [0], [1], ["))", ")))"])
+    with pytest.raises(InputError, match="not a single token"):
+        sub.PatchPairs.from_prompts(tiny, ["print(1"], ["print(2"], [0], [1], [")", "zq)x"])
+    pairs = _pairs(tiny)
+    with pytest.raises(HookNameError):
+        sub.patch(tiny, pairs, "blocks.1.mlp.hook_postt", None)
+    with pytest.raises(InputError, match="shape"):
+        sub.patch(tiny, pairs, "blocks.0.attn.hook_z", None)
+    with pytest.raises(InputError, match="size"):
+        sub.patch(tiny, pairs, "blocks.0.hook_resid_post", torch.ones(tiny.cfg.d_model + 1))
+    with pytest.raises(InputError, match="zero"):
+        sub.patch(tiny, pairs, "blocks.0.hook_resid_post", torch.zeros(tiny.cfg.d_model))
