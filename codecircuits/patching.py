@@ -645,3 +645,31 @@ def _as_list(x) -> list:
     if isinstance(x, int):
         return [x]
     return list(x)
+
+
+def work(model, clean, corrupted, *, site: str = "resid_pre", by: Sequence[str] | None = None) -> dict:
+    """Layer-position evaluations per example: one full forward per cell (``transformer_lens.patching``) versus
+    the ones a patch can change (what this engine runs: layers ``>= l`` and positions ``>= p`` of each cell
+    that changes anything). ``ideal_ratio`` is the speed-up of an implementation that recomputes nothing else.
+    """
+    from .inputs import paired_tokens
+    from .models.summary import n_kv_heads
+
+    site, _, kind = _site(site)
+    by = tuple(by) if by is not None else DEFAULT_BY[kind]
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    n_layers, n_pos = int(model.cfg.n_layers), int(clean_t.shape[1])
+    n_units = {"neuron": int(model.cfg.d_mlp)}.get(kind, n_kv_heads(model) if "kv_head" in by else model.cfg.n_heads)
+    grid, plans = _plan(
+        by, list(range(n_layers)), int(n_units), list(range(n_pos)), first_difference(clean_t, corr_t), None
+    )
+    cells = n_layers * (math.prod(grid) if grid else 1)
+    full = cells * n_layers * n_pos
+    needed = sum(len(p.cells) * (n_layers - p.layer) * (n_pos - p.start) for p in plans)
+    return {
+        "cells": cells,
+        "groups": len(plans),  # (layer, start position) groups, each one or more batched forwards
+        "tl_evaluations": full,
+        "needed_evaluations": needed,
+        "ideal_ratio": full / needed if needed else float("inf"),
+    }
