@@ -107,7 +107,6 @@ class Browser:
             "--no-default-browser-check",
             "--metrics-recording-only",
             "--mute-audio",
-            "--hide-scrollbars",
             "--host-resolver-rules=MAP * ~NOTFOUND",
             "--proxy-server=http://127.0.0.1:9",
             f"--window-size={WIDTH},900",

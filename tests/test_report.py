@@ -154,6 +154,18 @@ def test_heatmap_cells_colours_and_labels():
     assert re.findall(r">([^<>]+)</text>", bar) == ["≥ 1.0", "≤ -1.0", "0.0", "ld"]
 
 
+@pytest.mark.parametrize(
+    "lo, hi", [(5.719, 5.863), (0.0, 29.0), (-15.2, 0.0), (0.001, 0.004), (3.0, 3.0), (-1e-3, 2e5)]
+)
+def test_axis_ticks_cover_the_data(lo, hi):
+    from codecircuits.report.svg import _nice_ticks
+
+    ticks = _nice_ticks(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 12
+    steps = np.diff(ticks)
+    assert np.allclose(steps, steps[0])
+
+
 def test_line_chart_and_table_contents():
     out = (
         Report("c")

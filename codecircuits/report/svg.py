@@ -174,17 +174,15 @@ def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str) ->
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) whose first is <= lo and last >= hi."""
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     raw = (hi - lo) / max(n - 1, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 0.5:
-        ticks.append(round(t, 12))
-        t += step
-    return ticks
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
 
 
 def _tick_texts(ticks: list[float]) -> list[str]:
