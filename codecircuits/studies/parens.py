@@ -168,6 +168,8 @@ class ParensStudy:
                 k: {
                     "attn": v.attn.mean(-1),
                     "mlp": v.mlp.mean(-1),
+                    "attn_sum": v.attn.sum(0).mean(),
+                    "mlp_sum": v.mlp.sum(0).mean(),
                     "embed": v.embed.mean(),
                     "bias": v.bias.mean(),
                     "total": v.total.mean(),
@@ -568,6 +570,12 @@ def build_report(study: ParensStudy):
         "activation patching of attn_out / mlp_out from the clean into the counterfactual run (recovery: 0 = "
         "counterfactual, 1 = clean). Attention's share of the absolute direct effect: "
         + "; ".join(f"{k} parens {s.attn_share[k]:.2f}" for k in counts)
+        + ". Net direct effect of all attention / all MLP sublayers: "
+        + "; ".join(
+            f"{k} parens {float(s.contributions[k].attn.sum(0).mean()):.2f} / "
+            f"{float(s.contributions[k].mlp.sum(0).mean()):.2f}"
+            for k in counts
+        )
         + ".",
     )
     r.line_chart(
