@@ -91,6 +91,27 @@ class HeadSweep:
         return float((self.accuracy_drop.abs() <= tolerance).float().mean())
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the final residual is captured."""
+
+
+def _last_logits(model, x, layer: int, pos: int, fwd_hooks) -> torch.Tensor:
+    """Logits at ``pos`` of a run from ``resid_pre[layer] = x`` under ``fwd_hooks``; the final norm and the
+    unembedding run on that one position only (a third of a short prompt's cost on a 49k vocabulary)."""
+    store = {}
+
+    def grab(resid, hook):
+        store["x"] = resid[:, pos].unsqueeze(1)
+        raise _Stop
+
+    with model.hooks(fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)]):
+        try:
+            model(x, start_at_layer=layer)
+        except _Stop:
+            pass
+    return model.unembed(model.ln_final(store["x"]))[:, 0].float()
+
+
 def head_sweep(
     model,
     prompts,
@@ -150,8 +171,7 @@ def head_sweep(
                         zz[torch.arange(nh), :, :, sel] = 0.0
                         return z
 
-                    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)]):
-                        out = model(x.repeat(nh, 1, 1), start_at_layer=layer)[:, pos].float()
+                    out = _last_logits(model, x.repeat(nh, 1, 1), layer, pos, [(f"blocks.{layer}.attn.hook_z", hook)])
                     out = out.view(nh, b, -1)
                     tt = t[None, :].expand(nh, b)
                     c = (out.argmax(-1) == tt).cpu()
