@@ -244,6 +244,7 @@ def test_format_value_and_token_labels():
     ]
     assert format_value(np.float32(0.5)) == "0.5" and format_value(torch.tensor(3)) == "3"
     assert show_token("\n") == "⏎" and show_token("  ") == "··" and show_token(" x") == " x"
+    assert show_token("\x1d") == "\\x1d" and show_token("a\x00") == "a\\x00" and show_token("é") == "é"
     assert position_labels(["<s>", "a\n"]) == ["0 <s>", "1 a⏎"]
 
 

@@ -76,12 +76,15 @@ def format_value(value, *, digits: int = 4) -> str:
 
 
 def show_token(token: str) -> str:
-    """A token's text made visible: newlines as ⏎, tabs as ⇥, a token of only spaces as ·."""
+    """A token's text made visible: newlines as ⏎, tabs as ⇥, a token of only spaces as ·, other invisible
+    characters as escapes (``\\x1d``)."""
     if token == "":
         return "∅"
     text = token.replace("\n", "⏎").replace("\t", "⇥")
     if text.strip(" ") == "":
         return "·" * len(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text
 
 

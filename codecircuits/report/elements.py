@@ -208,8 +208,8 @@ def token_values(
         style = f"background:{scale.css(float(v))};color:{scale.text_css(float(v))}"
         if is_special_token(tok):
             inner = f'<span class="special">{esc(tok)}</span>'
-        else:  # a newline gets a visible mark, so a newline token shows its colour too
-            inner = esc(tok).replace("\n", '<span class="nl">⏎</span>\n')
+        else:
+            inner = _code_token_html(tok)
         spans.append(f'<span class="{cls}" data-pos="{i}" style="{style}" title="{esc(tip)}">{inner}</span>')
     stops = ", ".join(col for _, col in scale.gradient_stops())
     lo_label, hi_label = scale.end_labels()
@@ -220,6 +220,20 @@ def token_values(
     )
     body = f'<pre class="cc-tokens" data-kind="tokens" data-tokens="{len(tokens)}">{"".join(spans)}</pre>{legend}'
     return Fragment(_figure(body, title, caption, "tokens"))
+
+
+def _code_token_html(tok: str) -> str:
+    """A token as it sits in code: a newline gets a visible mark (so a newline token shows its colour), and an
+    invisible control character is written as its escape."""
+    out = []
+    for c in tok:
+        if c == "\n":
+            out.append('<span class="nl">⏎</span>\n')
+        elif c in " \t" or c.isprintable():
+            out.append(esc(c))
+        else:
+            out.append(f'<span class="nl">{esc(repr(c)[1:-1])}</span>')
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------- figures

@@ -162,6 +162,8 @@ def prompt_report(
     )
 
     top_shown = show_token(summary.top_token)
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    has_bos = bos is not None and int(toks[0, 0]) == int(bos)
     r = Report(
         f"What {name} does on one prompt",
         subtitle="Next-token prediction, attention and MLP neurons",
@@ -172,7 +174,7 @@ def prompt_report(
     r.metrics(
         summary.metrics(),
         labels={
-            "n_tokens": "tokens in the prompt (with BOS)",
+            "n_tokens": "tokens in the prompt" + (" (with BOS)" if has_bos else ""),
             "top_token": "predicted next token",
             "top_prob": f"probability of {top_shown!r}",
             "first_top1_layer": "first layer from which it stays top-1 (logit lens)",
