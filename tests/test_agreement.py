@@ -94,3 +94,16 @@ def test_agreement_bad_input(tiny):
     with pytest.raises(InputError, match="component"):
         res.curve("attn")
     assert torch.isfinite(torch.as_tensor(res.curve())).all()
+
+
+@pytest.mark.slow
+def test_default_model_agreement_rises_in_late_layers(default_model):
+    """RQ3 on smollm2-135m: residual agreement with the final top-1 is rare early and rises in the last layers."""
+    res = ag.layer_agreement(default_model, "stdlib:validation", window=64, max_chunks=4, progress=False)
+    resid, mlp = res.curve("resid_post"), res.curve("mlp_out")
+    n = len(resid)
+    early, late = resid[: n // 4].mean(), resid[-(n // 4) : -1].mean()
+    assert resid[-1] == 1.0
+    assert early < 0.1 and late > 0.2 and late > 3 * early  # measured: 0.03 vs 0.37 (findings_memories.md)
+    assert resid[n // 2 :].mean() > resid[: n // 2].mean()
+    assert mlp.max() < 0.3  # one FF layer's output alone rarely names the final token

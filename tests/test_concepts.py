@@ -145,3 +145,21 @@ def test_edit_concept_table(tiny):
     assert df["concept_loss"].iloc[1] != df["concept_loss"].iloc[0]  # masking six keys does something
     table = cc.edit_table([none, e])
     assert list(table["concept"]) == ["loops", "indentation"] and set(e.drops()) >= {"concept_drop", "general_drop"}
+
+
+@pytest.mark.slow
+def test_default_model_import_keys_edit(default_model):
+    """RQ2 on smollm2-135m: masking the keys whose triggers are import statements hurts import tokens far more
+    than masking as many random keys per layer, and more than it hurts the other tokens."""
+    ch = mem.chunk_corpus(default_model, "stdlib:test", window=64, max_tokens=1024)
+    scan = mem.scan(default_model, ch, k=10, progress=False)
+    sc = cc.key_scores(scan, ch, [cc.get("kw_import"), cc.get("comment")])
+    keys = sc.keys("kw_import", tau=0.5, min_lift=2.0, max_keys=200)
+    assert sum(len(v) for v in keys.values()) >= 50
+    e = cc.edit_concept(default_model, sc, "kw_import", "stdlib:validation", keys=keys, window=64, max_tokens=320)
+    d = e.drops()
+    rows = e.to_dataframe().set_index("condition")
+    general_rise = rows.loc["concept keys masked", "general_loss"] - rows.loc["baseline", "general_loss"]
+    assert rows.loc["baseline", "concept_tokens"] >= 30
+    assert d["concept_loss_rise"] > 0.3 and d["concept_loss_rise"] > 3 * max(d["control_concept_loss_rise"], 0.05)
+    assert d["concept_loss_rise"] > 2 * general_rise

@@ -151,3 +151,49 @@ def test_value_tokens_and_agreement(tiny):
         assert float(purity[layer_, n_]) == pytest.approx(max(got.count(t) for t in got) / len(got))
     kva = mem.key_value_agreement(s, v, ch)
     assert list(kva["layer"]) == list(range(n_layers)) and kva["agreement"].between(0, 1).all()
+
+
+def test_study_runs_and_writes(tiny, tmp_path):
+    import json
+
+    from codecircuits.studies import memories as study_mod
+
+    st = study_mod.run(
+        tiny,
+        corpus=TEXTS,
+        eval_corpus=TEXTS[::-1],
+        max_tokens=150,
+        window=24,
+        k=3,
+        tau=0.3,
+        min_lift=1.0,
+        edit=["indentation", "loops"],
+        edit_tokens=60,
+        agreement_tokens=60,
+        kv_keys=16,
+        progress=False,
+    )
+    assert st.scan.complete and len(st.distribution) == tiny.cfg.n_layers
+    assert [e.concept.name for e in st.edits] == ["indentation", "loops"] and st.agreement is not None and st.agreement.curve("resid_post")[-1] == 1.0
+    for _, layer, neuron, _ in st.showcase:
+        assert len(st.promotes(layer, neuron)) == 10
+    html, js = study_mod.write(st, tmp_path / "out", model=tiny)
+    data = json.loads(js.read_text())
+    page = html.read_text()
+    for key, value in data["metrics"].items():
+        if value is not None:
+            assert f'data-metric="{key}"' in page
+    assert data["scan"]["tokens"] == st.scan.tokens_done and len(data["edits"]) == len(st.edits)
+
+
+def test_memories_command(tiny_dirs, tmp_path, capsys):
+    from codecircuits.cli import main
+
+    out = tmp_path / "rep"
+    args = ["memories", "--model", str(tiny_dirs["gpt_neox"]), "--out", str(out), "--corpus", "stdlib:validation"]
+    args += ["--max-tokens", "120", "--window", "24", "--top-k", "3", "--edit-tokens", "48"]
+    args += ["--agreement-tokens", "48", "--quiet"]
+    assert main(args) == 0
+    assert (out / "report.html").is_file() and (out / "results.json").is_file() and (out / "scan.safetensors").is_file()
+    assert "residual depth to agree" in capsys.readouterr().out
+    assert main(args + ["--resume"]) == 0  # a finished checkpoint resumes to the same result
