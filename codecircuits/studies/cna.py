@@ -137,23 +137,24 @@ def run(
     model,
     *,
     templates=ARITH_TEMPLATES,
-    n_sweep: int = 60,
-    n_cna: int = 8,
-    n_top10: int = 16,
-    top10_layers: int | None = 15,
+    n_sweep: int = 16,
+    n_cna: int = 4,
+    n_top10: int = 8,
+    top10_layers: int | None = 10,
     paren_n_values=(0, 1, 2),
-    paren_numbers: int = 20,
+    paren_numbers: int = 40,
     ns=(10, 20, 30, 50, 99),
     seed: int = 0,
     progress: bool = True,
 ) -> CNAStudy:
-    """Run the study. ``n_sweep`` prompts per task for the head sweep, ``n_cna`` (correct) prompts for CNA and the
+    """Run the study. ``n_sweep`` prompts per task for the head sweep (arithmetic: the first template; parens:
+    balanced over ``paren_n_values``; accuracy uses every prompt), ``n_cna`` (correct) prompts for CNA and the
     mask/keep table, ``n_top10`` prompts for the top-10 comparison (over the last ``top10_layers`` layers, where
     value neurons concentrate; None = all layers). ``paren_n_values=()`` skips the parenthesis task."""
     t0 = time.time()
     ds = arithmetic.dataset(model, templates=templates)
     acc = arithmetic.accuracy(model, ds, by="template")
-    sub = ds.select(limit=n_sweep, seed=seed)
+    sub = ds.select(template=templates[0], limit=n_sweep, seed=seed)
     arith = _task(model, "arithmetic", sub.texts, sub.label_ids, acc, n_cna=n_cna, ns=ns, progress=progress)
 
     ev_ds = ds.select(template=templates[0], limit=n_top10, seed=seed + 1)
@@ -170,8 +171,9 @@ def run(
 
         pds = parens.dataset(model, n_values=paren_n_values, n_numbers=paren_numbers, split=None)
         pacc = {str(k): v for k, v in parens.accuracy(model, pds).items()}
-        ptexts = [p.text for p in pds]
-        plabels = torch.tensor([p.label_id for p in pds])
+        psub = pds.select(limit=max(1, n_sweep // len(paren_n_values)))
+        ptexts = [p.text for p in psub]
+        plabels = torch.tensor([p.label_id for p in psub])
         parens_f = _task(model, "parens", ptexts, plabels, pacc, n_cna=n_cna, ns=ns, progress=progress)
 
     settings = {
