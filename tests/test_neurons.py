@@ -239,9 +239,14 @@ def test_log_prob_increase_picks_the_neurons_that_matter(default_model):
     lowers the target's MRR and probability far more than 10 random neurons, and more than the coefficient."""
     from codecircuits.tasks import arithmetic
 
-    ds = arithmetic.dataset(default_model, templates=("assert",)).select(limit=24, seed=1)
+    ds = arithmetic.dataset(default_model, templates=("assert",)).select(limit=8, seed=1)
     attr = neurons.ffn_neurons(
-        default_model, ds.texts, target=ds.label_ids, scores=("logprob_increase", "coefficient"), progress=False
+        default_model,
+        ds.texts,
+        target=ds.label_ids,
+        scores=("logprob_increase", "coefficient"),
+        layers=range(20, 30),
+        progress=False,
     )
     ev = neurons.evaluate_top_neurons(default_model, ds.texts, attr, k=10, progress=False)
     t = ev.table.set_index("method")
