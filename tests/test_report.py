@@ -152,6 +152,9 @@ def test_heatmap_cells_colours_and_labels():
     clipped = Report("h").heatmap(vals, center=0.0, vmin=-1, vmax=1, value_label="ld").to_html()
     bar = re.search(r'<g class="colourbar">.*?</g>', clipped).group(0)
     assert re.findall(r">([^<>]+)</text>", bar) == ["≥ 1.0", "≤ -1.0", "0.0", "ld"]
+    # a title too long to stand beside a short plot is written horizontally above it, not clipped
+    short = Report("h").heatmap(np.ones((2, 2)), y_title="pair (clean -> counterfactual count)").to_html()
+    assert 'y="14" text-anchor="start">pair (clean -&gt; counterfactual count) ↓</text>' in short
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ._util import PALETTE, ColourScale, esc, format_value, to_array
 
 _CHAR_W = 6.6  # approximate width of one character of the 11px label font
+_TITLE_W = 7.4  # ... and of the 12.5px bold axis-title font
 MAX_HEATMAP_CELLS = 60_000
 _IDS = itertools.count()
 
@@ -73,14 +74,21 @@ def heatmap_svg(
     yl = [_clip_label(s) for s in y_labels]
     rotate = max(len(s) for s in xl) * _CHAR_W > cw - 2
     max_x = max(len(s) for s in xl[::x_step]) * _CHAR_W
-    left = 28 + max(len(s) for s in yl[::y_step]) * _CHAR_W + 8
-    top = 10
     plot_w, plot_h = cw * n_cols, ch * n_rows
+    bar_h = max(min(plot_h, 240.0), 60.0)
+    # titles too long to stand rotated beside a short plot go horizontally above it instead
+    y_flat = bool(y_title) and len(y_title) * _TITLE_W > plot_h + 16
+    bar_label = _clip_label(value_label, 40)
+    bar_flat = len(bar_label) * _TITLE_W > bar_h
+    left = (8 if y_flat else 28) + max(len(s) for s in yl[::y_step]) * _CHAR_W + 8
+    top = 10 + 17 * (y_flat + bar_flat)  # one line above the plot per flat title
     x_label_h = (max_x * 0.82 + 10) if rotate else 16
     bottom = x_label_h + 30
     bar_x = left + plot_w + 18
     width = bar_x + 14 + 72
-    height = top + plot_h + bottom
+    if bar_flat:
+        width = max(width, bar_x + len(bar_label) * _TITLE_W + 6)
+    height = max(top + plot_h, top + bar_h) + bottom
 
     out = [
         f'<svg class="cc-heatmap" data-kind="heatmap" data-rows="{n_rows}" data-cols="{n_cols}" '
@@ -128,12 +136,14 @@ def heatmap_svg(
             f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{top + plot_h + bottom - 8:.1f}" '
             f'text-anchor="middle">{esc(x_title)}</text>'
         )
-    if y_title:
+    if y_title and y_flat:
+        out.append(f'<text class="axis-title" x="4" y="14" text-anchor="start">{esc(y_title)} ↓</text>')
+    elif y_title:
         out.append(
             f'<text class="axis-title" transform="translate(13,{top + plot_h / 2:.1f}) rotate(-90)" '
             f'text-anchor="middle">{esc(y_title)}</text>'
         )
-    out.append(_colour_bar(scale, bar_x, top, min(plot_h, 240.0), value_label))
+    out.append(_colour_bar(scale, bar_x, top, bar_h, bar_label, flat_y=14 + 17 * y_flat if bar_flat else None))
     out.append("</svg>")
     return "".join(out)
 
@@ -147,8 +157,9 @@ def _annotation(v: float, decimals: int) -> str:
     return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
 
 
-def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str) -> str:
-    h = max(h, 60.0)
+def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str, *, flat_y: float | None = None) -> str:
+    """A vertical colour bar with its end (and centre) values; its label rotated beside it, or written
+    horizontally at height ``flat_y`` when it is too long for the bar."""
     gid = f"cc-cbar-{next(_IDS)}"
     stops = "".join(
         f'<stop offset="{1 - off:.3f}" stop-color="{col}"/>' for off, col in reversed(scale.gradient_stops())
@@ -163,10 +174,14 @@ def _colour_bar(scale: ColourScale, x: float, y: float, h: float, label: str) ->
     ]
     for tick, ty in ticks:
         parts.append(f'<text x="{x + 16:.1f}" y="{ty + 4:.1f}">{esc(tick)}</text>')
-    parts.append(
-        f'<text class="axis-title" transform="translate({x + 74:.1f},{y + h / 2:.1f}) rotate(90)" '
-        f'text-anchor="middle">{esc(_clip_label(label, 32))}</text></g>'
-    )
+    if flat_y is not None:
+        parts.append(f'<text class="axis-title" x="{x:.1f}" y="{flat_y:.1f}" text-anchor="start">{esc(label)}</text>')
+    else:
+        parts.append(
+            f'<text class="axis-title" transform="translate({x + 74:.1f},{y + h / 2:.1f}) rotate(90)" '
+            f'text-anchor="middle">{esc(label)}</text>'
+        )
+    parts.append("</g>")
     return "".join(parts)
 
 
