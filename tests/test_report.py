@@ -443,11 +443,17 @@ def test_report_command_in_browser(tiny_dirs, tmp_path, capsys):
     from codecircuits.cli import main
 
     out = tmp_path / "cmd" / "report.html"
-    assert main(["report", "--model", str(tiny_dirs["qwen2"]), "--prompt", "print(str(len(x", "--out", str(out)]) == 0
+    assert (
+        main(["report", "--model", str(tiny_dirs["qwen2"]), "--prompt", "x = 1\\nprint(str(len(x", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"report written to {out}" in printed
     data = json.loads(out.with_suffix(".json").read_text())
+    assert data["prompt"] == "x = 1\nprint(str(len(x"  # the shell's \n is read as a newline
     assert len(data["heads"]) == 6 and len(data["neurons"]) == 8 and data["metrics"]["n_tokens"] == len(data["tokens"])
+    assert main(["report", "--model", str(tiny_dirs["qwen2"]), "--heads", "L7H0", "--out", str(out)]) == 2
+    assert "head L7H0 does not exist" in capsys.readouterr().err
     check_report(
         out,
         data["metrics"],

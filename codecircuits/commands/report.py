@@ -45,9 +45,8 @@ def run(args) -> int:
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     name = args.model or DEFAULT_MODEL
     model = load_model(name, device=args.device)
-    report, summary = prompt_report(
-        model, args.prompt, heads=args.heads, neurons=args.neurons, model_name=Path(name).name
-    )
+    prompt = args.prompt.replace("\\n", "\n").replace("\\t", "\t")
+    report, summary = prompt_report(model, prompt, heads=args.heads, neurons=args.neurons, model_name=Path(name).name)
     path = report.save(args.out)
     json_path = path.with_suffix(".json")
     json_path.write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
