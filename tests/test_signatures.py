@@ -163,3 +163,25 @@ def test_code_shifts():
     exec(src, ns1)
     exec(renamed, ns2)
     assert ns1["A"]().f("abc") == ns2["A"]().f("abc") == 3
+
+
+def test_study_runs_restores_and_reports(tiny, tmp_path):
+    import json
+
+    from codecircuits.studies import signatures as SS
+
+    toks = _toks(tiny)
+    logits0 = tiny(toks)
+    st = SS.run(
+        tiny, steps=2, batch_size=2, seq_len=32, train_chunks=6, eval_chunks=2, alphas=(0.0, 1.0), progress=False
+    )
+    assert torch.equal(tiny(toks), logits0)  # fine-tunes and patches all restored
+    # alpha 0 is the base model; the shifted sets differ from the clean one
+    assert st.loss("sig_tabs", 0.0, "tabs") == st.loss("base", 0.0, "tabs")
+    assert st.loss("base", 0.0, "tabs") != st.loss("base", 0.0, "clean")
+    assert len(st.profile) == tiny.cfg.n_layers
+    m = st.metrics()
+    assert m["ratio_full_to_signature"] > 1 and m["ratio_full_to_signature_shallow"] >= m["ratio_full_to_signature"]
+    html, js = SS.write(st, tmp_path)
+    assert json.loads(js.read_text())["metrics"]["base_clean"] == pytest.approx(m["base_clean"])
+    assert 'data-metric="tabs_gain_signature"' in html.read_text()
