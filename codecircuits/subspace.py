@@ -755,6 +755,7 @@ def illusion_checks(
     seed: int = 0,
     min_effect: float = 10.0,
     min_cohens_d: float = 1.0,
+    all_on_train: bool = False,
     progress: bool = True,
 ) -> IllusionReport:
     """Learn (or take) a 1-D direction at ``hook_name`` on ``train`` and run the illusion checks on ``test``.
@@ -762,6 +763,7 @@ def illusion_checks(
     ``readout`` is the matrix whose column space is the causally connected part of the activation space; by
     default the MLP output weights for ``mlp.hook_post`` and none elsewhere (the split is then skipped).
     ``min_effect`` (FLDD points) is the smallest effect that counts; ``min_cohens_d`` the separation that counts.
+    On the training pairs only the full, DAS and rowspace patches are run unless ``all_on_train``.
     """
     _check_pairs(model, train, hook_name)
     _check_pairs(model, test, hook_name)
@@ -788,11 +790,14 @@ def illusion_checks(
 
     patches: dict[str, PatchResult] = {}
     splits = {"train": train, "test": test}
-    bar = tqdm(total=len(objects) * 2, desc=f"patches {hook_name}", disable=not progress, leave=False)
+    train_objects = ("full", "das", "rowspace") if not all_on_train else tuple(objects)
+    bar = tqdm(total=len(objects) + len(train_objects), desc=f"patches {hook_name}", disable=not progress, leave=False)
     for split, pairs in splits.items():
         source = activations(model, hook_name, pairs.source_tokens, pairs.source_positions)
         clean = _patched_logits(model, pairs, hook_name, None, 1.0, 64)
         for obj, vec in objects.items():
+            if split == "train" and obj not in train_objects:
+                continue
             patches[f"{obj}/{split}"] = patch(model, pairs, hook_name, vec, name=obj, _clean=clean, _source=source)
             bar.update(1)
     bar.close()
