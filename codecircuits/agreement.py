@@ -84,6 +84,16 @@ class LayerAgreement:
         out = (1.0 - b).sum(axis=0) / b.shape[0]
         return [float(x) for x in out]  # NaN for empty buckets
 
+    def late_agreement(self, component: str = "resid_post", frac: float = 0.25) -> list[float]:
+        """Per bucket, mean agreement over the last ``frac`` of the layers before the final one (NaN if empty).
+
+        The final layer's residual always agrees, so it is left out: this measures how far the prediction is
+        settled just before the end, which is where the depth of resolution shows (RQ4).
+        """
+        b = self.by_bucket(component)
+        n = max(1, int(round((self.n_layers - 1) * frac)))
+        return [float(x) for x in b[self.n_layers - 1 - n : self.n_layers - 1].mean(axis=0)]
+
     def to_dataframe(self) -> pd.DataFrame:
         """Long table: component, layer, bucket, agreement, predictions in the bucket."""
         rows = []

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,8 @@ from .memories import ChunkedCorpus, TriggerScan, _pad_id, chunk_corpus
 
 KINDS = ("shallow", "semantic")
 SCOPES = ("token", "line")
+REGIONS = ("string", "comment")
+CODE = ("string", "comment")  # skip both: the concept is about code, not prose in strings and comments
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,12 @@ class Concept:
     pattern: str
     scope: str = "token"
     description: str = ""
+    skip: tuple[str, ...] = ()  # regions ("string", "comment") where a match may not start
 
     def __post_init__(self):
+        bad = [r for r in self.skip if r not in REGIONS]
+        if bad:
+            raise InputError(f"Concept {self.name!r}: skip regions must be among {', '.join(REGIONS)}; got {bad}.")
         if self.kind not in KINDS:
             raise InputError(f"Concept {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
         if self.scope not in SCOPES:
@@ -65,6 +71,8 @@ class Concept:
 
 
 _STRING = r"[rbuRBUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*')"
+# strings and comments found left to right, so a '#' inside a string or a quote inside a comment is not misread
+_REGIONS = re.compile(rf"(?P<string>{_STRING})|(?P<comment>#[^\n]*)")
 
 CATALOGUE: tuple[Concept, ...] = (
     # shallow: keywords, n-grams, layout, punctuation, literals
@@ -122,12 +130,20 @@ CATALOGUE: tuple[Concept, ...] = (
     Concept(
         "arithmetic",
         "semantic",
-        r"(?<=[\w)\]])[ \t]*(?:\*\*|//|[-+*/%])=?[ \t]*(?=[\w(\[.])|\bmath\.\w+",
+        r"(?<=[\w)\]]) (?:\*\*|//|[-+*/%])=? (?=[\w(\[.])|\bmath\.\w+",
         "line",
         "arithmetic",
     ),
     Concept("loops", "semantic", r"\b(?:for|while|break|continue)\b", "line", "loops and comprehensions"),
     Concept("async", "semantic", r"\b(?:async|await)\b|\basyncio\.\w+", "line", "async code"),
+)
+# keywords, names, operators and every semantic concept count only in code; strings and comments exclude each other
+_CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_self", "ngram_dunder"}
+_CODE_SHALLOW |= {"assign", "number"}
+_SKIP = {"string": ("comment",), "comment": ("string",)}
+CATALOGUE = tuple(
+    replace(c, skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in _CODE_SHALLOW else ()))
+    for c in CATALOGUE
 )
 
 
@@ -161,6 +177,23 @@ def _resolve(concepts) -> tuple[Concept, ...]:
 # token masks
 
 
+def _spans(c: Concept, text: str, region: dict[str, np.ndarray]):
+    """Non-empty matches of ``c`` that do not start in a skipped region; after a skipped start the search goes
+    on from the next character (so the ``#`` of a real comment after a ``'#'`` string is still found)."""
+    rx, pos = c.regex, 0
+    while pos <= len(text):
+        m = rx.search(text, pos)
+        if m is None:
+            return
+        a, b = m.span()
+        if any(region[r][a] for r in c.skip):
+            pos = a + 1
+            continue
+        if b > a:
+            yield a, b
+        pos = max(b, a + 1)
+
+
 def _doc_masks(text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, force_token: bool) -> np.ndarray:
     """``[concept, token]``: does each token match each concept (under its scope, or token scope if forced)."""
     n = len(text)
@@ -170,14 +203,16 @@ def _doc_masks(text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, f
     after_nl = np.zeros(n + 1, dtype=np.int64)
     after_nl[1:] = np.where(codes == 10, np.arange(1, n + 1), 0)
     line_start = np.maximum.accumulate(after_nl)[s]
+    region = {r: np.zeros(n + 1, dtype=bool) for r in REGIONS}
+    if any(c.skip for c in concepts):
+        for m in _REGIONS.finditer(text):
+            region[m.lastgroup][m.start() : m.end()] = True
     out = np.zeros((len(concepts), len(offsets)), dtype=bool)
     for ci, c in enumerate(concepts):
         diff = np.zeros(n + 1, dtype=np.int64)
-        for m in c.regex.finditer(text):
-            a, b = m.span()
-            if b > a:
-                diff[a] += 1
-                diff[b] -= 1
+        for a, b in _spans(c, text, region):
+            diff[a] += 1
+            diff[b] -= 1
         covered = np.cumsum(diff)[:n] > 0
         csum = np.concatenate([[0], np.cumsum(covered)])
         lo = s if (force_token or c.scope == "token") else line_start

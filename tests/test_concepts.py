@@ -163,3 +163,17 @@ def test_default_model_import_keys_edit(default_model):
     assert rows.loc["baseline", "concept_tokens"] >= 30
     assert d["concept_loss_rise"] > 0.3 and d["concept_loss_rise"] > 3 * max(d["control_concept_loss_rise"], 0.05)
     assert d["concept_loss_rise"] > 2 * general_rise
+
+
+def test_code_concepts_skip_strings_and_comments():
+    import numpy as np
+
+    text = 'x = "a # b"  # it\'s for you\ny = a - b  # XML-RPC\nfor i in x: pass\n'
+    offsets = np.array([[i, i + 1] for i in range(len(text))])
+    names = ["comment", "string", "arithmetic", "loops"]
+    m = cc._doc_masks(text, offsets, [cc.get(n) for n in names], force_token=True)
+    marked = {n: "".join(text[i] for i in np.nonzero(row)[0]) for n, row in zip(names, m)}
+    assert marked["comment"] == "# it's for you# XML-RPC"  # the '#' inside the string starts no comment
+    assert marked["string"] == '"a # b"'  # the quote in "it's" starts no string
+    assert marked["arithmetic"] == " - "  # XML-RPC in a comment is no subtraction
+    assert marked["loops"] == "for"  # only the code 'for', not the one in the comment

@@ -92,5 +92,9 @@ def run(args) -> int:
             + "): "
             + " ".join(f"{x:.2f}" for x in a.mean_layer("resid_post"))
         )
+        print(
+            "residual agreement over the last quarter of layers by context: "
+            + " ".join(f"{x:.2f}" for x in a.late_agreement("resid_post"))
+        )
     print(f"wrote {html} and {js} ({sum(study.timings.values()):.0f} s)")
     return 0

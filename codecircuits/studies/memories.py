@@ -118,6 +118,9 @@ class MemoriesStudy:
             ml = [x for x, t in zip(a.mean_layer("resid_post"), a.total.tolist()) if t > 0]
             m["resid_depth_shortest_bucket"] = float(ml[0])
             m["resid_depth_longest_bucket"] = float(ml[-1])
+            la = [x for x, t in zip(a.late_agreement("resid_post"), a.total.tolist()) if t > 0]
+            m["resid_late_agreement_shortest_bucket"] = float(la[0])
+            m["resid_late_agreement_longest_bucket"] = float(la[-1])
         return m
 
     def to_json(self) -> dict:
@@ -152,6 +155,7 @@ class MemoriesStudy:
                 **{f"{c}_by_bucket": a.by_bucket(c).tolist() for c in a.components},
                 "resid_first_layer_50": a.first_layer("resid_post", 0.5),
                 "resid_mean_depth": a.mean_layer("resid_post"),
+                "resid_late_agreement": a.late_agreement("resid_post"),
                 "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
             }
         return _clean(out)
@@ -253,7 +257,7 @@ def run(
     edit_tokens: int = 512,
     agreement_tokens: int = 512,
     agreement_per_bucket: int | None = 64,
-    kv_keys: int | None = 256,
+    kv_keys: int | None = 128,
     batch_size: int = 8,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -385,6 +389,8 @@ _LABELS = {
     "agree_resid_post_last_quarter": "residual agreement, last quarter",
     "resid_depth_shortest_bucket": "depth to agree, shortest contexts",
     "resid_depth_longest_bucket": "depth to agree, longest contexts",
+    "resid_late_agreement_shortest_bucket": "late-layer agreement, shortest contexts",
+    "resid_late_agreement_longest_bucket": "late-layer agreement, longest contexts",
 }
 
 
@@ -509,6 +515,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
                     "predictions": a.total.tolist(),
                     "first layer ≥ 0.5 (resid)": a.first_layer("resid_post", 0.5),
                     "depth to agree (resid)": a.mean_layer("resid_post"),
+                    "late-layer agreement (resid)": a.late_agreement("resid_post"),
                 }
             ),
             caption="Per context bucket: first layer whose residual agrees on half the positions; "
