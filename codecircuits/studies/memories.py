@@ -273,11 +273,17 @@ def run(
     cs = cc._resolve(concepts)
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
-    t0 = time.perf_counter()
     chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens)
+    start_tokens = 0  # a resumed scan starts from its checkpoint's count; the throughput is this run's
+    ck = Path(checkpoint) if checkpoint is not None else None
+    ck = ck / "scan.safetensors" if ck is not None and ck.is_dir() else ck
+    if resume and ck is not None and ck.is_file():
+        start_tokens = mem.load_scan(ck).tokens_done
+    t0 = time.perf_counter()
     scan = mem.scan(model, chunked, k=k, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress)
     timings["scan_s"] = time.perf_counter() - t0
-    timings["scan_tokens_per_s"] = scan.tokens_done / max(timings["scan_s"], 1e-9)
+    if scan.tokens_done > start_tokens:
+        timings["scan_tokens_per_s"] = (scan.tokens_done - start_tokens) / max(timings["scan_s"], 1e-9)
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     sample = torch.randperm(int(model.cfg.d_mlp), generator=g)[:kv_keys].tolist() if kv_keys else None
