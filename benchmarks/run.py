@@ -47,7 +47,7 @@ def run(only: list[str] | None = None, quick: bool = False) -> tuple[dict, list[
         t0 = time.perf_counter()
         try:
             mod = importlib.import_module(f"benchmarks.{name}")
-            main = getattr(mod, "main")
+            main = mod.main
             kwargs = {"quick": quick} if "quick" in inspect.signature(main).parameters else {}
             results[name] = main(**kwargs)
         except Exception:  # report and go on with the others

@@ -362,7 +362,7 @@ def _component_sweep(
     if kind != "zero" and reference is None:
         reference = toks  # the run's own prompts: mean over them, or resample among them
     sources = _sources(model, names, kind, reference, mean_over, seed)
-    receiver = Receiver(model, toks)
+    receiver = Receiver(model, toks, metric=metric)
     base = _check_metric_output(metric(receiver.logits), toks.shape[0]).detach()
     cell_idx = torch.arange(n_cells) if cells is None else torch.as_tensor(list(cells), dtype=torch.long)
     if len(cell_idx) and (cell_idx.min() < 0 or cell_idx.max() >= n_cells):
@@ -517,7 +517,7 @@ def layer_sweep(
     if kind != "zero" and reference is None:
         reference = toks
     sources = _sources(model, names, kind, reference, mean_over, seed)
-    receiver = Receiver(model, toks)
+    receiver = Receiver(model, toks, metric=metric)
     base = _check_metric_output(metric(receiver.logits), toks.shape[0]).detach()
     pos_mask = torch.zeros(n_pos, dtype=torch.bool, device=toks.device)
     pos_mask[pos if pos is not None else slice(None)] = True

@@ -220,6 +220,35 @@ def _skip_block(returns_tuple: bool):
     return forward
 
 
+def metric_positions(metric: Metric, logits: torch.Tensor) -> list[int] | None:
+    """The positions whose logits ``metric`` reads, if that is only the last one; ``None`` means all.
+
+    Checked empirically on ``logits``: the metric must give exactly the same values when every other position is
+    replaced by NaN and by large random numbers. Sweeps then compute the unembedding only there.
+    """
+    n_pos = logits.shape[1]
+    if n_pos < 2:
+        return None
+    try:
+        ref = metric(logits)
+        other = torch.ones(n_pos, dtype=torch.bool, device=logits.device)
+        other[-1] = False
+        g = torch.Generator(device="cpu").manual_seed(0)
+        for fill in ("nan", "noise"):
+            probe = logits.clone()
+            if fill == "nan":
+                probe[:, other] = float("nan")
+            else:
+                noise = torch.randn(probe[:, other].shape, generator=g) * 100
+                probe[:, other] = noise.to(probe.device, probe.dtype)
+            out = metric(probe)
+            if not (isinstance(out, torch.Tensor) and out.shape == ref.shape and torch.equal(out, ref)):
+                return None
+    except Exception:  # a metric that cannot take the probe reads everything, as far as we know
+        return None
+    return [n_pos - 1]
+
+
 class Receiver:
     """One cached forward of the prompts that receive interventions: the residual entering every layer,
     the logits and the Hugging Face key/value cache. :meth:`run` then runs a batch of rows (each row one
@@ -227,7 +256,7 @@ class Receiver:
     only, reusing the cached keys and values of the earlier positions and skipping the earlier layers.
     """
 
-    def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = ()):
+    def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = (), metric: Metric | None = None):
         from transformers import DynamicCache
 
         self.model = model
@@ -245,6 +274,8 @@ class Receiver:
         finally:
             handle.remove()
         self._returns_tuple = seen.get("tuple", False)
+        # the positions whose logits the metric reads (None: all): only those are unembedded in run()
+        self.read_positions = metric_positions(metric, self.logits) if metric is not None else None
         if self.kv.get_seq_length() != tokens.shape[1]:
             raise RuntimeError(
                 f"The model's key/value cache holds {self.kv.get_seq_length()} positions after a forward over "
@@ -268,7 +299,9 @@ class Receiver:
 
         Only layers ``>= layer`` and positions ``>= start`` are computed (hooks see those positions only: a
         hook's position ``i`` is the prompt's position ``start + i``); the earlier positions' logits are the
-        cached receiver logits. ``resid`` overrides the residual entering ``layer`` at positions ``>= start``.
+        cached receiver logits. If ``read_positions`` is set (the metric reads only those), only those positions
+        are unembedded and the others hold arbitrary values. ``resid`` overrides the residual entering ``layer``
+        at positions ``>= start``.
         """
         from transformers import DynamicCache
 
@@ -287,15 +320,26 @@ class Receiver:
                 sub.update(k.contiguous() if i >= layer else k, v.contiguous() if i >= layer else v, i)
         skipped = [model.blocks[i] for i in range(layer)]
         fwd = _skip_block(self._returns_tuple)
+        read = self.read_positions
+        hooks = list(fwd_hooks)
+        if read is not None:  # unembed only the positions the metric reads
+            idx = [p - start for p in read]
+            hooks.append(("unembed.hook_in", lambda act, hook: act[:, idx]))
         for b in skipped:
             object.__setattr__(b, "forward", fwd)
         try:
-            with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
                 kwargs = {"past_key_values": sub} if sub is not None else {"use_cache": False}
                 out = model(resid, start_at_layer=layer, **kwargs)
         finally:
             for b in skipped:
                 object.__delattr__(b, "forward")
+        if read is not None:
+            # the metric reads only these positions (checked when the receiver was built): the others are left
+            # uninitialised rather than copied
+            full = torch.empty(len(rows), self.n_pos, out.shape[-1], device=out.device, dtype=out.dtype)
+            full[:, read] = out
+            return full
         if start > 0:
             out = torch.cat([self.logits[rows, :start], out], dim=1)
         return out
@@ -304,8 +348,9 @@ class Receiver:
         """Rough activation bytes one row needs when run from ``start`` (for chunk sizing)."""
         cfg = self.model.cfg
         s = self.n_pos - start
-        per_pos = cfg.d_vocab + 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * self.n_pos
-        return 4 * (s * per_pos + self.n_pos * cfg.d_vocab)
+        per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * self.n_pos
+        n_logits = len(self.read_positions) if self.read_positions is not None else s + self.n_pos
+        return 4 * (s * per_pos + n_logits * cfg.d_vocab)
 
 
 def run_cells(
@@ -533,7 +578,7 @@ def sweep(
     extra = []
     if query_kv:
         extra = [f"blocks.{layer}.attn.hook_{'pattern' if site == 'k' else 'z'}" for layer in layer_list]
-    receiver = Receiver(model, recv_t, extra_names=extra)
+    receiver = Receiver(model, recv_t, extra_names=extra, metric=metric)
     wanted = set(hook_names)
     with torch.no_grad():
         donor_logits, donor_cache = model.run_with_cache(donor_t, names_filter=lambda n: n in wanted)

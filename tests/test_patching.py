@@ -198,3 +198,27 @@ def test_bad_input_is_explained(tiny):
         patching.sweep(tiny, clean, clean, _metric, site="resid_pre", by=("layer", "head"), progress=False)
     with pytest.raises(InputError, match="into"):
         patching.sweep(tiny, clean, clean, _metric, into="both", progress=False)
+
+
+def test_benchmark_runs_quick(monkeypatch):
+    """`python -m benchmarks.run --quick --only patching` still runs and prints its ratios."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "patching"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("ideal") == 3 and "Spearman" in proc.stdout
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import run
+
+    assert "bench_patching" in run.discover()
+    with pytest.raises(SystemExit, match="No benchmark named"):
+        run.main(["--only", "no_such_bench"])
