@@ -193,3 +193,69 @@ def test_bad_input_is_a_clear_error(tiny):
         sub.patch(tiny, pairs, "blocks.0.hook_resid_post", torch.ones(tiny.cfg.d_model + 1))
     with pytest.raises(InputError, match="zero"):
         sub.patch(tiny, pairs, "blocks.0.hook_resid_post", torch.zeros(tiny.cfg.d_model))
+
+
+def test_study_runs_end_to_end_and_writes_its_report(tiny, tmp_path):
+    import json
+
+    from codecircuits.studies import subspace as study
+
+    cfg = study.SubspaceConfig(
+        train_pairs=6, test_pairs=4, template_pairs=2, sweep_pairs=4, epochs=1, only_correct=False
+    )
+    s = study.run(tiny, cfg, progress=False)
+    assert len(s.sweep["resid"]) == len(s.sweep["mlp"]) == tiny.cfg.n_layers
+    assert set(s.choice) == {"mlp_causal", "mlp_inert", "resid"}
+    assert set(s.checks) == {c["hook"] for c in s.choice.values()}
+    html, js = s.save(tmp_path / "out")
+    data = json.loads(js.read_text())
+    assert set(data["checks"]) == set(s.checks)
+    page = html.read_text()
+    hook = next(iter(s.checks))
+    key = hook.replace(".", "_") + "_fldd_das_test"
+    assert f'data-metric="{key}"' in page
+    # the page shows the same number as the JSON
+    assert data["checks"][hook]["patches"]["das/test"]["fldd"] == pytest.approx(s.checks[hook].fldd("das/test"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Study-level findings on the default model (smollm2-135m): the paper's illusion at a quiet MLP, none at MLP 26.
+
+
+@pytest.fixture(scope="module")
+def smol_pairs(default_model):
+    from codecircuits.studies import subspace as study
+
+    cfg = study.SubspaceConfig(train_pairs=16, test_pairs=8, template_pairs=2, epochs=3)
+    train, test, accuracy = study.build_pairs(default_model, cfg)
+    return train, test, accuracy
+
+
+@pytest.mark.slow
+def test_smollm2_illusion_at_a_quiet_mlp(default_model, smol_pairs):
+    train, test, accuracy = smol_pairs
+    assert accuracy["paper"][2] == 1.0 and accuracy["paper"][3] >= 0.85  # the model can do the task
+    rep = sub.illusion_checks(
+        default_model, train, test, "blocks.18.mlp.hook_post", epochs=3, batch_size=8, progress=False
+    )
+    full, das, row = rep.fldd("full/test"), rep.fldd("das/test"), rep.fldd("rowspace/test")
+    assert abs(full) < 10  # patching the whole MLP does nothing ...
+    assert das > full + 20  # ... but one learned direction inside it does
+    assert row < 0.6 * das  # and most of that goes away along its causally connected part
+    assert rep.null_norm > 0.4
+    assert rep.fldd("nullspace/test") == pytest.approx(0.0, abs=1e-3)
+    assert rep.verdict == "suspicious"
+
+
+@pytest.mark.slow
+def test_smollm2_mlp26_direction_passes(default_model, smol_pairs):
+    train, test, _ = smol_pairs
+    rep = sub.illusion_checks(
+        default_model, train, test, "blocks.26.mlp.hook_post", epochs=3, batch_size=8, progress=False
+    )
+    full, das, row = rep.fldd("full/test"), rep.fldd("das/test"), rep.fldd("rowspace/test")
+    assert full > 50  # MLP 26 carries the count
+    assert das > 100 and row > 0.5 * das
+    assert rep.separation["v_row"].cohens_d > 3
+    assert rep.fldd("mean_difference/test") > 40
+    assert rep.verdict == "passes", rep.reasons

@@ -56,17 +56,18 @@ class SubspaceConfig:
     """
 
     values: tuple[int, int] = (2, 3)
-    train_pairs: int = 48
-    test_pairs: int = 32
-    template_pairs: int = 12
-    sweep_pairs: int = 16
+    train_pairs: int = 32
+    test_pairs: int = 16
+    template_pairs: int = 6
+    sweep_pairs: int = 8
     mlp_layers: tuple[int, ...] | None = None
     resid_layer: int | None = None
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 16
     lr: float = 1e-2
     seed: int = 0
     n_numbers: int = 300
+    only_correct: bool = True  # keep only prompts the model answers correctly (off for untrained test models)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def build_pairs(model, config: SubspaceConfig, *, progress: bool = False):
             for k, v in enumerate(values):
                 prompts = [_prompt(template, v, n) for n in nums]
                 ok = _correct(model, prompts, answer_ids[k])
-                pools[(name, split)][k] = [p for p, good in zip(prompts, ok) if good]
+                pools[(name, split)][k] = [p for p, good in zip(prompts, ok) if good or not config.only_correct]
                 accuracy[name].setdefault(v, []).extend(ok)
     accuracy = {t: {v: float(np.mean(ok)) for v, ok in d.items()} for t, d in accuracy.items()}
 
