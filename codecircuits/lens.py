@@ -242,6 +242,13 @@ def sublayer_contributions(model, tokens, correct, wrong, *, pos: int = -1, cach
     return SublayerContributions(attn.detach(), mlp.detach(), embed.detach(), bias.detach(), total.detach(), pos)
 
 
+def has_post_attention_norm(model) -> bool:
+    """True when each attention output passes a norm before the residual (Gemma 2/3's ``ln1_post``): per-head
+    ``z @ W_O`` is then not the head's direct write, and :func:`head_logits` reads it before that norm."""
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks is not None and len(blocks) and hasattr(blocks[0], "ln1_post"))
+
+
 @dataclass(frozen=True)
 class HeadLogits:
     """Direct logits of every attention head onto a few tokens: ``values[batch, layer, head, token]``.
@@ -281,7 +288,11 @@ class HeadLogits:
 
 
 def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool = True, cache=None) -> HeadLogits:
-    """Per-head direct logit attribution at ``pos`` onto ``token_ids`` (METHODS §2.3), from ``attn.hook_z``."""
+    """Per-head direct logit attribution at ``pos`` onto ``token_ids`` (METHODS §2.3), from ``attn.hook_z``.
+
+    For models with a norm after attention (see :func:`has_post_attention_norm`) the values are read before
+    that norm, so they rank heads but are not their exact direct writes.
+    """
     if cache is None:
         _, cache = run_cache(model, tokens)
     ids = torch.as_tensor(list(token_ids)).long()

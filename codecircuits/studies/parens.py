@@ -121,6 +121,7 @@ class ParensStudy:
     scaling: dict  # hardest count, configs and their accuracies
     mined: dict  # accuracy and emergence on real code
     examples: dict  # count -> (tokens, patterns of top heads) for attention views
+    post_attention_norm: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ summaries
@@ -128,6 +129,18 @@ class ParensStudy:
     def emergence(self) -> dict[int, int | None]:
         """count -> first layer from which the mean logit difference stays >= fraction × final."""
         return {k: v.emergence_layer(self.config.emergence_fraction) for k, v in self.lens.items()}
+
+    @property
+    def caveats(self) -> list[str]:
+        """Limits of this run's numbers that a reader must know."""
+        out = []
+        if self.post_attention_norm:
+            out.append(
+                "this model normalises each attention output before adding it to the residual stream: per-head "
+                "direct logits (promoters, counting heads' output) are read before that norm and are not exact "
+                "direct effects; sublayer contributions, patching and ablations are exact"
+            )
+        return out
 
     @property
     def attn_share(self) -> dict[int, float]:
@@ -154,6 +167,7 @@ class ParensStudy:
             "config": asdict(self.config),
             "paper_claims": PAPER_CLAIMS,
             "counts": list(self.counts),
+            "caveats": self.caveats,
             "paren_token_ids": self.paren_ids,
             "wrong_count": self.wrong_of,
             "accuracy": self.accuracy,
@@ -448,6 +462,7 @@ def run(model, config: ParensConfig | None = None, *, corpus=None, progress: boo
         scaling=scaling_out,
         mined=mined_out,
         examples=examples,
+        post_attention_norm=lens.has_post_attention_norm(model),
         timings=timings,
     )
 
@@ -522,6 +537,8 @@ def build_report(study: ParensStudy):
         text="Prompts '#print the string {num}\\nprint(' + 'str(' * n + '{num}'; the answer is one token that "
         "closes all n + 1 parens. Accuracy is top-1 on the evaluated prompts of the test split.",
     )
+    for caveat in s.caveats:
+        r.text("Caveat: " + caveat + ".")
     r.metrics(s.key_metrics(), labels={f"accuracy_{k}": f"accuracy, {k} paren{'s' * (k > 1)}" for k in counts})
     r.code(task.prompt_text(max(counts) - 1, 123) + task.label_text(max(counts)), title="the hardest prompt and label")
     r.table(
