@@ -239,7 +239,7 @@ def bigram_loss(train: np.ndarray, evalstream: np.ndarray, vocab: int, n_ctx: in
     x, y = evalstream[prev].astype(np.int64), evalstream[prev + 1].astype(np.int64)
     cond = np.where(ctx[x] > 0, pair[x, y] / np.maximum(ctx[x], 1), 0.0)
     best = None
-    for lam in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95):
+    for lam in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99):
         p = np.where(ctx[x] > 0, lam * cond + (1 - lam) * uni[y], uni[y])
         loss = float(-np.log(p).mean())
         if best is None or loss < best["loss"]:
@@ -495,7 +495,7 @@ def train(
     return result
 
 
-def model_card(r: TrainResult, *, n_params: int, name: str = "cc-py-neox") -> str:
+def model_card(r: TrainResult, *, n_params: int, name: str = "cc-py-neox", notes: str = "") -> str:
     """The ``MODEL.md`` of a finished run: corpus, token counts, settings, seed, time, losses."""
     c = r.config
     s = r.corpus_stats
@@ -556,9 +556,15 @@ def model_card(r: TrainResult, *, n_params: int, name: str = "cc-py-neox") -> st
             "",
             f"on {r.bigram['tokens']:,} validation tokens (non-overlapping {c.n_ctx}-token windows).",
         ]
+    if r.losses:
+        marks = sorted({0, len(r.losses) // 4, len(r.losses) // 2, 3 * len(r.losses) // 4, len(r.losses) - 1})
+        curve = ", ".join(f"step {r.losses[i][0]}: {r.losses[i][1]:.2f}" for i in marks)
+        lines += ["", f"Training loss (mean over the preceding logging interval): {curve}."]
+    if notes:
+        lines += ["", "## Notes", "", notes.strip()]
     lines += [
         "",
-        "Reproduce: `codecircuits train --arch neox --out DIR " + " ".join(_cli_flags(c)) + "`",
+        "Reproduce: `" + " ".join(["codecircuits train --arch neox --out DIR", *_cli_flags(c)]) + "`",
         "",
     ]
     return "\n".join(lines)
