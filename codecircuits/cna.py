@@ -415,7 +415,7 @@ def mask_keep(
                 bar.update(1)
     bar.close()
     keep_rows = base if only_correct else torch.ones(n, dtype=torch.bool)
-    if not keep_rows.any():
+    if only_correct and not keep_rows.any():
         raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
     base_acc = float(base[keep_rows].float().mean())
     rows = []

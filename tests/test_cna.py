@@ -144,3 +144,30 @@ def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
     res = cna.compare(default_model, texts, head, target=labels, progress=False)
     mk = cna.mask_keep(default_model, texts, res, labels=labels, ns=(50,), progress=False).table.iloc[0]
     assert mk["mask_acc_decrease_pct"] > mk["random_mask_acc_decrease_pct"]
+
+
+def test_study_writes_a_report_and_json(tiny, tmp_path):
+    import json
+
+    from codecircuits.studies import cna as study_mod
+
+    st = study_mod.run(
+        tiny,
+        n_sweep=4,
+        n_cna=2,
+        n_top10=2,
+        top10_layers=None,
+        paren_n_values=(0, 1),
+        paren_numbers=2,
+        ns=(2, 3),
+        progress=False,
+    )
+    html, js = study_mod.write(st, tmp_path / "out")
+    data = json.loads(js.read_text())
+    assert data["arithmetic"]["top_head"] == f"{st.arithmetic.head[0]}_{st.arithmetic.head[1]}"
+    assert [r["N"] for r in data["arithmetic"]["mask_keep"]] == [2, 3]
+    assert {r["method"] for r in data["top10_ablation"]} >= {"original", "logprob_increase", "random"}
+    page = html.read_text()
+    for key in data["metrics"]:
+        assert f'data-metric="{key}"' in page
+    assert set(study_mod.tables(st)) >= {"arith_top_heads", "parens_mask_keep"}

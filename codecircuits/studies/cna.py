@@ -129,7 +129,9 @@ def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress) -> TaskF
     cna_texts = [texts[i] for i in pick]
     cna_labels = labels[pick]
     res = cna_mod.compare(model, cna_texts, head, target=cna_labels, progress=progress)
-    mk = cna_mod.mask_keep(model, cna_texts, res, labels=cna_labels, ns=ns, progress=progress)
+    # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
+    # test model) is measured on all of them instead (its decreases are then n/a)
+    mk = cna_mod.mask_keep(model, cna_texts, res, labels=cna_labels, ns=ns, only_correct=bool(right), progress=progress)
     return TaskFindings(name, accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
 
 
