@@ -37,7 +37,7 @@ def main(quick: bool = False) -> dict:
         prompts, layers, loop_prompts, loop_neurons = ["assert 3 + 4 == ", "assert 1 + 2 == "] * 4, [0, 1], 2, 16
     else:
         model = load_model("smollm2-135m", device="cpu")
-        prompts = _prompts(model, 32)
+        prompts = _prompts(model, 64)
         layers, loop_prompts, loop_neurons = [20], 2, 24
     n_b, d_mlp, d_vocab = len(prompts), model.cfg.d_mlp, model.cfg.d_vocab
 
