@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -266,6 +267,7 @@ class Receiver:
         self.kv = DynamicCache(config=model.original_model.config)
         seen: dict[str, bool] = {}
         handle = model.blocks[0].register_forward_hook(lambda mod, a, o: seen.__setitem__("tuple", type(o) is tuple))
+        t0 = time.perf_counter()
         try:
             with torch.no_grad():
                 self.logits, self.cache = model.run_with_cache(
@@ -273,6 +275,7 @@ class Receiver:
                 )
         finally:
             handle.remove()
+        self.forward_seconds = time.perf_counter() - t0
         self._returns_tuple = seen.get("tuple", False)
         # the positions whose logits the metric reads (None: all): only those are unembedded in run()
         self.read_positions = metric_positions(metric, self.logits) if metric is not None else None
@@ -343,6 +346,18 @@ class Receiver:
         if start > 0:
             out = torch.cat([self.logits[rows, :start], out], dim=1)
         return out
+
+    def forward_overhead(self) -> float:
+        """A forward's fixed cost in row-layer-position evaluations, measured on this machine: the time of a
+        one-row, one-layer, one-position run over the time per evaluation of the receiver's full forward."""
+        per_eval = self.forward_seconds / (self.n_examples * self.n_layers * self.n_pos)
+        rows = torch.zeros(1, dtype=torch.long, device=self.tokens.device)
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            self.run(self.n_layers - 1, self.n_pos - 1, rows, [])
+            best = min(best, time.perf_counter() - t0)
+        return max(0.0, best / max(per_eval, 1e-12) - 1.0)
 
     def row_bytes(self, start: int) -> int:
         """Rough activation bytes one row needs when run from ``start`` (for chunk sizing)."""
@@ -494,6 +509,59 @@ def _plan(
     return grid, plans
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Cells run together: from ``layer`` (the smallest of theirs) and ``start``; ``layers`` is each cell's own."""
+
+    layer: int
+    start: int
+    layers: torch.Tensor
+    cells: torch.Tensor
+    pos: torch.Tensor
+    unit: torch.Tensor
+
+
+def _merge(plans: list[_Plan], n_pos: int, n_ex: int, overhead: float, max_cells: int) -> list[_Group]:
+    """Merge the plans of neighbouring layers that start at the same position into one batched forward when
+    the extra layers run for the later cells cost less than a forward's fixed overhead (``overhead``, in
+    row-layer-position evaluations). Exact either way: a cell's rows pass unchanged through the layers before
+    its own."""
+    by_start: dict[int, list[_Plan]] = {}
+    for p in plans:
+        by_start.setdefault(p.start, []).append(p)
+    groups = []
+
+    def close(members: list[_Plan]):
+        groups.append(
+            _Group(
+                layer=members[0].layer,
+                start=members[0].start,
+                layers=torch.cat([torch.full((len(m.cells),), m.layer, dtype=torch.long) for m in members]),
+                cells=torch.cat([m.cells for m in members]),
+                pos=torch.cat([m.pos for m in members]),
+                unit=torch.cat([m.unit for m in members]),
+            )
+        )
+
+    for start, ps in sorted(by_start.items()):
+        ps = sorted(ps, key=lambda p: p.layer)
+        s = n_pos - start
+        cur: list[_Plan] = []
+        n = 0
+        for p in ps:
+            c = len(p.cells)
+            if cur and n + c <= max_cells and n_ex * c * (p.layer - cur[0].layer) * s <= overhead:
+                cur.append(p)
+                n += c
+            else:
+                if cur:
+                    close(cur)
+                cur, n = [p], c
+        if cur:
+            close(cur)
+    return groups
+
+
 def sweep(
     model,
     clean,
@@ -594,75 +662,65 @@ def sweep(
     sel_pos = torch.zeros(n_pos, dtype=torch.bool, device=recv_t.device)
     sel_pos[pos_list] = True
     sel_pos[:d] = False  # positions before the first difference are identical in both runs
+    overhead = receiver.forward_overhead() if len(plans) > 4 else 0.0
+    max_cells = (
+        max(1, _parse_budget(memory_budget) // (receiver.row_bytes(min(p.start for p in plans)) * n_ex)) if plans else 1
+    )
+    groups = _merge(plans, n_pos, n_ex, overhead, max_cells)
     total = sum(len(p.cells) for p in plans)
     with _progress(total, f"patching {site}", progress) as bar:
-        for plan in plans:
-            layer, start = plan.layer, plan.start
-            name = f"blocks.{layer}.{hook_suffix}"
-            src_act = donor_cache[name]
-            cells_pos = plan.pos.to(recv_t.device)
-            cells_unit = plan.unit.to(recv_t.device)
+        for grp in groups:
+            start = grp.start
+            g_layer, g_pos, g_unit = (t.to(recv_t.device) for t in (grp.layers, grp.pos, grp.unit))
 
-            def make_hooks(
-                cell_of_row, ex_of_row, name=name, src_act=src_act, cp=cells_pos, cu=cells_unit, L=layer, start=start
-            ):
-                pos_of_row, unit_of_row = cp[cell_of_row], cu[cell_of_row]
+            def make_hooks(cell_of_row, ex_of_row, g_layer=g_layer, g_pos=g_pos, g_unit=g_unit, start=start):
+                lay_of_row, pos_of_row, unit_of_row = g_layer[cell_of_row], g_pos[cell_of_row], g_unit[cell_of_row]
                 # [rows, s] which suffix positions each row patches
                 q = torch.arange(start, n_pos, device=pos_of_row.device)
                 pmask = torch.where(
                     pos_of_row[:, None] < 0, sel_pos[start:][None, :], q[None, :] == pos_of_row[:, None]
                 )
-                src = src_act[ex_of_row]
                 hooks = []
-                if kind == "vec":
-
-                    def hook(act, hook=None):
-                        return torch.where(pmask[:, :, None], src[:, start:], act)
-
-                elif kind in ("head", "kv", "neuron"):
-                    n_slots = src.shape[2]
-                    slot = kv_of[unit_of_row] if query_kv else unit_of_row
-                    umask = torch.nn.functional.one_hot(slot, n_slots).bool()  # [rows, slots]
-                    m = pmask[:, :, None] & umask[:, None, :]
-
-                    def hook(act, hook=None, m=m):
-                        mm = m[..., None] if act.dim() == 4 else m
-                        return torch.where(mm, src[:, start:], act)
-
-                else:  # pattern [rows, head, dest, src]: patch whole rows of the destination positions
-
-                    def hook(act, hook=None):
+                for L in sorted(set(lay_of_row.tolist())):
+                    on = lay_of_row == L  # the rows that patch at this layer
+                    src = donor_cache[f"blocks.{L}.{hook_suffix}"][ex_of_row]
+                    pm = pmask & on[:, None]
+                    if kind == "vec":
+                        m = pm[:, :, None]
+                    elif kind in ("head", "kv", "neuron"):
+                        slot = kv_of[unit_of_row] if query_kv else unit_of_row
+                        umask = torch.nn.functional.one_hot(slot, src.shape[2]).bool()  # [rows, slots]
+                        m = pm[:, :, None] & umask[:, None, :]
+                        m = m[..., None] if src.dim() == 4 else m
+                    else:  # pattern [rows, head, dest, src]: whole rows of the patched destination positions
                         umask = torch.nn.functional.one_hot(unit_of_row, n_heads).bool()
-                        mm = umask[:, :, None, None] & pmask[:, None, :, None]
-                        return torch.where(mm, src[:, :, start:], act)
-
-                hooks.append((name, hook))
-                if query_kv:
-                    # the slot is shared: restore the other query heads of its group to the receiver's values,
-                    # which are exact at the first patched layer
-                    other = (kv_of[None, :] == kv_of[unit_of_row][:, None]) & (
-                        torch.arange(n_heads, device=kv_of.device)[None, :] != unit_of_row[:, None]
-                    )  # [rows, head]
-                    if site == "k":
-                        cached = receiver[f"blocks.{L}.attn.hook_pattern"][ex_of_row][:, :, start:]
-
-                        def restore(act, hook=None):
-                            return torch.where(other[:, :, None, None], cached, act)
-
-                        hooks.append((f"blocks.{L}.attn.hook_pattern", restore))
-                    else:
-                        cached = receiver[f"blocks.{L}.attn.hook_z"][ex_of_row][:, start:]
-
-                        def restore(act, hook=None):
-                            return torch.where(other[:, None, :, None], cached, act)
-
-                        hooks.append((f"blocks.{L}.attn.hook_z", restore))
+                        m = umask[:, :, None, None] & pm[:, None, :, None]
+                    src_s = src[:, :, start:] if kind == "pattern" else src[:, start:]
+                    hooks.append(
+                        (f"blocks.{L}.{hook_suffix}", lambda act, hook=None, m=m, v=src_s: torch.where(m, v, act))
+                    )
+                    if query_kv:
+                        # the slot is shared: the other query heads of its group keep the receiver's values, which
+                        # are exact at the patched layer
+                        other = (
+                            (kv_of[None, :] == kv_of[unit_of_row][:, None])
+                            & (torch.arange(n_heads, device=kv_of.device)[None, :] != unit_of_row[:, None])
+                            & on[:, None]
+                        )  # [rows, head]
+                        if site == "k":
+                            cached = receiver[f"blocks.{L}.attn.hook_pattern"][ex_of_row][:, :, start:]
+                            m2, name2 = other[:, :, None, None], f"blocks.{L}.attn.hook_pattern"
+                        else:
+                            cached = receiver[f"blocks.{L}.attn.hook_z"][ex_of_row][:, start:]
+                            m2, name2 = other[:, None, :, None], f"blocks.{L}.attn.hook_z"
+                        hooks.append((name2, lambda act, hook=None, m=m2, v=cached: torch.where(m, v, act)))
                 return hooks
 
             vals = run_cells(
-                receiver, metric, layer, start, len(plan.cells), make_hooks, memory_budget=memory_budget, pbar=bar
+                receiver, metric, grp.layer, start, len(grp.cells), make_hooks, memory_budget=memory_budget, pbar=bar
             )
-            per_example[layer_index[layer], plan.cells.to(per_example.device)] = vals
+            rows_l = torch.tensor([layer_index[int(x)] for x in grp.layers], device=per_example.device)
+            per_example[rows_l, grp.cells.to(per_example.device)] = vals
     per_example = per_example.reshape(len(layer_list), *grid, n_ex)
     labels: dict = {"layer": layer_list}
     plabels = position_labels(model, recv_t)
