@@ -439,11 +439,11 @@ def _save(scan: TriggerScan, path: Path) -> Path:
     }
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a scan is an ordinary data file
     try:
         save_file(tensors, tmp, metadata={"codecircuits": json.dumps(_meta(scan))})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a scan is an ordinary data file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

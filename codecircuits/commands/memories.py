@@ -96,5 +96,5 @@ def run(args) -> int:
             "residual agreement over the last quarter of layers by context: "
             + " ".join(f"{x:.2f}" for x in a.late_agreement("resid_post"))
         )
-    print(f"wrote {html} and {js} ({sum(study.timings.values()):.0f} s)")
+    print(f"wrote {html} and {js} ({sum(v for k, v in study.timings.items() if k.endswith('_s')):.0f} s)")
     return 0
