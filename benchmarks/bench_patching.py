@@ -13,9 +13,10 @@ layer-position evaluations over those a patch can change: the speed-up of an imp
 nothing else) and our ratio as a fraction of it; then attribution patching's time for all cells and its Spearman
 correlation with the exact sweep.
 
-TL's (layer, pos, head) sweep is 5,130 full forwards (~20 minutes here); unless ``CC_BENCH_FULL=1`` it is timed
-on a random sample of its cells through the same TL code path (``generic_activation_patch`` with an
-``index_df``) and extrapolated by cell count, which is exact for a loop of identical forwards; the output says so.
+TL's (layer, pos, head) sweep is 5,130 full forwards (~20 minutes on an idle core); unless ``CC_BENCH_FULL=1`` it
+is timed on random cells (2 per layer) through the same TL code path (``generic_activation_patch`` with an
+``index_df``, one full forward per cell) and extrapolated by cell count, which is exact for a loop of identical
+forwards; the output says so. ``CC_BENCH_SAMPLE=1`` does the same for all three sweeps (for a loaded machine).
 ``main(quick=True)`` runs everything on a tiny random Llama in seconds.
 """
 
@@ -41,7 +42,7 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def main(quick: bool = False, full: bool | None = None) -> dict:
+def main(quick: bool = False, full: bool | None = None, sample: bool | None = None, per_layer: int = 2) -> dict:
     from transformer_lens import patching as tlp
 
     from codecircuits import attribution, load_model, patching
@@ -49,6 +50,7 @@ def main(quick: bool = False, full: bool | None = None) -> dict:
     from codecircuits.testing import tiny_model
 
     full = bool(int(os.environ.get("CC_BENCH_FULL", "0"))) if full is None else full
+    sample = bool(int(os.environ.get("CC_BENCH_SAMPLE", "0"))) if sample is None else sample
     torch.set_num_threads(1)
     if quick:
         model = tiny_model("llama", n_layers=3)
@@ -85,33 +87,43 @@ def main(quick: bool = False, full: bool | None = None) -> dict:
             lambda site=site, by=by: patching.sweep(model, clean, corr, metric, site=site, by=by, progress=False)
         )
         work = patching.work(model, clean, corr, site=site, by=by)
-        if mode == "sample" and not full and not quick:
+        sampled = not full and not quick and (mode == "sample" or sample)
+        if sampled:
             import pandas as pd
 
             g = torch.Generator().manual_seed(0)
             rows = []
-            for layer in range(n_layers):  # 5 cells per layer: positions and heads drawn at random
-                for _ in range(5):
+            axes = ["layer", "pos", "head_index"][: len(by)]
+            for layer in range(n_layers):  # cells per layer, positions and heads drawn at random
+                for _ in range(per_layer):
                     p = int(torch.randint(n_pos, (1,), generator=g))
                     h = int(torch.randint(n_heads, (1,), generator=g))
-                    rows.append((layer, p, h))
-            index_df = pd.DataFrame(rows, columns=["layer", "pos", "head_index"])
+                    rows.append((layer, p, h) if by == ("layer", "pos", "head") else (layer, p if site != "z" else h))
+            index_df = pd.DataFrame(rows, columns=axes)
+            setter = {
+                ("layer", "pos"): tlp.layer_pos_patch_setter,
+                ("layer", "head"): tlp.layer_head_vector_patch_setter,
+                ("layer", "pos", "head"): tlp.layer_pos_head_vector_patch_setter,
+            }[by]
             ref, t_sample = _timed(
                 lambda: tlp.generic_activation_patch(
                     model,
                     corr,
                     clean_cache,
                     metric,
-                    patch_setter=tlp.layer_pos_head_vector_patch_setter,
-                    activation_name="z",
-                    index_df=index_df,  # noqa: B023 (called at once, inside this iteration)
+                    patch_setter=setter,  # noqa: B023 (called at once, inside this iteration)
+                    activation_name=site,  # noqa: B023
+                    index_df=index_df,  # noqa: B023
                     reduce="mean",
                 )
             )
             t_tl = t_sample * work["cells"] / len(rows)
-            mine = ours.values[index_df["layer"].tolist(), index_df["pos"].tolist(), index_df["head_index"].tolist()]
+            mine = ours.values[tuple(torch.tensor(index_df[a].tolist()) for a in axes)]
             diff = (mine - ref).abs().max().item()
-            tl_note = f"(measured on {len(rows)} random cells in {t_sample:.1f} s, extrapolated to {work['cells']})"
+            tl_note = (
+                f"(TL's generic_activation_patch on {len(rows)} random cells: {t_sample:.1f} s, "
+                f"extrapolated to all {work['cells']})"
+            )
         else:
             ref, t_tl = _timed(lambda tl_fn=tl_fn: tl_fn(model, corr, clean_cache, metric, reduce="mean"))
             diff = (ours.values - ref).abs().max().item()
@@ -124,7 +136,7 @@ def main(quick: bool = False, full: bool | None = None) -> dict:
         ratio = t_tl / t_ours
         row = {
             "tl_s": t_tl,
-            "tl_extrapolated": mode == "sample" and not full and not quick,
+            "tl_extrapolated": sampled,
             "ours_s": t_ours,
             "ratio": ratio,
             "max_abs_diff": diff,
@@ -153,4 +165,4 @@ def main(quick: bool = False, full: bool | None = None) -> dict:
 if __name__ == "__main__":
     import sys
 
-    main(quick="--quick" in sys.argv, full="--full" in sys.argv or None)
+    main(quick="--quick" in sys.argv, full="--full" in sys.argv or None, sample="--sample" in sys.argv or None)
