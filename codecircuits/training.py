@@ -218,6 +218,23 @@ def stream_loss(model, stream: np.ndarray, n_ctx: int, *, max_tokens: int = 0, b
     return total / count
 
 
+def sample_starts(stream_len: int, n_ctx: int, n: int = 16) -> np.ndarray:
+    """Starts of ``n`` evenly spaced windows among the non-overlapping windows :func:`stream_loss` scores."""
+    n_win = (stream_len - 1) // n_ctx
+    return (np.linspace(0, n_win - 1, num=min(n, n_win)).round().astype(np.int64)) * n_ctx
+
+
+@torch.no_grad()
+def sample_loss(model, stream: np.ndarray, n_ctx: int, n: int = 16) -> dict:
+    """Loss on a small fixed sample of validation windows, recorded in the card so the weights can be checked fast."""
+    starts = sample_starts(len(stream), n_ctx, n)
+    b = get_batch(stream, starts, n_ctx)
+    logits = model(b[:, :-1])
+    logits = getattr(logits, "logits", logits).float()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1)).item()
+    return {"loss": loss, "windows": len(starts), "tokens": int(b[:, 1:].numel())}
+
+
 def bigram_loss(train: np.ndarray, evalstream: np.ndarray, vocab: int, n_ctx: int, *, max_tokens: int = 0) -> dict:
     """Loss of an interpolated bigram model (counts from ``train``) on the positions :func:`stream_loss` scores.
 
@@ -307,6 +324,7 @@ class TrainResult:
     bigram: dict | None
     wall_seconds: float
     losses: tuple[tuple[int, float], ...]  # (step, mean train loss over the last logging interval)
+    val_sample: dict | None = None  # loss on 16 evenly spaced validation windows (see sample_loss)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -467,11 +485,12 @@ def train(
     finished = step >= cfg.steps
     train_seconds = elapsed_before + (time.time() - t0)
 
-    val_loss = bigram = None
+    val_loss = bigram = val_sample = None
     if finished:
         model.eval()
         if "validation" in streams and len(streams["validation"]) > cfg.n_ctx + 1:
             val_loss = stream_loss(model, streams["validation"], cfg.n_ctx, max_tokens=cfg.eval_tokens)
+            val_sample = sample_loss(model, streams["validation"], cfg.n_ctx)
             bigram = bigram_loss(
                 train_stream, streams["validation"], len(tokenizer), cfg.n_ctx, max_tokens=cfg.eval_tokens
             )
@@ -488,6 +507,7 @@ def train(
         bigram=bigram,
         wall_seconds=train_seconds,
         losses=tuple(losses),
+        val_sample=val_sample,
     )
     if finished:
         (out / "training.json").write_text(json.dumps(result.to_dict(), indent=1))
@@ -555,6 +575,12 @@ def model_card(r: TrainResult, *, n_params: int, name: str = "cc-py-neox", notes
             f"| add-one unigram | {r.bigram['unigram_loss']:.4f} |",
             "",
             f"on {r.bigram['tokens']:,} validation tokens (non-overlapping {c.n_ctx}-token windows).",
+        ]
+    if r.val_sample:
+        lines += [
+            "",
+            f"On a fixed sample of {r.val_sample['windows']} evenly spaced windows of those "
+            f"({r.val_sample['tokens']:,} tokens; `codecircuits.training.sample_loss`): {r.val_sample['loss']:.4f}.",
         ]
     if r.losses:
         marks = sorted({0, len(r.losses) // 4, len(r.losses) // 2, 3 * len(r.losses) // 4, len(r.losses) - 1})

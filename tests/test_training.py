@@ -165,12 +165,9 @@ def test_shipped_model_matches_its_card(shipped):
     assert card_loss < bigram
     stream = training.encode_stream(model.tokenizer, stdlib("validation").texts())
     assert len(stream) == info["corpus_stats"]["validation"]["tokens"]
-    n_ctx = cfg.n_ctx
-    starts = np.arange(24) * n_ctx  # the first 24 windows the card's loss was computed on
-    batch = training.get_batch(stream, starts, n_ctx)
-    with torch.no_grad():
-        logits = model(batch[:, :-1])
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).item()
-    # a sample of 6k tokens: within 0.25 nats of the card's number over the whole split
-    assert abs(loss - card_loss) < 0.25, (loss, card_loss)
-    assert loss < bigram
+    # the card's fixed sample of validation windows, through the hooked model: the same loss
+    sample = info["val_sample"]
+    assert f"{sample['loss']:.4f}" in card
+    got = training.sample_loss(model, stream, cfg.n_ctx)
+    assert got["tokens"] == sample["tokens"]
+    assert got["loss"] == pytest.approx(sample["loss"], abs=2e-3), (got, sample)
