@@ -233,9 +233,11 @@ class CNAResult:
         return self._reachable(self.cna).reshape(self.n_prompts, -1).topk(k, dim=1).indices
 
     def _reachable(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone()
-        t[..., : self.head[0], :] = float("-inf")
-        return t
+        """``t`` with -inf on layers that were not scored or that the ablation cannot reach."""
+        scored = [layer for layer in self.settings.get("layers", range(t.shape[-2])) if layer >= self.head[0]]
+        out = torch.full_like(t, float("-inf"))
+        out[..., scored, :] = t[..., scored, :]
+        return out
 
     def top(self, k: int = 10, prompt: int | None = None) -> pd.DataFrame:
         """The top-``k`` neurons by CNA for one prompt, or by the mean over prompts."""
@@ -244,7 +246,7 @@ class CNAResult:
             return t.nanmean(0) if prompt is None else t[prompt]
 
         cna = self._reachable(pick(self.cna))
-        top = cna.flatten().topk(min(k, cna[self.head[0] :].numel()))
+        top = cna.flatten().topk(min(k, int(torch.isfinite(cna).sum())))
         layer, neuron = torch.unravel_index(top.indices, cna.shape)
         cols = {
             "imp_original": pick(self.imp_original),
@@ -284,15 +286,26 @@ def compare(
     exact_authors_lens: bool = False,
     pos: int = -1,
     all_layers: bool = False,
+    layers: Sequence[int] | None = None,
     batch_size: int = 16,
     memory_mb: float = 256,
     progress: bool = True,
 ) -> CNAResult:
-    """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated."""
+    """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated.
+
+    Scores the layers from the head's layer on (``all_layers=True``: every layer, to see the importances
+    there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time)."""
     head = (int(head[0]), int(head[1]))
     hooks = head_zero_hooks(model, [head])
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
-    layers = list(range(n_layers)) if all_layers else list(range(head[0], n_layers))
+    if layers is not None:
+        layers = sorted({int(x) for x in layers})
+        if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+            raise InputError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}.")
+    elif all_layers:
+        layers = list(range(n_layers))
+    else:
+        layers = list(range(head[0], n_layers))
     batches = _prompt_batches(model, prompts, batch_size)
     n = _n_prompts(batches)
     tgt = _resolve_target(model, target, n)
@@ -315,8 +328,9 @@ def compare(
                 model, both, torch.cat([t, t]), ("logprob_increase",), scale=run_o["scale"].repeat(2, 1), **kw
             )
         imp = res["logprob_increase"].cpu()
-        imp_o[ix, layers[0] :] = imp[: len(ix)]
-        imp_a[ix, layers[0] :] = imp[len(ix) :]
+        for j, layer in enumerate(layers):
+            imp_o[ix, layer] = imp[: len(ix), j]
+            imp_a[ix, layer] = imp[len(ix) :, j]
         coef_o[ix] = run_o["post"].cpu()
         coef_a[ix] = run_a["post"].cpu()
         targets[ix] = t.cpu()

@@ -171,3 +171,15 @@ def test_study_writes_a_report_and_json(tiny, tmp_path):
     for key in data["metrics"]:
         assert f'data-metric="{key}"' in page
     assert set(study_mod.tables(st)) >= {"arith_top_heads", "parens_mask_keep"}
+
+
+def test_cna_on_a_subset_of_layers(tiny):
+    full = cna.compare(tiny, PROMPTS[:2], (0, 1), progress=False)
+    last = tiny.cfg.n_layers - 1
+    part = cna.compare(tiny, PROMPTS[:2], (0, 1), layers=[last], progress=False)
+    torch.testing.assert_close(part.cna[:, last], full.cna[:, last])
+    assert torch.all(part.cna[:, :last] == 0) and torch.isnan(part.imp_original[:, 0]).all()
+    assert torch.all(part.top_indices(3) // tiny.cfg.d_mlp == last)
+    assert set(part.top(3)["layer"]) == {last}
+    with pytest.raises(InputError, match="subset"):
+        cna.compare(tiny, PROMPTS[:1], (0, 1), layers=[99], progress=False)
