@@ -37,9 +37,16 @@ def pairs(model, nums=NUMS) -> tuple[list[str], list[str]]:
 
 
 def _timed(fn):
-    t0 = time.perf_counter()
+    """``(result, seconds)``: CPU seconds of this process, which on a shared machine do not depend on how busy the
+    other cores are (the benchmark runs on one thread); wall-clock seconds on a GPU."""
+    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = clock()
     out = fn()
-    return out, time.perf_counter() - t0
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, clock() - t0
 
 
 def main(quick: bool = False, full: bool | None = None, sample: bool | None = None, per_layer: int = 2) -> dict:
@@ -57,7 +64,7 @@ def main(quick: bool = False, full: bool | None = None, sample: bool | None = No
         clean_p, corr_p = pairs(model, NUMS[:4])
         name = "tiny-llama (3 layers)"
     else:
-        model = load_model("smollm2-135m", device="cpu")
+        model = load_model("smollm2-135m", device="cuda" if torch.cuda.is_available() else "cpu")
         clean_p, corr_p = pairs(model)
         name = "smollm2-135m"
     clean, corr = paired_tokens(model, clean_p, corr_p)
@@ -74,7 +81,8 @@ def main(quick: bool = False, full: bool | None = None, sample: bool | None = No
     print(
         f"Activation patching on {name}: {clean.shape[0]} pairs x {n_pos} tokens, first difference at position "
         f"{patching.first_difference(clean, corr)}; {n_layers} layers x {n_heads} heads; "
-        f"{torch.get_num_threads()} thread(s), load average {load:.1f} on {os.cpu_count()} CPUs"
+        f"{torch.get_num_threads()} thread(s), load average {load:.1f} on {os.cpu_count()} CPUs; "
+        f"times are {'wall-clock' if torch.cuda.is_available() else 'CPU'} seconds"
     )
     sweeps = [
         ("resid_pre (layer x pos)", "resid_pre", ("layer", "pos"), tlp.get_act_patch_resid_pre, None),

@@ -222,3 +222,30 @@ def test_benchmark_runs_quick(monkeypatch):
     assert "bench_patching" in run.discover()
     with pytest.raises(SystemExit, match="No benchmark named"):
         run.main(["--only", "no_such_bench"])
+
+
+@pytest.mark.slow
+def test_paren_count_moves_from_the_nesting_token_to_the_last_position(default_model):
+    """SmolLM2 on the closing-paren task: patching the residual stream shows the nesting information carried at
+    the corrupted token early and at the last position late (one sweep over two positions, every layer)."""
+    from codecircuits.inputs import single_token_id
+
+    model = default_model
+    nums = (123, 457, 281, 905)
+    clean = [f"#print the string {n}\nprint(str(str({n}" for n in nums]
+    corrupted = [f"#print the string {n}\nprint(str+str({n}" for n in nums]
+    right, wrong = single_token_id(model, ")))"), single_token_id(model, "))")
+
+    def metric(logits):
+        return logits[:, -1, right] - logits[:, -1, wrong]
+
+    toks = model.to_tokens(clean)
+    d, last = patching.first_difference(toks, model.to_tokens(corrupted)), toks.shape[1] - 1
+    res = patching.sweep(model, clean, corrupted, metric, site="resid_pre", positions=[d, last], progress=False)
+    assert res.source.mean() > 0 > res.base.mean()  # the clean prompts prefer ))), the corrupted ones ))
+    rec = res.recovery  # [layer, 2]
+    assert rec[0, 0] > 0.99 and abs(rec[0, 1]) < 0.05  # layer 0: only the corrupted token matters
+    assert rec[-1, 1] > 0.99 and abs(rec[-1, 0]) < 0.05  # last layer: only the last position matters
+    # the hand-over happens in the middle of the network, not at either end
+    moved = int((rec[:, 1] > 0.5).nonzero()[0])
+    assert 3 <= moved <= model.cfg.n_layers - 3, rec
