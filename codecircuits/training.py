@@ -348,7 +348,12 @@ def prepare_data(cfg: TrainConfig, out_dir: Path, *, texts: dict[str, list[str]]
     if texts is None:
         texts = {}
         for split in ("train", "validation"):
-            c = _corpus_split(cfg.corpus, split)
+            try:
+                c = _corpus_split(cfg.corpus, split)
+            except InputError:
+                if split == "train":
+                    raise
+                continue  # a small directory may have no file in the validation split: no validation loss
             texts[split] = c.texts()
             stats[split] = {"files": len(c), "chars": c.n_chars, "skipped_undecodable": c.skipped}
     else:

@@ -100,6 +100,34 @@ def test_trained_model_loads_through_load_model(tmp_path):
     assert s.n_layers == TINY.n_layers and s.d_mlp == TINY.d_mlp
 
 
+def test_cli_train_on_a_directory_and_minutes(tmp_path, capsys):
+    from codecircuits.cli import main
+    from codecircuits.corpus import split_of
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"m{i}.py").write_text(TEXTS["train"][i % len(TEXTS["train"])] + f"\nX{i} = {i}\n")
+    (src / "bad.py").write_bytes(b"\xff\xfe not utf-8")
+    tiny = ["--vocab-size", "300", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-mlp", "64"]
+    tiny += ["--n-ctx", "32", "--batch-size", "2", "--warmup-steps", "2", "--no-progress"]
+    out = tmp_path / "out"
+    assert main(["train", "--arch", "neox", "--out", str(out), "--corpus", str(src), "--steps", "3", *tiny]) == 0
+    info = json.loads((out / "training.json").read_text())
+    assert info["steps_done"] == 3 and info["config"]["corpus"] == str(src)
+    n_train = sum(split_of(f"m{i}.py") == "train" for i in range(12)) + (split_of("bad.py") == "train")
+    assert info["corpus_stats"]["train"]["files"] + info["corpus_stats"]["train"]["skipped_undecodable"] == n_train
+    assert "trained 3 steps" in capsys.readouterr().out
+    # --minutes: the step count is fixed after the warm-up steps and recorded
+    out2 = tmp_path / "out2"
+    assert main(["train", "--out", str(out2), "--corpus", str(src), "--minutes", "0.02", *tiny]) == 0
+    info2 = json.loads((out2 / "training.json").read_text())
+    assert info2["steps_done"] == info2["config"]["steps"] >= 3
+    # an empty directory is a clear error (exit code 2 from the CLI)
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--out", str(tmp_path / "o3"), "--corpus", str(tmp_path / "empty"), *tiny]) == 2
+
+
 def test_bigram_baseline_beats_unigram():
     rng = np.random.default_rng(0)
     # a Markov chain: the next token is the previous + 1 mod 7 most of the time
