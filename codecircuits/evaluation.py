@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from .errors import InputError
 
+LOGITS_BUDGET = 2**28  # elements of the logits tensor of one batch (1 GiB in float32)
+
 
 @dataclass(frozen=True)
 class CorpusLoss:
@@ -196,6 +198,9 @@ def corpus_loss(
         # with BOS, ids[1] is the file's first token: skip it as a target so both settings score the same tokens
         chunks += _windows(ids, window, skip=1 if use_bos else 0)
     chunks.sort(key=lambda c: len(c[0]), reverse=True)
+    # the logits of a batch are batch x window x vocabulary floats: keep them under LOGITS_BUDGET elements
+    # (Gemma's 262k vocabulary makes one 512-token window 0.5 GB)
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (window * int(model.cfg.d_vocab))))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = model.cfg.device
     nats, count = 0.0, 0
@@ -210,8 +215,10 @@ def corpus_loss(
             mask[j, s : len(c) - 1] = True
         toks = toks.to(device)
         logits = model(toks)  # right padding: padded positions never influence earlier ones (causal)
-        lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -lp.gather(-1, toks[:, 1:, None])[..., 0]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), toks[:, 1:].flatten(), reduction="none"
+        ).view(len(batch), n - 1)
+        del logits
         nats += nll[mask.to(nll.device)].sum().item()
         count += int(mask.sum())
         bar.update(len(batch))
