@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codecircuits import InputError
+from codecircuits import CheckpointError, InputError
 from codecircuits import repair as R
 from codecircuits.corpus import CodeFile, Corpus
 
@@ -88,7 +88,7 @@ def test_repeated_edits_unwind_exactly_and_roundtrip_through_a_file(tiny, tmp_pa
 def test_apply_checks_the_base_rows(tiny):
     e = R.apply_edit(tiny, 0, 3, R.value_vector(tiny, 0, 3) + 1.0)
     edits = R.Edits((e,), "tiny")
-    with pytest.raises(Exception, match="not the one the edits were made from"):
+    with pytest.raises(CheckpointError, match="not the one the edits were made from"):
         edits.apply(tiny)  # already applied: the current row is not the old one
     edits.undo(tiny)
 
@@ -199,7 +199,7 @@ def test_sgd_baseline_restores_exactly(tiny):
     assert not torch.equal(tiny(case.tokens), logits0)
     snap.restore()
     assert torch.equal(tiny(case.tokens), logits0)
-    assert all(not p.grad is not None for p in tiny.parameters())
+    assert all(p.grad is None for p in tiny.parameters())
     zero, snap0 = R.sgd_repair(tiny, case, layers="all", lr=0.0, steps=2)
     assert zero.changed_rows == 0 and torch.equal(tiny(case.tokens), logits0)
 
