@@ -174,7 +174,11 @@ def test_study_runs_and_writes(tiny, tmp_path):
         progress=False,
     )
     assert st.scan.complete and len(st.distribution) == tiny.cfg.n_layers
-    assert [e.concept.name for e in st.edits] == ["indentation", "loops"] and st.agreement is not None and st.agreement.curve("resid_post")[-1] == 1.0
+    assert (
+        [e.concept.name for e in st.edits] == ["indentation", "loops"]
+        and st.agreement is not None
+        and st.agreement.curve("resid_post")[-1] == 1.0
+    )
     for _, layer, neuron, _ in st.showcase:
         assert len(st.promotes(layer, neuron)) == 10
     html, js = study_mod.write(st, tmp_path / "out", model=tiny)
