@@ -40,3 +40,16 @@ def default_model():
     if "default" not in _MODELS:
         _MODELS["default"] = load_model("smollm2-135m", device="cpu")
     return _MODELS["default"]
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """One torch thread for tiny-model tests (thread start-up costs more than it saves on tiny tensors);
+    all cores for the slow tests that run the real default model."""
+    import torch
+
+    before = torch.get_num_threads()
+    want = before if request.node.get_closest_marker("slow") else 1
+    torch.set_num_threads(want)
+    yield
+    torch.set_num_threads(before)
