@@ -283,7 +283,7 @@ class Receiver:
             raise RuntimeError(
                 f"The model's key/value cache holds {self.kv.get_seq_length()} positions after a forward over "
                 f"{tokens.shape[1]}; this architecture does not fill a Hugging Face DynamicCache, so prefix reuse "
-                "cannot work. Pass reuse_prefix=False."
+                "cannot work: use transformer_lens.patching for this model, and report the architecture."
             )
 
     @property
