@@ -12,15 +12,6 @@ PROMPTS = ["print(str(str(123", "print(len(str(456", "print(str(str(789", "print
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared: restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _metric(logits: torch.Tensor) -> torch.Tensor:
     """Per-example logit difference between two fixed tokens at the last position."""
     return logits[:, -1, 5] - logits[:, -1, 7]

@@ -16,15 +16,6 @@ CLEAN = ["print(str(str(123", "print(len(str(456", "print(str(str(789"]
 CORRUPTED = ["print(str(len(123", "print(len(len(456", "print(str(len(789"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared: restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _metric(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, -1, 5] - logits[:, -1, 7]
 

@@ -14,15 +14,6 @@ BV = [0, 0, 1, 0, 1, 0]
 SV = [1, 1, 0, 1, 0, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny forwards, for which a second thread costs more than it gives on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pairs(model):
     return sub.PatchPairs.from_prompts(model, BASE, SOURCE, BV, SV, ["))", ")))"], groups=list("aabbcc"))
 
