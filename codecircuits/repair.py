@@ -57,6 +57,7 @@ __all__ = [
     "mint_repair",
     "mlp_out_weight",
     "repair_cases",
+    "same_target_probes",
     "save_edited_model",
     "semantic_basis",
     "sgd_repair",
@@ -471,6 +472,55 @@ def probes_of(cases: Iterable[RepairCase]) -> list[Probe]:
         for pos, r, p in zip(c.positions, c.reference, c.predicted):
             out.append(Probe(toks, pos, r, p))
     return out
+
+
+@torch.no_grad()
+def same_target_probes(
+    model,
+    corpus,
+    target: int,
+    n: int = 8,
+    *,
+    wrong: int | None = None,
+    context_tokens: int = 64,
+    exclude: Iterable[str] = (),
+    max_candidates: int = 64,
+    max_files: int = 400,
+    seed: int = 0,
+) -> list[Probe]:
+    """Generalisation probes for a fix to ``target``: held-out positions whose reference next token is ``target``.
+
+    Scans the files of ``corpus`` (shuffled by ``seed``; paths in ``exclude`` skipped) for occurrences of
+    ``target`` with ``context_tokens`` of preceding context, collects up to ``max_candidates`` of them (at most
+    four per file, so one file cannot fill the set), predicts their next token in batches, and returns ``n``
+    probes ordered: the same confusion first (greedy == ``wrong``), then other mistakes, then positions the model
+    already gets right. Empty if the corpus never contains the token.
+    """
+    if n < 1:
+        return []
+    bos = model.tokenizer.bos_token_id
+    skip = set(exclude)
+    files = [f for f in corpus if f.path not in skip]
+    random.Random(seed).shuffle(files)
+    contexts: list[tuple[int, ...]] = []
+    for f in files[:max_files]:
+        ids = model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
+        hits = [j for j in range(context_tokens, len(ids)) if ids[j] == target][:4]
+        for j in hits:
+            ctx = tuple(ids[j - context_tokens : j])
+            contexts.append(((bos,) if bos is not None else ()) + ctx)
+        if len(contexts) >= max_candidates:
+            break
+    contexts = contexts[:max_candidates]
+    if not contexts:
+        return []
+    probes = []
+    for i in range(0, len(contexts), 16):
+        chunk = torch.tensor(contexts[i : i + 16], device=model.cfg.device)
+        pred = model(chunk)[:, -1].argmax(-1).cpu()
+        probes += [Probe(c, len(c) - 1, int(target), int(p)) for c, p in zip(contexts[i : i + 16], pred)]
+    probes.sort(key=lambda p: (p.predicted != wrong, p.predicted == target))
+    return probes[:n]
 
 
 class ResidCache:

@@ -223,6 +223,22 @@ def test_repair_cases_from_code(tiny):
     assert int((~ev["correct"]).sum()) == sum(len(c.errors) for c in cases)
 
 
+def test_same_target_probes_find_the_token_in_other_files(tiny):
+    text = "import os\n" + "x = (1 + 2)\n" * 20
+    files = [CodeFile(f"f{i}.py", text) for i in range(3)] + [CodeFile("skip.py", text)]
+    target = tiny.tokenizer(text, add_special_tokens=False)["input_ids"][-3]  # a token of the repeated line
+    probes = R.same_target_probes(tiny, Corpus("t", files), target, 5, context_tokens=8, exclude=["skip.py"])
+    assert len(probes) == 5 and all(p.target == target and len(p.tokens) == p.pos + 1 for p in probes)
+    assert all(p.tokens[0] == tiny.tokenizer.bos_token_id and len(p.tokens) == 9 for p in probes)
+    ev = R.evaluate_probes(tiny, probes)
+    assert ev["argmax"].tolist() == [p.predicted for p in probes]
+    wrong = probes[-1].predicted
+    ordered = R.same_target_probes(tiny, Corpus("t", files), target, 12, wrong=wrong, context_tokens=8)
+    flags = [p.predicted != wrong for p in ordered]
+    assert flags == sorted(flags)  # the same confusion comes first
+    assert R.same_target_probes(tiny, Corpus("t", files[-1:]), target, 5, exclude=["skip.py"]) == []
+
+
 def test_bad_input_is_a_clear_error(tiny):
     with pytest.raises(InputError, match="out of range"):
         R.value_vector(tiny, tiny.cfg.n_layers, 0)
@@ -255,7 +271,7 @@ def test_study_runs_undoes_every_edit_and_reports(tiny, tmp_path):
     )
     df = st.to_dataframe()
     assert sorted(df.method) == ["mint", "sgd"] and df.restored.all()
-    assert (df.spec_n > 0).all()
+    assert (df.spec_n > 0).all() and (df.gen_n <= 8).all()
     html, js = SR.write(st, tmp_path)
     data = json.loads(js.read_text())
     assert data["metrics"]["n_cases"] == 1

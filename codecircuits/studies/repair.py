@@ -79,6 +79,7 @@ class RepairStudy:
                     "gen_delta_logp": _mean(g.gen_delta_logp),
                     "gen_acc_before": _mean(g.gen_acc_before),
                     "gen_acc_after": _mean(g.gen_acc_after),
+                    "gen_fixed": _mean(g.gen_fixed),
                     "spec_unchanged": _mean(g.spec_unchanged),
                     "spec_acc_before": _mean(g.spec_acc_before),
                     "spec_acc_after": _mean(g.spec_acc_after),
@@ -137,8 +138,14 @@ def _measure(model, case, gen, spec, heldout, base_gen, base_spec, base_loss, ca
         out["gen_delta_logp"] = float((ev["logp"] - base_gen["logp"]).mean())
         out["gen_acc_before"] = float(base_gen["correct"].float().mean())
         out["gen_acc_after"] = float(ev["correct"].float().mean())
+        wrong_before = ~base_gen["correct"]
+        out["gen_n_wrong"] = int(wrong_before.sum())
+        out["gen_fixed"] = float(ev["correct"][wrong_before].float().mean()) if wrong_before.any() else math.nan
     else:
-        out.update(gen_n=0, gen_delta_logp=math.nan, gen_acc_before=math.nan, gen_acc_after=math.nan)
+        out.update(
+            gen_n=0, gen_delta_logp=math.nan, gen_acc_before=math.nan, gen_acc_after=math.nan, gen_n_wrong=0,
+            gen_fixed=math.nan,
+        )
     ev = R.evaluate_probes(model, spec, cache=cache)
     out["spec_n"] = len(spec)
     out["spec_unchanged"] = float((ev["argmax"] == base_spec["argmax"]).float().mean())
@@ -162,7 +169,7 @@ def run(
     scale: float = 10.0,
     sgd_lr: float = 1e-2,
     sgd_steps: int = 10,
-    n_gen: int = 4,
+    n_gen: int = 8,
     n_spec_lines: int = 4,
     heldout_tokens: int = 256,
     seed: int = 0,
@@ -199,7 +206,9 @@ def run(
     rng = random.Random(seed)
     spec_lines = rng.sample(others, min(n_spec_lines, len(others)))
     spec_probes = R.probes_of(spec_lines)
-    pool_probes = [(c, p) for c in others for p in R.probes_of([c])]
+    # generalisation: held-out positions (not in any case's file) whose next token is the repaired target
+    case_files = {c.source for c in cases}
+    gen_corpus = [f for spec in sources for f in _corpus(spec)]
     held = corpus_mod.stdlib("validation")
     heldout = _heldout_tokens(model, held, heldout_tokens)
 
@@ -214,9 +223,16 @@ def run(
         target, wrong = case.reference[first], case.predicted[first]
         spec = [p for p in spec_probes if p.target != target]
         base_spec_c = {k: v[[i for i, p in enumerate(spec_probes) if p.target != target]] for k, v in base_spec.items()}
-        same_fix = [p for c, p in pool_probes if p.target == target]
-        same_fix.sort(key=lambda p: (p.predicted != wrong, p.predicted == target))  # same confusion first
-        gen = same_fix[:n_gen]
+        gen = R.same_target_probes(
+            model,
+            gen_corpus,
+            target,
+            n_gen,
+            wrong=wrong,
+            context_tokens=context_tokens,
+            exclude=case_files,
+            seed=seed + ci,
+        )
         base_gen = R.evaluate_probes(model, gen, cache=cache) if gen else None
         logits0 = cache.logits(case.tokens)
         common = dict(
@@ -340,7 +356,8 @@ def report(study: RepairStudy):
     df = study.to_dataframe()
     r.section(
         "Per case",
-        text="Generalisation: held-out prompts whose next token is the repaired target (gen_*). Specificity: "
+        text="Generalisation: held-out prompts from other files whose next token is the repaired target, the same "
+        "confusion first (gen_*; gen_fixed = share of those the model got wrong that are now right). Specificity: "
         "unrelated prompts whose greedy prediction is unchanged (spec_unchanged), and the held-out loss change.",
     )
     cols = [
@@ -353,7 +370,10 @@ def report(study: RepairStudy):
         "neurons",
         "steps",
         "seconds",
+        "gen_n",
         "gen_delta_logp",
+        "gen_acc_before",
+        "gen_acc_after",
         "spec_unchanged",
         "heldout_loss_delta",
         "edited",
