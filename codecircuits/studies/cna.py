@@ -12,8 +12,6 @@ each score; MRR and probability of the answer; random control).
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from .. import cna as cna_mod
 from .. import neurons
 from ..tasks import arithmetic
+from .common import json_safe, write_study
 
 ARITH_TEMPLATES = ("assert", "comment")
 
@@ -72,7 +71,7 @@ class CNAStudy:
     settings: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return _clean(
+        return json_safe(
             {
                 "model": self.model,
                 "settings": self.settings,
@@ -105,20 +104,7 @@ class CNAStudy:
             for n in t.index:
                 out[f"parens_mask_{n}"] = float(t.loc[n, "mask_acc_decrease_pct"])
                 out[f"parens_keep_{n}"] = float(t.loc[n, "keep_acc_decrease_pct"])
-        return _clean(out)
-
-
-def _clean(obj):
-    """JSON-safe: floats rounded, NaN -> None, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
-    return obj
+        return json_safe(out)
 
 
 def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress) -> TaskFindings:
@@ -265,14 +251,7 @@ def report(study: CNAStudy):
 
 def write(study: CNAStudy, out_dir) -> tuple[Path, Path]:
     """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "results.json"
-    payload = study.to_json()
-    payload["metrics"] = study.metrics()
-    js.write_text(json.dumps(payload, indent=1))
-    html = report(study).save(out / "report.html")
-    return html, js
+    return write_study(out_dir, {**study.to_json(), "metrics": study.metrics()}, lambda: report(study))
 
 
 def tables(study: CNAStudy) -> dict[str, pd.DataFrame]:

@@ -12,7 +12,6 @@ RQ3-RQ4 layer agreement of ``mlp_out`` and residuals with the final prediction, 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .. import agreement as ag
 from .. import concepts as cc
 from .. import memories as mem
 from ..errors import InputError
+from .common import json_safe, write_study
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
 
@@ -158,24 +158,7 @@ class MemoriesStudy:
                 "resid_late_agreement": a.late_agreement("resid_post"),
                 "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
             }
-        return _clean(out)
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if isinstance(obj, torch.Tensor):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    return obj
+        return json_safe(out)
 
 
 def showcase_keys(sc: cc.ConceptScores, n: int = 6, *, tau: float = 0.5, min_lift: float = 2.0):
@@ -411,7 +394,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         "masking edits, layer agreement",
         meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
     )
-    metrics = {k: v for k, v in _clean(study.metrics()).items() if v is not None}
+    metrics = {k: v for k, v in json_safe(study.metrics()).items() if v is not None}
     r.metrics(metrics, labels={k: _LABELS.get(k, k) for k in metrics})
 
     r.section(
@@ -533,11 +516,4 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
 
 def write(study: MemoriesStudy, out_dir, model=None) -> tuple[Path, Path]:
     """Write ``report.html`` and ``results.json`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    if out.suffix:
-        raise InputError(f"out_dir must be a directory, not a file name: {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "results.json"
-    js.write_text(json.dumps(study.to_json(), indent=1))
-    html = report(study, model).save(out / "report.html")
-    return html, js
+    return write_study(out_dir, study.to_json(), lambda: report(study, model))

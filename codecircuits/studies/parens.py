@@ -23,7 +23,6 @@ dataset has that token, else ``k - 1`` (the counterfactual's answer, as in the p
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from .. import heads as heads_mod
 from .. import lens
 from ..errors import InputError
 from ..tasks import parens as task
+from .common import write_study
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -240,13 +240,7 @@ class ParensStudy:
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        data = self.to_json()
-        js = out / "results.json"
-        js.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        html = self.report().save(out / "report.html")
-        return html, js
+        return write_study(out_dir, self.to_json(), self.report)
 
 
 # ----------------------------------------------------------------------------------------------------------------

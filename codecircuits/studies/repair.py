@@ -20,7 +20,6 @@ then undoes the edit exactly (checked) before the next case.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -33,6 +32,7 @@ import torch
 from .. import corpus as corpus_mod
 from .. import repair as R
 from ..errors import InputError
+from .common import json_safe, write_study
 
 PAPER = (
     "MINT (Gu et al., arXiv 2312.05356) reports that it repairs line-level code generation by patching "
@@ -94,10 +94,10 @@ class RepairStudy:
             m = row.pop("method")
             row.pop("cases")
             out.update({f"{m}_{k}": v for k, v in row.items()})
-        return _clean(out)
+        return json_safe(out)
 
     def to_json(self) -> dict:
-        return _clean(
+        return json_safe(
             {
                 "model": self.model,
                 "settings": self.settings,
@@ -112,18 +112,6 @@ class RepairStudy:
 def _mean(s) -> float:
     s = pd.Series(s, dtype=float).dropna()
     return float(s.mean()) if len(s) else math.nan
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
-    return obj
 
 
 def _corpus(spec: str):
@@ -143,7 +131,11 @@ def _measure(model, case, gen, spec, heldout, base_gen, base_spec, base_loss, ca
         out["gen_fixed"] = float(ev["correct"][wrong_before].float().mean()) if wrong_before.any() else math.nan
     else:
         out.update(
-            gen_n=0, gen_delta_logp=math.nan, gen_acc_before=math.nan, gen_acc_after=math.nan, gen_n_wrong=0,
+            gen_n=0,
+            gen_delta_logp=math.nan,
+            gen_acc_before=math.nan,
+            gen_acc_after=math.nan,
+            gen_n_wrong=0,
             gen_fixed=math.nan,
         )
     ev = R.evaluate_probes(model, spec, cache=cache)
@@ -391,9 +383,4 @@ def report(study: RepairStudy):
 
 def write(study: RepairStudy, out_dir) -> tuple[Path, Path]:
     """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "results.json"
-    js.write_text(json.dumps(study.to_json(), indent=1))
-    html = report(study).save(out / "report.html")
-    return html, js
+    return write_study(out_dir, study.to_json(), lambda: report(study))

@@ -17,7 +17,6 @@ tensor. The study measures
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -30,6 +29,7 @@ import torch
 from .. import corpus as corpus_mod
 from .. import signatures as S
 from ..errors import InputError
+from .common import json_safe, write_study
 
 SHIFTS = {"tabs": S.tabs_for_spaces, "rename": S.rename_locals}
 PAPER = (
@@ -89,10 +89,10 @@ class SignatureStudy:
                 col.iloc[-max(1, n // 3) :].pow(2).sum() / col.pow(2).sum()
             )
         out.update({k: float(v) for k, v in self.storage.items() if isinstance(v, (int, float))})
-        return _clean(out)
+        return json_safe(out)
 
     def to_json(self) -> dict:
-        return _clean(
+        return json_safe(
             {
                 "model": self.model,
                 "settings": self.settings,
@@ -105,18 +105,6 @@ class SignatureStudy:
         )
 
 
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
-    return obj
-
-
 def shifted_texts(texts: list[str], shift: str) -> list[str]:
     if shift == "both":
         return [S.tabs_for_spaces(S.rename_locals(t)) for t in texts]
@@ -127,7 +115,7 @@ def shifted_texts(texts: list[str], shift: str) -> list[str]:
     return [SHIFTS[shift](t) for t in texts]
 
 
-def _snippets(split: str, n_chars: int, seed: int) -> list[str]:
+def code_snippets(split: str, n_chars: int, seed: int) -> list[str]:
     """Top-level functions and classes of standard-library files of ``split`` (seeded order) that both shifts
     change, up to ``n_chars``: code with indentation and local names, not licence headers and imports."""
     import ast
@@ -180,8 +168,8 @@ def run(
     params = S.block_params(model, layers, kind)
     n_layers = model.cfg.n_layers
     chars = train_chunks * seq_len * 4
-    train = _snippets("train", chars, seed)
-    held = _snippets("validation", eval_chunks * seq_len * 5, seed)
+    train = code_snippets("train", chars, seed)
+    held = code_snippets("validation", eval_chunks * seq_len * 5, seed)
     datasets = ["clean", *shifts] + (["both"] if len(shifts) > 1 else [])
     train_toks = {
         name: S.make_batches(model, shifted_texts(train, name), seq_len=seq_len, n=train_chunks)
@@ -336,9 +324,5 @@ def report(study: SignatureStudy):
 
 
 def write(study: SignatureStudy, out_dir) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "results.json"
-    js.write_text(json.dumps(study.to_json(), indent=1))
-    html = report(study).save(out / "report.html")
-    return html, js
+    """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
+    return write_study(out_dir, study.to_json(), lambda: report(study))

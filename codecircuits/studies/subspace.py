@@ -20,7 +20,6 @@ Steps (:func:`run`):
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from .. import subspace as sub
 from ..errors import InputError
 from ..inputs import single_token_id
 from ..tasks import parens
+from .common import write_study
 
 # Held-out templates: the paper's comment line reworded; the code line is the paper's.
 TEMPLATES = {
@@ -120,12 +120,7 @@ class SubspaceStudy:
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        js = out / "results.json"
-        js.write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
-        html = self.report().save(out / "report.html")
-        return html, js
+        return write_study(out_dir, self.to_json(), self.report)
 
 
 # ------------------------------------------------------------------------------------------------------ data
