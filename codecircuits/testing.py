@@ -13,6 +13,15 @@ from pathlib import Path
 import torch
 
 FAMILIES = ("llama", "gpt_neox", "codegen", "gpt_bigcode", "qwen2", "starcoder2")
+# clean/corrupted prompts of equal token length under the tiny tokenizer, first differing after a shared prefix
+PAIR_CLEAN = ("print(str(str(123", "print(len(str(456", "print(str(str(789")
+PAIR_CORRUPTED = ("print(str(len(123", "print(len(len(456", "print(str(len(789")
+
+
+def toy_metric(logits):
+    """A logit difference between two arbitrary tokens at the last position, per prompt (for tests)."""
+    return logits[:, -1, 5] - logits[:, -1, 7]
+
 
 _TOKENIZER_TEXT = [
     "def f(x):\n    return (x + 1)\n",

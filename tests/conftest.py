@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codecircuits.testing import FAMILIES, save_tiny_model
+from codecircuits.testing import FAMILIES, PAIR_CLEAN, PAIR_CORRUPTED, save_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,22 @@ def _threads(request):
     torch.set_num_threads(want)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pair():
+    """``pair(model) -> (clean, corrupted, clean_cache)``: the shared prompt pair as tokens, with the clean cache."""
+    from codecircuits import patching
+
+    cache = {}
+
+    def get(model):
+        if id(model) not in cache:
+            clean, corr = model.to_tokens(list(PAIR_CLEAN)), model.to_tokens(list(PAIR_CORRUPTED))
+            assert clean.shape == corr.shape, "test prompts must tokenize to equal lengths"
+            assert patching.first_difference(clean, corr) > 1
+            _, clean_cache = model.run_with_cache(clean)
+            cache[id(model)] = clean, corr, clean_cache
+        return cache[id(model)]
+
+    return get

@@ -7,14 +7,10 @@ import torch
 
 from codecircuits import ablation
 from codecircuits.errors import InputError
+from codecircuits.testing import toy_metric
 
 PROMPTS = ["print(str(str(123", "print(len(str(456", "print(str(str(789", "print(len(str(101"]
 ATOL = 1e-4
-
-
-def _metric(logits: torch.Tensor) -> torch.Tensor:
-    """Per-example logit difference between two fixed tokens at the last position."""
-    return logits[:, -1, 5] - logits[:, -1, 7]
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +48,25 @@ def test_ablate_zero_head_matches_hand_hook(tiny, toks_of):
 
 def test_head_sweep_zero_matches_one_run_per_head(tiny, toks_of):
     toks = toks_of(tiny)
-    res = ablation.head_sweep(tiny, toks, _metric, progress=False)
+    res = ablation.head_sweep(tiny, toks, toy_metric, progress=False)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
     assert res.axes == ("layer", "head") and res.values.shape == (L, H)
     assert res.per_example.shape == (L, H, len(PROMPTS))
     for layer in range(L):
         for head in range(H):
             logits = tiny.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", _zero_head_hook(head))])
-            torch.testing.assert_close(res.per_example[layer, head], _metric(logits), atol=ATOL, rtol=0)
-    torch.testing.assert_close(res.base, _metric(tiny(toks)), atol=ATOL, rtol=0)
+            torch.testing.assert_close(res.per_example[layer, head], toy_metric(logits), atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.base, toy_metric(tiny(toks)), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["mean", "resample"])
 def test_head_sweep_matches_context_manager(tiny, toks_of, kind):
     toks = toks_of(tiny)
-    res = ablation.head_sweep(tiny, toks, _metric, kind=kind, positions=[-3, -2, -1], progress=False)
+    res = ablation.head_sweep(tiny, toks, toy_metric, kind=kind, positions=[-3, -2, -1], progress=False)
     for layer in range(tiny.cfg.n_layers):
         for head in (0, tiny.cfg.n_heads - 1):
             with ablation.ablate(tiny, heads=[(layer, head)], kind=kind, reference=toks, positions=[-3, -2, -1]):
-                want = _metric(tiny(toks))
+                want = toy_metric(tiny(toks))
             torch.testing.assert_close(res.per_example[layer, head], want, atol=ATOL, rtol=0)
 
 
@@ -102,23 +98,23 @@ def test_resample_takes_another_prompt(tiny, toks_of):
 def test_neuron_sweep_matches_context_manager(tiny, toks_of):
     toks = toks_of(tiny)
     picks = [0, 7, tiny.cfg.d_mlp - 1]
-    res = ablation.neuron_sweep(tiny, toks, _metric, neurons=picks, memory_budget="1MB", progress=False)
+    res = ablation.neuron_sweep(tiny, toks, toy_metric, neurons=picks, memory_budget="1MB", progress=False)
     assert res.values.shape == (tiny.cfg.n_layers, len(picks))
     for layer in range(tiny.cfg.n_layers):
         for j, n in enumerate(picks):
             with ablation.ablate(tiny, neurons={layer: [n]}):
-                want = _metric(tiny(toks))
+                want = toy_metric(tiny(toks))
             torch.testing.assert_close(res.per_example[layer, j], want, atol=ATOL, rtol=0)
 
 
 def test_layer_sweep_matches_context_manager(tiny, toks_of):
     toks = toks_of(tiny)
-    res = ablation.layer_sweep(tiny, toks, _metric, kind="mean", progress=False)
+    res = ablation.layer_sweep(tiny, toks, toy_metric, kind="mean", progress=False)
     assert res.axes == ("layer", "part") and res.labels["part"] == ["attn", "mlp"]
     for layer in range(tiny.cfg.n_layers):
         for j, part in enumerate(("attn", "mlp")):
             with ablation.ablate(tiny, layers=[(layer, part)], kind="mean", reference=toks):
-                want = _metric(tiny(toks))
+                want = toy_metric(tiny(toks))
             torch.testing.assert_close(res.per_example[layer, j], want, atol=ATOL, rtol=0)
     with ablation.ablate(tiny, layers=[0]):  # a bare int ablates both parts
         both = tiny(toks)
@@ -157,7 +153,7 @@ def test_one_query_head_of_a_shared_kv_group(tiny, toks_of):
 
 
 def test_result_table(tiny, toks_of):
-    res = ablation.head_sweep(tiny, toks_of(tiny), _metric, layers=[1], progress=False)
+    res = ablation.head_sweep(tiny, toks_of(tiny), toy_metric, layers=[1], progress=False)
     df = res.to_dataframe()
     assert list(df.columns[:2]) == ["layer", "head"] and len(df) == tiny.cfg.n_heads
     assert df["layer"].tolist() == [1] * tiny.cfg.n_heads  # the real layer number, not the index

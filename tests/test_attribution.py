@@ -10,33 +10,15 @@ from transformer_lens.tools.analysis.attribution_patching import attribution_pat
 from codecircuits import attribution, patching
 from codecircuits.errors import InputError
 from codecircuits.models import kv_groups
-
-CLEAN = ["print(str(str(123", "print(len(str(456", "print(str(str(789"]
-CORRUPTED = ["print(str(len(123", "print(len(len(456", "print(str(len(789"]
-
-
-def _metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, -1, 5] - logits[:, -1, 7]
-
-
-@pytest.fixture(scope="module")
-def pair():
-    cache = {}
-
-    def get(model):
-        if id(model) not in cache:
-            cache[id(model)] = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
-        return cache[id(model)]
-
-    return get
+from codecircuits.testing import toy_metric
 
 
 def test_node_scores_equal_transformer_lens(tiny, pair):
     """Head outputs (attn.hook_z) and MLP outputs by layer and position: TL's attribution_patch numbers."""
-    clean, corr = pair(tiny)
-    tl = attribution_patch(tiny, clean, corr, lambda logits: _metric(logits).sum())
-    z = attribution.sweep(tiny, clean, corr, _metric, site="z", by=("layer", "pos", "head"), progress=False)
-    mlp = attribution.sweep(tiny, clean, corr, _metric, site="mlp_out", progress=False)
+    clean, corr, _ = pair(tiny)
+    tl = attribution_patch(tiny, clean, corr, lambda logits: toy_metric(logits).sum())
+    z = attribution.sweep(tiny, clean, corr, toy_metric, site="z", by=("layer", "pos", "head"), progress=False)
+    mlp = attribution.sweep(tiny, clean, corr, toy_metric, site="mlp_out", progress=False)
     n_checked = 0
     for node, score in tl.node_scores.items():
         if node.kind == "attn_head_out":
@@ -53,9 +35,11 @@ def test_node_scores_equal_transformer_lens(tiny, pair):
 @pytest.mark.parametrize("site", ["k", "v"])
 def test_query_heads_add_up_to_their_slot(tiny, pair, site):
     """The slot's attribution is the sum of its query heads' (exact linear decomposition, GQA/MQA included)."""
-    clean, corr = pair(tiny)
-    per_head = attribution.sweep(tiny, clean, corr, _metric, site=site, by=("layer", "pos", "head"), progress=False)
-    per_slot = attribution.sweep(tiny, clean, corr, _metric, site=site, by=("layer", "pos", "kv_head"), progress=False)
+    clean, corr, _ = pair(tiny)
+    per_head = attribution.sweep(tiny, clean, corr, toy_metric, site=site, by=("layer", "pos", "head"), progress=False)
+    per_slot = attribution.sweep(
+        tiny, clean, corr, toy_metric, site=site, by=("layer", "pos", "kv_head"), progress=False
+    )
     for g, heads in enumerate(kv_groups(tiny)):
         torch.testing.assert_close(
             per_head.effect[..., list(heads)].sum(-1), per_slot.effect[..., g], atol=1e-5, rtol=1e-4
@@ -65,8 +49,8 @@ def test_query_heads_add_up_to_their_slot(tiny, pair, site):
 
 def test_agrees_with_exact_patching(tiny, pair):
     """A first-order estimate: on the residual stream it ranks cells like exact patching does."""
-    clean, corr = pair(tiny)
-    est = attribution.sweep(tiny, clean, corr, _metric, site="resid_pre", exact=True, progress=False)
+    clean, corr, _ = pair(tiny)
+    est = attribution.sweep(tiny, clean, corr, toy_metric, site="resid_pre", exact=True, progress=False)
     assert est.exact is not None and est.exact.shape == est.shape
     assert est.rank_correlation == pytest.approx(attribution.spearman(est.effect, est.exact.effect))
     assert est.rank_correlation > 0.5
@@ -78,13 +62,13 @@ def test_agrees_with_exact_patching(tiny, pair):
 
 
 def test_neurons_and_noising(tiny, pair):
-    clean, corr = pair(tiny)
+    clean, corr, _ = pair(tiny)
     n = clean.shape[1]
     est = attribution.sweep(
-        tiny, clean, corr, _metric, site="post", neurons=[0, 5], positions=[n - 1], into="clean", progress=False
+        tiny, clean, corr, toy_metric, site="post", neurons=[0, 5], positions=[n - 1], into="clean", progress=False
     )
     assert est.axes == ("layer", "neuron") and est.values.shape == (tiny.cfg.n_layers, 2)
-    torch.testing.assert_close(est.base, _metric(tiny(clean)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(est.base, toy_metric(tiny(clean)), atol=1e-4, rtol=0)
     assert est.labels["neuron"] == [0, 5]
 
 

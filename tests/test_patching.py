@@ -9,35 +9,13 @@ from transformer_lens import patching as tlp
 from codecircuits import patching
 from codecircuits.errors import InputError
 from codecircuits.models import kv_groups, kv_head_of
+from codecircuits.testing import toy_metric
 
 ATOL = 1e-4
-# equal token lengths; the pairs first differ after a shared prefix, so the engine's savings are exercised
-CLEAN = ["print(str(str(123", "print(len(str(456", "print(str(str(789"]
-CORRUPTED = ["print(str(len(123", "print(len(len(456", "print(str(len(789"]
-
-
-def _metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, -1, 5] - logits[:, -1, 7]
-
-
-@pytest.fixture(scope="module")
-def pair():
-    cache = {}
-
-    def get(model):
-        if id(model) not in cache:
-            clean, corr = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
-            assert clean.shape == corr.shape, "test prompts must tokenize to equal lengths"
-            assert patching.first_difference(clean, corr) > 1
-            _, clean_cache = model.run_with_cache(clean)
-            cache[id(model)] = clean, corr, clean_cache
-        return cache[id(model)]
-
-    return get
 
 
 def _tl(fn, model, corr, clean_cache):
-    return fn(model, corr, clean_cache, _metric, reduce="mean")
+    return fn(model, corr, clean_cache, toy_metric, reduce="mean")
 
 
 def _check(ours: torch.Tensor, ref: torch.Tensor):
@@ -71,9 +49,9 @@ def test_same_numbers_as_transformer_lens(tiny, pair, site, by, fn):
     clean, corr, clean_cache = pair(tiny)
     if site == "resid_mid" and tiny.cfg.parallel_attn_mlp:
         with pytest.raises(Exception, match="resid_mid"):
-            patching.sweep(tiny, clean, corr, _metric, site=site, progress=False)
+            patching.sweep(tiny, clean, corr, toy_metric, site=site, progress=False)
         return
-    ours = patching.sweep(tiny, clean, corr, _metric, site=site, by=by, progress=False)
+    ours = patching.sweep(tiny, clean, corr, toy_metric, site=site, by=by, progress=False)
     _check(ours.values, _tl(fn, tiny, corr, clean_cache))
 
 
@@ -82,7 +60,7 @@ def test_query_head_kv_equals_slot_patch_when_not_shared(tiny, pair):
     clean, corr, clean_cache = pair(tiny)
     for site, fn in (("k", tlp.get_act_patch_attn_head_k_by_pos), ("v", tlp.get_act_patch_attn_head_v_all_pos)):
         by = ("layer", "pos", "head") if site == "k" else ("layer", "head")
-        ours = patching.sweep(tiny, clean, corr, _metric, site=site, by=by, progress=False)
+        ours = patching.sweep(tiny, clean, corr, toy_metric, site=site, by=by, progress=False)
         if len(kv_groups(tiny)) == tiny.cfg.n_heads:
             _check(ours.values, _tl(fn, tiny, corr, clean_cache))
         else:
@@ -117,13 +95,13 @@ def _query_head_reference(model, clean, corr, site, layer, head, pos=None):
                 act[:, :, h] = kc[keep_name][:, :, h]
         return act
 
-    return _metric(model.run_with_hooks(corr, fwd_hooks=[(name, patch), (keep_name, restore)]))
+    return toy_metric(model.run_with_hooks(corr, fwd_hooks=[(name, patch), (keep_name, restore)]))
 
 
 @pytest.mark.parametrize("site", ["k", "v"])
 def test_query_head_kv_on_shared_slots(tiny, pair, site):
     clean, corr, _ = pair(tiny)
-    res = patching.sweep(tiny, clean, corr, _metric, site=site, by=("layer", "pos", "head"), progress=False)
+    res = patching.sweep(tiny, clean, corr, toy_metric, site=site, by=("layer", "pos", "head"), progress=False)
     n = clean.shape[1]
     for layer in range(tiny.cfg.n_layers):
         for head in (0, tiny.cfg.n_heads - 1):
@@ -137,7 +115,15 @@ def test_neurons_and_noising_direction(tiny, pair):
     n = clean.shape[1]
     picks = [1, 9, tiny.cfg.d_mlp - 1]
     res = patching.sweep(
-        tiny, clean, corr, _metric, site="post", neurons=picks, positions=[n - 2, n - 1], into="clean", progress=False
+        tiny,
+        clean,
+        corr,
+        toy_metric,
+        site="post",
+        neurons=picks,
+        positions=[n - 2, n - 1],
+        into="clean",
+        progress=False,
     )
     assert res.axes == ("layer", "neuron") and res.values.shape == (tiny.cfg.n_layers, len(picks))
     _, kc = tiny.run_with_cache(corr)
@@ -149,26 +135,26 @@ def test_neurons_and_noising_direction(tiny, pair):
                 act[:, n - 2 :, nrn] = kc[name][:, n - 2 :, nrn]
                 return act
 
-            want = _metric(tiny.run_with_hooks(clean, fwd_hooks=[(name, hook)]))
+            want = toy_metric(tiny.run_with_hooks(clean, fwd_hooks=[(name, hook)]))
             torch.testing.assert_close(res.per_example[layer, j], want, atol=ATOL, rtol=0)
-    torch.testing.assert_close(res.base, _metric(tiny(clean)), atol=ATOL, rtol=0)
-    torch.testing.assert_close(res.source, _metric(tiny(corr)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.base, toy_metric(tiny(clean)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.source, toy_metric(tiny(corr)), atol=ATOL, rtol=0)
 
 
 def test_unchanged_prefix_is_the_baseline_exactly(tiny, pair):
     clean, corr, _ = pair(tiny)
     d = patching.first_difference(clean, corr)
-    res = patching.sweep(tiny, clean, corr, _metric, site="resid_pre", progress=False, memory_budget="64KB")
+    res = patching.sweep(tiny, clean, corr, toy_metric, site="resid_pre", progress=False, memory_budget="64KB")
     assert torch.equal(res.per_example[:, :d], res.base.expand(tiny.cfg.n_layers, d, -1))
     # patching the whole residual at layer 0, last position... restores the clean logits at the last position
-    full = patching.sweep(tiny, clean, corr, _metric, site="resid_pre", by=("layer",), progress=False)
+    full = patching.sweep(tiny, clean, corr, toy_metric, site="resid_pre", by=("layer",), progress=False)
     torch.testing.assert_close(full.per_example[0], full.source, atol=ATOL, rtol=0)
     torch.testing.assert_close(full.recovery[0], torch.tensor(1.0), atol=1e-4, rtol=0)
 
 
 def test_result_api(tiny, pair):
     clean, corr, _ = pair(tiny)
-    res = patching.sweep(tiny, clean, corr, _metric, site="z", by=("layer", "pos", "head"), progress=False)
+    res = patching.sweep(tiny, clean, corr, toy_metric, site="z", by=("layer", "pos", "head"), progress=False)
     assert res.axes == ("layer", "pos", "head")
     df = res.to_dataframe()
     assert {"layer", "pos", "pos_label", "head", "value", "effect", "recovery"} <= set(df.columns)
@@ -182,13 +168,13 @@ def test_bad_input_is_explained(tiny):
     clean = ["print(str(str(123"]
     longer = ["print(str(str(str(str(123"]
     with pytest.raises(InputError, match="differ by"):
-        patching.sweep(tiny, clean, longer, _metric, progress=False)
+        patching.sweep(tiny, clean, longer, toy_metric, progress=False)
     with pytest.raises(InputError, match="Unknown patching site"):
-        patching.sweep(tiny, clean, clean, _metric, site="resid", progress=False)
+        patching.sweep(tiny, clean, clean, toy_metric, site="resid", progress=False)
     with pytest.raises(InputError, match="cannot be swept by"):
-        patching.sweep(tiny, clean, clean, _metric, site="resid_pre", by=("layer", "head"), progress=False)
+        patching.sweep(tiny, clean, clean, toy_metric, site="resid_pre", by=("layer", "head"), progress=False)
     with pytest.raises(InputError, match="into"):
-        patching.sweep(tiny, clean, clean, _metric, into="both", progress=False)
+        patching.sweep(tiny, clean, clean, toy_metric, into="both", progress=False)
 
 
 def test_benchmark_runs_quick(monkeypatch):
