@@ -482,6 +482,18 @@ def assert_report(
     return c
 
 
+def check_study_report(html_path, json_path, screenshot_name: str, *, require: tuple[str, ...] = ()) -> PageCheck:
+    """:func:`check_report` against the study's own ``results.json``: the page's metric cards are exactly the
+    JSON's ``metrics`` with the same values, and its title names the JSON's model. The screenshot goes to
+    :func:`artifact_path` ``(screenshot_name)``."""
+    data = json.loads(Path(json_path).read_text())
+    assert isinstance(data.get("metrics"), dict) and data["metrics"], f"{json_path} has no metrics"
+    c = check_report(html_path, data["metrics"], artifact_path(screenshot_name), require=require)
+    model = data.get("model") or data.get("model_name")
+    assert model and str(model) in c.page["title"], f"title {c.page['title']!r} does not name the model {model!r}"
+    return c
+
+
 def artifact_path(name: str) -> Path:
     """Where a test artefact (a screenshot) goes: ``$CODECIRCUITS_ARTIFACTS`` or ``out/test-artifacts/`` in the repo."""
     root = Path(

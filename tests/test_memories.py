@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from browser import check_study_report
 
 from codecircuits import InputError
 from codecircuits import memories as mem
@@ -183,6 +184,7 @@ def test_study_runs_and_writes(tiny, tmp_path):
         assert len(st.promotes(layer, neuron)) == 10
     html, js = study_mod.write(st, tmp_path / "out", model=tiny)
     data = json.loads(js.read_text())
+    check_study_report(html, js, f"memories-{tiny.cfg.model_name}.png", require=("heatmap", "table", "tokens"))
     page = html.read_text()
     for key, value in data["metrics"].items():
         if value is not None:

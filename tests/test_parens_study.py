@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from browser import check_study_report
 
 from codecircuits.corpus import directory
 from codecircuits.studies import parens as study
@@ -64,6 +65,9 @@ def test_whole_study_on_every_family(tiny, tiny_study, tmp_path):
     assert json.loads(js.read_text())["counts"] == [1, 2, 3, 4]
     for key in s.key_metrics():
         assert f'data-metric="{key}"' in page
+    check_study_report(
+        html, js, f"parens-{tiny.cfg.model_name}.png", require=("heatmap", "attention", "line-chart", "table", "code")
+    )
 
 
 def test_config_errors():
@@ -142,13 +146,8 @@ def test_smollm2_one_head_hurts_4_and_amplification_targets_it(smollm2_study):
 
 @pytest.mark.slow
 def test_smollm2_report_in_a_browser(smollm2_study, tmp_path):
-    from browser import check_report
-
     html, js = smollm2_study.save(tmp_path / "parens")
-    check_report(
-        html,
-        smollm2_study.key_metrics(),
-        tmp_path / "parens.png",
-        require=("heatmap", "attention", "line-chart", "table", "code"),
+    check_study_report(
+        html, js, "parens-smollm2-135m.png", require=("heatmap", "attention", "line-chart", "table", "code")
     )
     assert json.loads(js.read_text())["accuracy"]["4"] <= 0.2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from browser import check_study_report
 
 from codecircuits import CheckpointError, InputError
 from codecircuits import repair as R
@@ -273,6 +274,7 @@ def test_study_runs_undoes_every_edit_and_reports(tiny, tmp_path):
     assert sorted(df.method) == ["mint", "sgd"] and df.restored.all()
     assert (df.spec_n > 0).all() and (df.gen_n <= 8).all()
     html, js = SR.write(st, tmp_path)
+    check_study_report(html, js, f"repair-{tiny.cfg.model_name}.png", require=("table", "code"))
     data = json.loads(js.read_text())
     assert data["metrics"]["n_cases"] == 1
     text = html.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from browser import check_study_report
 
 from codecircuits import HookNameError, InputError
 from codecircuits import subspace as sub
@@ -200,6 +201,7 @@ def test_study_runs_end_to_end_and_writes_its_report(tiny, tmp_path):
     assert set(s.checks) == {c["hook"] for c in s.choice.values()}
     html, js = s.save(tmp_path / "out")
     data = json.loads(js.read_text())
+    check_study_report(html, js, f"subspace-{tiny.cfg.model_name}.png", require=("table", "line-chart"))
     assert set(data["checks"]) == set(s.checks)
     page = html.read_text()
     hook = next(iter(s.checks))

@@ -394,7 +394,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         "masking edits, layer agreement",
         meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
     )
-    metrics = {k: v for k, v in json_safe(study.metrics()).items() if v is not None}
+    metrics = json_safe(study.metrics())  # the same numbers as results.json ("—" where a number is undefined)
     r.metrics(metrics, labels={k: _LABELS.get(k, k) for k in metrics})
 
     r.section(

@@ -23,7 +23,6 @@ dataset has that token, else ``k - 1`` (the counterfactual's answer, as in the p
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from .. import heads as heads_mod
 from .. import lens
 from ..errors import InputError
 from ..tasks import parens as task
-from .common import write_study
+from .common import json_safe, write_study
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -148,19 +147,7 @@ class ParensStudy:
         return {k: v.attn_share() for k, v in self.contributions.items()}
 
     def to_json(self) -> dict:
-        """Every number of the study as JSON-able data (NaN becomes None)."""
-
-        def clean(x):
-            if isinstance(x, torch.Tensor):
-                return clean(x.tolist())
-            if isinstance(x, float):
-                return None if math.isnan(x) or math.isinf(x) else x
-            if isinstance(x, dict):
-                return {str(k): clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            return x
-
+        """Every number of the study as JSON-able data (NaN becomes None); ``metrics`` are the report's cards."""
         pr = self.promoters
         out = {
             "model": self.model_name,
@@ -217,17 +204,18 @@ class ParensStudy:
             "scaling": self.scaling,
             "mined": self.mined,
             "timings_s": self.timings,
+            "metrics": self.key_metrics(),
         }
-        return clean(out)
+        return json_safe(out, digits=None)
 
-    def key_metrics(self) -> dict[str, float]:
+    def key_metrics(self) -> dict[str, float | None]:
         """The headline numbers (also the report's metric cards)."""
         m: dict[str, float] = {}
         for k in self.counts:
             m[f"accuracy_{k}"] = round(float(self.accuracy[k]), 4)
         for k in self.counts:
             e = self.emergence[k]
-            m[f"emergence_layer_{k}"] = -1 if e is None else int(e)
+            m[f"emergence_layer_{k}"] = None if e is None else int(e)  # None: never (shown as "—")
         for k in self.counts:
             m[f"attn_share_{k}"] = round(float(self.attn_share[k]), 4)
         if self.scaling.get("best") is not None:

@@ -33,7 +33,7 @@ from .. import subspace as sub
 from ..errors import InputError
 from ..inputs import single_token_id
 from ..tasks import parens
-from .common import write_study
+from .common import json_safe, write_study
 
 # Held-out templates: the paper's comment line reworded; the code line is the paper's.
 TEMPLATES = {
@@ -89,17 +89,15 @@ class SubspaceStudy:
     def verdicts(self) -> dict[str, str]:
         return {h: r.verdict for h, r in self.checks.items()}
 
-    def to_json(self) -> dict:
-        def clean(x):
-            if isinstance(x, float) and not np.isfinite(x):
-                return None
-            if isinstance(x, dict):
-                return {str(k): clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            return x
+    def metrics(self) -> dict[str, float]:
+        """Every metric card of the report: pair counts, then each learned subspace's headline numbers."""
+        m = {"train_pairs": self.n_pairs["train"], "test_pairs": self.n_pairs["test"]}
+        for h, rep in self.checks.items():
+            m.update(_hook_metrics(h, rep))
+        return m
 
-        return clean(
+    def to_json(self) -> dict:
+        return json_safe(
             dict(
                 model=self.model_name,
                 config=asdict(self.config),
@@ -112,7 +110,9 @@ class SubspaceStudy:
                 by_group=self.by_group,
                 examples=self.examples,
                 timings=self.timings,
-            )
+                metrics=self.metrics(),
+            ),
+            digits=None,
         )
 
     def report(self):
@@ -356,6 +356,22 @@ def _hist(sep: sub.Separation, bins: int = 12) -> tuple[list[float], dict[str, l
     return centres, series
 
 
+def _hook_metrics(hook: str, rep) -> dict[str, float]:
+    """The headline numbers of one learned subspace (its report section's cards)."""
+    key = hook.replace(".", "_")
+    m = {
+        f"{key}_fldd_full": rep.fldd("full/test"),
+        f"{key}_fldd_das_train": rep.fldd("das/train"),
+        f"{key}_fldd_das_test": rep.fldd("das/test"),
+        f"{key}_iia_das_test": rep.patches["das/test"].interchange_accuracy,
+    }
+    if "rowspace/test" in rep.patches:
+        m[f"{key}_fldd_rowspace_test"] = rep.fldd("rowspace/test")
+        m[f"{key}_v_row_norm"] = rep.row_norm
+        m[f"{key}_v_null_norm"] = rep.null_norm
+    return m
+
+
 def _report(s: SubspaceStudy):
     from ..report import Report
 
@@ -371,7 +387,7 @@ def _report(s: SubspaceStudy):
         "number of parens. FLDD = 100·(1 − mean patched logit difference / mean clean logit difference); interchange "
         "accuracy = share of pairs whose patched answer (among the two paren tokens) is the source's.",
     )
-    r.metrics({"train_pairs": s.n_pairs["train"], "test_pairs": s.n_pairs["test"]})
+    r.metrics({"train_pairs": s.n_pairs["train"], "test_pairs": s.n_pairs["test"]})  # see SubspaceStudy.metrics
     r.table(
         [{"template": t, **{f"accuracy, {v} open": a for v, a in d.items()}} for t, d in s.accuracy.items()],
         caption="clean accuracy per template (only correctly answered prompts are used)",
@@ -405,18 +421,7 @@ def _report(s: SubspaceStudy):
     )
     for h, rep in s.checks.items():
         r.section(f"{h}", text=f"Verdict: {rep.verdict}. " + ("; ".join(rep.reasons) + "." if rep.reasons else ""))
-        key = h.replace(".", "_")
-        m = {
-            f"{key}_fldd_full": rep.fldd("full/test"),
-            f"{key}_fldd_das_train": rep.fldd("das/train"),
-            f"{key}_fldd_das_test": rep.fldd("das/test"),
-            f"{key}_iia_das_test": rep.patches["das/test"].interchange_accuracy,
-        }
-        if "rowspace/test" in rep.patches:
-            m[f"{key}_fldd_rowspace_test"] = rep.fldd("rowspace/test")
-            m[f"{key}_v_row_norm"] = rep.row_norm
-            m[f"{key}_v_null_norm"] = rep.null_norm
-        r.metrics(m)
+        r.metrics(json_safe(_hook_metrics(h, rep), digits=None))
         r.table(rep.to_dataframe().drop(columns=["hook"]), caption="every patch, train and held-out pairs")
         r.table(
             [{"direction": k, **v.summary()} for k, v in rep.separation.items()],
