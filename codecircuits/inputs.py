@@ -94,3 +94,39 @@ def check_hook_names(model, names: str | Sequence[str]) -> list[str]:
                 "'blocks.0.hook_resid_pre'; `model.hook_dict` lists them all."
             )
     return list(names)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte-level BPE alphabet: printable stand-in character -> byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+_BYTES = _byte_decoder()
+
+
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """The text of each token id on its own, readable even when the token is part of a multi-byte character.
+
+    ``tokenizer.decode([id])`` gives ``"\\ufffd"`` for a token that holds only some bytes of a UTF-8 character
+    (common in byte-level BPE vocabularies); such tokens are shown as their bytes instead, e.g. ``"\\xe2\\x80"``
+    (byte-level BPE) or the tokenizer's own ``"<0xE2>"`` (SentencePiece byte fallback).
+    """
+    out = []
+    for i in ids:
+        text = tokenizer.decode([int(i)])
+        if "\ufffd" in text:
+            raw = tokenizer.convert_ids_to_tokens(int(i)) or ""
+            if raw and all(ch in _BYTES for ch in raw):
+                data = bytes(_BYTES[ch] for ch in raw)
+                text = data.decode("utf-8", errors="backslashreplace")
+            elif raw:
+                text = raw
+        out.append(text)
+    return out

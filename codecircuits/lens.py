@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from .inputs import token_texts
+
 
 def is_layernorm(model) -> bool:
     """True for LayerNorm models (the readout centres vectors), False for RMSNorm."""
@@ -307,5 +309,5 @@ def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool =
             if frozen_scale:
                 res = apply_final_norm(model, res, scale[:, None])
             out.append(res @ w_u)
-    labels = tuple(model.tokenizer.decode([i]) for i in ids.tolist())
+    labels = tuple(token_texts(model.tokenizer, ids.tolist()))
     return HeadLogits(torch.stack(out, 1).detach(), tuple(ids.tolist()), labels, frozen_scale, pos)

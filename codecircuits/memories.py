@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from .corpus import CodeFile, Corpus
 from .errors import InputError
+from .inputs import token_texts
 
 FORMAT = "codecircuits.memories/1"
 RANK_BY = ("auto", "abs", "signed")
@@ -801,8 +802,7 @@ def value_tokens(
                 bots.append(torch.cat(bi)),
                 botl.append(torch.cat(bl)),
             )
-    strs = tuple(model.tokenizer.convert_ids_to_tokens(list(range(W_U.shape[1]))))
-    strs = tuple(model.tokenizer.convert_tokens_to_string([s]) if s is not None else "" for s in strs)
+    strs = tuple(token_texts(model.tokenizer, range(W_U.shape[1])))
     return ValueTokens(
         top_ids=torch.stack(tops).cpu(),
         top_logits=torch.stack(topl).cpu(),

@@ -25,3 +25,17 @@ def test_single_token_label(tiny):
     assert isinstance(single_token_id(tiny, ")))"), int)
     with pytest.raises(InputError, match="not a single token"):
         single_token_id(tiny, "print(str(")
+
+
+def test_token_texts_show_partial_characters_as_bytes(tiny):
+    from codecircuits.inputs import token_texts
+
+    tok = tiny.tokenizer
+    ids = tok("s = 'ünï 日本' + x", add_special_tokens=False)["input_ids"]
+    texts = token_texts(tok, ids)
+    assert len(texts) == len(ids) and not any("\ufffd" in t for t in texts)
+    for i, t in zip(ids, texts):
+        if "\ufffd" not in tok.decode([i]):
+            assert t == tok.decode([i])
+        else:
+            assert "\\x" in t or t.startswith("<0x")

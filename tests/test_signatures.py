@@ -187,3 +187,38 @@ def test_study_runs_restores_and_reports(tiny, tmp_path):
     check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"))
     assert json.loads(js.read_text())["metrics"]["base_clean"] == pytest.approx(m["base_clean"])
     assert 'data-metric="tabs_gain_signature"' in html.read_text()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Study-level findings on the default model (docs/findings_signatures.md), at a reduced budget.
+
+
+@pytest.mark.slow
+def test_default_model_tabs_signature_recovers_most_of_the_finetune_gain(default_model, tmp_path):
+    """A brief fine-tune on tab-indented code lowers held-out tabs loss; the tabs signature (its task vector minus
+    the clean one's component) keeps most of that gain, helps tabs more than clean code, and sits in a file
+    several times smaller than a full copy of the weights; every patch is undone."""
+    from codecircuits.studies import signatures as SS
+
+    model = default_model
+    toks = _toks(model)
+    logits0 = model(toks)
+    st = SS.run(
+        model,
+        shifts=("tabs",),
+        steps=8,
+        lr=3e-4,
+        batch_size=4,
+        seq_len=64,
+        eval_chunks=4,
+        alphas=(0.0, 1.0),
+        progress=False,
+    )
+    assert torch.equal(model(toks), logits0)
+    m = st.metrics()
+    assert m["tabs_gain_finetune"] > 0.05, m
+    assert m["tabs_gain_signature"] > 0.5 * m["tabs_gain_finetune"], m
+    assert m["tabs_gain_signature"] > m["base_clean"] - m["sig_tabs_alpha1_clean"], m  # discriminative
+    assert m["ratio_full_to_signature"] > 4
+    html, js = SS.write(st, tmp_path)
+    check_study_report(html, js, "signatures-smollm2-135m.png", require=("table", "line-chart"))

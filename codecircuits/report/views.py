@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..inputs import to_tokens
+from ..inputs import to_tokens, token_texts
 from . import elements as el
 from .builder import Report, asset, page_scripts
 
@@ -130,8 +130,7 @@ def parse_neurons(model, neurons) -> list[tuple[int, int]]:
 
 def str_tokens(model, tokens: torch.Tensor) -> list[str]:
     """The text of each token of a ``[pos]`` or ``[1, pos]`` tensor, as the model's tokenizer decodes it."""
-    ids = tokens.reshape(-1).tolist()
-    return [model.tokenizer.decode([i]) for i in ids]
+    return token_texts(model.tokenizer, tokens.reshape(-1).tolist())
 
 
 @torch.no_grad()
