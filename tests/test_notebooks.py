@@ -1,10 +1,12 @@
-"""Every notebook under notebooks/ runs top to bottom on the public API (they hold no logic of their own)."""
+"""Every notebook under notebooks/ runs top to bottom on the public API (they hold no logic of their own); every
+study report a notebook writes (into its working directory) passes the browser check against its results.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from browser import check_study_report
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -22,3 +24,7 @@ def test_notebook_runs(path, tmp_path):
         o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
     ]
     assert not errors
+    for html in sorted(tmp_path.glob("*/report.html")):
+        js = html.with_name("results.json")
+        if js.is_file():
+            check_study_report(html, js, f"notebook-{path.stem}-{html.parent.name}.png")
