@@ -425,6 +425,10 @@ def head_sweep(
     The heads of a layer run together along the batch dimension, from that layer on (earlier layers are
     not recomputed), and from the first ablated position on. ``reference`` defaults to ``tokens`` for mean
     and resample ablation.
+
+    ``metric`` maps logits ``[rows, pos, vocab]`` to one value per row (``[rows]``); it is called on several
+    heads' runs stacked along the batch (rows = heads x prompts), so it must treat rows independently (index
+    with ``logits[:, -1, ...]``, never reduce over the batch). ``res.per_example`` keeps each prompt's value.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_heads(model, [(layer, 0) for layer in layers])

@@ -25,15 +25,13 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .inputs import check_hook_names, paired_tokens
+from .inputs import check_hook_names
 from .models.summary import kv_head_of
 from .patching import (
-    ALLOWED_BY,
-    DEFAULT_BY,
     Metric,
     SweepResult,
     _check_metric_output,
-    _site,
+    _sweep_setup,
     first_difference,
     position_labels,
 )
@@ -138,22 +136,10 @@ def sweep(
     ``rank_correlation``. The result's ``per_example`` is ``base + estimated effect``, so ``effect`` and
     ``recovery`` read as for an exact sweep.
     """
-    site, hook_suffix, kind = _site(site)
-    by = tuple(by) if by is not None else DEFAULT_BY[kind]
-    if by not in ALLOWED_BY[kind]:
-        raise InputError(
-            f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, ALLOWED_BY[kind]))}."
-        )
-    if into not in ("corrupted", "clean"):
-        raise InputError(f"into must be 'corrupted' (clean activations patched in) or 'clean'; got {into!r}.")
-    clean_t, corr_t = paired_tokens(model, clean, corrupted)
-    recv_t, donor_t = (corr_t, clean_t) if into == "corrupted" else (clean_t, corr_t)
-    cfg = model.cfg
-    n_layers, n_pos = int(cfg.n_layers), int(recv_t.shape[1])
-    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
-    if any(not 0 <= x < n_layers for x in layer_list):
-        raise InputError(f"Layers {layer_list} include some the model lacks: it has {n_layers} layers.")
-    pos_list = list(range(n_pos)) if positions is None else sorted({int(p) % n_pos for p in _as_list(positions)})
+    st = _sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
+    site, hook_suffix, kind, by = st.site, st.hook_suffix, st.kind, st.by
+    clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
+    layer_list, pos_list, n_pos = st.layer_list, st.pos_list, int(st.recv_t.shape[1])
     query_kv = kind == "kv" and "head" in by  # a query head's own use of its key/value slot (any model)
 
     names = [f"blocks.{layer}.{hook_suffix}" for layer in layer_list]

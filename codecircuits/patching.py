@@ -562,6 +562,45 @@ def _merge(plans: list[_Plan], n_pos: int, n_ex: int, overhead: float, max_cells
     return groups
 
 
+@dataclass(frozen=True)
+class _SweepSetup:
+    site: str
+    hook_suffix: str
+    kind: str
+    by: tuple[str, ...]
+    clean_t: torch.Tensor
+    corr_t: torch.Tensor
+    recv_t: torch.Tensor  # the run that receives the patches
+    donor_t: torch.Tensor  # the run the patched activations come from
+    layer_list: list[int]
+    pos_list: list[int]
+
+
+def _sweep_setup(model, clean, corrupted, site, by, into, layers, positions) -> _SweepSetup:
+    """Checked arguments shared by the exact sweep and its attribution estimate."""
+    from .inputs import paired_tokens
+
+    site, hook_suffix, kind = _site(site)
+    by = tuple(by) if by is not None else DEFAULT_BY[kind]
+    if by not in ALLOWED_BY[kind]:
+        raise InputError(
+            f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, ALLOWED_BY[kind]))}."
+        )
+    if into not in ("corrupted", "clean"):
+        raise InputError(f"into must be 'corrupted' (clean activations patched in) or 'clean'; got {into!r}.")
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    recv_t, donor_t = (corr_t, clean_t) if into == "corrupted" else (clean_t, corr_t)
+    n_layers, n_pos = int(model.cfg.n_layers), int(clean_t.shape[1])
+    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layer_list if not 0 <= x < n_layers]
+    if bad:
+        raise InputError(f"Layers {bad} do not exist: the model has {n_layers} layers.")
+    if any(not -n_pos <= int(p) < n_pos for p in _as_list(positions or [])):
+        raise InputError(f"Positions {_as_list(positions)} are outside prompts of {n_pos} tokens.")
+    pos_list = list(range(n_pos)) if positions is None else sorted({int(p) % n_pos for p in _as_list(positions)})
+    return _SweepSetup(site, hook_suffix, kind, by, clean_t, corr_t, recv_t, donor_t, layer_list, pos_list)
+
+
 def sweep(
     model,
     clean,
@@ -601,30 +640,15 @@ def sweep(
     Returns a :class:`SweepResult`: ``per_example`` ``[*by, batch]``, ``base`` the receiving run's metric and
     ``source`` the donor run's, so ``recovery`` is the usual normalised score.
     """
-    site, hook_suffix, kind = _site(site)
-    by = tuple(by) if by is not None else DEFAULT_BY[kind]
-    if by not in ALLOWED_BY[kind]:
-        raise InputError(
-            f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, ALLOWED_BY[kind]))}."
-        )
-    if into not in ("corrupted", "clean"):
-        raise InputError(f"into must be 'corrupted' (clean activations patched in) or 'clean'; got {into!r}.")
-    from .inputs import paired_tokens
-
-    clean_t, corr_t = paired_tokens(model, clean, corrupted)
-    recv_t, donor_t = (corr_t, clean_t) if into == "corrupted" else (clean_t, corr_t)
+    st = _sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
+    site, hook_suffix, kind, by = st.site, st.hook_suffix, st.kind, st.by
+    clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
+    layer_list, pos_list, n_pos = st.layer_list, st.pos_list, int(st.clean_t.shape[1])
     cfg = model.cfg
-    n_layers, n_pos, n_heads = int(cfg.n_layers), int(clean_t.shape[1]), int(cfg.n_heads)
+    n_heads = int(cfg.n_heads)
     from .models.summary import kv_head_of, n_kv_heads
 
     n_kv = n_kv_heads(model)
-    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
-    bad = [x for x in layer_list if not 0 <= x < n_layers]
-    if bad:
-        raise InputError(f"Layers {bad} do not exist: the model has {n_layers} layers.")
-    pos_list = list(range(n_pos)) if positions is None else sorted({int(p) % n_pos for p in _as_list(positions)})
-    if any(not -n_pos <= int(p) < n_pos for p in _as_list(positions or [])):
-        raise InputError(f"Positions {_as_list(positions)} are outside prompts of {n_pos} tokens.")
     if kind == "neuron":
         n_units, units = int(cfg.d_mlp), neurons
     elif "kv_head" in by:

@@ -32,6 +32,7 @@ import torch
 from .. import corpus as corpus_mod
 from .. import repair as R
 from ..errors import InputError
+from ..inputs import token_texts
 from .common import json_safe, write_study
 
 PAPER = (
@@ -89,11 +90,11 @@ class RepairStudy:
         return pd.DataFrame(out)
 
     def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {"n_cases": float(len(self.cases)), "heldout_loss_base": self.heldout_loss_base}
+        """The headline numbers (the report's cards); :meth:`summary` has the rest per method."""
+        out: dict[str, float] = {"n_cases": len(self.cases), "heldout_loss_base": self.heldout_loss_base}
         for row in self.summary().to_dict("records"):
-            m = row.pop("method")
-            row.pop("cases")
-            out.update({f"{m}_{k}": v for k, v in row.items()})
+            m = row["method"]
+            out.update({f"{m}_{k}": row[k] for k in HEADLINE})
         return json_safe(out)
 
     def to_json(self) -> dict:
@@ -107,6 +108,17 @@ class RepairStudy:
                 "examples": list(self.examples),
             }
         )
+
+
+HEADLINE = (
+    "success_rate",
+    "neurons_per_success",
+    "seconds_per_case",
+    "gen_fixed",
+    "gen_delta_logp",
+    "spec_unchanged",
+    "heldout_loss_delta",
+)
 
 
 def _mean(s) -> float:
@@ -232,8 +244,8 @@ def run(
             source=case.source,
             line_no=case.line_no,
             errors=len(case.errors),
-            target=tok.decode([target]),
-            wrong=tok.decode([wrong]),
+            target=token_texts(tok, [target])[0],
+            wrong=token_texts(tok, [wrong])[0],
         )
         # MINT
         res = R.mint_repair(model, case, layers=layers, n_candidates=n_candidates, max_edits=max_edits, scale=scale)
@@ -257,9 +269,9 @@ def run(
             examples.append(
                 {
                     "line": case.line,
-                    "reference": [tok.decode([t]) for t in case.reference],
-                    "before": [tok.decode([t]) for t in case.predicted],
-                    "after_mint": [tok.decode([t]) for t in res.predicted_after],
+                    "reference": token_texts(tok, case.reference),
+                    "before": token_texts(tok, case.predicted),
+                    "after_mint": token_texts(tok, res.predicted_after),
                     "neurons": [f"L{a}N{b}" for a, b in res.edits.neurons],
                     "success": res.success,
                 }
