@@ -356,6 +356,17 @@ def _hist(sep: sub.Separation, bins: int = 12) -> tuple[list[float], dict[str, l
     return centres, series
 
 
+_CARD_LABELS = {
+    "fldd_full": "FLDD %, whole component (held-out)",
+    "fldd_das_train": "FLDD %, DAS direction (train)",
+    "fldd_das_test": "FLDD %, DAS direction (held-out)",
+    "iia_das_test": "interchange accuracy, DAS (held-out)",
+    "fldd_rowspace_test": "FLDD %, rowspace part only (held-out)",
+    "v_row_norm": "|v_row|: rowspace part of the direction",
+    "v_null_norm": "|v_null|: nullspace part of the direction",
+}
+
+
 def _hook_metrics(hook: str, rep) -> dict[str, float]:
     """The headline numbers of one learned subspace (its report section's cards)."""
     key = hook.replace(".", "_")
@@ -421,7 +432,9 @@ def _report(s: SubspaceStudy):
     )
     for h, rep in s.checks.items():
         r.section(f"{h}", text=f"Verdict: {rep.verdict}. " + ("; ".join(rep.reasons) + "." if rep.reasons else ""))
-        r.metrics(json_safe(_hook_metrics(h, rep), digits=None))
+        m = json_safe(_hook_metrics(h, rep), digits=None)
+        prefix = h.replace(".", "_") + "_"
+        r.metrics(m, labels={k: _CARD_LABELS.get(k[len(prefix) :], k) for k in m})
         r.table(rep.to_dataframe().drop(columns=["hook"]), caption="every patch, train and held-out pairs")
         r.table(
             [{"direction": k, **v.summary()} for k, v in rep.separation.items()],
