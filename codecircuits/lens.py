@@ -72,7 +72,7 @@ def _check_ids_in_vocab(model, *ids: torch.Tensor) -> None:
             raise InputError(f"Token ids must lie in [0, {model.cfg.d_vocab}); got {t.min().item()}..{t.max().item()}.")
 
 
-_LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+_LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z", "ln1_post.hook_scale")
 
 
 def run_cache(model, tokens, *, names=_LENS_HOOKS, extra: tuple[str, ...] = ()):
@@ -245,10 +245,24 @@ def sublayer_contributions(model, tokens, correct, wrong, *, pos: int = -1, cach
 
 
 def has_post_attention_norm(model) -> bool:
-    """True when each attention output passes a norm before the residual (Gemma 2/3's ``ln1_post``): per-head
-    ``z @ W_O`` is then not the head's direct write, and :func:`head_logits` reads it before that norm."""
+    """True when each attention output passes a norm before the residual (Gemma 2/3's ``ln1_post``): a head's
+    direct write is then ``z @ W_O`` divided by that norm's scale and multiplied by its gain (see
+    :func:`post_attention_gain`), which :func:`head_logits` applies with the scale frozen from the run."""
     blocks = getattr(model, "blocks", None)
     return bool(blocks is not None and len(blocks) and hasattr(blocks[0], "ln1_post"))
+
+
+def post_attention_gain(model, layer: int) -> torch.Tensor:
+    """``[d_model]``: the elementwise gain of layer ``layer``'s post-attention RMS norm, so that
+    ``attn_out = (z @ W_O) / hook_scale * gain`` (Gemma's norm multiplies by ``1 + weight``; read off the module
+    by normalising a vector of ones, whose RMS is known)."""
+    norm = model.blocks[layer].ln1_post
+    module = getattr(norm, "_original_component", norm)
+    eps = float(getattr(module, "eps", getattr(module, "variance_epsilon", 0.0)))
+    w = next(module.parameters())
+    ones = torch.ones(1, w.shape[-1], dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        return (module(ones)[0] * (1.0 + eps) ** 0.5).detach()
 
 
 @dataclass(frozen=True)
@@ -292,8 +306,9 @@ class HeadLogits:
 def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool = True, cache=None) -> HeadLogits:
     """Per-head direct logit attribution at ``pos`` onto ``token_ids`` (METHODS §2.3), from ``attn.hook_z``.
 
-    For models with a norm after attention (see :func:`has_post_attention_norm`) the values are read before
-    that norm, so they rank heads but are not their exact direct writes.
+    For models with a norm after attention (see :func:`has_post_attention_norm`) each head's output is passed
+    through that norm with its scale frozen from the run (``ln1_post.hook_scale``), so the heads of a layer sum
+    to the layer's ``hook_attn_out``, as they do in models without it.
     """
     if cache is None:
         _, cache = run_cache(model, tokens)
@@ -302,10 +317,14 @@ def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool =
     scale = final_scale(cache, pos) if frozen_scale else None
     w_u = model.W_U[:, ids.to(model.W_U.device)]  # [d_model, token]
     out = []
+    post_norm = has_post_attention_norm(model)
     with torch.no_grad():
         for layer in range(model.cfg.n_layers):
             z = cache[f"blocks.{layer}.attn.hook_z"][:, pos]  # [batch, head, d_head]
             res = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer])
+            if post_norm:  # the norm after attention, linear once its scale is frozen
+                scale_l = cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos]  # [batch, 1]
+                res = res / scale_l[:, None] * post_attention_gain(model, layer).to(res.dtype)
             if frozen_scale:
                 res = apply_final_norm(model, res, scale[:, None])
             out.append(res @ w_u)

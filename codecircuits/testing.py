@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 FAMILIES = ("llama", "gpt_neox", "codegen", "gpt_bigcode", "qwen2", "starcoder2")
+# built on request for the checks that concern them, not part of every test's matrix
+EXTRA_FAMILIES = ("gemma3",)
 # clean/corrupted prompts of equal token length under the tiny tokenizer, first differing after a shared prefix
 PAIR_CLEAN = ("print(str(str(123", "print(len(str(456", "print(str(str(789")
 PAIR_CORRUPTED = ("print(str(len(123", "print(len(len(456", "print(str(len(789")
@@ -120,8 +122,23 @@ def tiny_hf_model(
             **common,
         )
         cls = tf.Starcoder2ForCausalLM
+    elif family == "gemma3":  # outside the main matrix: a norm after attention and after the MLP, q/k norms
+        cfg = tf.Gemma3TextConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2),
+            head_dim=d_model // n_heads,
+            query_pre_attn_scalar=d_model // n_heads,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"] * (n_layers // 2) + ["full_attention"] * (n_layers % 2),
+            max_position_embeddings=256,
+            **common,
+        )
+        cls = tf.Gemma3ForCausalLM
     else:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES + EXTRA_FAMILIES)}")
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     # random init is small; scale weights up a little so attention patterns and activations are not flat

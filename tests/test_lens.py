@@ -105,6 +105,28 @@ def test_head_logits_against_stack_head_results(tiny, run_of):
     assert list(fro.top(2).columns[:3]) == ["head", "layer", "head_index"]
 
 
+def test_head_logits_pass_the_norm_after_attention(tmp_path):
+    """Gemma 3 normalises each attention output before the residual: with that norm's scale frozen, the heads of a
+    layer add up to the layer's attention contribution exactly, as in models without it."""
+    from codecircuits import load_model
+    from codecircuits.testing import save_tiny_model
+
+    model = load_model(save_tiny_model("gemma3", tmp_path / "gemma3"), device="cpu")
+    assert lens.has_post_attention_norm(model)
+    toks = model.to_tokens(PROMPTS)
+    _, cache = lens.run_cache(model, toks)
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        pre = torch.einsum("bphd,hdm->bpm", z, model.W_O[layer])
+        want = pre / cache[f"blocks.{layer}.ln1_post.hook_scale"] * lens.post_attention_gain(model, layer)
+        torch.testing.assert_close(want, cache[f"blocks.{layer}.hook_attn_out"], atol=ATOL, rtol=1e-4)
+    c, w = _ids(model)
+    fro = lens.head_logits(model, toks, [c, w], cache=cache)
+    sc = lens.sublayer_contributions(model, toks, c, w, cache=cache)
+    heads_sum = (fro.values[..., 0] - fro.values[..., 1]).sum(-1).T  # [layer, batch]
+    torch.testing.assert_close(heads_sum, sc.attn, atol=ATOL, rtol=1e-4)
+
+
 def test_bad_ids_are_clear_errors(tiny, run_of):
     toks, logits, cache = run_of(tiny)
     with pytest.raises(InputError, match="one id per prompt"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
-from ..inputs import to_tokens
+from ..inputs import to_tokens, token_texts
 from ..lens import final_scale, head_logits, to_logits
 from ._util import position_labels, show_token
 from .builder import Report
@@ -103,15 +103,16 @@ def prompt_report(
             f"blocks.{layer}.hook_resid_post",
             f"blocks.{layer}.mlp.hook_post",
         }
-    # hook_z in a cache of its own names: head_logits reads attn.hook_z and ln_final.hook_scale
+    # head_logits reads attn.hook_z, ln_final.hook_scale and (models with a norm after attention) its scale
     names |= {f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)}
+    names |= {f"blocks.{layer}.ln1_post.hook_scale" for layer in range(n_layers)}
     logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
     tokens = str_tokens(model, toks)
 
     probs = logits[0, -1].float().softmax(-1)
     top_p, top_i = probs.topk(5)
     top_id = int(top_i[0])
-    top_tokens = [(model.tokenizer.decode([int(i)]), float(p)) for p, i in zip(top_p, top_i)]
+    top_tokens = list(zip(token_texts(model.tokenizer, top_i.tolist()), top_p.tolist()))
 
     scale = final_scale(cache, pos=-1)
     resid = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][0, -1] for layer in range(n_layers)])

@@ -136,8 +136,9 @@ class ParensStudy:
         if self.post_attention_norm:
             out.append(
                 "this model normalises each attention output before adding it to the residual stream: per-head "
-                "direct logits (promoters, counting heads' output) are read before that norm and are not exact "
-                "direct effects; sublayer contributions, patching and ablations are exact"
+                "direct logits (promoters, counting heads' output) pass that norm with its scale frozen from the "
+                "run, so they sum exactly to the attention sublayer's contribution but, like any frozen-scale "
+                "attribution, ignore how one head changes the norm's scale for the others"
             )
         return out
 
