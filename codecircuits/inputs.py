@@ -130,3 +130,14 @@ def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
                 text = raw
         out.append(text)
     return out
+
+
+def bos_id(model) -> int | None:
+    """The token id that starts a prompt for this model, or ``None`` when it is tokenized without one.
+
+    Follows the model's ``cfg.default_prepend_bos`` (the loader sets it per model: SmolLM2 without BOS, Gemma
+    with ``<bos>``), so hand-built token sequences agree with ``model.to_tokens``.
+    """
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        return None
+    return model.tokenizer.bos_token_id

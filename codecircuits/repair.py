@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, InputError
+from .inputs import bos_id
 
 __all__ = [
     "CaseOutcome",
@@ -382,7 +383,7 @@ def _code_lines(text: str) -> list[tuple[int, int, int]]:
 def _scan_lines(model, corpus, *, context_tokens: int, max_line_tokens: int, seed: int, limit: int):
     """Yield (source, line_no, line, context ids, reference ids) from random code lines, deterministically."""
     tok = model.tokenizer
-    bos = model.tokenizer.bos_token_id
+    bos = bos_id(model)
     files = list(corpus)
     rng = random.Random(seed)
     rng.shuffle(files)
@@ -498,7 +499,7 @@ def same_target_probes(
     """
     if n < 1:
         return []
-    bos = model.tokenizer.bos_token_id
+    bos = bos_id(model)
     skip = set(exclude)
     files = [f for f in corpus if f.path not in skip]
     random.Random(seed).shuffle(files)

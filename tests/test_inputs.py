@@ -39,3 +39,16 @@ def test_token_texts_show_partial_characters_as_bytes(tiny):
             assert t == tok.decode([i])
         else:
             assert "\\x" in t or t.startswith("<0x")
+
+
+def test_bos_id_follows_the_models_tokenization(tiny):
+    from codecircuits.inputs import bos_id
+
+    before = tiny.cfg.default_prepend_bos
+    try:
+        tiny.cfg.default_prepend_bos = True
+        assert bos_id(tiny) == tiny.to_tokens("x")[0, 0].item() == tiny.tokenizer.bos_token_id
+        tiny.cfg.default_prepend_bos = False
+        assert bos_id(tiny) is None and tiny.to_tokens("x")[0, 0].item() != tiny.tokenizer.bos_token_id
+    finally:
+        tiny.cfg.default_prepend_bos = before

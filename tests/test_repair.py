@@ -10,6 +10,7 @@ from browser import check_study_report
 from codecircuits import CheckpointError, InputError
 from codecircuits import repair as R
 from codecircuits.corpus import CodeFile, Corpus
+from codecircuits.inputs import bos_id
 
 PROMPT = "def f(x):\n    return (x + 1)\nprint(str(str(123)))\n"
 
@@ -215,7 +216,10 @@ def test_repair_cases_from_code(tiny):
     cases, scanned = R.repair_cases(tiny, Corpus("t", [CodeFile("t.py", text)]), n=2, progress=False, max_errors=16)
     assert scanned and cases
     for c in cases:
-        assert 1 <= len(c.errors) and c.context[0] == tiny.tokenizer.bos_token_id
+        assert 1 <= len(c.errors)
+        assert c.tokens[0, : len(c.context)].tolist() == list(c.context)
+        if bos_id(tiny) is not None:  # the context starts as model.to_tokens would
+            assert c.context[0] == bos_id(tiny)
         with torch.no_grad():
             pred = tiny(c.tokens)[0].argmax(-1)
         assert tuple(int(pred[p]) for p in c.positions) == c.predicted
@@ -230,7 +234,8 @@ def test_same_target_probes_find_the_token_in_other_files(tiny):
     target = tiny.tokenizer(text, add_special_tokens=False)["input_ids"][-3]  # a token of the repeated line
     probes = R.same_target_probes(tiny, Corpus("t", files), target, 5, context_tokens=8, exclude=["skip.py"])
     assert len(probes) == 5 and all(p.target == target and len(p.tokens) == p.pos + 1 for p in probes)
-    assert all(p.tokens[0] == tiny.tokenizer.bos_token_id and len(p.tokens) == 9 for p in probes)
+    n_ctx = 8 + (bos_id(tiny) is not None)
+    assert all(len(p.tokens) == n_ctx and (bos_id(tiny) is None or p.tokens[0] == bos_id(tiny)) for p in probes)
     ev = R.evaluate_probes(tiny, probes)
     assert ev["argmax"].tolist() == [p.predicted for p in probes]
     wrong = probes[-1].predicted

@@ -32,7 +32,7 @@ import torch
 from .. import corpus as corpus_mod
 from .. import repair as R
 from ..errors import InputError
-from ..inputs import token_texts
+from ..inputs import bos_id, token_texts
 from .common import json_safe, write_study
 
 PAPER = (
@@ -324,7 +324,7 @@ def run(
 
 
 def _heldout_tokens(model, corpus, n_tokens: int, seq_len: int = 128) -> torch.Tensor:
-    bos = model.tokenizer.bos_token_id
+    bos = bos_id(model)
     rows = []
     for f in corpus:
         ids = model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
