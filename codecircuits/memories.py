@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from .corpus import CodeFile, Corpus
 from .errors import InputError
-from .inputs import token_texts
+from .inputs import bos_id, token_texts
 
 FORMAT = "codecircuits.memories/1"
 RANK_BY = ("auto", "abs", "signed")
@@ -69,10 +69,11 @@ def _sha(text: str) -> str:
 
 
 def _bos_id(model) -> int | None:
+    """The model's BOS (as ``model.to_tokens`` prepends it), or its EOS when it prepends one but has no BOS."""
     if not getattr(model.cfg, "default_prepend_bos", True):
         return None
-    tok = model.tokenizer
-    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    bos = bos_id(model)
+    return bos if bos is not None else model.tokenizer.eos_token_id
 
 
 def _pad_id(model) -> int:

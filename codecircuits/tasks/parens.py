@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..inputs import bos_id
 
 TEMPLATE = "#print the string {num}\nprint(" + "{calls}" + "{num}"
 CALL = "str("
@@ -496,8 +497,9 @@ def mined(
     if not rows:
         raise InputError(f"The corpus {corpus.name!r} has no position before a closing-paren token {counts}.")
     toks = torch.tensor(rows)
-    if model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None:
-        toks = torch.cat([torch.full((toks.shape[0], 1), model.tokenizer.bos_token_id), toks], 1)
+    bos = bos_id(model)
+    if bos is not None:
+        toks = torch.cat([torch.full((toks.shape[0], 1), bos), toks], 1)
     return MinedPrompts(
         toks.to(model.cfg.device),
         torch.tensor(n_close),
