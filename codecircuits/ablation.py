@@ -31,7 +31,9 @@ import torch
 
 from .errors import InputError
 from .inputs import to_tokens
-from .patching import Metric, Receiver, SweepResult, _check_metric_output, _progress, run_cells
+from .metrics import Metric
+from .metrics import check_output as _check_metric_output
+from .patching import Receiver, SweepResult, _progress, run_cells
 
 KINDS = ("zero", "mean", "resample")
 MEAN_OVER = ("prompts", "prompts_and_positions")
@@ -426,9 +428,10 @@ def head_sweep(
     not recomputed), and from the first ablated position on. ``reference`` defaults to ``tokens`` for mean
     and resample ablation.
 
-    ``metric`` maps logits ``[rows, pos, vocab]`` to one value per row (``[rows]``); it is called on several
-    heads' runs stacked along the batch (rows = heads x prompts), so it must treat rows independently (index
-    with ``logits[:, -1, ...]``, never reduce over the batch). ``res.per_example`` keeps each prompt's value.
+    ``metric`` follows TransformerLens's contract (:mod:`codecircuits.metrics`): logits ``[batch, pos, vocab]``
+    of the prompts in order -> one value per prompt. Several heads' runs are stacked along the batch, but a
+    plain metric is called on each head's rows alone; one declared :func:`~codecircuits.metrics.rowwise` is
+    called once per stack. ``res.per_example`` keeps each prompt's value.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_heads(model, [(layer, 0) for layer in layers])

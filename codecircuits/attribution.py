@@ -27,10 +27,10 @@ import torch
 from .errors import InputError
 from .inputs import check_hook_names
 from .models.summary import kv_head_of
+from .metrics import Metric
+from .metrics import check_output as _check_metric_output
 from .patching import (
-    Metric,
     SweepResult,
-    _check_metric_output,
     _sweep_setup,
     first_difference,
     position_labels,

@@ -12,8 +12,9 @@ runs one full forward per cell; this engine gives the same numbers with far less
 4. a cell that patches only positions before the first token where clean and corrupted differ changes
    nothing: its value is the receiver's baseline, exactly, and it is not run.
 
-Metrics map logits ``[batch, pos, vocab]`` to per-example values ``[batch]`` and stay on the device until the
-sweep ends.
+Metrics follow TransformerLens's contract (:mod:`codecircuits.metrics`): logits ``[batch, pos, vocab]`` of the
+examples in order -> per-example values ``[batch]``, whatever the chunk size; values stay on the device until
+the sweep ends.
 
     >>> res = sweep(model, clean, corrupted, metric, site="resid_pre")      # [layer, pos]
     >>> res.recovery                                                          # 0 = no effect, 1 = full effect
@@ -32,8 +33,8 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-
-Metric = Callable[[torch.Tensor], torch.Tensor]
+from .metrics import Metric, per_cell
+from .metrics import check_output as _check_metric_output
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,17 +165,6 @@ class SweepResult:
     def __repr__(self) -> str:
         dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape))
         return f"SweepResult({self.method} {self.site}: [{dims}], batch={self.per_example.shape[-1]})"
-
-
-def _check_metric_output(out, batch: int) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"The metric must return a tensor of per-example values [batch]; it returned {type(out)}.")
-    if out.dim() == 0 or out.shape[0] != batch or out.dim() > 1:
-        raise InputError(
-            f"The metric must return one value per example, shape [{batch}]; it returned shape {tuple(out.shape)}. "
-            "Average inside the metric only over positions/vocab, not over the batch."
-        )
-    return out
 
 
 def position_labels(model, tokens: torch.Tensor) -> tuple[str, ...]:
@@ -382,7 +372,8 @@ def run_cells(
     """Metric ``[n_cells, n_examples]`` of ``n_cells`` interventions at one layer, batched in chunks.
 
     ``make_hooks(cell_of_row, example_of_row)`` returns the forward hooks for a chunk whose batch rows are
-    ``(cell, example)`` pairs, cell-major. Every cell must leave the receiver's positions ``< start`` and its
+    ``(cell, example)`` pairs, cell-major. ``metric`` sees each cell's rows on their own, the examples in order
+    (:func:`codecircuits.metrics.per_cell`), unless it is declared row-wise. Every cell must leave the receiver's positions ``< start`` and its
     layers ``< layer`` unchanged.
     """
     n_ex = receiver.n_examples
@@ -395,8 +386,7 @@ def run_cells(
         cell_of_row = cells.repeat_interleave(n_ex)
         ex_of_row = torch.arange(n_ex, device=device).repeat(c1 - c0)
         logits = receiver.run(layer, start, ex_of_row, make_hooks(cell_of_row, ex_of_row))
-        vals = _check_metric_output(metric(logits), len(ex_of_row))
-        out.append(vals.detach().reshape(c1 - c0, n_ex))
+        out.append(per_cell(metric, logits, c1 - c0, n_ex).detach())
         if pbar is not None:
             pbar.update(c1 - c0)
     return torch.cat(out) if out else torch.empty(0, n_ex, device=device)
