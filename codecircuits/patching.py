@@ -250,6 +250,9 @@ class Receiver:
     def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = (), metric: Metric | None = None):
         from transformers import DynamicCache
 
+        from .models.kv_cache import forward_cache_to_attention
+
+        forward_cache_to_attention(model)  # transformers >= 5.24 passes the cache on as `cache=`
         self.model = model
         self.tokens = tokens
         self.n_layers = int(model.cfg.n_layers)

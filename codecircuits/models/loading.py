@@ -26,6 +26,7 @@ import torch
 
 from ..errors import CheckpointError, ModelUnavailableError, UnknownModelError, UnsupportedArchitectureError
 from . import cache
+from .kv_cache import forward_cache_to_attention
 from .registry import REGISTRY, ModelEntry, lookup
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ def load_model(
         if compatibility_mode:
             bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
+    forward_cache_to_attention(bridge)
     entry = lookup(str(name_or_path))
     if entry is not None:
         apply_bos(bridge, entry.bos)
