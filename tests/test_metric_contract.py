@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_patching import TL_SWEEPS
 from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
 from codecircuits import ablation, attribution, patching
 from codecircuits.errors import InputError
 from codecircuits.metrics import RowwiseMetric, rowwise
-
-from test_patching import TL_SWEEPS
 
 ATOL = 1e-4
 PROMPTS = ["print(str(str(123", "print(len(str(456", "print(str(str(789", "print(len(str(101"]
@@ -158,7 +157,9 @@ def test_ablation_sweeps_with_per_example_labels(tiny, chunking, sweep):
             cells = [((layer, j), {"neurons": {layer: [nn]}}) for layer in range(L) for j, nn in enumerate(neurons)]
         else:
             res = ablation.layer_sweep(tiny, toks, metric, kind="mean", memory_budget=budget, progress=False)
-            cells = [((layer, j), {"layers": [(layer, p)]}) for layer in range(L) for j, p in enumerate(("attn", "mlp"))]
+            cells = [
+                ((layer, j), {"layers": [(layer, p)]}) for layer in range(L) for j, p in enumerate(("attn", "mlp"))
+            ]
         for idx, spec in cells:
             kind = "zero" if sweep == "neuron" else "mean"
             with ablation.ablate(tiny, kind=kind, reference=toks, **spec):

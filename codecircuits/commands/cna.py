@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import csv, given, study_option
+
 NAME = "cna"
 HELP = "single-head ablation, comparative neuron analysis and neuron attribution on code arithmetic and parens"
 
@@ -11,12 +13,14 @@ HELP = "single-head ablation, comparative neuron analysis and neuron attribution
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/cna", help="output directory for report.html and results.json")
-    p.add_argument("--templates", default="assert,comment", help="arithmetic templates (names in tasks.arithmetic)")
-    p.add_argument("--n-sweep", type=int, default=16, help="prompts per task for the head sweep (270 heads each)")
-    p.add_argument("--n-cna", type=int, default=4, help="correct prompts per task for CNA and mask/keep")
-    p.add_argument("--n-top10", type=int, default=8, help="prompts for the top-10 attribution comparison")
-    p.add_argument("--top10-layers", type=int, default=10, help="score the last N layers for the comparison")
-    p.add_argument("--no-parens", action="store_true", help="skip the closing-parenthesis task")
+    study_option(p, "--templates", "templates", "arithmetic templates, comma-separated (tasks.arithmetic)", type=csv)
+    study_option(p, "--n-sweep", "n_sweep", "prompts per task for the head sweep (every head each)", type=int)
+    study_option(p, "--n-cna", "n_cna", "correct prompts per task for CNA and mask/keep", type=int)
+    study_option(p, "--n-top10", "n_top10", "prompts for the top-10 attribution comparison", type=int)
+    study_option(p, "--top10-layers", "top10_layers", "score the last N layers for the comparison", type=int)
+    study_option(
+        p, "--no-parens", "paren_n_values", "skip the closing-parenthesis task", action="store_const", const=()
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -30,16 +34,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    study = cna.run(
-        model,
-        templates=tuple(t.strip() for t in args.templates.split(",") if t.strip()),
-        n_sweep=args.n_sweep,
-        n_cna=args.n_cna,
-        n_top10=args.n_top10,
-        top10_layers=args.top10_layers,
-        paren_n_values=() if args.no_parens else (0, 1, 2),
-        progress=not args.quiet,
-    )
+    study = cna.run(model, **given(args), progress=not args.quiet)  # cna.run's keywords hold the defaults
     html, js = cna.write(study, args.out)
     m = study.metrics()
     a = study.arithmetic

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import csv, given, library_default, study_option, zero_is_none
+
 NAME = "memories"
 HELP = "FF key-value memories: trigger examples, concept keys, masking edits, layer agreement by context size"
 
@@ -11,18 +13,18 @@ HELP = "FF key-value memories: trigger examples, concept keys, masking edits, la
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/memories", help="output directory for report.html and results.json")
-    p.add_argument("--corpus", default="stdlib:test", help="corpus to scan: stdlib[:split], humaneval or a directory")
-    p.add_argument("--eval-corpus", default="stdlib:validation", help="corpus for the masking edits and agreement")
-    p.add_argument("--max-tokens", type=int, default=6000, help="token budget of the scan (0: the whole corpus)")
+    study_option(p, "--corpus", "corpus", "corpus to scan: stdlib[:split], humaneval or a directory")
+    study_option(p, "--eval-corpus", "eval_corpus", "corpus for the masking edits and agreement")
+    study_option(p, "--max-tokens", "max_tokens", "token budget of the scan (0: the whole corpus)", type=zero_is_none())
     p.add_argument("--max-docs", type=int, default=None, help="scan only the first N documents of the corpus")
-    p.add_argument("--window", type=int, default=128, help="chunk length in tokens, BOS included")
-    p.add_argument("--top-k", type=int, default=20, help="trigger examples kept per key")
-    p.add_argument("--tau", type=float, default=0.5, help="share of a key's triggers that must match a concept")
-    p.add_argument("--min-lift", type=float, default=2.0, help="score / base rate needed to label a key")
-    p.add_argument("--edit", default=None, help="comma-separated concepts to mask (default: chosen from the scores)")
-    p.add_argument("--edit-max-keys", type=int, default=300, help="at most this many keys masked per concept")
-    p.add_argument("--edit-tokens", type=int, default=512, help="evaluation tokens for the edits (0 skips them)")
-    p.add_argument("--agreement-tokens", type=int, default=512, help="tokens for layer agreement (0 skips it)")
+    study_option(p, "--window", "window", "chunk length in tokens, BOS included", type=int)
+    study_option(p, "--top-k", "k", "trigger examples kept per key", type=int)
+    study_option(p, "--tau", "tau", "share of a key's triggers that must match a concept", type=float)
+    study_option(p, "--min-lift", "min_lift", "score / base rate needed to label a key", type=float)
+    study_option(p, "--edit", "edit", "comma-separated concepts to mask (None: chosen from the scores)", type=csv)
+    study_option(p, "--edit-max-keys", "edit_max_keys", "at most this many keys masked per concept", type=int)
+    study_option(p, "--edit-tokens", "edit_tokens", "evaluation tokens for the edits (0 skips them)", type=int)
+    study_option(p, "--agreement-tokens", "agreement_tokens", "tokens for layer agreement (0 skips it)", type=int)
     p.add_argument("--checkpoint", default=None, help="scan checkpoint file (default: OUT/scan.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -40,23 +42,18 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    corpus = corpus_mod.load(args.corpus)
+    options = given(args)  # memories.run's keywords hold the defaults
+    if "edit" in options:
+        options["edit"] = list(options["edit"])
     if args.max_docs:
-        corpus = corpus_mod.Corpus(name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs])
+        corpus = corpus_mod.load(options.get("corpus", library_default(memories.run, "corpus")))
+        options["corpus"] = corpus_mod.Corpus(
+            name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs]
+        )
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
     study = memories.run(
         model,
-        corpus=corpus,
-        eval_corpus=args.eval_corpus,
-        max_tokens=args.max_tokens or None,
-        window=args.window,
-        k=args.top_k,
-        tau=args.tau,
-        min_lift=args.min_lift,
-        edit=[c.strip() for c in args.edit.split(",") if c.strip()] if args.edit else None,
-        edit_max_keys=args.edit_max_keys,
-        edit_tokens=args.edit_tokens,
-        agreement_tokens=args.agreement_tokens,
+        **options,
         checkpoint=args.checkpoint or Path(args.out) / "scan.safetensors",
         resume=args.resume,
         progress=not args.quiet,

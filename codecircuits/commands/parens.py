@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import given, study_option
+
 NAME = "parens"
 HELP = "run the closing-parenthesis study and write report.html + results.json"
 
@@ -11,10 +13,12 @@ HELP = "run the closing-parenthesis study and write report.html + results.json"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/parens", help="directory for report.html and results.json")
-    p.add_argument("--prompts-per-n", type=int, default=24, help="prompts per paren count for lens and heads")
-    p.add_argument("--pairs-per-n", type=int, default=3, help="counterfactual pairs per count for patching")
-    p.add_argument("--intervention-prompts-per-n", type=int, default=6, help="prompts per count for ablation")
-    p.add_argument("--no-mined", action="store_true", help="skip the prompts mined from real code")
+    study_option(p, "--prompts-per-n", "prompts_per_n", "prompts per paren count for lens and heads", type=int)
+    study_option(p, "--pairs-per-n", "pairs_per_n", "counterfactual pairs per count for patching", type=int)
+    study_option(
+        p, "--intervention-prompts-per-n", "intervention_prompts_per_n", "prompts per count for ablation", type=int
+    )
+    study_option(p, "--no-mined", "mined", "skip the prompts mined from real code", action="store_false")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -28,12 +32,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    cfg = parens.ParensConfig(
-        prompts_per_n=args.prompts_per_n,
-        pairs_per_n=args.pairs_per_n,
-        intervention_prompts_per_n=args.intervention_prompts_per_n,
-        mined=not args.no_mined,
-    )
+    cfg = parens.ParensConfig(**given(args))  # the options given; ParensConfig holds the defaults
     study = parens.run(model, cfg, progress=not args.quiet)
     html, js = study.save(args.out)
     acc = ", ".join(f"{k}: {v:.2f}" for k, v in study.accuracy.items())

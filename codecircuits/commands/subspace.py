@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import given, study_option
+
 NAME = "subspace"
 HELP = "learn 1-D patching subspaces by DAS, run the illusion checks, write report.html + results.json"
 
@@ -18,14 +20,14 @@ def _layers(text: str) -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/subspace", help="directory for report.html and results.json")
-    p.add_argument("--values", type=_layers, default=(2, 3), help="the two numbers of open parens (default 2,3)")
-    p.add_argument("--train-pairs", type=int, default=None, help="training pairs (paper template, train numbers)")
-    p.add_argument("--test-pairs", type=int, default=None, help="held-out pairs of the paper template")
-    p.add_argument("--template-pairs", type=int, default=None, help="held-out pairs per reworded template")
-    p.add_argument("--mlp-layers", type=_layers, default=None, help="MLP layers to study (default: from the sweep)")
-    p.add_argument("--resid-layer", type=int, default=None, help="residual-stream layer (default: from the sweep)")
-    p.add_argument("--epochs", type=int, default=None, help="DAS epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed for pairs, DAS initialisation and batch order")
+    study_option(p, "--values", "values", "the two numbers of open parens, e.g. 2,3", type=_layers)
+    study_option(p, "--train-pairs", "train_pairs", "training pairs (paper template, train numbers)", type=int)
+    study_option(p, "--test-pairs", "test_pairs", "held-out pairs of the paper template", type=int)
+    study_option(p, "--template-pairs", "template_pairs", "held-out pairs per reworded template", type=int)
+    study_option(p, "--mlp-layers", "mlp_layers", "MLP layers to study (None: from the sweep)", type=_layers)
+    study_option(p, "--resid-layer", "resid_layer", "residual-stream layer (None: from the sweep)", type=int)
+    study_option(p, "--epochs", "epochs", "DAS epochs", type=int)
+    study_option(p, "--seed", "seed", "seed for pairs, DAS initialisation and batch order", type=int)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: many small forwards)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -39,17 +41,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    given = dict(
-        values=tuple(args.values),
-        train_pairs=args.train_pairs,
-        test_pairs=args.test_pairs,
-        template_pairs=args.template_pairs,
-        mlp_layers=args.mlp_layers,
-        resid_layer=args.resid_layer,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
-    cfg = subspace.SubspaceConfig(**{k: v for k, v in given.items() if v is not None})
+    cfg = subspace.SubspaceConfig(**given(args))  # the options given; SubspaceConfig holds the defaults
     study = subspace.run(model, cfg, progress=not args.quiet)
     html, js = study.save(args.out)
     print(f"pairs: {study.n_pairs['train']} train, {study.n_pairs['test']} held out")
