@@ -32,7 +32,11 @@ from .registry import REGISTRY, ModelEntry, lookup
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
-HUB_TIMEOUT_S = 3.0
+# the whole reachability check (connection and TLS handshake) ends within this many seconds, so a hub name with
+# no network fails within 2 s; with HF_HUB_OFFLINE=1 it fails at once. Downloads, once the hub answered, wait
+# longer for each file's metadata.
+HUB_TIMEOUT_S = 1.5
+DOWNLOAD_TIMEOUT_S = 10.0
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.py"]
 
 
@@ -126,20 +130,22 @@ def _build_gguf_model(entry: ModelEntry, out_dir: Path) -> Path:
 
 
 def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """Whether the hub answers a TLS handshake within ``timeout`` seconds (one try, no retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    """Whether the hub answers a TLS handshake within ``timeout`` seconds in all (one try, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     import ssl
+    import time
 
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
+    deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout) as sock:
             if url.scheme == "https":
                 ctx = ssl.create_default_context()
-                sock.settimeout(timeout)
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
                 with ctx.wrap_socket(sock, server_hostname=url.hostname):
                     pass
             return True
@@ -169,7 +175,7 @@ def _hub_dir(repo_id: str, revision: str | None) -> Path:
         raise _unavailable(repo_id, "the hub cannot be reached from this machine")
     try:
         return Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, etag_timeout=HUB_TIMEOUT_S)
+            snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, etag_timeout=DOWNLOAD_TIMEOUT_S)
         )
     except Exception as e:  # any failure of the download is the same situation for the user
         raise _unavailable(
@@ -249,11 +255,12 @@ def load_model(
         revision: hub revision, for hub ids.
         compatibility_mode: set False for the raw bridge (HF numerics, new hook names only).
     """
+    # find the weights first: a hub name that cannot be had fails before the seconds-long imports below
+    path, display = resolve(name_or_path, revision=revision)
+    check_checkpoint_dir(path, trust_remote_code=trust_remote_code)
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    path, display = resolve(name_or_path, revision=revision)
-    check_checkpoint_dir(path, trust_remote_code=trust_remote_code)
     device = str(device or _default_device())
     dtype = dtype or torch.float32
     with warnings.catch_warnings():
