@@ -26,9 +26,9 @@ import torch
 
 from .errors import InputError
 from .inputs import check_hook_names
-from .models.summary import kv_head_of
 from .metrics import Metric
 from .metrics import check_output as _check_metric_output
+from .models.summary import kv_head_of
 from .patching import (
     SweepResult,
     _sweep_setup,

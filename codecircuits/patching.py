@@ -36,7 +36,6 @@ from .errors import InputError
 from .metrics import Metric, per_cell
 from .metrics import check_output as _check_metric_output
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # results
 

@@ -17,19 +17,24 @@ def test_node_scores_equal_transformer_lens(tiny, pair):
     """Head outputs (attn.hook_z) and MLP outputs by layer and position: TL's attribution_patch numbers."""
     clean, corr, _ = pair(tiny)
     tl = attribution_patch(tiny, clean, corr, lambda logits: toy_metric(logits).sum())
-    z = attribution.sweep(tiny, clean, corr, toy_metric, site="z", by=("layer", "pos", "head"), progress=False)
-    mlp = attribution.sweep(tiny, clean, corr, toy_metric, site="mlp_out", progress=False)
+    check_node_scores(tiny, clean, corr, toy_metric, tl.node_scores)
+
+
+def check_node_scores(model, clean, corr, metric, node_scores: dict, atol: float = 1e-4):
+    """Our head-output and MLP-output attributions by (layer, pos[, head]) equal TL's ``node_scores``."""
+    z = attribution.sweep(model, clean, corr, metric, site="z", by=("layer", "pos", "head"), progress=False)
+    mlp = attribution.sweep(model, clean, corr, metric, site="mlp_out", progress=False)
     n_checked = 0
-    for node, score in tl.node_scores.items():
+    for node, score in node_scores.items():
         if node.kind == "attn_head_out":
             ours = z.effect[node.layer, node.position, node.head]
         elif node.kind == "mlp_out":
             ours = mlp.effect[node.layer, node.position]
         else:
             continue
-        assert abs(float(ours) - score) <= 1e-4, (node, float(ours), score)
+        assert abs(float(ours) - score) <= atol, (node, float(ours), score)
         n_checked += 1
-    assert n_checked == tiny.cfg.n_layers * clean.shape[1] * (tiny.cfg.n_heads + 1)
+    assert n_checked == model.cfg.n_layers * clean.shape[1] * (model.cfg.n_heads + 1)
 
 
 @pytest.mark.parametrize("site", ["k", "v"])

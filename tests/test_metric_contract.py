@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attribution import check_node_scores
 from test_patching import TL_SWEEPS
 from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
-from codecircuits import ablation, attribution, patching
+from codecircuits import ablation, patching
 from codecircuits.errors import InputError
 from codecircuits.metrics import RowwiseMetric, rowwise
 
@@ -186,17 +187,5 @@ def test_attribution_with_per_example_labels_equals_transformer_lens(tiny, pair)
             lambda logits, i=i: (logits[:, -1, correct[i]] - logits[:, -1, wrong[i]]).sum(),
         )
         per_example.append(one.node_scores)
-    z = attribution.sweep(tiny, clean, corr, metric, site="z", by=("layer", "pos", "head"), progress=False)
-    mlp = attribution.sweep(tiny, clean, corr, metric, site="mlp_out", progress=False)
-    n_checked = 0
-    for node in per_example[0]:
-        score = sum(scores[node] for scores in per_example) / n
-        if node.kind == "attn_head_out":
-            ours = z.effect[node.layer, node.position, node.head]
-        elif node.kind == "mlp_out":
-            ours = mlp.effect[node.layer, node.position]
-        else:
-            continue
-        assert abs(float(ours) - score) <= ATOL, (node, float(ours), score)
-        n_checked += 1
-    assert n_checked == tiny.cfg.n_layers * clean.shape[1] * (tiny.cfg.n_heads + 1)
+    mean = {node: sum(scores[node] for scores in per_example) / n for node in per_example[0]}
+    check_node_scores(tiny, clean, corr, metric, mean, atol=ATOL)
