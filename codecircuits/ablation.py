@@ -31,8 +31,7 @@ import torch
 
 from .errors import InputError
 from .inputs import to_tokens
-from .metrics import Metric
-from .metrics import check_output as _check_metric_output
+from .metrics import Metric, check_output
 from .patching import Receiver, SweepResult, _progress, run_cells
 
 KINDS = ("zero", "mean", "resample")
@@ -365,7 +364,7 @@ def _component_sweep(
         reference = toks  # the run's own prompts: mean over them, or resample among them
     sources = _sources(model, names, kind, reference, mean_over, seed)
     receiver = Receiver(model, toks, metric=metric)
-    base = _check_metric_output(metric(receiver.logits), toks.shape[0]).detach()
+    base = check_output(metric(receiver.logits), toks.shape[0]).detach()
     cell_idx = torch.arange(n_cells) if cells is None else torch.as_tensor(list(cells), dtype=torch.long)
     if len(cell_idx) and (cell_idx.min() < 0 or cell_idx.max() >= n_cells):
         raise InputError(f"{what} indices must lie in [0, {n_cells}); got {cell_idx.tolist()[:10]}.")
@@ -525,7 +524,7 @@ def layer_sweep(
         reference = toks
     sources = _sources(model, names, kind, reference, mean_over, seed)
     receiver = Receiver(model, toks, metric=metric)
-    base = _check_metric_output(metric(receiver.logits), toks.shape[0]).detach()
+    base = check_output(metric(receiver.logits), toks.shape[0]).detach()
     pos_mask = torch.zeros(n_pos, dtype=torch.bool, device=toks.device)
     pos_mask[pos if pos is not None else slice(None)] = True
     out = torch.empty(len(layers), len(LAYER_PARTS), toks.shape[0], device=toks.device)

@@ -26,8 +26,7 @@ import torch
 
 from .errors import InputError
 from .inputs import check_hook_names
-from .metrics import Metric
-from .metrics import check_output as _check_metric_output
+from .metrics import Metric, check_output
 from .models.summary import kv_head_of
 from .patching import (
     SweepResult,
@@ -77,7 +76,7 @@ def _grad_run(model, tokens, metric, names: list[str]):
     seen: dict[str, torch.Tensor] = {}
 
     def summed(logits):
-        vals = _check_metric_output(metric(logits), tokens.shape[0])
+        vals = check_output(metric(logits), tokens.shape[0])
         seen["vals"] = vals.detach()
         return vals.sum()
 
@@ -151,7 +150,7 @@ def sweep(
     site_names = set(names[: len(layer_list)])
     with torch.no_grad():
         donor_logits, donor_cache = model.run_with_cache(donor_t, names_filter=lambda n: n in site_names)
-    source = _check_metric_output(metric(donor_logits), donor_t.shape[0]).detach()
+    source = check_output(metric(donor_logits), donor_t.shape[0]).detach()
     base, acts, grads = _grad_run(model, recv_t, metric, names)
     sel = torch.zeros(n_pos, dtype=torch.bool, device=recv_t.device)
     sel[pos_list] = True

@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .metrics import Metric, per_cell
-from .metrics import check_output as _check_metric_output
+from .metrics import Metric, check_output, per_cell
+from .models.kv_cache import forward_cache_to_attention
 
 # ----------------------------------------------------------------------------------------------------------------
 # results
@@ -249,8 +249,6 @@ class Receiver:
     def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = (), metric: Metric | None = None):
         from transformers import DynamicCache
 
-        from .models.kv_cache import forward_cache_to_attention
-
         forward_cache_to_attention(model)  # transformers >= 5.24 passes the cache on as `cache=`
         self.model = model
         self.tokens = tokens
@@ -375,7 +373,8 @@ def run_cells(
 
     ``make_hooks(cell_of_row, example_of_row)`` returns the forward hooks for a chunk whose batch rows are
     ``(cell, example)`` pairs, cell-major. ``metric`` sees each cell's rows on their own, the examples in order
-    (:func:`codecircuits.metrics.per_cell`), unless it is declared row-wise. Every cell must leave the receiver's positions ``< start`` and its
+    (:func:`codecircuits.metrics.per_cell`), unless it is declared row-wise. Every cell must leave the
+    receiver's positions ``< start`` and its
     layers ``< layer`` unchanged.
     """
     n_ex = receiver.n_examples
@@ -667,8 +666,8 @@ def sweep(
     with torch.no_grad():
         donor_logits, donor_cache = model.run_with_cache(donor_t, names_filter=lambda n: n in wanted)
     n_ex = int(recv_t.shape[0])
-    base = _check_metric_output(metric(receiver.logits), n_ex).detach()
-    source = _check_metric_output(metric(donor_logits), n_ex).detach()
+    base = check_output(metric(receiver.logits), n_ex).detach()
+    source = check_output(metric(donor_logits), n_ex).detach()
     del donor_logits
 
     n_cells = math.prod(grid) if grid else 1

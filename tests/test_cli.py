@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import inspect
 import json
+
+import pytest
 
 from codecircuits.cli import main
 
@@ -31,10 +34,6 @@ def test_cli_error_is_one_line(capsys):
 
 # ---------------------------------------------------------------------------------------------------------------
 # each study's defaults live in its config; the command passes only the options given
-
-import inspect  # noqa: E402
-
-import pytest  # noqa: E402
 
 STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "repair", "signatures", "demo"]
 # keywords that are the command line's own business (where files go, progress bars), not the study's settings

@@ -41,6 +41,7 @@ def chunking(monkeypatch):
     the default budget); ``sizes`` records the number of cells of each metric call on a batched forward."""
     sizes: list[int] = []
     real = patching.per_cell
+    real_row_bytes = patching.Receiver.row_bytes
 
     def spy(metric, logits, n_cells, n_examples):
         sizes.append(n_cells)
@@ -49,9 +50,8 @@ def chunking(monkeypatch):
     monkeypatch.setattr(patching, "per_cell", spy)
 
     def budget(n_cells, n_examples):
-        if n_cells is None:
-            monkeypatch.undo()
-            monkeypatch.setattr(patching, "per_cell", spy)
+        if n_cells is None:  # the real row sizes and the default budget
+            monkeypatch.setattr(patching.Receiver, "row_bytes", real_row_bytes)
             return None
         # one byte a row, so the budget counts rows: n_cells cells of n_examples rows each
         monkeypatch.setattr(patching.Receiver, "row_bytes", lambda self, start: 1)

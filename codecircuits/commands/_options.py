@@ -9,7 +9,6 @@ Converters (``type=``) turn the command-line text into the library's types, so a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 
 _KEYS = "_study_keys"
@@ -27,12 +26,9 @@ def given(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in getattr(args, _KEYS, ()) if hasattr(args, k)}
 
 
-def library_default(owner, name: str):
-    """The default of ``name`` in a study's config: a dataclass field of ``owner``, or a keyword of ``owner()``."""
-    if dataclasses.is_dataclass(owner):
-        f = {f.name: f for f in dataclasses.fields(owner)}[name]
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return inspect.signature(owner).parameters[name].default
+def library_default(run, name: str):
+    """The default of keyword ``name`` of a study's ``run`` (for a command that needs it before the call)."""
+    return inspect.signature(run).parameters[name].default
 
 
 def csv(text: str) -> tuple[str, ...]:
@@ -47,13 +43,21 @@ def csv_floats(text: str) -> tuple[float, ...]:
 def int_list(text: str) -> tuple[int, ...]:
     """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)``."""
     out: list[int] = []
-    for part in csv(text):
-        if "-" in part.strip("-"):
-            a, b = part.split("-")
-            out += list(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+    try:
+        for part in csv(text):
+            if "-" in part.strip("-"):
+                a, b = part.split("-")
+                out += list(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or ranges like 0-3,7; got {text!r}") from e
     return tuple(out)
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``."""
+    return list(csv(text))
 
 
 def zero_is_none(kind=int):

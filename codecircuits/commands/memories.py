@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import csv, given, library_default, study_option, zero_is_none
+from ._options import csv_list, given, library_default, study_option, zero_is_none
 
 NAME = "memories"
 HELP = "FF key-value memories: trigger examples, concept keys, masking edits, layer agreement by context size"
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     study_option(p, "--top-k", "k", "trigger examples kept per key", type=int)
     study_option(p, "--tau", "tau", "share of a key's triggers that must match a concept", type=float)
     study_option(p, "--min-lift", "min_lift", "score / base rate needed to label a key", type=float)
-    study_option(p, "--edit", "edit", "comma-separated concepts to mask (None: chosen from the scores)", type=csv)
+    study_option(p, "--edit", "edit", "comma-separated concepts to mask (None: chosen from the scores)", type=csv_list)
     study_option(p, "--edit-max-keys", "edit_max_keys", "at most this many keys masked per concept", type=int)
     study_option(p, "--edit-tokens", "edit_tokens", "evaluation tokens for the edits (0 skips them)", type=int)
     study_option(p, "--agreement-tokens", "agreement_tokens", "tokens for layer agreement (0 skips it)", type=int)
@@ -43,8 +43,6 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = given(args)  # memories.run's keywords hold the defaults
-    if "edit" in options:
-        options["edit"] = list(options["edit"])
     if args.max_docs:
         corpus = corpus_mod.load(options.get("corpus", library_default(memories.run, "corpus")))
         options["corpus"] = corpus_mod.Corpus(

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import given, study_option
+from ._options import given, int_list, study_option
 
 NAME = "subspace"
 HELP = "learn 1-D patching subspaces by DAS, run the illusion checks, write report.html + results.json"
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from e
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/subspace", help="directory for report.html and results.json")
-    study_option(p, "--values", "values", "the two numbers of open parens, e.g. 2,3", type=_layers)
+    study_option(p, "--values", "values", "the two numbers of open parens, e.g. 2,3", type=int_list)
     study_option(p, "--train-pairs", "train_pairs", "training pairs (paper template, train numbers)", type=int)
     study_option(p, "--test-pairs", "test_pairs", "held-out pairs of the paper template", type=int)
     study_option(p, "--template-pairs", "template_pairs", "held-out pairs per reworded template", type=int)
-    study_option(p, "--mlp-layers", "mlp_layers", "MLP layers to study (None: from the sweep)", type=_layers)
+    study_option(p, "--mlp-layers", "mlp_layers", "MLP layers to study (None: from the sweep)", type=int_list)
     study_option(p, "--resid-layer", "resid_layer", "residual-stream layer (None: from the sweep)", type=int)
     study_option(p, "--epochs", "epochs", "DAS epochs", type=int)
     study_option(p, "--seed", "seed", "seed for pairs, DAS initialisation and batch order", type=int)
