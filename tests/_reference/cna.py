@@ -1,0 +1,450 @@
+"""Arithmetic heads and Comparative Neuron Analysis (Yu & Ananiadou, EMNLP 2024; METHODS §3.3-3.4).
+
+- :func:`head_sweep`: ablate each attention head alone (zero its ``attn.hook_z`` at every position) and measure
+  accuracy and the log-probability of the label over a task, for every head. Each layer's heads are stacked
+  along the batch and run from the cached ``resid_pre`` of that layer (``start_at_layer``), so the sweep costs
+  about half a forward pass per head instead of a full one.
+- :func:`compare`: CNA. ``CNA(l, k) = Imp_M(l, k) - Imp_M'(l, k)`` where ``Imp`` is the log-probability increase
+  of FFN neuron k of layer l (:mod:`codecircuits.neurons`), ``M`` the model and ``M'`` the model with one head
+  ablated; both read through ``M``'s frozen final scale, for ``M``'s top-1 token.
+- :func:`mask_keep`: the paper's verification table: zero each prompt's top-N CNA neurons ("mask"), or zero every
+  other neuron of the layers from the head's layer on ("keep"), and report the accuracy decrease; plus the
+  decrease of the top neurons' coefficients in ``M'`` and a random-mask control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from codecircuits.errors import InputError
+from _reference.neurons import (
+    _check_pos,
+    _clean_run,
+    _ffn_batch,
+    _n_prompts,
+    _prompt_batches,
+    _resolve_target,
+    _target_tokens,
+    head_zero_hooks,
+    neuron_mask_hooks,
+)
+
+# ----------------------------------------------------------------------------------------------------------
+# single-head ablation sweep
+
+
+@dataclass(frozen=True)
+class HeadSweep:
+    """Each head ablated alone over a task. ``accuracy[layer, head]`` and ``logprob[layer, head]`` (mean log p of
+    the label) after ablation; ``correct`` and ``prompt_logprob`` keep the per-prompt values
+    (``[layer, head, prompt]``) so any subset (one template, one operation) can be re-scored."""
+
+    accuracy: torch.Tensor
+    logprob: torch.Tensor
+    base_accuracy: float
+    base_logprob: float
+    correct: torch.Tensor
+    prompt_logprob: torch.Tensor
+    base_correct: torch.Tensor
+    labels: torch.Tensor
+    axes: tuple[str, ...] = ("layer", "head")
+
+    @property
+    def accuracy_drop(self) -> torch.Tensor:
+        """``base_accuracy - accuracy`` per head (positive = the head helps)."""
+        return self.base_accuracy - self.accuracy
+
+    def to_dataframe(self) -> pd.DataFrame:
+        n_layers, n_heads = self.accuracy.shape
+        rows = []
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": head,
+                        "name": f"{layer}_{head}",
+                        "accuracy": float(self.accuracy[layer, head]),
+                        "accuracy_drop": float(self.accuracy_drop[layer, head]),
+                        "logprob": float(self.logprob[layer, head]),
+                        "logprob_drop": self.base_logprob - float(self.logprob[layer, head]),
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` heads whose ablation hurts most (accuracy drop, then log-probability drop)."""
+        df = self.to_dataframe().sort_values(["accuracy_drop", "logprob_drop"], ascending=False)
+        return df.head(k).reset_index(drop=True)
+
+    def top_head(self) -> tuple[int, int]:
+        row = self.top(1).iloc[0]
+        return int(row["layer"]), int(row["head"])
+
+    def fraction_harmless(self, tolerance: float = 0.02) -> float:
+        """Fraction of heads whose ablation changes accuracy by at most ``tolerance`` (absolute)."""
+        return float((self.accuracy_drop.abs() <= tolerance).float().mean())
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the final residual is captured."""
+
+
+def _last_logits(model, x, layer: int, pos: int, fwd_hooks) -> torch.Tensor:
+    """Logits at ``pos`` of a run from ``resid_pre[layer] = x`` under ``fwd_hooks``; the final norm and the
+    unembedding run on that one position only (a third of a short prompt's cost on a 49k vocabulary)."""
+    store = {}
+
+    def grab(resid, hook):
+        store["x"] = resid[:, pos].unsqueeze(1)
+        raise _Stop
+
+    with model.hooks(fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)]):
+        try:
+            model(x, start_at_layer=layer)
+        except _Stop:
+            pass
+    return model.unembed(model.ln_final(store["x"]))[:, 0].float()
+
+
+def head_sweep(
+    model,
+    prompts,
+    labels=None,
+    *,
+    pos: int = -1,
+    heads: Sequence[tuple[int, int]] | None = None,
+    batch_size: int = 32,
+    max_rows: int = 256,
+    progress: bool = True,
+) -> HeadSweep:
+    """Ablate every head (or the given ``(layer, head)`` list) alone and score the task.
+
+    ``labels``: the correct next token per prompt (ids or single-token strings); None uses the clean run's top-1,
+    so the base accuracy is 1. ``max_rows`` bounds how many (head, prompt) rows run in one forward pass.
+    Heads not in ``heads`` keep the base values.
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    batches = _prompt_batches(model, prompts, batch_size)
+    n = _n_prompts(batches)
+    lab = _resolve_target(model, labels, n)
+    todo = [(layer, h) for layer in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
+    head_zero_hooks(model, todo)  # validates the heads
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in todo:
+        by_layer.setdefault(layer, []).append(h)
+    correct = torch.zeros(n_layers, n_heads, n, dtype=torch.bool)
+    plp = torch.zeros(n_layers, n_heads, n)
+    base_correct = torch.zeros(n, dtype=torch.bool)
+    base_lp = torch.zeros(n)
+    labels_out = torch.zeros(n, dtype=torch.long)
+    names = {f"blocks.{layer}.hook_resid_pre" for layer in by_layer}
+    bar = tqdm(total=len(todo) * len(batches), desc="single-head ablation", disable=not progress)
+    with torch.no_grad():
+        for ix, toks in batches:
+            _check_pos(pos, toks.shape[1])
+            logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+            lg = logits[:, pos].float()
+            t = lg.argmax(-1) if lab is None else lab[ix]
+            labels_out[ix] = t.cpu()
+            base_correct[ix] = (lg.argmax(-1) == t).cpu()
+            base_lp[ix] = torch.log_softmax(lg, -1).gather(1, t[:, None])[:, 0].cpu()
+            correct[:, :, ix] = base_correct[ix]
+            plp[:, :, ix] = base_lp[ix]
+            b = len(ix)
+            per = max(1, max_rows // b)
+            for layer, hs in by_layer.items():
+                x = cache[f"blocks.{layer}.hook_resid_pre"]
+                for s in range(0, len(hs), per):
+                    chunk = hs[s : s + per]
+                    nh = len(chunk)
+                    sel = torch.tensor(chunk)
+
+                    def hook(z, hook, nh=nh, sel=sel):
+                        z = z.clone()
+                        zz = z.view(nh, -1, *z.shape[1:])  # [copy, B, pos, head, d_head]
+                        zz[torch.arange(nh), :, :, sel] = 0.0
+                        return z
+
+                    out = _last_logits(model, x.repeat(nh, 1, 1), layer, pos, [(f"blocks.{layer}.attn.hook_z", hook)])
+                    out = out.view(nh, b, -1)
+                    tt = t[None, :].expand(nh, b)
+                    c = (out.argmax(-1) == tt).cpu()
+                    lp = torch.log_softmax(out, -1).gather(2, tt[..., None])[..., 0].cpu()
+                    for j, h in enumerate(chunk):
+                        correct[layer, h, ix] = c[j]
+                        plp[layer, h, ix] = lp[j]
+                    bar.update(nh)
+            del cache
+    bar.close()
+    return HeadSweep(
+        accuracy=correct.float().mean(-1),
+        logprob=plp.mean(-1),
+        base_accuracy=float(base_correct.float().mean()),
+        base_logprob=float(base_lp.mean()),
+        correct=correct,
+        prompt_logprob=plp,
+        base_correct=base_correct,
+        labels=labels_out,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# comparative neuron analysis
+
+
+@dataclass(frozen=True)
+class CNAResult:
+    """CNA against one ablated head. Tensors have axes ``prompt, layer, neuron``.
+
+    ``cna = imp_original - imp_ablated``; the log-probability increases are computed for layers from the head's
+    layer on (earlier layers are untouched by the ablation, so CNA is exactly 0 there and the importances are
+    NaN = not computed unless ``all_layers=True``). ``coef_*`` are the neurons' activations in M and M'.
+    ``prob_original`` / ``prob_ablated``: the target's probability in each model's own output.
+    """
+
+    cna: torch.Tensor
+    imp_original: torch.Tensor
+    imp_ablated: torch.Tensor
+    coef_original: torch.Tensor
+    coef_ablated: torch.Tensor
+    target: torch.Tensor
+    prob_original: torch.Tensor
+    prob_ablated: torch.Tensor
+    head: tuple[int, int]
+    exact_authors_lens: bool = False
+    pos: int = -1
+    target_tokens: tuple[str, ...] = ()
+    axes: tuple[str, ...] = ("prompt", "layer", "neuron")
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.target.shape[0])
+
+    def top_indices(self, k: int = 10) -> torch.Tensor:
+        """Per prompt, flat indices ``layer * d_mlp + neuron`` of the ``k`` highest CNA neurons: ``[prompt, k]``,
+        chosen among the layers the ablation can reach (from the head's layer on)."""
+        return self._reachable(self.cna).reshape(self.n_prompts, -1).topk(k, dim=1).indices
+
+    def _reachable(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` with -inf on layers that were not scored or that the ablation cannot reach."""
+        scored = [layer for layer in self.settings.get("layers", range(t.shape[-2])) if layer >= self.head[0]]
+        out = torch.full_like(t, float("-inf"))
+        out[..., scored, :] = t[..., scored, :]
+        return out
+
+    def top(self, k: int = 10, prompt: int | None = None) -> pd.DataFrame:
+        """The top-``k`` neurons by CNA for one prompt, or by the mean over prompts."""
+
+        def pick(t):
+            return t.nanmean(0) if prompt is None else t[prompt]
+
+        cna = self._reachable(pick(self.cna))
+        top = cna.flatten().topk(min(k, int(torch.isfinite(cna).sum())))
+        layer, neuron = torch.unravel_index(top.indices, cna.shape)
+        cols = {
+            "imp_original": pick(self.imp_original),
+            "imp_ablated": pick(self.imp_ablated),
+            "coef_original": pick(self.coef_original),
+            "coef_ablated": pick(self.coef_ablated),
+        }
+        rows = []
+        for r, (li, ni, v) in enumerate(zip(layer.tolist(), neuron.tolist(), top.values.tolist())):
+            row = {"rank": r + 1, "layer": li, "neuron": ni, "name": f"{li}_{ni}", "cna": v}
+            row.update({c: float(t[li, ni]) for c, t in cols.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        b, n_layers, d_mlp = self.cna.shape
+        grid = torch.stack(
+            torch.meshgrid(torch.arange(b), torch.arange(n_layers), torch.arange(d_mlp), indexing="ij"), -1
+        )
+        df = pd.DataFrame(grid.reshape(-1, 3).numpy(), columns=list(self.axes))
+        for name in ("cna", "imp_original", "imp_ablated", "coef_original", "coef_ablated"):
+            df[name] = getattr(self, name).reshape(-1).numpy()
+        return df
+
+    def layer_totals(self) -> pd.DataFrame:
+        """Per layer: mean over prompts of the summed positive CNA (where the head's effect lands)."""
+        pos = self.cna.clamp(min=0).sum(-1).mean(0)
+        return pd.DataFrame({"layer": range(len(pos)), "positive_cna": pos.tolist()})
+
+
+def compare(
+    model,
+    prompts,
+    head: tuple[int, int],
+    *,
+    target=None,
+    exact_authors_lens: bool = False,
+    pos: int = -1,
+    all_layers: bool = False,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    memory_mb: float = 256,
+    progress: bool = True,
+) -> CNAResult:
+    """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated.
+
+    Scores the layers from the head's layer on (``all_layers=True``: every layer, to see the importances
+    there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time)."""
+    head = (int(head[0]), int(head[1]))
+    hooks = head_zero_hooks(model, [head])
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    if layers is not None:
+        layers = sorted({int(x) for x in layers})
+        if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+            raise InputError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}.")
+    elif all_layers:
+        layers = list(range(n_layers))
+    else:
+        layers = list(range(head[0], n_layers))
+    batches = _prompt_batches(model, prompts, batch_size)
+    n = _n_prompts(batches)
+    tgt = _resolve_target(model, target, n)
+    shape = (n, n_layers, d_mlp)
+    imp_o = torch.full(shape, float("nan"))
+    imp_a = torch.full(shape, float("nan"))
+    coef_o, coef_a = torch.zeros(shape), torch.zeros(shape)
+    targets = torch.zeros(n, dtype=torch.long)
+    p_o, p_a = torch.zeros(n), torch.zeros(n)
+    for ix, toks in tqdm(batches, desc=f"CNA vs head {head[0]}_{head[1]}", disable=not progress):
+        _check_pos(pos, toks.shape[1])
+        run_o = _clean_run(model, toks, pos)
+        run_a = _clean_run(model, toks, pos, fwd_hooks=hooks)
+        t = run_o["logits"].argmax(-1) if tgt is None else tgt[ix]
+        kw = dict(exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers)
+        # both runs in one batch: the readout rows W_out @ W_U are computed once and shared by M and M'
+        both = {k: torch.cat([run_o[k], run_a[k]]) for k in ("post", "ffn_base")}
+        with torch.no_grad():
+            res, _ = _ffn_batch(
+                model, both, torch.cat([t, t]), ("logprob_increase",), scale=run_o["scale"].repeat(2, 1), **kw
+            )
+        imp = res["logprob_increase"].cpu()
+        for j, layer in enumerate(layers):
+            imp_o[ix, layer] = imp[: len(ix), j]
+            imp_a[ix, layer] = imp[len(ix) :, j]
+        coef_o[ix] = run_o["post"].cpu()
+        coef_a[ix] = run_a["post"].cpu()
+        targets[ix] = t.cpu()
+        p_o[ix] = torch.softmax(run_o["logits"], -1).gather(1, t[:, None])[:, 0].cpu()
+        p_a[ix] = torch.softmax(run_a["logits"], -1).gather(1, t[:, None])[:, 0].cpu()
+    cna = torch.nan_to_num(imp_o - imp_a, nan=0.0)
+    return CNAResult(
+        cna=cna,
+        imp_original=imp_o,
+        imp_ablated=imp_a,
+        coef_original=coef_o,
+        coef_ablated=coef_a,
+        target=targets,
+        prob_original=p_o,
+        prob_ablated=p_a,
+        head=head,
+        exact_authors_lens=exact_authors_lens,
+        pos=pos,
+        target_tokens=_target_tokens(model, targets),
+        settings={"layers": layers},
+    )
+
+
+@dataclass(frozen=True)
+class MaskKeepTable:
+    """METHODS §3.4 verification. One row per N: accuracy decrease (%) when each prompt's top-N CNA neurons are
+    zeroed (``mask``), when every other neuron of layers ``>= head layer`` is zeroed (``keep``), when N random
+    neurons of those layers are zeroed (``random_mask``), and the decrease (%) of the top-N neurons' coefficients
+    in the head-ablated model (``coef_decrease``: sum of sign(m)(m - m') over sum of |m|, averaged over prompts).
+    Accuracies are measured on the ``n_prompts`` prompts the model gets right."""
+
+    table: pd.DataFrame
+    head: tuple[int, int]
+    n_prompts: int
+    base_accuracy: float
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return self.table.copy()
+
+    def top(self, k: int = 5) -> pd.DataFrame:
+        """The first ``k`` rows (smallest N first)."""
+        return self.table.sort_values("N").head(k).reset_index(drop=True)
+
+
+def mask_keep(
+    model,
+    prompts,
+    cna: CNAResult,
+    *,
+    ns: Sequence[int] = (10, 20, 30, 50, 99),
+    labels=None,
+    only_correct: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> MaskKeepTable:
+    """The mask-versus-keep table for ``cna`` (see :class:`MaskKeepTable`). ``labels``: the correct token per
+    prompt (default: the CNA target, i.e. the model's top-1)."""
+    batches = _prompt_batches(model, prompts, batch_size)
+    n = _n_prompts(batches)
+    if n != cna.n_prompts:
+        raise InputError(f"{n} prompts but the CNA result was computed on {cna.n_prompts}.")
+    lab = _resolve_target(model, labels, n)
+    lab = cna.target.to(model.cfg.device) if lab is None else lab
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    first = cna.head[0]
+    ns = sorted(int(x) for x in ns)
+    if ns[-1] > (n_layers - first) * d_mlp:
+        raise InputError(
+            f"N={ns[-1]} exceeds the {(n_layers - first) * d_mlp} neurons in layers {first}..{n_layers - 1}."
+        )
+    g = torch.Generator().manual_seed(seed)
+    base = torch.zeros(n, dtype=torch.bool)
+    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in ("mask", "keep", "random_mask") for k in ns}
+    top_all = cna.top_indices(ns[-1])
+    rand_all = torch.stack([torch.randperm((n_layers - first) * d_mlp, generator=g)[: ns[-1]] for _ in range(n)])
+    rand_all = rand_all + first * d_mlp
+    bar = tqdm(total=len(batches) * len(ns), desc="mask vs keep", disable=not progress)
+    with torch.no_grad():
+        for ix, toks in batches:
+            t = lab[ix]
+            base[ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
+            for k in ns:
+                for kind in ("mask", "keep", "random_mask"):
+                    idx = (rand_all if kind == "random_mask" else top_all)[ix, :k]
+                    if kind == "keep":
+                        mask = torch.zeros(len(ix), n_layers * d_mlp)
+                        mask[:, : first * d_mlp] = 1.0
+                        mask.scatter_(1, idx, 1.0)
+                    else:
+                        mask = torch.ones(len(ix), n_layers * d_mlp)
+                        mask.scatter_(1, idx, 0.0)
+                    mask = mask.reshape(len(ix), n_layers, d_mlp).to(model.cfg.device)
+                    with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask)):
+                        hit[(kind, k)][ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
+                bar.update(1)
+    bar.close()
+    keep_rows = base if only_correct else torch.ones(n, dtype=torch.bool)
+    if only_correct and not keep_rows.any():
+        raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
+    base_acc = float(base[keep_rows].float().mean())
+    rows = []
+    flat_o = cna.coef_original.reshape(n, -1)
+    flat_a = cna.coef_ablated.reshape(n, -1)
+    for k in ns:
+        idx = top_all[:, :k]
+        m, m2 = flat_o.gather(1, idx), flat_a.gather(1, idx)
+        dec = (torch.sign(m) * (m - m2)).sum(1) / m.abs().sum(1).clamp(min=1e-12)
+        row = {"N": k}
+        for kind in ("mask", "keep", "random_mask"):
+            acc = float(hit[(kind, k)][keep_rows].float().mean())
+            row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
+        row["coef_decrease_pct"] = 100.0 * float(dec[keep_rows].mean())
+        rows.append(row)
+    return MaskKeepTable(
+        table=pd.DataFrame(rows), head=cna.head, n_prompts=int(keep_rows.sum()), base_accuracy=base_acc
+    )
