@@ -25,18 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
+from .core.batching import progress_bar, to_tokens
+from .core.interventions import Intervention, Mean, Resample, Scale, Zero, hook, position_mask, resample_index
+from .core.metrics import Metrics, evaluate
+from .core.runner import Receiver, run_cells
+from .core.sites import LAYER_PARTS, Layer, check_heads, hook_name
 from .errors import InputError
-from .inputs import to_tokens
-from .metrics import Metric, check_output
-from .patching import Receiver, SweepResult, _progress, run_cells
+from .patching import SweepResult
 
 KINDS = ("zero", "mean", "resample")
 MEAN_OVER = ("prompts", "prompts_and_positions")
-LAYER_PARTS = ("attn", "mlp")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,19 +51,7 @@ def _check_kind(kind: str) -> str:
 
 
 def _check_heads(model, heads) -> list[tuple[int, int]]:
-    out = []
-    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    for item in heads or ():
-        try:
-            layer, head = (int(x) for x in item)
-        except (TypeError, ValueError):
-            raise InputError(f"A head is a (layer, head) pair of ints; got {item!r}.") from None
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise InputError(
-                f"Head ({layer}, {head}) does not exist: the model has {n_layers} layers of {n_heads} query heads."
-            )
-        out.append((layer, head))
-    return out
+    return [(h.layer, h.head) for h in check_heads(model, heads)]
 
 
 def _check_neurons(model, neurons) -> dict[int, list[int]]:
@@ -121,62 +110,11 @@ def _check_positions(positions, n_pos: int | None = None) -> list[int] | None:
 
 
 def _layer_hook(layer: int, part: str) -> str:
-    return f"blocks.{layer}.hook_{part}_out"
+    return Layer(layer, part).hook
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # replacement values
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where the replacement for one hook comes from: zero, a mean, or reference activations to resample."""
-
-    kind: str
-    acts: torch.Tensor | None = None  # mean: [pos, ...] or [...]; resample: [n_ref, pos, ...]
-    per_position: bool = True
-    seed: int = 0
-
-    def values(self, act: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """The replacement, broadcastable to ``act`` ``[batch, pos, ...]`` (positions ``offset..``)."""
-        if self.kind == "zero":
-            return torch.zeros_like(act)
-        n = act.shape[1]
-        if self.kind == "mean":
-            if not self.per_position:
-                return self.acts.to(act.dtype).expand_as(act)
-            if self.acts.shape[0] != offset + n:
-                raise InputError(
-                    f"Mean ablation per position needs the reference prompts to have the run's token length: the "
-                    f"reference has {self.acts.shape[0]} tokens, the run {offset + n}. Pass reference prompts of the "
-                    "same length, or mean_over='prompts_and_positions'."
-                )
-            return self.acts[offset : offset + n].to(act.dtype).expand_as(act)
-        ref = self.acts
-        if ref.shape[1] != offset + n:
-            raise InputError(
-                f"Resample ablation needs reference prompts of the run's token length: the reference has "
-                f"{ref.shape[1]} tokens, the run {offset + n}."
-            )
-        return ref[resample_index(act.shape[0], ref.shape[0], self.seed, act.device), offset : offset + n]
-
-
-def resample_index(batch: int, n_ref: int, seed: int = 0, device=None) -> torch.Tensor:
-    """Which reference prompt each of ``batch`` prompts takes its activations from (deterministic in ``seed``).
-
-    With ``batch == n_ref > 1`` the prompts are taken to be the reference itself and each gets a different one
-    (a random derangement); otherwise indices are drawn uniformly.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    if batch == n_ref and n_ref > 1:
-        while True:
-            perm = torch.randperm(n_ref, generator=g)
-            if not bool((perm == torch.arange(n_ref)).any()):
-                break
-        idx = perm
-    else:
-        idx = torch.randint(n_ref, (batch,), generator=g)
-    return idx.to(device) if device is not None else idx
 
 
 def _reference_acts(model, reference, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -189,17 +127,19 @@ def _reference_acts(model, reference, names: Sequence[str]) -> dict[str, torch.T
     return {n: cache[n] for n in names}
 
 
-def _sources(model, names: Sequence[str], kind: str, reference, mean_over: str, seed: int) -> dict[str, _Source]:
+def _sources(model, names: Sequence[str], kind: str, reference, mean_over: str, seed: int, n_examples=None):
+    """The intervention that writes each hook's replacement: zero, a mean, or reference activations to resample
+    (``n_examples``: the prompts of the run, when its rows are several cells' copies of them)."""
     _check_kind(kind)
     if mean_over not in MEAN_OVER:
         raise InputError(f"mean_over must be one of {', '.join(map(repr, MEAN_OVER))}; got {mean_over!r}.")
     if kind == "zero":
-        return {n: _Source("zero") for n in names}
+        return {n: Zero() for n in names}
     acts = _reference_acts(model, reference, names)
     if kind == "mean":
         per_pos = mean_over == "prompts"
-        return {n: _Source("mean", a.mean(0) if per_pos else a.mean((0, 1)), per_pos) for n, a in acts.items()}
-    return {n: _Source("resample", a, seed=seed) for n, a in acts.items()}
+        return {n: Mean(a.mean(0) if per_pos else a.mean((0, 1)), per_pos) for n, a in acts.items()}
+    return {n: Resample(a, seed=seed, n_examples=n_examples) for n, a in acts.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,33 +165,34 @@ def ablation_hooks(
     pos = _check_positions(positions)
     by_hook: dict[str, tuple[str, list[int]]] = {}
     for layer, head in heads_:
-        by_hook.setdefault(f"blocks.{layer}.attn.hook_z", ("head", []))[1].append(head)
+        by_hook.setdefault(hook_name("z", layer), ("head", []))[1].append(head)
     for layer, idx in neurons_.items():
-        by_hook.setdefault(f"blocks.{layer}.mlp.hook_post", ("neuron", []))[1].extend(idx)
+        by_hook.setdefault(hook_name("post", layer), ("neuron", []))[1].extend(idx)
     for layer, part in layers_:
         by_hook.setdefault(_layer_hook(layer, part), ("layer", []))
     if not by_hook:
         return []
     sources = _sources(model, list(by_hook), kind, reference, mean_over, seed)
+    return [_masked_hook(name, sources[name], what, idx, pos) for name, (what, idx) in by_hook.items()]
 
-    def make(name: str, what: str, idx: list[int]):
-        src = sources[name]
-        index = torch.tensor(sorted(set(idx)), dtype=torch.long)
 
-        def hook(act, hook=None):
-            new = src.values(act)
-            p = slice(None) if pos is None else [q for q in pos if q < act.shape[1]]
-            if what == "layer":
-                act[:, p] = new[:, p]
-            else:
-                i = index.to(act.device)
-                sel = act[:, p].index_copy(2, i, new[:, p].index_select(2, i))
-                act[:, p] = sel
-            return act
+def _masked_hook(name: str, intervention: Intervention, what: str, units: list[int], positions):
+    """A hook applying ``intervention`` at ``positions`` (all when ``None``) to the ``units`` (heads or neurons,
+    axis 2) of the activation, or to all of it (``what == "layer"``)."""
+    index = sorted(set(units))
 
-        return hook
+    def fn(act, hook=None):
+        pm = position_mask(act.shape[1], positions, act.device)
+        if what == "layer":
+            m = pm.view(1, -1, *([1] * (act.dim() - 2)))
+        else:
+            u = torch.zeros(act.shape[2], dtype=torch.bool, device=act.device)
+            u[index] = True
+            m = (pm[:, None] & u[None, :])[None]
+            m = m[..., None] if act.dim() == 4 else m
+        return torch.where(m, intervention(act), act)
 
-    return [(name, make(name, what, idx)) for name, (what, idx) in by_hook.items()]
+    return (name, fn)
 
 
 @contextmanager
@@ -304,22 +245,13 @@ def scale_hooks(
     for (layer, head), f in zip(heads, factors.values()):
         by_layer.setdefault(layer, {})[head] = float(f)
 
-    def make(scales: dict[int, float]):
+    out = []
+    for layer, scales in by_layer.items():
         vec = torch.ones(int(model.cfg.n_heads))
         for h, f in scales.items():
             vec[h] = f
-
-        def hook(z, hook=None):
-            v = vec.to(z.device, z.dtype)[:, None]
-            if pos is None:
-                return z * v
-            p = [q for q in pos if q < z.shape[1]]
-            z[:, p] = z[:, p] * v
-            return z
-
-        return hook
-
-    return [(f"blocks.{layer}.attn.hook_z", make(s)) for layer, s in by_layer.items()]
+        out.append(_masked_hook(hook_name("z", layer), Scale(vec), "layer", [], pos))
+    return out
 
 
 @contextmanager
@@ -336,16 +268,16 @@ def scale_heads(model, factors: Mapping[tuple[int, int], float], *, positions: S
 # single-component sweeps
 
 
-def _component_sweep(
+def _sweep_layers(
     model,
     tokens,
-    metric: Metric,
+    metric: Metrics,
     *,
-    hook_of_layer: Callable[[int], str],
-    n_cells: int,
+    hooks_of_layer: Callable[[int], list[str]],
+    n_units: int,
+    units: Sequence[int] | None,
     what: str,
     layers: Sequence[int],
-    cells: Sequence[int] | None,
     kind: str,
     reference,
     positions,
@@ -354,62 +286,71 @@ def _component_sweep(
     memory_budget,
     progress: bool,
     desc: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+):
+    """One cell per unit (a head or neuron of a layer's one hook, or a part: one hook each) ablated alone, per
+    layer, run together along the batch from that layer and the first ablated position. Returns the per-example
+    metric ``[layer, unit, batch]`` (a dict of them for several metrics), the base metric and the unit indices."""
     toks = to_tokens(model, tokens)
     n_pos = toks.shape[1]
     pos = _check_positions(positions, n_pos)
     start = 0 if pos is None else min(pos)
-    names = [hook_of_layer(layer) for layer in layers]
+    names = [n for layer in layers for n in hooks_of_layer(layer)]
     if kind != "zero" and reference is None:
         reference = toks  # the run's own prompts: mean over them, or resample among them
-    sources = _sources(model, names, kind, reference, mean_over, seed)
     receiver = Receiver(model, toks, metric=metric)
-    base = check_output(metric(receiver.logits), toks.shape[0]).detach()
-    cell_idx = torch.arange(n_cells) if cells is None else torch.as_tensor(list(cells), dtype=torch.long)
-    if len(cell_idx) and (cell_idx.min() < 0 or cell_idx.max() >= n_cells):
-        raise InputError(f"{what} indices must lie in [0, {n_cells}); got {cell_idx.tolist()[:10]}.")
+    sources = _sources(model, names, kind, reference, mean_over, seed, n_examples=receiver.n_examples)
+    base = evaluate(metric, receiver.logits, toks.shape[0])
+    cell_idx = torch.arange(n_units) if units is None else torch.as_tensor(list(units), dtype=torch.long)
+    if len(cell_idx) and (cell_idx.min() < 0 or cell_idx.max() >= n_units):
+        raise InputError(f"{what} indices must lie in [0, {n_units}); got {cell_idx.tolist()[:10]}.")
     cell_idx = cell_idx.to(toks.device)
-    pos_mask = torch.zeros(n_pos, dtype=torch.bool, device=toks.device)
-    pos_mask[pos if pos is not None else slice(None)] = True
-    out = torch.empty(len(layers), len(cell_idx), toks.shape[0], device=toks.device)
-    with _progress(len(layers) * len(cell_idx), desc, progress) as bar:
-        for li, layer in enumerate(layers):
-            src = sources[names[li]]
+    pos_mask = position_mask(n_pos, pos, toks.device)[start:]
+    per_layer = []
+    with progress_bar(len(layers) * len(cell_idx), desc, progress) as bar:
+        for layer in layers:
+            layer_names = hooks_of_layer(layer)
 
-            def make_hooks(cell_of_row, ex_of_row, src=src, name=names[li]):
-                comp = cell_idx[cell_of_row]  # the component each row ablates
+            def make_hooks(cell_of_row, ex_of_row, layer_names=layer_names):
+                comp = cell_idx[cell_of_row]  # the unit each row ablates
+                out = []
+                for ni, name in enumerate(layer_names):
+                    if len(layer_names) > 1:  # one hook per unit (a layer's parts): whole activations
+                        m = (comp == ni)[:, None, None] & pos_mask[None, :, None]
+                    else:  # one hook, a unit per row on axis 2
+                        onehot = torch.nn.functional.one_hot(comp, n_units).bool()  # [rows, units]
+                        m = onehot[:, None, :] & pos_mask[None, :, None]
+                        m = m[..., None] if kind_of_hook(name) == "head" else m
+                    out.append(hook(name, sources[name], m, examples=ex_of_row, offset=start))
+                return out
 
-                def hook(act, hook=None):
-                    # act: [rows, pos - start, n_cells(, d)]
-                    if src.kind == "resample":
-                        ridx = resample_index(receiver.n_examples, src.acts.shape[0], src.seed, act.device)
-                        new = src.acts[ridx][ex_of_row, start:]
-                    elif src.kind == "mean":
-                        new = (src.acts[start:] if src.per_position else src.acts).to(act.dtype).expand_as(act)
-                    else:
-                        new = torch.zeros_like(act)
-                    onehot = torch.nn.functional.one_hot(comp, n_cells).bool()  # [rows, n_cells]
-                    m = onehot[:, None, :] & pos_mask[start:][None, :, None]
-                    if act.dim() == 4:
-                        m = m[..., None]
-                    return torch.where(m, new, act)
-
-                return [(name, hook)]
-
-            out[li] = run_cells(
-                receiver, metric, layer, start, len(cell_idx), make_hooks, memory_budget=memory_budget, pbar=bar
+            per_layer.append(
+                run_cells(
+                    receiver, metric, layer, start, len(cell_idx), make_hooks, memory_budget=memory_budget, pbar=bar
+                )
             )
-    return out, base, cell_idx.cpu()
+    if isinstance(metric, Mapping):
+        per = {k: torch.stack([v[k] for v in per_layer]) for k in metric}
+    else:
+        per = torch.stack(per_layer) if per_layer else torch.empty(0, len(cell_idx), toks.shape[0])
+    return per, base, cell_idx.cpu()
 
 
-def _ablation_result(per_example, base, axes, labels, site, kind) -> SweepResult:
+def kind_of_hook(name: str) -> str:
+    """``"head"`` for ``attn.hook_z`` (``[batch, pos, head, d]``), ``"vec"`` otherwise."""
+    return "head" if name.endswith("attn.hook_z") else "vec"
+
+
+def _ablation_result(per_example, base, axes, labels, site, kind):
+    """A :class:`SweepResult`, or ``{name: SweepResult}`` for several metrics."""
+    if isinstance(per_example, dict):
+        return {k: _ablation_result(v, base[k], axes, labels, site, kind) for k, v in per_example.items()}
     return SweepResult(per_example=per_example, axes=axes, base=base, labels=labels, site=site, method=f"ablate {kind}")
 
 
 def head_sweep(
     model,
     tokens,
-    metric: Metric,
+    metric: Metrics,
     *,
     kind: str = "zero",
     reference=None,
@@ -420,7 +361,7 @@ def head_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-) -> SweepResult:
+) -> SweepResult | dict[str, SweepResult]:
     """Ablate each query head alone and record ``metric``: ``res.values`` is ``[layer, head]``.
 
     The heads of a layer run together along the batch dimension, from that layer on (earlier layers are
@@ -431,18 +372,21 @@ def head_sweep(
     of the prompts in order -> one value per prompt. Several heads' runs are stacked along the batch, but a
     plain metric is called on each head's rows alone; one declared :func:`~codecircuits.metrics.rowwise` is
     called once per stack. ``res.per_example`` keeps each prompt's value.
+
+    ``metric`` may also be a mapping ``{name: metric}``: every metric is read from the same forwards and the
+    result is ``{name: SweepResult}`` (e.g. ``{"logprob": ..., "correct": ...}``).
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_heads(model, [(layer, 0) for layer in layers])
-    per, base, idx = _component_sweep(
+    per, base, idx = _sweep_layers(
         model,
         tokens,
         metric,
-        hook_of_layer=lambda layer: f"blocks.{layer}.attn.hook_z",
-        n_cells=int(model.cfg.n_heads),
+        hooks_of_layer=lambda layer: [hook_name("z", layer)],
+        n_units=int(model.cfg.n_heads),
+        units=heads,
         what="Head",
         layers=layers,
-        cells=heads,
         kind=kind,
         reference=reference,
         positions=positions,
@@ -458,7 +402,7 @@ def head_sweep(
 def neuron_sweep(
     model,
     tokens,
-    metric: Metric,
+    metric: Metrics,
     *,
     kind: str = "zero",
     reference=None,
@@ -469,22 +413,22 @@ def neuron_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-) -> SweepResult:
+) -> SweepResult | dict[str, SweepResult]:
     """Ablate each MLP neuron (``mlp.hook_post``) alone: ``res.values`` is ``[layer, neuron]``.
 
     ``neurons`` picks a subset of neuron indices (the same in every layer); default all ``d_mlp``.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, [(layer, "mlp") for layer in layers])
-    per, base, idx = _component_sweep(
+    per, base, idx = _sweep_layers(
         model,
         tokens,
         metric,
-        hook_of_layer=lambda layer: f"blocks.{layer}.mlp.hook_post",
-        n_cells=int(model.cfg.d_mlp),
+        hooks_of_layer=lambda layer: [hook_name("post", layer)],
+        n_units=int(model.cfg.d_mlp),
+        units=neurons,
         what="Neuron",
         layers=layers,
-        cells=neurons,
         kind=kind,
         reference=reference,
         positions=positions,
@@ -500,7 +444,7 @@ def neuron_sweep(
 def layer_sweep(
     model,
     tokens,
-    metric: Metric,
+    metric: Metrics,
     *,
     kind: str = "zero",
     reference=None,
@@ -510,52 +454,30 @@ def layer_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-) -> SweepResult:
+) -> SweepResult | dict[str, SweepResult]:
     """Ablate each layer's attention output and MLP output alone: ``res.values`` is ``[layer, part]``
     with parts ``("attn", "mlp")``."""
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, layers)
-    toks = to_tokens(model, tokens)
-    n_pos = toks.shape[1]
-    pos = _check_positions(positions, n_pos)
-    start = 0 if pos is None else min(pos)
-    names = [_layer_hook(layer, part) for layer in layers for part in LAYER_PARTS]
-    if kind != "zero" and reference is None:
-        reference = toks
-    sources = _sources(model, names, kind, reference, mean_over, seed)
-    receiver = Receiver(model, toks, metric=metric)
-    base = check_output(metric(receiver.logits), toks.shape[0]).detach()
-    pos_mask = torch.zeros(n_pos, dtype=torch.bool, device=toks.device)
-    pos_mask[pos if pos is not None else slice(None)] = True
-    out = torch.empty(len(layers), len(LAYER_PARTS), toks.shape[0], device=toks.device)
-    with _progress(len(layers) * len(LAYER_PARTS), "layer ablation", progress) as bar:
-        for li, layer in enumerate(layers):
-            part_names = [_layer_hook(layer, part) for part in LAYER_PARTS]
-
-            def make_hooks(cell_of_row, ex_of_row, part_names=part_names):
-                hooks = []
-                for ci, name in enumerate(part_names):
-                    src = sources[name]
-                    rows = cell_of_row == ci
-
-                    def hook(act, hook=None, src=src, rows=rows):
-                        if src.kind == "resample":
-                            ridx = resample_index(receiver.n_examples, src.acts.shape[0], src.seed, act.device)
-                            new = src.acts[ridx][ex_of_row, start:]
-                        elif src.kind == "mean":
-                            new = (src.acts[start:] if src.per_position else src.acts).to(act.dtype).expand_as(act)
-                        else:
-                            new = torch.zeros_like(act)
-                        m = rows[:, None, None] & pos_mask[start:][None, :, None]
-                        return torch.where(m, new, act)
-
-                    hooks.append((name, hook))
-                return hooks
-
-            out[li] = run_cells(
-                receiver, metric, layer, start, len(LAYER_PARTS), make_hooks, memory_budget=memory_budget, pbar=bar
-            )
-    return _ablation_result(out, base, ("layer", "part"), {"layer": layers, "part": list(LAYER_PARTS)}, "out", kind)
+    per, base, _ = _sweep_layers(
+        model,
+        tokens,
+        metric,
+        hooks_of_layer=lambda layer: [_layer_hook(layer, part) for part in LAYER_PARTS],
+        n_units=len(LAYER_PARTS),
+        units=None,
+        what="Part",
+        layers=layers,
+        kind=kind,
+        reference=reference,
+        positions=positions,
+        mean_over=mean_over,
+        seed=seed,
+        memory_budget=memory_budget,
+        progress=progress,
+        desc="layer ablation",
+    )
+    return _ablation_result(per, base, ("layer", "part"), {"layer": layers, "part": list(LAYER_PARTS)}, "out", kind)
 
 
 __all__ = [

@@ -24,16 +24,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from .core.interventions import Replace, hook
+from .core.sites import HOOK_EMBED, hook_name
 from .errors import InputError
 from .inputs import check_hook_names
 from .metrics import Metric, check_output
 from .models.summary import kv_head_of
-from .patching import (
-    SweepResult,
-    _sweep_setup,
-    first_difference,
-    position_labels,
-)
+from .patching import SweepResult, first_difference, position_labels, sweep_setup
 from .patching import sweep as exact_sweep
 
 
@@ -82,7 +79,7 @@ def _grad_run(model, tokens, metric, names: list[str]):
 
     # an upstream point the backward passes through: without it the backward hooks of converted points
     # (attn.hook_z, hook_q/k/v) would not fire
-    wanted = set(names) | {"hook_embed"}
+    wanted = set(names) | {HOOK_EMBED}
     with torch.enable_grad():
         cache = cache_activation_and_gradient(model, tokens, summed, names_filter=lambda n: n in wanted)
     missing = [n for n in names if cache.gradients.get(n) is None]
@@ -97,15 +94,15 @@ def _score_deltas(model, receiver_t, donor_acts, recv_acts, layers: list[int]) -
     deltas: dict[int, torch.Tensor] = {}
     hooks = []
     for layer in layers:
-        k_name, s_name, p_name = (f"blocks.{layer}.attn.hook_{x}" for x in ("k", "attn_scores", "pattern"))
-        hooks.append((k_name, lambda act, hook, n=k_name: donor_acts[n].clone()))
+        k_name, s_name, p_name = (hook_name(x, layer) for x in ("k", "attn_scores", "pattern"))
+        hooks.append(hook(k_name, Replace(donor_acts[k_name])))
 
         def scores(act, hook, layer=layer, n=s_name):
             deltas[layer] = act.detach() - recv_acts[n]
             return act
 
         hooks.append((s_name, scores))
-        hooks.append((p_name, lambda act, hook, n=p_name: recv_acts[n]))
+        hooks.append(hook(p_name, Replace(recv_acts[p_name], pattern=True)))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(receiver_t)
     for layer, d in deltas.items():
@@ -135,17 +132,17 @@ def sweep(
     ``rank_correlation``. The result's ``per_example`` is ``base + estimated effect``, so ``effect`` and
     ``recovery`` read as for an exact sweep.
     """
-    st = _sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
-    site, hook_suffix, kind, by = st.site, st.hook_suffix, st.kind, st.by
+    st = sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
+    site, kind, by = st.site, st.kind, st.by
     clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
     layer_list, pos_list, n_pos = st.layer_list, st.pos_list, int(st.recv_t.shape[1])
     query_kv = kind == "kv" and "head" in by  # a query head's own use of its key/value slot (any model)
 
-    names = [f"blocks.{layer}.{hook_suffix}" for layer in layer_list]
+    names = [hook_name(site, layer) for layer in layer_list]
     if query_kv and site == "v":
-        names += [f"blocks.{layer}.attn.hook_{x}" for layer in layer_list for x in ("z", "pattern")]
+        names += [hook_name(x, layer) for layer in layer_list for x in ("z", "pattern")]
     if query_kv and site == "k":
-        names += [f"blocks.{layer}.attn.hook_{x}" for layer in layer_list for x in ("attn_scores", "pattern")]
+        names += [hook_name(x, layer) for layer in layer_list for x in ("attn_scores", "pattern")]
     check_hook_names(model, names)
     site_names = set(names[: len(layer_list)])
     with torch.no_grad():
@@ -161,16 +158,16 @@ def sweep(
     kv_of = torch.tensor(kv_head_of(model), device=recv_t.device)
     per_layer = []
     for layer in layer_list:
-        name = f"blocks.{layer}.{hook_suffix}"
+        name = hook_name(site, layer)
         delta = donor_cache[name] - acts[name]
         g = grads[name]
         if query_kv and site == "v":
-            gz = grads[f"blocks.{layer}.attn.hook_z"]  # [b, q, h, d]
-            pat = acts[f"blocks.{layer}.attn.hook_pattern"]  # [b, h, q, s]
+            gz = grads[hook_name("z", layer)]  # [b, q, h, d]
+            pat = acts[hook_name("pattern", layer)]  # [b, h, q, s]
             dv = delta[:, :, kv_of]  # [b, s, h, d]: each query head's view of its value slot
             score = torch.einsum("bqhd,bhqs,bshd->bsh", gz, pat, dv)  # [b, pos, head]
         elif query_kv and site == "k":
-            gs = grads[f"blocks.{layer}.attn.hook_attn_scores"]  # [b, h, q, s]
+            gs = grads[hook_name("attn_scores", layer)]  # [b, h, q, s]
             score = torch.einsum("bhqs,bhqs->bsh", torch.nan_to_num(gs), deltas[layer])
         elif kind == "pattern":
             score = (delta * g).sum(-1).transpose(1, 2)  # [b, dest, head]

@@ -28,7 +28,7 @@ def final_scale(cache, pos: int | None = -1) -> torch.Tensor:
     return scale if pos is None else scale[:, pos]
 
 
-def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor) -> torch.Tensor:  # noqa: F722
+def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor) -> torch.Tensor:
     """Normalise ``x`` as the final norm would, with its scale frozen to ``scale`` (broadcast against ``x``)."""
     if is_layernorm(model):
         x = x - x.mean(-1, keepdim=True)
@@ -37,11 +37,11 @@ def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"], scale: torch.
 
 def to_logits(
     model,
-    x: Float[torch.Tensor, "... d_model"],  # noqa: F722
+    x: Float[torch.Tensor, "... d_model"],
     scale: torch.Tensor,
     *,
     include_bias: bool = True,
-) -> Float[torch.Tensor, "... d_vocab"]:  # noqa: F722
+) -> Float[torch.Tensor, "... d_vocab"]:
     """Logits of residual-stream vector(s) ``x`` with the final scale frozen (``include_bias`` adds ``b_U``)."""
     out = apply_final_norm(model, x, scale) @ model.W_U
     if include_bias and getattr(model, "b_U", None) is not None:

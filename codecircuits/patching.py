@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import html
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
+from .core.batching import paired_tokens, progress_bar
+from .core.interventions import Replace, hook
+from .core.metrics import Metric, check_output
+from .core.runner import Receiver, run_cells
+from .core.sites import SITE_KINDS, site_kind
 from .errors import InputError
-from .metrics import Metric, check_output, per_cell
-from .models.kv_cache import forward_cache_to_attention
+from .inputs import check_hook_names
+from .models.summary import kv_head_of, n_kv_heads
 
 # ----------------------------------------------------------------------------------------------------------------
 # results
@@ -180,269 +184,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the engine: run only the layers and positions a patch can change
-
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk
-
-
-def _parse_budget(budget) -> int:
-    if budget is None:
-        return DEFAULT_MEMORY_BUDGET
-    if isinstance(budget, (int, float)):
-        if budget <= 0:
-            raise InputError(f"memory_budget must be positive, got {budget}.")
-        return int(budget)
-    s = str(budget).strip().upper().replace("IB", "B")
-    for unit, mult in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("B", 1)):
-        if s.endswith(unit):
-            try:
-                return int(float(s[: -len(unit)]) * mult)
-            except ValueError:
-                break
-    raise InputError(f"Cannot read memory_budget={budget!r}: give bytes (an int) or a string like '2GB' or '500MB'.")
-
-
-def _skip_block(returns_tuple: bool):
-    def forward(*args, **kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        return (x,) if returns_tuple else x
-
-    return forward
-
-
-def metric_positions(metric: Metric, logits: torch.Tensor) -> list[int] | None:
-    """The positions whose logits ``metric`` reads, if that is only the last one; ``None`` means all.
-
-    Checked empirically on ``logits``: the metric must give exactly the same values when every other position is
-    replaced by NaN and by large random numbers. Sweeps then compute the unembedding only there.
-    """
-    n_pos = logits.shape[1]
-    if n_pos < 2:
-        return None
-    try:
-        ref = metric(logits)
-        other = torch.ones(n_pos, dtype=torch.bool, device=logits.device)
-        other[-1] = False
-        g = torch.Generator(device="cpu").manual_seed(0)
-        for fill in ("nan", "noise"):
-            probe = logits.clone()
-            if fill == "nan":
-                probe[:, other] = float("nan")
-            else:
-                noise = torch.randn(probe[:, other].shape, generator=g) * 100
-                probe[:, other] = noise.to(probe.device, probe.dtype)
-            out = metric(probe)
-            if not (isinstance(out, torch.Tensor) and out.shape == ref.shape and torch.equal(out, ref)):
-                return None
-    except Exception:  # a metric that cannot take the probe reads everything, as far as we know
-        return None
-    return [n_pos - 1]
-
-
-class Receiver:
-    """One cached forward of the prompts that receive interventions: the residual entering every layer,
-    the logits and the Hugging Face key/value cache. :meth:`run` then runs a batch of rows (each row one
-    of these prompts, with interventions installed as hooks) from layer ``layer`` and position ``start``
-    only, reusing the cached keys and values of the earlier positions and skipping the earlier layers.
-    """
-
-    def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = (), metric: Metric | None = None):
-        from transformers import DynamicCache
-
-        forward_cache_to_attention(model)  # transformers >= 5.24 passes the cache on as `cache=`
-        self.model = model
-        self.tokens = tokens
-        self.n_layers = int(model.cfg.n_layers)
-        names = {f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)} | set(extra_names)
-        self.kv = DynamicCache(config=model.original_model.config)
-        seen: dict[str, bool] = {}
-        handle = model.blocks[0].register_forward_hook(lambda mod, a, o: seen.__setitem__("tuple", type(o) is tuple))
-        t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                self.logits, self.cache = model.run_with_cache(
-                    tokens, names_filter=lambda n: n in names, past_key_values=self.kv
-                )
-        finally:
-            handle.remove()
-        self.forward_seconds = time.perf_counter() - t0
-        self._returns_tuple = seen.get("tuple", False)
-        # the positions whose logits the metric reads (None: all): only those are unembedded in run()
-        self.read_positions = metric_positions(metric, self.logits) if metric is not None else None
-        if self.kv.get_seq_length() != tokens.shape[1]:
-            raise RuntimeError(
-                f"The model's key/value cache holds {self.kv.get_seq_length()} positions after a forward over "
-                f"{tokens.shape[1]}; this architecture does not fill a Hugging Face DynamicCache, so prefix reuse "
-                "cannot work: use transformer_lens.patching for this model, and report the architecture."
-            )
-
-    @property
-    def n_examples(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def n_pos(self) -> int:
-        return int(self.tokens.shape[1])
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.cache[name]
-
-    def run(self, layer: int, start: int, rows: torch.Tensor, fwd_hooks, *, resid: torch.Tensor | None = None):
-        """Logits ``[len(rows), pos, vocab]`` of the receiver prompts ``rows`` with ``fwd_hooks`` installed.
-
-        Only layers ``>= layer`` and positions ``>= start`` are computed (hooks see those positions only: a
-        hook's position ``i`` is the prompt's position ``start + i``); the earlier positions' logits are the
-        cached receiver logits. If ``read_positions`` is set (the metric reads only those), only those positions
-        are unembedded and the others hold arbitrary values. ``resid`` overrides the residual entering ``layer``
-        at positions ``>= start``.
-        """
-        from transformers import DynamicCache
-
-        model = self.model
-        if resid is None:
-            resid = self.cache[f"blocks.{layer}.hook_resid_pre"][rows, start:]
-        sub = None
-        if start > 0:
-            sub = DynamicCache(config=model.original_model.config)
-            for i, lay in enumerate(self.kv.layers):
-                if i < layer:  # skipped layers never read their cache; only the length of layer 0 matters
-                    k = lay.keys[:1, :, :start].expand(len(rows), -1, -1, -1)
-                    v = lay.values[:1, :, :start].expand(len(rows), -1, -1, -1)
-                else:
-                    k, v = lay.keys[rows, :, :start], lay.values[rows, :, :start]
-                sub.update(k.contiguous() if i >= layer else k, v.contiguous() if i >= layer else v, i)
-        skipped = [model.blocks[i] for i in range(layer)]
-        fwd = _skip_block(self._returns_tuple)
-        read = self.read_positions
-        hooks = list(fwd_hooks)
-        if read is not None:  # unembed only the positions the metric reads
-            idx = [p - start for p in read]
-            hooks.append(("unembed.hook_in", lambda act, hook: act[:, idx]))
-        for b in skipped:
-            object.__setattr__(b, "forward", fwd)
-        try:
-            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-                kwargs = {"past_key_values": sub} if sub is not None else {"use_cache": False}
-                out = model(resid, start_at_layer=layer, **kwargs)
-        finally:
-            for b in skipped:
-                object.__delattr__(b, "forward")
-        if read is not None:
-            # the metric reads only these positions (checked when the receiver was built): the others are left
-            # uninitialised rather than copied
-            full = torch.empty(len(rows), self.n_pos, out.shape[-1], device=out.device, dtype=out.dtype)
-            full[:, read] = out
-            return full
-        if start > 0:
-            out = torch.cat([self.logits[rows, :start], out], dim=1)
-        return out
-
-    def forward_overhead(self) -> float:
-        """A forward's fixed cost in row-layer-position evaluations, measured on this machine: the time of a
-        one-row, one-layer, one-position run over the time per evaluation of the receiver's full forward."""
-        per_eval = self.forward_seconds / (self.n_examples * self.n_layers * self.n_pos)
-        rows = torch.zeros(1, dtype=torch.long, device=self.tokens.device)
-        best = float("inf")
-        for _ in range(2):
-            t0 = time.perf_counter()
-            self.run(self.n_layers - 1, self.n_pos - 1, rows, [])
-            best = min(best, time.perf_counter() - t0)
-        return max(0.0, best / max(per_eval, 1e-12) - 1.0)
-
-    def row_bytes(self, start: int) -> int:
-        """Rough activation bytes one row needs when run from ``start`` (for chunk sizing)."""
-        cfg = self.model.cfg
-        s = self.n_pos - start
-        per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * self.n_pos
-        n_logits = len(self.read_positions) if self.read_positions is not None else s + self.n_pos
-        return 4 * (s * per_pos + n_logits * cfg.d_vocab)
-
-
-def run_cells(
-    receiver: Receiver,
-    metric: Metric,
-    layer: int,
-    start: int,
-    n_cells: int,
-    make_hooks: Callable[[torch.Tensor, torch.Tensor], list],
-    *,
-    memory_budget=None,
-    pbar=None,
-) -> torch.Tensor:
-    """Metric ``[n_cells, n_examples]`` of ``n_cells`` interventions at one layer, batched in chunks.
-
-    ``make_hooks(cell_of_row, example_of_row)`` returns the forward hooks for a chunk whose batch rows are
-    ``(cell, example)`` pairs, cell-major. ``metric`` sees each cell's rows on their own, the examples in order
-    (:func:`codecircuits.metrics.per_cell`), unless it is declared row-wise. Every cell must leave the
-    receiver's positions ``< start`` and its
-    layers ``< layer`` unchanged.
-    """
-    n_ex = receiver.n_examples
-    device = receiver.tokens.device
-    per_chunk = max(1, _parse_budget(memory_budget) // (receiver.row_bytes(start) * n_ex))
-    out = []
-    for c0 in range(0, n_cells, per_chunk):
-        c1 = min(n_cells, c0 + per_chunk)
-        cells = torch.arange(c0, c1, device=device)
-        cell_of_row = cells.repeat_interleave(n_ex)
-        ex_of_row = torch.arange(n_ex, device=device).repeat(c1 - c0)
-        logits = receiver.run(layer, start, ex_of_row, make_hooks(cell_of_row, ex_of_row))
-        out.append(per_cell(metric, logits, c1 - c0, n_ex).detach())
-        if pbar is not None:
-            pbar.update(c1 - c0)
-    return torch.cat(out) if out else torch.empty(0, n_ex, device=device)
-
-
-def _progress(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # sites and sweeps
-
-# site -> (hook suffix, the kind of tensor: "vec" [b,pos,d], "head" [b,pos,head,d], "kv" [b,pos,kv,d],
-#          "neuron" [b,pos,d_mlp], "pattern" [b,head,dest,src])
-SITES = {
-    "resid_pre": ("hook_resid_pre", "vec"),
-    "resid_mid": ("hook_resid_mid", "vec"),
-    "resid_post": ("hook_resid_post", "vec"),
-    "attn_out": ("hook_attn_out", "vec"),
-    "mlp_out": ("hook_mlp_out", "vec"),
-    "z": ("attn.hook_z", "head"),
-    "q": ("attn.hook_q", "head"),
-    "k": ("attn.hook_k", "kv"),
-    "v": ("attn.hook_v", "kv"),
-    "pattern": ("attn.hook_pattern", "pattern"),
-    "post": ("mlp.hook_post", "neuron"),
-}
-SITE_ALIASES = {"head_out": "z", "neurons": "post", "mlp_post": "post"}
-
-DEFAULT_BY = {
-    "vec": ("layer", "pos"),
-    "head": ("layer", "head"),
-    "kv": ("layer", "head"),
-    "pattern": ("layer", "head"),
-    "neuron": ("layer", "neuron"),
-}
-ALLOWED_BY = {
-    "vec": [("layer", "pos"), ("layer",)],
-    "head": [("layer", "head"), ("layer", "pos", "head")],
-    "kv": [("layer", "head"), ("layer", "pos", "head"), ("layer", "kv_head"), ("layer", "pos", "kv_head")],
-    "pattern": [("layer", "head"), ("layer", "head", "dest_pos")],
-    "neuron": [("layer", "neuron")],
-}
-
-
-def _site(site: str) -> tuple[str, str, str]:
-    site = SITE_ALIASES.get(site, site)
-    if site not in SITES:
-        raise InputError(
-            f"Unknown patching site {site!r}: choose one of {', '.join(SITES)} (aliases: {', '.join(SITE_ALIASES)})."
-        )
-    return (site, *SITES[site])
-
 
 def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
     """The first position where any clean prompt differs from its corrupted prompt (the length if none)."""
@@ -554,7 +296,9 @@ def _merge(plans: list[_Plan], n_pos: int, n_ex: int, overhead: float, max_cells
 
 
 @dataclass(frozen=True)
-class _SweepSetup:
+class SweepSetup:
+    """The checked arguments of a sweep: its site, axes, the two runs' tokens, layers and positions."""
+
     site: str
     hook_suffix: str
     kind: str
@@ -567,16 +311,13 @@ class _SweepSetup:
     pos_list: list[int]
 
 
-def _sweep_setup(model, clean, corrupted, site, by, into, layers, positions) -> _SweepSetup:
+def sweep_setup(model, clean, corrupted, site, by, into, layers, positions) -> SweepSetup:
     """Checked arguments shared by the exact sweep and its attribution estimate."""
-    from .inputs import paired_tokens
-
-    site, hook_suffix, kind = _site(site)
-    by = tuple(by) if by is not None else DEFAULT_BY[kind]
-    if by not in ALLOWED_BY[kind]:
-        raise InputError(
-            f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, ALLOWED_BY[kind]))}."
-        )
+    sk = site_kind(site, sweep=True)
+    site, hook_suffix, kind = sk.name, sk.suffix, sk.layout
+    by = tuple(by) if by is not None else sk.default_by
+    if by not in sk.allowed_by:
+        raise InputError(f"Site {site!r} cannot be swept by {by}: choose one of {', '.join(map(str, sk.allowed_by))}.")
     if into not in ("corrupted", "clean"):
         raise InputError(f"into must be 'corrupted' (clean activations patched in) or 'clean'; got {into!r}.")
     clean_t, corr_t = paired_tokens(model, clean, corrupted)
@@ -589,7 +330,7 @@ def _sweep_setup(model, clean, corrupted, site, by, into, layers, positions) -> 
     if any(not -n_pos <= int(p) < n_pos for p in _as_list(positions or [])):
         raise InputError(f"Positions {_as_list(positions)} are outside prompts of {n_pos} tokens.")
     pos_list = list(range(n_pos)) if positions is None else sorted({int(p) % n_pos for p in _as_list(positions)})
-    return _SweepSetup(site, hook_suffix, kind, by, clean_t, corr_t, recv_t, donor_t, layer_list, pos_list)
+    return SweepSetup(site, hook_suffix, kind, by, clean_t, corr_t, recv_t, donor_t, layer_list, pos_list)
 
 
 def sweep(
@@ -631,14 +372,12 @@ def sweep(
     Returns a :class:`SweepResult`: ``per_example`` ``[*by, batch]``, ``base`` the receiving run's metric and
     ``source`` the donor run's, so ``recovery`` is the usual normalised score.
     """
-    st = _sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
-    site, hook_suffix, kind, by = st.site, st.hook_suffix, st.kind, st.by
+    st = sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
+    site, kind, by = st.site, st.kind, st.by
     clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
     layer_list, pos_list, n_pos = st.layer_list, st.pos_list, int(st.clean_t.shape[1])
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
-    from .models.summary import kv_head_of, n_kv_heads
-
     n_kv = n_kv_heads(model)
     if kind == "neuron":
         n_units, units = int(cfg.d_mlp), neurons
@@ -654,13 +393,12 @@ def sweep(
     grid, plans = _plan(by, layer_list, n_units, pos_list, d, units)
 
     query_kv = kind == "kv" and "head" in by and n_kv != n_heads  # per-query-head patch of a shared slot
-    hook_names = [f"blocks.{layer}.{hook_suffix}" for layer in layer_list]
-    from .inputs import check_hook_names
-
+    sk = SITE_KINDS[site]
+    hook_names = [sk.hook(layer) for layer in layer_list]
     check_hook_names(model, hook_names)
     extra = []
     if query_kv:
-        extra = [f"blocks.{layer}.attn.hook_{'pattern' if site == 'k' else 'z'}" for layer in layer_list]
+        extra = [SITE_KINDS["pattern" if site == "k" else "z"].hook(layer) for layer in layer_list]
     receiver = Receiver(model, recv_t, extra_names=extra, metric=metric)
     wanted = set(hook_names)
     with torch.no_grad():
@@ -679,11 +417,11 @@ def sweep(
     sel_pos[:d] = False  # positions before the first difference are identical in both runs
     overhead = receiver.forward_overhead() if len(plans) > 4 else 0.0
     max_cells = (
-        max(1, _parse_budget(memory_budget) // (receiver.row_bytes(min(p.start for p in plans)) * n_ex)) if plans else 1
+        receiver.cells_per_chunk(min(p.start for p in plans), memory_budget) if plans else 1
     )
     groups = _merge(plans, n_pos, n_ex, overhead, max_cells)
     total = sum(len(p.cells) for p in plans)
-    with _progress(total, f"patching {site}", progress) as bar:
+    with progress_bar(total, f"patching {site}", progress) as bar:
         for grp in groups:
             start = grp.start
             g_layer, g_pos, g_unit = (t.to(recv_t.device) for t in (grp.layers, grp.pos, grp.unit))
@@ -698,22 +436,21 @@ def sweep(
                 hooks = []
                 for L in sorted(set(lay_of_row.tolist())):
                     on = lay_of_row == L  # the rows that patch at this layer
-                    src = donor_cache[f"blocks.{L}.{hook_suffix}"][ex_of_row]
+                    name = sk.hook(L)
                     pm = pmask & on[:, None]
                     if kind == "vec":
                         m = pm[:, :, None]
                     elif kind in ("head", "kv", "neuron"):
+                        n_slots = donor_cache[name].shape[2]
                         slot = kv_of[unit_of_row] if query_kv else unit_of_row
-                        umask = torch.nn.functional.one_hot(slot, src.shape[2]).bool()  # [rows, slots]
+                        umask = torch.nn.functional.one_hot(slot, n_slots).bool()  # [rows, slots]
                         m = pm[:, :, None] & umask[:, None, :]
-                        m = m[..., None] if src.dim() == 4 else m
+                        m = m[..., None] if donor_cache[name].dim() == 4 else m
                     else:  # pattern [rows, head, dest, src]: whole rows of the patched destination positions
                         umask = torch.nn.functional.one_hot(unit_of_row, n_heads).bool()
                         m = umask[:, :, None, None] & pm[:, None, :, None]
-                    src_s = src[:, :, start:] if kind == "pattern" else src[:, start:]
-                    hooks.append(
-                        (f"blocks.{L}.{hook_suffix}", lambda act, hook=None, m=m, v=src_s: torch.where(m, v, act))
-                    )
+                    patch = Replace(donor_cache[name], pattern=kind == "pattern")
+                    hooks.append(hook(name, patch, m, examples=ex_of_row, offset=start))
                     if query_kv:
                         # the slot is shared: the other query heads of its group keep the receiver's values, which
                         # are exact at the patched layer
@@ -723,12 +460,11 @@ def sweep(
                             & on[:, None]
                         )  # [rows, head]
                         if site == "k":
-                            cached = receiver[f"blocks.{L}.attn.hook_pattern"][ex_of_row][:, :, start:]
-                            m2, name2 = other[:, :, None, None], f"blocks.{L}.attn.hook_pattern"
+                            name2, m2 = SITE_KINDS["pattern"].hook(L), other[:, :, None, None]
                         else:
-                            cached = receiver[f"blocks.{L}.attn.hook_z"][ex_of_row][:, start:]
-                            m2, name2 = other[:, None, :, None], f"blocks.{L}.attn.hook_z"
-                        hooks.append((name2, lambda act, hook=None, m=m2, v=cached: torch.where(m, v, act)))
+                            name2, m2 = SITE_KINDS["z"].hook(L), other[:, None, :, None]
+                        keep = Replace(receiver[name2], pattern=site == "k")
+                        hooks.append(hook(name2, keep, m2, examples=ex_of_row, offset=start))
                 return hooks
 
             vals = run_cells(
@@ -770,11 +506,9 @@ def work(model, clean, corrupted, *, site: str = "resid_pre", by: Sequence[str] 
     the ones a patch can change (what this engine runs: layers ``>= l`` and positions ``>= p`` of each cell
     that changes anything). ``ideal_ratio`` is the speed-up of an implementation that recomputes nothing else.
     """
-    from .inputs import paired_tokens
-    from .models.summary import n_kv_heads
-
-    site, _, kind = _site(site)
-    by = tuple(by) if by is not None else DEFAULT_BY[kind]
+    sk = site_kind(site, sweep=True)
+    kind = sk.layout
+    by = tuple(by) if by is not None else sk.default_by
     clean_t, corr_t = paired_tokens(model, clean, corrupted)
     n_layers, n_pos = int(model.cfg.n_layers), int(clean_t.shape[1])
     n_units = {"neuron": int(model.cfg.d_mlp)}.get(kind, n_kv_heads(model) if "kv_head" in by else model.cfg.n_heads)

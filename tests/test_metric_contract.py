@@ -15,6 +15,8 @@ from test_patching import TL_SWEEPS
 from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
 from codecircuits import ablation, patching
+from codecircuits.core import metrics as core_metrics
+from codecircuits.core import runner
 from codecircuits.errors import InputError
 from codecircuits.metrics import RowwiseMetric, rowwise
 
@@ -40,21 +42,21 @@ def chunking(monkeypatch):
     """``chunking(n)`` -> the memory budget that makes every batched forward hold at most ``n`` cells (None:
     the default budget); ``sizes`` records the number of cells of each metric call on a batched forward."""
     sizes: list[int] = []
-    real = patching.per_cell
-    real_row_bytes = patching.Receiver.row_bytes
+    real = core_metrics.per_cell
+    real_row_bytes = runner.Receiver.row_bytes
 
     def spy(metric, logits, n_cells, n_examples):
         sizes.append(n_cells)
         return real(metric, logits, n_cells, n_examples)
 
-    monkeypatch.setattr(patching, "per_cell", spy)
+    monkeypatch.setattr(core_metrics, "per_cell", spy)
 
     def budget(n_cells, n_examples):
         if n_cells is None:  # the real row sizes and the default budget
-            monkeypatch.setattr(patching.Receiver, "row_bytes", real_row_bytes)
+            monkeypatch.setattr(runner.Receiver, "row_bytes", real_row_bytes)
             return None
         # one byte a row, so the budget counts rows: n_cells cells of n_examples rows each
-        monkeypatch.setattr(patching.Receiver, "row_bytes", lambda self, start: 1)
+        monkeypatch.setattr(runner.Receiver, "row_bytes", lambda self, start: 1)
         return n_cells * n_examples
 
     budget.sizes = sizes
