@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
@@ -52,7 +51,6 @@ def _capture(monkeypatch, command):
 
     study = importlib.import_module(f"codecircuits.studies.{'parens' if command == 'demo' else command}")
     seen = {}
-    signature = inspect.signature(study.run)
 
     def fake_run(model, *args, **kwargs):
         seen.update(args=args, kwargs=kwargs)
@@ -67,23 +65,46 @@ def _capture(monkeypatch, command):
             main([command, *options])
         return seen["args"], seen["kwargs"]
 
-    call.signature = signature
     return study, call
+
+
+CONFIGS = {
+    "parens": "ParensConfig",
+    "demo": "ParensConfig",
+    "subspace": "SubspaceConfig",
+    "cna": "CNAConfig",
+    "memories": "MemoriesConfig",
+    "repair": "RepairConfig",
+    "signatures": "SignatureConfig",
+}
 
 
 @pytest.mark.parametrize("command", STUDY_COMMANDS)
 def test_study_command_defaults_are_the_study_config(monkeypatch, command):
     study, call = _capture(monkeypatch, command)
     args, kwargs = call()
-    if command in ("parens", "subspace", "demo"):
-        cfg_cls = study.ParensConfig if command in ("parens", "demo") else study.SubspaceConfig
-        (cfg,) = args
-        assert cfg == cfg_cls(), f"`codecircuits {command}` runs {cfg}, the library's default is {cfg_cls()}"
-    else:
-        assert not args
-        given = {k: v for k, v in kwargs.items() if k not in CLI_KEYWORDS}
-        assert given == {}, f"`codecircuits {command}` overrides the study's defaults: {given}"
-        assert set(kwargs) <= set(call.signature.parameters)
+    cfg_cls = getattr(study, CONFIGS[command])
+    (cfg,) = args
+    assert cfg == cfg_cls(), f"`codecircuits {command}` runs {cfg}, the library's default is {cfg_cls()}"
+    assert set(kwargs) <= CLI_KEYWORDS, f"`codecircuits {command}` passes settings outside the config: {kwargs}"
+
+
+@pytest.mark.parametrize("command", [c for c in STUDY_COMMANDS if c != "demo"])
+def test_every_config_setting_has_an_option(command):
+    """The command line is generated from the config: each setting (except library-only ones) has an option."""
+    import dataclasses
+    import importlib
+
+    from codecircuits.cli import build_parser
+
+    study = importlib.import_module(f"codecircuits.studies.{command}")
+    cfg_cls = getattr(study, CONFIGS[command])
+    parser = build_parser()
+    sub = next(a for a in parser._subparsers._group_actions if hasattr(a, "choices")).choices[command]
+    dests = {a.dest for a in sub._actions}
+    for f in dataclasses.fields(cfg_cls):
+        if f.metadata.get("cli", True):
+            assert f.name in dests, f"{cfg_cls.__name__}.{f.name} has no option in `codecircuits {command}`"
 
 
 def test_study_command_options_reach_the_study(monkeypatch):
@@ -91,18 +112,30 @@ def test_study_command_options_reach_the_study(monkeypatch):
     (cfg,), _ = call("--prompts-per-n", "7", "--no-mined")
     assert cfg == study.ParensConfig(prompts_per_n=7, mined=False)
     study, call = _capture(monkeypatch, "cna")
-    _, kw = call("--templates", "assert, comment", "--no-parens", "--n-sweep", "3")
-    assert kw == {"templates": ("assert", "comment"), "paren_n_values": (), "n_sweep": 3, "progress": True}
+    (cfg,), _ = call("--templates", "assert, comment", "--no-parens", "--n-sweep", "3")
+    assert cfg == study.CNAConfig(templates=("assert", "comment"), paren_n_values=(), n_sweep=3)
     study, call = _capture(monkeypatch, "memories")
-    _, kw = call("--max-tokens", "0", "--edit", "keyword,string", "--top-k", "5", "--quiet")
-    assert kw["max_tokens"] is None and kw["edit"] == ["keyword", "string"] and kw["k"] == 5
+    (cfg,), kw = call("--max-tokens", "0", "--edit", "keyword,string", "--top-k", "5", "--quiet")
+    assert cfg.max_tokens is None and cfg.edit == ("keyword", "string") and cfg.k == 5
     assert kw["progress"] is False
     study, call = _capture(monkeypatch, "signatures")
-    _, kw = call("--layers", "0-2,5", "--alphas", "0,1")
-    assert kw["layers"] == [0, 1, 2, 5] and kw["alphas"] == (0.0, 1.0)
+    (cfg,), _ = call("--layers", "0-2,5", "--alphas", "0,1")
+    assert cfg.layers == (0, 1, 2, 5) and cfg.alphas == (0.0, 1.0)
     study, call = _capture(monkeypatch, "subspace")
     (cfg,), _ = call("--values", "1,2", "--epochs", "2")
     assert cfg == study.SubspaceConfig(values=(1, 2), epochs=2)
+    study, call = _capture(monkeypatch, "repair")
+    (cfg,), _ = call("--cases", "3", "--sources", "humaneval")
+    assert cfg == study.RepairConfig(n_cases=3, sources=("humaneval",))
+
+
+def test_unknown_setting_is_explained():
+    from codecircuits.errors import InputError
+    from codecircuits.studies.cna import CNAConfig
+    from codecircuits.studies.common import configure
+
+    with pytest.raises(InputError, match="has no setting n_swep"):
+        configure(CNAConfig, None, {"n_swep": 3})
 
 
 @pytest.mark.parametrize("command", STUDY_COMMANDS)

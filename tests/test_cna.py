@@ -8,6 +8,7 @@ import torch
 from browser import check_study_report
 
 from codecircuits import cna, neurons
+from codecircuits.core.sites import head_label
 from codecircuits.errors import InputError
 from codecircuits.tasks import arithmetic
 
@@ -168,7 +169,7 @@ def test_study_writes_a_report_and_json(tiny, tmp_path):
     html, js = study_mod.write(st, tmp_path / "out")
     data = json.loads(js.read_text())
     check_study_report(html, js, f"cna-{tiny.cfg.model_name}.png", require=("heatmap", "table"))
-    assert data["arithmetic"]["top_head"] == f"{st.arithmetic.head[0]}_{st.arithmetic.head[1]}"
+    assert data["arithmetic"]["top_head"] == head_label(*st.arithmetic.head)
     assert [r["N"] for r in data["arithmetic"]["mask_keep"]] == [2, 3]
     assert {r["method"] for r in data["top10_ablation"]} >= {"original", "logprob_increase", "random"}
     page = html.read_text()

@@ -1,34 +1,22 @@
-"""Study options of the sub-commands: each study's defaults live in one place, its config (a config dataclass
-or the keyword defaults of the study's ``run``), and the command line passes only the options a user gave.
+"""Study options of the sub-commands, generated from each study's config dataclass: a study's defaults live in
+one place, its config, and the command line passes only the options a user gave.
 
-An option declared with :func:`study_option` has no default of its own (argparse's ``SUPPRESS``): when it is not
-given it is absent from the parsed arguments, so :func:`given` leaves it out and the study's own default applies.
-Converters (``type=``) turn the command-line text into the library's types, so a given value is passed as is.
+:func:`config_options` adds one option per config field, with no default of its own (argparse's ``SUPPRESS``):
+an option not given is absent from the parsed arguments, so :func:`given` leaves it out and :func:`config_from`
+builds the config with the field's own default. Converters (``type=``) turn the command-line text into the
+library's types, so a given value is passed as is.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 
 _KEYS = "_study_keys"
-
-
-def study_option(p: argparse.ArgumentParser, flag: str, dest: str, help: str, **kw) -> None:
-    """Add ``flag``, stored as the study's keyword ``dest``; its default is the study's own."""
-    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: the study's, {dest})", **kw)
-    keys = p.get_default(_KEYS) or ()
-    p.set_defaults(**{_KEYS: (*keys, dest)})
 
 
 def given(args: argparse.Namespace) -> dict:
     """The study options the user gave, by the study's keyword names."""
     return {k: getattr(args, k) for k in getattr(args, _KEYS, ()) if hasattr(args, k)}
-
-
-def library_default(run, name: str):
-    """The default of keyword ``name`` of a study's ``run`` (for a command that needs it before the call)."""
-    return inspect.signature(run).parameters[name].default
 
 
 def csv(text: str) -> tuple[str, ...]:
@@ -55,6 +43,11 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def layer_list(text: str) -> tuple[int, ...] | None:
+    """``"0-2,5"`` -> ``(0, 1, 2, 5)``; an empty text -> ``None`` (all layers)."""
+    return int_list(text) or None
+
+
 def csv_list(text: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``."""
     return list(csv(text))
@@ -68,3 +61,63 @@ def zero_is_none(kind=int):
         return None if v == 0 else v
 
     return convert
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# options generated from a study's config dataclass
+
+
+def _converter(default):
+    """The converter of an option from the type of its default."""
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, tuple):
+        if default and all(isinstance(x, int) and not isinstance(x, bool) for x in default):
+            return int_list
+        if default and all(isinstance(x, float) for x in default):
+            return csv_floats
+        return csv
+    return None
+
+
+def config_options(p: argparse.ArgumentParser, config_cls) -> None:
+    """An option for every field of ``config_cls`` (a dataclass whose fields come from
+    :func:`codecircuits.studies.common.setting`): ``--field-name`` unless the field names its flag, converted from
+    the text by the field's converter or by the type of its default; a boolean that defaults to true is switched
+    off by ``--no-field-name``. No option has a default of its own: the config's applies."""
+    import dataclasses
+
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        default = f.default
+        flag = meta.get("flag")
+        text = meta.get("help") or f.name.replace("_", " ")
+        shown = f"default: {default!r}" if default is not None else "default: none"
+        if isinstance(default, bool) and meta.get("convert") is None:
+            flag = flag or (f"--no-{f.name.replace('_', '-')}" if default else f"--{f.name.replace('_', '-')}")
+            kw = {"action": "store_false" if default else "store_true"}
+        else:
+            flag = flag or f"--{f.name.replace('_', '-')}"
+            convert = meta.get("convert") or _converter(default)
+            if isinstance(convert, str):
+                convert = zero_is_none() if convert == "zero_is_none" else globals()[convert]
+            kw = {"type": convert} if convert is not None else {}
+        p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=f"{text} ({shown})", **kw)
+        for switch, value in meta.get("switches", {}).items():
+            p.add_argument(
+                switch, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
+                help=f"set {f.name} to {value!r}",
+            )
+        keys = p.get_default(_KEYS) or ()
+        p.set_defaults(**{_KEYS: (*keys, f.name)})
+
+
+def config_from(args: argparse.Namespace, config_cls):
+    """The config of the options given (every other setting at the config's default)."""
+    return config_cls(**given(args))

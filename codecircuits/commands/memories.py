@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import csv_list, given, library_default, study_option, zero_is_none
+from ._options import config_from, config_options
 
 NAME = "memories"
 HELP = "FF key-value memories: trigger examples, concept keys, masking edits, layer agreement by context size"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..studies.memories import MemoriesConfig
+
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/memories", help="output directory for report.html and results.json")
-    study_option(p, "--corpus", "corpus", "corpus to scan: stdlib[:split], humaneval or a directory")
-    study_option(p, "--eval-corpus", "eval_corpus", "corpus for the masking edits and agreement")
-    study_option(p, "--max-tokens", "max_tokens", "token budget of the scan (0: the whole corpus)", type=zero_is_none())
+    config_options(p, MemoriesConfig)  # one option per setting; MemoriesConfig holds the defaults
     p.add_argument("--max-docs", type=int, default=None, help="scan only the first N documents of the corpus")
-    study_option(p, "--window", "window", "chunk length in tokens, BOS included", type=int)
-    study_option(p, "--top-k", "k", "trigger examples kept per key", type=int)
-    study_option(p, "--tau", "tau", "share of a key's triggers that must match a concept", type=float)
-    study_option(p, "--min-lift", "min_lift", "score / base rate needed to label a key", type=float)
-    study_option(p, "--edit", "edit", "comma-separated concepts to mask (None: chosen from the scores)", type=csv_list)
-    study_option(p, "--edit-max-keys", "edit_max_keys", "at most this many keys masked per concept", type=int)
-    study_option(p, "--edit-tokens", "edit_tokens", "evaluation tokens for the edits (0 skips them)", type=int)
-    study_option(p, "--agreement-tokens", "agreement_tokens", "tokens for layer agreement (0 skips it)", type=int)
     p.add_argument("--checkpoint", default=None, help="scan checkpoint file (default: OUT/scan.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -32,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import dataclasses
     from pathlib import Path
 
     import torch
@@ -42,21 +35,21 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = given(args)  # memories.run's keywords hold the defaults
+    cfg = config_from(args, memories.MemoriesConfig)
     if args.max_docs:
-        corpus = corpus_mod.load(options.get("corpus", library_default(memories.run, "corpus")))
-        options["corpus"] = corpus_mod.Corpus(
-            name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs]
+        corpus = corpus_mod.load(cfg.corpus)
+        cfg = dataclasses.replace(
+            cfg, corpus=corpus_mod.Corpus(name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs])
         )
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
     study = memories.run(
         model,
-        **options,
+        cfg,
         checkpoint=args.checkpoint or Path(args.out) / "scan.safetensors",
         resume=args.resume,
         progress=not args.quiet,
     )
-    html, js = memories.write(study, args.out, model=model)
+    html, js = study.save(args.out, model=model)
     m = study.metrics()
     print(
         f"{study.model}: scanned {m['scan_tokens']} tokens in {m['scan_chunks']} chunks ({m['scan_tokens_per_s']:.0f} tok/s)"

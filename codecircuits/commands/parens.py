@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import given, study_option
+from ._options import config_from, config_options
 
 NAME = "parens"
 HELP = "run the closing-parenthesis study and write report.html + results.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..studies.parens import ParensConfig
+
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/parens", help="directory for report.html and results.json")
-    study_option(p, "--prompts-per-n", "prompts_per_n", "prompts per paren count for lens and heads", type=int)
-    study_option(p, "--pairs-per-n", "pairs_per_n", "counterfactual pairs per count for patching", type=int)
-    study_option(
-        p, "--intervention-prompts-per-n", "intervention_prompts_per_n", "prompts per count for ablation", type=int
-    )
-    study_option(p, "--no-mined", "mined", "skip the prompts mined from real code", action="store_false")
+    config_options(p, ParensConfig)  # one option per setting; ParensConfig holds the defaults
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -32,7 +29,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    cfg = parens.ParensConfig(**given(args))  # the options given; ParensConfig holds the defaults
+    cfg = config_from(args, parens.ParensConfig)
     study = parens.run(model, cfg, progress=not args.quiet)
     html, js = study.save(args.out)
     acc = ", ".join(f"{k}: {v:.2f}" for k, v in study.accuracy.items())

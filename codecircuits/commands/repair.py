@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import csv, given, study_option
+from ._options import config_from, config_options
 
 NAME = "repair"
 HELP = "repair wrong line completions by editing a few neurons' value vectors (MINT) vs SGD; writes a report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..studies.repair import RepairConfig
+
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/repair", help="output directory for report.html and results.json")
-    study_option(p, "--cases", "n_cases", "repair cases (split over the sources)", type=int)
-    study_option(p, "--sources", "sources", "corpora of held-out code (comma-separated)", type=csv)
-    study_option(p, "--layers", "layers", "editable layers: half, quarter, last3 or all")
-    study_option(p, "--scale", "scale", "MINT edit size eps = 0.01 * scale", type=float)
-    study_option(p, "--max-edits", "max_edits", "edits per wrong token before rolling back", type=int)
-    study_option(p, "--candidates", "n_candidates", "candidate neurons per wrong token", type=int)
-    study_option(p, "--sgd-steps", "sgd_steps", "SGD baseline steps", type=int)
-    study_option(p, "--sgd-lr", "sgd_lr", "SGD baseline learning rate", type=float)
-    study_option(p, "--seed", "seed", "seed of case sampling", type=int)
+    config_options(p, RepairConfig)  # one option per setting; RepairConfig holds the defaults
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,8 +29,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    study = repair.run(model, **given(args), progress=not args.quiet)  # repair.run's keywords hold the defaults
-    html, js = repair.write(study, args.out)
+    study = repair.run(model, config_from(args, repair.RepairConfig), progress=not args.quiet)
+    html, js = study.save(args.out)
     print(study.summary().round(3).to_string(index=False))
     print(f"wrote {html} and {js} ({study.settings['seconds']} s)")
     return 0

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import given, int_list, study_option
+from ._options import config_from, config_options
 
 NAME = "subspace"
 HELP = "learn 1-D patching subspaces by DAS, run the illusion checks, write report.html + results.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..studies.subspace import SubspaceConfig
+
     p.add_argument("--model", default=None, help="model name or directory (default: smollm2-135m)")
     p.add_argument("--out", default="reports/subspace", help="directory for report.html and results.json")
-    study_option(p, "--values", "values", "the two numbers of open parens, e.g. 2,3", type=int_list)
-    study_option(p, "--train-pairs", "train_pairs", "training pairs (paper template, train numbers)", type=int)
-    study_option(p, "--test-pairs", "test_pairs", "held-out pairs of the paper template", type=int)
-    study_option(p, "--template-pairs", "template_pairs", "held-out pairs per reworded template", type=int)
-    study_option(p, "--mlp-layers", "mlp_layers", "MLP layers to study (None: from the sweep)", type=int_list)
-    study_option(p, "--resid-layer", "resid_layer", "residual-stream layer (None: from the sweep)", type=int)
-    study_option(p, "--epochs", "epochs", "DAS epochs", type=int)
-    study_option(p, "--seed", "seed", "seed for pairs, DAS initialisation and batch order", type=int)
+    config_options(p, SubspaceConfig)  # one option per setting; SubspaceConfig holds the defaults
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: many small forwards)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -34,7 +29,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    cfg = subspace.SubspaceConfig(**given(args))  # the options given; SubspaceConfig holds the defaults
+    cfg = config_from(args, subspace.SubspaceConfig)
     study = subspace.run(model, cfg, progress=not args.quiet)
     html, js = study.save(args.out)
     print(f"pairs: {study.n_pairs['train']} train, {study.n_pairs['test']} held out")

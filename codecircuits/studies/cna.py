@@ -6,8 +6,8 @@ head whose ablation hurts most, on prompts the model gets right; the mask-versus
 For arithmetic also the attribution-method comparison of METHODS Table 2 (zero the top-10 FFN neurons chosen by
 each score; MRR and probability of the answer; random control).
 
->>> study = run(load_model("smollm2-135m"))
->>> html, js = write(study, "reports/cna")
+>>> study = run(load_model("smollm2-135m"), CNAConfig(n_sweep=8))
+>>> html, js = study.save("reports/cna")
 """
 
 from __future__ import annotations
@@ -21,10 +21,30 @@ import torch
 
 from .. import cna as cna_mod
 from .. import neurons
+from ..core.sites import head_label
 from ..tasks import arithmetic
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting
 
 ARITH_TEMPLATES = ("assert", "comment")
+
+
+@dataclass(frozen=True)
+class CNAConfig:
+    """Settings of the study; the command line's options are generated from these fields."""
+
+    templates: tuple[str, ...] = setting(ARITH_TEMPLATES, "arithmetic templates, comma-separated (tasks.arithmetic)")
+    n_sweep: int = setting(16, "prompts per task for the head sweep (every head each)")
+    n_cna: int = setting(4, "correct prompts per task for CNA and mask/keep")
+    n_top10: int = setting(8, "prompts for the top-10 attribution comparison")
+    top10_layers: int | None = setting(
+        10, "score the last N layers for the comparison (0: all)", convert="zero_is_none"
+    )
+    paren_n_values: tuple[int, ...] = setting(
+        (0, 1, 2), "paren counts of the parenthesis task", switches={"--no-parens": ()}
+    )
+    paren_numbers: int = setting(40, "numbers per paren count in the parenthesis dataset")
+    ns: tuple[int, ...] = setting((10, 20, 30, 50, 99), "numbers of top CNA neurons in the mask/keep table")
+    seed: int = setting(0, "seed of prompt selection and the random control")
 
 
 @dataclass(frozen=True)
@@ -46,7 +66,7 @@ class TaskFindings:
             "accuracy": self.accuracy,
             "n_sweep_prompts": self.n_sweep,
             "base_accuracy_sweep": self.sweep.base_accuracy,
-            "top_head": f"{self.head[0]}_{self.head[1]}",
+            "top_head": head_label(*self.head),
             "top_head_accuracy_drop": float(self.sweep.accuracy_drop[self.head]),
             "top_heads": top[["name", "accuracy", "accuracy_drop", "logprob_drop"]].to_dict("records"),
             "fraction_heads_within_2pct": self.sweep.fraction_harmless(0.02),
@@ -63,12 +83,22 @@ class TaskFindings:
 
 
 @dataclass(frozen=True)
-class CNAStudy:
+class CNAStudy(Study):
+    """Everything a run measured: per task the head sweep, CNA and mask/keep; the top-10 comparison."""
+
     model: str
     arithmetic: TaskFindings
     parens: TaskFindings | None
     top10: neurons.TopNeuronEval
     settings: dict = field(default_factory=dict)
+    config: CNAConfig | None = None
+
+    def report(self):
+        """The study as a :class:`codecircuits.report.Report`."""
+        return report(self)
+
+    def results(self) -> dict:
+        return {**self.to_json(), "metrics": self.metrics()}
 
     def to_json(self) -> dict:
         return json_safe(
@@ -121,24 +151,22 @@ def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress) -> TaskF
     return TaskFindings(name, accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
 
 
-def run(
-    model,
-    *,
-    templates=ARITH_TEMPLATES,
-    n_sweep: int = 16,
-    n_cna: int = 4,
-    n_top10: int = 8,
-    top10_layers: int | None = 10,
-    paren_n_values=(0, 1, 2),
-    paren_numbers: int = 40,
-    ns=(10, 20, 30, 50, 99),
-    seed: int = 0,
-    progress: bool = True,
-) -> CNAStudy:
-    """Run the study. ``n_sweep`` prompts per task for the head sweep (arithmetic: the first template; parens:
-    balanced over ``paren_n_values``; accuracy uses every prompt), ``n_cna`` (correct) prompts for CNA and the
-    mask/keep table, ``n_top10`` prompts for the top-10 comparison (over the last ``top10_layers`` layers, where
-    value neurons concentrate; None = all layers). ``paren_n_values=()`` skips the parenthesis task."""
+def run(model, config: CNAConfig | None = None, *, progress: bool = True, **overrides) -> CNAStudy:
+    """Run the study with ``config`` (default :class:`CNAConfig`; keyword ``overrides`` change single settings).
+
+    ``n_sweep`` prompts per task for the head sweep (arithmetic: the first template; parens: balanced over
+    ``paren_n_values``; accuracy uses every prompt), ``n_cna`` (correct) prompts for CNA and the mask/keep table,
+    ``n_top10`` prompts for the top-10 comparison (over the last ``top10_layers`` layers, where value neurons
+    concentrate; None = all layers). ``paren_n_values=()`` skips the parenthesis task."""
+    cfg = configure(CNAConfig, config, overrides)
+    templates, n_sweep, n_cna, n_top10 = tuple(cfg.templates), cfg.n_sweep, cfg.n_cna, cfg.n_top10
+    top10_layers, paren_n_values, paren_numbers, ns, seed = (
+        cfg.top10_layers,
+        tuple(cfg.paren_n_values),
+        cfg.paren_numbers,
+        tuple(cfg.ns),
+        cfg.seed,
+    )
     t0 = time.time()
     ds = arithmetic.dataset(model, templates=templates)
     acc = arithmetic.accuracy(model, ds, by="template")
@@ -177,7 +205,7 @@ def run(
         "seconds": round(time.time() - t0, 1),
     }
     name = str(getattr(model.cfg, "model_name", "model"))
-    return CNAStudy(name, arith, parens_f, top10, settings)
+    return CNAStudy(name, arith, parens_f, top10, settings, cfg)
 
 
 def _task_sections(r, f: TaskFindings, paper: str) -> None:
@@ -197,7 +225,7 @@ def _task_sections(r, f: TaskFindings, paper: str) -> None:
     )
     r.table(f.sweep.top(10), caption="heads whose ablation hurts most")
     r.section(
-        f"{f.name}: comparative neuron analysis against head {f.head[0]}_{f.head[1]}",
+        f"{f.name}: comparative neuron analysis against head {head_label(*f.head)}",
         text="CNA(l, k) = log-prob increase of FFN neuron k of layer l in the model minus the same in the model "
         "with the head ablated (both with the original frozen final scale), averaged over "
         f"{len(f.cna_prompts)} prompts the model gets right.",
@@ -233,7 +261,7 @@ def report(study: CNAStudy):
     _task_sections(
         r,
         study.arithmetic,
-        "Paper (Llama-7B): a few heads carry arithmetic; 17_22 drops accuracy 74.8 -> 53.4 and 976 of 1,024 heads "
+        "Paper (Llama-7B): a few heads carry arithmetic; L17H22 drops accuracy 74.8 -> 53.4 and 976 of 1,024 heads "
         "change it by at most 2%.",
     )
     r.section(
@@ -250,8 +278,8 @@ def report(study: CNAStudy):
 
 
 def write(study: CNAStudy, out_dir) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return write_study(out_dir, {**study.to_json(), "metrics": study.metrics()}, lambda: report(study))
+    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
+    return study.save(out_dir)
 
 
 def tables(study: CNAStudy) -> dict[str, pd.DataFrame]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -41,3 +42,67 @@ def write_study(out_dir, payload: dict, report: Callable[[], object]) -> tuple[P
     js.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     html = report().save(out / "report.html")
     return html, js
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one study shape: a Config dataclass, run(model, config) -> Study with to_json(), report() and save(out)
+
+
+def setting(
+    default,
+    help: str,
+    *,
+    flag: str | None = None,
+    convert: Callable | str | None = None,
+    switches: dict | None = None,
+    cli: bool = True,
+):
+    """A field of a study's config with the text its command-line option shows.
+
+    ``flag`` names the option (default ``--field-name``); ``convert`` turns the option's text into the field's
+    type: a function, or the name of one of the command line's converters (``"zero_is_none"``, ``"csv_list"``,
+    ...; default: chosen from the type of ``default``); ``switches`` adds flags without a value that set the field
+    to a constant (``{"--no-parens": ()}``); ``cli=False`` keeps the field off the command line (a value only the
+    library can give, e.g. a corpus object). The default is written once, here.
+    """
+    meta = {"help": help, "flag": flag, "convert": convert, "switches": switches or {}, "cli": cli}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("study settings are immutable: use a tuple instead of a list")
+    return field(default=default, metadata=meta)
+
+
+def configure(config_cls, config, overrides: dict):
+    """``config`` (default ``config_cls()``) with ``overrides`` (keyword arguments of ``run``) applied; an error
+    naming the settings that do not exist."""
+    if config is None:
+        config = config_cls()
+    elif not isinstance(config, config_cls):
+        raise InputError(f"Expected a {config_cls.__name__}, got {type(config).__name__}.")
+    if not overrides:
+        return config
+    names = {f.name for f in fields(config_cls)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise InputError(
+            f"{config_cls.__name__} has no setting {', '.join(bad)}: choose from {', '.join(sorted(names))}."
+        )
+    return replace(config, **overrides)
+
+
+class Study:
+    """What every study result has: ``to_json()`` (every number), ``report()`` (a :class:`codecircuits.report.Report`)
+    and ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``."""
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    def report(self):
+        raise NotImplementedError
+
+    def results(self) -> dict:
+        """What ``results.json`` holds (default: :meth:`to_json`)."""
+        return self.to_json()
+
+    def save(self, out_dir) -> tuple[Path, Path]:
+        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
+        return write_study(out_dir, self.results(), self.report)

@@ -6,8 +6,8 @@ RQ2 concept editing by masking the concept's keys, next to a random-key control;
 RQ3-RQ4 layer agreement of ``mlp_out`` and residuals with the final prediction, by context length
 (:mod:`codecircuits.agreement`).
 
->>> study = run(model, corpus="stdlib:test", max_tokens=6000)
->>> html, js = write(study, "reports/memories")
+>>> study = run(model, MemoriesConfig(corpus="stdlib:test", max_tokens=6000))
+>>> html, js = study.save("reports/memories", model=model)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .. import agreement as ag
 from .. import concepts as cc
 from .. import memories as mem
 from ..errors import InputError
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting, write_study
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
 
@@ -40,7 +40,29 @@ PAPER = {
 
 
 @dataclass(frozen=True)
-class MemoriesStudy:
+class MemoriesConfig:
+    """Settings of the study; the command line's options are generated from these fields."""
+
+    corpus: object = setting("stdlib:test", "corpus to scan: stdlib[:split], humaneval or a directory")
+    eval_corpus: object = setting("stdlib:validation", "corpus for the masking edits and agreement")
+    max_tokens: int | None = setting(6000, "token budget of the scan (0: the whole corpus)", convert="zero_is_none")
+    window: int = setting(128, "chunk length in tokens, BOS included")
+    k: int = setting(20, "trigger examples kept per key", flag="--top-k")
+    concepts: object = setting(None, "concepts to score (None: the built-in set)", cli=False)
+    tau: float = setting(0.5, "share of a key's triggers that must match a concept")
+    min_lift: float = setting(2.0, "score / base rate needed to label a key")
+    edit: tuple[str, ...] | None = setting(None, "comma-separated concepts to mask (none: chosen from the scores)", convert="csv")
+    n_edit_per_kind: int = setting(2, "concepts masked per kind when --edit is not given")
+    edit_max_keys: int | None = setting(300, "at most this many keys masked per concept")
+    edit_tokens: int = setting(512, "evaluation tokens for the edits (0 skips them)")
+    agreement_tokens: int = setting(512, "tokens for layer agreement (0 skips it)")
+    agreement_per_bucket: int | None = setting(64, "predictions kept per context bucket in the agreement")
+    kv_keys: int | None = setting(128, "random keys per layer for key-value agreement (0: all)", convert="zero_is_none")
+    batch_size: int = setting(8, "chunks per forward of the scan")
+
+
+@dataclass(frozen=True)
+class MemoriesStudy(Study):
     """Everything the study measured on one model, with the settings that produced it."""
 
     model: str
@@ -56,6 +78,15 @@ class MemoriesStudy:
     showcase_values: mem.ValueTokens | None = field(default=None, repr=False)
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    config: MemoriesConfig | None = None
+
+    def report(self, model=None):
+        """The study as a :class:`codecircuits.report.Report` (``model``: for the trigger examples' tokens)."""
+        return report(self, model)
+
+    def save(self, out_dir, model=None) -> tuple[Path, Path]:
+        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns their paths."""
+        return write_study(out_dir, self.to_json(), lambda: report(self, model))
 
     def promotes(self, layer: int, neuron: int) -> list[str]:
         """The tokens key (``layer``, ``neuron``) promotes, in the sign of its strongest trigger's coefficient."""
@@ -225,26 +256,12 @@ def pick_edit_concepts(
 
 def run(
     model,
+    config: MemoriesConfig | None = None,
     *,
-    corpus="stdlib:test",
-    eval_corpus="stdlib:validation",
-    max_tokens: int | None = 6000,
-    window: int = 128,
-    k: int = 20,
-    concepts=None,
-    tau: float = 0.5,
-    min_lift: float = 2.0,
-    edit: list[str] | None = None,
-    n_edit_per_kind: int = 2,
-    edit_max_keys: int | None = 300,
-    edit_tokens: int = 512,
-    agreement_tokens: int = 512,
-    agreement_per_bucket: int | None = 64,
-    kv_keys: int | None = 128,
-    batch_size: int = 8,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    **overrides,
 ) -> MemoriesStudy:
     """Run RQ1-RQ4 on ``model``: scan ``corpus`` (``max_tokens``), edit on ``eval_corpus``, agreement on it too.
 
@@ -253,6 +270,19 @@ def run(
     agreement keeps at most ``agreement_per_bucket`` predictions per context bucket. Key-value agreement is
     measured on ``kv_keys`` random keys per layer (None: all, which costs ``n_layers × d_mlp × d_model × d_vocab``).
     """
+    cfg = configure(MemoriesConfig, config, overrides)
+    corpus, eval_corpus, max_tokens, window, k, concepts = (
+        cfg.corpus,
+        cfg.eval_corpus,
+        cfg.max_tokens,
+        cfg.window,
+        cfg.k,
+        cfg.concepts,
+    )
+    tau, min_lift, n_edit_per_kind, edit_max_keys = cfg.tau, cfg.min_lift, cfg.n_edit_per_kind, cfg.edit_max_keys
+    edit = None if cfg.edit is None else list(cfg.edit)
+    edit_tokens, agreement_tokens, agreement_per_bucket = cfg.edit_tokens, cfg.agreement_tokens, cfg.agreement_per_bucket
+    kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
     cs = cc._resolve(concepts)
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
@@ -355,6 +385,7 @@ def run(
         showcase_values=show_values,
         settings=settings,
         timings={k: round(v, 3) for k, v in timings.items()},
+        config=cfg,
     )
 
 
@@ -515,5 +546,5 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
 
 
 def write(study: MemoriesStudy, out_dir, model=None) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``results.json`` into ``out_dir``; returns their paths."""
-    return write_study(out_dir, study.to_json(), lambda: report(study, model))
+    """``study.save(out_dir, model)``: ``report.html`` and ``results.json`` into ``out_dir``."""
+    return study.save(out_dir, model)

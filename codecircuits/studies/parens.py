@@ -34,7 +34,7 @@ from .. import heads as heads_mod
 from .. import lens
 from ..errors import InputError
 from ..tasks import parens as task
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting, write_study
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -50,24 +50,32 @@ PAPER_CLAIMS = {
 class ParensConfig:
     """Sizes and settings of a study run (defaults keep smollm2-135m under ~3 minutes on 2 CPU cores)."""
 
-    n_values: tuple[int, ...] = (0, 1, 2, 3)
-    n_numbers: int = 500
-    seed: int = 20
-    split: str = "test"
-    prompts_per_n: int = 20  # lens, attributions, heads (one cached forward)
-    pairs_per_n: int = 2  # sublayer patching
-    intervention_prompts_per_n: int = 4  # head ablation and scaling
-    n_candidates: int = 10  # heads ablated one at a time
-    promoter_ratio: float = 0.8
-    scale_top_k: tuple[int, ...] = (5, 10)
-    scale_factors: tuple[float, ...] = (1.5, 2.0)
-    scale_rankings: tuple[str, ...] = ("f1", "logit")  # promoters by F1 (the paper's code) or by direct logit
-    mined: bool = True
-    mined_per_count: int = 12
-    mined_window: int = 24
-    mined_max_chars: int | None = None
-    emergence_fraction: float = 0.5
-    batch_size: int = 32
+    n_values: tuple[int, ...] = setting((0, 1, 2, 3), "numbers of closing parens in the prompts")
+    n_numbers: int = setting(500, "numbers drawn for the prompts")
+    seed: int = setting(20, "seed of the dataset")
+    split: str = setting("test", "split of the numbers: train or test")
+    prompts_per_n: int = setting(20, "prompts per paren count for lens, attributions and heads (one forward)")
+    pairs_per_n: int = setting(2, "counterfactual pairs per count for sublayer patching")
+    intervention_prompts_per_n: int = setting(4, "prompts per count for head ablation and scaling")
+    n_candidates: int = setting(10, "heads ablated one at a time")
+    promoter_ratio: float = setting(
+        0.8, "a head promotes a prompt's answer when its direct logit for it is >= ratio x its largest paren logit"
+    )
+    scale_top_k: tuple[int, ...] = setting((5, 10), "numbers of top promoters amplified")
+    scale_factors: tuple[float, ...] = setting((1.5, 2.0), "amplification factors c (hook_z x c)")
+    scale_rankings: tuple[str, ...] = setting(
+        ("f1", "logit"), "promoter rankings: f1 (the paper's code) and/or logit (direct logit)"
+    )
+    mined: bool = setting(True, "readouts on prompts mined from real held-out code")
+    mined_per_count: int = setting(12, "mined prompts per paren count")
+    mined_window: int = setting(24, "tokens of context of a mined prompt")
+    mined_max_chars: int | None = setting(
+        None, "read at most this many characters of the corpus (none: all)", convert=int
+    )
+    emergence_fraction: float = setting(
+        0.5, "the answer emerges at the first layer from which the logit difference stays >= this share of its final"
+    )
+    batch_size: int = setting(32, "prompts per forward")
 
     def __post_init__(self):
         for name in ("prompts_per_n", "pairs_per_n", "intervention_prompts_per_n", "batch_size"):
@@ -100,7 +108,7 @@ class ParensConfig:
 
 
 @dataclass(frozen=True)
-class ParensStudy:
+class ParensStudy(Study):
     """Every result of a study run; :meth:`to_json` has every number, :meth:`report` the HTML."""
 
     model_name: str
@@ -272,15 +280,18 @@ def _acc_and_ld(model, groups, paren_ids, wrong_of, batch_size):
     return out
 
 
-def run(model, config: ParensConfig | None = None, *, corpus=None, progress: bool = True) -> ParensStudy:
+def run(
+    model, config: ParensConfig | None = None, *, corpus=None, progress: bool = True, **overrides
+) -> ParensStudy:
     """Run the whole study on ``model`` (see the module docstring); returns a :class:`ParensStudy`.
 
-    ``corpus``: the code to mine real closing-paren positions from (a :class:`codecircuits.corpus.Corpus`;
-    default the standard library's held-out ``"test"`` split).
+    ``config`` defaults to :class:`ParensConfig`; keyword ``overrides`` change single settings. ``corpus``: the code
+    to mine real closing-paren positions from (a :class:`codecircuits.corpus.Corpus`; default the standard
+    library's held-out ``"test"`` split).
     """
     from .. import ablation, patching
 
-    cfg = config or ParensConfig()
+    cfg = configure(ParensConfig, config, overrides)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ds = task.dataset(model, n_values=cfg.n_values, n_numbers=cfg.n_numbers, seed=cfg.seed, split=cfg.split)

@@ -14,8 +14,8 @@ study measures
 
 then undoes the edit exactly (checked) before the next case.
 
->>> study = run(load_model("smollm2-135m"), n_cases=24)
->>> html, js = write(study, "reports/repair")
+>>> study = run(load_model("smollm2-135m"), RepairConfig(n_cases=24))
+>>> html, js = study.save("reports/repair")
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .. import corpus as corpus_mod
 from .. import repair as R
 from ..errors import InputError
 from ..inputs import bos_id, token_texts
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting
 
 PAPER = (
     "MINT (Gu et al., arXiv 2312.05356) reports that it repairs line-level code generation by patching "
@@ -43,7 +43,27 @@ PAPER = (
 
 
 @dataclass(frozen=True)
-class RepairStudy:
+class RepairConfig:
+    """Settings of the study; the command line's options are generated from these fields."""
+
+    n_cases: int = setting(16, "repair cases (split over the sources)", flag="--cases")
+    sources: tuple[str, ...] = setting(("stdlib:test", "humaneval"), "corpora of held-out code (comma-separated)")
+    context_tokens: int = setting(64, "tokens of context before a repaired line")
+    max_errors: int = setting(2, "wrong tokens a case may have")
+    layers: str = setting("half", "editable layers: half, quarter, last3 or all")
+    n_candidates: int = setting(10, "candidate neurons per wrong token", flag="--candidates")
+    max_edits: int = setting(10, "edits per wrong token before rolling back")
+    scale: float = setting(10.0, "MINT edit size eps = 0.01 * scale")
+    sgd_lr: float = setting(1e-2, "SGD baseline learning rate")
+    sgd_steps: int = setting(10, "SGD baseline steps")
+    n_gen: int = setting(8, "prompts sharing the fix, per case (generalisation)")
+    n_spec_lines: int = setting(4, "unrelated lines per case (specificity)")
+    heldout_tokens: int = setting(256, "held-out tokens for the loss change")
+    seed: int = setting(0, "seed of case sampling")
+
+
+@dataclass(frozen=True)
+class RepairStudy(Study):
     """Per-case rows (one per case and method) and the settings that produced them."""
 
     model: str
@@ -52,6 +72,11 @@ class RepairStudy:
     heldout_loss_base: float
     settings: dict = field(default_factory=dict)
     examples: tuple[dict, ...] = ()
+    config: RepairConfig | None = None
+
+    def report(self):
+        """The study as a :class:`codecircuits.report.Report`."""
+        return report(self)
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows))
@@ -160,29 +185,22 @@ def _measure(model, case, gen, spec, heldout, base_gen, base_spec, base_loss, ca
     return out
 
 
-def run(
-    model,
-    *,
-    n_cases: int = 16,
-    sources: tuple[str, ...] = ("stdlib:test", "humaneval"),
-    context_tokens: int = 64,
-    max_errors: int = 2,
-    layers: str = "half",
-    n_candidates: int = 10,
-    max_edits: int = 10,
-    scale: float = 10.0,
-    sgd_lr: float = 1e-2,
-    sgd_steps: int = 10,
-    n_gen: int = 8,
-    n_spec_lines: int = 4,
-    heldout_tokens: int = 256,
-    seed: int = 0,
-    progress: bool = True,
-) -> RepairStudy:
+def run(model, config: RepairConfig | None = None, *, progress: bool = True, **overrides) -> RepairStudy:
     """Collect ``n_cases`` repair cases (split over ``sources``) and repair each with MINT and with SGD.
 
-    ``scale``: MINT's edit size ``eps = 0.01 * scale`` (its planning factor is 0.01; its benchmark uses 10x).
+    ``config`` defaults to :class:`RepairConfig`; keyword ``overrides`` change single settings. ``scale``: MINT's
+    edit size ``eps = 0.01 * scale`` (its planning factor is 0.01; its benchmark uses 10x).
     """
+    cfg = configure(RepairConfig, config, overrides)
+    n_cases, sources, context_tokens, max_errors, layers = (
+        cfg.n_cases,
+        tuple(cfg.sources),
+        cfg.context_tokens,
+        cfg.max_errors,
+        cfg.layers,
+    )
+    n_candidates, max_edits, scale, sgd_lr, sgd_steps = cfg.n_candidates, cfg.max_edits, cfg.scale, cfg.sgd_lr, cfg.sgd_steps
+    n_gen, n_spec_lines, heldout_tokens, seed = cfg.n_gen, cfg.n_spec_lines, cfg.heldout_tokens, cfg.seed
     from tqdm.auto import tqdm
 
     if n_cases < 1:
@@ -320,6 +338,7 @@ def run(
         heldout_loss_base=base_loss,
         settings=settings,
         examples=tuple(examples),
+        config=cfg,
     )
 
 
@@ -394,5 +413,5 @@ def report(study: RepairStudy):
 
 
 def write(study: RepairStudy, out_dir) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return write_study(out_dir, study.to_json(), lambda: report(study))
+    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
+    return study.save(out_dir)

@@ -11,8 +11,8 @@ tensor. The study measures
 - where in depth the signature's norm sits, and the cosine of each shift's task vector with ``a`` per layer;
 - the storage of a signature (all layers, or only the shallow third) against a full weight copy.
 
->>> study = run(load_model("smollm2-135m"))
->>> html, js = write(study, "reports/signatures")
+>>> study = run(load_model("smollm2-135m"), SignatureConfig(steps=10))
+>>> html, js = study.save("reports/signatures")
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from .. import corpus as corpus_mod
 from .. import signatures as S
 from ..errors import InputError
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting
 
 SHIFTS = {"tabs": S.tabs_for_spaces, "rename": S.rename_locals}
 PAPER = (
@@ -41,13 +41,37 @@ PAPER = (
 
 
 @dataclass(frozen=True)
-class SignatureStudy:
+class SignatureConfig:
+    """Settings of the study; the command line's options are generated from these fields."""
+
+    shifts: tuple[str, ...] = setting(("tabs", "rename"), "code shifts: tabs, rename (comma-separated)")
+    kind: str = setting("mlp_out", "weights to fine-tune: mlp_out, mlp, attn or block")
+    layers: tuple[int, ...] | None = setting(None, "layers to fine-tune, e.g. 0-9 or 0,3,6 (none: all)", convert="layer_list")
+    steps: int = setting(20, "fine-tuning steps per task vector")
+    lr: float = setting(1e-3, "Adam learning rate")
+    batch_size: int = setting(4, "fine-tuning batch size")
+    seq_len: int = setting(96, "tokens per training and evaluation chunk")
+    train_chunks: int = setting(64, "training chunks of seq-len tokens per fine-tune")
+    eval_chunks: int = setting(6, "held-out chunks of seq-len tokens per evaluation set")
+    alphas: tuple[float, ...] = setting((0.0, 0.5, 1.0, 1.5), "alphas to patch the signatures with (comma-separated)")
+    seed: int = setting(0, "seed of data order and initialisation")
+
+
+@dataclass(frozen=True)
+class SignatureStudy(Study):
+    """The patched models' losses, the per-layer profile, storage and the fine-tunes' curves."""
+
     model: str
     losses: pd.DataFrame  # one row per patched model: name, alpha, and a loss column per evaluation set
     profile: pd.DataFrame  # per layer: norms of task vectors and signatures, cosines with the standard one
     storage: dict
     finetunes: dict  # name -> loss curve and settings
     settings: dict = field(default_factory=dict)
+    config: SignatureConfig | None = None
+
+    def report(self):
+        """The study as a :class:`codecircuits.report.Report`."""
+        return report(self)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self.losses
@@ -143,24 +167,20 @@ def code_snippets(split: str, n_chars: int, seed: int) -> list[str]:
     return out
 
 
-def run(
-    model,
-    *,
-    shifts: tuple[str, ...] = ("tabs", "rename"),
-    kind: str = "mlp_out",
-    layers: list[int] | None = None,
-    steps: int = 20,
-    lr: float = 1e-3,
-    batch_size: int = 4,
-    seq_len: int = 96,
-    train_chunks: int = 64,
-    eval_chunks: int = 6,
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5),
-    seed: int = 0,
-    progress: bool = True,
-) -> SignatureStudy:
+def run(model, config: SignatureConfig | None = None, *, progress: bool = True, **overrides) -> SignatureStudy:
     """Fine-tune the ``kind`` weights of ``layers`` (default: all) briefly on clean and on shifted code, extract
-    the shifts' signatures and measure them. The model's weights are restored at the end."""
+    the shifts' signatures and measure them. The model's weights are restored at the end. ``config`` defaults to
+    :class:`SignatureConfig`; keyword ``overrides`` change single settings."""
+    cfg = configure(SignatureConfig, config, overrides)
+    shifts, kind, steps, lr, batch_size = tuple(cfg.shifts), cfg.kind, cfg.steps, cfg.lr, cfg.batch_size
+    layers = None if cfg.layers is None else list(cfg.layers)
+    seq_len, train_chunks, eval_chunks, alphas, seed = (
+        cfg.seq_len,
+        cfg.train_chunks,
+        cfg.eval_chunks,
+        tuple(cfg.alphas),
+        cfg.seed,
+    )
     t0 = time.perf_counter()
     for s in shifts:
         if s not in SHIFTS:
@@ -272,7 +292,7 @@ def run(
         seed=seed,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    return SignatureStudy(str(model.cfg.model_name), df, profile, storage, finetunes, settings)
+    return SignatureStudy(str(model.cfg.model_name), df, profile, storage, finetunes, settings, cfg)
 
 
 def report(study: SignatureStudy):
@@ -324,5 +344,5 @@ def report(study: SignatureStudy):
 
 
 def write(study: SignatureStudy, out_dir) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return write_study(out_dir, study.to_json(), lambda: report(study))
+    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
+    return study.save(out_dir)

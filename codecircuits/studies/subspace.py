@@ -33,7 +33,7 @@ from .. import subspace as sub
 from ..errors import InputError
 from ..inputs import single_token_id
 from ..tasks import parens
-from .common import json_safe, write_study
+from .common import Study, configure, json_safe, setting, write_study
 
 # Held-out templates: the paper's comment line reworded; the code line is the paper's.
 TEMPLATES = {
@@ -55,23 +55,25 @@ class SubspaceConfig:
     training pairs go into the layer sweep. ``mlp_layers`` / ``resid_layer`` override the automatic choice.
     """
 
-    values: tuple[int, int] = (2, 3)
-    train_pairs: int = 32
-    test_pairs: int = 16
-    template_pairs: int = 6
-    sweep_pairs: int = 8
-    mlp_layers: tuple[int, ...] | None = None
-    resid_layer: int | None = None
-    epochs: int = 4
-    batch_size: int = 16
-    lr: float = 1e-2
-    seed: int = 0
-    n_numbers: int = 300
-    only_correct: bool = True  # keep only prompts the model answers correctly (off for untrained test models)
+    values: tuple[int, int] = setting((2, 3), "the two numbers of open parens compared")
+    train_pairs: int = setting(32, "pairs of the paper's template with train numbers (DAS is fitted on them)")
+    test_pairs: int = setting(16, "pairs of the paper's template with held-out numbers")
+    template_pairs: int = setting(6, "pairs per held-out template")
+    sweep_pairs: int = setting(8, "training pairs in the full-component layer sweep")
+    mlp_layers: tuple[int, ...] | None = setting(None, "MLP layers to study (none: chosen from the sweep)", convert="int_list")
+    resid_layer: int | None = setting(None, "residual layer to study (none: chosen from the sweep)", convert=int)
+    epochs: int = setting(4, "DAS training epochs")
+    batch_size: int = setting(16, "pairs per DAS step and per forward")
+    lr: float = setting(1e-2, "DAS learning rate")
+    seed: int = setting(0, "seed of pair sampling and DAS")
+    n_numbers: int = setting(300, "numbers drawn for the prompts")
+    only_correct: bool = setting(
+        True, "keep only prompts the model answers correctly (off for untrained test models)"
+    )
 
 
 @dataclass(frozen=True)
-class SubspaceStudy:
+class SubspaceStudy(Study):
     """Everything a study run measured; :meth:`to_json` has every number, :meth:`report` the HTML."""
 
     model_name: str
@@ -277,9 +279,10 @@ def _model_name(model) -> str:
     return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
 
 
-def run(model, config: SubspaceConfig | None = None, *, progress: bool = True) -> SubspaceStudy:
-    """Run the study on ``model`` (see the module docstring)."""
-    config = config or SubspaceConfig()
+def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, **overrides) -> SubspaceStudy:
+    """Run the study on ``model`` (see the module docstring). ``config`` defaults to :class:`SubspaceConfig`;
+    keyword ``overrides`` change single settings."""
+    config = configure(SubspaceConfig, config, overrides)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train, test, accuracy = build_pairs(model, config, progress=progress)
