@@ -18,12 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .core.sites import head_label, hook_name
 from .errors import InputError
 from .lens import HeadLogits, run_cache
-
-
-def _head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class PromoterHeads:
                     rows.append(
                         dict(
                             n_open=c,
-                            head=_head_name(layer, h),
+                            head=head_label(layer, h),
                             layer=layer,
                             head_index=h,
                             precision=float(self.precision[i, layer, h]),
@@ -204,7 +201,7 @@ class CountingHeads:
         for layer in range(n_layers):
             for h in range(n_heads):
                 row = dict(
-                    head=_head_name(layer, h),
+                    head=head_label(layer, h),
                     layer=layer,
                     head_index=h,
                     score=float(score[layer, h]),
@@ -264,7 +261,7 @@ def counting_heads(
         n_paren = pc.sum(-1).clamp_min(1).float()  # [b]
         m = []
         for layer in range(n_layers):
-            pat = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, pos]  # [b, h, k]
+            pat = cache[hook_name("pattern", layer)][:, :, pos]  # [b, h, k]
             m.append((pat * is_paren[:, None]).sum(-1))  # [b, h]
         mass = torch.stack(m, 1).detach().float().cpu()  # [b, l, h]
         masses.append(mass)

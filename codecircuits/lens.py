@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from .core.sites import head_label, hook_name
 from .inputs import token_texts
 
 
@@ -171,7 +172,7 @@ def logit_diff_lens(model, tokens, correct, wrong, *, pos: int = -1, cache=None,
     with torch.no_grad():
         for layer in range(model.cfg.n_layers):
             for kind in ("pre", "post"):
-                x = apply_final_norm(model, cache[f"blocks.{layer}.hook_resid_{kind}"][:, pos], scale)
+                x = apply_final_norm(model, cache[hook_name(f"resid_{kind}", layer)][:, pos], scale)
                 vals.append((x * direction).sum(-1) + b)
                 sites.append((layer, kind))
         if logits is None:
@@ -236,11 +237,11 @@ def sublayer_contributions(model, tokens, correct, wrong, *, pos: int = -1, cach
         return (apply_final_norm(model, x[:, pos], scale) * direction).sum(-1)
 
     with torch.no_grad():
-        attn = torch.stack([read(cache[f"blocks.{i}.hook_attn_out"]) for i in range(model.cfg.n_layers)])
-        mlp = torch.stack([read(cache[f"blocks.{i}.hook_mlp_out"]) for i in range(model.cfg.n_layers)])
+        attn = torch.stack([read(cache[hook_name("attn_out", i)]) for i in range(model.cfg.n_layers)])
+        mlp = torch.stack([read(cache[hook_name("mlp_out", i)]) for i in range(model.cfg.n_layers)])
         embed = read(resid0)
         bias = (model.b_U[c] - model.b_U[w]) if getattr(model, "b_U", None) is not None else torch.zeros_like(embed)
-        total = read(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]) + bias
+        total = read(cache[hook_name("resid_post", model.cfg.n_layers - 1)]) + bias
     return SublayerContributions(attn.detach(), mlp.detach(), embed.detach(), bias.detach(), total.detach(), pos)
 
 
@@ -293,7 +294,7 @@ class HeadLogits:
         rows = []
         for layer in range(m.shape[0]):
             for h in range(m.shape[1]):
-                row = dict(head=f"L{layer}H{h}", layer=layer, head_index=h)
+                row = dict(head=head_label(layer, h), layer=layer, head_index=h)
                 row.update({lab: float(m[layer, h, i]) for i, lab in enumerate(self.token_labels)})
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -320,10 +321,10 @@ def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool =
     post_norm = has_post_attention_norm(model)
     with torch.no_grad():
         for layer in range(model.cfg.n_layers):
-            z = cache[f"blocks.{layer}.attn.hook_z"][:, pos]  # [batch, head, d_head]
+            z = cache[hook_name("z", layer)][:, pos]  # [batch, head, d_head]
             res = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer])
             if post_norm:  # the norm after attention, linear once its scale is frozen
-                scale_l = cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos]  # [batch, 1]
+                scale_l = cache[hook_name("ln1_post_scale", layer)][:, pos]  # [batch, 1]
                 res = res / scale_l[:, None] * post_attention_gain(model, layer).to(res.dtype)
             if frozen_scale:
                 res = apply_final_norm(model, res, scale[:, None])

@@ -38,7 +38,7 @@ class SiteKind:
         suffix: the hook name within ``blocks.{layer}.``.
         layout: the activation's layout: ``"vec"`` ``[batch, pos, d]``, ``"head"`` ``[batch, pos, head, d]``,
             ``"kv"`` ``[batch, pos, kv_head, d]``, ``"neuron"`` ``[batch, pos, d_mlp]``, ``"pattern"``
-            ``[batch, head, dest, src]``.
+            ``[batch, head, dest, src]``, ``"scale"`` ``[batch, pos, 1]`` (a norm's scale).
         default_by: the axes a sweep of this site has by default.
         allowed_by: every set of axes a sweep of this site may have.
         sweepable: whether patching sweeps may intervene here.
@@ -73,6 +73,7 @@ SITE_KINDS: dict[str, SiteKind] = {
         SiteKind("v", "attn.hook_v", "kv", ("layer", "head"), _KV),
         SiteKind("pattern", "attn.hook_pattern", "pattern", ("layer", "head"), (("layer", "head"), ("layer", "head", "dest_pos"))),
         SiteKind("attn_scores", "attn.hook_attn_scores", "pattern", ("layer", "head"), (("layer", "head"),), False),
+        SiteKind("ln1_post_scale", "ln1_post.hook_scale", "scale", ("layer",), (("layer",),), False),
         SiteKind("post", "mlp.hook_post", "neuron", ("layer", "neuron"), (("layer", "neuron"),)),
         SiteKind("pre", "mlp.hook_pre", "neuron", ("layer", "neuron"), (("layer", "neuron"),)),
     )

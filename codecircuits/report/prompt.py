@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.sites import head_label, hook_name
 from ..errors import InputError
 from ..inputs import to_tokens, token_texts
 from ..lens import final_scale, head_logits, to_logits
@@ -56,7 +57,7 @@ class PromptSummary:
         """The head with the largest direct logit onto the predicted token."""
         flat = [(v, layer, h) for layer, row in enumerate(self.head_direct_logit) for h, v in enumerate(row)]
         _, layer, h = max(flat)
-        return f"L{layer}H{h}"
+        return head_label(layer, h)
 
     def to_dict(self) -> dict:
         return {
@@ -99,13 +100,13 @@ def prompt_report(
     names = {"ln_final.hook_scale"}
     for layer in range(n_layers):
         names |= {
-            f"blocks.{layer}.attn.hook_pattern",
-            f"blocks.{layer}.hook_resid_post",
-            f"blocks.{layer}.mlp.hook_post",
+            hook_name("pattern", layer),
+            hook_name("resid_post", layer),
+            hook_name("post", layer),
         }
     # head_logits reads attn.hook_z, ln_final.hook_scale and (models with a norm after attention) its scale
-    names |= {f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)}
-    names |= {f"blocks.{layer}.ln1_post.hook_scale" for layer in range(n_layers)}
+    names |= {hook_name("z", layer) for layer in range(n_layers)}
+    names |= {hook_name("ln1_post_scale", layer) for layer in range(n_layers)}
     logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
     tokens = str_tokens(model, toks)
 
@@ -115,7 +116,7 @@ def prompt_report(
     top_tokens = list(zip(token_texts(model.tokenizer, top_i.tolist()), top_p.tolist()))
 
     scale = final_scale(cache, pos=-1)
-    resid = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][0, -1] for layer in range(n_layers)])
+    resid = torch.stack([cache[hook_name("resid_post", layer)][0, -1] for layer in range(n_layers)])
     lens_logits = to_logits(model, resid, scale[0]).float()
     lens_logprob = lens_logits.log_softmax(-1)[:, top_id]
     is_top = lens_logits.argmax(-1) == top_id
@@ -127,17 +128,17 @@ def prompt_report(
         head_pairs = sorted((i // n_heads, i % n_heads) for i in order)
     else:
         head_pairs = parse_heads(model, heads)
-    pats = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, h] for layer, h in head_pairs]).float()
-    head_labels = [f"L{layer}H{h}" for layer, h in head_pairs]
+    pats = torch.stack([cache[hook_name("pattern", layer)][0, h] for layer, h in head_pairs]).float()
+    head_labels = [head_label(layer, h) for layer, h in head_pairs]
 
-    acts_last = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, -1] for layer in range(n_layers)]).float()
+    acts_last = torch.stack([cache[hook_name("post", layer)][0, -1] for layer in range(n_layers)]).float()
     if neurons is None:
         d_mlp = acts_last.shape[1]
         order = acts_last.flatten().argsort(descending=True)[: min(k_neurons, acts_last.numel())].tolist()
         neuron_pairs = [(i // d_mlp, i % d_mlp) for i in order]
     else:
         neuron_pairs = parse_neurons(model, neurons)
-    acts = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, n] for layer, n in neuron_pairs], -1).float()
+    acts = torch.stack([cache[hook_name("post", layer)][0, :, n] for layer, n in neuron_pairs], -1).float()
     neuron_labels = [f"L{layer}N{n}" for layer, n in neuron_pairs]
 
     name = model_name or str(getattr(model.cfg, "model_name", "model"))

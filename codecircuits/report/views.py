@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.sites import head_label, hook_name
 from ..errors import InputError
 from ..inputs import to_tokens, token_texts
 from . import elements as el
@@ -144,10 +145,10 @@ def head_patterns(model, prompt: str, heads=None) -> tuple[list[str], torch.Tens
     if toks.shape[0] != 1:
         raise InputError("head_patterns takes one prompt.")
     layers = sorted({layer for layer, _ in pairs})
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer in layers}
+    names = {hook_name("pattern", layer) for layer in layers}
     _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-    pats = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, h] for layer, h in pairs]).float().cpu()
-    return str_tokens(model, toks), pats, [f"L{layer}H{h}" for layer, h in pairs]
+    pats = torch.stack([cache[hook_name("pattern", layer)][0, h] for layer, h in pairs]).float().cpu()
+    return str_tokens(model, toks), pats, [head_label(layer, h) for layer, h in pairs]
 
 
 @torch.no_grad()
@@ -155,9 +156,9 @@ def neuron_acts(model, code: str, neurons) -> tuple[list[str], torch.Tensor, lis
     """``(tokens, activations[pos, n_neurons], labels)``: the chosen MLP neurons (``mlp.hook_post``) over ``code``."""
     pairs = parse_neurons(model, neurons)
     toks = to_tokens(model, code)
-    names = {f"blocks.{layer}.mlp.hook_post" for layer, _ in pairs}
+    names = {hook_name("post", layer) for layer, _ in pairs}
     _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-    acts = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, n] for layer, n in pairs], dim=-1).float().cpu()
+    acts = torch.stack([cache[hook_name("post", layer)][0, :, n] for layer, n in pairs], dim=-1).float().cpu()
     return str_tokens(model, toks), acts, [f"L{layer}N{n}" for layer, n in pairs]
 
 

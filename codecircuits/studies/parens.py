@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import heads as heads_mod
 from .. import lens
+from ..core.sites import head_label, hook_name
 from ..errors import InputError
 from ..tasks import parens as task
 from .common import Study, configure, json_safe, setting, write_study
@@ -336,10 +337,10 @@ def run(
     examples = {}
     for k in counts:
         toks = groups[k][0]
-        pats = torch.stack([caches[k][f"blocks.{layer}.attn.hook_pattern"][0, h] for layer, h in show])
+        pats = torch.stack([caches[k][hook_name("pattern", layer)][0, h] for layer, h in show])
         examples[k] = {
             "tokens": [model.tokenizer.decode([t]) for t in toks.tolist()],
-            "heads": [f"L{layer}H{h}" for layer, h in show],
+            "heads": [head_label(layer, h) for layer, h in show],
             "patterns": pats.float().cpu(),
         }
     del caches
@@ -380,14 +381,14 @@ def run(
     for layer, h in tqdm(cand, disable=not progress, desc="parens: head ablation"):
         with ablation.ablate(model, heads=[(layer, h)], kind="zero"):
             r = _acc_and_ld(model, iv_groups, paren_ids, wrong_of, cfg.batch_size)
-        row = {"head": f"L{layer}H{h}", "layer": layer, "head_index": h}
+        row = {"head": head_label(layer, h), "layer": layer, "head_index": h}
         for k in counts:
             row[f"accuracy_{k}"] = r[k][0]
             row[f"d_accuracy_{k}"] = r[k][0] - base[k][0]
             row[f"d_logit_diff_{k}"] = r[k][1] - base[k][1]
         abl_rows.append(row)
     ablation_out = {
-        "candidates": [f"L{layer}H{h}" for layer, h in cand],
+        "candidates": [head_label(layer, h) for layer, h in cand],
         "baseline": {k: {"accuracy": base[k][0], "logit_diff": base[k][1]} for k in counts},
         "rows": abl_rows,
     }
@@ -404,7 +405,7 @@ def run(
             for c in cfg.scale_factors:
                 with ablation.scale_heads(model, {hd: c for hd in top}):
                     r = _acc_and_ld(model, iv_groups, paren_ids, wrong_of, cfg.batch_size)
-                row = {"ranking": ranking, "top_k": len(top), "factor": c, "heads": [f"L{a}H{b}" for a, b in top]}
+                row = {"ranking": ranking, "top_k": len(top), "factor": c, "heads": [head_label(a, b) for a, b in top]}
                 row.update({f"accuracy_{k}": r[k][0] for k in counts})
                 row.update({f"logit_diff_{k}": r[k][1] for k in counts})
                 row["accuracy"] = r[hardest][0]
@@ -498,7 +499,7 @@ def _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters
             "emergence_layer": ll.emergence_layer(cfg.emergence_fraction),
             "lens_post_mean": ll.post().mean(-1).tolist(),
             "final_logit_diff": float(ll.final.mean()),
-            "template_promoters": [f"L{a}H{b}" for a, b in tops],
+            "template_promoters": [head_label(a, b) for a, b in tops],
             "template_promoters_mean_logit": rel,
             "by_depth": by_depth,
         }

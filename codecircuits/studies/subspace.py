@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import subspace as sub
+from ..core.sites import hook_name
 from ..errors import InputError
 from ..inputs import single_token_id
 from ..tasks import parens
@@ -217,8 +218,8 @@ def build_pairs(model, config: SubspaceConfig, *, progress: bool = False):
 def layer_sweep(model, pairs: sub.PatchPairs, *, progress: bool = False) -> dict[str, list[float]]:
     """FLDD of the full-component last-position patch at every layer's residual stream and MLP ``hook_post``."""
     hooks = {
-        kind: [f"blocks.{layer}.{name}" for layer in range(model.cfg.n_layers)]
-        for kind, name in (("resid", "hook_resid_post"), ("mlp", "mlp.hook_post"))
+        kind: [hook_name(site, layer) for layer in range(model.cfg.n_layers)]
+        for kind, site in (("resid", "resid_post"), ("mlp", "post"))
     }
     wanted = set(hooks["resid"]) | set(hooks["mlp"])
     with torch.no_grad():  # every source activation in one pass
@@ -244,11 +245,11 @@ def choose_hooks(sweep: dict[str, list[float]], config: SubspaceConfig) -> dict[
     choice: dict[str, dict] = {}
     if config.mlp_layers:
         for i, layer in enumerate(config.mlp_layers):
-            choice[f"mlp_{i}"] = dict(hook=f"blocks.{layer}.mlp.hook_post", why="given in the config")
+            choice[f"mlp_{i}"] = dict(hook=hook_name("post", layer), why="given in the config")
     else:
         top = int(np.argmax(mlp))
         choice["mlp_causal"] = dict(
-            hook=f"blocks.{top}.mlp.hook_post", why=f"largest full-MLP patch effect (FLDD {mlp[top]:.1f}%)"
+            hook=hook_name("post", top), why=f"largest full-MLP patch effect (FLDD {mlp[top]:.1f}%)"
         )
         reached = [layer for layer in range(n) if resid[layer] >= 50.0]
         start = reached[0] if reached else n // 2
@@ -257,7 +258,7 @@ def choose_hooks(sweep: dict[str, list[float]], config: SubspaceConfig) -> dict[
         ]
         quiet = min(cands, key=lambda layer: abs(mlp[layer]))
         choice["mlp_inert"] = dict(
-            hook=f"blocks.{quiet}.mlp.hook_post",
+            hook=hook_name("post", quiet),
             why=f"smallest full-MLP patch effect (FLDD {mlp[quiet]:.1f}%) from layer {start}, where patching the "
             "residual stream first moves the answer half way",
         )
@@ -268,7 +269,7 @@ def choose_hooks(sweep: dict[str, list[float]], config: SubspaceConfig) -> dict[
         why = "the residual stream after the inert MLP's layer (as resid_post.8 beside MLP8 in the paper)"
     else:
         why = "given in the config"
-    choice["resid"] = dict(hook=f"blocks.{layer}.hook_resid_post", why=why + f"; full-patch FLDD {resid[layer]:.1f}%")
+    choice["resid"] = dict(hook=hook_name("resid_post", layer), why=why + f"; full-patch FLDD {resid[layer]:.1f}%")
     return choice
 
 
