@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import einops
 import pandas as pd
 import torch
 
@@ -165,10 +166,10 @@ def sweep(
             gz = grads[hook_name("z", layer)]  # [b, q, h, d]
             pat = acts[hook_name("pattern", layer)]  # [b, h, q, s]
             dv = delta[:, :, kv_of]  # [b, s, h, d]: each query head's view of its value slot
-            score = torch.einsum("bqhd,bhqs,bshd->bsh", gz, pat, dv)  # [b, pos, head]
+            score = einops.einsum(gz, pat, dv, "b q h d, b h q s, b s h d -> b s h")  # [b, pos, head]
         elif query_kv and site == "k":
             gs = grads[hook_name("attn_scores", layer)]  # [b, h, q, s]
-            score = torch.einsum("bhqs,bhqs->bsh", torch.nan_to_num(gs), deltas[layer])
+            score = einops.einsum(torch.nan_to_num(gs), deltas[layer], "b h q s, b h q s -> b s h")
         elif kind == "pattern":
             score = (delta * g).sum(-1).transpose(1, 2)  # [b, dest, head]
         else:

@@ -28,8 +28,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import einops
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from .core.batching import paired_tokens, progress_bar
 from .core.interventions import Replace, hook
@@ -59,10 +61,10 @@ class SweepResult:
         method: how, e.g. ``"patch clean->corrupted"`` or ``"ablate zero"``.
     """
 
-    per_example: torch.Tensor
+    per_example: Float[torch.Tensor, "*cells batch"]
     axes: tuple[str, ...]
-    base: torch.Tensor
-    source: torch.Tensor | None = None
+    base: Float[torch.Tensor, " batch"]
+    source: Float[torch.Tensor, " batch"] | None = None
     labels: dict = field(default_factory=dict)
     site: str = ""
     method: str = ""
@@ -141,7 +143,7 @@ class SweepResult:
         if t.dim() == 1:
             t = t.unsqueeze(1)
         elif t.dim() > 2:
-            t = t.reshape(t.shape[0], -1)
+            t = einops.rearrange(t, "row ... -> row (...)")
         rows, cols = t.shape
         vmax = float(t.abs().max()) or 1.0
         left, top = 70, 30

@@ -71,7 +71,9 @@ def to_tokens(model, prompts: str | Sequence[str] | torch.Tensor, *, prepend_bos
         by_len: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_len.setdefault(len(r), []).append(i)
-        detail = "; ".join(f"{n} tokens: prompts {ix[:5]}{'...' if len(ix) > 5 else ''}" for n, ix in sorted(by_len.items()))
+        detail = "; ".join(
+            f"{n} tokens: prompts {ix[:5]}{'...' if len(ix) > 5 else ''}" for n, ix in sorted(by_len.items())
+        )
         raise InputError(
             f"Prompts have different token lengths ({detail}). Batched methods need equal lengths: "
             "rephrase the prompts so they tokenize to the same length."
@@ -84,7 +86,9 @@ def paired_tokens(model, clean, corrupted, *, prepend_bos: bool | None = None) -
     c = to_tokens(model, clean, prepend_bos=prepend_bos)
     k = to_tokens(model, corrupted, prepend_bos=prepend_bos)
     if c.shape[0] != k.shape[0]:
-        raise InputError(f"{c.shape[0]} clean prompts but {k.shape[0]} corrupted prompts: pass one corrupted per clean.")
+        raise InputError(
+            f"{c.shape[0]} clean prompts but {k.shape[0]} corrupted prompts: pass one corrupted per clean."
+        )
     if c.shape[1] != k.shape[1]:
         raise InputError(
             f"Clean prompts are {c.shape[1]} tokens long but corrupted prompts are {k.shape[1]} "
@@ -94,7 +98,9 @@ def paired_tokens(model, clean, corrupted, *, prepend_bos: bool | None = None) -
     return c, k
 
 
-def check_pair_lengths(model, clean: Sequence[str], corrupted: Sequence[str], *, prepend_bos: bool | None = None) -> None:
+def check_pair_lengths(
+    model, clean: Sequence[str], corrupted: Sequence[str], *, prepend_bos: bool | None = None
+) -> None:
     """Raise an error listing every clean/corrupted pair whose token lengths differ."""
     bad = []
     for i, (a, b) in enumerate(zip(clean, corrupted)):
@@ -119,6 +125,7 @@ def bos_id(model) -> int | None:
     if not getattr(model.cfg, "default_prepend_bos", True):
         return None
     return model.tokenizer.bos_token_id
+
 
 def prompt_batches(model, prompts, batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
     """Tokenise prompts (strings or a token tensor) and group them into equal-length batches with their indices."""

@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import einops
 import torch
+from jaxtyping import Float
 
 from ..errors import InputError
 
@@ -65,7 +67,9 @@ def check_output(out, batch: int) -> torch.Tensor:
     return out
 
 
-def per_cell(metric: Metric, logits: torch.Tensor, n_cells: int, n_examples: int) -> torch.Tensor:
+def per_cell(
+    metric: Metric, logits: Float[torch.Tensor, "rows pos vocab"], n_cells: int, n_examples: int
+) -> Float[torch.Tensor, "cell example"]:
     """The metric ``[n_cells, n_examples]`` of a batched forward whose rows are ``(cell, example)`` pairs,
     cell-major (row ``c * n_examples + e`` is example ``e`` under cell ``c``).
 
@@ -77,8 +81,10 @@ def per_cell(metric: Metric, logits: torch.Tensor, n_cells: int, n_examples: int
     if logits.shape[0] != rows:
         raise ValueError(f"{logits.shape[0]} rows of logits for {n_cells} cells x {n_examples} examples")
     if isinstance(metric, RowwiseMetric):
-        examples = torch.arange(n_examples, device=logits.device).repeat(n_cells)
-        vals = check_output(metric(logits, examples), rows).reshape(n_cells, n_examples)
+        examples = einops.repeat(torch.arange(n_examples, device=logits.device), "e -> (cell e)", cell=n_cells)
+        vals = einops.rearrange(
+            check_output(metric(logits, examples), rows), "(cell example) -> cell example", cell=n_cells
+        )
         if n_cells > 1:
             alone = check_output(metric(logits[:n_examples], examples[:n_examples]), n_examples)
             if not torch.allclose(alone, vals[0], rtol=1e-5, atol=1e-6, equal_nan=True):

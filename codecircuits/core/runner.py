@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 
+import einops
 import torch
 from jaxtyping import Float, Int
 
@@ -119,7 +120,14 @@ class Receiver:
     (:func:`~codecircuits.core.metrics.metric_positions`); only those are unembedded in :meth:`run`.
     """
 
-    def __init__(self, model, tokens: torch.Tensor, *, extra_names: Sequence[str] = (), metric: Metrics | None = None):
+    def __init__(
+        self,
+        model,
+        tokens: Int[torch.Tensor, "batch pos"],
+        *,
+        extra_names: Sequence[str] = (),
+        metric: Metrics | None = None,
+    ):
         from transformers import DynamicCache
 
         forward_cache_to_attention(model)  # transformers >= 5.24 passes the cache on as `cache=`
@@ -175,7 +183,15 @@ class Receiver:
             sub.update(k, v, i)
         return sub
 
-    def run(self, layer: int, start: int, rows: torch.Tensor, fwd_hooks, *, resid: torch.Tensor | None = None):
+    def run(
+        self,
+        layer: int,
+        start: int,
+        rows: Int[torch.Tensor, " rows"],
+        fwd_hooks,
+        *,
+        resid: Float[torch.Tensor, "rows suffix d_model"] | None = None,
+    ) -> Float[torch.Tensor, "rows pos vocab"]:
         """Logits ``[len(rows), pos, vocab]`` of the receiver prompts ``rows`` with ``fwd_hooks`` installed.
 
         Only layers ``>= layer`` and positions ``>= start`` are computed (hooks see those positions only: a
@@ -262,8 +278,8 @@ def run_cells(
     for c0 in range(0, n_cells, per_chunk):
         c1 = min(n_cells, c0 + per_chunk)
         cells = torch.arange(c0, c1, device=device)
-        cell_of_row = cells.repeat_interleave(n_ex)
-        ex_of_row = torch.arange(n_ex, device=device).repeat(c1 - c0)
+        cell_of_row = einops.repeat(cells, "cell -> (cell example)", example=n_ex)  # cell-major rows
+        ex_of_row = einops.repeat(torch.arange(n_ex, device=device), "example -> (cell example)", cell=c1 - c0)
         logits = receiver.run(layer, start, ex_of_row, make_hooks(cell_of_row, ex_of_row))
         out.append(per_cell_named(metric, logits, c1 - c0, n_ex))
         if pbar is not None:

@@ -71,7 +71,13 @@ SITE_KINDS: dict[str, SiteKind] = {
         SiteKind("q", "attn.hook_q", "head", ("layer", "head"), _HEAD),
         SiteKind("k", "attn.hook_k", "kv", ("layer", "head"), _KV),
         SiteKind("v", "attn.hook_v", "kv", ("layer", "head"), _KV),
-        SiteKind("pattern", "attn.hook_pattern", "pattern", ("layer", "head"), (("layer", "head"), ("layer", "head", "dest_pos"))),
+        SiteKind(
+            "pattern",
+            "attn.hook_pattern",
+            "pattern",
+            ("layer", "head"),
+            (("layer", "head"), ("layer", "head", "dest_pos")),
+        ),
         SiteKind("attn_scores", "attn.hook_attn_scores", "pattern", ("layer", "head"), (("layer", "head"),), False),
         SiteKind("ln1_post_scale", "ln1_post.hook_scale", "scale", ("layer",), (("layer",),), False),
         SiteKind("post", "mlp.hook_post", "neuron", ("layer", "neuron"), (("layer", "neuron"),)),
@@ -88,7 +94,9 @@ def site_kind(name: str, *, sweep: bool = False) -> SiteKind:
     kinds = [k for k, v in SITE_KINDS.items() if v.sweepable or not sweep]
     if key not in kinds:
         what = "patching site" if sweep else "site"
-        raise InputError(f"Unknown {what} {name!r}: choose one of {', '.join(kinds)} (aliases: {', '.join(SITE_ALIASES)}).")
+        raise InputError(
+            f"Unknown {what} {name!r}: choose one of {', '.join(kinds)} (aliases: {', '.join(SITE_ALIASES)})."
+        )
     return SITE_KINDS[key]
 
 
