@@ -34,18 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(run_command=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
+    if not getattr(args, "run_command", None):
         parser.print_help()
         return 0
     try:
-        return int(args._run(args) or 0)
+        return int(args.run_command(args) or 0)
     except CodeCircuitsError as e:
         print(f"codecircuits {args.command}: error: {e}", file=sys.stderr)
         return 2

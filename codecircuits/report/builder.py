@@ -69,7 +69,8 @@ class Report:
         self._metric_keys: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ structure
-    def _add(self, fragment: el.Fragment) -> Report:
+    def add(self, fragment: el.Fragment) -> Report:
+        """Append a rendered fragment (e.g. a view's) to the current section."""
         self._sections[-1][2].append(fragment)
         return self
 
@@ -84,7 +85,7 @@ class Report:
 
     def text(self, paragraph: str) -> Report:
         """A paragraph of text (escaped; a blank line starts a new paragraph)."""
-        return self._add(el.text(paragraph))
+        return self.add(el.text(paragraph))
 
     def metrics(self, values: Mapping, labels: Mapping | None = None, *, digits: int = 4) -> Report:
         """Key numbers as cards, each rendered with ``data-metric="<key>"`` and its exact JSON ``data-value``."""
@@ -92,7 +93,7 @@ class Report:
         if dup:
             raise InputError(f"metrics {sorted(dup)} were already added to this report; each key must be unique.")
         self._metric_keys |= set(map(str, values))
-        return self._add(el.metrics(values, labels, digits=digits))
+        return self.add(el.metrics(values, labels, digits=digits))
 
     def table(
         self,
@@ -104,7 +105,7 @@ class Report:
         digits: int = 4,
     ) -> Report:
         """A sortable table (click a header) from a DataFrame, list of dicts, dict of columns or rows."""
-        return self._add(el.table(data, caption=caption, columns=columns, max_rows=max_rows, digits=digits))
+        return self.add(el.table(data, caption=caption, columns=columns, max_rows=max_rows, digits=digits))
 
     def heatmap(
         self,
@@ -125,7 +126,7 @@ class Report:
         """A heatmap of ``values[row, col]``: rows on the y axis (e.g. layer), columns on the x axis (e.g.
         position; use :func:`codecircuits.report.position_labels` for "3 print" labels). ``center`` makes the
         colours diverge around it (blue below, red above); hover a cell for its labels and exact value."""
-        return self._add(
+        return self.add(
             el.heatmap(
                 values,
                 title=title,
@@ -153,7 +154,7 @@ class Report:
         max_value: float | None = None,
     ) -> Report:
         """Attention patterns ``[n_heads, query, key]`` over ``tokens`` (circuitsvis, offline)."""
-        return self._add(
+        return self.add(
             el.attention(tokens, patterns, head_labels=head_labels, title=title, caption=caption, max_value=max_value)
         )
 
@@ -168,7 +169,7 @@ class Report:
         caption: str | None = None,
     ) -> Report:
         """Activations ``[pos, neuron]`` or ``[pos, layer, neuron]`` over the tokens with a neuron picker (circuitsvis)."""
-        return self._add(
+        return self.add(
             el.neuron_activations(
                 tokens,
                 activations,
@@ -193,7 +194,7 @@ class Report:
         marked: Sequence[int] = (),
     ) -> Report:
         """Code token by token, each coloured by its value (e.g. one neuron's activation); ``marked`` outlines positions."""
-        return self._add(
+        return self.add(
             el.token_values(
                 tokens,
                 values,
@@ -209,7 +210,7 @@ class Report:
 
     def code(self, text: str, title: str | None = None, *, language: str = "python") -> Report:
         """Code with syntax highlighting."""
-        return self._add(el.code(text, title=title, language=language))
+        return self.add(el.code(text, title=title, language=language))
 
     def line_chart(
         self,
@@ -223,7 +224,7 @@ class Report:
         zero_line: bool = True,
     ) -> Report:
         """Lines of named series over ``x`` (e.g. logit difference per layer), with markers and a legend."""
-        return self._add(
+        return self.add(
             el.line_chart(
                 x, series, title=title, caption=caption, x_title=x_title, y_title=y_title, zero_line=zero_line
             )

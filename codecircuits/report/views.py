@@ -42,7 +42,7 @@ class View:
 
     def to_report(self) -> Report:
         r = Report(self.title)
-        r._add(self.fragment)
+        r.add(self.fragment)
         return r
 
     def save(self, path: str | Path) -> Path:
