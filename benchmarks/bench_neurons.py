@@ -28,7 +28,7 @@ def _prompts(model, n: int) -> list[str]:
 
 def main(quick: bool = False) -> dict:
     from codecircuits import load_model, neurons
-    from codecircuits.neurons import _DEFAULT_MEMORY_MB, _chunk_size
+    from codecircuits.neurons import DEFAULT_MEMORY_MB, chunk_size
     from codecircuits.testing import tiny_model
 
     torch.set_num_threads(1)
@@ -48,7 +48,7 @@ def main(quick: bool = False) -> dict:
     t_fast, w_fast = clock() - t0, time.perf_counter() - w0
 
     # the unavoidable work alone: one log-sum-exp over the vocabulary per (prompt, neuron), same chunking
-    chunk = _chunk_size(n_b, d_vocab, 1, _DEFAULT_MEMORY_MB)
+    chunk = chunk_size(n_b, d_vocab, 1, DEFAULT_MEMORY_MB)
     z = torch.randn(n_b, chunk, d_vocab)
     w0, t0 = time.perf_counter(), clock()
     for _ in layers:

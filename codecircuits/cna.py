@@ -1,9 +1,10 @@
 """Arithmetic heads and Comparative Neuron Analysis (Yu & Ananiadou, EMNLP 2024; METHODS §3.3-3.4).
 
 - :func:`head_sweep`: ablate each attention head alone (zero its ``attn.hook_z`` at every position) and measure
-  accuracy and the log-probability of the label over a task, for every head. Each layer's heads are stacked
-  along the batch and run from the cached ``resid_pre`` of that layer (``start_at_layer``), so the sweep costs
-  about half a forward pass per head instead of a full one.
+  accuracy and the log-probability of the label over a task, for every head. It is the head sweep of
+  :func:`codecircuits.ablation.head_sweep` with those two metrics: each layer's heads are stacked along the batch
+  and run from the cached ``resid_pre`` of that layer, with the earlier blocks skipped and only the scored
+  position unembedded, so the sweep costs about half a forward pass per head instead of a full one.
 - :func:`compare`: CNA. ``CNA(l, k) = Imp_M(l, k) - Imp_M'(l, k)`` where ``Imp`` is the log-probability increase
   of FFN neuron k of layer l (:mod:`codecircuits.neurons`), ``M`` the model and ``M'`` the model with one head
   ablated; both read through ``M``'s frozen final scale, for ``M``'s top-1 token.
@@ -21,17 +22,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import ablation
+from .core.batching import n_prompts, parse_budget, prompt_batches
+from .core.metrics import evaluate, rowwise
+from .core.runner import row_bytes
+from .core.sites import Head, Neuron, check_heads
 from .errors import InputError
 from .neurons import (
-    _check_pos,
-    _clean_run,
-    _ffn_batch,
-    _n_prompts,
-    _prompt_batches,
-    _resolve_target,
-    _target_tokens,
+    check_position,
+    clean_run,
+    ffn_scores_batch,
     head_zero_hooks,
     neuron_mask_hooks,
+    resolve_target,
+    target_token_strings,
 )
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,7 +72,7 @@ class HeadSweep:
                     {
                         "layer": layer,
                         "head": head,
-                        "name": f"{layer}_{head}",
+                        "name": str(Head(layer, head)),
                         "accuracy": float(self.accuracy[layer, head]),
                         "accuracy_drop": float(self.accuracy_drop[layer, head]),
                         "logprob": float(self.logprob[layer, head]),
@@ -91,25 +95,24 @@ class HeadSweep:
         return float((self.accuracy_drop.abs() <= tolerance).float().mean())
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the final residual is captured."""
+def _label_metrics(pos: int, labels: torch.Tensor) -> dict:
+    """``{"logprob": log p(label), "correct": 1.0 where the top-1 is the label}`` at ``pos``, row-wise: row ``r``
+    scores the label of prompt ``examples[r]``."""
+
+    def logprob(logits, examples):
+        lg = logits[:, pos].float()
+        return torch.log_softmax(lg, -1).gather(1, labels[examples][:, None])[:, 0]
+
+    def correct(logits, examples):
+        return (logits[:, pos].float().argmax(-1) == labels[examples]).float()
+
+    return {"logprob": rowwise(logprob), "correct": rowwise(correct)}
 
 
-def _last_logits(model, x, layer: int, pos: int, fwd_hooks) -> torch.Tensor:
-    """Logits at ``pos`` of a run from ``resid_pre[layer] = x`` under ``fwd_hooks``; the final norm and the
-    unembedding run on that one position only (a third of a short prompt's cost on a 49k vocabulary)."""
-    store = {}
-
-    def grab(resid, hook):
-        store["x"] = resid[:, pos].unsqueeze(1)
-        raise _Stop
-
-    with model.hooks(fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)]):
-        try:
-            model(x, start_at_layer=layer)
-        except _Stop:
-            pass
-    return model.unembed(model.ln_final(store["x"]))[:, 0].float()
+def _rows_budget(model, n_pos: int, rows: int) -> int:
+    """Bytes of a memory budget that fits about ``rows`` rows of a head-ablation forward over ``n_pos`` tokens
+    that unembeds one position (the per-row estimate of :func:`codecircuits.core.runner.row_bytes`)."""
+    return int(rows) * row_bytes(model, n_pos, 0, 1)
 
 
 def head_sweep(
@@ -120,68 +123,87 @@ def head_sweep(
     pos: int = -1,
     heads: Sequence[tuple[int, int]] | None = None,
     batch_size: int = 32,
-    max_rows: int = 256,
+    max_rows: int | None = None,
+    memory_budget=None,
     progress: bool = True,
 ) -> HeadSweep:
-    """Ablate every head (or the given ``(layer, head)`` list) alone and score the task.
+    """Ablate every head (or the given ``(layer, head)`` list, pairs or ``"L3H7"`` labels) alone and score the task.
 
     ``labels``: the correct next token per prompt (ids or single-token strings); None uses the clean run's top-1,
-    so the base accuracy is 1. ``max_rows`` bounds how many (head, prompt) rows run in one forward pass.
-    Heads not in ``heads`` keep the base values.
+    so the base accuracy is 1. Heads not in ``heads`` keep the base values.
+
+    The zero ablations run on :func:`codecircuits.ablation.head_sweep` (both scores from the same forwards, each
+    layer's heads stacked along the batch and run from that layer on, only ``pos`` unembedded), once per batch of
+    ``batch_size`` prompts of one token length. ``memory_budget`` (bytes or ``"2GB"``) bounds each batched
+    forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows.
     """
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
-    lab = _resolve_target(model, labels, n)
-    todo = [(layer, h) for layer in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
-    head_zero_hooks(model, todo)  # validates the heads
-    by_layer: dict[int, list[int]] = {}
-    for layer, h in todo:
-        by_layer.setdefault(layer, []).append(h)
+    if max_rows is not None and max_rows < 1:
+        raise InputError(f"max_rows must be at least 1, got {max_rows}.")
+    if max_rows is not None and memory_budget is not None:
+        raise InputError("Give max_rows or memory_budget, not both.")
+    if memory_budget is not None:
+        parse_budget(memory_budget)  # an unreadable budget fails before any forward
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    lab = resolve_target(model, labels, n)
+    todo = (
+        [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        if heads is None
+        else check_heads(model, heads)
+    )
+    # layers that sweep the same heads share one call of the ablation engine
+    by_layer: dict[int, set[int]] = {}
+    for h in todo:
+        by_layer.setdefault(h.layer, set()).add(h.head)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for layer, hs in sorted(by_layer.items()):
+        groups.setdefault(tuple(sorted(hs)), []).append(layer)
     correct = torch.zeros(n_layers, n_heads, n, dtype=torch.bool)
     plp = torch.zeros(n_layers, n_heads, n)
     base_correct = torch.zeros(n, dtype=torch.bool)
     base_lp = torch.zeros(n)
     labels_out = torch.zeros(n, dtype=torch.long)
-    names = {f"blocks.{layer}.hook_resid_pre" for layer in by_layer}
-    bar = tqdm(total=len(todo) * len(batches), desc="single-head ablation", disable=not progress)
-    with torch.no_grad():
-        for ix, toks in batches:
-            _check_pos(pos, toks.shape[1])
-            logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
-            lg = logits[:, pos].float()
-            t = lg.argmax(-1) if lab is None else lab[ix]
-            labels_out[ix] = t.cpu()
-            base_correct[ix] = (lg.argmax(-1) == t).cpu()
-            base_lp[ix] = torch.log_softmax(lg, -1).gather(1, t[:, None])[:, 0].cpu()
-            correct[:, :, ix] = base_correct[ix]
-            plp[:, :, ix] = base_lp[ix]
-            b = len(ix)
-            per = max(1, max_rows // b)
-            for layer, hs in by_layer.items():
-                x = cache[f"blocks.{layer}.hook_resid_pre"]
-                for s in range(0, len(hs), per):
-                    chunk = hs[s : s + per]
-                    nh = len(chunk)
-                    sel = torch.tensor(chunk)
-
-                    def hook(z, hook, nh=nh, sel=sel):
-                        z = z.clone()
-                        zz = z.view(nh, -1, *z.shape[1:])  # [copy, B, pos, head, d_head]
-                        zz[torch.arange(nh), :, :, sel] = 0.0
-                        return z
-
-                    out = _last_logits(model, x.repeat(nh, 1, 1), layer, pos, [(f"blocks.{layer}.attn.hook_z", hook)])
-                    out = out.view(nh, b, -1)
-                    tt = t[None, :].expand(nh, b)
-                    c = (out.argmax(-1) == tt).cpu()
-                    lp = torch.log_softmax(out, -1).gather(2, tt[..., None])[..., 0].cpu()
-                    for j, h in enumerate(chunk):
-                        correct[layer, h, ix] = c[j]
-                        plp[layer, h, ix] = lp[j]
-                    bar.update(nh)
-            del cache
-    bar.close()
+    for ix, toks in batches:
+        check_position(pos, toks.shape[1])
+        clean = None
+        if lab is None:
+            with torch.no_grad():
+                clean = model(toks)
+            t = clean[:, pos].float().argmax(-1)
+        else:
+            t = lab[ix]
+        metrics = _label_metrics(pos, t)
+        budget = _rows_budget(model, toks.shape[1], max_rows) if max_rows is not None else memory_budget
+        base = None
+        for hs, layers in groups.items():
+            res = ablation.head_sweep(
+                model,
+                toks,
+                metrics,
+                kind="zero",
+                layers=layers,
+                heads=list(hs),
+                memory_budget=budget,
+                progress=progress,
+            )
+            if base is None:
+                base = {k: r.base for k, r in res.items()}
+            at = (torch.tensor(layers)[:, None, None], torch.tensor(hs)[None, :, None], torch.tensor(ix)[None, None, :])
+            correct[at] = res["correct"].per_example.cpu() > 0.5
+            plp[at] = res["logprob"].per_example.cpu().float()
+        if base is None:  # no head to sweep: the base values of a clean run
+            with torch.no_grad():
+                base = evaluate(metrics, model(toks) if clean is None else clean, len(ix))
+        labels_out[ix] = t.cpu()
+        base_correct[ix] = base["correct"].cpu() > 0.5
+        base_lp[ix] = base["logprob"].cpu().float()
+    # the heads not swept keep the base values
+    swept = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    for h in todo:
+        swept[h.layer, h.head] = True
+    correct[~swept] = base_correct
+    plp[~swept] = base_lp
     return HeadSweep(
         accuracy=correct.float().mean(-1),
         logprob=plp.mean(-1),
@@ -256,7 +278,7 @@ class CNAResult:
         }
         rows = []
         for r, (li, ni, v) in enumerate(zip(layer.tolist(), neuron.tolist(), top.values.tolist())):
-            row = {"rank": r + 1, "layer": li, "neuron": ni, "name": f"{li}_{ni}", "cna": v}
+            row = {"rank": r + 1, "layer": li, "neuron": ni, "name": str(Neuron(li, ni)), "cna": v}
             row.update({c: float(t[li, ni]) for c, t in cols.items()})
             rows.append(row)
         return pd.DataFrame(rows)
@@ -306,25 +328,25 @@ def compare(
         layers = list(range(n_layers))
     else:
         layers = list(range(head[0], n_layers))
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
-    tgt = _resolve_target(model, target, n)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    tgt = resolve_target(model, target, n)
     shape = (n, n_layers, d_mlp)
     imp_o = torch.full(shape, float("nan"))
     imp_a = torch.full(shape, float("nan"))
     coef_o, coef_a = torch.zeros(shape), torch.zeros(shape)
     targets = torch.zeros(n, dtype=torch.long)
     p_o, p_a = torch.zeros(n), torch.zeros(n)
-    for ix, toks in tqdm(batches, desc=f"CNA vs head {head[0]}_{head[1]}", disable=not progress):
-        _check_pos(pos, toks.shape[1])
-        run_o = _clean_run(model, toks, pos)
-        run_a = _clean_run(model, toks, pos, fwd_hooks=hooks)
+    for ix, toks in tqdm(batches, desc=f"CNA vs head {Head(*head)}", disable=not progress):
+        check_position(pos, toks.shape[1])
+        run_o = clean_run(model, toks, pos)
+        run_a = clean_run(model, toks, pos, fwd_hooks=hooks)
         t = run_o["logits"].argmax(-1) if tgt is None else tgt[ix]
         kw = dict(exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers)
         # both runs in one batch: the readout rows W_out @ W_U are computed once and shared by M and M'
         both = {k: torch.cat([run_o[k], run_a[k]]) for k in ("post", "ffn_base")}
         with torch.no_grad():
-            res, _ = _ffn_batch(
+            res, _ = ffn_scores_batch(
                 model, both, torch.cat([t, t]), ("logprob_increase",), scale=run_o["scale"].repeat(2, 1), **kw
             )
         imp = res["logprob_increase"].cpu()
@@ -349,7 +371,7 @@ def compare(
         head=head,
         exact_authors_lens=exact_authors_lens,
         pos=pos,
-        target_tokens=_target_tokens(model, targets),
+        target_tokens=target_token_strings(model, targets),
         settings={"layers": layers},
     )
 
@@ -389,11 +411,11 @@ def mask_keep(
 ) -> MaskKeepTable:
     """The mask-versus-keep table for ``cna`` (see :class:`MaskKeepTable`). ``labels``: the correct token per
     prompt (default: the CNA target, i.e. the model's top-1)."""
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
     if n != cna.n_prompts:
         raise InputError(f"{n} prompts but the CNA result was computed on {cna.n_prompts}.")
-    lab = _resolve_target(model, labels, n)
+    lab = resolve_target(model, labels, n)
     lab = cna.target.to(model.cfg.device) if lab is None else lab
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     first = cna.head[0]

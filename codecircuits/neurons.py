@@ -29,9 +29,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from . import lens
+from .core.batching import megabytes, n_prompts, prompt_batches
+from .core.interventions import Zero, hook, unit_mask
+from .core.sites import Head, Neuron, check_heads, hook_name
 from .errors import InputError
 from .inputs import single_token_id
 from .models.summary import kv_groups, kv_head_of
@@ -50,7 +54,10 @@ FFN_SCORES = (
 #: The scores that need a pass over the vocabulary per (prompt, neuron).
 _VOCAB_SCORES = {"logprob_increase", "logprob", "prob_increase", "rank", "coef_rank"}
 
-_DEFAULT_MEMORY_MB = 256
+#: the default ``memory_mb`` of the scoring functions: MiB of float32 logits computed at once
+DEFAULT_MEMORY_MB = 256
+#: the final norm's scale (the frozen-scale lens reads it)
+LN_FINAL_SCALE = "ln_final.hook_scale"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,7 +116,7 @@ class Attribution:
         for rank, (vals, flat) in enumerate(zip(idx.tolist(), top.indices.tolist())):
             vals = self._model_layers(vals)
             row = {"rank": rank + 1, **dict(zip(self.axes[1:], vals))}
-            row["name"] = "_".join(str(v) for v in vals)
+            row["name"] = _label(self.axes[1:], vals)
             for name, t in self.scores.items():
                 t = t.mean(0) if prompt is None else t[prompt]
                 row[name] = float(t.flatten()[flat])
@@ -141,6 +148,15 @@ class Attribution:
         if self.coefficients is not None and self.coefficients.shape == shape:
             df["coefficient_m"] = self.coefficients.reshape(-1).float().numpy()
         return df
+
+
+def _label(axes: tuple[str, ...], vals: list[int]) -> str:
+    """The one label of a component: ``L3N7`` for a neuron, ``L3H7`` for a head, else its indices joined."""
+    if tuple(axes) == ("layer", "neuron"):
+        return str(Neuron(*vals))
+    if tuple(axes) == ("layer", "head"):
+        return str(Head(*vals))
+    return "_".join(str(v) for v in vals)
 
 
 @dataclass(frozen=True)
@@ -189,7 +205,7 @@ class QueryNeurons:
                 "rank": range(1, len(layer) + 1),
                 "layer": layer.tolist(),
                 "neuron": neuron.tolist(),
-                "name": [f"{a}_{b}" for a, b in zip(layer.tolist(), neuron.tolist())],
+                "name": [str(Neuron(a, b)) for a, b in zip(layer.tolist(), neuron.tolist())],
                 "query_score": top.values.tolist(),
             }
         )
@@ -218,37 +234,10 @@ class QueryNeurons:
 # inputs and the clean run
 
 
-def _prompt_batches(model, prompts, batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
-    """Tokenise prompts (strings or a token tensor) and group them into equal-length batches with their indices."""
-    if isinstance(prompts, torch.Tensor):
-        toks = prompts if prompts.dim() == 2 else prompts.unsqueeze(0)
-        rows = list(toks.to(model.cfg.device))
-    else:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise InputError("No prompts given: pass at least one prompt.")
-        rows = [model.to_tokens(p)[0] for p in prompts]
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    by_len: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_len.setdefault(len(r), []).append(i)
-    out = []
-    for _, ix in sorted(by_len.items()):
-        for s in range(0, len(ix), batch_size):
-            sel = ix[s : s + batch_size]
-            out.append((sel, torch.stack([rows[i] for i in sel])))
-    return out
-
-
-def _n_prompts(batches) -> int:
-    return sum(len(ix) for ix, _ in batches)
-
-
-def _resolve_target(model, target, n: int) -> torch.Tensor | None:
-    """None (use top-1), or a LongTensor [n] from ids, single-token strings or a tensor."""
+def resolve_target(model, target, n: int) -> Int[torch.Tensor, " n"] | None:
+    """The target token of each of ``n`` prompts as ids on the model's device, or ``None`` (use each clean
+    run's top-1). ``target``: one id or single-token string for every prompt, or one per prompt (ids, strings or
+    a tensor)."""
     if target is None:
         return None
     if isinstance(target, (int, str)):
@@ -266,13 +255,16 @@ def _resolve_target(model, target, n: int) -> torch.Tensor | None:
     return t.to(model.cfg.device)
 
 
-def _check_pos(pos: int, seq_len: int) -> None:
+def check_position(pos: int, seq_len: int) -> None:
+    """An error unless ``pos`` (negative counts from the end) is a position of prompts of ``seq_len`` tokens."""
     if not -seq_len <= pos < seq_len:
-        raise InputError(f"pos={pos} is outside prompts of {seq_len} tokens.")
+        raise InputError(
+            f"pos={pos} is outside prompts of {seq_len} tokens: pick a position in [{-seq_len}, {seq_len})."
+        )
 
 
 def _has_resid_mid(model) -> bool:
-    return "blocks.0.hook_resid_mid" in model.hook_dict and not getattr(model.cfg, "parallel_attn_mlp", False)
+    return hook_name("resid_mid", 0) in model.hook_dict and not getattr(model.cfg, "parallel_attn_mlp", False)
 
 
 def _param(model, name: str):
@@ -282,40 +274,47 @@ def _param(model, name: str):
         return None
 
 
-def _clean_run(model, tokens, pos: int, fwd_hooks=(), want=("ffn",)):
-    """One run (with optional hooks) keeping, at ``pos``: final scale, logits, FFN bases and coefficients, and the
-    attention quantities if wanted. Returns a dict of tensors on the model's device."""
+def clean_run(
+    model, tokens: Int[torch.Tensor, "batch pos"], pos: int, fwd_hooks=(), want=("ffn",)
+) -> dict[str, torch.Tensor]:
+    """One run of ``tokens`` (with optional ``fwd_hooks``) keeping, at ``pos``, float32 tensors on the model's
+    device: ``logits [B, vocab]``, the final norm's ``scale [B, 1]``, ``resid_pre [B, layer, d_model]``;
+    with ``"ffn"`` in ``want`` the FFN coefficients ``post [B, layer, d_mlp]`` and bases
+    ``ffn_base [B, layer, d_model]`` (``resid_mid``, or ``resid_pre + attn_out`` for parallel blocks); with
+    ``"attn"`` ``z [B, layer, head, d_head]``, ``v [B, layer, src, kv_head, d_head]`` (every position) and
+    ``pattern [B, layer, head, src]``; with ``"query"`` ``attn_out [B, layer, d_model]`` and ``embedding``."""
     n_layers = model.cfg.n_layers
-    names = {"ln_final.hook_scale"}
-    for layer in range(n_layers):
-        names.add(f"blocks.{layer}.hook_resid_pre")
-        if "ffn" in want:
-            names.add(f"blocks.{layer}.mlp.hook_post")
-            names.add(f"blocks.{layer}.hook_resid_mid" if _has_resid_mid(model) else f"blocks.{layer}.hook_attn_out")
-        if "attn" in want:
-            names |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.attn.hook_pattern"}
-        if "query" in want:
-            names |= {f"blocks.{layer}.hook_attn_out"}
+    kinds = {"resid_pre"}
+    if "ffn" in want:
+        kinds |= {"post", "resid_mid" if _has_resid_mid(model) else "attn_out"}
+    if "attn" in want:
+        kinds |= {"z", "v", "pattern"}
+    if "query" in want:
+        kinds |= {"attn_out"}
+    names = {LN_FINAL_SCALE} | {hook_name(k, layer) for k in kinds for layer in range(n_layers)}
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    out = {"logits": logits[:, pos].float(), "scale": cache["ln_final.hook_scale"][:, pos].float()}
-    stack = lambda fmt: torch.stack([cache[fmt.format(layer)][:, pos] for layer in range(n_layers)], 1).float()  # noqa: E731
-    out["resid_pre"] = stack("blocks.{}.hook_resid_pre")
+    out = {"logits": logits[:, pos].float(), "scale": cache[LN_FINAL_SCALE][:, pos].float()}
+
+    def stack(kind: str) -> torch.Tensor:  # [B, layer, ...] at pos
+        return torch.stack([cache[hook_name(kind, layer)][:, pos] for layer in range(n_layers)], 1).float()
+
+    out["resid_pre"] = stack("resid_pre")
     if "ffn" in want:
-        out["post"] = stack("blocks.{}.mlp.hook_post")
+        out["post"] = stack("post")
         if _has_resid_mid(model):
-            out["ffn_base"] = stack("blocks.{}.hook_resid_mid")
+            out["ffn_base"] = stack("resid_mid")
         else:
-            out["ffn_base"] = out["resid_pre"] + stack("blocks.{}.hook_attn_out")
+            out["ffn_base"] = out["resid_pre"] + stack("attn_out")
     if "attn" in want:
-        out["z"] = stack("blocks.{}.attn.hook_z")  # [B, L, H, d_head]
-        out["v"] = torch.stack([cache[f"blocks.{layer}.attn.hook_v"] for layer in range(n_layers)], 1).float()
+        out["z"] = stack("z")  # [B, L, H, d_head]
+        out["v"] = torch.stack([cache[hook_name("v", layer)] for layer in range(n_layers)], 1).float()
         out["pattern"] = torch.stack(
-            [cache[f"blocks.{layer}.attn.hook_pattern"][:, :, pos] for layer in range(n_layers)], 1
+            [cache[hook_name("pattern", layer)][:, :, pos] for layer in range(n_layers)], 1
         ).float()  # [B, L, H, src]
     if "query" in want:
-        out["attn_out"] = stack("blocks.{}.hook_attn_out")
-        out["embedding"] = cache["blocks.0.hook_resid_pre"][:, pos].float()
+        out["attn_out"] = stack("attn_out")
+        out["embedding"] = cache[hook_name("resid_pre", 0)][:, pos].float()
     return out
 
 
@@ -331,9 +330,11 @@ def readout_rows(model, vectors: torch.Tensor) -> torch.Tensor:
     return vectors.float() @ model.W_U.float()
 
 
-def _chunk_size(n_prompts: int, d_vocab: int, per_row: int, memory_mb: float) -> int:
-    budget = memory_mb * 2**20 / 4  # float32 elements
-    return max(1, int(budget // max(1, n_prompts * per_row * d_vocab)))
+def chunk_size(n_rows: int, d_vocab: int, per_row: int, memory_mb: float) -> int:
+    """How many neurons (or other components) to score at once so that ``n_rows`` prompts x ``per_row`` logit
+    vectors of ``d_vocab`` float32 values per component fit in ``memory_mb`` MiB (at least one)."""
+    budget = megabytes(memory_mb) / 4  # float32 elements
+    return max(1, int(budget // max(1, n_rows * per_row * d_vocab)))
 
 
 def _add_and_score(base_logits, base_lp, coef, rows, target, want: set[str], alone_bias=None):
@@ -384,8 +385,21 @@ def _base_logits(model, x, scale, exact_authors_lens: bool):
     return lens.to_logits(model, x, scale, include_bias=not exact_authors_lens).float()
 
 
-def _ffn_batch(model, run, target, scores, *, exact_authors_lens, memory_mb, layers, scale=None):
-    """FFN neuron scores for one batch from a run dict; ``scale`` overrides the run's own final scale."""
+def ffn_scores_batch(
+    model,
+    run: dict[str, torch.Tensor],
+    target: Int[torch.Tensor, " batch"],
+    scores: Sequence[str],
+    *,
+    exact_authors_lens: bool,
+    memory_mb: float,
+    layers: Sequence[int],
+    scale: Float[torch.Tensor, "batch 1"] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """FFN neuron ``scores`` (names from :data:`FFN_SCORES`) of one batch, from a :func:`clean_run` dict (its
+    ``post`` and ``ffn_base``) for the ``target`` token of each row: ``({score: [batch, len(layers), d_mlp]},
+    base_logprob [batch, len(layers)])``. ``scale`` overrides the run's own final scale (CNA reads an ablated
+    run through the clean run's scale); ``memory_mb`` bounds the readout rows computed at once."""
     scale = run["scale"] if scale is None else scale
     n_b = target.shape[0]
     d_mlp, d_vocab = model.cfg.d_mlp, model.cfg.d_vocab
@@ -393,7 +407,7 @@ def _ffn_batch(model, run, target, scores, *, exact_authors_lens, memory_mb, lay
     res = {s: torch.zeros(n_b, len(layers), d_mlp) for s in scores}
     base_lp_all = torch.zeros(n_b, len(layers))
     bias = _lens_bias(model, exact_authors_lens)
-    chunk = _chunk_size(n_b, d_vocab, 2 if "logprob" in want else 1, memory_mb)
+    chunk = chunk_size(n_b, d_vocab, 2 if "logprob" in want else 1, memory_mb)
     for li, layer in enumerate(layers):
         w_out = model.W_out[layer].float()  # [d_mlp, d_model]
         coef = run["post"][:, layer]  # [B, d_mlp]
@@ -446,7 +460,8 @@ def _check_layers(model, layers) -> list[int]:
     return [layer % n for layer in layers]
 
 
-def _target_tokens(model, target: torch.Tensor) -> tuple[str, ...]:
+def target_token_strings(model, target: Int[torch.Tensor, " n"]) -> tuple[str, ...]:
+    """The tokenizer's strings of the token ids ``target`` (empty when the model has no tokenizer)."""
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return ()
@@ -467,7 +482,7 @@ def ffn_neurons(
     pos: int = -1,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
-    memory_mb: float = _DEFAULT_MEMORY_MB,
+    memory_mb: float = DEFAULT_MEMORY_MB,
     progress: bool = True,
 ) -> Attribution:
     """Scores of every FFN neuron of every layer (axes ``prompt, layer, neuron``) for the target at ``pos``.
@@ -479,19 +494,19 @@ def ffn_neurons(
     """
     scores = FFN_SCORES if scores == "all" else _check_scores(scores, FFN_SCORES)
     layers = _check_layers(model, layers)
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
-    tgt = _resolve_target(model, target, n)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    tgt = resolve_target(model, target, n)
     out = {s: torch.zeros(n, len(layers), model.cfg.d_mlp) for s in scores}
     coefs = torch.zeros(n, len(layers), model.cfg.d_mlp)
     base_lp = torch.zeros(n, len(layers))
     targets = torch.zeros(n, dtype=torch.long)
     for ix, toks in tqdm(batches, desc="FFN neuron scores", disable=not progress):
-        _check_pos(pos, toks.shape[1])
-        run = _clean_run(model, toks, pos)
+        check_position(pos, toks.shape[1])
+        run = clean_run(model, toks, pos)
         t = run["logits"].argmax(-1) if tgt is None else tgt[ix]
         with torch.no_grad():
-            res, blp = _ffn_batch(
+            res, blp = ffn_scores_batch(
                 model, run, t, scores, exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers
             )
         for s in scores:
@@ -508,7 +523,7 @@ def ffn_neurons(
         kind="ffn",
         exact_authors_lens=exact_authors_lens,
         pos=pos,
-        target_tokens=_target_tokens(model, targets),
+        target_tokens=target_token_strings(model, targets),
         settings={"layers": layers},
     )
 
@@ -529,8 +544,8 @@ def ffn_neurons_loop(
     ``neurons`` maps layer -> neuron indices (default: all). Returns ``{(prompt, layer, neuron): score}``.
     Slow by design: the tests and the benchmark check :func:`ffn_neurons` against it.
     """
-    batches = _prompt_batches(model, prompts, 1)
-    tgt = _resolve_target(model, target, _n_prompts(batches))
+    batches = prompt_batches(model, prompts, 1)
+    tgt = resolve_target(model, target, n_prompts(batches))
     if neurons is None:
         neurons = {layer: range(model.cfg.d_mlp) for layer in range(model.cfg.n_layers)}
     out = {}
@@ -538,7 +553,7 @@ def ffn_neurons_loop(
     bar = tqdm(total=total, desc="FFN neurons (loop)", disable=not progress)
     with torch.no_grad():
         for ix, toks in batches:
-            run = _clean_run(model, toks, pos)
+            run = clean_run(model, toks, pos)
             w = int(run["logits"].argmax(-1)[0]) if tgt is None else int(tgt[ix[0]])
             scale = run["scale"][0]
             for layer, ks in neurons.items():
@@ -566,17 +581,17 @@ def heads(
     """Log-probability (and probability) increase of every attention head (axes ``prompt, layer, head``):
     ``v = z[l][pos, h] @ W_O[l, h]`` on base ``resid_pre[l]``. Grouped-query heads are scored per query head;
     ``kv_groups`` in the result says which share a key/value head."""
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
-    tgt = _resolve_target(model, target, n)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    tgt = resolve_target(model, target, n)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     lpi = torch.zeros(n, n_layers, n_heads)
     pi = torch.zeros(n, n_layers, n_heads)
     base_lp = torch.zeros(n, n_layers)
     targets = torch.zeros(n, dtype=torch.long)
     for ix, toks in tqdm(batches, desc="head scores", disable=not progress):
-        _check_pos(pos, toks.shape[1])
-        run = _clean_run(model, toks, pos, want=("attn",))
+        check_position(pos, toks.shape[1])
+        run = clean_run(model, toks, pos, want=("attn",))
         t = run["logits"].argmax(-1) if tgt is None else tgt[ix]
         with torch.no_grad():
             for layer in range(n_layers):
@@ -597,7 +612,7 @@ def heads(
         kind="head",
         exact_authors_lens=exact_authors_lens,
         pos=pos,
-        target_tokens=_target_tokens(model, targets),
+        target_tokens=target_token_strings(model, targets),
         kv_groups=kv_groups(model),
     )
 
@@ -611,7 +626,7 @@ def attention_neurons(
     exact_authors_lens: bool = False,
     pos: int = -1,
     batch_size: int = 8,
-    memory_mb: float = _DEFAULT_MEMORY_MB,
+    memory_mb: float = DEFAULT_MEMORY_MB,
     progress: bool = True,
 ) -> Attribution:
     """Log-probability increase of every attention neuron (axes ``prompt, layer, head, dim, source``): the vector
@@ -619,11 +634,11 @@ def attention_neurons(
     kept separate. ``coefficients`` holds ``pattern * v``; summed over ``dim`` and ``source`` the vectors give the
     head's output. Grouped-/multi-query models read ``v`` of the key/value head each query head shares."""
     layers = _check_layers(model, layers)
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
     if len({t.shape[1] for _, t in batches}) > 1:
         raise InputError("attention_neurons scores source positions, so every prompt must have the same token length.")
-    tgt = _resolve_target(model, target, n)
+    tgt = resolve_target(model, target, n)
     n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
     seq = batches[0][1].shape[1]
     lpi = torch.zeros(n, len(layers), n_heads, d_head, seq)
@@ -632,8 +647,8 @@ def attention_neurons(
     targets = torch.zeros(n, dtype=torch.long)
     owner = torch.tensor(kv_head_of(model))
     for ix, toks in tqdm(batches, desc="attention neuron scores", disable=not progress):
-        _check_pos(pos, toks.shape[1])
-        run = _clean_run(model, toks, pos, want=("attn",))
+        check_position(pos, toks.shape[1])
+        run = clean_run(model, toks, pos, want=("attn",))
         t = run["logits"].argmax(-1) if tgt is None else tgt[ix]
         with torch.no_grad():
             for li, layer in enumerate(layers):
@@ -643,7 +658,7 @@ def attention_neurons(
                 base_logits = _base_logits(model, run["resid_pre"][:, layer], run["scale"], exact_authors_lens)
                 blp = torch.log_softmax(base_logits, -1).gather(1, t[:, None])[:, 0]
                 w_o = model.W_O[layer].float().reshape(n_heads * d_head, -1)
-                chunk = _chunk_size(len(ix), model.cfg.d_vocab, seq, memory_mb)
+                chunk = chunk_size(len(ix), model.cfg.d_vocab, seq, memory_mb)
                 vals = torch.zeros_like(coef)
                 for s in range(0, n_heads * d_head, chunk):
                     e = min(n_heads * d_head, s + chunk)
@@ -665,7 +680,7 @@ def attention_neurons(
         kind="attention_neuron",
         exact_authors_lens=exact_authors_lens,
         pos=pos,
-        target_tokens=_target_tokens(model, targets),
+        target_tokens=target_token_strings(model, targets),
         kv_groups=kv_groups(model),
         settings={"layers": layers},
     )
@@ -675,40 +690,34 @@ def attention_neurons(
 # interventions
 
 
-def neuron_mask_hooks(model, mask: torch.Tensor, layers: Sequence[int] | None = None):
-    """Forward hooks that multiply ``mlp.hook_post`` by ``mask [batch, layer, d_mlp]`` (0 = zero the neuron) at
-    every position; ``layers`` names the model layers of ``mask``'s layer axis (default: all)."""
+def neuron_mask_hooks(model, mask: Float[torch.Tensor, "batch layer d_mlp"], layers: Sequence[int] | None = None):
+    """Forward hooks that zero ``mlp.hook_post`` wherever ``mask [batch, layer, d_mlp]`` is 0 (1 keeps the
+    neuron; a bool mask: False zeros it), at every position; ``layers`` names the model layers of ``mask``'s
+    layer axis (default: all)."""
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-
-    def make(m):
-        def hook(act, hook):
-            return act * m[:, None, :].to(act.dtype)
-
-        return hook
-
-    return [(f"blocks.{layer}.mlp.hook_post", make(mask[:, i])) for i, layer in enumerate(layers)]
+    if mask.dim() != 3 or mask.shape[1] != len(layers):
+        raise InputError(
+            f"mask must be [batch, layer, d_mlp] with one layer entry per layer in {layers}; got shape "
+            f"{tuple(mask.shape)}."
+        )
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError("mask holds values other than 0 and 1: use 1 to keep a neuron and 0 to zero it.")
+    zero = (mask == 0).to(model.cfg.device)
+    return [hook(hook_name("post", layer), Zero(), zero[:, i][:, None, :]) for i, layer in enumerate(layers)]
 
 
 def head_zero_hooks(model, heads: Sequence[tuple[int, int]]):
-    """Forward hooks that zero ``attn.hook_z`` of the given ``(layer, head)`` query heads at every position."""
+    """Forward hooks that zero ``attn.hook_z`` of the given ``(layer, head)`` query heads (pairs, ``"L3H7"``
+    labels or :class:`~codecircuits.core.sites.Head`) at every position."""
     by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise InputError(
-                f"Head ({layer}, {head}) does not exist: the model has {model.cfg.n_layers} layers of "
-                f"{model.cfg.n_heads} heads."
-            )
-        by_layer.setdefault(layer, []).append(head)
-
-    def make(hs):
-        def hook(z, hook):
-            z = z.clone()
-            z[:, :, hs] = 0.0
-            return z
-
-        return hook
-
-    return [(f"blocks.{layer}.attn.hook_z", make(hs)) for layer, hs in by_layer.items()]
+    for h in check_heads(model, heads):
+        by_layer.setdefault(h.layer, []).append(h.head)
+    n_heads = int(model.cfg.n_heads)
+    # [1, 1, head, 1]: the one position axis broadcasts over every position
+    return [
+        hook(hook_name("z", layer), Zero(), unit_mask(1, None, hs, n_heads, with_d=True, device=model.cfg.device))
+        for layer, hs in by_layer.items()
+    ]
 
 
 def _rr_and_prob(logits_pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -738,8 +747,8 @@ def evaluate_top_neurons(
         raise InputError("evaluate_top_neurons takes an FFN attribution from neurons.ffn_neurons().")
     scores = list(scores or attribution.scores)
     layers = attribution.settings.get("layers", list(range(model.cfg.n_layers)))
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
     if n != attribution.n_prompts:
         raise InputError(f"{n} prompts but the attribution was computed on {attribution.n_prompts}.")
     d_mlp, n_l = model.cfg.d_mlp, len(layers)
@@ -812,8 +821,8 @@ def query_neurons(
     if value.kind != "ffn":
         raise InputError("query_neurons takes an FFN attribution from neurons.ffn_neurons().")
     layers = value.settings.get("layers", list(range(model.cfg.n_layers)))
-    batches = _prompt_batches(model, prompts, batch_size)
-    n = _n_prompts(batches)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
     if n != value.n_prompts:
         raise InputError(f"{n} prompts but the value attribution was computed on {value.n_prompts}.")
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
@@ -827,7 +836,7 @@ def query_neurons(
     ln = lens.is_layernorm(model)
     center = (lambda x: x - x.mean(-1, keepdim=True)) if ln else (lambda x: x)  # noqa: E731
     for ix, toks in tqdm(batches, desc="query neurons", disable=not progress):
-        run = _clean_run(model, toks, value.pos, want=("ffn", "query"))
+        run = clean_run(model, toks, value.pos, want=("ffn", "query"))
         with torch.no_grad():
             for bi, i in enumerate(ix):
                 imp = value[score][i].reshape(-1)[top_idx[i]]  # [top]

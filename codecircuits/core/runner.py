@@ -110,6 +110,17 @@ def run_with_hooks(model, tokens: Int[torch.Tensor, "batch pos"], fwd_hooks: Seq
         return model(tokens, **kwargs)
 
 
+def row_bytes(model, n_pos: int, start: int = 0, n_read: int | None = None) -> int:
+    """Rough activation bytes of one batch row of prompts of ``n_pos`` tokens run from position ``start``, with
+    logits at ``n_read`` positions (``None``: every position, the cached prefix's included): the unit in which
+    memory budgets are turned into chunk sizes."""
+    cfg = model.cfg
+    s = n_pos - start
+    per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * n_pos
+    n_logits = n_read if n_read is not None else s + n_pos
+    return 4 * (s * per_pos + n_logits * cfg.d_vocab)
+
+
 class Receiver:
     """One cached forward of the prompts that receive interventions: the residual entering every layer,
     the logits and the Hugging Face key/value cache. :meth:`run` then runs a batch of rows (each row one
@@ -241,11 +252,8 @@ class Receiver:
 
     def row_bytes(self, start: int) -> int:
         """Rough activation bytes one row needs when run from ``start`` (for chunk sizing)."""
-        cfg = self.model.cfg
-        s = self.n_pos - start
-        per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * self.n_pos
-        n_logits = len(self.read_positions) if self.read_positions is not None else s + self.n_pos
-        return 4 * (s * per_pos + n_logits * cfg.d_vocab)
+        n_read = len(self.read_positions) if self.read_positions is not None else None
+        return row_bytes(self.model, self.n_pos, start, n_read)
 
     def cells_per_chunk(self, start: int, memory_budget=None) -> int:
         """How many cells (each ``n_examples`` rows) fit one batched forward from ``start`` in the budget."""
@@ -291,4 +299,4 @@ def run_cells(
     return torch.cat(out) if out else torch.empty(0, n_ex, device=device)
 
 
-__all__ = ["Receiver", "resid_at", "run_cells", "run_from", "run_with_hooks", "skipped_blocks"]
+__all__ = ["Receiver", "resid_at", "row_bytes", "run_cells", "run_from", "run_with_hooks", "skipped_blocks"]

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..core.batching import prompt_batches
 from ..errors import InputError
 
 #: name -> template with ``{a}``, ``{op}`` and ``{b}``.
@@ -149,10 +150,8 @@ def dataset(
 @torch.no_grad()
 def predictions(model, ds: ArithmeticDataset, *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """The model's top-1 next token for every prompt (in the order of ``ds``); prompts are batched by length."""
-    from ..neurons import _prompt_batches
-
     out = torch.zeros(len(ds), dtype=torch.long)
-    for ix, toks in tqdm(_prompt_batches(model, ds.texts, batch_size), desc="arithmetic", disable=not progress):
+    for ix, toks in tqdm(prompt_batches(model, ds.texts, batch_size), desc="arithmetic", disable=not progress):
         out[ix] = model(toks)[:, -1].argmax(-1).cpu()
     return out
 
