@@ -22,6 +22,7 @@ import torch
 def main(quick: bool = False) -> dict:
     from codecircuits import load_model
     from codecircuits import memories as mem
+    from codecircuits.core.batching import pad_id
     from codecircuits.testing import tiny_model
 
     torch.set_num_threads(1)
@@ -31,7 +32,7 @@ def main(quick: bool = False) -> dict:
         model, tokens, window, batch, repeats = load_model("smollm2-135m", device="cpu"), 2048, 128, 8, 2
     chunked = mem.chunk_corpus(model, "stdlib:test", window=window, max_tokens=tokens)
     n_tok = chunked.n_tokens
-    pad = mem._pad_id(model)
+    pad = pad_id(model)
     batches = [chunked.batch(range(a, min(a + batch, len(chunked))), pad)[0] for a in range(0, len(chunked), batch)]
 
     def forward(stop=None):

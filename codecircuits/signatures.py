@@ -38,6 +38,7 @@ __all__ = [
     "Signature",
     "TaskVector",
     "WeightPatch",
+    "alpha_sweep",
     "block_params",
     "compose",
     "finetune",

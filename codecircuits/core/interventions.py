@@ -21,15 +21,18 @@ interventions and auto-circuit's single patch mode do, the mask says *where*, th
 :class:`SubspaceSwap`    the activation with its component in a subspace taken from the source.
 :class:`EdgeMask`        ``act + weight * (source - act)``: a soft mask between a run and its source, for circuits.
 =======================  =========================================================================================
+
+:class:`ValueVectorEdit` simulates edits of MLP value vectors (MINT's planning step): ``hook_mlp_out`` plus a
+neuron's activation, read in the same forward, times the change of its value vector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from ..errors import InputError
 
@@ -159,20 +162,36 @@ class Add(Intervention):
 class SubspaceSwap(Intervention):
     """Swap the component in the span of ``basis`` (``[d, k]`` orthonormal columns) for the source's:
     ``act + (source - act) @ basis @ basis.T``. ``source`` is ``[n_examples, pos, d]`` or ``[n_examples, d]``
-    (then the same at every position the mask selects); ``scale`` multiplies the swapped component."""
+    (then the same at every position the mask selects); ``scale`` multiplies the swapped component.
+
+    ``positions`` (``[n_examples]``, prompt positions): the swap is computed at each example's one position only,
+    from a ``[n_examples, d]`` source, and every other position keeps its value (no mask needed). The numbers are
+    then those of TransformerLens's ``SubspaceInterchange`` on the selected vectors, bit for bit."""
 
     basis: Float[torch.Tensor, "d k"]
     source: torch.Tensor
     scale: float = 1.0
+    positions: torch.Tensor | None = None
+
+    def swap(self, act: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """``act + scale * ((src - act) @ basis) @ basis.T`` (``src`` broadcast against ``act``)."""
+        b = self.basis.to(act.device, act.dtype)
+        return act + self.scale * ((src - act) @ b) @ b.T
 
     def values(self, act, examples, offset):
-        src = self.source[_rows(act, examples)].to(act.device, act.dtype)
+        rows = _rows(act, examples)
+        src = self.source.to(act.device, act.dtype)[rows]
+        if self.positions is not None:
+            at = torch.arange(act.shape[0], device=act.device)
+            pos = self.positions.to(act.device)[rows] - offset
+            out = act.clone()
+            out[at, pos] = self.swap(act[at, pos], src)
+            return out
         if src.dim() == act.dim():
             src = src[:, offset : offset + act.shape[1]]
         else:
             src = src[:, None]
-        b = self.basis.to(act.device, act.dtype)
-        return act + self.scale * ((src - act) @ b) @ b.T
+        return self.swap(act, src)
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,41 @@ class EdgeMask(Intervention):
     def values(self, act, examples, offset):
         src = (self.source if examples is None else self.source[examples])[:, offset:]
         return act + self.weight.to(act.dtype) * (src.to(act.dtype) - act)
+
+
+@dataclass(frozen=True, eq=False)
+class ValueVectorEdit(Intervention):
+    """A simulated edit of value vectors (rows of a layer's MLP output weight ``W_out``), at that layer's
+    ``hook_mlp_out``: batch row ``r`` becomes ``act[r] + post[r, :, neurons[r], None] * deltas[r]``, what adding
+    ``deltas[r]`` ``[d_model]`` to row ``neurons[r]`` of ``W_out`` does to the MLP output, where ``post`` is the
+    same forward's ``mlp.hook_post`` of the layer. That activation is read by :meth:`reader`, a hook that only
+    reads: install ``edit.reader(hook_name("post", layer))`` with ``hook(hook_name("mlp_out", layer), edit, mask)``.
+    ``neurons`` and ``deltas`` are indexed by ``examples`` (the batch rows when ``None``)."""
+
+    neurons: Int[torch.Tensor, " n"]
+    deltas: Float[torch.Tensor, "n d_model"]
+    seen: dict = field(default_factory=dict, repr=False)
+
+    def reader(self, name: str) -> Hook:
+        """The hook that reads ``mlp.hook_post`` (``name``) for this edit, in the forward it intervenes on."""
+
+        def read(act, hook=None):
+            self.seen["post"] = act
+            return act
+
+        return (name, read)
+
+    def values(self, act, examples, offset):
+        post = self.seen.get("post")
+        if post is None or post.shape[:2] != act.shape[:2]:
+            raise InputError(
+                "ValueVectorEdit needs the same forward's mlp.hook_post of its layer: install edit.reader(name) on "
+                "that hook together with the edit's hook on hook_mlp_out."
+            )
+        rows = _rows(act, examples)
+        batch = torch.arange(act.shape[0], device=act.device)
+        coeff = post[batch, :, self.neurons.to(act.device)[rows]]  # [rows, pos]
+        return act + coeff[..., None] * self.deltas.to(act.device, act.dtype)[rows][:, None]
 
 
 Hook = tuple[str, Callable]
@@ -239,6 +293,7 @@ __all__ = [
     "Resample",
     "Scale",
     "SubspaceSwap",
+    "ValueVectorEdit",
     "Zero",
     "hook",
     "position_mask",

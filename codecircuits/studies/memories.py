@@ -283,7 +283,7 @@ def run(
     edit = None if cfg.edit is None else list(cfg.edit)
     edit_tokens, agreement_tokens, agreement_per_bucket = cfg.edit_tokens, cfg.agreement_tokens, cfg.agreement_per_bucket
     kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
-    cs = cc._resolve(concepts)
+    cs = cc.resolve_concepts(concepts)
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
     chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens)
@@ -320,7 +320,7 @@ def run(
         t0 = time.perf_counter()
         ev = mem.chunk_corpus(model, eval_corpus, window=window, max_tokens=edit_tokens)
         if edit is None:
-            emask = cc.token_masks(ev, scores.concepts, force_token=True).mask[:, cc._chunk_flat_tokens(ev)]
+            emask = cc.token_masks(ev, scores.concepts, force_token=True).mask[:, cc.chunk_flat_tokens(ev)]
             names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
         else:
             names = list(edit)

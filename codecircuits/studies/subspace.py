@@ -225,13 +225,13 @@ def layer_sweep(model, pairs: sub.PatchPairs, *, progress: bool = False) -> dict
     with torch.no_grad():  # every source activation in one pass
         _, cache = model.run_with_cache(pairs.source_tokens, names_filter=lambda n: n in wanted)
     rows = torch.arange(len(pairs))
-    clean = sub._patched_logits(model, pairs, hooks["resid"][0], None, 1.0, 64)
+    clean = sub.patched_logits(model, pairs, hooks["resid"][0], None, 1.0, 64)
     out: dict[str, list[float]] = {"resid": [], "mlp": []}
     bar = tqdm(total=len(wanted), desc="full-patch sweep", disable=not progress, leave=False)
     for kind, names in hooks.items():
         for hook in names:
             source = cache[hook][rows, pairs.source_positions].float().cpu()
-            out[kind].append(sub.patch(model, pairs, hook, None, _clean=clean, _source=source).fldd)
+            out[kind].append(sub.patch(model, pairs, hook, None, clean=clean, source=source).fldd)
             bar.update(1)
     bar.close()
     return out

@@ -1,25 +1,8 @@
-"""Feed-forward layers as key-value memories (Geva et al. 2021; Haider et al. 2024 on code models).
+"""The trigger-example scan: for every key, its top-K chunks by the key's maximum coefficient.
 
-Terms
------
-A **key** is one neuron ``k`` of ``blocks.{l}.mlp.hook_post``; its **activation coefficient** at a position is
-``m = hook_post[..., k]`` and its **value** is the row ``W_out[l][k]`` that the MLP adds to the residual stream,
-scaled by ``m``. In a plain MLP (GPT-NeoX, CodeGen, GPTBigCode) ``m = act(x · W_in[:, k] + b_in[k])`` and the key
-is the column ``W_in[:, k]``. In a gated MLP (Llama, Qwen2; SmolLM2) ``m = act(x · W_gate[:, k]) · (x · W_in[:, k])``:
-the key is the pair (gate column, up column) and ``m`` can be large and negative, because the up projection's
-sign is arbitrary (flipping ``W_in[:, k]`` and ``W_out[k]`` together leaves the model unchanged). Keys of gated
-MLPs are therefore ranked by ``|m|`` (``rank_by="abs"``, the default for them) and plain ones by ``m``.
-
-Chunking
---------
-Each document is tokenized without special tokens and cut into consecutive, non-overlapping chunks of
-``window - 1`` tokens; each chunk is run as its own sequence with the model's BOS token in front (when the
-model prepends one), so a chunk of a long file sees only its own tokens as context. The BOS position is never a
-trigger. Chunks are visited breadth-first across documents (the first chunk of every document, then the second
-chunk of every document, ...), so a token budget (``max_tokens`` / ``max_chunks``) covers many files rather
-than the first few. A chunk is the unit of a trigger example, as a sentence is in Geva et al.: for each key the
-scan keeps the top-K chunks by the key's maximum coefficient in the chunk, and the trigger example is the
-chunk's prefix that ends at that token.
+A chunk (:mod:`codecircuits.memories.chunks`) is the unit of a trigger example, as a sentence is in Geva et al.:
+for each key the scan keeps the top-K chunks by the key's maximum coefficient in the chunk, and the trigger
+example is the chunk's prefix that ends at that token.
 
 On-disk format (``scan.safetensors``)
 -------------------------------------
@@ -40,7 +23,6 @@ into a :class:`TriggerScan`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -53,190 +35,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import CodeFile, Corpus
-from .errors import InputError
-from .inputs import bos_id, token_texts
+from ..core.batching import pad_id
+from ..core.sites import hook_name
+from ..errors import InputError
+from .chunks import ChunkedCorpus, chunk_corpus
 
 FORMAT = "codecircuits.memories/1"
 RANK_BY = ("auto", "abs", "signed")
-
-# ------------------------------------------------------------------------------------------------------------
-# chunked corpora
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _bos_id(model) -> int | None:
-    """The model's BOS (as ``model.to_tokens`` prepends it), or its EOS when it prepends one but has no BOS."""
-    if not getattr(model.cfg, "default_prepend_bos", True):
-        return None
-    bos = bos_id(model)
-    return bos if bos is not None else model.tokenizer.eos_token_id
-
-
-def _pad_id(model) -> int:
-    tok = model.tokenizer
-    for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
-        if t is not None:
-            return int(t)
-    return 0
-
-
-@dataclass(frozen=True)
-class ChunkedCorpus:
-    """Tokenized documents and the chunks a scan visits, in order.
-
-    ``ids[d]`` / ``offsets[d]`` are document ``d``'s token ids (no special tokens) and their character spans;
-    chunk ``c`` holds ``ids[chunk_doc[c]][chunk_start[c] : chunk_start[c] + window - 1]``, run with BOS in front.
-    """
-
-    name: str
-    names: tuple[str, ...]
-    texts: tuple[str, ...]
-    sha: tuple[str, ...]
-    ids: tuple[np.ndarray, ...]
-    offsets: tuple[np.ndarray, ...]
-    chunk_doc: np.ndarray
-    chunk_start: np.ndarray
-    window: int
-    bos: int | None
-
-    @property
-    def body(self) -> int:
-        """Document tokens per chunk (``window`` less the BOS slot)."""
-        return self.window - (self.bos is not None)
-
-    def __len__(self) -> int:
-        return len(self.chunk_doc)
-
-    def chunk_ids(self, c: int) -> np.ndarray:
-        d, s = int(self.chunk_doc[c]), int(self.chunk_start[c])
-        return self.ids[d][s : s + self.body]
-
-    def chunk_tokens(self, c: int) -> torch.Tensor:
-        """Chunk ``c`` as the model sees it: ``[pos]`` with BOS in front when the model uses one."""
-        body = torch.as_tensor(self.chunk_ids(c), dtype=torch.long)
-        if self.bos is None:
-            return body
-        return torch.cat([torch.tensor([self.bos]), body])
-
-    @property
-    def n_tokens(self) -> int:
-        """Document tokens covered by the chunks (BOS not counted)."""
-        return int(sum(len(self.chunk_ids(c)) for c in range(len(self))))
-
-    def batch(self, chunks: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded tokens ``[batch, pos]`` of ``chunks`` and a mask ``[batch, pos]`` of real document tokens."""
-        rows = [self.chunk_tokens(int(c)) for c in chunks]
-        n = max(len(r) for r in rows)
-        toks = torch.full((len(rows), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.bool)
-        first = 0 if self.bos is None else 1
-        for i, r in enumerate(rows):
-            toks[i, : len(r)] = r
-            mask[i, first : len(r)] = True
-        return toks, mask
-
-    def flat_index(self) -> tuple[np.ndarray, int]:
-        """Start of each document in the concatenation of all documents' tokens, and the total length."""
-        lens = np.array([len(x) for x in self.ids], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-        return starts, int(lens.sum())
-
-
-def _as_files(corpus) -> tuple[str, list[CodeFile]]:
-    if isinstance(corpus, Corpus):
-        return corpus.name, list(corpus.files)
-    if isinstance(corpus, str):
-        from . import corpus as corpus_mod
-
-        c = corpus_mod.load(corpus)
-        return c.name, list(c.files)
-    if isinstance(corpus, Sequence) and all(isinstance(t, str) for t in corpus):
-        return "texts", [CodeFile(f"text{i}", t) for i, t in enumerate(corpus)]
-    if isinstance(corpus, Sequence) and all(isinstance(t, CodeFile) for t in corpus):
-        return "files", list(corpus)
-    raise InputError(
-        "A corpus must be a codecircuits.corpus.Corpus, a corpus spec such as 'stdlib:test' or a directory, "
-        f"or a list of source texts; got {type(corpus).__name__}."
-    )
-
-
-def chunk_corpus(
-    model,
-    corpus,
-    *,
-    window: int = 128,
-    max_tokens: int | None = None,
-    max_chunks: int | None = None,
-    min_tokens: int = 2,
-) -> ChunkedCorpus:
-    """Tokenize ``corpus`` and plan its chunks breadth-first across documents (see the module docstring).
-
-    ``max_tokens`` / ``max_chunks`` cap the plan (whole chunks, in visiting order); chunks shorter than
-    ``min_tokens`` document tokens are dropped.
-    """
-    if isinstance(corpus, ChunkedCorpus):
-        return corpus
-    if window < 2 or window > int(model.cfg.n_ctx):
-        raise InputError(f"window must be between 2 and the model's context ({model.cfg.n_ctx}); got {window}.")
-    name, files = _as_files(corpus)
-    if not files:
-        raise InputError(f"The corpus {name!r} has no documents.")
-    bos = _bos_id(model)
-    tok = model.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise InputError("Chunking needs a fast tokenizer (character offsets); this model's tokenizer is slow.")
-    ids, offs = [], []
-    for f in files:
-        enc = tok(f.text, add_special_tokens=False, return_offsets_mapping=True)
-        ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
-        offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
-    body = window - (bos is not None)
-    per_doc = [list(range(0, len(x), body)) for x in ids]
-    doc_l, start_l, total = [], [], 0
-    depth = 0
-    while any(depth < len(p) for p in per_doc):
-        for d, starts in enumerate(per_doc):
-            if depth >= len(starts):
-                continue
-            n = min(body, len(ids[d]) - starts[depth])
-            if n < min_tokens:
-                continue
-            if (max_chunks is not None and len(doc_l) >= max_chunks) or (
-                max_tokens is not None and total + n > max_tokens
-            ):
-                break
-            doc_l.append(d)
-            start_l.append(starts[depth])
-            total += n
-        else:
-            depth += 1
-            continue
-        break
-    if not doc_l:
-        raise InputError(
-            f"The corpus {name!r} gives no chunk of at least {min_tokens} tokens within the budget "
-            f"(max_tokens={max_tokens}, max_chunks={max_chunks})."
-        )
-    return ChunkedCorpus(
-        name=name,
-        names=tuple(f.path for f in files),
-        texts=tuple(f.text for f in files),
-        sha=tuple(_sha(f.text) for f in files),
-        ids=tuple(ids),
-        offsets=tuple(offs),
-        chunk_doc=np.asarray(doc_l, dtype=np.int64),
-        chunk_start=np.asarray(start_l, dtype=np.int64),
-        window=window,
-        bos=bos,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# the scan
 
 
 @dataclass(frozen=True)
@@ -498,7 +303,8 @@ def _resolve_rank_by(model, rank_by: str) -> str:
     return rank_by
 
 
-def _layers(model, layers) -> tuple[int, ...]:
+def layer_set(model, layers) -> tuple[int, ...]:
+    """The sorted distinct layers of ``layers`` (every layer when ``None``), checked against the model."""
     n = int(model.cfg.n_layers)
     if layers is None:
         return tuple(range(n))
@@ -543,7 +349,7 @@ def scan(
         raise InputError("batch_size and checkpoint_every must be at least 1.")
     chunked = chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, max_chunks=max_chunks)
     window = chunked.window
-    lays = _layers(model, layers)
+    lays = layer_set(model, layers)
     rb = _resolve_rank_by(model, rank_by)
     d_mlp = int(model.cfg.d_mlp)
     name = str(getattr(model.cfg, "model_name", "") or "model")
@@ -590,7 +396,7 @@ def scan(
             score = torch.where(chunk_t >= 0, score, torch.full_like(score, -torch.inf))
             done, tokens_done = old.chunks_done, old.tokens_done
 
-    pad = _pad_id(model)
+    pad = pad_id(model)
     stop = max(lays) + 1
     buf: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -607,7 +413,7 @@ def scan(
         return hook
 
     mask_ref: list = [None]
-    hooks = [(f"blocks.{layer}.mlp.hook_post", make_hook(i, mask_ref)) for i, layer in enumerate(lays)]
+    hooks = [(hook_name("post", layer), make_hook(i, mask_ref)) for i, layer in enumerate(lays)]
     first = 0 if chunked.bos is None else 1
     bar = tqdm(total=n_chunks, initial=done, desc="scan", unit="chunk", disable=not progress)
     last_ckpt = done
@@ -682,7 +488,7 @@ def chunk_activations(
         got["a"] = act[0, :, neuron].detach().float().cpu()
 
     with torch.no_grad():
-        model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)], stop_at_layer=layer + 1)
+        model.run_with_hooks(toks, fwd_hooks=[(hook_name("post", layer), hook)], stop_at_layer=layer + 1)
     first = 0 if chunked.bos is None else 1
     d, s = int(chunked.chunk_doc[chunk]), int(chunked.chunk_start[chunk])
     off, text = chunked.offsets[d], chunked.texts[d]
@@ -694,152 +500,13 @@ def chunk_activations(
     return strs, got["a"][first:].tolist()
 
 
-# ------------------------------------------------------------------------------------------------------------
-# value vectors through the unembedding
-
-
-@dataclass(frozen=True)
-class ValueTokens:
-    """The tokens each key's value vector promotes: ``W_out[l][k] @ W_U`` (top) and its negation (bottom).
-
-    A positive coefficient adds ``W_out[l][k]``, promoting ``top_ids``; a negative one (common in gated MLPs)
-    subtracts it, promoting ``bottom_ids``. For LayerNorm models the value is centred first (the final norm
-    would); the final scale is positive and does not change the ranking, and ``b_U`` is left out.
-    """
-
-    top_ids: torch.Tensor  # [layer, neuron, k]
-    top_logits: torch.Tensor
-    bottom_ids: torch.Tensor  # [layer, neuron, k] most negative logits (promoted by a negative coefficient)
-    bottom_logits: torch.Tensor
-    layers: tuple[int, ...]
-    neurons: tuple[int, ...] = ()  # the keys projected (axis "neuron" indexes this list)
-    token_strs: tuple[str, ...] = field(repr=False, default=())
-    axes: tuple[str, ...] = ("layer", "neuron", "k")
-
-    def _index(self, layer: int, neuron: int) -> tuple[int, int]:
-        if layer not in self.layers or neuron not in self.neurons:
-            raise InputError(f"Key L{layer}N{neuron} was not projected; value_tokens(layers=..., neurons=...) it.")
-        return self.layers.index(layer), self.neurons.index(neuron)
-
-    def tokens(self, layer: int, neuron: int, *, sign: int = 1) -> list[str]:
-        """The tokens key (``layer``, ``neuron``) promotes with a positive (``sign=1``) or negative coefficient."""
-        li, ni = self._index(layer, neuron)
-        ids = self.top_ids if sign >= 0 else self.bottom_ids
-        return [self.token_strs[int(i)] for i in ids[li, ni]]
-
-    def to_dataframe(self, layer: int | None = None) -> pd.DataFrame:
-        rows = []
-        for li, lay in enumerate(self.layers):
-            if layer is not None and lay != layer:
-                continue
-            for n, neuron in enumerate(self.neurons):
-                rows.append(
-                    {
-                        "layer": lay,
-                        "neuron": neuron,
-                        "promotes": " ".join(repr(self.token_strs[int(i)]) for i in self.top_ids[li, n]),
-                        "top_logit": float(self.top_logits[li, n, 0]),
-                        "promotes_if_negative": " ".join(repr(self.token_strs[int(i)]) for i in self.bottom_ids[li, n]),
-                    }
-                )
-        return pd.DataFrame(rows)
-
-    def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` keys whose value vector gives the largest single-token logit."""
-        s = self.top_logits[..., 0]
-        idx = s.flatten().topk(min(k, s.numel())).indices
-        li, ni = idx // s.shape[1], idx % s.shape[1]
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[int(i)] for i in li],
-                "neuron": [self.neurons[int(i)] for i in ni],
-                "logit": s[li, ni].tolist(),
-                "promotes": [self.tokens(self.layers[int(a)], self.neurons[int(b)]) for a, b in zip(li, ni)],
-            }
-        )
-
-
-def value_tokens(
-    model,
-    *,
-    k: int = 10,
-    layers: Sequence[int] | None = None,
-    neurons: Sequence[int] | None = None,
-    batch: int = 512,
-    progress: bool = True,
-) -> ValueTokens:
-    """Project value vectors ``W_out[l][n]`` through the unembedding and keep their top / bottom ``k`` tokens.
-
-    All keys of ``layers`` (default: every layer), or only ``neurons`` (the same indices in every layer): a full
-    projection costs ``d_mlp × d_model × d_vocab`` multiply-adds per layer.
-    """
-    from .lens import is_layernorm
-
-    lays = _layers(model, layers)
-    d_mlp = int(model.cfg.d_mlp)
-    if neurons is None:
-        nidx = torch.arange(d_mlp)
-    else:
-        nidx = torch.as_tensor(sorted({int(n) for n in neurons}), dtype=torch.long)
-        if len(nidx) == 0 or nidx.min() < 0 or nidx.max() >= d_mlp:
-            raise InputError(f"neurons must be a non-empty subset of 0..{d_mlp - 1}.")
-    W_U = model.W_U.detach().float()
-    k = min(k, W_U.shape[1])
-    tops, topl, bots, botl = [], [], [], []
-    with torch.no_grad():
-        for layer in tqdm(lays, desc="values", disable=not progress):
-            W = model.W_out[layer].detach().float()[nidx.to(model.W_out.device)]  # [neuron, d_model]
-            if is_layernorm(model):
-                W = W - W.mean(-1, keepdim=True)
-            ti, tl, bi, bl = [], [], [], []
-            for a in range(0, W.shape[0], batch):
-                logits = W[a : a + batch] @ W_U
-                t = logits.topk(k, dim=-1)
-                b = logits.topk(k, dim=-1, largest=False)
-                ti.append(t.indices), tl.append(t.values), bi.append(b.indices), bl.append(b.values)
-            (
-                tops.append(torch.cat(ti)),
-                topl.append(torch.cat(tl)),
-                bots.append(torch.cat(bi)),
-                botl.append(torch.cat(bl)),
-            )
-    strs = tuple(token_texts(model.tokenizer, range(W_U.shape[1])))
-    return ValueTokens(
-        top_ids=torch.stack(tops).cpu(),
-        top_logits=torch.stack(topl).cpu(),
-        bottom_ids=torch.stack(bots).cpu(),
-        bottom_logits=torch.stack(botl).cpu(),
-        layers=lays,
-        neurons=tuple(nidx.tolist()),
-        token_strs=strs,
-    )
-
-
-def key_value_agreement(
-    scan: TriggerScan, values: ValueTokens, chunked: ChunkedCorpus, *, rank: int = 0
-) -> pd.DataFrame:
-    """Per layer, the share of keys whose value promotes the token that follows their trigger example.
-
-    Geva et al.'s key-value agreement: for each key's ``rank``-th trigger, is the document's next token among the
-    value's top-k tokens (its bottom-k when the coefficient is negative)? ``chance`` is k / vocabulary size.
-    """
-    nxt = scan.next_token_ids(chunked)[..., rank][:, list(values.neurons)]  # [layer, projected neuron]
-    sv = scan.values[:, list(values.neurons), rank]
-    rows = []
-    for li, layer in enumerate(scan.layers):
-        if layer not in values.layers:
-            continue
-        vi = values.layers.index(layer)
-        neg = sv[li] < 0
-        ids = torch.where(neg.unsqueeze(-1), values.bottom_ids[vi], values.top_ids[vi])
-        ok = nxt[li] >= 0
-        hit = (ids == nxt[li].unsqueeze(-1)).any(-1) & ok
-        rows.append(
-            {
-                "layer": layer,
-                "agreement": float(hit.sum()) / max(int(ok.sum()), 1),
-                "keys": int(ok.sum()),
-                "chance": values.top_ids.shape[-1] / len(values.token_strs),
-            }
-        )
-    return pd.DataFrame(rows)
+__all__ = [
+    "FORMAT",
+    "RANK_BY",
+    "TriggerExample",
+    "TriggerScan",
+    "chunk_activations",
+    "layer_set",
+    "load_scan",
+    "scan",
+]

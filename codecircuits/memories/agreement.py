@@ -1,0 +1,234 @@
+"""Layer agreement (Haider et al. 2024, RQ3-RQ4; Geva et al. 2021 §5): when does each layer already say what the
+model will finally say, and does that come earlier for short contexts?
+
+At every document token of every chunk, each layer's ``hook_mlp_out`` (the FF layer's summed value vectors,
+``sum_k m_k v_k``) and ``hook_resid_post`` (the residual stream after the layer) are read through the
+unembedding with the final norm's scale frozen at its value on that position (:mod:`codecircuits.lens`); the
+top-1 token of the readout is compared with the model's final top-1 token. ``b_U`` is added to residual
+readouts (so the last layer's residual reproduces the logits exactly) and left out of ``mlp_out`` readouts
+(a single layer's output is not a full prediction; Geva et al. read ``E · o`` without bias).
+
+The context length of a prediction is the number of document tokens it is made from (its position in the chunk,
+BOS not counted); predictions are bucketed by it (``edges``: bucket ``i`` holds ``edges[i] <= length <
+edges[i+1]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..core.batching import pad_id
+from ..core.sites import hook_name
+from ..errors import InputError
+from ..lens import to_logits
+from .chunks import chunk_corpus
+
+COMPONENTS = ("mlp_out", "resid_post")  # site kinds of codecircuits.core.sites
+
+
+@dataclass(frozen=True)
+class LayerAgreement:
+    """Counts of predictions whose per-layer top-1 equals the final top-1, ``[component, layer, bucket]``."""
+
+    agree: torch.Tensor  # int64 [component, layer, bucket]
+    total: torch.Tensor  # int64 [bucket]
+    components: tuple[str, ...]
+    edges: tuple[int, ...]  # bucket boundaries of context length (len(edges) - 1 buckets)
+    model: str
+    corpus: str
+    axes: tuple[str, ...] = ("component", "layer", "bucket")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.agree.shape[1])
+
+    def bucket_labels(self) -> list[str]:
+        return [f"{a}-{b - 1}" for a, b in zip(self.edges[:-1], self.edges[1:])]
+
+    def _ci(self, component: str) -> int:
+        if component not in self.components:
+            raise InputError(f"component must be one of {', '.join(self.components)}; got {component!r}.")
+        return self.components.index(component)
+
+    def curve(self, component: str = "mlp_out") -> np.ndarray:
+        """Agreement per layer over all context lengths, ``[layer]``."""
+        a = self.agree[self._ci(component)].sum(-1).double()
+        return (a / max(int(self.total.sum()), 1)).numpy()
+
+    def by_bucket(self, component: str = "mlp_out") -> np.ndarray:
+        """Agreement per layer and context-length bucket, ``[layer, bucket]`` (NaN for empty buckets)."""
+        a = self.agree[self._ci(component)].double()
+        t = self.total.double()
+        return torch.where(t > 0, a / t.clamp(min=1), torch.full_like(a, float("nan"))).numpy()
+
+    def first_layer(self, component: str = "resid_post", threshold: float = 0.5) -> list[int | None]:
+        """Per bucket, the first layer whose agreement reaches ``threshold`` (None if none does)."""
+        b = self.by_bucket(component)
+        out = []
+        for j in range(b.shape[1]):
+            hit = np.nonzero(b[:, j] >= threshold)[0]
+            out.append(int(hit[0]) if len(hit) else None)
+        return out
+
+    def mean_layer(self, component: str = "resid_post") -> list[float]:
+        """Per bucket, the expected first layer from which the readout agrees, as a share of depth.
+
+        ``sum_l (1 - agreement[l]) / n_layers``: 0 if every layer already agrees, 1 if none does.
+        """
+        b = self.by_bucket(component)
+        out = (1.0 - b).sum(axis=0) / b.shape[0]
+        return [float(x) for x in out]  # NaN for empty buckets
+
+    def late_agreement(self, component: str = "resid_post", frac: float = 0.25) -> list[float]:
+        """Per bucket, mean agreement over the last ``frac`` of the layers before the final one (NaN if empty).
+
+        The final layer's residual always agrees, so it is left out: this measures how far the prediction is
+        settled just before the end, which is where the depth of resolution shows (RQ4).
+        """
+        b = self.by_bucket(component)
+        n = max(1, int(round((self.n_layers - 1) * frac)))
+        return [float(x) for x in b[self.n_layers - 1 - n : self.n_layers - 1].mean(axis=0)]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Long table: component, layer, bucket, agreement, predictions in the bucket."""
+        rows = []
+        labels = self.bucket_labels()
+        for comp in self.components:
+            b = self.by_bucket(comp)
+            c = self.curve(comp)
+            for layer in range(self.n_layers):
+                rows.append(
+                    {
+                        "component": comp,
+                        "layer": layer,
+                        "bucket": "all",
+                        "agreement": c[layer],
+                        "n": int(self.total.sum()),
+                    }
+                )
+                for j, lab in enumerate(labels):
+                    rows.append(
+                        {
+                            "component": comp,
+                            "layer": layer,
+                            "bucket": lab,
+                            "agreement": b[layer, j],
+                            "n": int(self.total[j]),
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5, component: str = "mlp_out") -> pd.DataFrame:
+        """The ``k`` layers whose ``component`` agrees most often with the final prediction."""
+        c = self.curve(component)
+        order = np.argsort(-c, kind="stable")[:k]
+        return pd.DataFrame({"layer": order, "agreement": c[order]})
+
+
+def _cap(keep: torch.Tensor, bucket: torch.Tensor, total: torch.Tensor, cap: int) -> torch.Tensor:
+    """``keep`` limited so that no bucket exceeds ``cap`` predictions counting ``total`` (row-major order)."""
+    flat_keep, flat_b = keep.flatten(), bucket.flatten().clamp(min=0)
+    onehot = torch.nn.functional.one_hot(flat_b, len(total)) & flat_keep.unsqueeze(-1)
+    seen = onehot.cumsum(0).gather(1, flat_b.unsqueeze(-1)).squeeze(-1)  # running count within the bucket
+    ok = flat_keep & (seen + total[flat_b] <= cap)
+    return ok.view_as(keep)
+
+
+def default_edges(window: int) -> tuple[int, ...]:
+    """Powers of two from 1, the last bucket closed at the longest context: 1, 2, 4, ..., window + 1."""
+    e = [1]
+    while e[-1] * 2 <= window:
+        e.append(e[-1] * 2)
+    e.append(window + 1)
+    return tuple(e)
+
+
+def layer_agreement(
+    model,
+    corpus,
+    *,
+    window: int = 128,
+    max_tokens: int | None = None,
+    max_chunks: int | None = None,
+    edges: Sequence[int] | None = None,
+    components: Sequence[str] = COMPONENTS,
+    max_per_bucket: int | None = None,
+    batch_size: int = 4,
+    readout_rows: int = 256,
+    progress: bool = True,
+) -> LayerAgreement:
+    """Agreement of every layer's ``mlp_out`` / ``resid_post`` top-1 with the final top-1, by context length.
+
+    Each chunk gives one prediction per context length, so long contexts dominate a plain count; with
+    ``max_per_bucket`` each bucket keeps only its first predictions (in chunk order, which is breadth-first
+    across documents), the readouts are done only for those, and the scan stops once every bucket is full.
+    The cost is one forward per chunk plus ``2 × n_layers`` readouts through the unembedding per kept prediction.
+    """
+    comps = tuple(components)
+    bad = [c for c in comps if c not in COMPONENTS]
+    if bad or not comps:
+        raise InputError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {list(components)}.")
+    chunked = chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, max_chunks=max_chunks)
+    eds = tuple(int(e) for e in (edges if edges is not None else default_edges(chunked.body)))
+    if len(eds) < 2 or any(b <= a for a, b in zip(eds[:-1], eds[1:])) or eds[0] < 0:
+        raise InputError(f"edges must be increasing non-negative integers, at least two; got {list(eds)}.")
+    n_layers = int(model.cfg.n_layers)
+    names = [hook_name(c, layer) for c in comps for layer in range(n_layers)]
+    names_set = set(names) | {"ln_final.hook_scale"}
+    agree = torch.zeros((len(comps), n_layers, len(eds) - 1), dtype=torch.long)
+    total = torch.zeros(len(eds) - 1, dtype=torch.long)
+    pad = pad_id(model)
+    first = 0 if chunked.bos is None else 1
+    edges_t = torch.tensor(eds)
+    with torch.no_grad():
+        for a in tqdm(range(0, len(chunked), batch_size), desc="agreement", disable=not progress):
+            ids = list(range(a, min(a + batch_size, len(chunked))))
+            toks, mask = chunked.batch(ids, pad)
+            logits, cache = model.run_with_cache(toks.to(model.cfg.device), names_filter=lambda n: n in names_set)
+            ctx = (torch.arange(toks.shape[1]) - first + 1).expand_as(mask).contiguous()  # document tokens seen
+            bucket = torch.bucketize(ctx, edges_t, right=True) - 1
+            keep = mask & (bucket >= 0) & (bucket < len(eds) - 1)
+            if max_per_bucket is not None:
+                keep = _cap(keep, bucket, total, max_per_bucket)
+            if not keep.any():
+                if max_per_bucket is not None and bool((total >= max_per_bucket).all()):
+                    break
+                continue
+            kd = keep.to(logits.device)
+            final = logits.argmax(-1)[kd].cpu()
+            bk = bucket[keep]
+            total += torch.bincount(bk, minlength=len(eds) - 1)
+            scale = cache["ln_final.hook_scale"][kd]  # [n, 1]
+            for ci, comp in enumerate(comps):
+                for layer in range(n_layers):
+                    x = cache[hook_name(comp, layer)][kd]
+                    top = torch.cat(
+                        [
+                            to_logits(
+                                model,
+                                x[r : r + readout_rows],
+                                scale[r : r + readout_rows],
+                                include_bias=comp != "mlp_out",
+                            ).argmax(-1)
+                            for r in range(0, len(x), readout_rows)
+                        ]
+                    ).cpu()
+                    agree[ci, layer] += torch.bincount(bk[top == final], minlength=len(eds) - 1)
+            del cache
+    return LayerAgreement(
+        agree=agree,
+        total=total,
+        components=comps,
+        edges=eds,
+        model=str(getattr(model.cfg, "model_name", "") or "model"),
+        corpus=chunked.name,
+    )
+
+
+__all__ = ["COMPONENTS", "LayerAgreement", "default_edges", "layer_agreement"]

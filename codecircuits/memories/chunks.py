@@ -1,0 +1,189 @@
+"""Chunked corpora: documents tokenized and cut into the chunks a trigger scan visits, in order.
+
+Each document is tokenized without special tokens and cut into consecutive, non-overlapping chunks of
+``window - 1`` tokens; each chunk is run as its own sequence with the model's BOS token in front (when the
+model prepends one, :func:`chunk_bos_id`), so a chunk of a long file sees only its own tokens as context. The
+BOS position is never a trigger. Chunks are visited breadth-first across documents (the first chunk of every
+document, then the second chunk of every document, ...), so a token budget (``max_tokens`` / ``max_chunks``)
+covers many files rather than the first few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..corpus import CodeFile, Corpus
+from ..errors import InputError
+from ..inputs import bos_id
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chunk_bos_id(model) -> int | None:
+    """The token a chunk starts with: the model's BOS (as ``model.to_tokens`` prepends it), or its EOS when the
+    model prepends a start token but its tokenizer has no BOS; ``None`` when the model prepends nothing."""
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        return None
+    bos = bos_id(model)
+    return bos if bos is not None else model.tokenizer.eos_token_id
+
+
+@dataclass(frozen=True)
+class ChunkedCorpus:
+    """Tokenized documents and the chunks a scan visits, in order.
+
+    ``ids[d]`` / ``offsets[d]`` are document ``d``'s token ids (no special tokens) and their character spans;
+    chunk ``c`` holds ``ids[chunk_doc[c]][chunk_start[c] : chunk_start[c] + window - 1]``, run with BOS in front.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    texts: tuple[str, ...]
+    sha: tuple[str, ...]
+    ids: tuple[np.ndarray, ...]
+    offsets: tuple[np.ndarray, ...]
+    chunk_doc: np.ndarray
+    chunk_start: np.ndarray
+    window: int
+    bos: int | None
+
+    @property
+    def body(self) -> int:
+        """Document tokens per chunk (``window`` less the BOS slot)."""
+        return self.window - (self.bos is not None)
+
+    def __len__(self) -> int:
+        return len(self.chunk_doc)
+
+    def chunk_ids(self, c: int) -> np.ndarray:
+        d, s = int(self.chunk_doc[c]), int(self.chunk_start[c])
+        return self.ids[d][s : s + self.body]
+
+    def chunk_tokens(self, c: int) -> torch.Tensor:
+        """Chunk ``c`` as the model sees it: ``[pos]`` with BOS in front when the model uses one."""
+        body = torch.as_tensor(self.chunk_ids(c), dtype=torch.long)
+        if self.bos is None:
+            return body
+        return torch.cat([torch.tensor([self.bos]), body])
+
+    @property
+    def n_tokens(self) -> int:
+        """Document tokens covered by the chunks (BOS not counted)."""
+        return int(sum(len(self.chunk_ids(c)) for c in range(len(self))))
+
+    def batch(self, chunks: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded tokens ``[batch, pos]`` of ``chunks`` and a mask ``[batch, pos]`` of real document tokens."""
+        rows = [self.chunk_tokens(int(c)) for c in chunks]
+        n = max(len(r) for r in rows)
+        toks = torch.full((len(rows), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.bool)
+        first = 0 if self.bos is None else 1
+        for i, r in enumerate(rows):
+            toks[i, : len(r)] = r
+            mask[i, first : len(r)] = True
+        return toks, mask
+
+    def flat_index(self) -> tuple[np.ndarray, int]:
+        """Start of each document in the concatenation of all documents' tokens, and the total length."""
+        lens = np.array([len(x) for x in self.ids], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
+        return starts, int(lens.sum())
+
+
+def _as_files(corpus) -> tuple[str, list[CodeFile]]:
+    if isinstance(corpus, Corpus):
+        return corpus.name, list(corpus.files)
+    if isinstance(corpus, str):
+        from .. import corpus as corpus_mod
+
+        c = corpus_mod.load(corpus)
+        return c.name, list(c.files)
+    if isinstance(corpus, Sequence) and all(isinstance(t, str) for t in corpus):
+        return "texts", [CodeFile(f"text{i}", t) for i, t in enumerate(corpus)]
+    if isinstance(corpus, Sequence) and all(isinstance(t, CodeFile) for t in corpus):
+        return "files", list(corpus)
+    raise InputError(
+        "A corpus must be a codecircuits.corpus.Corpus, a corpus spec such as 'stdlib:test' or a directory, "
+        f"or a list of source texts; got {type(corpus).__name__}."
+    )
+
+
+def chunk_corpus(
+    model,
+    corpus,
+    *,
+    window: int = 128,
+    max_tokens: int | None = None,
+    max_chunks: int | None = None,
+    min_tokens: int = 2,
+) -> ChunkedCorpus:
+    """Tokenize ``corpus`` and plan its chunks breadth-first across documents (see the module docstring).
+
+    ``max_tokens`` / ``max_chunks`` cap the plan (whole chunks, in visiting order); chunks shorter than
+    ``min_tokens`` document tokens are dropped.
+    """
+    if isinstance(corpus, ChunkedCorpus):
+        return corpus
+    if window < 2 or window > int(model.cfg.n_ctx):
+        raise InputError(f"window must be between 2 and the model's context ({model.cfg.n_ctx}); got {window}.")
+    name, files = _as_files(corpus)
+    if not files:
+        raise InputError(f"The corpus {name!r} has no documents.")
+    bos = chunk_bos_id(model)
+    tok = model.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise InputError("Chunking needs a fast tokenizer (character offsets); this model's tokenizer is slow.")
+    ids, offs = [], []
+    for f in files:
+        enc = tok(f.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
+        offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+    body = window - (bos is not None)
+    per_doc = [list(range(0, len(x), body)) for x in ids]
+    doc_l, start_l, total = [], [], 0
+    depth = 0
+    while any(depth < len(p) for p in per_doc):
+        for d, starts in enumerate(per_doc):
+            if depth >= len(starts):
+                continue
+            n = min(body, len(ids[d]) - starts[depth])
+            if n < min_tokens:
+                continue
+            if (max_chunks is not None and len(doc_l) >= max_chunks) or (
+                max_tokens is not None and total + n > max_tokens
+            ):
+                break
+            doc_l.append(d)
+            start_l.append(starts[depth])
+            total += n
+        else:
+            depth += 1
+            continue
+        break
+    if not doc_l:
+        raise InputError(
+            f"The corpus {name!r} gives no chunk of at least {min_tokens} tokens within the budget "
+            f"(max_tokens={max_tokens}, max_chunks={max_chunks})."
+        )
+    return ChunkedCorpus(
+        name=name,
+        names=tuple(f.path for f in files),
+        texts=tuple(f.text for f in files),
+        sha=tuple(_sha(f.text) for f in files),
+        ids=tuple(ids),
+        offsets=tuple(offs),
+        chunk_doc=np.asarray(doc_l, dtype=np.int64),
+        chunk_start=np.asarray(start_l, dtype=np.int64),
+        window=window,
+        bos=bos,
+    )
+
+
+__all__ = ["ChunkedCorpus", "chunk_bos_id", "chunk_corpus"]

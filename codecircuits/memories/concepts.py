@@ -1,0 +1,644 @@
+"""Code concepts as regular expressions, concept scores of FF keys, and concept editing by masking keys.
+
+A :class:`Concept` is a regular expression over source text, of one of two kinds (Haider et al. 2024):
+**shallow** (keywords, n-grams, indentation, punctuation, strings, comments, numbers) or **semantic** (API
+families such as ``os``, ``re``, ``json``, ``typing``, ``collections``; exception handling; file input/output;
+arithmetic; loops and comprehensions; async code). Its **scope** says which text around a token counts:
+
+- ``"token"``: the token's own characters overlap a match (a token inside a string, an indentation token);
+- ``"line"``:  a match overlaps the token's line up to and including the token (a token on an ``except`` line).
+
+A trigger example *matches* a concept when its trigger token (the last token of the prefix) does, under the
+concept's scope. A key's **score** for a concept is the share of its filled top-K trigger examples that match;
+the concept's **base rate** is the share of all scanned tokens that match, and ``lift = score / base rate``.
+A key is labelled with the concept of highest lift among those with ``score >= tau`` and ``lift >= min_lift``
+(the most specific description that covers most of its triggers); otherwise it is unlabelled.
+
+Concept editing (RQ2) zeroes the selected keys' coefficients at every position (``hook_post[..., keys] = 0``)
+and compares next-token accuracy and loss on the concept's tokens (target tokens that overlap a match of the
+regex) with the same on all other tokens, next to a control that zeroes as many random keys in each layer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..core.batching import pad_id
+from ..core.interventions import Zero, hook
+from ..core.sites import hook_name
+from ..errors import InputError
+from .chunks import ChunkedCorpus, chunk_corpus
+from .triggers import TriggerScan
+
+KINDS = ("shallow", "semantic")
+SCOPES = ("token", "line")
+REGIONS = ("string", "comment")
+CODE = ("string", "comment")  # skip both: the concept is about code, not prose in strings and comments
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A named regular expression over code, ``kind`` shallow or semantic, matched under ``scope``."""
+
+    name: str
+    kind: str
+    pattern: str
+    scope: str = "token"
+    description: str = ""
+    skip: tuple[str, ...] = ()  # regions ("string", "comment") where a match may not start
+
+    def __post_init__(self):
+        bad = [r for r in self.skip if r not in REGIONS]
+        if bad:
+            raise InputError(f"Concept {self.name!r}: skip regions must be among {', '.join(REGIONS)}; got {bad}.")
+        if self.kind not in KINDS:
+            raise InputError(f"Concept {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
+        if self.scope not in SCOPES:
+            raise InputError(f"Concept {self.name!r}: scope must be one of {', '.join(SCOPES)}; got {self.scope!r}.")
+        try:
+            re.compile(self.pattern, re.MULTILINE)
+        except re.error as e:
+            raise InputError(
+                f"Concept {self.name!r}: {self.pattern!r} is not a valid regular expression ({e})."
+            ) from None
+
+    @property
+    def regex(self) -> re.Pattern:
+        return re.compile(self.pattern, re.MULTILINE)
+
+
+_STRING = r"[rbuRBUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*')"
+# strings and comments found left to right, so a '#' inside a string or a quote inside a comment is not misread
+_REGIONS = re.compile(rf"(?P<string>{_STRING})|(?P<comment>#[^\n]*)")
+
+CATALOGUE: tuple[Concept, ...] = (
+    # shallow: keywords, n-grams, layout, punctuation, literals
+    Concept("kw_def", "shallow", r"\bdef\b", "line", "a line that defines a function"),
+    Concept("kw_class", "shallow", r"\bclass\b", "line", "a line that defines a class"),
+    Concept("kw_return", "shallow", r"\b(?:return|yield)\b", "line", "a return / yield line"),
+    Concept("kw_import", "shallow", r"^[ \t]*(?:from[ \t]+\S+[ \t]+)?import\b[^\n]*", "token", "an import statement"),
+    Concept("kw_if", "shallow", r"\b(?:if|elif|else)\b", "line", "a conditional line"),
+    Concept("kw_literal", "shallow", r"\b(?:None|True|False)\b", "token", "None / True / False"),
+    Concept("ngram_self", "shallow", r"\bself\.\w+", "token", "the n-gram self.<attribute>"),
+    Concept("ngram_dunder", "shallow", r"\b__\w+__\b", "token", "a dunder name"),
+    Concept("indentation", "shallow", r"^[ \t]+", "token", "leading whitespace of a line"),
+    Concept("open_bracket", "shallow", r"[(\[{]", "token", "an opening bracket"),
+    Concept("close_bracket", "shallow", r"[)\]}]", "token", "a closing bracket"),
+    Concept("comma", "shallow", r",", "token", "a comma"),
+    Concept("dot", "shallow", r"(?<=\w)\.(?=\w)", "token", "attribute access dot"),
+    Concept("line_colon", "shallow", r":[ \t]*$", "token", "the colon that opens a block"),
+    Concept("assign", "shallow", r"(?<![=!<>+\-*/%&|^:])=(?!=)", "token", "an assignment"),
+    Concept("string", "shallow", _STRING, "token", "inside a string or docstring"),
+    Concept("comment", "shallow", r"#[^\n]*", "token", "inside a comment"),
+    Concept("number", "shallow", r"\b\d+(?:\.\d+)?\b", "token", "a number literal"),
+    # semantic: API families and programming concepts
+    Concept("api_os", "semantic", r"\bos\.\w+|\bimport[ \t]+os\b|\bfrom[ \t]+os\b", "line", "the os / os.path API"),
+    Concept("api_sys", "semantic", r"\bsys\.\w+|\bimport[ \t]+sys\b", "line", "the sys API"),
+    Concept("api_re", "semantic", r"\bre\.\w+|\bimport[ \t]+re\b", "line", "the re API"),
+    Concept("api_json", "semantic", r"\bjson\.\w+|\bimport[ \t]+json\b", "line", "the json API"),
+    Concept(
+        "api_typing",
+        "semantic",
+        r"\btyping\b|\b(?:Optional|Union|List|Dict|Tuple|Any|Callable|Iterable|Iterator|Sequence|Mapping|TypeVar|Generic)\b",
+        "line",
+        "type hints (typing)",
+    ),
+    Concept(
+        "api_collections",
+        "semantic",
+        r"\bcollections\b|\b(?:defaultdict|OrderedDict|namedtuple|deque|Counter|ChainMap)\b",
+        "line",
+        "the collections API",
+    ),
+    Concept(
+        "exceptions",
+        "semantic",
+        r"\b(?:try|except|finally|raise)\b|\b\w+(?:Error|Exception)\b",
+        "line",
+        "exception handling",
+    ),
+    Concept(
+        "file_io",
+        "semantic",
+        r"\bopen\(|\.(?:read|readline|readlines|write|writelines|close|seek|tell|flush)\(|\bio\.\w+",
+        "line",
+        "file input / output",
+    ),
+    Concept(
+        "arithmetic",
+        "semantic",
+        r"(?<=[\w)\]]) (?:\*\*|//|[-+*/%])=? (?=[\w(\[.])|\bmath\.\w+",
+        "line",
+        "arithmetic",
+    ),
+    Concept("loops", "semantic", r"\b(?:for|while|break|continue)\b", "line", "loops and comprehensions"),
+    Concept("async", "semantic", r"\b(?:async|await)\b|\basyncio\.\w+", "line", "async code"),
+)
+# keywords, names, operators and every semantic concept count only in code; strings and comments exclude each other
+_CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_self", "ngram_dunder"}
+_CODE_SHALLOW |= {"assign", "number"}
+_SKIP = {"string": ("comment",), "comment": ("string",)}
+CATALOGUE = tuple(
+    replace(c, skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in _CODE_SHALLOW else ()))
+    for c in CATALOGUE
+)
+
+
+def catalogue(kind: str | None = None) -> tuple[Concept, ...]:
+    """The built-in concepts, optionally of one kind."""
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
+    return tuple(c for c in CATALOGUE if kind is None or c.kind == kind)
+
+
+def get(name: str, concepts: Sequence[Concept] = CATALOGUE) -> Concept:
+    for c in concepts:
+        if c.name == name:
+            return c
+    raise InputError(f"No concept named {name!r}; known: {', '.join(c.name for c in concepts)}.")
+
+
+def resolve_concepts(concepts) -> tuple[Concept, ...]:
+    """The concepts ``concepts`` names: ``None`` for the whole catalogue, else a non-empty list of
+    :class:`Concept` objects or catalogue names (unique names), with an error for anything else."""
+    if concepts is None:
+        return CATALOGUE
+    out = tuple(get(c) if isinstance(c, str) else c for c in concepts)
+    if not out or not all(isinstance(c, Concept) for c in out):
+        raise InputError("concepts must be a non-empty list of Concept objects or catalogue names.")
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"Concept names must be unique; got {names}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# token masks
+
+
+def _spans(c: Concept, text: str, region: dict[str, np.ndarray]):
+    """Non-empty matches of ``c`` that do not start in a skipped region; after a skipped start the search goes
+    on from the next character (so the ``#`` of a real comment after a ``'#'`` string is still found)."""
+    rx, pos = c.regex, 0
+    while pos <= len(text):
+        m = rx.search(text, pos)
+        if m is None:
+            return
+        a, b = m.span()
+        if any(region[r][a] for r in c.skip):
+            pos = a + 1
+            continue
+        if b > a:
+            yield a, b
+        pos = max(b, a + 1)
+
+
+def doc_masks(text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, force_token: bool) -> np.ndarray:
+    """``[concept, token]``: does each token match each concept (under its scope, or token scope if forced)."""
+    n = len(text)
+    s = np.clip(offsets[:, 0], 0, n)
+    e = np.clip(np.maximum(offsets[:, 1], offsets[:, 0] + 1), 0, n)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    after_nl = np.zeros(n + 1, dtype=np.int64)
+    after_nl[1:] = np.where(codes == 10, np.arange(1, n + 1), 0)
+    line_start = np.maximum.accumulate(after_nl)[s]
+    region = {r: np.zeros(n + 1, dtype=bool) for r in REGIONS}
+    if any(c.skip for c in concepts):
+        for m in _REGIONS.finditer(text):
+            region[m.lastgroup][m.start() : m.end()] = True
+    out = np.zeros((len(concepts), len(offsets)), dtype=bool)
+    for ci, c in enumerate(concepts):
+        diff = np.zeros(n + 1, dtype=np.int64)
+        for a, b in _spans(c, text, region):
+            diff[a] += 1
+            diff[b] -= 1
+        covered = np.cumsum(diff)[:n] > 0
+        csum = np.concatenate([[0], np.cumsum(covered)])
+        lo = s if (force_token or c.scope == "token") else line_start
+        out[ci] = (csum[e] - csum[lo]) > 0
+    return out
+
+
+@dataclass(frozen=True)
+class ConceptMasks:
+    """``mask[concept, flat_token]`` over the concatenated tokens of a chunked corpus's documents."""
+
+    concepts: tuple[Concept, ...]
+    mask: torch.Tensor  # bool [concept, flat token]
+    doc_start: np.ndarray  # flat index of each document's first token
+    axes: tuple[str, ...] = ("concept", "token")
+
+    def flat(self, doc: np.ndarray | torch.Tensor, pos: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.doc_start)[torch.as_tensor(doc)] + torch.as_tensor(pos)
+
+
+def token_masks(chunked: ChunkedCorpus, concepts=None, *, force_token: bool = False) -> ConceptMasks:
+    """Which tokens of every document match which concept (``force_token`` ignores line scopes)."""
+    cs = resolve_concepts(concepts)
+    starts, total = chunked.flat_index()
+    used = set(np.unique(chunked.chunk_doc).tolist())
+    mask = np.zeros((len(cs), total), dtype=bool)
+    for d in used:
+        a = starts[d]
+        mask[:, a : a + len(chunked.ids[d])] = doc_masks(
+            chunked.texts[d], chunked.offsets[d], cs, force_token=force_token
+        )
+    return ConceptMasks(concepts=cs, mask=torch.from_numpy(mask), doc_start=starts)
+
+
+def chunk_flat_tokens(chunked: ChunkedCorpus, n_chunks: int | None = None) -> torch.Tensor:
+    """Flat indices (into the concatenation of every document's tokens, :meth:`ChunkedCorpus.flat_index`) of the
+    document tokens of the first ``n_chunks`` chunks (all when ``None``), in chunk order."""
+    starts, _ = chunked.flat_index()
+    n = len(chunked) if n_chunks is None else n_chunks
+    parts = [
+        np.arange(len(chunked.chunk_ids(c))) + int(chunked.chunk_start[c]) + starts[int(chunked.chunk_doc[c])]
+        for c in range(n)
+    ]
+    return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# key scores
+
+
+@dataclass(frozen=True)
+class ConceptScores:
+    """Per concept and key, the share of the key's trigger examples that match (``[concept, layer, neuron]``)."""
+
+    scores: torch.Tensor  # float [concept, layer, neuron]
+    base_rate: torch.Tensor  # float [concept]
+    concepts: tuple[Concept, ...]
+    layers: tuple[int, ...]
+    n_triggers: torch.Tensor  # int [layer, neuron]: filled trigger examples per key
+    axes: tuple[str, ...] = ("concept", "layer", "neuron")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.concepts]
+
+    def _ci(self, concept) -> int:
+        name = concept.name if isinstance(concept, Concept) else concept
+        if name not in self.names:
+            raise InputError(f"No concept {name!r} in these scores; known: {', '.join(self.names)}.")
+        return self.names.index(name)
+
+    def lift(self) -> torch.Tensor:
+        return self.scores / self.base_rate.clamp(min=1e-9).view(-1, 1, 1)
+
+    def labels(self, *, tau: float = 0.5, min_lift: float = 2.0) -> torch.Tensor:
+        """``[layer, neuron]``: index of each key's concept (see the module docstring), -1 if unlabelled."""
+        lift = self.lift()
+        ok = (self.scores >= tau) & (lift >= min_lift) & (self.n_triggers > 0).unsqueeze(0)
+        best = lift.masked_fill(~ok, -1.0).argmax(0)
+        return torch.where(ok.any(0), best, torch.full_like(best, -1))
+
+    def layer_distribution(self, *, tau: float = 0.5, min_lift: float = 2.0) -> pd.DataFrame:
+        """Per layer: keys labelled shallow, semantic or not at all, and the semantic share of labelled keys."""
+        lab = self.labels(tau=tau, min_lift=min_lift)
+        kinds = torch.tensor([KINDS.index(c.kind) for c in self.concepts])
+        rows = []
+        for li, layer in enumerate(self.layers):
+            lb = lab[li]
+            k = torch.where(lb >= 0, kinds[lb.clamp(min=0)], torch.full_like(lb, -1))
+            sh, se = int((k == 0).sum()), int((k == 1).sum())
+            rows.append(
+                {
+                    "layer": layer,
+                    "keys": int(lb.numel()),
+                    "shallow": sh,
+                    "semantic": se,
+                    "unlabelled": int((k < 0).sum()),
+                    "semantic_share": se / (sh + se) if sh + se else float("nan"),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def keys(
+        self, concept, *, tau: float = 0.5, min_lift: float = 2.0, max_keys: int | None = None
+    ) -> dict[int, list[int]]:
+        """The keys selected for ``concept``: score >= tau and lift >= min_lift, strongest first, at most ``max_keys``."""
+        ci = self._ci(concept)
+        s = self.scores[ci]
+        ok = (s >= tau) & (self.lift()[ci] >= min_lift) & (self.n_triggers > 0)
+        li, ni = ok.nonzero(as_tuple=True)
+        order = torch.argsort(s[li, ni], descending=True, stable=True)
+        if max_keys is not None:
+            order = order[:max_keys]
+        out: dict[int, list[int]] = {}
+        for i in order.tolist():
+            out.setdefault(self.layers[int(li[i])], []).append(int(ni[i]))
+        return {layer: sorted(v) for layer, v in sorted(out.items())}
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Per concept: its kind, base rate, and keys above 0.5 / labelled with it, with the mean labelled layer."""
+        lab = self.labels()
+        layers = torch.tensor(self.layers).view(-1, 1).expand_as(lab)
+        rows = []
+        for ci, c in enumerate(self.concepts):
+            sel = lab == ci
+            rows.append(
+                {
+                    "concept": c.name,
+                    "kind": c.kind,
+                    "base_rate": float(self.base_rate[ci]),
+                    "keys_score_ge_0.5": int((self.scores[ci] >= 0.5).sum()),
+                    "keys_labelled": int(sel.sum()),
+                    "mean_layer": float(layers[sel].float().mean()) if sel.any() else float("nan"),
+                    "max_score": float(self.scores[ci].max()),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 10, concept=None) -> pd.DataFrame:
+        """The ``k`` keys with the highest score (for ``concept``, or for any concept)."""
+        sc = self.scores if concept is None else self.scores[self._ci(concept)].unsqueeze(0)
+        flat = sc.flatten()
+        idx = flat.topk(min(k, flat.numel())).indices
+        L, N = sc.shape[1], sc.shape[2]
+        ci, rest = idx // (L * N), idx % (L * N)
+        li, ni = rest // N, rest % N
+        names = self.names if concept is None else [self.names[self._ci(concept)]]
+        return pd.DataFrame(
+            {
+                "concept": [names[int(c)] for c in ci],
+                "layer": [self.layers[int(i)] for i in li],
+                "neuron": ni.tolist(),
+                "score": flat[idx].tolist(),
+            }
+        )
+
+
+def key_scores(scan: TriggerScan, chunked: ChunkedCorpus, concepts=None) -> ConceptScores:
+    """Score every scanned key against every concept (vectorised over keys and trigger examples)."""
+    scan.check_corpus(chunked)
+    masks = token_masks(chunked, concepts)
+    filled = scan.chunk >= 0  # [L, N, K]
+    doc = scan.chunk_doc[scan.chunk.clamp(min=0)]
+    flat = masks.flat(doc, scan.pos.clamp(min=0))
+    n = filled.sum(-1)  # [L, N]
+    scores = []
+    for ci in range(len(masks.concepts)):
+        hit = masks.mask[ci][flat] & filled
+        scores.append(hit.sum(-1).float() / n.clamp(min=1))
+    scanned = chunk_flat_tokens(chunked, scan.chunks_done)
+    base = masks.mask[:, scanned].float().mean(-1) if len(scanned) else torch.zeros(len(masks.concepts))
+    return ConceptScores(
+        scores=torch.stack(scores), base_rate=base, concepts=masks.concepts, layers=scan.layers, n_triggers=n
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# masking keys
+
+
+def mask_hooks(model, keys: dict[int, Sequence[int]]) -> list:
+    """Forward hooks that zero the coefficients of ``keys`` (``{layer: [neuron, ...]}``) at every position."""
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    hooks = []
+    for layer, ns in sorted(keys.items()):
+        if not 0 <= int(layer) < n_layers:
+            raise InputError(f"Layer {layer} does not exist; the model has layers 0..{n_layers - 1}.")
+        idx = torch.as_tensor(sorted(set(int(n) for n in ns)), dtype=torch.long)
+        if len(idx) and (idx.min() < 0 or idx.max() >= d_mlp):
+            raise InputError(f"Neurons of layer {layer} must be in [0, {d_mlp}); got {idx.tolist()}.")
+        keep = torch.zeros(d_mlp, dtype=torch.bool)
+        keep[idx] = True  # [d_mlp]: broadcast over batch and positions
+        hooks.append(hook(hook_name("post", int(layer)), Zero(), keep.to(model.cfg.device)))
+    return hooks
+
+
+def random_keys(
+    model, keys: dict[int, Sequence[int]], *, seed: int = 0, exclude_selected: bool = True
+) -> dict[int, list[int]]:
+    """As many random keys per layer as ``keys`` has (drawn from the layer's other keys), reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    d_mlp = int(model.cfg.d_mlp)
+    out = {}
+    for layer, ns in sorted(keys.items()):
+        pool = torch.ones(d_mlp, dtype=torch.bool)
+        if exclude_selected:
+            pool[torch.as_tensor(list(ns), dtype=torch.long)] = False
+        cand = pool.nonzero().flatten()
+        if len(ns) > len(cand):
+            raise InputError(f"Layer {layer}: cannot draw {len(ns)} random keys from {len(cand)} others.")
+        out[layer] = sorted(cand[torch.randperm(len(cand), generator=g)[: len(ns)]].tolist())
+    return out
+
+
+@dataclass(frozen=True)
+class TokenEval:
+    """Per target token of a chunked corpus: next-token loss and whether the top-1 was right (``[token]``)."""
+
+    loss: torch.Tensor  # float [token]
+    correct: torch.Tensor  # bool [token]
+    target: torch.Tensor  # int64 [token]: flat index of each target token in the corpus
+    axes: tuple[str, ...] = ("token",)
+
+    def summary(self, select: torch.Tensor | None = None) -> dict[str, float]:
+        sel = torch.ones_like(self.correct) if select is None else select
+        n = int(sel.sum())
+        return {
+            "accuracy": float(self.correct[sel].float().mean()) if n else float("nan"),
+            "loss": float(self.loss[sel].mean()) if n else float("nan"),
+            "tokens": n,
+        }
+
+
+def evaluate(
+    model, chunked: ChunkedCorpus, *, hooks: Sequence = (), batch_size: int = 8, progress: bool = False
+) -> TokenEval:
+    """Next-token loss and top-1 correctness at every document token of every chunk, with ``hooks`` applied."""
+    pad = pad_id(model)
+    starts, _ = chunked.flat_index()
+    losses, corrects, targets = [], [], []
+    first = 0 if chunked.bos is None else 1
+    with torch.no_grad():
+        for a in tqdm(range(0, len(chunked), batch_size), desc="eval", disable=not progress):
+            ids = list(range(a, min(a + batch_size, len(chunked))))
+            toks, mask = chunked.batch(ids, pad)
+            logits = model.run_with_hooks(toks.to(model.cfg.device), fwd_hooks=list(hooks)).float().cpu()
+            lp = logits[:, :-1].log_softmax(-1)
+            tgt = toks[:, 1:]
+            valid = mask[:, 1:].clone()
+            nll = -lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            corr = lp.argmax(-1) == tgt
+            pos = torch.arange(1, toks.shape[1]).unsqueeze(0) - first  # document index of each target
+            flat = (
+                torch.as_tensor(starts)[torch.as_tensor(chunked.chunk_doc[ids])].unsqueeze(1)
+                + torch.as_tensor(chunked.chunk_start[ids]).unsqueeze(1)
+                + pos
+            )
+            losses.append(nll[valid])
+            corrects.append(corr[valid])
+            targets.append(flat[valid])
+    return TokenEval(loss=torch.cat(losses), correct=torch.cat(corrects), target=torch.cat(targets))
+
+
+@dataclass(frozen=True)
+class ConceptEdit:
+    """Concept vs general next-token performance before and after masking a concept's keys, with a control."""
+
+    concept: Concept
+    keys: dict[int, list[int]]
+    controls: tuple[dict[int, list[int]], ...]
+    rows: tuple[dict, ...] = field(default_factory=tuple)  # one per condition
+
+    @property
+    def n_keys(self) -> int:
+        return sum(len(v) for v in self.keys.values())
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.rows))
+
+    def top(self, k: int = 3) -> pd.DataFrame:
+        return self.to_dataframe().head(k)
+
+    def drops(self) -> dict[str, float]:
+        """Accuracy drops (baseline − condition) on concept and general tokens, for the concept mask and control."""
+        d = {r["condition"]: r for r in self.rows}
+        base, cm, rc = d["baseline"], d["concept keys masked"], d["random keys masked"]
+        return {
+            "concept_drop": base["concept_accuracy"] - cm["concept_accuracy"],
+            "general_drop": base["general_accuracy"] - cm["general_accuracy"],
+            "control_concept_drop": base["concept_accuracy"] - rc["concept_accuracy"],
+            "control_general_drop": base["general_accuracy"] - rc["general_accuracy"],
+            "concept_loss_rise": cm["concept_loss"] - base["concept_loss"],
+            "control_concept_loss_rise": rc["concept_loss"] - base["concept_loss"],
+        }
+
+
+def _row(condition: str, n_keys: int, ev: TokenEval, sel: torch.Tensor) -> dict:
+    c, g = ev.summary(sel), ev.summary(~sel)
+    return {
+        "condition": condition,
+        "keys": n_keys,
+        "concept_accuracy": c["accuracy"],
+        "concept_loss": c["loss"],
+        "concept_tokens": c["tokens"],
+        "general_accuracy": g["accuracy"],
+        "general_loss": g["loss"],
+        "general_tokens": g["tokens"],
+    }
+
+
+def _mean_eval(evs: Sequence[TokenEval]) -> TokenEval:
+    return TokenEval(
+        loss=torch.stack([e.loss for e in evs]).mean(0),
+        correct=torch.stack([e.correct.float() for e in evs]).mean(0) >= 0.5,
+        target=evs[0].target,
+    )
+
+
+def edit_concept(
+    model,
+    scores: ConceptScores,
+    concept,
+    eval_corpus,
+    *,
+    keys: dict[int, Sequence[int]] | None = None,
+    tau: float = 0.5,
+    min_lift: float = 2.0,
+    max_keys: int | None = 200,
+    n_controls: int = 1,
+    seed: int = 0,
+    window: int = 128,
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    baseline: TokenEval | None = None,
+    progress: bool = False,
+) -> ConceptEdit:
+    """Mask ``concept``'s keys (selected from ``scores``, or given as ``keys``) and measure the effect.
+
+    Concept tokens are the target tokens of ``eval_corpus`` that overlap a match of the concept's regex;
+    general tokens are all others. The control masks as many random keys per layer (``n_controls`` draws; each
+    token's loss is averaged over draws and counted correct when most draws are right). Pass ``baseline`` (an
+    unmasked :func:`evaluate` of the same corpus) to reuse it across concepts.
+    """
+    c = scores.concepts[scores._ci(concept)]
+    chunked = chunk_corpus(model, eval_corpus, window=window, max_tokens=max_tokens)
+    sel_keys = (
+        scores.keys(c, tau=tau, min_lift=min_lift, max_keys=max_keys)
+        if keys is None
+        else {int(k): sorted(int(n) for n in v) for k, v in keys.items()}
+    )
+    n_keys = sum(len(v) for v in sel_keys.values())
+    cmask = token_masks(chunked, [c], force_token=True).mask[0]
+    base = baseline if baseline is not None else evaluate(model, chunked, batch_size=batch_size, progress=progress)
+    sel = cmask[base.target]
+    rows = [_row("baseline", 0, base, sel)]
+    if n_controls < 1:
+        raise InputError(f"n_controls must be at least 1; got {n_controls}.")
+    controls = tuple(random_keys(model, sel_keys, seed=seed + i) for i in range(n_controls))
+    masked = evaluate(model, chunked, hooks=mask_hooks(model, sel_keys), batch_size=batch_size, progress=progress)
+    ctrl = _mean_eval(
+        [
+            evaluate(model, chunked, hooks=mask_hooks(model, r), batch_size=batch_size, progress=progress)
+            for r in controls
+        ]
+    )
+    rows.append(_row("concept keys masked", n_keys, masked, sel))
+    rows.append(_row("random keys masked", n_keys, ctrl, sel))
+    return ConceptEdit(concept=c, keys=sel_keys, controls=controls, rows=tuple(rows))
+
+
+def edit_table(edits: Sequence[ConceptEdit]) -> pd.DataFrame:
+    """One row per concept: keys masked, and accuracy / loss on concept and general tokens per condition."""
+    rows = []
+    for e in edits:
+        d = {r["condition"]: r for r in e.rows}
+        b, m, r = d["baseline"], d["concept keys masked"], d["random keys masked"]
+        rows.append(
+            {
+                "concept": e.concept.name,
+                "kind": e.concept.kind,
+                "keys": e.n_keys,
+                "concept_tokens": b["concept_tokens"],
+                "concept_acc": b["concept_accuracy"],
+                "concept_acc_masked": m["concept_accuracy"],
+                "concept_acc_control": r["concept_accuracy"],
+                "general_acc": b["general_accuracy"],
+                "general_acc_masked": m["general_accuracy"],
+                "general_acc_control": r["general_accuracy"],
+                "concept_loss": b["concept_loss"],
+                "concept_loss_masked": m["concept_loss"],
+                "concept_loss_control": r["concept_loss"],
+                "general_loss": b["general_loss"],
+                "general_loss_masked": m["general_loss"],
+                "general_loss_control": r["general_loss"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "CATALOGUE",
+    "CODE",
+    "KINDS",
+    "REGIONS",
+    "SCOPES",
+    "Concept",
+    "ConceptEdit",
+    "ConceptMasks",
+    "ConceptScores",
+    "TokenEval",
+    "catalogue",
+    "chunk_flat_tokens",
+    "doc_masks",
+    "edit_concept",
+    "edit_table",
+    "evaluate",
+    "get",
+    "key_scores",
+    "mask_hooks",
+    "random_keys",
+    "resolve_concepts",
+    "token_masks",
+]

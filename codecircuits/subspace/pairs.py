@@ -1,0 +1,189 @@
+"""Counterfactual (base, source) prompt pairs of a feature, right-padded, and what every subspace method does with
+them: check them, batch them, read the answer logits at each base prompt's last token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+
+from ..core.runner import run_with_hooks
+from ..errors import InputError
+from ..inputs import check_hook_names, single_token_id
+
+
+@dataclass(frozen=True)
+class PatchPairs:
+    """Counterfactual (base, source) prompt pairs for a feature with a few values, each read at its last token.
+
+    Prompts are right-padded to a common length; since the models are causal, padding after a prompt's last
+    token changes nothing at that token, so prompts of different lengths batch together and base and source
+    need not have the same length (only the last position is patched).
+
+    Attributes:
+        base_tokens, source_tokens: ``[pair, pos]`` token ids, right-padded.
+        base_positions, source_positions: ``[pair]`` index of each prompt's last real token.
+        base_values, source_values: ``[pair]`` the feature's value (an index into ``answer_ids``) per prompt.
+        answer_ids: ``[value]`` the token the model should predict for each feature value.
+        value_names: the answer strings, one per value.
+        groups: a group name per pair (e.g. the template), used to split train from held-out pairs.
+        base_prompts, source_prompts: the prompt texts.
+        axes: axis names of the per-pair tensors.
+    """
+
+    base_tokens: torch.Tensor
+    source_tokens: torch.Tensor
+    base_positions: torch.Tensor
+    source_positions: torch.Tensor
+    base_values: torch.Tensor
+    source_values: torch.Tensor
+    answer_ids: torch.Tensor
+    value_names: tuple[str, ...]
+    groups: tuple[str, ...]
+    base_prompts: tuple[str, ...]
+    source_prompts: tuple[str, ...]
+    axes: tuple[str, ...] = ("pair", "pos")
+
+    @classmethod
+    def from_prompts(
+        cls,
+        model,
+        base: Sequence[str],
+        source: Sequence[str],
+        base_values: Sequence[int],
+        source_values: Sequence[int],
+        answers: Sequence[str],
+        groups: Sequence[str] | None = None,
+    ) -> PatchPairs:
+        """Tokenize pairs; ``answers[k]`` is the (single-token) answer for feature value ``k``."""
+        base, source = list(base), list(source)
+        n = len(base)
+        if n == 0:
+            raise InputError("No pairs given: pass at least one (base, source) prompt pair.")
+        if not (len(source) == len(base_values) == len(source_values) == n):
+            raise InputError(
+                f"Got {n} base prompts, {len(source)} source prompts, {len(base_values)} base values and "
+                f"{len(source_values)} source values: pass one of each per pair."
+            )
+        answers = list(answers)
+        if len(answers) < 2:
+            raise InputError("A feature needs at least two values: pass one answer token per value.")
+        answer_ids = [single_token_id(model, a) for a in answers]
+        if len(set(answer_ids)) != len(answer_ids):
+            raise InputError(f"The answers {answers} are not distinct tokens.")
+        bv = torch.as_tensor(list(base_values), dtype=torch.long)
+        sv = torch.as_tensor(list(source_values), dtype=torch.long)
+        for name, v in (("base_values", bv), ("source_values", sv)):
+            if ((v < 0) | (v >= len(answers))).any():
+                raise InputError(f"{name} must be indices into the {len(answers)} answers, got {v.tolist()[:10]}.")
+        same = (bv == sv).nonzero().flatten().tolist()
+        if same:
+            raise InputError(
+                f"Pairs {same[:10]} have the same feature value in base and source; an interchange needs "
+                "pairs whose values differ (their logit difference would be zero)."
+            )
+        groups = tuple(groups) if groups is not None else ("all",) * n
+        if len(groups) != n:
+            raise InputError(f"{len(groups)} group names for {n} pairs: pass one per pair.")
+        bt, bp = _pad(model, base)
+        st, sp = _pad(model, source)
+        return cls(bt, st, bp, sp, bv, sv, torch.tensor(answer_ids), tuple(answers), groups, tuple(base), tuple(source))
+
+    def __len__(self) -> int:
+        return len(self.base_values)
+
+    def subset(self, index) -> PatchPairs:
+        """The pairs at ``index`` (a boolean mask, a list of indices or a slice)."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        if index.numel() == 0:
+            raise InputError("The selection holds no pairs.")
+        ix = index.tolist()
+        return replace(
+            self,
+            base_tokens=self.base_tokens[index],
+            source_tokens=self.source_tokens[index],
+            base_positions=self.base_positions[index],
+            source_positions=self.source_positions[index],
+            base_values=self.base_values[index],
+            source_values=self.source_values[index],
+            groups=tuple(self.groups[i] for i in ix),
+            base_prompts=tuple(self.base_prompts[i] for i in ix),
+            source_prompts=tuple(self.source_prompts[i] for i in ix),
+        )
+
+    def in_groups(self, names: Sequence[str]) -> PatchPairs:
+        """The pairs whose group is one of ``names``."""
+        names = set(names)
+        return self.subset([i for i, g in enumerate(self.groups) if g in names])
+
+    def swapped(self) -> PatchPairs:
+        """Every pair with base and source exchanged."""
+        return replace(
+            self,
+            base_tokens=self.source_tokens,
+            source_tokens=self.base_tokens,
+            base_positions=self.source_positions,
+            source_positions=self.base_positions,
+            base_values=self.source_values,
+            source_values=self.base_values,
+            base_prompts=self.source_prompts,
+            source_prompts=self.base_prompts,
+        )
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "group": self.groups,
+                "base": self.base_prompts,
+                "source": self.source_prompts,
+                "base_answer": [self.value_names[v] for v in self.base_values.tolist()],
+                "source_answer": [self.value_names[v] for v in self.source_values.tolist()],
+            }
+        )
+
+
+def _pad(model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [model.to_tokens(p)[0].cpu() for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = getattr(model.tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, torch.tensor([len(r) - 1 for r in rows])
+
+
+def check_pairs(model, pairs: PatchPairs, hook_name: str) -> None:
+    """Raise unless ``pairs`` is a :class:`PatchPairs` and ``hook_name`` a hook of the model."""
+    if not isinstance(pairs, PatchPairs):
+        raise InputError(f"Expected PatchPairs (see PatchPairs.from_prompts), got {type(pairs).__name__}.")
+    check_hook_names(model, hook_name)
+
+
+def batch_slices(n: int, size: int):
+    """Consecutive slices of at most ``size`` of ``range(n)``."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def answer_logits(
+    model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    positions: Int[torch.Tensor, " batch"],
+    answer_ids: Int[torch.Tensor, " value"],
+    fwd_hooks: Sequence = (),
+) -> torch.Tensor:
+    """Float logits ``[batch, value]`` of the answer tokens at each prompt's ``positions``, with ``fwd_hooks``."""
+    logits = run_with_hooks(model, tokens.to(model.cfg.device), fwd_hooks)
+    rows = torch.arange(len(tokens), device=logits.device)
+    return logits[rows, positions.to(logits.device)][:, answer_ids.to(logits.device)].float()
+
+
+__all__ = ["PatchPairs", "answer_logits", "batch_slices", "check_pairs"]
