@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from .core.sites import head_label, hook_name
+from .core.sites import LN_FINAL_SCALE, head_label, hook_name
 from .inputs import token_texts
 
 
@@ -25,7 +25,7 @@ def is_layernorm(model) -> bool:
 
 def final_scale(cache, pos: int | None = -1) -> torch.Tensor:
     """The final norm's scale from a cache: ``[batch, 1]`` at ``pos`` or ``[batch, pos, 1]`` for ``pos=None``."""
-    scale = cache["ln_final.hook_scale"]
+    scale = cache[LN_FINAL_SCALE]
     return scale if pos is None else scale[:, pos]
 
 
@@ -84,7 +84,7 @@ def run_cache(model, tokens, *, names=_LENS_HOOKS, extra: tuple[str, ...] = ()):
     want = tuple(names) + tuple(extra)
 
     def keep(name: str) -> bool:
-        return name == "ln_final.hook_scale" or name in ("hook_embed", "hook_pos_embed") or name.endswith(want)
+        return name == LN_FINAL_SCALE or name in ("hook_embed", "hook_pos_embed") or name.endswith(want)
 
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=keep)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import lens
 from .core.batching import megabytes, n_prompts, prompt_batches
 from .core.interventions import Zero, hook, unit_mask
-from .core.sites import Head, Neuron, check_heads, hook_name
+from .core.sites import LN_FINAL_SCALE, Head, Neuron, check_heads, hook_name
 from .errors import InputError
 from .inputs import single_token_id
 from .models.summary import kv_groups, kv_head_of
@@ -57,7 +57,6 @@ _VOCAB_SCORES = {"logprob_increase", "logprob", "prob_increase", "rank", "coef_r
 #: the default ``memory_mb`` of the scoring functions: MiB of float32 logits computed at once
 DEFAULT_MEMORY_MB = 256
 #: the final norm's scale (the frozen-scale lens reads it)
-LN_FINAL_SCALE = "ln_final.hook_scale"
 
 
 # ----------------------------------------------------------------------------------------------------------

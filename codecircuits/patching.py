@@ -6,7 +6,7 @@ runs one full forward per cell; this engine gives the same numbers with far less
 
 1. cells are stacked along the batch dimension, in chunks sized from a memory budget;
 2. a cell patched at layer ``l`` starts at layer ``l`` from the receiver's cached residual, and layers before
-   ``l`` are not run at all (the bridge's own ``start_at_layer`` still runs them, so we skip them ourselves);
+   ``l`` are not run at all (the bridge, asked to start at a layer, still runs them: the core runner skips them);
 3. positions before the patched position are identical to the receiver run in every layer, so their keys
    and values come from the receiver's KV cache and only the later positions are run;
 4. a cell that patches only positions before the first token where clean and corrupted differ changes

@@ -26,6 +26,7 @@ from ..errors import InputError
 #: hooks outside the blocks
 HOOK_EMBED = "hook_embed"
 LN_FINAL_IN = "ln_final.hook_in"
+LN_FINAL_SCALE = "ln_final.hook_scale"
 UNEMBED_IN = "unembed.hook_in"
 
 
@@ -258,6 +259,7 @@ __all__ = [
     "HOOK_EMBED",
     "LAYER_PARTS",
     "LN_FINAL_IN",
+    "LN_FINAL_SCALE",
     "SITE_ALIASES",
     "SITE_KINDS",
     "UNEMBED_IN",

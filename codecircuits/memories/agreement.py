@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.batching import pad_id
-from ..core.sites import hook_name
+from ..core.sites import LN_FINAL_SCALE, hook_name
 from ..errors import InputError
 from ..lens import to_logits
 from .chunks import chunk_corpus
@@ -180,7 +180,7 @@ def layer_agreement(
         raise InputError(f"edges must be increasing non-negative integers, at least two; got {list(eds)}.")
     n_layers = int(model.cfg.n_layers)
     names = [hook_name(c, layer) for c in comps for layer in range(n_layers)]
-    names_set = set(names) | {"ln_final.hook_scale"}
+    names_set = set(names) | {LN_FINAL_SCALE}
     agree = torch.zeros((len(comps), n_layers, len(eds) - 1), dtype=torch.long)
     total = torch.zeros(len(eds) - 1, dtype=torch.long)
     pad = pad_id(model)
@@ -204,7 +204,7 @@ def layer_agreement(
             final = logits.argmax(-1)[kd].cpu()
             bk = bucket[keep]
             total += torch.bincount(bk, minlength=len(eds) - 1)
-            scale = cache["ln_final.hook_scale"][kd]  # [n, 1]
+            scale = cache[LN_FINAL_SCALE][kd]  # [n, 1]
             for ci, comp in enumerate(comps):
                 for layer in range(n_layers):
                     x = cache[hook_name(comp, layer)][kd]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.sites import head_label, hook_name
+from ..core.sites import LN_FINAL_SCALE, head_label, hook_name
 from ..errors import InputError
 from ..inputs import to_tokens, token_texts
 from ..lens import final_scale, head_logits, to_logits
@@ -97,7 +97,7 @@ def prompt_report(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if toks.shape[1] < 2:
         raise InputError(f"prompt {prompt!r} is a single token; give at least one token after the first.")
-    names = {"ln_final.hook_scale"}
+    names = {LN_FINAL_SCALE}
     for layer in range(n_layers):
         names |= {
             hook_name("pattern", layer),
