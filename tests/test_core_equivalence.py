@@ -175,3 +175,25 @@ def test_metric_position_probe(tiny):
     assert metric_positions(lambda lg: lg.mean((1, 2)), logits) is None
     both = {"a": lambda lg: lg[:, 1, 0], "b": lambda lg: lg[:, -1, 0]}
     assert metric_positions(both, logits) == [1, n - 1]
+
+
+def test_edge_mask_interpolates_between_the_run_and_its_source(tiny, pair):
+    """EdgeMask: weight 0 is the run itself, weight 1 is the source patched in (= Replace), 0.5 the midpoint."""
+    from codecircuits.core.interventions import Add, EdgeMask, Replace
+
+    clean, corr, _ = pair(tiny)
+    name = hook_name("resid_mid", 1) if "blocks.1.hook_resid_mid" in tiny.hook_dict else hook_name("attn_out", 1)
+    _, cache = tiny.run_with_cache(clean, names_filter=name)
+    src = cache[name]
+    with torch.no_grad():
+        base = tiny(corr)
+        replaced = tiny.run_with_hooks(corr, fwd_hooks=[hook(name, Replace(src))])
+        ones = tiny.run_with_hooks(corr, fwd_hooks=[hook(name, EdgeMask(src, torch.tensor(1.0)))])
+        zeros = tiny.run_with_hooks(corr, fwd_hooks=[hook(name, EdgeMask(src, torch.tensor(0.0)))])
+        _, corr_cache = tiny.run_with_cache(corr, names_filter=name)
+        half = EdgeMask(src, torch.tensor(0.5))(corr_cache[name])
+        added = Add(src - corr_cache[name], per_example=True)(corr_cache[name])
+    torch.testing.assert_close(ones, replaced, atol=ATOL, rtol=0)
+    torch.testing.assert_close(zeros, base, atol=ATOL, rtol=0)
+    torch.testing.assert_close(half, (src + corr_cache[name]) / 2, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(added, src, atol=ATOL, rtol=1e-5)
