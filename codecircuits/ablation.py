@@ -29,7 +29,17 @@ from contextlib import contextmanager
 import torch
 
 from .core.batching import progress_bar, to_tokens
-from .core.interventions import Intervention, Mean, Resample, Scale, Zero, hook, position_mask, resample_index
+from .core.interventions import (
+    Intervention,
+    Mean,
+    Resample,
+    Scale,
+    Zero,
+    hook,
+    position_mask,
+    resample_index,
+    unit_mask,
+)
 from .core.metrics import Metrics, evaluate
 from .core.runner import Receiver, run_cells
 from .core.sites import LAYER_PARTS, Layer, check_heads, hook_name
@@ -179,20 +189,13 @@ def ablation_hooks(
 def _masked_hook(name: str, intervention: Intervention, what: str, units: list[int], positions):
     """A hook applying ``intervention`` at ``positions`` (all when ``None``) to the ``units`` (heads or neurons,
     axis 2) of the activation, or to all of it (``what == "layer"``)."""
-    index = sorted(set(units))
 
-    def fn(act, hook=None):
-        pm = position_mask(act.shape[1], positions, act.device)
+    def mask(act):
         if what == "layer":
-            m = pm.view(1, -1, *([1] * (act.dim() - 2)))
-        else:
-            u = torch.zeros(act.shape[2], dtype=torch.bool, device=act.device)
-            u[index] = True
-            m = (pm[:, None] & u[None, :])[None]
-            m = m[..., None] if act.dim() == 4 else m
-        return torch.where(m, intervention(act), act)
+            return position_mask(act.shape[1], positions, act.device).view(1, -1, *([1] * (act.dim() - 2)))
+        return unit_mask(act.shape[1], positions, units, act.shape[2], with_d=act.dim() == 4, device=act.device)
 
-    return (name, fn)
+    return hook(name, intervention, mask)
 
 
 @contextmanager
@@ -316,10 +319,10 @@ def _sweep_layers(
                 for ni, name in enumerate(layer_names):
                     if len(layer_names) > 1:  # one hook per unit (a layer's parts): whole activations
                         m = (comp == ni)[:, None, None] & pos_mask[None, :, None]
-                    else:  # one hook, a unit per row on axis 2
+                    else:  # one hook, a unit per row on axis 2 (heads: [rows, pos, head, d], neurons: [rows, pos, n])
                         onehot = torch.nn.functional.one_hot(comp, n_units).bool()  # [rows, units]
-                        m = onehot[:, None, :] & pos_mask[None, :, None]
-                        m = m[..., None] if kind_of_hook(name) == "head" else m
+                        unit_m = onehot[:, None, :] & pos_mask[None, :, None]
+                        m = lambda act, m=unit_m: m[..., None] if act.dim() == 4 else m  # noqa: E731
                     out.append(hook(name, sources[name], m, examples=ex_of_row, offset=start))
                 return out
 
@@ -333,11 +336,6 @@ def _sweep_layers(
     else:
         per = torch.stack(per_layer) if per_layer else torch.empty(0, len(cell_idx), toks.shape[0])
     return per, base, cell_idx.cpu()
-
-
-def kind_of_hook(name: str) -> str:
-    """``"head"`` for ``attn.hook_z`` (``[batch, pos, head, d]``), ``"vec"`` otherwise."""
-    return "head" if name.endswith("attn.hook_z") else "vec"
 
 
 def _ablation_result(per_example, base, axes, labels, site, kind):

@@ -249,17 +249,21 @@ Hook = tuple[str, Callable]
 def hook(
     name: str,
     intervention: Intervention,
-    mask: Bool[torch.Tensor, ...] | None = None,
+    mask: Bool[torch.Tensor, "*shape"] | Callable[[torch.Tensor], torch.Tensor] | None = None,
     *,
     examples: torch.Tensor | None = None,
     offset: int = 0,
 ) -> Hook:
     """The forward hook ``(name, fn)`` that applies ``intervention`` where ``mask`` is true (everywhere when
-    ``None``); ``mask`` broadcasts against the activation. The hook returns a new tensor (autograd-safe)."""
+    ``None``). ``mask`` is a boolean tensor that broadcasts against the activation, or a function of the
+    activation that returns one (for masks whose shape is known only when the hook runs). The hook returns a
+    new tensor (autograd-safe)."""
 
     def fn(act, hook=None):
         new = intervention(act, examples=examples, offset=offset)
-        return new if mask is None else torch.where(mask, new, act)
+        if mask is None:
+            return new
+        return torch.where(mask(act) if callable(mask) else mask, new, act)
 
     return (name, fn)
 

@@ -147,18 +147,12 @@ class Receiver:
         self.n_layers = int(model.cfg.n_layers)
         names = {resid_pre(layer) for layer in range(self.n_layers)} | set(extra_names)
         self.kv = DynamicCache(config=model.original_model.config)
-        seen: dict[str, bool] = {}
-        handle = model.blocks[0].register_forward_hook(lambda mod, a, o: seen.__setitem__("tuple", type(o) is tuple))
         t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                self.logits, self.cache = model.run_with_cache(
-                    tokens, names_filter=lambda n: n in names, past_key_values=self.kv
-                )
-        finally:
-            handle.remove()
+        with torch.no_grad():
+            self.logits, self.cache = model.run_with_cache(
+                tokens, names_filter=lambda n: n in names, past_key_values=self.kv
+            )
         self.forward_seconds = time.perf_counter() - t0
-        _RETURNS_TUPLE[model] = seen.get("tuple", False)
         # the positions whose logits the metric reads (None: all): only those are unembedded in run()
         self.read_positions = metric_positions(metric, self.logits) if metric is not None else None
         if self.kv.get_seq_length() != tokens.shape[1]:
