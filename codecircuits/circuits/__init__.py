@@ -1,0 +1,29 @@
+"""Automatic circuit discovery: edge attribution (EAP, EAP-IG) over a graph true to grouped-query attention,
+circuits selected and pruned from its scores, and MIB's faithfulness metrics.
+
+- :mod:`~codecircuits.circuits.graph`: nodes, edges, their names (EAP-IG's) and the grouped/ungrouped views.
+- :mod:`~codecircuits.circuits.attribution`: the edge scores of every method.
+- :mod:`~codecircuits.circuits.selection`: circuits by top-n, threshold or greedy, and pruning.
+- :mod:`~codecircuits.circuits.evaluation`: running the model with everything outside a circuit patched or
+  ablated, many circuits per batched forward; exact edge patching; the faithfulness curve, CPR and CMD.
+- :mod:`~codecircuits.circuits.files`: EAP-IG's graph files, read and written.
+"""
+
+from .attribution import LEVELS, METHODS, EdgeScores, edge_scores
+from .graph import Graph, check_supported
+from .selection import Circuit, greedy, pruned, random_scores, threshold, top_n
+
+__all__ = [
+    "LEVELS",
+    "METHODS",
+    "Circuit",
+    "EdgeScores",
+    "Graph",
+    "check_supported",
+    "edge_scores",
+    "greedy",
+    "pruned",
+    "random_scores",
+    "threshold",
+    "top_n",
+]

@@ -1,0 +1,382 @@
+"""Edge attribution: EAP, EAP-IG over the input embeddings, EAP-IG over activations, and clean-corrupted.
+
+Every method scores an edge ``u -> v`` as ``(a_u(corrupted) - a_u(clean)) . dm/dx_v``, summed over positions and
+``d_model`` and averaged over examples, where ``a_u`` is the source's output and ``x_v`` the destination's input
+(before its norm); they differ in where the gradient is taken:
+
+- ``"EAP"``: at the clean run. Cost 2 F + 1 B (a corrupted forward without gradients, a clean forward and one
+  backward; F and B over the same batch).
+- ``"EAP-IG-inputs"`` (the default; EAP-IG's and MIB's recommendation): averaged over ``steps`` runs whose input
+  embeddings are ``corrupted + k/steps (clean - corrupted)``, ``k = 0 .. steps-1`` (EAP-IG's points). 2 F +
+  steps (F + B).
+- ``"EAP-IG-activations"``: for each group of sources (the input, a layer's heads, a layer's MLP) the group's
+  output is interpolated ``corrupted + k/steps (clean - corrupted)``, ``k = 1 .. steps``, and only that group's
+  edges take the gradient of those runs. (EAP-IG's code adds every run's gradient to every edge; here an edge
+  integrates along its own source's path, which is what the method integrates.) 2 F + steps (2 L + 1) (F + B).
+- ``"clean-corrupted"``: the mean of the gradients at the clean and at the corrupted run. 3 F + 2 B.
+
+The source differences are held in one tensor ``[batch, pos, n_sources, d_model]`` (fp32) and each destination's
+gradient is contracted against the sources upstream of it in a backward hook as the backward reaches it: one
+einsum per destination hook (a layer's query, key, value and MLP inputs, the logits), never a Python loop over
+edges. Examples are streamed in chunks that fit ``budget`` (a :func:`~codecircuits.core.metrics.rowwise` metric
+is needed for more than one chunk, since a plain metric sees the examples all together).
+
+In the grouped view a key/value destination's gradient is the one the model has (its group's shared input); the
+ungrouped view splits it per query head exactly: after the backward, each head's share is the gradient of that
+head's ``pattern @ v`` with respect to the group's key and value inputs, given the head's output gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import einops
+import torch
+
+from ..core.batching import paired_tokens, parse_budget, progress_bar
+from ..core.metrics import RowwiseMetric, check_output
+from ..core.runner import row_bytes
+from ..errors import InputError
+from . import selection
+from .graph import Graph
+from .hooks import destination_slices, output_weights, source_hooks, split_inputs
+
+METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
+LEVELS = ("edge", "neuron")
+
+
+@dataclass
+class EdgeScores:
+    """Scores of every edge of ``graph``: ``scores[source, destination]`` (``[pos, source, destination]`` for a
+    per-position graph), the mean over ``n_examples`` examples, 0 where there is no edge.
+
+    ``neuron_scores[source, d_model]`` (with ``level="neuron"``) splits each source's node score over the
+    residual dimensions it writes (EAP-IG's neuron level); :attr:`node_scores` is each source's total.
+    """
+
+    graph: Graph
+    scores: torch.Tensor
+    method: str
+    steps: int
+    n_examples: int
+    neuron_scores: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def edge_matrix(self) -> torch.Tensor:
+        """``[source, destination]`` scores, summed over positions for a per-position graph."""
+        return self.scores if self.scores.dim() == 2 else self.scores.sum(0)
+
+    @property
+    def node_scores(self) -> torch.Tensor:
+        """``[n_sources]``: each source's score, the sum of its outgoing edges (its node attribution, since every
+        path from a source to the metric passes through a destination)."""
+        return self.edge_matrix.sum(1)
+
+    @property
+    def destination_scores(self) -> torch.Tensor:
+        """``[n_destinations]``: each destination's score, the sum of its incoming edges."""
+        return self.edge_matrix.sum(0)
+
+    def score(self, name: str) -> float:
+        """The score of one edge by name (``a0.h1->m2``)."""
+        s, d = self.graph.edge_index(name)
+        return float(self.edge_matrix[s, d])
+
+    def top_edges(self, k: int = 10, *, absolute: bool = True) -> list[tuple[str, float]]:
+        """The ``k`` best edges by (absolute) score, best first, as ``(name, score)``."""
+        m = self.edge_matrix
+        ranked = torch.where(self.graph.valid, m.abs() if absolute else m, torch.tensor(-torch.inf))
+        idx = torch.sort(ranked.flatten(), descending=True, stable=True).indices[:k]
+        nd = m.shape[1]
+        return [(self.graph.edge_name(int(i) // nd, int(i) % nd), float(m.flatten()[i])) for i in idx]
+
+    def top_n(self, n: int, *, absolute: bool = True, prune: bool = True) -> selection.Circuit:
+        return selection.top_n(self.scores, self.graph, n, absolute=absolute, prune=prune)
+
+    def threshold(self, value: float, *, absolute: bool = True, prune: bool = True) -> selection.Circuit:
+        return selection.threshold(self.scores, self.graph, value, absolute=absolute, prune=prune)
+
+    def greedy(self, n: int, *, absolute: bool = True, prune: bool = True) -> selection.Circuit:
+        return selection.greedy(self.edge_matrix, self.graph, n, absolute=absolute, prune=prune)
+
+
+def _metric_values(metric, logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    if isinstance(metric, RowwiseMetric):
+        return check_output(metric(logits, examples), logits.shape[0])
+    return check_output(metric(logits), logits.shape[0])
+
+
+def example_chunks(model, metric, n_examples: int, n_pos: int, per_example_bytes: int, budget) -> list[slice]:
+    """Chunks of examples that fit ``budget``; one chunk for a plain (not row-wise) metric, or an error when it
+    does not fit."""
+    per = per_example_bytes + 4 * row_bytes(model, n_pos)
+    size = max(1, parse_budget(budget) // max(per, 1))
+    if size >= n_examples:
+        return [slice(0, n_examples)]
+    if not isinstance(metric, RowwiseMetric):
+        raise InputError(
+            f"{n_examples} examples need about {per * n_examples / 2**20:.0f} MiB, more than the memory budget "
+            f"({parse_budget(budget) / 2**20:.0f} MiB): raise budget=, or declare the metric row-wise with "
+            "codecircuits.core.metrics.rowwise(lambda logits, examples: ...) so that examples can be streamed."
+        )
+    return [slice(i, min(i + size, n_examples)) for i in range(0, n_examples, size)]
+
+
+class _Pass:
+    """State of one chunk of examples: the source differences and the accumulators the backward hooks fill."""
+
+    def __init__(self, model, graph: Graph, n_rows: int, n_pos: int, scores, neurons, w_o):
+        self.model = model
+        self.graph = graph
+        self.diff = torch.zeros(n_rows, n_pos, graph.n_sources, graph.d_model)
+        self.scores = scores
+        self.neurons = neurons
+        self.w_o = w_o
+        self.rows: slice | None = None  # restrict accumulation to these sources (IG over activations)
+        self.ungroup = not graph.grouped and graph.group_size > 1
+        self.saved: dict = {}
+
+    # -- accumulation -------------------------------------------------------------------------------------------
+
+    def accumulate(self, cols: slice, prev: int, grad: torch.Tensor) -> None:
+        """Add ``diff[:, :, :prev] . grad`` to ``scores[:prev, cols]``; ``grad`` is ``[batch, pos, k, d]``."""
+        lo, hi = (0, prev) if self.rows is None else (self.rows.start, min(self.rows.stop, prev))
+        if hi <= lo:
+            return
+        d = self.diff[:, :, lo:hi]
+        g = grad.float()
+        if self.graph.n_pos:
+            self.scores[:, lo:hi, cols] += einops.einsum(d, g, "b p s d, b p k d -> p s k")
+        else:
+            self.scores[lo:hi, cols] += einops.einsum(d, g, "b p s d, b p k d -> s k")
+        if self.neurons is not None:
+            self.neurons[lo:hi] += einops.einsum(d, g.sum(2), "b p s d, b p d -> s d")
+
+    def destination_hooks(self) -> list:
+        g = self.graph
+        hooks = []
+        for layer in range(g.n_layers):
+            names = g.input_hooks(layer)
+            for kind, (cols, prev) in destination_slices(g, layer).items():
+                split = self.ungroup and kind in ("k", "v")
+                hooks.append((names[kind], self._grad_hook(cols, prev, kind == "mlp", split, layer, kind)))
+            if self.ungroup:
+                hooks += self._ungroup_hooks(layer)
+        d = g.logits_destination
+        hooks.append((g.logits_hook(), self._grad_hook(slice(d, d + 1), g.n_sources, True, False, None, "logits")))
+        return hooks
+
+    def _grad_hook(self, cols, prev, vector: bool, split: bool, layer, kind):
+        def fn(act, hook=None):
+            if split:
+                self.saved[(layer, kind)] = act
+                return act
+            if act.requires_grad:
+                act.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None] if vector else grad))
+            return act
+
+        return fn
+
+    # -- the ungrouped view: each query head's share of its group's key/value gradient -------------------------
+
+    def _ungroup_hooks(self, layer: int) -> list:
+        def keep(name):
+            def fn(act, hook=None):
+                self.saved[(layer, name)] = act
+                if name == "z" and act.requires_grad:
+                    act.register_hook(lambda grad: self.saved.__setitem__((layer, "gz"), grad))
+                return act
+
+            return fn
+
+        return [
+            (f"blocks.{layer}.attn.hook_pattern", keep("pattern")),
+            (f"blocks.{layer}.attn.hook_v", keep("vv")),
+            (f"blocks.{layer}.attn.hook_z", keep("z")),
+        ]
+
+    def ungrouped_scores(self) -> None:
+        g = self.graph
+        for layer in range(g.n_layers):
+            k_in, v_in = self.saved[(layer, "k")], self.saved[(layer, "v")]
+            pattern, vv, gz = self.saved[(layer, "pattern")], self.saved[(layer, "vv")], self.saved.get((layer, "gz"))
+            if gz is None:
+                continue
+            sl = destination_slices(g, layer)
+            for h in range(g.n_heads):
+                slot = h // g.group_size
+                z_h = einops.einsum(pattern[:, h], vv[:, :, slot], "b q k, b k e -> b q e")
+                gk, gv = torch.autograd.grad(
+                    z_h, (k_in, v_in), grad_outputs=gz[:, :, h], retain_graph=True, allow_unused=True
+                )
+                for kind, grad in (("k", gk), ("v", gv)):
+                    if grad is None:
+                        continue
+                    cols, prev = sl[kind]
+                    col = cols.start + h
+                    self.accumulate(slice(col, col + 1), prev, grad[:, :, slot : slot + 1])
+        self.saved.clear()
+
+    # -- runs ---------------------------------------------------------------------------------------------------
+
+    def record(self, tokens: torch.Tensor, sign: float, extra=(), keep_inputs: dict | None = None) -> torch.Tensor:
+        """A forward without gradients adding ``sign *`` every source's output to ``diff``."""
+        hooks = source_hooks(self.graph, self.diff, self.w_o, sign=sign) + list(extra)
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            return self.model(tokens)
+
+    def grad_run(self, tokens, metric, examples, *, input_value=None, replace=(), record_sign=None, extra=()):
+        """A forward with the destination hooks, the metric summed over examples, and one backward."""
+        model, g = self.model, self.graph
+        leaf_box = {}
+
+        def input_leaf(act, hook=None):
+            base = act.detach() if input_value is None else input_value.to(act.dtype)
+            leaf = base.clone().requires_grad_(True)
+            leaf_box["leaf"] = leaf
+            return leaf
+
+        hooks = []
+        if record_sign is not None:
+            hooks += source_hooks(g, self.diff, self.w_o, sign=record_sign)
+        hooks += [(g.input_hook(), input_leaf)] + list(replace) + self.destination_hooks() + list(extra)
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            logits = model(tokens)
+            total = _metric_values(metric, logits, examples).sum()
+            torch.autograd.grad(total, [leaf_box["leaf"]], retain_graph=self.ungroup)
+            if self.ungroup:
+                self.ungrouped_scores()
+
+
+def edge_scores(
+    model,
+    clean,
+    corrupted,
+    metric,
+    *,
+    method: str = "EAP-IG-inputs",
+    steps: int = 5,
+    grouped: bool = True,
+    per_position: bool = False,
+    level: str = "edge",
+    budget=None,
+    fwd_hooks=(),
+    progress: bool = False,
+) -> EdgeScores:
+    """Score every edge of the model's graph for the effect of corrupting the prompts on ``metric``.
+
+    Args:
+        model: a TransformerBridge (:func:`codecircuits.load_model`).
+        clean, corrupted: prompts (strings) or tokens ``[batch, pos]``, pairwise of equal token length.
+        metric: ``logits -> [batch]``, one value per example in order (TransformerLens's contract), or a
+            :func:`~codecircuits.core.metrics.rowwise` metric (then examples stream under ``budget``).
+        method: one of :data:`METHODS` (see the module).
+        steps: the integration steps of the EAP-IG methods (EAP-IG's recommendation, 5, by default).
+        grouped: key/value destinations per key/value group (exact) or per query head (EAP-IG's and MIB's view).
+        per_position: one edge per token position (scores ``[pos, source, destination]``).
+        level: ``"edge"``, or ``"neuron"`` to also split each source's score over its ``d_model`` outputs.
+        budget: memory for one chunk of examples (bytes or ``"2GB"``).
+        fwd_hooks: extra forward hooks installed in every run (e.g. to freeze a norm's scale).
+        progress: draw a progress bar over the runs.
+
+    Returns:
+        :class:`EdgeScores`, the mean over examples; a positive score means corrupting the edge raises the
+        metric (the sign of ``m(edge corrupted) - m(clean)``, EAP-IG's convention).
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if level not in LEVELS:
+        raise InputError(f"Unknown level {level!r}; choose one of {', '.join(LEVELS)}.")
+    steps = int(steps)
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}.")
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    n, n_pos = clean_t.shape
+    graph = Graph.from_model(model, grouped=grouped, per_position=per_position, n_pos=n_pos)
+    shape = (n_pos, graph.n_sources, graph.n_destinations) if per_position else graph.valid.shape
+    scores = torch.zeros(shape)
+    neurons = torch.zeros(graph.n_sources, graph.d_model) if level == "neuron" else None
+    chunks = example_chunks(model, metric, n, n_pos, 2 * 4 * n_pos * graph.n_sources * graph.d_model, budget)
+    n_groups = 2 * graph.n_layers + 1
+    per_chunk = {"EAP": 2, "EAP-IG-inputs": 2 + steps, "clean-corrupted": 3, "EAP-IG-activations": 2 + steps * n_groups}
+    bar = progress_bar(per_chunk[method] * len(chunks), f"{method} edge scores", progress)
+    w_o = output_weights(model)
+    device = clean_t.device
+    with split_inputs(model):
+        for chunk in chunks:
+            ct, kt = clean_t[chunk], corr_t[chunk]
+            examples = torch.arange(chunk.start, chunk.stop, device=device)
+            run = _Pass(model, graph, ct.shape[0], n_pos, scores, neurons, w_o)
+            if method == "EAP-IG-activations":
+                _activation_ig(run, ct, kt, metric, examples, steps, fwd_hooks, bar)
+                continue
+            run.record(kt, +1.0, fwd_hooks)
+            bar.update()
+            if method == "EAP":
+                run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
+            elif method == "clean-corrupted":
+                run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
+                bar.update()
+                run.grad_run(kt, metric, examples, extra=fwd_hooks)
+            elif method == "EAP-IG-inputs":
+                x_corr = run.diff[:, :, 0].clone()
+                run.record(ct, -1.0, fwd_hooks)
+                x_clean = x_corr - run.diff[:, :, 0]
+                for k in range(steps):
+                    bar.update()
+                    x = x_corr + (k / steps) * (x_clean - x_corr)
+                    run.grad_run(ct, metric, examples, input_value=x, extra=fwd_hooks)
+            bar.update()
+    bar.close()
+    divisor = {"EAP": 1, "EAP-IG-inputs": steps, "clean-corrupted": 2, "EAP-IG-activations": steps}[method]
+    scores /= n * divisor
+    if per_position:
+        scores *= graph.valid[None]
+    else:
+        scores *= graph.valid
+    if neurons is not None:
+        neurons /= n * divisor
+    return EdgeScores(graph, scores, method, steps if "IG" in method else 1, n, neurons)
+
+
+def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fwd_hooks, bar) -> None:
+    """EAP-IG over activations for one chunk of examples."""
+    g = run.graph
+    saved: dict[str, torch.Tensor] = {}
+
+    def keep(name, sign):
+        def fn(act, hook=None):
+            saved[name] = saved.get(name, 0) + sign * act.detach()
+            return act
+
+        return fn
+
+    names = [g.input_hook()] + [h for layer in range(g.n_layers) for h in (g.head_hook(layer), g.mlp_out_hook(layer))]
+    # corrupted values of the hooked outputs (z for heads), then clean ones; diff becomes corrupted - clean
+    run.record(corr_t, +1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks))
+    bar.update()
+    corr = dict(saved)
+    saved.clear()
+    run.record(clean_t, -1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks))
+    clean = dict(saved)
+    bar.update()
+    groups = [(g.input_hook(), slice(0, 1))]
+    for layer in range(g.n_layers):
+        h0 = g.head_source(layer)
+        groups += [
+            (g.head_hook(layer), slice(h0, h0 + g.n_heads)),
+            (g.mlp_out_hook(layer), slice(h0 + g.n_heads, h0 + g.n_heads + 1)),
+        ]
+    for name, rows in groups:
+        run.rows = rows
+        for k in range(1, steps + 1):
+            bar.update()
+            a = k / steps
+            value = corr[name] + a * (clean[name] - corr[name])
+            if name == g.input_hook():
+                run.grad_run(clean_t, metric, examples, input_value=value, extra=fwd_hooks)
+            else:
+                replace = [(name, lambda act, hook=None, v=value: v.to(act.dtype))]
+                run.grad_run(clean_t, metric, examples, replace=replace, extra=fwd_hooks)
+    run.rows = None

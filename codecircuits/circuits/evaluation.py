@@ -1,0 +1,362 @@
+"""Running a model with everything outside a circuit intervened on, many circuits per batched forward; exact
+edge patching; the faithfulness curve with MIB's CPR and CMD, beside random circuits of the same sizes.
+
+An edge ``u -> v`` outside the circuit carries the reference value of ``u`` instead of the run's own: the input
+of ``v`` becomes ``x_v + sum over removed edges (ref_u - a_u)``, where ``a_u`` is ``u``'s output in the same
+(intervened) run and ``ref_u`` is its output on the corrupted prompt (``ablation="patch"``), zero (``"zero"``) or
+its mean over the corrupted prompts at that position (``"mean"``). This is EAP-IG's and MIB's evaluation. Each
+batch row carries its own circuit (rows are ``(circuit, example)`` pairs, circuit-major), so the ten circuit
+sizes of a faithfulness curve, the empty and full circuits and the random baselines run together.
+
+Key and value inputs are shared by the heads of a key/value group, so circuits are evaluated on the grouped
+graph; an ungrouped circuit of a grouped-query model is refused (its per-head key/value edges are not separate
+inputs of the model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import einops
+import torch
+
+from ..core.batching import paired_tokens, parse_budget, progress_bar
+from ..core.metrics import RowwiseMetric, per_cell
+from ..core.runner import row_bytes
+from ..errors import InputError
+from . import selection
+from .attribution import EdgeScores
+from .graph import Graph
+from .hooks import destination_slices, output_weights, source_hooks, split_inputs
+
+#: MIB's circuit sizes, in percent of the graph's edges
+MIB_PERCENTAGES = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+ABLATIONS = ("patch", "zero", "mean")
+
+
+def _as_masks(circuits, graph: Graph) -> torch.Tensor:
+    if isinstance(circuits, selection.Circuit):
+        circuits = [circuits]
+    if isinstance(circuits, torch.Tensor):
+        masks = circuits.bool()
+        if masks.dim() == len(graph.valid.shape) + (1 if graph.n_pos else 0):
+            masks = masks[None]
+    else:
+        masks = torch.stack([c.edges.bool() for c in circuits])
+    if masks.shape[-2:] != graph.valid.shape:
+        raise InputError(
+            f"Circuit masks of shape {tuple(masks.shape)} do not fit this graph {tuple(graph.valid.shape)}."
+        )
+    return masks
+
+
+def reference_sources(model, graph: Graph, clean_t, corr_t, ablation: str, fwd_hooks=()) -> torch.Tensor:
+    """``[examples or 1, pos, n_sources, d_model]``: what a removed edge carries from each source."""
+    if ablation not in ABLATIONS:
+        raise InputError(f"Unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
+    n, n_pos = corr_t.shape
+    if ablation == "zero":
+        return torch.zeros(1, n_pos, graph.n_sources, graph.d_model)
+    acts = torch.zeros(n, n_pos, graph.n_sources, graph.d_model)
+    hooks = source_hooks(graph, acts, output_weights(model)) + list(fwd_hooks)
+    with torch.no_grad(), split_inputs(model), model.hooks(fwd_hooks=hooks):
+        model(corr_t)
+    return acts.mean(0, keepdim=True) if ablation == "mean" else acts
+
+
+class _MaskedRun:
+    def __init__(self, graph: Graph, ref: torch.Tensor, cut: torch.Tensor, n_c: int, n_e: int, n_pos: int, w_o):
+        self.graph, self.ref, self.cut, self.n_c, self.n_e = graph, ref, cut, n_c, n_e
+        self.cur = torch.zeros(n_c * n_e, n_pos, graph.n_sources, graph.d_model)
+        self.w_o = w_o
+        self.positional = cut.dim() == 4
+
+    def delta(self, cols: slice, prev: int) -> torch.Tensor | None:
+        m = self.cut[..., :prev, cols]
+        if not bool(m.any()):
+            return None
+        cur = einops.rearrange(self.cur[:, :, :prev], "(c e) p s d -> c e p s d", c=self.n_c)
+        pat = "c p s k" if self.positional else "c s k"
+        ref = einops.einsum(self.ref[:, :, :prev], m, f"e p s d, {pat} -> c e p k d")
+        own = einops.einsum(cur, m, f"c e p s d, {pat} -> c e p k d")
+        out = ref - own
+        if out.shape[1] != self.n_e:
+            out = out.expand(-1, self.n_e, -1, -1, -1)
+        return einops.rearrange(out, "c e p k d -> (c e) p k d")
+
+    def hooks(self) -> list:
+        g = self.graph
+        hooks = source_hooks(g, self.cur, self.w_o)
+
+        def patch(cols, prev, vector):
+            def fn(act, hook=None):
+                d = self.delta(cols, prev)
+                if d is None:
+                    return act
+                return act + (d[:, :, 0] if vector else d).to(act.dtype)
+
+            return fn
+
+        for layer in range(g.n_layers):
+            names = g.input_hooks(layer)
+            for kind, (cols, prev) in destination_slices(g, layer).items():
+                hooks.append((names[kind], patch(cols, prev, kind == "mlp")))
+        d = g.logits_destination
+        hooks.append((g.logits_hook(), patch(slice(d, d + 1), g.n_sources, True)))
+        return hooks
+
+
+def circuit_metric(
+    model,
+    clean,
+    corrupted,
+    metric,
+    circuits,
+    *,
+    graph: Graph | None = None,
+    ablation: str = "patch",
+    budget=None,
+    fwd_hooks=(),
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[n_circuits, n_examples]``: the metric of each example with everything outside each circuit intervened
+    on (see the module). ``circuits`` is a :class:`~codecircuits.circuits.selection.Circuit`, a list of them, or
+    boolean masks ``[n_circuits, n_sources, n_destinations]`` of the edges kept."""
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    n, n_pos = clean_t.shape
+    if graph is None:
+        graph = (
+            circuits.graph
+            if isinstance(circuits, selection.Circuit)
+            else (circuits[0].graph if isinstance(circuits, Sequence) and circuits else Graph.from_model(model))
+        )
+    if not graph.grouped and graph.group_size > 1:
+        raise InputError(
+            "Circuits of a grouped-query model are evaluated on the grouped graph (heads of a group share one key "
+            "and value input): score with grouped=True, or map the ungrouped circuit onto the grouped graph."
+        )
+    masks = _as_masks(circuits, graph)
+    cut = (~masks & (graph.valid if masks.dim() == 3 else graph.valid[None, None])).float()
+    ref = reference_sources(model, graph, clean_t, corr_t, ablation, fwd_hooks)
+    per_row = 4 * n_pos * graph.n_sources * graph.d_model * 3 + 2 * row_bytes(model, n_pos)
+    rows = max(1, parse_budget(budget) // per_row)
+    if isinstance(metric, RowwiseMetric) and rows < n:
+        e_chunks = [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+    else:
+        e_chunks = [slice(0, n)]
+    n_c = len(cut)
+    out = torch.zeros(n_c, n)
+    w_o = output_weights(model)
+    per_chunk = max(1, rows // (e_chunks[0].stop - e_chunks[0].start))
+    c_chunks = [slice(i, min(i + per_chunk, n_c)) for i in range(0, n_c, per_chunk)]
+    bar = progress_bar(len(c_chunks) * len(e_chunks), "circuits", progress)
+    with torch.no_grad(), split_inputs(model):
+        for es in e_chunks:
+            n_e = es.stop - es.start
+            r = ref if ref.shape[0] == 1 else ref[es]
+            for cs in c_chunks:
+                k = cs.stop - cs.start
+                run = _MaskedRun(graph, r, cut[cs], k, n_e, n_pos, w_o)
+                tokens = einops.repeat(clean_t[es], "e p -> (c e) p", c=k)
+                with model.hooks(fwd_hooks=run.hooks() + list(fwd_hooks)):
+                    logits = model(tokens)
+                out[cs, es] = _per_cell(metric, logits, k, n_e, es).float().cpu()
+                bar.update()
+    bar.close()
+    return out
+
+
+def _per_cell(metric, logits, n_cells, n_e, es: slice):
+    if isinstance(metric, RowwiseMetric):
+        examples = torch.arange(es.start, es.stop, device=logits.device).repeat(n_cells)
+        return metric(logits, examples).view(n_cells, n_e)
+    return per_cell(metric, logits, n_cells, n_e)
+
+
+def exact_edge_scores(
+    model,
+    clean,
+    corrupted,
+    metric,
+    *,
+    grouped: bool = True,
+    edges: Sequence | None = None,
+    ablation: str = "patch",
+    budget=None,
+    fwd_hooks=(),
+    progress: bool = False,
+) -> EdgeScores:
+    """The exact effect of every edge (or of ``edges``, names or ``(source, destination)`` pairs): the mean over
+    examples of ``m(clean with that edge alone patched) - m(clean)``, one intervened forward per edge (batched).
+    Unmeasured edges are NaN."""
+    clean_t, corr_t = paired_tokens(model, clean, corrupted)
+    graph = Graph.from_model(model, grouped=grouped)
+    if edges is None:
+        pairs = [tuple(x) for x in graph.valid.nonzero().tolist()]
+    else:
+        pairs = [graph.edge_index(e) if isinstance(e, str) else (int(e[0]), int(e[1])) for e in edges]
+    masks = graph.valid[None].repeat(len(pairs) + 1, 1, 1)
+    for i, (s, d) in enumerate(pairs):
+        masks[i + 1, s, d] = False
+    values = circuit_metric(
+        model,
+        clean_t,
+        corr_t,
+        metric,
+        masks,
+        graph=graph,
+        ablation=ablation,
+        budget=budget,
+        fwd_hooks=fwd_hooks,
+        progress=progress,
+    )
+    effect = (values[1:] - values[:1]).mean(1)
+    scores = torch.full(graph.valid.shape, float("nan"))
+    for (s, d), v in zip(pairs, effect.tolist()):
+        scores[s, d] = v
+    return EdgeScores(graph, scores, "exact", 1, clean_t.shape[0], meta={"ablation": ablation})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# faithfulness
+
+
+@dataclass
+class FaithfulnessCurve:
+    """MIB's faithfulness curve of one selection rule.
+
+    Attributes:
+        percentages: circuit sizes in percent of the graph's edges (before pruning, as MIB counts them).
+        n_edges: edges in each circuit after pruning.
+        faithfulness: ``(m(C_k) - m(empty)) / (m(full) - m(empty))`` per size, ``m`` the mean metric.
+        metric: ``m(C_k)`` per size.
+        full, empty: ``m`` of the full model and of the empty circuit.
+        random: ``[n_random, sizes]`` faithfulness of random circuits of the same sizes.
+        absolute: whether edges were ranked by ``|score|`` (CMD's curve) or by signed score (CPR's).
+        area: MIB's area under the curve (CPR for a signed curve) and ``area_from_1`` (CMD for |score|).
+    """
+
+    percentages: list[float]
+    n_edges: list[int]
+    faithfulness: list[float]
+    metric: list[float]
+    full: float
+    empty: float
+    random: list[list[float]]
+    absolute: bool
+    selection: str
+    ablation: str
+    area: float = 0.0
+    area_from_1: float = 0.0
+    random_area: list[float] = field(default_factory=list)
+    random_area_from_1: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def areas(percentages: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:
+    """MIB's circuit-track areas: trapezoids over the edge fractions of ``faithfulness`` and of ``|1 - f|``."""
+    x = [p / 100 for p in percentages]
+    under = sum((x[i + 1] - x[i]) * (faithfulness[i] + faithfulness[i + 1]) / 2 for i in range(len(x) - 1))
+    from_1 = sum(
+        (x[i + 1] - x[i]) * (abs(1 - faithfulness[i]) + abs(1 - faithfulness[i + 1])) / 2 for i in range(len(x) - 1)
+    )
+    return float(under), float(from_1)
+
+
+def _select(scores: EdgeScores, n: int, absolute: bool, rule: str) -> selection.Circuit:
+    if rule == "greedy":
+        return scores.greedy(n, absolute=absolute)
+    return scores.top_n(n, absolute=absolute)
+
+
+def faithfulness_curves(
+    model,
+    scores: EdgeScores,
+    clean,
+    corrupted,
+    metric,
+    *,
+    percentages: Sequence[float] = MIB_PERCENTAGES,
+    selection_rule: str = "topn",
+    ablation: str = "patch",
+    n_random: int = 3,
+    seed: int = 0,
+    budget=None,
+    fwd_hooks=(),
+    progress: bool = False,
+) -> dict[str, FaithfulnessCurve]:
+    """``{"signed": curve, "absolute": curve}``: MIB's two faithfulness curves of ``scores``, from one batched
+    evaluation of every circuit (both rules' sizes, the empty and full circuits, ``n_random`` random circuits of
+    each size). CPR is the signed curve's ``area``, CMD the absolute curve's ``area_from_1``."""
+    if selection_rule not in ("topn", "greedy"):
+        raise InputError(f"selection_rule must be 'topn' or 'greedy', not {selection_rule!r}.")
+    graph = scores.graph
+    if graph.n_pos:
+        raise InputError("Faithfulness curves are computed on edges summed over positions (per_position=False).")
+    total = int(graph.valid.sum())
+    sizes = [int(p / 100 * total) for p in percentages]
+    circuits: list[selection.Circuit] = [
+        selection.Circuit(graph, graph.valid.clone()),
+        selection.Circuit(graph, torch.zeros_like(graph.valid)),
+    ]
+    for absolute in (False, True):
+        circuits += [_select(scores, n, absolute, selection_rule) for n in sizes]
+    for r in range(n_random):
+        rnd = EdgeScores(graph, selection.random_scores(graph, seed + r), "random", 1, 0)
+        circuits += [_select(rnd, n, True, selection_rule) for n in sizes]
+    values = circuit_metric(
+        model,
+        clean,
+        corrupted,
+        metric,
+        circuits,
+        graph=graph,
+        ablation=ablation,
+        budget=budget,
+        fwd_hooks=fwd_hooks,
+        progress=progress,
+    ).mean(1)
+    full, empty = float(values[0]), float(values[1])
+    span = full - empty
+
+    def faith(v):
+        return (float(v) - empty) / span if span != 0 else math.nan
+
+    k = len(sizes)
+    rand = [[faith(values[2 + 2 * k + r * k + i]) for i in range(k)] for r in range(n_random)]
+    out = {}
+    for j, (name, absolute) in enumerate((("signed", False), ("absolute", True))):
+        vals = values[2 + j * k : 2 + (j + 1) * k]
+        f = [faith(v) for v in vals]
+        curve = FaithfulnessCurve(
+            percentages=[float(p) for p in percentages],
+            n_edges=[circuits[2 + j * k + i].n_edges for i in range(k)],
+            faithfulness=f,
+            metric=[float(v) for v in vals],
+            full=full,
+            empty=empty,
+            random=rand,
+            absolute=absolute,
+            selection=selection_rule,
+            ablation=ablation,
+        )
+        curve.area, curve.area_from_1 = areas(percentages, f)
+        ra = [areas(percentages, rf) for rf in rand]
+        curve.random_area = [a for a, _ in ra]
+        curve.random_area_from_1 = [b for _, b in ra]
+        out[name] = curve
+    return out
+
+
+def cpr(curves: dict[str, FaithfulnessCurve]) -> float:
+    """MIB's CPR: the area under the faithfulness curve of signed scores (higher is better)."""
+    return curves["signed"].area
+
+
+def cmd(curves: dict[str, FaithfulnessCurve]) -> float:
+    """MIB's CMD: the area under ``|1 - f|`` of absolute scores (lower is better)."""
+    return curves["absolute"].area_from_1
