@@ -169,12 +169,17 @@ class _Pass:
 
     def _grad_hook(self, cols, prev, vector: bool, split: bool, layer, kind):
         def fn(act, hook=None):
-            if split:
-                self.saved[(layer, kind)] = act
+            if not act.requires_grad:
                 return act
-            if act.requires_grad:
-                act.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None] if vector else grad))
-            return act
+            if split:
+                fork = act.clone()
+                self.saved[(layer, kind)] = fork
+                return fork
+            # a copy of its own: the bridge may hand the hook the residual tensor itself (hook_mlp_in is
+            # resid_mid on some architectures), whose gradient would include every later reader's
+            fork = act.clone()
+            fork.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None] if vector else grad))
+            return fork
 
         return fn
 
