@@ -10,10 +10,33 @@ circuits selected and pruned from its scores, and MIB's faithfulness metrics.
 """
 
 from .attribution import LEVELS, METHODS, EdgeScores, edge_scores
+from .evaluation import (
+    ABLATIONS,
+    MIB_PERCENTAGES,
+    FaithfulnessCurve,
+    areas,
+    circuit_metric,
+    cmd,
+    cpr,
+    exact_edge_scores,
+    faithfulness_curves,
+)
+from .files import read_eapig, write_eapig
 from .graph import Graph, check_supported
 from .selection import Circuit, greedy, pruned, random_scores, threshold, top_n
 
 __all__ = [
+    "ABLATIONS",
+    "MIB_PERCENTAGES",
+    "FaithfulnessCurve",
+    "areas",
+    "circuit_metric",
+    "cmd",
+    "cpr",
+    "exact_edge_scores",
+    "faithfulness_curves",
+    "read_eapig",
+    "write_eapig",
     "LEVELS",
     "METHODS",
     "Circuit",

@@ -31,10 +31,9 @@ class Circuit:
 
     @property
     def nodes(self) -> torch.Tensor:
-        """``[n_sources]``: the source nodes with an edge in the circuit (``input`` included when it feeds one)."""
-        e = self.edges if self.edges.dim() == 2 else self.edges.any(0)
-        into = (e.any(0).float() @ self.graph.owners.float().T) > 0
-        return e.any(1) | into
+        """``[n_sources]``: the nodes whose output the circuit uses (an edge out of them; in a pruned circuit they
+        are exactly its nodes besides the logits, each with an edge in unless it is the input)."""
+        return self._edges2d.any(1)
 
     def node_names(self) -> list[str]:
         names = [self.graph.source_names[i] for i in self.nodes.nonzero().flatten().tolist()]

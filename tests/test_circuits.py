@@ -1,0 +1,306 @@
+"""Circuit discovery on every family of the matrix: the graph, EAP / EAP-IG against exact edge patching and against
+TransformerLens's own attribution_patch, the grouped and ungrouped views, selection, batched evaluation, MIB's
+areas and EAP-IG's files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from codecircuits.circuits import (
+    METHODS,
+    Graph,
+    areas,
+    circuit_metric,
+    edge_scores,
+    exact_edge_scores,
+    faithfulness_curves,
+    read_eapig,
+    write_eapig,
+)
+from codecircuits.core.metrics import rowwise
+from codecircuits.core.sites import LN_FINAL_SCALE
+from codecircuits.errors import InputError, UnsupportedArchitectureError
+from codecircuits.testing import PAIR_CLEAN, PAIR_CORRUPTED, toy_metric
+
+SUPPORTED = ("llama", "gpt_neox", "gpt_bigcode", "qwen2", "starcoder2")
+
+
+@pytest.fixture
+def toks(tiny, family):
+    if family not in SUPPORTED:
+        pytest.skip("the bridge gives CodeGen no split q/k/v inputs (test_refuses_codegen_and_post_norm)")
+    return tiny.to_tokens(list(PAIR_CLEAN)), tiny.to_tokens(list(PAIR_CORRUPTED))
+
+
+def _frozen_final_scale(model, clean):
+    _, cache = model.run_with_cache(clean, names_filter=LN_FINAL_SCALE)
+    scale = cache[LN_FINAL_SCALE]
+    return [(LN_FINAL_SCALE, lambda act, hook=None: scale.repeat(act.shape[0] // scale.shape[0], 1, 1).to(act.dtype))]
+
+
+def test_graph_sizes_names_and_parallel_blocks(tiny, family):
+    if family not in SUPPORTED:
+        return
+    cfg = tiny.cfg
+    g, u = Graph.from_model(tiny), Graph.from_model(tiny, grouped=False)
+    L, H = cfg.n_layers, cfg.n_heads
+    assert u.n_sources == g.n_sources == 1 + L * (H + 1)
+    assert u.n_destinations == L * (3 * H + 1) + 1  # EAP-IG's count
+    kv = cfg.n_key_value_heads or H
+    assert g.n_destinations == L * (H + 2 * kv + 1) + 1
+    assert (g.n_edges < u.n_edges) == (kv < H)
+    for graph in (g, u):
+        for name in graph.edge_names():
+            assert graph.edge_name(*graph.edge_index(name)) == name
+    same_layer_head_to_mlp = bool(g.valid[g.head_source(0, 0), g.mlp_destination(0)])
+    assert same_layer_head_to_mlp == (not cfg.parallel_attn_mlp)
+    assert not g.valid[g.mlp_source(0), g.q_destination(0)]  # nothing flows backwards
+    assert g.valid[:, g.logits_destination].all()
+
+
+def test_refuses_codegen_and_post_norm(tiny_dirs):
+    from codecircuits import load_model
+    from codecircuits.testing import tiny_model
+
+    with pytest.raises(UnsupportedArchitectureError, match=r"blocks\.0 .*hook_q_input"):
+        Graph.from_model(load_model(tiny_dirs["codegen"], device="cpu"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"blocks\.0 .*normalises its attention or MLP output"):
+        Graph.from_model(tiny_model("gemma3"))
+
+
+def test_eap_equals_exact_patching_where_first_order_is_exact(tiny, toks):
+    """Edges into the logits, the final norm's scale frozen, a metric linear in the logits: EAP is exact."""
+    clean, corr = toks
+    freeze = _frozen_final_scale(tiny, clean)
+    eap = edge_scores(tiny, clean, corr, toy_metric, method="EAP", fwd_hooks=freeze)
+    exact = exact_edge_scores(tiny, clean, corr, toy_metric, fwd_hooks=freeze)
+    d = eap.graph.logits_destination
+    assert exact.scores[:, d].abs().max() > 1e-3
+    torch.testing.assert_close(eap.scores[:, d], exact.scores[:, d], atol=1e-5, rtol=1e-4)
+
+
+def test_eap_ig_approaches_exact_patching_as_steps_grow(tiny, toks):
+    clean, corr = toks
+    exact = exact_edge_scores(tiny, clean, corr, toy_metric).scores.nan_to_num()
+    err = {s: float((edge_scores(tiny, clean, corr, toy_metric, steps=s).scores - exact).abs().sum()) for s in (1, 20)}
+    assert err[20] < 0.8 * err[1], err
+
+
+def test_destination_scores_sum_to_the_destination_node_score(tiny, toks):
+    """sum_u score(u -> v) = (x_v(corrupted) - x_v(clean)) . dm/dx_v, measured at v's own input hook."""
+    clean, corr = toks
+    eap = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    g, layer = eap.graph, tiny.cfg.n_layers - 1
+    from codecircuits.circuits.hooks import split_inputs
+
+    got = {}
+    for name, dst in (
+        (f"blocks.{layer}.hook_mlp_in", g.mlp_destination(layer)),
+        ("ln_final.hook_in", g.logits_destination),
+    ):
+        with split_inputs(tiny):
+            xs = {}
+            for key, tokens in (("corr", corr), ("clean", clean)):
+                _, cache = tiny.run_with_cache(tokens, names_filter=name)
+                xs[key] = cache[name]
+            box = {}
+
+            def fork(act, hook=None, box=box):
+                f = act.clone()
+                f.register_hook(lambda gr: box.__setitem__("g", gr))
+                return f
+
+            leaf = {}
+
+            def make_leaf(act, hook=None, leaf=leaf):
+                leaf["x"] = act.detach().clone().requires_grad_(True)
+                return leaf["x"]
+
+            with torch.enable_grad(), tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", make_leaf), (name, fork)]):
+                torch.autograd.grad(toy_metric(tiny(clean)).sum(), [leaf["x"]])
+        node = float(((xs["corr"] - xs["clean"]) * box["g"]).sum()) / clean.shape[0]
+        got[name] = (float(eap.scores[:, dst].sum()), node)
+        assert abs(got[name][0] - node) < 1e-4 + 1e-3 * abs(node), got
+
+
+def test_equal_to_transformer_lens_attribution_patch(family, tiny, toks):
+    """TL 4.3's edge mode (it accepts only models whose key/value heads equal the query heads and sequential
+    blocks): its scores, summed over positions, equal ours with clean and corrupted swapped (its denoising sign)."""
+    if family != "llama":
+        pytest.skip("TransformerLens's edge mode refuses grouped-query, multi-query and parallel blocks")
+    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+
+    clean, corr = toks
+    res = attribution_patch(
+        tiny, clean, corr, lambda lg: lg[0, -1, 5] - lg[0, -1, 7], EdgeAttributionConfig(granularity="edge")
+    )
+    ours = edge_scores(tiny, corr, clean, toy_metric, method="EAP")
+    g = ours.graph
+    dst_of = {"q_input": g.q_destination, "k_input": g.k_destination, "v_input": g.v_destination}
+    tl = torch.zeros_like(ours.scores)
+    for (w, r), v in res.edge_scores.items():
+        s = (
+            0
+            if w.kind == "embed"
+            else g.head_source(w.layer, w.head)
+            if w.kind == "attn_head_out"
+            else g.mlp_source(w.layer)
+        )
+        if r.kind in dst_of:
+            d = dst_of[r.kind](r.layer, r.head)
+        else:
+            d = g.mlp_destination(r.layer) if r.kind == "mlp_in" else g.logits_destination
+        tl[s, d] += v
+    assert tl.abs().max() > 1e-2
+    assert (tl - ours.scores).abs().max() < 1e-4
+
+
+def test_ungrouped_view_splits_each_group_exactly(family, tiny, toks):
+    clean, corr = toks
+    grouped = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    flat = edge_scores(tiny, clean, corr, toy_metric, method="EAP", grouped=False)
+    g, u = grouped.graph, flat.graph
+    for layer in range(g.n_layers):
+        for h in range(g.n_heads):
+            torch.testing.assert_close(
+                flat.scores[:, u.q_destination(layer, h)], grouped.scores[:, g.q_destination(layer, h)]
+            )
+        for slot in range(g.n_kv_heads):
+            heads = range(slot * g.group_size, (slot + 1) * g.group_size)
+            for kind in ("k", "v"):
+                dst_g = getattr(g, f"{kind}_destination")(layer, slot)
+                parts = sum(flat.scores[:, getattr(u, f"{kind}_destination")(layer, h)] for h in heads)
+                torch.testing.assert_close(parts, grouped.scores[:, dst_g], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(flat.node_scores, grouped.node_scores, atol=1e-5, rtol=1e-4)
+
+
+def test_every_method_and_the_neuron_level(family, tiny, toks):
+    if family != "qwen2":
+        pytest.skip("one grouped-query family suffices: the methods share every hook")
+    clean, corr = toks
+    for method in METHODS:
+        s = edge_scores(tiny, clean, corr, toy_metric, method=method, steps=3, level="neuron")
+        assert s.scores.abs().sum() > 0 and torch.isfinite(s.scores).all(), method
+        torch.testing.assert_close(s.neuron_scores.sum(1), s.node_scores, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="Unknown method"):
+        edge_scores(tiny, clean, corr, toy_metric, method="ACDC")
+
+
+def test_per_position_edges_sum_to_edges(family, tiny, toks):
+    if family != "gpt_bigcode":
+        pytest.skip("one multi-query family")
+    clean, corr = toks
+    s = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    p = edge_scores(tiny, clean, corr, toy_metric, method="EAP", per_position=True)
+    assert p.scores.shape[0] == clean.shape[1]
+    torch.testing.assert_close(p.scores.sum(0), s.scores, atol=1e-6, rtol=1e-5)
+    assert p.top_n(5, prune=False).n_edges == 5
+
+
+def test_rowwise_metric_streams_examples_under_a_budget(family, tiny, toks):
+    if family != "llama":
+        pytest.skip("chunking is architecture-independent")
+    clean, corr = toks
+    metric = rowwise(lambda logits, ex: logits[:, -1, 5] - logits[:, -1, 7])
+    one = edge_scores(tiny, clean, corr, metric, method="EAP")
+    streamed = edge_scores(tiny, clean, corr, metric, method="EAP", budget=200_000)
+    torch.testing.assert_close(one.scores, streamed.scores, atol=1e-6, rtol=1e-5)
+    with pytest.raises(InputError, match="row-wise"):
+        edge_scores(tiny, clean, corr, toy_metric, method="EAP", budget=200_000)
+
+
+def test_circuit_evaluation_patches_each_destination_exactly(family, tiny, toks):
+    """One removed edge into an MLP (and into a head's query) equals patching that input by hand; many circuits in
+    one batched forward equal one forward each; the full circuit is the clean run, the empty the corrupted."""
+    clean, corr = toks
+    g = Graph.from_model(tiny)
+    layer = g.n_layers - 1
+    from codecircuits.circuits.hooks import split_inputs
+
+    _, cache = tiny.run_with_cache(torch.cat([clean, corr]), names_filter="blocks.0.hook_resid_pre")
+    x = cache["blocks.0.hook_resid_pre"]
+    delta = x[len(clean) :] - x[: len(clean)]
+    masks = g.valid[None].repeat(4, 1, 1)
+    masks[1, 0, g.mlp_destination(layer)] = False
+    masks[2, 0, g.q_destination(layer, 1)] = False
+    masks[3] = False
+    batched = circuit_metric(tiny, clean, corr, toy_metric, masks, graph=g)
+    alone = torch.cat([circuit_metric(tiny, clean, corr, toy_metric, masks[i : i + 1], graph=g) for i in range(4)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+    def by_hand(name, head=None):
+        def fn(act, hook=None):
+            if head is None:
+                return act + delta
+            act = act.clone()
+            act[:, :, head] += delta
+            return act
+
+        with split_inputs(tiny):
+            return toy_metric(tiny.run_with_hooks(clean, fwd_hooks=[(name, fn)])).detach()
+
+    torch.testing.assert_close(batched[1], by_hand(f"blocks.{layer}.hook_mlp_in"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[2], by_hand(f"blocks.{layer}.hook_q_input", 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[0], toy_metric(tiny(clean)).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[3], toy_metric(tiny(corr)).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_selection_and_pruning(family, tiny, toks):
+    clean, corr = toks
+    s = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    g = s.graph
+    raw = s.top_n(10, prune=False)
+    assert raw.n_edges == 10
+    best = s.top_edges(10)
+    assert set(raw.edge_names()) == {n for n, _ in best}
+    c = s.top_n(10)
+    assert c.n_edges <= 10 and bool((c.edges <= raw.edges).all())
+    e = c.edges
+    for src in c.nodes.nonzero().flatten().tolist():  # every kept node has an edge out, and one in unless input
+        assert e[src].any()
+        assert src == 0 or (e.any(0) & g.owners[src]).any()
+    greedy = s.greedy(5, prune=False)
+    assert greedy.n_edges == 5
+    first = max(range(g.n_sources), key=lambda i: abs(float(s.scores[i, g.logits_destination])))
+    assert greedy.edges[first, g.logits_destination]
+    assert s.threshold(float("inf")).n_edges == 0
+    assert s.threshold(0.0, prune=False).n_edges == g.n_edges
+
+
+def test_mib_areas():
+    pct = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+    under, from_1 = areas(pct, [1.0] * 10)
+    assert under == pytest.approx(0.999) and from_1 == 0
+    under, from_1 = areas(pct, [0.0] * 9 + [1.0])
+    assert under == pytest.approx(0.25) and from_1 == pytest.approx(0.999 - 0.25)
+
+
+def test_faithfulness_curves_beside_random_circuits(family, tiny, toks):
+    if family != "llama":
+        pytest.skip("one family: the evaluation is checked on all of them above")
+    clean, corr = toks
+    s = edge_scores(tiny, clean, corr, toy_metric)
+    curves = faithfulness_curves(tiny, s, clean, corr, toy_metric, n_random=2)
+    for c in curves.values():
+        assert c.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
+        assert len(c.random) == 2 and all(len(r) == 10 for r in c.random)
+        assert c.n_edges[-1] == s.graph.n_edges
+    assert curves["absolute"].area_from_1 < min(curves["absolute"].random_area_from_1)
+
+
+def test_eapig_files_round_trip(family, tiny, toks, tmp_path):
+    clean, corr = toks
+    s = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    c = s.top_n(15)
+    path = write_eapig(tmp_path / "graph.json", s, c)
+    d = json.loads(path.read_text())
+    u = s.graph.with_view(grouped=False)
+    assert set(d["edges"]) == set(u.edge_names())
+    assert all("->" in n for n in d["edges"]) and "input->a0.h0<q>" in d["edges"]
+    back, circuit = read_eapig(path)
+    torch.testing.assert_close(back.scores, s.scores, atol=1e-6, rtol=1e-5)
+    assert torch.equal(circuit.edges, c.edges)
+    assert back.graph.grouped == s.graph.grouped or s.graph.group_size == 1
