@@ -18,6 +18,7 @@ from .evaluation import (
     circuit_metric,
     cmd,
     cpr,
+    edge_auroc,
     exact_edge_scores,
     faithfulness_curves,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "circuit_metric",
     "cmd",
     "cpr",
+    "edge_auroc",
     "exact_edge_scores",
     "faithfulness_curves",
     "read_eapig",

@@ -360,3 +360,33 @@ def cpr(curves: dict[str, FaithfulnessCurve]) -> float:
 def cmd(curves: dict[str, FaithfulnessCurve]) -> float:
     """MIB's CMD: the area under ``|1 - f|`` of absolute scores (lower is better)."""
     return curves["absolute"].area_from_1
+
+
+def edge_auroc(scores: EdgeScores, true_edges, *, absolute: bool = True) -> float:
+    """The AUROC of ranking every edge by (absolute) score against the set of ``true_edges`` (EAP-IG names), the
+    measure InterpBench and MIB use for models with known circuits (ties share their rank)."""
+    graph = scores.graph
+    names = graph.edge_names()
+    truth = set(true_edges)
+    unknown = truth - set(names)
+    if unknown:
+        raise InputError(f"True edges {sorted(unknown)[:5]} are not edges of this graph.")
+    idx = graph.valid.nonzero()
+    vals = scores.edge_matrix[idx[:, 0], idx[:, 1]]
+    vals = vals.abs() if absolute else vals
+    labels = torch.tensor([n in truth for n in names])
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if not n_pos or not n_neg:
+        raise InputError("AUROC needs both true and false edges.")
+    order = torch.argsort(vals.double())
+    ranks = torch.empty(len(vals), dtype=torch.float64)
+    sorted_vals = vals.double()[order]
+    i = 0
+    while i < len(vals):  # average ranks over ties
+        j = i
+        while j + 1 < len(vals) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = float(ranks[labels].sum()) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
