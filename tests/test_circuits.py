@@ -25,13 +25,9 @@ from codecircuits.core.sites import LN_FINAL_SCALE
 from codecircuits.errors import InputError, UnsupportedArchitectureError
 from codecircuits.testing import PAIR_CLEAN, PAIR_CORRUPTED, toy_metric
 
-SUPPORTED = ("llama", "gpt_neox", "gpt_bigcode", "qwen2", "starcoder2")
-
 
 @pytest.fixture
 def toks(tiny, family):
-    if family not in SUPPORTED:
-        pytest.skip("the bridge gives CodeGen no split q/k/v inputs (test_refuses_codegen_and_post_norm)")
     return tiny.to_tokens(list(PAIR_CLEAN)), tiny.to_tokens(list(PAIR_CORRUPTED))
 
 
@@ -42,8 +38,6 @@ def _frozen_final_scale(model, clean):
 
 
 def test_graph_sizes_names_and_parallel_blocks(tiny, family):
-    if family not in SUPPORTED:
-        return
     cfg = tiny.cfg
     g, u = Graph.from_model(tiny), Graph.from_model(tiny, grouped=False)
     L, H = cfg.n_layers, cfg.n_heads
@@ -61,14 +55,33 @@ def test_graph_sizes_names_and_parallel_blocks(tiny, family):
     assert g.valid[:, g.logits_destination].all()
 
 
-def test_refuses_codegen_and_post_norm(tiny_dirs):
-    from codecircuits import load_model
+def test_post_norm_blocks_are_refused_by_name():
     from codecircuits.testing import tiny_model
 
-    with pytest.raises(UnsupportedArchitectureError, match=r"blocks\.0 .*hook_q_input"):
-        Graph.from_model(load_model(tiny_dirs["codegen"], device="cpu"))
     with pytest.raises(UnsupportedArchitectureError, match=r"blocks\.0 .*normalises its attention or MLP output"):
         Graph.from_model(tiny_model("gemma3"))
+
+
+def test_destination_inputs_are_the_models_own(family, tiny, toks):
+    """Through the taps every method reads and replaces destination inputs with, an unmodified run is the model's
+    own forward; CodeGen's bridge has no split q/k/v inputs, so its heads' projections are recomputed."""
+    from codecircuits.circuits.hooks import input_mode, input_taps, split_inputs
+
+    clean, _ = toks
+    assert input_mode(tiny) == ("recompute" if family == "codegen" else "split")
+    g = Graph.from_model(tiny)
+    seen = []
+
+    def same(kind, act):
+        seen.append(kind)
+        return act.clone()
+
+    with torch.no_grad(), split_inputs(tiny):
+        want = tiny(clean)
+        hooks = [h for layer in range(g.n_layers) for h in input_taps(tiny, g, layer, same)]
+        got = tiny.run_with_hooks(clean, fwd_hooks=hooks)
+    assert sorted(set(seen)) == ["k", "mlp", "q", "v"] and len(seen) == 4 * g.n_layers
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_eap_equals_exact_patching_where_first_order_is_exact(tiny, toks):
@@ -89,8 +102,10 @@ def test_eap_ig_approaches_exact_patching_as_steps_grow(tiny, toks):
     assert err[20] < 0.8 * err[1], err
 
 
-def test_destination_scores_sum_to_the_destination_node_score(tiny, toks):
+def test_destination_scores_sum_to_the_destination_node_score(family, tiny, toks):
     """sum_u score(u -> v) = (x_v(corrupted) - x_v(clean)) . dm/dx_v, measured at v's own input hook."""
+    if family == "codegen":
+        pytest.skip("CodeGen's bridge has no hook_mlp_in to measure at independently")
     clean, corr = toks
     eap = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
     g, layer = eap.graph, tiny.cfg.n_layers - 1
@@ -223,13 +238,21 @@ def test_circuit_evaluation_patches_each_destination_exactly(family, tiny, toks)
     _, cache = tiny.run_with_cache(torch.cat([clean, corr]), names_filter="blocks.0.hook_resid_pre")
     x = cache["blocks.0.hook_resid_pre"]
     delta = x[len(clean) :] - x[: len(clean)]
+    # the prompts differ before the last position, so remove edges whose destination sees that position
+    slot = 1 // g.group_size
     masks = g.valid[None].repeat(4, 1, 1)
-    masks[1, 0, g.mlp_destination(layer)] = False
-    masks[2, 0, g.q_destination(layer, 1)] = False
+    masks[1, 0, g.mlp_destination(0)] = False
+    masks[2, 0, g.v_destination(layer, slot)] = False
     masks[3] = False
     batched = circuit_metric(tiny, clean, corr, toy_metric, masks, graph=g)
     alone = torch.cat([circuit_metric(tiny, clean, corr, toy_metric, masks[i : i + 1], graph=g) for i in range(4)])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    full = toy_metric(tiny(clean)).detach()
+    assert (batched[1] - full).abs().max() > 1e-4 and (batched[2] - full).abs().max() > 1e-4
+    torch.testing.assert_close(batched[0], full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[3], toy_metric(tiny(corr)).detach(), atol=1e-5, rtol=1e-5)
+    if family == "codegen":
+        return  # no split inputs to patch by hand (test_destination_inputs_are_the_models_own covers its taps)
 
     def by_hand(name, head=None):
         def fn(act, hook=None):
@@ -242,10 +265,8 @@ def test_circuit_evaluation_patches_each_destination_exactly(family, tiny, toks)
         with split_inputs(tiny):
             return toy_metric(tiny.run_with_hooks(clean, fwd_hooks=[(name, fn)])).detach()
 
-    torch.testing.assert_close(batched[1], by_hand(f"blocks.{layer}.hook_mlp_in"), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched[2], by_hand(f"blocks.{layer}.hook_q_input", 1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched[0], toy_metric(tiny(clean)).detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched[3], toy_metric(tiny(corr)).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1], by_hand("blocks.0.hook_mlp_in"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[2], by_hand(f"blocks.{layer}.hook_v_input", slot), atol=1e-5, rtol=1e-5)
 
 
 def test_selection_and_pruning(family, tiny, toks):

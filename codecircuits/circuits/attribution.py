@@ -39,7 +39,7 @@ from ..core.runner import row_bytes
 from ..errors import InputError
 from . import selection
 from .graph import Graph
-from .hooks import destination_slices, output_weights, source_hooks, split_inputs
+from .hooks import destination_slices, input_taps, output_weights, source_hooks, split_inputs
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
 LEVELS = ("edge", "neuron")
@@ -157,27 +157,26 @@ class _Pass:
         g = self.graph
         hooks = []
         for layer in range(g.n_layers):
-            names = g.input_hooks(layer)
-            for kind, (cols, prev) in destination_slices(g, layer).items():
-                split = self.ungroup and kind in ("k", "v")
-                hooks.append((names[kind], self._grad_hook(cols, prev, kind == "mlp", split, layer, kind)))
+            hooks += input_taps(self.model, g, layer, self._transform(layer, destination_slices(g, layer)))
             if self.ungroup:
                 hooks += self._ungroup_hooks(layer)
         d = g.logits_destination
-        hooks.append((g.logits_hook(), self._grad_hook(slice(d, d + 1), g.n_sources, True, False, None, "logits")))
+        logits = self._transform(None, {"logits": (slice(d, d + 1), g.n_sources)})
+        hooks.append((g.logits_hook(), lambda act, hook=None: logits("logits", act)))
         return hooks
 
-    def _grad_hook(self, cols, prev, vector: bool, split: bool, layer, kind):
-        def fn(act, hook=None):
+    def _transform(self, layer, slices):
+        def fn(kind, act):
             if not act.requires_grad:
                 return act
-            if split:
-                fork = act.clone()
-                self.saved[(layer, kind)] = fork
-                return fork
             # a copy of its own: the bridge may hand the hook the residual tensor itself (hook_mlp_in is
             # resid_mid on some architectures), whose gradient would include every later reader's
             fork = act.clone()
+            if self.ungroup and kind in ("k", "v"):
+                self.saved[(layer, kind)] = fork
+                return fork
+            cols, prev = slices[kind]
+            vector = kind in ("mlp", "logits")
             fork.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None] if vector else grad))
             return fork
 

@@ -29,7 +29,7 @@ from ..errors import InputError
 from . import selection
 from .attribution import EdgeScores
 from .graph import Graph
-from .hooks import destination_slices, output_weights, source_hooks, split_inputs
+from .hooks import destination_slices, input_taps, output_weights, source_hooks, split_inputs
 
 #: MIB's circuit sizes, in percent of the graph's edges
 MIB_PERCENTAGES = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -86,25 +86,25 @@ class _MaskedRun:
             out = out.expand(-1, self.n_e, -1, -1, -1)
         return einops.rearrange(out, "c e p k d -> (c e) p k d")
 
-    def hooks(self) -> list:
+    def hooks(self, model) -> list:
         g = self.graph
         hooks = source_hooks(g, self.cur, self.w_o)
 
-        def patch(cols, prev, vector):
-            def fn(act, hook=None):
+        def patcher(slices):
+            def fn(kind, act):
+                cols, prev = slices[kind]
                 d = self.delta(cols, prev)
                 if d is None:
                     return act
-                return act + (d[:, :, 0] if vector else d).to(act.dtype)
+                return act + (d[:, :, 0] if kind in ("mlp", "logits") else d).to(act.dtype)
 
             return fn
 
         for layer in range(g.n_layers):
-            names = g.input_hooks(layer)
-            for kind, (cols, prev) in destination_slices(g, layer).items():
-                hooks.append((names[kind], patch(cols, prev, kind == "mlp")))
+            hooks += input_taps(model, g, layer, patcher(destination_slices(g, layer)))
         d = g.logits_destination
-        hooks.append((g.logits_hook(), patch(slice(d, d + 1), g.n_sources, True)))
+        logits = patcher({"logits": (slice(d, d + 1), g.n_sources)})
+        hooks.append((g.logits_hook(), lambda act, hook=None: logits("logits", act)))
         return hooks
 
 
@@ -160,7 +160,7 @@ def circuit_metric(
                 k = cs.stop - cs.start
                 run = _MaskedRun(graph, r, cut[cs], k, n_e, n_pos, w_o)
                 tokens = einops.repeat(clean_t[es], "e p -> (c e) p", c=k)
-                with model.hooks(fwd_hooks=run.hooks() + list(fwd_hooks)):
+                with model.hooks(fwd_hooks=run.hooks(model) + list(fwd_hooks)):
                     logits = model(tokens)
                 out[cs, es] = _per_cell(metric, logits, k, n_e, es).float().cpu()
                 bar.update()

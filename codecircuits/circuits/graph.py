@@ -25,7 +25,6 @@ norms) are refused by :func:`check_supported`, naming the block.
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -285,40 +284,6 @@ def check_supported(model) -> None:
                 "what the residual stream receives and edges are not additive. Edge attribution supports pre-norm "
                 "and parallel blocks; use node-level sweeps (codecircuits.ablation, codecircuits.patching) here."
             )
-    missing = _silent_hooks(model)
-    if missing:
-        block = blocks[0]
-        raise UnsupportedArchitectureError(
-            f"blocks.0 ({type(getattr(block, 'original_component', block)).__name__}): TransformerLens's bridge "
-            f"gives this architecture no {', '.join(missing)} hook, so the input of each head cannot be patched "
-            "or differentiated on its own and edges into heads cannot be measured. Edge attribution supports "
-            "Llama, Qwen2, StarCoder2, GPT-BigCode, GPT-NeoX and the like; use node-level sweeps here."
-        )
+    from .hooks import input_mode
 
-
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _silent_hooks(model) -> list[str]:
-    """The hooks edge attribution needs that do not fire in a forward of this model (checked once per model)."""
-    if model in _CHECKED:
-        return _CHECKED[model]
-    from .hooks import split_inputs
-
-    need = [f"blocks.0.hook_{x}_input" for x in "qkv"] + ["blocks.0.hook_mlp_in", LN_FINAL_IN, resid_pre(0)]
-    present = [n for n in need if n in model.hook_dict]
-    fired: set[str] = set()
-
-    def seen(name):
-        def fn(act, hook=None):
-            fired.add(name)
-            return act
-
-        return fn
-
-    tokens = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad(), split_inputs(model), model.hooks(fwd_hooks=[(n, seen(n)) for n in present]):
-        model(tokens)
-    missing = [n for n in need if n not in fired]
-    _CHECKED[model] = missing
-    return missing
+    input_mode(model)  # raises, naming the block, when neither the split inputs nor their recomputation work

@@ -8,11 +8,14 @@ difference) and an MLP's ``hook_mlp_out``. They are written into ``acts[batch, p
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import einops
 import torch
 
+from ..core.sites import LN_FINAL_IN, hook_name, resid_pre
+from ..errors import UnsupportedArchitectureError
 from .graph import Graph
 
 
@@ -89,3 +92,123 @@ def destination_slices(graph: Graph, layer: int) -> dict[str, tuple[slice, int]]
         "v": (slice(v0, v0 + kv), graph.prev(v0)),
         "mlp": (slice(m0, m0 + 1), graph.prev(m0)),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# destination inputs: where each head's query/key/value input and each MLP's input can be read and replaced
+
+_MODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SPLIT = [f"blocks.0.hook_{x}_input" for x in "qkv"] + ["blocks.0.hook_mlp_in", LN_FINAL_IN, resid_pre(0)]
+
+
+def _mlp_reads(model, layer: int) -> str:
+    return resid_pre(layer) if getattr(model.cfg, "parallel_attn_mlp", False) else hook_name("resid_mid", layer)
+
+
+def _mlp_norm(block):
+    return getattr(block, "ln2", None) if hasattr(block, "ln2") else block.ln1
+
+
+def input_mode(model) -> str:
+    """How destination inputs are reached on this bridge, checked once per model by a two-token forward:
+
+    - ``"split"``: the bridge's own split inputs (``hook_q_input`` ``[batch, pos, head, d_model]``, ``hook_k_input``
+      and ``hook_v_input`` per key/value head, ``hook_mlp_in``) fire; each is replaced by a tensor of its own.
+    - ``"recompute"``: they do not fire (CodeGen's bridge), but each head's projections can be recomputed exactly
+      from the block input, ``ln1(x_h) @ W_Q[h] + b_Q[h]`` at ``attn.hook_q`` (and k, v), and the MLP's input as
+      its norm of ``x`` at ``mlp.hook_in``, checked against the model's own values; each head then reads an input
+      ``x_h`` of its own.
+
+    Anything else is refused, naming the block."""
+    if model in _MODES:
+        return _MODES[model]
+    block = model.blocks[0]
+    kind = type(getattr(block, "original_component", block)).__name__
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def fn(act, hook=None):
+            seen[name] = act.detach()
+            return act
+
+        return fn
+
+    extra = [
+        resid_pre(0),
+        _mlp_reads(model, 0),
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.hook_k",
+        "blocks.0.attn.hook_v",
+        "blocks.0.mlp.hook_in",
+    ]
+    names = [n for n in dict.fromkeys(_SPLIT + extra) if n in model.hook_dict]
+    tokens = torch.arange(4, device=model.cfg.device)[None] % int(model.cfg.d_vocab)
+    with torch.no_grad(), split_inputs(model), model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+        model(tokens)
+    if all(n in seen for n in _SPLIT):
+        mode = "split"
+    else:
+        mode = None
+        if all(n in seen for n in extra):
+            attn = block.attn
+            with torch.no_grad():
+                y = block.ln1(seen[resid_pre(0)])
+                ok = all(
+                    torch.allclose(
+                        einops.einsum(y, getattr(attn, f"W_{x.upper()}"), "b p d, h d e -> b p h e")
+                        + getattr(attn, f"b_{x.upper()}"),
+                        seen[f"blocks.0.attn.hook_{x}"],
+                        atol=1e-4,
+                        rtol=1e-3,
+                    )
+                    for x in "qkv"
+                )
+                ok = ok and torch.allclose(
+                    _mlp_norm(block)(seen[_mlp_reads(model, 0)]), seen["blocks.0.mlp.hook_in"], atol=1e-4, rtol=1e-3
+                )
+            mode = "recompute" if ok else None
+        if mode is None:
+            missing = [n for n in _SPLIT if n not in seen]
+            raise UnsupportedArchitectureError(
+                f"blocks.0 ({kind}): TransformerLens's bridge gives this architecture no {', '.join(missing)} hook "
+                "and its head projections cannot be recomputed from the block input, so the input of each head "
+                "cannot be patched or differentiated on its own. Use node-level sweeps (codecircuits.ablation, "
+                "codecircuits.patching) here."
+            )
+    _MODES[model] = mode
+    return mode
+
+
+def input_taps(model, graph: Graph, layer: int, transform) -> list:
+    """Forward hooks through which ``transform(kind, x)`` decides what each destination of ``layer`` reads:
+    ``kind`` is ``"q"``, ``"k"``, ``"v"`` (``x`` ``[batch, pos, slot, d_model]``, one slot per query head or
+    key/value head) or ``"mlp"`` (``x`` ``[batch, pos, d_model]``); ``x`` is the input the model would read, and
+    ``transform`` returns the tensor to read instead (a copy to differentiate, or ``x`` plus a patch)."""
+    mode = input_mode(model)
+    if mode == "split":
+        names = graph.input_hooks(layer)
+        return [(names[k], lambda act, hook=None, k=k: transform(k, act)) for k in ("q", "k", "v", "mlp")]
+    block = model.blocks[layer]
+    box: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def fn(act, hook=None):
+            box[name] = act
+            return act
+
+        return fn
+
+    def project(x):
+        def fn(act, hook=None):
+            w, b = getattr(block.attn, f"W_{x.upper()}"), getattr(block.attn, f"b_{x.upper()}")
+            inp = box["attn"][:, :, None].expand(-1, -1, w.shape[0], -1)
+            return einops.einsum(block.ln1(transform(x, inp)), w, "b p h d, h d e -> b p h e") + b
+
+        return fn
+
+    def mlp_in(act, hook=None):
+        return _mlp_norm(block)(transform("mlp", box["mlp"]))
+
+    hooks = [(resid_pre(layer), keep("attn")), (_mlp_reads(model, layer), keep("mlp"))]
+    hooks += [(f"blocks.{layer}.attn.hook_{x}", project(x)) for x in "qkv"]
+    return hooks + [(f"blocks.{layer}.mlp.hook_in", mlp_in)]
