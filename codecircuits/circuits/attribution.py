@@ -129,29 +129,30 @@ class _Pass:
     def __init__(self, model, graph: Graph, n_rows: int, n_pos: int, scores, neurons, w_o):
         self.model = model
         self.graph = graph
-        self.diff = torch.zeros(n_rows, n_pos, graph.n_sources, graph.d_model)
+        self.diff = torch.zeros(graph.n_sources, n_rows, n_pos, graph.d_model)
         self.scores = scores
         self.neurons = neurons
         self.w_o = w_o
         self.rows: slice | None = None  # restrict accumulation to these sources (IG over activations)
         self.ungroup = not graph.grouped and graph.group_size > 1
         self.saved: dict = {}
+        self.pending: dict = {}
 
     # -- accumulation -------------------------------------------------------------------------------------------
 
     def accumulate(self, cols: slice, prev: int, grad: torch.Tensor) -> None:
-        """Add ``diff[:, :, :prev] . grad`` to ``scores[:prev, cols]``; ``grad`` is ``[batch, pos, k, d]``."""
+        """Add ``diff[:prev] . grad`` to ``scores[:prev, cols]``; ``grad`` is ``[batch, pos, k, d]``."""
         lo, hi = (0, prev) if self.rows is None else (self.rows.start, min(self.rows.stop, prev))
         if hi <= lo:
             return
-        d = self.diff[:, :, lo:hi]
+        d = self.diff[lo:hi]
         g = grad.float()
         if self.graph.n_pos:
-            self.scores[:, lo:hi, cols] += einops.einsum(d, g, "b p s d, b p k d -> p s k")
-        else:
-            self.scores[lo:hi, cols] += einops.einsum(d, g, "b p s d, b p k d -> s k")
+            self.scores[:, lo:hi, cols] += einops.einsum(d, g, "s b p d, b p k d -> p s k")
+        else:  # one matrix product: [sources, batch*pos*d] @ [batch*pos*d, k]
+            self.scores[lo:hi, cols] += d.reshape(hi - lo, -1) @ einops.rearrange(g, "b p k d -> (b p d) k")
         if self.neurons is not None:
-            self.neurons[lo:hi] += einops.einsum(d, g.sum(2), "b p s d, b p d -> s d")
+            self.neurons[lo:hi] += einops.einsum(d, g.sum(2), "s b p d, b p d -> s d")
 
     def destination_hooks(self) -> list:
         g = self.graph
@@ -176,11 +177,35 @@ class _Pass:
                 self.saved[(layer, kind)] = fork
                 return fork
             cols, prev = slices[kind]
-            vector = kind in ("mlp", "logits")
-            fork.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None] if vector else grad))
+            if kind in ("mlp", "logits"):
+                fork.register_hook(lambda grad: self.accumulate(cols, prev, grad[:, :, None]))
+            elif self.ungroup:
+                fork.register_hook(lambda grad: self.accumulate(cols, prev, grad))
+            else:  # a layer's q, k and v columns are adjacent: one product once the three gradients are in
+                fork.register_hook(lambda grad: self._attention_grad(layer, kind, grad, slices))
             return fork
 
         return fn
+
+    def _attention_grad(self, layer, kind, grad, slices) -> None:
+        box = self.pending.setdefault(layer, {})
+        box[kind] = grad
+        if len(box) == 3:
+            self._flush(layer, slices)
+
+    def _flush(self, layer, slices) -> None:
+        box = self.pending.pop(layer, {})
+        prev = slices["q"][1]
+        if len(box) == 3:
+            cols = slice(slices["q"][0].start, slices["v"][0].stop)
+            self.accumulate(cols, prev, torch.cat([box["q"], box["k"], box["v"]], dim=2))
+        else:  # a path was cut (a caller's hook froze the pattern, say): what arrived, one by one
+            for kind, grad in box.items():
+                self.accumulate(slices[kind][0], prev, grad)
+
+    def flush_all(self) -> None:
+        for layer in list(self.pending):
+            self._flush(layer, destination_slices(self.graph, layer))
 
     # -- the ungrouped view: each query head's share of its group's key/value gradient -------------------------
 
@@ -249,6 +274,7 @@ class _Pass:
             logits = model(tokens)
             total = _metric_values(metric, logits, examples).sum()
             torch.autograd.grad(total, [leaf_box["leaf"]], retain_graph=self.ungroup)
+            self.flush_all()
             if self.ungroup:
                 self.ungrouped_scores()
 
@@ -324,9 +350,9 @@ def edge_scores(
                 bar.update()
                 run.grad_run(kt, metric, examples, extra=fwd_hooks)
             elif method == "EAP-IG-inputs":
-                x_corr = run.diff[:, :, 0].clone()
+                x_corr = run.diff[0].clone()
                 run.record(ct, -1.0, fwd_hooks)
-                x_clean = x_corr - run.diff[:, :, 0]
+                x_clean = x_corr - run.diff[0]
                 for k in range(steps):
                     bar.update()
                     x = x_corr + (k / steps) * (x_clean - x_corr)

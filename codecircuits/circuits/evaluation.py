@@ -53,23 +53,29 @@ def _as_masks(circuits, graph: Graph) -> torch.Tensor:
 
 
 def reference_sources(model, graph: Graph, clean_t, corr_t, ablation: str, fwd_hooks=()) -> torch.Tensor:
-    """``[examples or 1, pos, n_sources, d_model]``: what a removed edge carries from each source."""
+    """``[n_sources, examples or 1, pos, d_model]``: what a removed edge carries from each source."""
     if ablation not in ABLATIONS:
         raise InputError(f"Unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
     n, n_pos = corr_t.shape
     if ablation == "zero":
-        return torch.zeros(1, n_pos, graph.n_sources, graph.d_model)
-    acts = torch.zeros(n, n_pos, graph.n_sources, graph.d_model)
+        return torch.zeros(graph.n_sources, 1, n_pos, graph.d_model)
+    acts = torch.zeros(graph.n_sources, n, n_pos, graph.d_model)
     hooks = source_hooks(graph, acts, output_weights(model)) + list(fwd_hooks)
     with torch.no_grad(), split_inputs(model), model.hooks(fwd_hooks=hooks):
         model(corr_t)
-    return acts.mean(0, keepdim=True) if ablation == "mean" else acts
+    return acts.mean(1, keepdim=True) if ablation == "mean" else acts
 
 
 class _MaskedRun:
+    """One forward of ``n_c`` circuits x ``n_e`` examples: the run's own source outputs ``cur[circuit, source,
+    example, pos, d]`` and, at each destination, the patch ``sum over cut edges (ref_u - cur_u)`` as two batched
+    matrix products over the contiguous prefix of upstream sources."""
+
     def __init__(self, graph: Graph, ref: torch.Tensor, cut: torch.Tensor, n_c: int, n_e: int, n_pos: int, w_o):
-        self.graph, self.ref, self.cut, self.n_c, self.n_e = graph, ref, cut, n_c, n_e
-        self.cur = torch.zeros(n_c * n_e, n_pos, graph.n_sources, graph.d_model)
+        self.graph, self.cut, self.n_c, self.n_e, self.n_pos = graph, cut, n_c, n_e, n_pos
+        self.ref = ref.reshape(graph.n_sources, -1)  # [source, (examples or 1) * pos * d]
+        self.ref_e = ref.shape[1]
+        self.cur = torch.zeros(n_c, graph.n_sources, n_e, n_pos, graph.d_model)
         self.w_o = w_o
         self.positional = cut.dim() == 4
 
@@ -77,18 +83,25 @@ class _MaskedRun:
         m = self.cut[..., :prev, cols]
         if not bool(m.any()):
             return None
-        cur = einops.rearrange(self.cur[:, :, :prev], "(c e) p s d -> c e p s d", c=self.n_c)
-        pat = "c p s k" if self.positional else "c s k"
-        ref = einops.einsum(self.ref[:, :, :prev], m, f"e p s d, {pat} -> c e p k d")
-        own = einops.einsum(cur, m, f"c e p s d, {pat} -> c e p k d")
-        out = ref - own
-        if out.shape[1] != self.n_e:
-            out = out.expand(-1, self.n_e, -1, -1, -1)
+        c, e, p, d = self.n_c, self.n_e, self.n_pos, self.graph.d_model
+        if self.positional:
+            cur = self.cur[:, :prev]
+            ref = self.ref[:prev].view(prev, self.ref_e, p, d)
+            out = einops.einsum(ref, m, "s e p d, c p s k -> c e p k d") - einops.einsum(
+                cur, m, "c s e p d, c p s k -> c e p k d"
+            )
+        else:
+            mt = m.transpose(1, 2)  # [c, k, prev]
+            own = torch.bmm(mt, self.cur[:, :prev].reshape(c, prev, -1))  # [c, k, e*p*d]
+            ref = mt @ self.ref[:prev]  # [c, k, (e or 1)*p*d]
+            own = einops.rearrange(own, "c k (e p d) -> c e p k d", e=e, p=p)
+            ref = einops.rearrange(ref, "c k (e p d) -> c e p k d", e=self.ref_e, p=p)
+            out = ref - own
         return einops.rearrange(out, "c e p k d -> (c e) p k d")
 
     def hooks(self, model) -> list:
         g = self.graph
-        hooks = source_hooks(g, self.cur, self.w_o)
+        hooks = source_hooks(g, self.cur, self.w_o, n_c=self.n_c)
 
         def patcher(slices):
             def fn(kind, act):
@@ -155,7 +168,7 @@ def circuit_metric(
     with torch.no_grad(), split_inputs(model):
         for es in e_chunks:
             n_e = es.stop - es.start
-            r = ref if ref.shape[0] == 1 else ref[es]
+            r = ref if ref.shape[1] == 1 else ref[:, es]
             for cs in c_chunks:
                 k = cs.stop - cs.start
                 run = _MaskedRun(graph, r, cut[cs], k, n_e, n_pos, w_o)

@@ -3,7 +3,8 @@ that make each head's query/key/value input and each MLP's input a tensor of its
 
 A source's output is what it adds to the residual stream: the input embeddings (``blocks.0.hook_resid_pre``), a
 head's ``z @ W_O`` (from ``attn.hook_z``, per head; the output bias is the same in every run and cancels in every
-difference) and an MLP's ``hook_mlp_out``. They are written into ``acts[batch, pos, source, d_model]`` in fp32.
+difference) and an MLP's ``hook_mlp_out``. They are written into ``acts[source, batch, pos, d_model]`` in fp32 (sources-major: the sources upstream of a
+destination are a contiguous prefix, so each destination's contraction is one matrix product).
 """
 
 from __future__ import annotations
@@ -45,26 +46,38 @@ def output_weights(model) -> list[torch.Tensor]:
 
 
 def head_outputs(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos, head, d_model]``: each head's write to the residual stream."""
-    return einops.einsum(z.float(), w_o, "b p h e, h e d -> b p h d")
+    """``[head, batch, pos, d_model]``: each head's write to the residual stream."""
+    return einops.einsum(z.float(), w_o, "b p h e, h e d -> h b p d")
 
 
-def source_hooks(graph: Graph, acts: torch.Tensor, w_o: list[torch.Tensor], *, sign: float = 1.0, rows=None):
-    """Forward hooks that add ``sign *`` each source's output to ``acts[rows]`` (all rows when ``rows`` is None)."""
-    sl = slice(None) if rows is None else rows
+def source_hooks(
+    graph: Graph, acts: torch.Tensor, w_o: list[torch.Tensor], *, sign: float = 1.0, n_c: int | None = None
+):
+    """Forward hooks that add ``sign *`` each source's output to ``acts``, which is sources-major so that the
+    sources upstream of any destination are one contiguous prefix: ``acts[source, batch, pos, d_model]``, or with
+    ``n_c`` given (batch rows that are ``(circuit, example)`` pairs, circuit-major) ``acts[circuit, source, example,
+    pos, d_model]``."""
 
     def put(index):
         def fn(act, hook=None):
-            acts[sl, :, index] += sign * act.detach().float()
+            a = act.detach().float()
+            if n_c is None:
+                acts[index] += sign * a
+            else:
+                acts[:, index] += sign * a.view(n_c, -1, *a.shape[1:])
             return act
 
         return fn
 
     def put_heads(layer):
-        start = graph.head_source(layer)
+        start, stop = graph.head_source(layer), graph.head_source(layer) + graph.n_heads
 
         def fn(z, hook=None):
-            acts[sl, :, start : start + graph.n_heads] += sign * head_outputs(z.detach(), w_o[layer])
+            h = head_outputs(z.detach(), w_o[layer])
+            if n_c is None:
+                acts[start:stop] += sign * h
+            else:
+                acts[:, start:stop] += sign * einops.rearrange(h, "h (c e) p d -> c h e p d", c=n_c)
             return z
 
         return fn
