@@ -77,7 +77,7 @@ def main(quick: bool = False) -> dict:
     from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
 
     from codecircuits import load_model
-    from codecircuits.circuits import Graph, circuit_metric, edge_scores, exact_edge_scores
+    from codecircuits.circuits import Graph, circuit_metric, edge_scores, exact_edge_scores, from_transformer_lens
     from codecircuits.circuits.evaluation import MIB_PERCENTAGES
     from codecircuits.inputs import paired_tokens, single_token_id
     from codecircuits.testing import tiny_model
@@ -154,22 +154,7 @@ def main(quick: bool = False) -> dict:
         )
         ours1 = edge_scores(twin, one_k, one_c, metric, method="EAP")
         _, t_ours = _timed(lambda: edge_scores(twin, corr, clean, metric, method="EAP"))
-        tg = ours1.graph
-        tl = torch.zeros_like(ours1.scores)
-        dst_of = {"q_input": tg.q_destination, "k_input": tg.k_destination, "v_input": tg.v_destination}
-        for (w, r), v in res.edge_scores.items():
-            s = (
-                0
-                if w.kind == "embed"
-                else tg.head_source(w.layer, w.head)
-                if w.kind == "attn_head_out"
-                else tg.mlp_source(w.layer)
-            )
-            if r.kind in dst_of:
-                dd = dst_of[r.kind](r.layer, r.head)
-            else:
-                dd = tg.mlp_destination(r.layer) if r.kind == "mlp_in" else tg.logits_destination
-            tl[s, dd] += v
+        tl = from_transformer_lens(res, ours1.graph).scores
         diff = float((tl - ours1.scores).abs().max())
         t_tl = t_tl1 * clean.shape[0]
     out["tl_edge_eap"] = {

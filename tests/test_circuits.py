@@ -17,6 +17,7 @@ from codecircuits.circuits import (
     edge_scores,
     exact_edge_scores,
     faithfulness_curves,
+    from_transformer_lens,
     read_eapig,
     write_eapig,
 )
@@ -153,22 +154,7 @@ def test_equal_to_transformer_lens_attribution_patch(family, tiny, toks):
         tiny, clean, corr, lambda lg: lg[0, -1, 5] - lg[0, -1, 7], EdgeAttributionConfig(granularity="edge")
     )
     ours = edge_scores(tiny, corr, clean, toy_metric, method="EAP")
-    g = ours.graph
-    dst_of = {"q_input": g.q_destination, "k_input": g.k_destination, "v_input": g.v_destination}
-    tl = torch.zeros_like(ours.scores)
-    for (w, r), v in res.edge_scores.items():
-        s = (
-            0
-            if w.kind == "embed"
-            else g.head_source(w.layer, w.head)
-            if w.kind == "attn_head_out"
-            else g.mlp_source(w.layer)
-        )
-        if r.kind in dst_of:
-            d = dst_of[r.kind](r.layer, r.head)
-        else:
-            d = g.mlp_destination(r.layer) if r.kind == "mlp_in" else g.logits_destination
-        tl[s, d] += v
+    tl = from_transformer_lens(res, ours.graph).scores
     assert tl.abs().max() > 1e-2
     assert (tl - ours.scores).abs().max() < 1e-4
 

@@ -6,7 +6,7 @@ circuits selected and pruned from its scores, and MIB's faithfulness metrics.
 - :mod:`~codecircuits.circuits.selection`: circuits by top-n, threshold or greedy, and pruning.
 - :mod:`~codecircuits.circuits.evaluation`: running the model with everything outside a circuit patched or
   ablated, many circuits per batched forward; exact edge patching; the faithfulness curve, CPR and CMD.
-- :mod:`~codecircuits.circuits.files`: EAP-IG's graph files, read and written.
+- :mod:`~codecircuits.circuits.interop`: EAP-IG's graph files read and written; TransformerLens's edge results.
 """
 
 from .attribution import LEVELS, METHODS, EdgeScores, edge_scores
@@ -22,8 +22,8 @@ from .evaluation import (
     exact_edge_scores,
     faithfulness_curves,
 )
-from .files import read_eapig, write_eapig
 from .graph import Graph, check_supported
+from .interop import from_transformer_lens, read_eapig, write_eapig
 from .selection import Circuit, greedy, pruned, random_scores, threshold, top_n
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "edge_auroc",
     "exact_edge_scores",
     "faithfulness_curves",
+    "from_transformer_lens",
     "read_eapig",
     "write_eapig",
     "LEVELS",

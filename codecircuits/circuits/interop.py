@@ -1,4 +1,4 @@
-"""EAP-IG's graph files (``Graph.to_json`` / ``Graph.from_json`` in hannamw/EAP-IG and MIB's circuit track): read
+"""Interoperation with other tools: TransformerLens's edge attribution results, and EAP-IG's graph files (``Graph.to_json`` / ``Graph.from_json`` in hannamw/EAP-IG and MIB's circuit track): read
 and written, so that scores and circuits move between codecircuits, EAP-IG and MIB's evaluation.
 
 The file is ``{"cfg": {n_layers, n_heads, parallel_attn_mlp, d_model}, "nodes": {name: {"in_graph": ..}},
@@ -90,3 +90,25 @@ def read_eapig(path, *, method: str = "EAP-IG file") -> tuple[EdgeScores, Circui
         scores[s, dst] += float(info.get("score", 0.0))
         keep[s, dst] |= bool(info.get("in_graph", False))
     return EdgeScores(graph, scores, method, 1, 0), Circuit(graph, keep)
+
+
+def from_transformer_lens(result, graph: Graph, *, n_examples: int = 0) -> EdgeScores:
+    """TransformerLens 4.3's ``attribution_patch(..., EdgeAttributionConfig(granularity="edge"))`` result as
+    :class:`EdgeScores` of ``graph`` (its per-position edges summed over positions). TransformerLens takes the
+    gradient at the corrupted run (denoising), so its scores equal ``edge_scores`` with clean and corrupted
+    swapped."""
+    scores = torch.zeros(graph.valid.shape)
+    dst_of = {"q_input": graph.q_destination, "k_input": graph.k_destination, "v_input": graph.v_destination}
+    for (w, r), v in result.edge_scores.items():
+        if w.kind == "embed":
+            s = 0
+        elif w.kind == "attn_head_out":
+            s = graph.head_source(w.layer, w.head)
+        else:
+            s = graph.mlp_source(w.layer)
+        if r.kind in dst_of:
+            d = dst_of[r.kind](r.layer, r.head)
+        else:
+            d = graph.mlp_destination(r.layer) if r.kind == "mlp_in" else graph.logits_destination
+        scores[s, d] += v
+    return EdgeScores(graph, scores, "TransformerLens attribution_patch", 1, n_examples)
