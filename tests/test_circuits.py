@@ -327,3 +327,24 @@ def test_recovers_the_known_circuits_of_tracr_programs(program):
     assert set(s.graph.edge_names()) == set(truth.all_edges)
     assert edge_auroc(s, truth.effective_edges) >= 0.95
     assert edge_auroc(s, truth.true_edges) > 0.5
+
+
+@pytest.mark.parametrize("ablation", ["patch", "zero", "mean"])
+def test_sparse_and_dense_evaluation_agree(family, tiny, toks, ablation):
+    """The per-circuit shortcut (removed edges, or everything upstream minus the kept ones) equals the dense sum
+    over every removed edge, which per-position masks take, under each ablation."""
+    if family not in ("gpt_neox", "qwen2"):
+        pytest.skip("one parallel and one grouped-query family")
+    clean, corr = toks
+    g = Graph.from_model(tiny)
+    gen = torch.Generator().manual_seed(0)
+    masks = g.valid[None].repeat(3, 1, 1)
+    masks[0, 0, g.mlp_destination(0)] = False  # one edge removed
+    masks[1] = False
+    masks[1, :3, g.logits_destination] = True  # three edges kept
+    masks[2] &= torch.rand(g.valid.shape, generator=gen) < 0.5
+    sparse = circuit_metric(tiny, clean, corr, toy_metric, masks, graph=g, ablation=ablation)
+    dense = circuit_metric(
+        tiny, clean, corr, toy_metric, masks[:, None].expand(-1, clean.shape[1], -1, -1), graph=g, ablation=ablation
+    )
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)

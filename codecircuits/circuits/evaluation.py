@@ -68,16 +68,32 @@ def reference_sources(model, graph: Graph, clean_t, corr_t, ablation: str, fwd_h
 
 class _MaskedRun:
     """One forward of ``n_c`` circuits x ``n_e`` examples: the run's own source outputs ``cur[circuit, source,
-    example, pos, d]`` and, at each destination, the patch ``sum over cut edges (ref_u - cur_u)`` as two batched
-    matrix products over the contiguous prefix of upstream sources."""
+    example, pos, d]`` and, at each destination, the patch ``sum over removed edges (ref_u - cur_u)``.
+
+    Per circuit and destination the patch is computed from whichever edge set is smaller: the removed edges
+    directly, or the kept ones subtracted from the sum over all upstream sources (running totals, so that part
+    costs nothing per destination). A small circuit and a circuit missing one edge are then both cheap."""
 
     def __init__(self, graph: Graph, ref: torch.Tensor, cut: torch.Tensor, n_c: int, n_e: int, n_pos: int, w_o):
         self.graph, self.cut, self.n_c, self.n_e, self.n_pos = graph, cut, n_c, n_e, n_pos
-        self.ref = ref.reshape(graph.n_sources, -1)  # [source, (examples or 1) * pos * d]
         self.ref_e = ref.shape[1]
+        self.ref = ref.reshape(graph.n_sources, -1)  # [source, (examples or 1) * pos * d]
+        self.ref_cum = torch.cat([torch.zeros(1, self.ref.shape[1]), self.ref.cumsum(0)])
         self.cur = torch.zeros(n_c, graph.n_sources, n_e, n_pos, graph.d_model)
+        self.total = torch.zeros(n_c, n_e * n_pos * graph.d_model)  # sum of cur over the sources seen so far
+        self.seen = 0  # sources 0 .. seen-1 are in cur
         self.w_o = w_o
         self.positional = cut.dim() == 4
+
+    def _ref_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        r = self.ref[idx]
+        if self.ref_e == self.n_e:
+            return r
+        return r.view(len(idx), 1, -1).expand(-1, self.n_e, -1).reshape(len(idx), -1)
+
+    def _ref_total(self, prev: int) -> torch.Tensor:
+        r = self.ref_cum[prev]
+        return r if self.ref_e == self.n_e else r.view(1, -1).expand(self.n_e, -1).reshape(-1)
 
     def delta(self, cols: slice, prev: int) -> torch.Tensor | None:
         m = self.cut[..., :prev, cols]
@@ -90,18 +106,46 @@ class _MaskedRun:
             out = einops.einsum(ref, m, "s e p d, c p s k -> c e p k d") - einops.einsum(
                 cur, m, "c s e p d, c p s k -> c e p k d"
             )
-        else:
-            mt = m.transpose(1, 2)  # [c, k, prev]
-            own = torch.bmm(mt, self.cur[:, :prev].reshape(c, prev, -1))  # [c, k, e*p*d]
-            ref = mt @ self.ref[:prev]  # [c, k, (e or 1)*p*d]
-            own = einops.rearrange(own, "c k (e p d) -> c e p k d", e=e, p=p)
-            ref = einops.rearrange(ref, "c k (e p d) -> c e p k d", e=self.ref_e, p=p)
-            out = ref - own
-        return einops.rearrange(out, "c e p k d -> (c e) p k d")
+            return einops.rearrange(out, "c e p k d -> (c e) p k d")
+        k, n = m.shape[2], e * p * d
+        n_cut = m.sum((1, 2))
+        out = torch.zeros(c, k, n)
+        for ci in range(c):
+            if n_cut[ci] == 0:
+                continue
+            if n_cut[ci] <= prev * k - n_cut[ci]:  # few removed edges: sum them
+                mc = m[ci]
+                idx = mc.any(1).nonzero().flatten()
+                diff = self._ref_rows(idx) - self.cur[ci, idx].reshape(len(idx), n)
+                out[ci] = mc[idx].T @ diff
+            else:  # few kept edges: everything upstream minus them
+                keep = 1.0 - m[ci]
+                total = self.total[ci]
+                if self.seen > prev:  # a parallel block's MLP does not read its own layer's heads
+                    total = total - self.cur[ci, prev : self.seen].reshape(self.seen - prev, n).sum(0)
+                out[ci] = (self._ref_total(prev) - total)[None]
+                idx = keep.any(1).nonzero().flatten()
+                if len(idx):
+                    diff = self._ref_rows(idx) - self.cur[ci, idx].reshape(len(idx), n)
+                    out[ci] -= keep[idx].T @ diff
+        return einops.rearrange(out, "c k (e p d) -> (c e) p k d", e=e, p=p)
+
+    def _tally(self, start: int, stop: int):
+        def fn(act, hook=None):
+            self.total += self.cur[:, start:stop].reshape(self.n_c, stop - start, -1).sum(1)
+            self.seen = max(self.seen, stop)
+            return act
+
+        return fn
 
     def hooks(self, model) -> list:
         g = self.graph
         hooks = source_hooks(g, self.cur, self.w_o, n_c=self.n_c)
+        hooks.append((g.input_hook(), self._tally(0, 1)))
+        for layer in range(g.n_layers):
+            h0 = g.head_source(layer)
+            hooks.append((g.head_hook(layer), self._tally(h0, h0 + g.n_heads)))
+            hooks.append((g.mlp_out_hook(layer), self._tally(h0 + g.n_heads, h0 + g.n_heads + 1)))
 
         def patcher(slices):
             def fn(kind, act):
