@@ -39,7 +39,7 @@ from ..core.runner import row_bytes
 from ..errors import InputError
 from . import selection
 from .graph import Graph
-from .hooks import destination_slices, input_taps, output_weights, source_hooks, split_inputs
+from .hooks import destination_inputs, destination_slices, input_taps, output_weights, source_hooks
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
 LEVELS = ("edge", "neuron")
@@ -333,7 +333,7 @@ def edge_scores(
     bar = progress_bar(per_chunk[method] * len(chunks), f"{method} edge scores", progress)
     w_o = output_weights(model)
     device = clean_t.device
-    with split_inputs(model):
+    with destination_inputs(model):
         for chunk in chunks:
             ct, kt = clean_t[chunk], corr_t[chunk]
             examples = torch.arange(chunk.start, chunk.stop, device=device)

@@ -29,7 +29,7 @@ from ..errors import InputError
 from . import selection
 from .attribution import EdgeScores
 from .graph import Graph
-from .hooks import destination_slices, input_taps, output_weights, source_hooks, split_inputs
+from .hooks import destination_inputs, destination_slices, input_taps, output_weights, source_hooks
 
 #: MIB's circuit sizes, in percent of the graph's edges
 MIB_PERCENTAGES = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -61,7 +61,7 @@ def reference_sources(model, graph: Graph, clean_t, corr_t, ablation: str, fwd_h
         return torch.zeros(graph.n_sources, 1, n_pos, graph.d_model)
     acts = torch.zeros(graph.n_sources, n, n_pos, graph.d_model)
     hooks = source_hooks(graph, acts, output_weights(model)) + list(fwd_hooks)
-    with torch.no_grad(), split_inputs(model), model.hooks(fwd_hooks=hooks):
+    with torch.no_grad(), destination_inputs(model), model.hooks(fwd_hooks=hooks):
         model(corr_t)
     return acts.mean(1, keepdim=True) if ablation == "mean" else acts
 
@@ -114,21 +114,29 @@ class _MaskedRun:
             if n_cut[ci] == 0:
                 continue
             if n_cut[ci] <= prev * k - n_cut[ci]:  # few removed edges: sum them
-                mc = m[ci]
-                idx = mc.any(1).nonzero().flatten()
-                diff = self._ref_rows(idx) - self.cur[ci, idx].reshape(len(idx), n)
-                out[ci] = mc[idx].T @ diff
+                out[ci] = self._masked_sum(ci, m[ci], prev)
             else:  # few kept edges: everything upstream minus them
-                keep = 1.0 - m[ci]
                 total = self.total[ci]
                 if self.seen > prev:  # a parallel block's MLP does not read its own layer's heads
                     total = total - self.cur[ci, prev : self.seen].reshape(self.seen - prev, n).sum(0)
                 out[ci] = (self._ref_total(prev) - total)[None]
-                idx = keep.any(1).nonzero().flatten()
-                if len(idx):
-                    diff = self._ref_rows(idx) - self.cur[ci, idx].reshape(len(idx), n)
-                    out[ci] -= keep[idx].T @ diff
+                keep = 1.0 - m[ci]
+                if bool(keep.any()):
+                    out[ci] -= self._masked_sum(ci, keep, prev)
         return einops.rearrange(out, "c k (e p d) -> (c e) p k d", e=e, p=p)
+
+    def _masked_sum(self, ci: int, mask: torch.Tensor, prev: int) -> torch.Tensor:
+        """``[k, e*p*d]``: ``sum_s mask[s, k] (ref_s - cur_s)`` over the upstream sources of circuit ``ci``: rows
+        gathered when few sources take part, else two products over the contiguous prefix."""
+        n = self.n_e * self.n_pos * self.graph.d_model
+        idx = mask.any(1).nonzero().flatten()
+        if len(idx) * 3 < prev:
+            return mask[idx].T @ (self._ref_rows(idx) - self.cur[ci, idx].reshape(len(idx), n))
+        own = mask.T @ self.cur[ci, :prev].reshape(prev, n)
+        ref = mask.T @ self.ref[:prev]
+        if self.ref_e != self.n_e:
+            ref = ref.view(ref.shape[0], 1, -1).expand(-1, self.n_e, -1).reshape(ref.shape[0], n)
+        return ref - own
 
     def _tally(self, start: int, stop: int):
         def fn(act, hook=None):
@@ -148,12 +156,25 @@ class _MaskedRun:
             hooks.append((g.mlp_out_hook(layer), self._tally(h0 + g.n_heads, h0 + g.n_heads + 1)))
 
         def patcher(slices):
+            attn = {}
+
             def fn(kind, act):
-                cols, prev = slices[kind]
-                d = self.delta(cols, prev)
-                if d is None:
-                    return act
-                return act + (d[:, :, 0] if kind in ("mlp", "logits") else d).to(act.dtype)
+                if kind in ("q", "k", "v"):  # adjacent columns: one patch for the three, kept until each is read
+                    if not attn:
+                        q, v = slices["q"][0], slices["v"][0]
+                        d = self.delta(slice(q.start, v.stop), slices["q"][1])
+                        attn.update(
+                            {
+                                x: None if d is None else d[:, :, sl.start - q.start : sl.stop - q.start]
+                                for x, sl in ((x, slices[x][0]) for x in "qkv")
+                            }
+                        )
+                    d = attn.pop(kind)
+                else:
+                    cols, prev = slices[kind]
+                    d = self.delta(cols, prev)
+                    d = None if d is None else d[:, :, 0]
+                return act if d is None else act + d.to(act.dtype)
 
             return fn
 
@@ -209,7 +230,7 @@ def circuit_metric(
     per_chunk = max(1, rows // (e_chunks[0].stop - e_chunks[0].start))
     c_chunks = [slice(i, min(i + per_chunk, n_c)) for i in range(0, n_c, per_chunk)]
     bar = progress_bar(len(c_chunks) * len(e_chunks), "circuits", progress)
-    with torch.no_grad(), split_inputs(model):
+    with torch.no_grad(), destination_inputs(model):
         for es in e_chunks:
             n_e = es.stop - es.start
             r = ref if ref.shape[1] == 1 else ref[:, es]

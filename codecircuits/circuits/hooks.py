@@ -10,7 +10,7 @@ destination are a contiguous prefix, so each destination's contraction is one ma
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import einops
 import torch
@@ -169,7 +169,11 @@ def input_mode(model) -> str:
                 ok = all(
                     torch.allclose(
                         einops.einsum(y, getattr(attn, f"W_{x.upper()}"), "b p d, h d e -> b p h e")
-                        + getattr(attn, f"b_{x.upper()}"),
+                        + (
+                            getattr(attn, f"b_{x.upper()}", None)
+                            if getattr(attn, f"b_{x.upper()}", None) is not None
+                            else 0
+                        ),
                         seen[f"blocks.0.attn.hook_{x}"],
                         atol=1e-4,
                         rtol=1e-3,
@@ -190,6 +194,12 @@ def input_mode(model) -> str:
             )
     _MODES[model] = mode
     return mode
+
+
+def destination_inputs(model):
+    """The context every run with destination taps runs in: the bridge's split inputs switched on where they are
+    used (``"split"`` mode), nothing otherwise."""
+    return split_inputs(model) if input_mode(model) == "split" else nullcontext()
 
 
 def input_taps(model, graph: Graph, layer: int, transform) -> list:
@@ -213,9 +223,10 @@ def input_taps(model, graph: Graph, layer: int, transform) -> list:
 
     def project(x):
         def fn(act, hook=None):
-            w, b = getattr(block.attn, f"W_{x.upper()}"), getattr(block.attn, f"b_{x.upper()}")
+            w, b = getattr(block.attn, f"W_{x.upper()}"), getattr(block.attn, f"b_{x.upper()}", None)
             inp = box["attn"][:, :, None].expand(-1, -1, w.shape[0], -1)
-            return einops.einsum(block.ln1(transform(x, inp)), w, "b p h d, h d e -> b p h e") + b
+            out = einops.einsum(block.ln1(transform(x, inp)), w, "b p h d, h d e -> b p h e")
+            return out if b is None else out + b
 
         return fn
 
