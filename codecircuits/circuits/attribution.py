@@ -137,11 +137,32 @@ class _Pass:
         self.ungroup = not graph.grouped and graph.group_size > 1
         self.saved: dict = {}
         self.pending: dict = {}
+        self.summing: dict | None = None  # gradients summed over integration steps, by destination
 
     # -- accumulation -------------------------------------------------------------------------------------------
 
     def accumulate(self, cols: slice, prev: int, grad: torch.Tensor) -> None:
-        """Add ``diff[:prev] . grad`` to ``scores[:prev, cols]``; ``grad`` is ``[batch, pos, k, d]``."""
+        """Add ``diff[:prev] . grad`` to ``scores[:prev, cols]``; ``grad`` is ``[batch, pos, k, d]``. While
+        :attr:`summing` (several gradient runs against the same differences: the integration steps), the
+        gradients are summed per destination and contracted once by :meth:`contract`, the score being linear in
+        them."""
+        if self.summing is not None:
+            key = (cols.start, cols.stop, prev)
+            if key in self.summing:
+                self.summing[key] += grad.float()
+            else:
+                self.summing[key] = grad.float().clone()
+            return
+        self._contract(cols, prev, grad)
+
+    def contract(self) -> None:
+        """Contract the summed gradients (see :meth:`accumulate`) and start a new sum."""
+        pending, self.summing = self.summing, None
+        for (start, stop, prev), grad in (pending or {}).items():
+            self._contract(slice(start, stop), prev, grad)
+        self.summing = {} if pending is not None else None
+
+    def _contract(self, cols: slice, prev: int, grad: torch.Tensor) -> None:
         lo, hi = (0, prev) if self.rows is None else (self.rows.start, min(self.rows.stop, prev))
         if hi <= lo:
             return
@@ -327,7 +348,8 @@ def edge_scores(
     shape = (n_pos, graph.n_sources, graph.n_destinations) if per_position else graph.valid.shape
     scores = torch.zeros(shape)
     neurons = torch.zeros(graph.n_sources, graph.d_model) if level == "neuron" else None
-    chunks = example_chunks(model, metric, n, n_pos, 2 * 4 * n_pos * graph.n_sources * graph.d_model, budget)
+    per_example = 4 * n_pos * graph.d_model * (2 * graph.n_sources + graph.n_destinations)  # diff, summed grads
+    chunks = example_chunks(model, metric, n, n_pos, per_example, budget)
     n_groups = 2 * graph.n_layers + 1
     per_chunk = {"EAP": 2, "EAP-IG-inputs": 2 + steps, "clean-corrupted": 3, "EAP-IG-activations": 2 + steps * n_groups}
     bar = progress_bar(per_chunk[method] * len(chunks), f"{method} edge scores", progress)
@@ -338,6 +360,8 @@ def edge_scores(
             ct, kt = clean_t[chunk], corr_t[chunk]
             examples = torch.arange(chunk.start, chunk.stop, device=device)
             run = _Pass(model, graph, ct.shape[0], n_pos, scores, neurons, w_o)
+            if method != "EAP":
+                run.summing = {}
             if method == "EAP-IG-activations":
                 _activation_ig(run, ct, kt, metric, examples, steps, fwd_hooks, bar)
                 continue
@@ -357,6 +381,7 @@ def edge_scores(
                     bar.update()
                     x = x_corr + (k / steps) * (x_clean - x_corr)
                     run.grad_run(ct, metric, examples, input_value=x, extra=fwd_hooks)
+            run.contract()
             bar.update()
     bar.close()
     divisor = {"EAP": 1, "EAP-IG-inputs": steps, "clean-corrupted": 2, "EAP-IG-activations": steps}[method]
@@ -409,4 +434,5 @@ def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fw
             else:
                 replace = [(name, lambda act, hook=None, v=value: v.to(act.dtype))]
                 run.grad_run(clean_t, metric, examples, replace=replace, extra=fwd_hooks)
+        run.contract()
     run.rows = None
