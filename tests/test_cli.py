@@ -34,7 +34,7 @@ def test_cli_error_is_one_line(capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # each study's defaults live in its config; the command passes only the options given
 
-STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "repair", "signatures", "demo"]
+STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "repair", "signatures", "circuit", "demo"]
 # keywords that are the command line's own business (where files go, progress bars), not the study's settings
 CLI_KEYWORDS = {"checkpoint", "resume", "progress"}
 
@@ -76,6 +76,7 @@ CONFIGS = {
     "memories": "MemoriesConfig",
     "repair": "RepairConfig",
     "signatures": "SignatureConfig",
+    "circuit": "CircuitConfig",
 }
 
 

@@ -222,11 +222,20 @@ class Report:
         x_title: str = "",
         y_title: str = "",
         zero_line: bool = True,
+        bands: Mapping[str, tuple[Sequence, Sequence]] | None = None,
     ) -> Report:
-        """Lines of named series over ``x`` (e.g. logit difference per layer), with markers and a legend."""
+        """Lines of named series over ``x`` (e.g. logit difference per layer), with markers and a legend;
+        ``bands`` adds shaded ``(low, high)`` ranges (see :func:`codecircuits.report.svg.line_chart_svg`)."""
         return self.add(
             el.line_chart(
-                x, series, title=title, caption=caption, x_title=x_title, y_title=y_title, zero_line=zero_line
+                x,
+                series,
+                title=title,
+                caption=caption,
+                x_title=x_title,
+                y_title=y_title,
+                zero_line=zero_line,
+                bands=bands,
             )
         )
 

@@ -217,8 +217,12 @@ def line_chart_svg(
     width: int = 760,
     height: int = 340,
     zero_line: bool = True,
+    bands: Mapping[str, tuple[Sequence, Sequence]] | None = None,
 ) -> str:
-    """A line chart of each named series over ``x`` (numbers or category labels), with markers, axes and a legend."""
+    """A line chart of each named series over ``x`` (numbers or category labels), with markers, axes and a legend.
+
+    ``bands`` (optional) maps a name to ``(low, high)`` values per x, drawn as shaded ranges under the lines (e.g.
+    the spread of a random baseline), each with a legend entry."""
     if not series:
         raise InputError("line_chart needs at least one series: pass series={'name': [values...]}.")
     xs = list(x)
@@ -231,9 +235,18 @@ def line_chart_svg(
         if len(arr) != n:
             raise InputError(f"series {name!r} has {len(arr)} values but x has {n}: give one value per x.")
         ys[str(name)] = arr
+    band_arrs = {}
+    for name, (lo_v, hi_v) in (bands or {}).items():
+        lo_a = to_array(lo_v, name=f"band {name!r} low", ndim=1)
+        hi_a = to_array(hi_v, name=f"band {name!r} high", ndim=1)
+        if len(lo_a) != n or len(hi_a) != n:
+            raise InputError(f"band {name!r} has {len(lo_a)}/{len(hi_a)} values but x has {n}: give one per x.")
+        band_arrs[str(name)] = (lo_a, hi_a)
     numeric_x = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in xs)
     xv = np.asarray(xs, dtype=np.float64) if numeric_x else np.arange(n, dtype=np.float64)
-    finite = np.concatenate([a[np.isfinite(a)] for a in ys.values()])
+    finite = np.concatenate(
+        [a[np.isfinite(a)] for a in ys.values()] + [a[np.isfinite(a)] for pair in band_arrs.values() for a in pair]
+    )
     if finite.size == 0:
         raise InputError("line_chart: every value is NaN or infinite; nothing to draw.")
     lo, hi = float(finite.min()), float(finite.max())
@@ -246,7 +259,7 @@ def line_chart_svg(
         xlo, xhi = xlo - 1, xhi + 1
     ytick_text = _tick_texts(yt)
     left = 30 + max(len(s) for s in ytick_text) * _CHAR_W + 6
-    legend_w = min(220, 36 + max(len(s) for s in ys) * _CHAR_W)
+    legend_w = min(220, 36 + max(len(s) for s in [*ys, *band_arrs]) * _CHAR_W)
     right, top, bottom = legend_w + 16, 12, 48
     pw, ph = width - left - right, height - top - bottom
 
@@ -283,6 +296,22 @@ def line_chart_svg(
         out.append(f'<text x="{px:.1f}" y="{top + ph + 16}" text-anchor="middle">{esc(s)}</text>')
     out.append("</g>")
     out.append(f'<rect class="frame" x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none"/>')
+    for j, (name, (lo_a, hi_a)) in enumerate(band_arrs.items()):
+        ok = [i for i in range(n) if math.isfinite(lo_a[i]) and math.isfinite(hi_a[i])]
+        if ok:
+            pts = [f"{sx(xv[i]):.1f},{sy(hi_a[i]):.1f}" for i in ok] + [
+                f"{sx(xv[i]):.1f},{sy(lo_a[i]):.1f}" for i in reversed(ok)
+            ]
+            out.append(
+                f'<polygon class="band" data-name="{esc(name)}" points="{" ".join(pts)}" fill="#7f7f7f" '
+                f'fill-opacity="0.18" stroke="none"><title>{esc(name)}</title></polygon>'
+            )
+        ly = top + 8 + 18 * (len(ys) + j)
+        lx = left + pw + 14
+        out.append(
+            f'<g class="legend"><rect x="{lx}" y="{ly - 5}" width="18" height="10" fill="#7f7f7f" fill-opacity="0.3"/>'
+            f'<text x="{lx + 24}" y="{ly + 4}">{esc(_clip_label(name, 28))}</text></g>'
+        )
     for i, (name, arr) in enumerate(ys.items()):
         col = PALETTE[i % len(PALETTE)]
         segs, cur = [], []

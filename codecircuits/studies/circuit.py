@@ -1,0 +1,740 @@
+"""The closing-paren circuit found by edge attribution, and how faithful it is (MIB's CPR and CMD).
+
+The task is Miller, Rai and Yao's closing-parenthesis prompt (:mod:`codecircuits.tasks.parens`): a clean prompt
+with ``n_open`` open parens (default 3, ``print(str(str(123`` -> ``)))``) and a corrupted prompt of the same token
+length whose answer closes a different number (default: a ``str(`` neutralised, ``print(str.str(123`` -> ``))``).
+The metric of a pair is the logit difference, at the last position, between the clean and the corrupted answer.
+
+Steps (:func:`run`):
+
+1. pairs of the train numbers (``n_pairs``) and of the held-out test numbers (``n_test_pairs``);
+2. every edge scored on the train pairs (:func:`codecircuits.circuits.edge_scores`, default EAP-IG over the input
+   embeddings, 5 steps) with the loss ``-logit difference``, as EAP-IG and MIB score, so that a positive score
+   means the edge supports the clean answer;
+3. MIB's two faithfulness curves on the held-out pairs (:func:`~codecircuits.circuits.evaluation.faithfulness_curves`):
+   circuits of the top edges by signed score (CPR, the area under the curve: higher is better) and by ``|score|``
+   (CMD, the area between the curve and 1: lower is better), beside ``n_random`` random circuits of each size;
+4. the circuits of the top ``|score|`` edges at the ``drawn`` sizes (1, 5, 10% of edges): their faithfulness with
+   a bootstrap interval over the held-out pairs, drawn as graphs in the report;
+5. the heads of those circuits beside the paren-promoting and counting heads of the parens study
+   (:mod:`codecircuits.heads`), found on prompts of the train numbers.
+
+    >>> study = run(model)                 # CircuitConfig() defaults
+    >>> study.cpr, study.cmd, study.to_json()["random"]
+    >>> study.save("reports/circuit")      # report.html + results.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import circuits as cc
+from .. import heads as heads_mod
+from .. import lens
+from ..circuits import evaluation as ev
+from ..core.sites import head_label
+from ..errors import InputError
+from ..inputs import paired_tokens, to_tokens
+from ..tasks import parens as task
+from .common import Study, configure, json_safe, setting, write_study
+
+#: MIB's circuit sizes (percent of edges), the faithfulness curve's default points
+PERCENTAGES = tuple(float(p) for p in ev.MIB_PERCENTAGES)
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """Settings of the study (defaults keep smollm2-135m to a few minutes on 2 CPU cores)."""
+
+    n_open: int = setting(3, "open parens of the clean prompts (the answer closes them all)")
+    counterfactual: str = setting(
+        "fewer",
+        "corrupted prompts: fewer (a str( neutralised: one paren fewer) or extra (a ( made ((: one more)",
+    )
+    n_pairs: int = setting(8, "pairs of train numbers whose edges are scored")
+    n_test_pairs: int = setting(8, "pairs of held-out test numbers the faithfulness is measured on")
+    method: str = setting("EAP-IG-inputs", "edge attribution method: EAP, EAP-IG-inputs, EAP-IG-activations, ...")
+    steps: int = setting(5, "integration steps of the EAP-IG methods")
+    ablation: str = setting("patch", "what a removed edge carries: patch (corrupted), zero or mean")
+    percentages: tuple[float, ...] = setting(
+        PERCENTAGES, "circuit sizes of the faithfulness curve, in percent of the edges"
+    )
+    drawn: tuple[float, ...] = setting((1.0, 5.0, 10.0), "circuit sizes drawn as graphs, in percent of the edges")
+    n_random: int = setting(3, "random circuits of each size (the baseline)")
+    n_bootstrap: int = setting(1000, "bootstrap resamples of the held-out pairs for faithfulness intervals")
+    head_counts: tuple[int, ...] = setting((1, 2, 3, 4), "paren counts of the prompts that find the paren heads")
+    head_prompts: int = setting(8, "train prompts per count for the paren-promoting and counting heads")
+    top_heads: int = setting(5, "paren-promoting and counting heads compared with the circuit")
+    promoter_ratio: float = setting(0.8, "a head promotes a count when its logit is >= ratio x its largest")
+    n_numbers: int = setting(500, "numbers drawn for the prompts (the first 70 percent train, the rest test)")
+    seed: int = setting(20, "seed of the dataset (the paper's)")
+    random_seed: int = setting(0, "seed of the random circuits and of the bootstrap")
+    max_edges_drawn: int = setting(2500, "edges drawn per circuit graph at most (the largest |score| first)")
+    budget: str | None = setting(
+        None, "memory per chunk of examples, e.g. 2GB (none: the library's default)", convert=str
+    )
+
+    def __post_init__(self):
+        for name in ("n_open", "n_pairs", "n_test_pairs", "steps", "head_prompts", "top_heads", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise InputError(f"CircuitConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.counterfactual not in ("fewer", "extra"):
+            raise InputError(f"counterfactual must be 'fewer' or 'extra', got {self.counterfactual!r}.")
+        if self.counterfactual == "fewer" and self.n_open < 2:
+            raise InputError("counterfactual='fewer' needs n_open >= 2 (a str( call to neutralise).")
+        if self.method not in cc.METHODS:
+            raise InputError(f"Unknown method {self.method!r}; choose one of {', '.join(cc.METHODS)}.")
+        if self.ablation not in ev.ABLATIONS:
+            raise InputError(f"Unknown ablation {self.ablation!r}; choose one of {', '.join(ev.ABLATIONS)}.")
+        for name in ("percentages", "drawn"):
+            vals = getattr(self, name)
+            if not vals or any(not 0 < p <= 100 for p in vals):
+                raise InputError(f"CircuitConfig.{name} must be percentages in (0, 100], got {vals}.")
+        if list(self.percentages) != sorted(set(self.percentages)) or len(self.percentages) < 2:
+            raise InputError(f"percentages must be at least two increasing sizes, got {self.percentages}.")
+        if self.n_random < 0:
+            raise InputError(f"n_random must be >= 0, got {self.n_random}.")
+        if len(set(self.head_counts)) < 2 or min(self.head_counts) < 1:
+            raise InputError(f"head_counts must be at least two paren counts >= 1, got {self.head_counts}.")
+
+    @classmethod
+    def tiny(cls, **kw) -> CircuitConfig:
+        """Small sizes for tests and smoke runs on tiny models."""
+        base = dict(
+            n_pairs=3,
+            n_test_pairs=3,
+            steps=2,
+            n_random=2,
+            n_bootstrap=200,
+            head_prompts=3,
+            top_heads=3,
+            n_numbers=20,
+            percentages=(1.0, 5.0, 10.0, 50.0, 100.0),
+            drawn=(5.0, 10.0, 50.0),
+        )
+        base.update(kw)
+        return cls(**base)
+
+
+def _key(p: float) -> str:
+    return f"{p:g}".replace(".", "_") + "pct"
+
+
+@dataclass(frozen=True)
+class CircuitStudy(Study):
+    """Every result of a study run; :meth:`to_json` has every number, :meth:`report` the HTML."""
+
+    model_name: str
+    config: CircuitConfig
+    graph: cc.Graph
+    scores: cc.EdgeScores
+    curves: dict  # "signed" / "absolute" -> FaithfulnessCurve
+    circuits: dict  # percent -> Circuit (top |score| edges)
+    drawn: dict  # percent -> {faithfulness, interval, random, heads, shared, ...}
+    pairs: dict  # "train" / "test" -> list of pair dicts
+    accuracy: dict  # "train" / "test" -> share of clean prompts answered correctly
+    paren_heads: dict  # "promoters" / "counting" -> [labels], with their numbers
+    timings: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ headlines
+    @property
+    def cpr(self) -> float:
+        return ev.cpr(self.curves)
+
+    @property
+    def cmd(self) -> float:
+        return ev.cmd(self.curves)
+
+    @property
+    def random_cpr(self) -> list[float]:
+        return list(self.curves["signed"].random_area)
+
+    @property
+    def random_cmd(self) -> list[float]:
+        return list(self.curves["absolute"].random_area_from_1)
+
+    @property
+    def caveats(self) -> list[str]:
+        out = [
+            f"the faithfulness is measured on {len(self.pairs['test'])} held-out pairs (edges were scored on "
+            f"{len(self.pairs['train'])} others); its bootstrap intervals resample these pairs, not the scored ones",
+            "edge scores are a linear (integrated-gradient) estimate of each edge's effect, not the exact effect of "
+            "removing it; the curves measure the circuits they select exactly",
+        ]
+        if self.accuracy["test"] < 0.5:
+            out.append(
+                f"the model answers only {self.accuracy['test']:.0%} of the held-out clean prompts correctly: the "
+                "circuit is found for a behaviour the model mostly lacks"
+            )
+        if self.curves["signed"].full - self.curves["signed"].empty <= 0:
+            out.append("the full model's logit difference is not above the empty circuit's: faithfulness is undefined")
+        return out
+
+    def metrics(self) -> dict:
+        """The report's metric cards (also ``results.json``'s ``metrics``)."""
+
+        def mean(v):
+            return sum(v) / len(v) if v else None
+
+        m = {
+            "cpr": self.cpr,
+            "random_cpr_mean": mean(self.random_cpr),
+            "random_cpr_max": max(self.random_cpr, default=None),
+            "cmd": self.cmd,
+            "random_cmd_mean": mean(self.random_cmd),
+            "random_cmd_min": min(self.random_cmd, default=None),
+        }
+        for p, d in self.drawn.items():
+            k = _key(p)
+            m[f"faithfulness_{k}"] = d["faithfulness"]
+            m[f"faithfulness_{k}_low"] = d["interval"][0]
+            m[f"faithfulness_{k}_high"] = d["interval"][1]
+            m[f"random_faithfulness_{k}_max"] = max(d["random"]) if d["random"] else None
+        m["clean_logit_diff"] = self.curves["signed"].full
+        m["empty_logit_diff"] = self.curves["signed"].empty
+        m["train_pairs"] = len(self.pairs["train"])
+        m["test_pairs"] = len(self.pairs["test"])
+        m["edges"] = self.graph.n_edges
+        m["wall_s"] = self.timings.get("total_s")
+        return json_safe(m, digits=None)
+
+    def to_json(self) -> dict:
+        """Every number of the study as JSON-able data (NaN becomes None)."""
+        return json_safe(
+            dict(
+                model=self.model_name,
+                config=asdict(self.config),
+                caveats=self.caveats,
+                graph={**self.graph.to_dict(), "n_edges": self.graph.n_edges},
+                scores={
+                    "method": self.scores.method,
+                    "steps": self.scores.steps,
+                    "n_examples": self.scores.n_examples,
+                    "metric": "loss = -(logit[clean answer] - logit[corrupted answer]) at the last position",
+                    "top_edges": [{"edge": e, "score": s} for e, s in self.scores.top_edges(30)],
+                    "node_scores": dict(zip(self.graph.source_names, self.scores.node_scores.tolist())),
+                },
+                curves={k: c.to_dict() for k, c in self.curves.items()},
+                cpr=self.cpr,
+                cmd=self.cmd,
+                random={"cpr": self.random_cpr, "cmd": self.random_cmd},
+                circuits={_key(p): d for p, d in self.drawn.items()},
+                pairs=self.pairs,
+                accuracy=self.accuracy,
+                paren_heads=self.paren_heads,
+                timings=self.timings,
+                wall_s=self.timings.get("total_s"),
+                metrics=self.metrics(),
+            ),
+            digits=None,
+        )
+
+    def report(self):
+        return build_report(self)
+
+    def save(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
+        return write_study(out_dir, self.to_json(), self.report)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _model_name(model) -> str:
+    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
+
+
+def _n_tokens(model, text: str) -> int:
+    return int(model.to_tokens(text).shape[1])
+
+
+def _pairs_of(model, ds: task.ParensDataset, cfg: CircuitConfig, n: int, split: str) -> list[task.ParenPair]:
+    """``n`` same-length counterfactual pairs of ``ds``'s prompts (one token length: the most common)."""
+    found = task.pairs(model, ds, strategy=cfg.counterfactual, on_missing="skip") if len(ds) else ()
+    found = [p for p in found if p.corrupted_n_open != p.n_open]
+    if not found:
+        raise InputError(
+            f"No {cfg.counterfactual!r} counterfactual with a single-token answer for {cfg.n_open} open parens "
+            f"({split} numbers) under this tokenizer: try counterfactual='{'extra' if cfg.counterfactual == 'fewer' else 'fewer'}' "
+            "or another n_open."
+        )
+    lengths = Counter(_n_tokens(model, p.clean) for p in found)
+    length = lengths.most_common(1)[0][0]
+    return [p for p in found if _n_tokens(model, p.clean) == length][:n]
+
+
+def build_pairs(model, cfg: CircuitConfig) -> dict[str, list[task.ParenPair]]:
+    """Train and held-out pairs (train and test numbers of the paren dataset)."""
+    ds = task.dataset(model, n_values=(cfg.n_open - 1,), n_numbers=cfg.n_numbers, seed=cfg.seed)
+    out = {}
+    for split, n in (("train", cfg.n_pairs), ("test", cfg.n_test_pairs)):
+        sub = ds.select(split=split, limit=min(4 * n, 900))
+        out[split] = _pairs_of(model, sub, cfg, n, split)
+    return out
+
+
+def _tokens(model, pairs: list[task.ParenPair]):
+    return paired_tokens(model, [p.clean for p in pairs], [p.corrupted for p in pairs])
+
+
+def logit_diff(pairs: list[task.ParenPair], *, loss: bool = False):
+    """The metric of a list of pairs: ``logits [batch, pos, vocab] -> [batch]``, the logit of each clean answer
+    minus that of its corrupted answer at the last position (negated when ``loss``, EAP-IG's scoring metric)."""
+    c_ids = torch.tensor([p.clean_id for p in pairs])
+    w_ids = torch.tensor([p.corrupted_id for p in pairs])
+    sign = -1.0 if loss else 1.0
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        ar = torch.arange(logits.shape[0], device=logits.device)
+        last = logits[:, -1]
+        return sign * (last[ar, c_ids.to(logits.device)] - last[ar, w_ids.to(logits.device)])
+
+    return metric
+
+
+@torch.no_grad()
+def _accuracy(model, clean_t, pairs) -> float:
+    pred = model(clean_t)[:, -1].argmax(-1).cpu()
+    return float((pred == torch.tensor([p.clean_id for p in pairs])).float().mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paren-promoting and counting heads (the parens study's, on train prompts)
+
+
+@torch.no_grad()
+def find_paren_heads(model, cfg: CircuitConfig) -> dict:
+    """The top paren-promoting heads of ``n_open`` parens (by F1) and the top counting heads, from one cached
+    forward per count on prompts of the train numbers (:func:`codecircuits.heads.paren_promoters`,
+    :func:`codecircuits.heads.counting_heads`)."""
+    counts = tuple(sorted(set(cfg.head_counts) | {cfg.n_open}))
+    ds = task.dataset(model, n_values=tuple(k - 1 for k in counts), n_numbers=cfg.n_numbers, seed=cfg.seed)
+    ds = ds.select(split="train")
+    ids = [ds.label_ids[k] for k in counts]
+    groups, caches, hls = [], [], []
+    for k in counts:
+        ps = [p for p in ds if p.n_open == k]
+        length = Counter(_n_tokens(model, p.text) for p in ps).most_common(1)[0][0]
+        ps = [p for p in ps if _n_tokens(model, p.text) == length][: cfg.head_prompts]
+        toks = to_tokens(model, [p.text for p in ps])
+        _, cache = lens.run_cache(model, toks, extra=("attn.hook_pattern",))
+        groups.append((toks, k))
+        caches.append(cache)
+        hls.append(lens.head_logits(model, toks, ids, cache=cache))
+    merged = lens.HeadLogits(torch.cat([h.values for h in hls]), tuple(ids), hls[0].token_labels, True, -1)
+    labels = torch.cat([torch.full((h.values.shape[0],), i) for i, h in enumerate(hls)])
+    promoters = heads_mod.paren_promoters(merged, labels, classes=counts, ratio=cfg.promoter_ratio)
+    counting = heads_mod.counting_heads(
+        model, groups, caches=caches, head_logits=hls, correct_index=list(range(len(counts)))
+    )
+    ci = counts.index(cfg.n_open)
+    prom = promoters.heads(cfg.n_open, cfg.top_heads)
+    cnt = counting.heads(cfg.top_heads)
+    return {
+        "counts": list(counts),
+        "prompts_per_count": [int(g[0].shape[0]) for g in groups],
+        "split": "train",
+        "promoters": [head_label(a, b) for a, b in prom],
+        "promoters_f1": [float(promoters.f1[ci, a, b]) for a, b in prom],
+        "promoters_mean_logit": [float(promoters.mean_logit[ci, a, b]) for a, b in prom],
+        "counting": [head_label(a, b) for a, b in cnt],
+        "counting_attn_corr": [float(counting.attn_corr[a, b]) for a, b in cnt],
+        "counting_score": [float(counting.score()[a, b]) for a, b in cnt],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def bootstrap_faithfulness(values: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``[n_circuits - 2, n]`` faithfulness of each circuit on ``n`` resamples of the examples: ``values`` is
+    ``circuit_metric``'s ``[n_circuits, n_examples]`` with the full circuit first and the empty circuit second."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n_ex = values.shape[1]
+    idx = torch.randint(0, n_ex, (n, n_ex), generator=gen)
+    means = values[:, idx].mean(-1)  # [circuits, n]
+    full, empty = means[0], means[1]
+    span = full - empty
+    return torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan")))
+
+
+def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **overrides) -> CircuitStudy:
+    """Run the study on ``model`` (see the module docstring); returns a :class:`CircuitStudy`.
+
+    ``config`` defaults to :class:`CircuitConfig`; keyword ``overrides`` change single settings. A model whose
+    blocks edge attribution cannot split (post-norm, CodeGen's bridge) is refused with an
+    :class:`~codecircuits.errors.UnsupportedArchitectureError` naming the block, before any work.
+    """
+    cfg = configure(CircuitConfig, config, overrides)
+    cc.check_supported(model)
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pairs = build_pairs(model, cfg)
+    train_c, train_k = _tokens(model, pairs["train"])
+    test_c, test_k = _tokens(model, pairs["test"])
+    accuracy = {"train": _accuracy(model, train_c, pairs["train"]), "test": _accuracy(model, test_c, pairs["test"])}
+    timings["data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = cc.edge_scores(
+        model,
+        train_c,
+        train_k,
+        logit_diff(pairs["train"], loss=True),
+        method=cfg.method,
+        steps=cfg.steps,
+        budget=cfg.budget,
+        progress=progress,
+    )
+    graph = scores.graph
+    timings["scores_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metric = logit_diff(pairs["test"])
+    curves = ev.faithfulness_curves(
+        model,
+        scores,
+        test_c,
+        test_k,
+        metric,
+        percentages=cfg.percentages,
+        ablation=cfg.ablation,
+        n_random=cfg.n_random,
+        seed=cfg.random_seed,
+        budget=cfg.budget,
+        progress=progress,
+    )
+    timings["curves_s"] = time.perf_counter() - t0
+
+    # the drawn circuits (top |score|, MIB's sizes: int(p% of the edges), pruned), per held-out pair
+    t0 = time.perf_counter()
+    total = int(graph.valid.sum())
+    drawn_pcts = tuple(float(p) for p in cfg.drawn)
+    circuits = {p: scores.top_n(int(p / 100 * total), absolute=True) for p in drawn_pcts}
+    full = cc.Circuit(graph, graph.valid.clone())
+    empty = cc.Circuit(graph, torch.zeros_like(graph.valid))
+    values = ev.circuit_metric(
+        model,
+        test_c,
+        test_k,
+        metric,
+        [full, empty, *circuits.values()],
+        graph=graph,
+        ablation=cfg.ablation,
+        budget=cfg.budget,
+        progress=progress,
+    )
+    boot = bootstrap_faithfulness(values, cfg.n_bootstrap, cfg.random_seed)
+    span = float(values[0].mean() - values[1].mean())
+    timings["drawn_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    paren_heads = find_paren_heads(model, cfg)
+    timings["heads_s"] = time.perf_counter() - t0
+    n_heads_total = graph.n_layers * graph.n_heads
+
+    drawn = {}
+    absolute = curves["absolute"]
+    for i, (p, circ) in enumerate(tqdm(circuits.items(), disable=not progress, desc="circuit: summaries")):
+        f = (float(values[2 + i].mean() - values[1].mean()) / span) if span else float("nan")
+        b = boot[i][torch.isfinite(boot[i])]
+        lo, hi = torch.quantile(b, torch.tensor([0.025, 0.975])).tolist() if b.numel() else [None, None]
+        j = next((k for k, q in enumerate(absolute.percentages) if abs(q - p) < 1e-9), None)
+        rand = [r[j] for r in absolute.random] if j is not None else []
+        heads = circ.heads()  # the heads whose output the circuit uses
+        shared = {kind: [h for h in paren_heads[kind] if h in heads] for kind in ("promoters", "counting")}
+        top = sorted(
+            ((circ.graph.edge_name(s, d), float(scores.edge_matrix[s, d])) for s, d in circ.edges.nonzero().tolist()),
+            key=lambda t: -abs(t[1]),
+        )
+        drawn[p] = {
+            "percent": p,
+            "requested_edges": int(p / 100 * total),
+            "n_edges": circ.n_edges,
+            "faithfulness": f,
+            "interval": [lo, hi],
+            "interval_level": 0.95,
+            "random": rand,
+            "metric_per_pair": values[2 + i].tolist(),
+            "nodes": circ.node_names(),
+            "heads": heads,
+            "mlps": circ.mlps(),
+            "shared_promoters": shared["promoters"],
+            "shared_counting": shared["counting"],
+            # how many of the top heads of one kind a random set of as many heads holds on average
+            "chance_shared": len(heads) * cfg.top_heads / n_heads_total,
+            "top_edges": [{"edge": e, "score": s} for e, s in top[:40]],
+        }
+    full_per_pair = values[0].tolist()
+    empty_per_pair = values[1].tolist()
+    timings["total_s"] = time.perf_counter() - t_all
+
+    def rows(ps):
+        return [
+            {
+                "clean": p.clean,
+                "corrupted": p.corrupted,
+                "answer": task.label_text(p.n_open),
+                "corrupted_answer": task.label_text(p.corrupted_n_open),
+                "kind": p.kind,
+                "position": p.position,
+            }
+            for p in ps
+        ]
+
+    return CircuitStudy(
+        model_name=_model_name(model),
+        config=cfg,
+        graph=graph,
+        scores=scores,
+        curves=curves,
+        circuits=circuits,
+        drawn=drawn,
+        pairs={
+            "train": rows(pairs["train"]),
+            "test": rows(pairs["test"]),
+            "test_full_logit_diff": full_per_pair,
+            "test_empty_logit_diff": empty_per_pair,
+        },
+        accuracy=accuracy,
+        paren_heads=paren_heads,
+        timings=timings,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the HTML report
+
+
+def _pct(p: float) -> str:
+    return f"{p:g}%"
+
+
+def build_report(s: CircuitStudy):
+    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`)."""
+    from ..report import Report
+    from ..report.circuit_graph import circuit_graph
+
+    cfg = s.config
+    sig, ab = s.curves["signed"], s.curves["absolute"]
+    r = Report(
+        title=f"The closing-paren circuit of {s.model_name}",
+        subtitle=f"edge attribution ({s.scores.method}) on {len(s.pairs['train'])} pairs, faithfulness (MIB's CPR "
+        f"and CMD) on {len(s.pairs['test'])} held-out pairs",
+        meta={"n_open": cfg.n_open, "counterfactual": cfg.counterfactual, "ablation": cfg.ablation},
+    )
+    p0 = s.pairs["train"][0]
+    r.section(
+        "Task and pairs",
+        text=f"Clean prompts have {cfg.n_open} open parens and the answer {p0['answer']!r}; each corrupted prompt has "
+        f"the same token length and the answer {p0['corrupted_answer']!r}. The metric of a pair is logit(clean "
+        "answer) - logit(corrupted answer) at the last position. Edges are scored on pairs of the train numbers "
+        "and every faithfulness number is measured on pairs of the held-out test numbers.",
+    )
+    for caveat in s.caveats:
+        r.text("Caveat: " + caveat + ".")
+    r.metrics(s.metrics(), labels=_labels(s))
+    r.code(p0["clean"] + p0["answer"], title="a clean prompt and its answer")
+    r.code(p0["corrupted"] + p0["corrupted_answer"], title="its corrupted prompt and answer")
+    r.table(
+        [
+            {"split": "train", "pairs": len(s.pairs["train"]), "clean accuracy": s.accuracy["train"]},
+            {"split": "test (held out)", "pairs": len(s.pairs["test"]), "clean accuracy": s.accuracy["test"]},
+        ],
+        caption="pairs per split and the share of clean prompts the model answers correctly",
+    )
+    r.table(s.pairs["test"], caption="held-out pairs")
+
+    labels = [_pct(p) for p in sig.percentages]
+    rand = torch.tensor(sig.random) if sig.random else None
+    series = {"by signed score (CPR)": sig.faithfulness, "by |score| (CMD)": ab.faithfulness}
+    bands = None
+    if rand is not None and rand.numel():
+        series["random (mean)"] = rand.nanmean(0).tolist()
+        bands = {
+            f"random circuits (range of {rand.shape[0]})": (rand.min(0).values.tolist(), rand.max(0).values.tolist())
+        }
+    r.section(
+        "Faithfulness",
+        text="Faithfulness of a circuit = (m(circuit) - m(empty)) / (m(full) - m(empty)), m the mean metric on the "
+        f"held-out pairs, every edge outside the circuit {'patched from the corrupted run' if cfg.ablation == 'patch' else cfg.ablation + '-ablated'}. "
+        f"m(full) = {sig.full:.3f}, m(empty) = {sig.empty:.3f}. CPR is the area under the curve of circuits of the "
+        f"highest signed scores (higher is better); CMD the area between 1 and the curve of the highest |scores| "
+        f"(lower is better). Random circuits of the same sizes are the baseline. CPR {s.cpr:.3f} (random "
+        f"{_range(s.random_cpr)}); CMD {s.cmd:.3f} (random {_range(s.random_cmd)}).",
+    )
+    r.line_chart(
+        labels,
+        series,
+        bands=bands,
+        title="faithfulness by circuit size",
+        x_title="circuit size (% of edges)",
+        y_title="faithfulness",
+    )
+    r.table(
+        [
+            {
+                "size": _pct(p),
+                "edges (signed)": sig.n_edges[i],
+                "faithfulness (signed)": sig.faithfulness[i],
+                "edges (|score|)": ab.n_edges[i],
+                "faithfulness (|score|)": ab.faithfulness[i],
+                **(
+                    {
+                        "random mean": float(rand[:, i].nanmean()),
+                        "random min": float(rand[:, i].min()),
+                        "random max": float(rand[:, i].max()),
+                    }
+                    if rand is not None and rand.numel()
+                    else {}
+                ),
+            }
+            for i, p in enumerate(sig.percentages)
+        ],
+        caption="the curves' points (edges after pruning)",
+    )
+    r.table(
+        [
+            {
+                "measure": "CPR (area under the signed curve, higher is better)",
+                "circuit": s.cpr,
+                **_stats(s.random_cpr),
+            },
+            {
+                "measure": "CMD (area between 1 and the |score| curve, lower is better)",
+                "circuit": s.cmd,
+                **_stats(s.random_cmd),
+            },
+        ],
+        caption=f"CPR and CMD beside {cfg.n_random} random circuits of each size",
+    )
+
+    ph = s.paren_heads
+    marks = {h: "paren-promoting head" for h in ph["promoters"]}
+    for h in ph["counting"]:
+        marks[h] = "counting head" if h not in marks else "paren-promoting and counting head"
+    r.section(
+        "The circuits",
+        text="The circuits of the top |score| edges at "
+        + ", ".join(_pct(p) for p in s.drawn)
+        + " of the graph's edges, pruned to what connects the input to the logits. Nodes: the input at the bottom, "
+        "heads (circles, by head index) and MLPs (boxes, right) by layer upward, the logits at the top; only "
+        "layers with a node get a row. Edge width follows |score|, red edges support the clean answer (positive "
+        "score), blue ones oppose it; query edges are solid, key edges dashed, value edges dotted"
+        + (
+            ", and key/value edges end at the small square of the key/value group they share"
+            if s.graph.grouped and s.graph.group_size > 1
+            else ""
+        )
+        + ". Outlined heads are the parens study's paren-promoting and counting heads.",
+    )
+    for p, d in s.drawn.items():
+        lo, hi = d["interval"]
+        ci = f" (95% bootstrap interval {lo:.2f} to {hi:.2f})" if lo is not None else ""
+        rnd = f"; random circuits of this size: {_range(d['random'])}" if d["random"] else ""
+        r.add(
+            circuit_graph(
+                s.circuits[p],
+                s.scores,
+                marks=marks,
+                max_edges=cfg.max_edges_drawn,
+                title=f"{_pct(p)} of edges: {d['n_edges']} edges, {len(d['heads'])} heads, {len(d['mlps'])} MLPs",
+                caption=f"faithfulness {d['faithfulness']:.3f}{ci}{rnd}",
+            )
+        )
+        if d["top_edges"]:
+            r.table(d["top_edges"][:15], caption=f"{_pct(p)}: the strongest edges")
+        else:
+            r.text(f"At {_pct(p)} no edge survives pruning: none of the top edges connects the input to the logits.")
+
+    r.section(
+        "Shared heads",
+        text=f"The circuit's heads beside the top {cfg.top_heads} paren-promoting heads of {cfg.n_open} parens (by "
+        f"F1, codecircuits.heads.paren_promoters) and the top {cfg.top_heads} counting heads "
+        "(codecircuits.heads.counting_heads), found on prompts of the train numbers with "
+        + ", ".join(map(str, ph["counts"]))
+        + " open parens. A head is shared when the circuit uses its output (an edge leaves it); a head that is in "
+        "the circuit only because an edge reads into its key/value group does not count. 'by chance' is how many "
+        "of the top heads of one kind a random set of as many heads holds on average.",
+    )
+    r.table(
+        [
+            {
+                "size": _pct(p),
+                "heads in circuit (output used)": len(d["heads"]),
+                "shared paren-promoting": " ".join(d["shared_promoters"]) or "—",
+                "shared counting": " ".join(d["shared_counting"]) or "—",
+                "by chance (each kind)": d["chance_shared"],
+            }
+            for p, d in s.drawn.items()
+        ],
+        caption="heads the circuit shares with the parens study's heads",
+    )
+    r.table(
+        [
+            {"kind": "paren-promoting", "head": h, "F1": f, "mean relative logit": m}
+            for h, f, m in zip(ph["promoters"], ph["promoters_f1"], ph["promoters_mean_logit"])
+        ]
+        + [
+            {"kind": "counting", "head": h, "attention-count correlation": c, "score": sc}
+            for h, c, sc in zip(ph["counting"], ph["counting_attn_corr"], ph["counting_score"])
+        ],
+        caption="the parens study's heads (train prompts)",
+    )
+    r.table(
+        [{"edge": e["edge"], "score": e["score"]} for e in s.to_json()["scores"]["top_edges"]],
+        caption="the 30 edges of largest |score| (scored on the train pairs)",
+    )
+    r.table([{"step": k, "seconds": v} for k, v in s.timings.items()], caption="time per step")
+    r.data(s.to_json(), "results")
+    return r
+
+
+def _stats(v: list[float]) -> dict:
+    if not v:
+        return {}
+    return {"random mean": sum(v) / len(v), "random min": min(v), "random max": max(v)}
+
+
+def _range(v: list[float]) -> str:
+    if not v:
+        return "none"
+    return f"mean {sum(v) / len(v):.3f}, {min(v):.3f} to {max(v):.3f}"
+
+
+def _labels(s: CircuitStudy) -> dict:
+    out = {
+        "cpr": "CPR (higher is better)",
+        "random_cpr_mean": "CPR of random circuits, mean",
+        "random_cpr_max": "CPR of random circuits, largest",
+        "cmd": "CMD (lower is better)",
+        "random_cmd_mean": "CMD of random circuits, mean",
+        "random_cmd_min": "CMD of random circuits, smallest",
+        "clean_logit_diff": "logit diff, full model (held out)",
+        "empty_logit_diff": "logit diff, empty circuit",
+        "train_pairs": "pairs scored (train)",
+        "test_pairs": "pairs evaluated (held out)",
+        "edges": "edges in the graph",
+        "wall_s": "wall time (s)",
+    }
+    for p in s.drawn:
+        k = _key(p)
+        out[f"faithfulness_{k}"] = f"faithfulness at {_pct(p)} of edges"
+        out[f"faithfulness_{k}_low"] = f"faithfulness at {_pct(p)}, 95% interval low"
+        out[f"faithfulness_{k}_high"] = f"faithfulness at {_pct(p)}, 95% interval high"
+        out[f"random_faithfulness_{k}_max"] = f"random circuits at {_pct(p)}, largest"
+    return out
+
+
+def write(study: CircuitStudy, out_dir) -> tuple[Path, Path]:
+    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
+    return study.save(out_dir)
