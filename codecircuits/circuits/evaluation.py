@@ -330,6 +330,9 @@ class FaithfulnessCurve:
     area_from_1: float = 0.0
     random_area: list[float] = field(default_factory=list)
     random_area_from_1: list[float] = field(default_factory=list)
+    per_example: list[list[float]] = field(default_factory=list)  # [size][example] metric, for intervals
+    full_per_example: list[float] = field(default_factory=list)
+    empty_per_example: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -386,7 +389,7 @@ def faithfulness_curves(
     for r in range(n_random):
         rnd = EdgeScores(graph, selection.random_scores(graph, seed + r), "random", 1, 0)
         circuits += [_select(rnd, n, True, selection_rule) for n in sizes]
-    values = circuit_metric(
+    per_example = circuit_metric(
         model,
         clean,
         corrupted,
@@ -397,7 +400,8 @@ def faithfulness_curves(
         budget=budget,
         fwd_hooks=fwd_hooks,
         progress=progress,
-    ).mean(1)
+    )
+    values = per_example.mean(1)
     full, empty = float(values[0]), float(values[1])
     span = full - empty
 
@@ -421,6 +425,9 @@ def faithfulness_curves(
             absolute=absolute,
             selection=selection_rule,
             ablation=ablation,
+            per_example=per_example[2 + j * k : 2 + (j + 1) * k].tolist(),
+            full_per_example=per_example[0].tolist(),
+            empty_per_example=per_example[1].tolist(),
         )
         curve.area, curve.area_from_1 = areas(percentages, f)
         ra = [areas(percentages, rf) for rf in rand]

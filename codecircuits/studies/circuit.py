@@ -420,19 +420,25 @@ def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **
     total = int(graph.valid.sum())
     drawn_pcts = tuple(float(p) for p in cfg.drawn)
     circuits = {p: scores.top_n(int(p / 100 * total), absolute=True) for p in drawn_pcts}
-    full = cc.Circuit(graph, graph.valid.clone())
-    empty = cc.Circuit(graph, torch.zeros_like(graph.valid))
-    values = ev.circuit_metric(
-        model,
-        test_c,
-        test_k,
-        metric,
-        [full, empty, *circuits.values()],
-        graph=graph,
-        ablation=cfg.ablation,
-        budget=cfg.budget,
-        progress=progress,
-    )
+    absolute = curves["absolute"]
+    at = {q: i for i, q in enumerate(absolute.percentages)}
+    if all(p in at for p in drawn_pcts):  # the same circuits as the absolute curve's points: no second run
+        rows = [absolute.full_per_example, absolute.empty_per_example]
+        values = torch.tensor(rows + [absolute.per_example[at[p]] for p in drawn_pcts])
+    else:
+        full = cc.Circuit(graph, graph.valid.clone())
+        empty = cc.Circuit(graph, torch.zeros_like(graph.valid))
+        values = ev.circuit_metric(
+            model,
+            test_c,
+            test_k,
+            metric,
+            [full, empty, *circuits.values()],
+            graph=graph,
+            ablation=cfg.ablation,
+            budget=cfg.budget,
+            progress=progress,
+        )
     boot = bootstrap_faithfulness(values, cfg.n_bootstrap, cfg.random_seed)
     span = float(values[0].mean() - values[1].mean())
     timings["drawn_s"] = time.perf_counter() - t0
@@ -443,7 +449,6 @@ def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **
     n_heads_total = graph.n_layers * graph.n_heads
 
     drawn = {}
-    absolute = curves["absolute"]
     for i, (p, circ) in enumerate(tqdm(circuits.items(), disable=not progress, desc="circuit: summaries")):
         f = (float(values[2 + i].mean() - values[1].mean()) / span) if span else float("nan")
         b = boot[i][torch.isfinite(boot[i])]
