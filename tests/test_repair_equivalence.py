@@ -10,6 +10,8 @@ per batch row, the reference's in-place row update) written by ``core.interventi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from _reference import repair as ref_repair
@@ -91,7 +93,13 @@ def test_mint_repair_equals_the_reference(tiny, focus):
     toks = tiny.to_tokens(PROMPT)
     logits0 = tiny(toks)
     runs = [(near_miss(tiny), dict(scale=100.0, max_edits=10))]
-    runs += [(c, dict(scale=30.0, max_edits=3, n_candidates=4, orthogonalize=True)) for c in code_cases(tiny)]
+    # one code case: the corpus's two are the same line (print(str(str(123)))) one line apart and take the same path.
+    # Its first 6 tokens (a teacher-forced prefix keeps its predictions) take every branch the whole line takes, in
+    # every family and focus (checked with branch coverage): tokens fixed and rolled back, later ones orthogonalised
+    # against earlier fixes
+    c = code_cases(tiny)[0]
+    c = dataclasses.replace(c, reference=c.reference[:6], predicted=c.predicted[:6])
+    runs += [(c, dict(scale=30.0, max_edits=3, n_candidates=4, orthogonalize=True))]
     for case, kw in runs:
         want = ref_repair.mint_repair(tiny, case, layers=focus, **kw)
         edited_ref = tiny(case.tokens)
@@ -118,7 +126,7 @@ def test_mint_with_basis_semantics_equals_the_reference(tiny):
 @pytest.mark.parametrize("focus", ["all", "half"])
 def test_sgd_repair_equals_the_reference(tiny, focus):
     layers = R.upper_layers(tiny, focus)
-    for case in [near_miss(tiny), *code_cases(tiny)]:
+    for case in [near_miss(tiny), code_cases(tiny)[0]]:  # (one code case: see test_mint_repair_equals_the_reference)
         logits0 = tiny(case.tokens)
         want, snap = ref_repair.sgd_repair(tiny, case, layers=focus, lr=0.5, steps=3)
         w_ref = [R.mlp_out_weight(tiny, layer).detach().clone() for layer in layers]
