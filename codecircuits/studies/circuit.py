@@ -42,7 +42,7 @@ from ..core.sites import head_label
 from ..errors import InputError
 from ..inputs import paired_tokens, to_tokens
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, setting, write_study
+from .common import Study, configure, json_safe, model_name, setting
 
 #: MIB's circuit sizes (percent of edges), the faithfulness curve's default points
 PERCENTAGES = tuple(float(p) for p in ev.MIB_PERCENTAGES)
@@ -238,17 +238,9 @@ class CircuitStudy(Study):
     def report(self):
         return build_report(self)
 
-    def save(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
-        return write_study(out_dir, self.to_json(), self.report)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # data
-
-
-def _model_name(model) -> str:
-    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
 
 
 def _n_tokens(model, text: str) -> int:
@@ -497,7 +489,7 @@ def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **
         ]
 
     return CircuitStudy(
-        model_name=_model_name(model),
+        model_name=model_name(model),
         config=cfg,
         graph=graph,
         scores=scores,

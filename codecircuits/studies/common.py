@@ -89,6 +89,11 @@ def configure(config_cls, config, overrides: dict):
     return replace(config, **overrides)
 
 
+def model_name(model) -> str:
+    """The name a study records for ``model``: its config's ``model_name``, else its class name."""
+    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
+
+
 class Study:
     """What every study result has: ``to_json()`` (every number), ``report()`` (a :class:`codecircuits.report.Report`)
     and ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``."""

@@ -35,7 +35,7 @@ from .. import lens
 from ..core.sites import head_label, hook_name
 from ..errors import InputError
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, setting, write_study
+from .common import Study, configure, json_safe, model_name, setting, write_study
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -245,10 +245,6 @@ class ParensStudy(Study):
 # the run
 
 
-def _model_name(model) -> str:
-    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
-
-
 def _neighbour(counts: tuple[int, ...], k: int) -> int:
     if k + 1 in counts:
         return k + 1
@@ -440,7 +436,7 @@ def run(
     timings["mined"] = time.perf_counter() - t0
 
     return ParensStudy(
-        model_name=_model_name(model),
+        model_name=model_name(model),
         config=cfg,
         counts=counts,
         paren_ids=paren_ids,

@@ -34,7 +34,7 @@ from ..core.sites import hook_name
 from ..errors import InputError
 from ..inputs import single_token_id
 from ..tasks import parens
-from .common import Study, configure, json_safe, setting, write_study
+from .common import Study, configure, json_safe, model_name, setting, write_study
 
 # Held-out templates: the paper's comment line reworded; the code line is the paper's.
 TEMPLATES = {
@@ -276,10 +276,6 @@ def choose_hooks(sweep: dict[str, list[float]], config: SubspaceConfig) -> dict[
 # ------------------------------------------------------------------------------------------------------ run
 
 
-def _model_name(model) -> str:
-    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
-
-
 def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, **overrides) -> SubspaceStudy:
     """Run the study on ``model`` (see the module docstring). ``config`` defaults to :class:`SubspaceConfig`;
     keyword ``overrides`` change single settings."""
@@ -317,7 +313,7 @@ def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, *
         groups[g] = groups.get(g, 0) + 1
     examples = train.subset(slice(0, 4)).to_dataframe().to_dict("records")
     return SubspaceStudy(
-        _model_name(model),
+        model_name(model),
         config,
         accuracy,
         {"train": len(train), "test": len(test)},
