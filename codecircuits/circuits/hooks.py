@@ -119,7 +119,7 @@ def _mlp_reads(model, layer: int) -> str:
 
 
 def _mlp_norm(block):
-    return getattr(block, "ln2", None) if hasattr(block, "ln2") else block.ln1
+    return block.ln2 if hasattr(block, "ln2") else block.ln1
 
 
 def input_mode(model) -> str:
