@@ -72,3 +72,20 @@ def pair():
         return cache[id(model)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ray_workers():
+    """Two Ray workers of one thread each on a local cluster (127.0.0.1), shared by the sharded-job tests."""
+    import os
+
+    if os.environ.get("CI"):  # CI installs the lock, which has Ray: a missing Ray fails there, never skips
+        import ray  # noqa: F401
+    else:
+        pytest.importorskip("ray", reason="the distributed extra (Ray) is not installed")
+    from codecircuits.distributed import Workers
+
+    w = Workers(2, threads=1)
+    w.start()
+    yield w
+    w.close()

@@ -121,3 +121,31 @@ def config_options(p: argparse.ArgumentParser, config_cls) -> None:
 def config_from(args: argparse.Namespace, config_cls):
     """The config of the options given (every other setting at the config's default)."""
     return config_cls(**given(args))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sharding a command's job over Ray workers (codecircuits.distributed)
+
+
+def worker_options(p: argparse.ArgumentParser) -> None:
+    """``--workers N`` (a local Ray cluster started on the fly), ``--ray ADDRESS`` (join a running cluster) and
+    ``--worker-threads``; without them the command runs in one process and Ray is not imported."""
+    g = p.add_argument_group("sharding over Ray workers (pip install 'codecircuits[distributed]')")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shard the job over N workers, each with its own model replica (a local Ray cluster on "
+                        "127.0.0.1, or N workers on the cluster of --ray)")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="join a running Ray cluster: auto, HOST:6379 or ray://HOST:10001 (workers default to one "
+                        "per GPU, else one per --worker-threads CPUs)")
+    g.add_argument("--worker-threads", type=int, default=1, metavar="T",
+                   help="torch threads of each CPU worker (default: 1)")
+
+
+def workers_from(args: argparse.Namespace):
+    """The :class:`codecircuits.distributed.Workers` of :func:`worker_options`' options, or ``None``."""
+    n, address = getattr(args, "workers", None), getattr(args, "ray", None)
+    if n is None and address is None:
+        return None
+    from ..distributed.workers import Workers
+
+    return Workers(n, address=address, threads=getattr(args, "worker_threads", 1))

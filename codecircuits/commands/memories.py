@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options
+from ._options import config_from, config_options, worker_options, workers_from
 
 NAME = "memories"
 HELP = "FF key-value memories: trigger examples, concept keys, masking edits, layer agreement by context size"
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    worker_options(p)
 
 
 def run(args) -> int:
@@ -42,13 +43,19 @@ def run(args) -> int:
             cfg, corpus=corpus_mod.Corpus(name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs])
         )
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    study = memories.run(
-        model,
-        cfg,
-        checkpoint=args.checkpoint or Path(args.out) / "scan.safetensors",
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    workers = workers_from(args)
+    try:
+        study = memories.run(
+            model,
+            cfg,
+            checkpoint=args.checkpoint or Path(args.out) / "scan.safetensors",
+            resume=args.resume,
+            progress=not args.quiet,
+            workers=workers,
+        )
+    finally:
+        if workers is not None:
+            workers.close()
     html, js = study.save(args.out, model=model)
     m = study.metrics()
     print(

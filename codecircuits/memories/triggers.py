@@ -13,6 +13,8 @@ One safetensors file, written atomically (temporary file, fsync, ``os.replace``)
 - tensor ``pos``     int64   ``[layer, neuron, rank]``: the trigger token's index in the document's tokens;
 - tensor ``chunk_doc`` / ``chunk_start`` int64 ``[chunk]``: the scan plan (document index and first token of
   each chunk, in visiting order);
+- tensors ``act_sum`` / ``act_sq`` float64 ``[layer, neuron]`` (optional; absent in older files): each key's
+  activation summed, and squared and summed, over the scanned document tokens;
 - metadata ``codecircuits``: JSON with ``format`` (``"codecircuits.memories/1"``), ``model``, ``corpus``,
   ``settings`` (k, window, rank_by, layers, ...), ``docs`` (name and SHA-256 of each document's text),
   ``chunks_done`` and ``tokens_done``.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,17 @@ class TriggerExample:
 
 
 @dataclass(frozen=True)
+class ActivationStats:
+    """Per key ``[layer, neuron]``: activation mean, standard deviation and RMS over ``tokens`` scanned tokens."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    rms: torch.Tensor
+    layers: tuple[int, ...]
+    tokens: int
+
+
+@dataclass(frozen=True)
 class TriggerScan:
     """The top-K trigger examples of every key (``[layer, neuron, rank]``), from :func:`scan` or :func:`load_scan`."""
 
@@ -75,6 +88,8 @@ class TriggerScan:
     settings: dict = field(default_factory=dict)
     chunks_done: int = 0
     tokens_done: int = 0
+    act_sum: torch.Tensor | None = None  # float64 [layer, neuron]: sum of each key's activation over the tokens
+    act_sq: torch.Tensor | None = None  # float64 [layer, neuron]: sum of its square
     axes: tuple[str, ...] = ("layer", "neuron", "rank")
 
     @property
@@ -89,6 +104,18 @@ class TriggerScan:
         if layer not in self.layers:
             raise InputError(f"Layer {layer} was not scanned; scanned layers: {list(self.layers)}.")
         return self.layers.index(layer)
+
+    def activation_stats(self) -> ActivationStats:
+        """Each key's activation mean, standard deviation and root mean square over the scanned tokens."""
+        if self.act_sum is None or self.act_sq is None:
+            raise InputError("This scan has no activation sums (written before they were kept); scan again.")
+        n = max(1, self.tokens_done)
+        mean = self.act_sum / n
+        ms = self.act_sq / n
+        return ActivationStats(
+            mean=mean.float(), std=(ms - mean.square()).clamp(min=0).sqrt().float(), rms=ms.sqrt().float(),
+            layers=self.layers, tokens=self.tokens_done,
+        )
 
     def scores(self) -> torch.Tensor:
         """The ranking score ``[layer, neuron, rank]``: ``|m|`` or ``m`` by the scan's ``rank_by``."""
@@ -244,6 +271,9 @@ def _save(scan: TriggerScan, path: Path) -> Path:
         "chunk_doc": scan.chunk_doc.contiguous(),
         "chunk_start": scan.chunk_start.contiguous(),
     }
+    if scan.act_sum is not None and scan.act_sq is not None:
+        tensors["act_sum"] = scan.act_sum.contiguous()
+        tensors["act_sq"] = scan.act_sq.contiguous()
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -292,6 +322,8 @@ def load_scan(path: str | os.PathLike) -> TriggerScan:
         settings=settings,
         chunks_done=int(meta["chunks_done"]),
         tokens_done=int(meta["tokens_done"]),
+        act_sum=t.get("act_sum"),
+        act_sq=t.get("act_sq"),
     )
 
 
@@ -315,6 +347,121 @@ def layer_set(model, layers) -> tuple[int, ...]:
     return out
 
 
+@dataclass
+class _TopK:
+    """The running top-K of every key over some chunks, and its activation sums (the state a scan merges)."""
+
+    score: torch.Tensor  # float32 [layer, neuron, k]: ranking score (-inf in unfilled slots)
+    values: torch.Tensor
+    chunk: torch.Tensor
+    pos: torch.Tensor
+    act_sum: torch.Tensor | None  # float64 [layer, neuron]
+    act_sq: torch.Tensor | None
+    tokens: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int, d_mlp: int, k: int, stats: bool = True) -> _TopK:
+        shape = (n_layers, d_mlp, k)
+        zeros = torch.zeros((n_layers, d_mlp), dtype=torch.float64) if stats else None
+        return cls(
+            score=torch.full(shape, -torch.inf, dtype=torch.float32),
+            values=torch.zeros(shape, dtype=torch.float32),
+            chunk=torch.full(shape, -1, dtype=torch.long),
+            pos=torch.full(shape, -1, dtype=torch.long),
+            act_sum=zeros,
+            act_sq=None if zeros is None else zeros.clone(),
+            tokens=0,
+        )
+
+    def merge(self, later: _TopK) -> _TopK:
+        """The top-K of both: a stable sort, so ties keep the earlier chunk (``later`` covers later chunks).
+
+        The merge is associative, so merging shards' states in chunk order equals one pass over the chunks.
+        """
+        k = self.score.shape[-1]
+        all_s = torch.cat([self.score, later.score], dim=-1)
+        order = all_s.argsort(dim=-1, descending=True, stable=True)[..., :k]
+        both = self.act_sum is not None and later.act_sum is not None
+        return _TopK(
+            score=all_s.gather(-1, order),
+            values=torch.cat([self.values, later.values], dim=-1).gather(-1, order),
+            chunk=torch.cat([self.chunk, later.chunk], dim=-1).gather(-1, order),
+            pos=torch.cat([self.pos, later.pos], dim=-1).gather(-1, order),
+            act_sum=_add(self.act_sum, later.act_sum) if both else None,
+            act_sq=_add(self.act_sq, later.act_sq) if both else None,
+            tokens=self.tokens + later.tokens,
+        )
+
+
+def _add(acc: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+    """``acc`` plus ``later``; a ``later`` of per-batch sums ``[batch, ...]`` is added one batch at a time, in the
+    order one process adds them, so sharded sums equal one process's bit for bit."""
+    if later.dim() == acc.dim() + 1:
+        for x in later:
+            acc = acc + x
+        return acc
+    return acc + later
+
+
+def scan_chunks(
+    model,
+    chunked: ChunkedCorpus,
+    chunks: range,
+    *,
+    layers: tuple[int, ...],
+    rank_by: str,
+    k: int,
+    batch_size: int,
+    stats: bool = True,
+) -> Iterator[_TopK]:
+    """Run ``chunks`` through the model in batches of ``batch_size`` and yield each batch's state (to merge)."""
+    pad = pad_id(model)
+    stop = max(layers) + 1
+    first = 0 if chunked.bos is None else 1
+    cs = torch.as_tensor(chunked.chunk_start)
+    buf: dict[int, tuple] = {}
+    mask_ref: list = [None]
+
+    def make_hook(li: int):
+        def hook(act, hook):
+            a = act.detach().float()
+            m = mask_ref[0].unsqueeze(-1)
+            s = a.abs() if rank_by == "abs" else a
+            s = s.masked_fill(~m, -torch.inf)
+            best, arg = s.max(dim=1)  # [batch, d_mlp]
+            sums = None
+            if stats:
+                d = a.double().masked_fill(~m, 0.0)
+                sums = (d.sum((0, 1)), d.square().sum((0, 1)))
+            buf[li] = (best, a.gather(1, arg.unsqueeze(1)).squeeze(1), arg, sums)
+            return None
+
+        return hook
+
+    hooks = [(hook_name("post", layer), make_hook(i)) for i, layer in enumerate(layers)]
+    n_l = len(layers)
+    with torch.no_grad():
+        for lo in range(chunks.start, chunks.stop, batch_size):
+            ids = list(range(lo, min(lo + batch_size, chunks.stop)))
+            toks, mask = chunked.batch(ids, pad)
+            mask_ref[0] = mask.to(model.cfg.device)
+            buf.clear()
+            model.run_with_hooks(toks.to(model.cfg.device), fwd_hooks=hooks, stop_at_layer=stop)
+            best = torch.stack([buf[i][0] for i in range(n_l)]).transpose(1, 2).cpu()  # [L, N, B]
+            val = torch.stack([buf[i][1] for i in range(n_l)]).transpose(1, 2).cpu()
+            arg = torch.stack([buf[i][2] for i in range(n_l)]).transpose(1, 2).cpu()
+            b_chunk = torch.tensor(ids, dtype=torch.long)
+            yield _TopK(
+                score=best,
+                values=val,
+                chunk=b_chunk.expand_as(arg).contiguous(),
+                pos=arg - first + cs[b_chunk],  # token index in the document
+                act_sum=torch.stack([buf[i][3][0] for i in range(n_l)]).cpu() if stats else None,
+                act_sq=torch.stack([buf[i][3][1] for i in range(n_l)]).cpu() if stats else None,
+                tokens=int(mask.sum()),
+            )
+
+
 def scan(
     model,
     corpus,
@@ -331,17 +478,26 @@ def scan(
     resume: bool = False,
     callback: Callable[[TriggerScan], None] | None = None,
     progress: bool = True,
+    workers=None,
 ) -> TriggerScan:
     """Stream ``corpus`` through ``model`` and keep, for every key, its top-``k`` trigger examples.
 
     Memory is ``O(layers × d_mlp × k)`` whatever the corpus size: each batch of ``batch_size`` chunks is
     reduced inside the ``hook_post`` hooks to one (max, argmax) per chunk and key, and merged into the running
     top-K with one stable sort per batch. The forward stops after the last scanned layer (no unembedding).
+    The same hooks sum each key's activation and its square over the scanned tokens
+    (:meth:`TriggerScan.activation_stats`).
 
     With ``checkpoint`` (a file path), the state is written atomically every ``checkpoint_every`` chunks (at
     batch boundaries) and at the end; ``resume=True`` continues from that file, after checking that it came
     from the same model, settings, corpus texts and chunk plan; the result then equals an uninterrupted scan's
     exactly. ``callback(state)`` runs after every batch (progress reporting, or stopping early by raising).
+
+    ``workers`` (a number, a Ray address or a :class:`codecircuits.distributed.Workers`) shards the chunks over
+    Ray workers, each with its own replica of the model: shards are whole batches in chunk order and their
+    states merge exactly, so the result equals this process's scan (the same batches run on every worker). The
+    checkpoint then holds the longest run of completed shards from the start, and resumes in either mode;
+    ``callback`` runs as that run grows.
     """
     if k < 1:
         raise InputError(f"k must be at least 1; got {k}.")
@@ -358,18 +514,14 @@ def scan(
     cd = torch.as_tensor(chunked.chunk_doc)
     cs = torch.as_tensor(chunked.chunk_start)
 
-    shape = (len(lays), d_mlp, k)
-    values = torch.zeros(shape, dtype=torch.float32)
-    score = torch.full(shape, -torch.inf, dtype=torch.float32)
-    chunk_t = torch.full(shape, -1, dtype=torch.long)
-    pos_t = torch.full(shape, -1, dtype=torch.long)
-    done, tokens_done = 0, 0
+    st = _TopK.empty(len(lays), d_mlp, k)
+    done = 0
 
     def state() -> TriggerScan:
         return TriggerScan(
-            values=values,
-            chunk=chunk_t,
-            pos=pos_t,
+            values=st.values,
+            chunk=st.chunk,
+            pos=st.pos,
             layers=lays,
             chunk_doc=cd,
             chunk_start=cs,
@@ -379,7 +531,9 @@ def scan(
             corpus=chunked.name,
             settings=dict(settings),
             chunks_done=done,
-            tokens_done=tokens_done,
+            tokens_done=st.tokens,
+            act_sum=st.act_sum,
+            act_sq=st.act_sq,
         )
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -391,59 +545,58 @@ def scan(
         if ckpt.is_file():
             old = load_scan(ckpt)
             _check_resumable(old, name, settings, chunked)
-            values, chunk_t, pos_t = old.values.clone(), old.chunk.clone(), old.pos.clone()
-            score = values.abs() if rb == "abs" else values.clone()
-            score = torch.where(chunk_t >= 0, score, torch.full_like(score, -torch.inf))
-            done, tokens_done = old.chunks_done, old.tokens_done
+            score = old.values.abs() if rb == "abs" else old.values.clone()
+            st = _TopK(
+                score=torch.where(old.chunk >= 0, score, torch.full_like(score, -torch.inf)),
+                values=old.values.clone(),
+                chunk=old.chunk.clone(),
+                pos=old.pos.clone(),
+                act_sum=None if old.act_sum is None else old.act_sum.clone(),
+                act_sq=None if old.act_sq is None else old.act_sq.clone(),
+                tokens=old.tokens_done,
+            )
+            done = old.chunks_done
 
-    pad = pad_id(model)
-    stop = max(lays) + 1
-    buf: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def make_hook(li: int, mask_ref: list):
-        def hook(act, hook):
-            a = act.detach().float()
-            m = mask_ref[0].unsqueeze(-1)
-            s = a.abs() if rb == "abs" else a
-            s = s.masked_fill(~m, -torch.inf)
-            best, arg = s.max(dim=1)  # [batch, d_mlp]
-            buf[li] = (best, a.gather(1, arg.unsqueeze(1)).squeeze(1), arg)
-            return None
-
-        return hook
-
-    mask_ref: list = [None]
-    hooks = [(hook_name("post", layer), make_hook(i, mask_ref)) for i, layer in enumerate(lays)]
-    first = 0 if chunked.bos is None else 1
-    bar = tqdm(total=n_chunks, initial=done, desc="scan", unit="chunk", disable=not progress)
+    stats = st.act_sum is not None
+    common = {"layers": lays, "rank_by": rb, "k": k, "batch_size": batch_size, "stats": stats}
     last_ckpt = done
+    if workers is not None:
+        from ..distributed.scan import sharded_scan
+        from ..distributed.shards import ShardsFailed
+
+        def advance(part: _TopK, upto: int) -> None:
+            nonlocal st, done, last_ckpt
+            st, done = st.merge(part), upto
+            if ckpt is not None and (done - last_ckpt >= checkpoint_every or done == n_chunks):
+                _save(state(), ckpt)
+                last_ckpt = done
+            if callback is not None:
+                callback(state())
+
+        try:
+            sharded_scan(model, chunked, done, common, workers, advance, checkpoint_every, progress)
+        except ShardsFailed as e:
+            # the checkpoint keeps the chunks before the first failed shard (resumable); the error's partial is
+            # the scan of every chunk but the failed shards', which its settings name
+            for part in e.partial:
+                st = st.merge(part)
+            done = n_chunks
+            settings["skipped_chunks"] = [[f.shard.start, f.shard.stop] for f in e.failures]
+            e.partial = state()
+            raise
+        return state()
+
+    bar = tqdm(total=n_chunks, initial=done, desc="scan", unit="chunk", disable=not progress)
     try:
-        with torch.no_grad():
-            while done < n_chunks:
-                ids = list(range(done, min(done + batch_size, n_chunks)))
-                toks, mask = chunked.batch(ids, pad)
-                mask_ref[0] = mask
-                buf.clear()
-                model.run_with_hooks(toks.to(model.cfg.device), fwd_hooks=hooks, stop_at_layer=stop)
-                best = torch.stack([buf[i][0] for i in range(len(lays))]).transpose(1, 2).cpu()  # [L, N, B]
-                val = torch.stack([buf[i][1] for i in range(len(lays))]).transpose(1, 2).cpu()
-                arg = torch.stack([buf[i][2] for i in range(len(lays))]).transpose(1, 2).cpu()
-                b_chunk = torch.tensor(ids, dtype=torch.long)
-                b_pos = arg - first + cs[b_chunk]  # token index in the document
-                all_s = torch.cat([score, best], dim=-1)
-                order = all_s.argsort(dim=-1, descending=True, stable=True)[..., :k]
-                score = all_s.gather(-1, order)
-                values = torch.cat([values, val], dim=-1).gather(-1, order)
-                chunk_t = torch.cat([chunk_t, b_chunk.expand_as(arg)], dim=-1).gather(-1, order)
-                pos_t = torch.cat([pos_t, b_pos], dim=-1).gather(-1, order)
-                done = ids[-1] + 1
-                tokens_done += int(mask.sum())
-                bar.update(len(ids))
-                if ckpt is not None and (done - last_ckpt >= checkpoint_every or done == n_chunks):
-                    _save(state(), ckpt)
-                    last_ckpt = done
-                if callback is not None:
-                    callback(state())
+        for part in scan_chunks(model, chunked, range(done, n_chunks), **common):
+            st = st.merge(part)
+            done = int(part.chunk[0, 0, -1]) + 1
+            bar.update(part.chunk.shape[-1])
+            if ckpt is not None and (done - last_ckpt >= checkpoint_every or done == n_chunks):
+                _save(state(), ckpt)
+                last_ckpt = done
+            if callback is not None:
+                callback(state())
     finally:
         bar.close()
     return state()
@@ -502,6 +655,7 @@ def chunk_activations(
 
 __all__ = [
     "FORMAT",
+    "ActivationStats",
     "RANK_BY",
     "TriggerExample",
     "TriggerScan",

@@ -284,4 +284,12 @@ def load_model(
         apply_bos(bridge, entry.bos)
     bridge.cfg.model_name = display
     bridge.codecircuits_path = str(path)  # where the weights came from (for reports and reproducibility)
+    # how to load the same model again (the workers of codecircuits.distributed each load their own replica)
+    bridge.codecircuits_load = {
+        "name_or_path": str(path),
+        "dtype": str(dtype).removeprefix("torch."),
+        "trust_remote_code": bool(trust_remote_code),
+        "compatibility_mode": bool(compatibility_mode),
+        "bos": "default" if entry is None else entry.bos,  # the registry's BOS decision, for apply_bos
+    }
     return bridge

@@ -261,6 +261,7 @@ def run(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    workers=None,
     **overrides,
 ) -> MemoriesStudy:
     """Run RQ1-RQ4 on ``model``: scan ``corpus`` (``max_tokens``), edit on ``eval_corpus``, agreement on it too.
@@ -269,6 +270,7 @@ def run(
     keys); ``edit_tokens`` / ``agreement_tokens`` cap the evaluation corpus for those steps (0 skips a step);
     agreement keeps at most ``agreement_per_bucket`` predictions per context bucket. Key-value agreement is
     measured on ``kv_keys`` random keys per layer (None: all, which costs ``n_layers × d_mlp × d_model × d_vocab``).
+    ``workers`` shards the scan over Ray workers (:mod:`codecircuits.distributed`); the result is the same.
     """
     cfg = configure(MemoriesConfig, config, overrides)
     corpus, eval_corpus, max_tokens, window, k, concepts = (
@@ -293,7 +295,10 @@ def run(
     if resume and ck is not None and ck.is_file():
         start_tokens = mem.load_scan(ck).tokens_done
     t0 = time.perf_counter()
-    scan = mem.scan(model, chunked, k=k, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress)
+    scan = mem.scan(
+        model, chunked, k=k, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress,
+        workers=workers,
+    )
     timings["scan_s"] = time.perf_counter() - t0
     if scan.tokens_done > start_tokens:
         timings["scan_tokens_per_s"] = (scan.tokens_done - start_tokens) / max(timings["scan_s"], 1e-9)
