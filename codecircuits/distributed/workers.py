@@ -1,9 +1,10 @@
 """Ray workers, each holding one replica of a model, and the loop that runs a job's shards on them.
 
 :class:`Workers` starts a local Ray cluster on the fly (``Workers(2)``: two workers on 127.0.0.1) or joins a
-running one (``Workers(address="auto")`` or ``"ray://head:10001"``). For each model a job is run on, it starts
-one Ray actor per worker; each actor loads its own replica with :func:`codecircuits.load_model` once, from the
-path the parent's model was loaded from, and keeps it for every later job on that model. On a machine or
+running one (``Workers(address="auto")`` or ``"ray://head:10001"``), with one Ray actor per worker. Each actor
+loads its own replica of a job's model with :func:`codecircuits.load_model`, from the path the parent's model
+was loaded from, checks it against the parent's weights, and keeps it for every later shard and job on that
+model. On a machine or
 cluster with GPUs each actor takes one GPU; on CPUs each takes ``threads`` cores and runs torch on that many
 threads.
 
@@ -75,28 +76,39 @@ def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return all(abs(x - y) <= 1e-6 * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
 
 
-class _Replica:
-    """The body of a worker actor: one model replica, loaded once."""
+class _Worker:
+    """The body of a worker actor: a process with its torch threads that holds one model replica at a time,
+    loaded on first use and kept for the shards that follow (a job on another model replaces it)."""
 
-    def __init__(self, spec: ModelSpec, threads: int | None):
+    def __init__(self, threads: int | None):
         if threads:
             torch.set_num_threads(int(threads))
-        from ..models.loading import apply_bos, load_model
+        self.key: tuple | None = None
+        self.model = None
+        self.fingerprint: tuple[float, float] | None = None
 
-        self.model = load_model(
-            spec.name_or_path,
-            dtype=getattr(torch, spec.dtype),
-            trust_remote_code=spec.trust_remote_code,
-            compatibility_mode=spec.compatibility_mode,
-        )
-        apply_bos(self.model, spec.bos)
-        self.fingerprint = fingerprint(self.model)
+    def _load(self, spec: ModelSpec):
+        if self.key != spec.key:
+            from ..models.loading import apply_bos, load_model
 
-    def info(self) -> dict:
+            self.model = None  # free the last replica before loading the next
+            model = load_model(
+                spec.name_or_path,
+                dtype=getattr(torch, spec.dtype),
+                trust_remote_code=spec.trust_remote_code,
+                compatibility_mode=spec.compatibility_mode,
+            )
+            apply_bos(model, spec.bos)
+            self.model, self.key, self.fingerprint = model, spec.key, fingerprint(model)
+        return self.model
+
+    def info(self, spec: ModelSpec | None = None) -> dict:
+        if spec is not None:
+            self._load(spec)
         return {"pid": os.getpid(), "fingerprint": self.fingerprint, "threads": torch.get_num_threads()}
 
-    def run(self, fn: Callable, shard: Shard, *args, **kwargs):
-        return fn(self.model, shard, *args, **kwargs)
+    def run(self, spec: ModelSpec, fn: Callable, shard: Shard, *args, **kwargs):
+        return fn(self._load(spec), shard, *args, **kwargs)
 
 
 class Workers:
@@ -104,7 +116,8 @@ class Workers:
     joins a running cluster (``"auto"``, ``"host:6379"`` or ``"ray://host:10001"``) with ``n`` workers (default: one
     per GPU, else one per ``threads`` CPUs). Use it as a context manager, or call :meth:`close`; a cluster it
     started stops with it. Pass it (or just ``n``) as ``workers=`` to the sharded jobs; one ``Workers`` reused
-    across jobs keeps the model's replicas loaded (one model at a time: a job on another model replaces them).
+    across jobs keeps the workers and their model replica loaded (one model at a time: a job on another model
+    loads that one in the same processes).
     """
 
     def __init__(
@@ -129,7 +142,7 @@ class Workers:
         self.retries = int(retries)
         self._ray = None
         self._own = False
-        self._replicas: dict[tuple, list] = {}
+        self._actors: list | None = None
 
     # -- cluster ---------------------------------------------------------------------------------------------
 
@@ -180,20 +193,19 @@ class Workers:
         """Stop the workers, and the cluster if this object started it."""
         if self._ray is None:
             return
-        self._stop_replicas()
+        self._stop_actors()
         ray, self._ray = self._ray, None
         if self._own and ray.is_initialized():
             ray.shutdown()
         self._own = False
 
-    def _stop_replicas(self) -> None:
-        for actors in self._replicas.values():
-            for a in actors:
-                try:
-                    self._ray.kill(a)
-                except Exception:  # an actor already gone
-                    pass
-        self._replicas.clear()
+    def _stop_actors(self) -> None:
+        for a in self._actors or ():
+            try:
+                self._ray.kill(a)
+            except Exception:  # an actor already gone
+                pass
+        self._actors = None
 
     def __enter__(self) -> Workers:
         self.start()
@@ -204,39 +216,45 @@ class Workers:
 
     # -- replicas --------------------------------------------------------------------------------------------
 
-    def replicas(self, model) -> list:
-        """The actors holding ``model``'s replicas (started and checked against the parent's weights on first use)."""
-        spec = model_spec(model)
-        actors = self._replicas.get(spec.key)
+    def actors(self) -> list:
+        """The worker actors (started on first use)."""
         ray = self.start()
-        if actors is None:
-            # the workers hold one model at a time: each actor keeps its CPUs or GPU while it lives, so the
-            # replicas of a model used before are stopped to free them for this one
-            self._stop_replicas()
+        if self._actors is None:
             gpus = self.gpus_per_worker
-            cls = ray.remote(_Replica).options(
+            cls = ray.remote(_Worker).options(
                 num_cpus=0 if gpus else (self.threads or 1),
                 num_gpus=gpus,
                 max_restarts=self.retries,
                 max_task_retries=self.retries,
             )
-            threads = None if gpus else self.threads
-            actors = [cls.remote(spec, threads) for _ in range(self.size)]
-            self._replicas[spec.key] = actors
-        infos = ray.get([a.info.remote() for a in actors])
-        bad = [i for i, info in enumerate(infos) if not _same(tuple(info["fingerprint"]), spec.fingerprint)]
-        if bad:
+            self._actors = [cls.remote(None if gpus else self.threads) for _ in range(self.size)]
+        return self._actors
+
+    def replicas(self, model) -> tuple[ModelSpec, list]:
+        """``model``'s spec and the actors, each holding a replica of it (loaded and checked against this
+        process's weights)."""
+        spec = model_spec(model)
+        actors = self.actors()
+        try:
+            infos = self._ray.get([a.info.remote(spec) for a in actors])
+        except self._ray.exceptions.RayTaskError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            raise InputError(
+                f"The workers could not load the model from {spec.name_or_path} ({type(cause).__name__}: {cause}); "
+                "every worker must see that path (on a cluster: a shared file system, or a registry name)."
+            ) from None
+        if any(not _same(tuple(info["fingerprint"]), spec.fingerprint) for info in infos):
             raise InputError(
                 f"The model's weights differ from the ones loaded from {spec.name_or_path} (edited after loading?), "
                 "so workers would run another model. Save the edited model and load it from there, or run without "
                 "workers."
             )
-        return actors
+        return spec, actors
 
-    def pids(self, model) -> list[int]:
-        """The process id of each of ``model``'s workers (to watch them, or to test a worker's death)."""
+    def pids(self) -> list[int]:
+        """The process id of each worker (to watch them, or to test a worker's death)."""
         ray = self.start()
-        return [info["pid"] for info in ray.get([a.info.remote() for a in self.replicas(model)])]
+        return [info["pid"] for info in ray.get([a.info.remote() for a in self.actors()])]
 
     # -- running shards --------------------------------------------------------------------------------------
 
@@ -262,7 +280,7 @@ class Workers:
         from ..core.batching import progress_bar
 
         ray = self.start()
-        actors = self.replicas(model)
+        spec, actors = self.replicas(model)
         results: list = [None] * len(shards)
         failures: list[ShardFailure] = []
         queue = list(shards)
@@ -271,7 +289,7 @@ class Workers:
         def submit(actor) -> None:
             if queue:
                 shard = queue.pop(0)
-                running[actor.run.remote(fn, shard, *args, **kwargs)] = (shard, actor)
+                running[actor.run.remote(spec, fn, shard, *args, **kwargs)] = (shard, actor)
 
         bar = progress_bar(sum(s.size for s in shards), desc, progress)
         try:
@@ -326,14 +344,13 @@ class using:
         self._given = isinstance(workers, Workers)
         self.workers = as_workers(workers)
 
-    def _stop_replicas(self) -> None:
-        for actors in self._replicas.values():
-            for a in actors:
-                try:
-                    self._ray.kill(a)
-                except Exception:  # an actor already gone
-                    pass
-        self._replicas.clear()
+    def _stop_actors(self) -> None:
+        for a in self._actors or ():
+            try:
+                self._ray.kill(a)
+            except Exception:  # an actor already gone
+                pass
+        self._actors = None
 
     def __enter__(self) -> Workers:
         return self.workers
