@@ -36,7 +36,7 @@ def test_cli_error_is_one_line(capsys):
 
 STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "repair", "signatures", "circuit", "demo"]
 # keywords that are the command line's own business (where files go, progress bars), not the study's settings
-CLI_KEYWORDS = {"checkpoint", "resume", "progress"}
+CLI_KEYWORDS = {"checkpoint", "resume", "progress", "workers"}
 
 
 class _Stop(Exception):
@@ -88,6 +88,20 @@ def test_study_command_defaults_are_the_study_config(monkeypatch, command):
     (cfg,) = args
     assert cfg == cfg_cls(), f"`codecircuits {command}` runs {cfg}, the library's default is {cfg_cls()}"
     assert set(kwargs) <= CLI_KEYWORDS, f"`codecircuits {command}` passes settings outside the config: {kwargs}"
+    assert kwargs.get("workers") is None, "without --workers / --ray a command runs in one process"
+
+
+@pytest.mark.parametrize("command", ["memories", "cna", "circuit"])
+def test_workers_options_reach_the_study(monkeypatch, command):
+    """`--workers N` hands the study N local Ray workers, `--ray ADDRESS` the workers of a running cluster."""
+    from codecircuits.distributed import Workers
+
+    _, call = _capture(monkeypatch, command)
+    _, kw = call("--workers", "2", "--worker-threads", "3")
+    w = kw["workers"]
+    assert isinstance(w, Workers) and (w.n, w.address, w.threads) == (2, None, 3)
+    _, kw = call("--ray", "ray://head:10001")
+    assert (kw["workers"].n, kw["workers"].address) == (None, "ray://head:10001")
 
 
 @pytest.mark.parametrize("command", [c for c in STUDY_COMMANDS if c != "demo"])

@@ -143,3 +143,12 @@ def test_no_ray_without_workers(tiny_dirs):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_scan_on_two_workers_equals_one_process_on_the_default_model(default_model, ray_workers):
+    ch = mem.chunk_corpus(default_model, "stdlib:test", window=32, max_chunks=12)
+    one = mem.scan(default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), progress=False)
+    two = mem.scan(default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), checkpoint_every=4,
+                   progress=False, workers=ray_workers)
+    _assert_same(one, two)

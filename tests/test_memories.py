@@ -203,3 +203,17 @@ def test_memories_command(tiny_dirs, tmp_path, capsys):
     assert (out / "report.html").is_file() and (out / "results.json").is_file() and (out / "scan.safetensors").is_file()
     assert "residual depth to agree" in capsys.readouterr().out
     assert main(args + ["--resume"]) == 0  # a finished checkpoint resumes to the same result
+
+
+def test_scan_activation_stats_match_the_tokens(tiny, tmp_path):
+    """The scan's per-key activation mean and spread are those of every scanned document token."""
+    ch = mem.chunk_corpus(tiny, TEXTS, window=24, max_chunks=7)
+    s = mem.scan(tiny, ch, k=2, batch_size=3, progress=False)
+    layer = tiny.cfg.n_layers - 1
+    acts = torch.cat([a for a in _brute_force(tiny, ch, layer, "signed")])  # [tokens, d_mlp], BOS dropped
+    st = s.activation_stats()
+    assert st.tokens == acts.shape[0] == ch.n_tokens
+    torch.testing.assert_close(st.mean[-1], acts.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(st.std[-1], acts.std(0, correction=0), atol=1e-5, rtol=1e-4)
+    back = mem.load_scan(s.save(tmp_path / "s.safetensors"))
+    assert torch.equal(back.act_sum, s.act_sum) and torch.equal(back.act_sq, s.act_sq)
