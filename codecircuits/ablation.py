@@ -359,6 +359,7 @@ def head_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
+    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each query head alone and record ``metric``: ``res.values`` is ``[layer, head]``.
 
@@ -373,7 +374,19 @@ def head_sweep(
 
     ``metric`` may also be a mapping ``{name: metric}``: every metric is read from the same forwards and the
     result is ``{name: SweepResult}`` (e.g. ``{"logprob": ..., "correct": ...}``).
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
+    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
+    process's. Resample ablation is not sharded.
     """
+    if workers is not None:
+        from .distributed.sweeps import ablation_sweep
+
+        return ablation_sweep(
+            "head_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
+            heads=heads, positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget,
+            progress=progress,
+        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_heads(model, [(layer, 0) for layer in layers])
     per, base, idx = _sweep_layers(
@@ -411,11 +424,24 @@ def neuron_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
+    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each MLP neuron (``mlp.hook_post``) alone: ``res.values`` is ``[layer, neuron]``.
 
     ``neurons`` picks a subset of neuron indices (the same in every layer); default all ``d_mlp``.
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
+    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
+    process's. Resample ablation is not sharded.
     """
+    if workers is not None:
+        from .distributed.sweeps import ablation_sweep
+
+        return ablation_sweep(
+            "neuron_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
+            neurons=neurons, positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget,
+            progress=progress,
+        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, [(layer, "mlp") for layer in layers])
     per, base, idx = _sweep_layers(
@@ -452,9 +478,22 @@ def layer_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
+    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each layer's attention output and MLP output alone: ``res.values`` is ``[layer, part]``
-    with parts ``("attn", "mlp")``."""
+    with parts ``("attn", "mlp")``.
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
+    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
+    process's. Resample ablation is not sharded.
+    """
+    if workers is not None:
+        from .distributed.sweeps import ablation_sweep
+
+        return ablation_sweep(
+            "layer_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
+            positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget, progress=progress,
+        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, layers)
     per, base, _ = _sweep_layers(

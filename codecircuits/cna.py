@@ -126,6 +126,7 @@ def head_sweep(
     max_rows: int | None = None,
     memory_budget=None,
     progress: bool = True,
+    workers=None,
 ) -> HeadSweep:
     """Ablate every head (or the given ``(layer, head)`` list, pairs or ``"L3H7"`` labels) alone and score the task.
 
@@ -135,8 +136,17 @@ def head_sweep(
     The zero ablations run on :func:`codecircuits.ablation.head_sweep` (both scores from the same forwards, each
     layer's heads stacked along the batch and run from that layer on, only ``pos`` unembedded), once per batch of
     ``batch_size`` prompts of one token length. ``memory_budget`` (bytes or ``"2GB"``) bounds each batched
-    forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows.
+    forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows. ``workers`` (a number, a Ray
+    address or a :class:`~codecircuits.distributed.Workers`) shards the prompts over workers
+    (:mod:`codecircuits.distributed.neurons`).
     """
+    if workers is not None:
+        from .distributed import neurons as sharded
+
+        return sharded.head_sweep(
+            model, prompts, labels, workers=workers, pos=pos, heads=heads, batch_size=batch_size, max_rows=max_rows,
+            memory_budget=memory_budget, progress=progress,
+        )
     if max_rows is not None and max_rows < 1:
         raise InputError(f"max_rows must be at least 1, got {max_rows}.")
     if max_rows is not None and memory_budget is not None:
@@ -312,11 +322,20 @@ def compare(
     batch_size: int = 16,
     memory_mb: float = 256,
     progress: bool = True,
+    workers=None,
 ) -> CNAResult:
     """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated.
 
     Scores the layers from the head's layer on (``all_layers=True``: every layer, to see the importances
-    there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time)."""
+    there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time).
+    ``workers`` shards the prompts over workers (:mod:`codecircuits.distributed.neurons`)."""
+    if workers is not None:
+        from .distributed import neurons as sharded
+
+        return sharded.compare(
+            model, prompts, head, workers=workers, target=target, exact_authors_lens=exact_authors_lens, pos=pos,
+            all_layers=all_layers, layers=layers, batch_size=batch_size, memory_mb=memory_mb, progress=progress,
+        )
     head = (int(head[0]), int(head[1]))
     hooks = head_zero_hooks(model, [head])
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp

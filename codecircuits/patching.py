@@ -350,6 +350,7 @@ def sweep(
     neurons: Sequence[int] | None = None,
     memory_budget=None,
     progress: bool = True,
+    workers=None,
 ) -> SweepResult:
     """Patch one component at a time from one run into the other and record ``metric`` for every cell.
 
@@ -373,7 +374,17 @@ def sweep(
 
     Returns a :class:`SweepResult`: ``per_example`` ``[*by, batch]``, ``base`` the receiving run's metric and
     ``source`` the donor run's, so ``recovery`` is the usual normalised score.
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompt pairs
+    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`).
     """
+    if workers is not None:
+        from .distributed.sweeps import patching_sweep
+
+        return patching_sweep(
+            model, clean, corrupted, metric, workers=workers, site=site, by=by, into=into, layers=layers,
+            positions=positions, heads=heads, neurons=neurons, memory_budget=memory_budget, progress=progress,
+        )
     st = sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
     site, kind, by = st.site, st.kind, st.by
     clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t

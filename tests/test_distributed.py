@@ -77,13 +77,14 @@ def test_replicas_must_match_the_parent_model(tiny, ray_workers):
     spec = model_spec(tiny)
     assert spec.name_or_path == tiny.codecircuits_path
     p = next(tiny.parameters())
+    saved = p.detach().clone()
     with torch.no_grad():
         p.add_(1.0)  # an edit after loading: the workers' replicas would be another model
         try:
             with pytest.raises(InputError, match="differ"):
                 ray_workers.replicas(tiny)
         finally:
-            p.sub_(1.0)
+            p.copy_(saved)  # exactly (x + 1 - 1 is not x in floating point), for the tests that follow
     ray_workers.replicas(tiny)  # restored: accepted again
 
 
@@ -152,3 +153,12 @@ def test_scan_on_two_workers_equals_one_process_on_the_default_model(default_mod
     two = mem.scan(default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), checkpoint_every=4,
                    progress=False, workers=ray_workers)
     _assert_same(one, two)
+
+
+def test_second_workers_on_a_busy_cluster_is_refused(tiny, ray_workers):
+    ray_workers.replicas(tiny)  # its two actors hold both CPUs of the local cluster
+    other = Workers(2)
+    with pytest.raises(InputError, match="free CPUs"):
+        other.actors()
+    other.close()
+    assert ray_workers.pids()  # the first one is untouched

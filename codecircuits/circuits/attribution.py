@@ -314,6 +314,7 @@ def edge_scores(
     budget=None,
     fwd_hooks=(),
     progress: bool = False,
+    workers=None,
 ) -> EdgeScores:
     """Score every edge of the model's graph for the effect of corrupting the prompts on ``metric``.
 
@@ -330,11 +331,20 @@ def edge_scores(
         budget: memory for one chunk of examples (bytes or ``"2GB"``).
         fwd_hooks: extra forward hooks installed in every run (e.g. to freeze a norm's scale).
         progress: draw a progress bar over the runs.
+        workers: a number, a Ray address or a :class:`~codecircuits.distributed.Workers`: shard the pairs over
+            workers, each with a model replica (:mod:`codecircuits.distributed.edges`).
 
     Returns:
         :class:`EdgeScores`, the mean over examples; a positive score means corrupting the edge raises the
         metric (the sign of ``m(edge corrupted) - m(clean)``, EAP-IG's convention).
     """
+    if workers is not None:
+        from ..distributed.edges import edge_scores as sharded
+
+        return sharded(
+            model, clean, corrupted, metric, workers=workers, method=method, steps=steps, grouped=grouped,
+            per_position=per_position, level=level, budget=budget, fwd_hooks=fwd_hooks, progress=progress,
+        )
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if level not in LEVELS:

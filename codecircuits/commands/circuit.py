@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options
+from ._options import config_from, config_options, worker_options, workers_from
 
 NAME = "circuit"
 HELP = "find the closing-paren circuit by edge attribution, measure its faithfulness, write report.html + results.json"
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_options(p, CircuitConfig)  # one option per setting; CircuitConfig holds the defaults
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    worker_options(p)
 
 
 def run(args) -> int:
@@ -30,7 +31,12 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
     cfg = config_from(args, circuit.CircuitConfig)
-    study = circuit.run(model, cfg, progress=not args.quiet)
+    workers = workers_from(args)
+    try:
+        study = circuit.run(model, cfg, progress=not args.quiet, workers=workers)
+    finally:
+        if workers is not None:
+            workers.close()
     html, js = study.save(args.out)
     m = study.metrics()
     print(f"CPR {m['cpr']:.3f}  (random circuits: mean {m['random_cpr_mean']:.3f}, largest {m['random_cpr_max']:.3f})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options
+from ._options import config_from, config_options, worker_options, workers_from
 
 NAME = "cna"
 HELP = "single-head ablation, comparative neuron analysis and neuron attribution on code arithmetic and parens"
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_options(p, CNAConfig)  # one option per setting; CNAConfig holds the defaults
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    worker_options(p)
 
 
 def run(args) -> int:
@@ -30,7 +31,12 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    study = cna.run(model, config_from(args, cna.CNAConfig), progress=not args.quiet)
+    workers = workers_from(args)
+    try:
+        study = cna.run(model, config_from(args, cna.CNAConfig), progress=not args.quiet, workers=workers)
+    finally:
+        if workers is not None:
+            workers.close()
     html, js = study.save(args.out)
     m = study.metrics()
     a = study.arithmetic

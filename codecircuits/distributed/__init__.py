@@ -10,6 +10,10 @@ one-process result. A worker that dies costs only its shard, which Ray runs agai
 - :mod:`~codecircuits.distributed.workers`: :class:`Workers` (the cluster and the model replicas), ``map``.
 - :mod:`~codecircuits.distributed.shards`: shards, their plan, and :class:`ShardsFailed`.
 - :mod:`~codecircuits.distributed.scan`: the memories trigger-example scan and activation sums.
+- :mod:`~codecircuits.distributed.sweeps`: ablation sweeps and the patching sweep, by prompt (pair).
+- :mod:`~codecircuits.distributed.neurons`: ``cna.head_sweep``, ``cna.compare`` and ``neurons.ffn_neurons``, by prompt.
+- :mod:`~codecircuits.distributed.edges`: ``circuits.edge_scores``, by prompt pair (means weighted by counts).
+- :mod:`~codecircuits.distributed.jobs`: what those share (shards of a prompt set, a shard's metric).
 """
 
 from .shards import Shard, ShardFailure, ShardsFailed, plan, shard_size

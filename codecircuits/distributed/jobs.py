@@ -66,7 +66,7 @@ def check_shardable(model, metric, n: int, n_pos: int) -> None:
                 out = m(probe)
             ok = isinstance(out, torch.Tensor) and tuple(out.shape) == (1,)
             why = "" if ok else f"it returned {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)}"
-        except Exception as e:  # noqa: BLE001 -- any failure on one prompt means it cannot be sharded
+        except Exception as e:  # any failure on one prompt means it cannot be sharded
             ok, why = False, f"{type(e).__name__}: {e}"
         if not ok:
             which = "The metric" if name == "metric" else f"Metric {name!r}"
@@ -113,9 +113,10 @@ def describe_prompts(prompts=None, what: str = "prompts") -> Callable[[Shard], s
     return describe
 
 
-def shards_of(n: int, n_workers: int, shard: int | None = None) -> list[Shard]:
-    """The shards of ``n`` prompts: ``shard`` prompts each, or a few shards per worker."""
-    size = int(shard) if shard is not None else shard_size(n, n_workers, per_worker=PER_WORKER)
+def shards_of(n: int, n_workers: int, shard: int | None = None, align: int = 1) -> list[Shard]:
+    """The shards of ``n`` prompts: ``shard`` prompts each, or a few shards per worker, a multiple of ``align``
+    prompts each (a job's batch size, so that each shard runs the batches one process would)."""
+    size = int(shard) if shard is not None else shard_size(n, n_workers, align=align, per_worker=PER_WORKER)
     return plan(n, size)
 
 
@@ -130,13 +131,14 @@ def map_shards(
     progress: bool = True,
     desc: str = "shards",
     shard: int | None = None,
+    align: int = 1,
     **kwargs,
 ):
     """Run ``fn(model, shard, *args, **kwargs)`` for every shard of ``n`` prompts on the workers ``w`` and return
     ``merge(results in prompt order)``. When some shards fail, raises :class:`ShardsFailed` after the others
     complete; its ``partial`` is ``merge`` of the completed shards' results (in prompt order, the failed
     shards' prompts left out), or ``None``."""
-    shards = shards_of(n, w.size, shard)
+    shards = shards_of(n, w.size, shard, align)
     results, failures = w.map(model, fn, shards, *args, describe=describe, progress=progress, desc=desc, **kwargs)
     if failures:
         done = [r for r in results if r is not None]

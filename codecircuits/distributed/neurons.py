@@ -1,6 +1,10 @@
 """Head sweeps, comparative neuron analysis and FFN neuron attribution sharded by prompt over workers
 (``cna.head_sweep(..., workers=N)``, ``cna.compare(..., workers=N)``, ``neurons.ffn_neurons(..., workers=N)``).
 
+Shards are runs of whole batches (``batch_size`` prompts), so for prompts of one token length each shard runs
+exactly the batches one process would and the per-prompt values are equal, bit for bit (prompts of several
+lengths are batched by length within each shard, so their values may differ from one process's by rounding).
+
 Every one of them is per prompt: each shard runs the one-process function on its prompts (and their labels or
 targets), and the per-prompt tensors are concatenated in prompt order; the means over prompts (accuracies,
 mean log-probabilities) are then taken over the merged per-prompt values, as one process takes them.
@@ -47,6 +51,7 @@ def _run(w, model, fn, prompts, target, kwargs, merge, progress, desc, shard):
         progress=progress,
         desc=desc,
         shard=shard,
+        align=int(kwargs.get("batch_size") or 1),  # each shard runs one process's batches (equal-length prompts)
     )
 
 

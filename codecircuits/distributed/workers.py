@@ -221,6 +221,13 @@ class Workers:
         ray = self.start()
         if self._actors is None:
             gpus = self.gpus_per_worker
+            need, kind = (self.size * gpus, "GPU") if gpus else (self.size * (self.threads or 1), "CPU")
+            free = ray.available_resources().get(kind, 0)
+            if self.address is None and free < need:  # on this machine's cluster the actors would wait forever
+                raise InputError(
+                    f"The Ray cluster of this process has {free:g} free {kind}s and {self.size} workers need {need:g} "
+                    "(another Workers holds the rest?): close that one, or pass it as workers= to reuse it."
+                )
             cls = ray.remote(_Worker).options(
                 num_cpus=0 if gpus else (self.threads or 1),
                 num_gpus=gpus,

@@ -276,12 +276,24 @@ def _tokens(model, pairs: list[task.ParenPair]):
     return paired_tokens(model, [p.clean for p in pairs], [p.corrupted for p in pairs])
 
 
-def logit_diff(pairs: list[task.ParenPair], *, loss: bool = False):
+def logit_diff(pairs: list[task.ParenPair], *, loss: bool = False, rows: bool = False):
     """The metric of a list of pairs: ``logits [batch, pos, vocab] -> [batch]``, the logit of each clean answer
-    minus that of its corrupted answer at the last position (negated when ``loss``, EAP-IG's scoring metric)."""
+    minus that of its corrupted answer at the last position (negated when ``loss``, EAP-IG's scoring metric).
+    ``rows``: the same values as a :func:`~codecircuits.core.metrics.rowwise` metric (for sharded jobs, whose
+    shards score some of the pairs)."""
     c_ids = torch.tensor([p.clean_id for p in pairs])
     w_ids = torch.tensor([p.corrupted_id for p in pairs])
     sign = -1.0 if loss else 1.0
+    if rows:
+        from ..core.metrics import rowwise
+
+        def by_row(logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+            ar = torch.arange(logits.shape[0], device=logits.device)
+            ex = examples.cpu()
+            last = logits[:, -1]
+            return sign * (last[ar, c_ids[ex].to(logits.device)] - last[ar, w_ids[ex].to(logits.device)])
+
+        return rowwise(by_row)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         ar = torch.arange(logits.shape[0], device=logits.device)
@@ -358,12 +370,17 @@ def bootstrap_faithfulness(values: torch.Tensor, n: int, seed: int) -> torch.Ten
     return torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan")))
 
 
-def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **overrides) -> CircuitStudy:
+def run(
+    model, config: CircuitConfig | None = None, *, progress: bool = True, workers=None, **overrides
+) -> CircuitStudy:
     """Run the study on ``model`` (see the module docstring); returns a :class:`CircuitStudy`.
 
     ``config`` defaults to :class:`CircuitConfig`; keyword ``overrides`` change single settings. A model whose
     blocks edge attribution cannot split (post-norm, CodeGen's bridge) is refused with an
     :class:`~codecircuits.errors.UnsupportedArchitectureError` naming the block, before any work.
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the edge scores
+    by train pair over workers (:mod:`codecircuits.distributed.edges`); the rest runs here.
     """
     cfg = configure(CircuitConfig, config, overrides)
     cc.check_supported(model)
@@ -381,11 +398,12 @@ def run(model, config: CircuitConfig | None = None, *, progress: bool = True, **
         model,
         train_c,
         train_k,
-        logit_diff(pairs["train"], loss=True),
+        logit_diff(pairs["train"], loss=True, rows=workers is not None),
         method=cfg.method,
         steps=cfg.steps,
         budget=cfg.budget,
         progress=progress,
+        workers=workers,
     )
     graph = scores.graph
     timings["scores_s"] = time.perf_counter() - t0

@@ -137,27 +137,39 @@ class CNAStudy(Study):
         return json_safe(out)
 
 
-def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress) -> TaskFindings:
-    sweep = cna_mod.head_sweep(model, texts, labels, progress=progress)
+def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress, workers=None) -> TaskFindings:
+    sweep = cna_mod.head_sweep(model, texts, labels, progress=progress, workers=workers)
     head = sweep.top_head()
     right = [i for i in range(len(texts)) if bool(sweep.base_correct[i])]
     pick = right[:: max(1, len(right) // n_cna)][:n_cna] if right else list(range(min(n_cna, len(texts))))
     cna_texts = [texts[i] for i in pick]
     cna_labels = labels[pick]
-    res = cna_mod.compare(model, cna_texts, head, target=cna_labels, progress=progress)
+    res = cna_mod.compare(model, cna_texts, head, target=cna_labels, progress=progress, workers=workers)
     # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
     # test model) is measured on all of them instead (its decreases are then n/a)
     mk = cna_mod.mask_keep(model, cna_texts, res, labels=cna_labels, ns=ns, only_correct=bool(right), progress=progress)
     return TaskFindings(name, accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
 
 
-def run(model, config: CNAConfig | None = None, *, progress: bool = True, **overrides) -> CNAStudy:
+def run(model, config: CNAConfig | None = None, *, progress: bool = True, workers=None, **overrides) -> CNAStudy:
     """Run the study with ``config`` (default :class:`CNAConfig`; keyword ``overrides`` change single settings).
 
     ``n_sweep`` prompts per task for the head sweep (arithmetic: the first template; parens: balanced over
     ``paren_n_values``; accuracy uses every prompt), ``n_cna`` (correct) prompts for CNA and the mask/keep table,
     ``n_top10`` prompts for the top-10 comparison (over the last ``top10_layers`` layers, where value neurons
-    concentrate; None = all layers). ``paren_n_values=()`` skips the parenthesis task."""
+    concentrate; None = all layers). ``paren_n_values=()`` skips the parenthesis task.
+
+    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the head sweeps,
+    CNA and the FFN neuron attribution by prompt over workers (:mod:`codecircuits.distributed.neurons`); the
+    results are one process's."""
+    if workers is not None:
+        from ..distributed.workers import Workers
+
+        if not isinstance(workers, Workers):  # one cluster for every job of the study
+            from ..distributed import using
+
+            with using(workers) as w:
+                return run(model, config, progress=progress, workers=w, **overrides)
     cfg = configure(CNAConfig, config, overrides)
     templates, n_sweep, n_cna, n_top10 = tuple(cfg.templates), cfg.n_sweep, cfg.n_cna, cfg.n_top10
     top10_layers, paren_n_values, paren_numbers, ns, seed = (
@@ -171,13 +183,15 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, **over
     ds = arithmetic.dataset(model, templates=templates)
     acc = arithmetic.accuracy(model, ds, by="template")
     sub = ds.select(template=templates[0], limit=n_sweep, seed=seed)
-    arith = _task(model, "arithmetic", sub.texts, sub.label_ids, acc, n_cna=n_cna, ns=ns, progress=progress)
+    arith = _task(
+        model, "arithmetic", sub.texts, sub.label_ids, acc, n_cna=n_cna, ns=ns, progress=progress, workers=workers
+    )
 
     ev_ds = ds.select(template=templates[0], limit=n_top10, seed=seed + 1)
     n_layers = model.cfg.n_layers
     layers = None if top10_layers is None else list(range(max(0, n_layers - top10_layers), n_layers))
     attr = neurons.ffn_neurons(
-        model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers, progress=progress
+        model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers, progress=progress, workers=workers
     )
     top10 = neurons.evaluate_top_neurons(model, ev_ds.texts, attr, k=10, seed=seed, progress=progress)
 
@@ -190,7 +204,9 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, **over
         psub = pds.select(limit=max(1, n_sweep // len(paren_n_values)))
         ptexts = [p.text for p in psub]
         plabels = torch.tensor([p.label_id for p in psub])
-        parens_f = _task(model, "parens", ptexts, plabels, pacc, n_cna=n_cna, ns=ns, progress=progress)
+        parens_f = _task(
+            model, "parens", ptexts, plabels, pacc, n_cna=n_cna, ns=ns, progress=progress, workers=workers
+        )
 
     settings = {
         "templates": list(templates),
