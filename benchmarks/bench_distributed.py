@@ -5,7 +5,8 @@ from one run it prints:
 
 - the time to start a local Ray cluster, and the time for its workers to load their replicas of the model;
 - the scan in this process on one thread (the reference: tokens / s), then on 1 worker and on 2 workers of one
-  thread each, with the replicas already loaded (shards of 16 and 8 chunks: about four per worker): the throughput ratio of 2 workers to 1 (goal >= 1.7x on this
+  thread each, with the replicas already loaded (shards of 16 and 8 chunks: about four per worker), each the
+  fastest of two runs: the throughput ratio of 2 workers to 1 (goal >= 1.7x on this
   2-core machine) and the per-shard overhead, ``(1 worker's time - this process's time) / shards``;
 - the round trip of an empty shard (scheduling and result transfer alone);
 - whether every sharded result equals this process's bit for bit.
@@ -44,7 +45,9 @@ def main(quick: bool = False) -> dict:
         s = mem.scan(model, chunked, k=20, batch_size=batch, checkpoint_every=every, progress=False, workers=workers)
         return s, time.perf_counter() - t0
 
-    ref, t_one = run_scan()
+    repeats = 2  # the fastest of two runs counts (the machine may be shared)
+    runs = [run_scan() for _ in range(repeats)]
+    ref, t_one = runs[0][0], min(t for _, t in runs)
     shards = {n: -(-n_chunks // shard_size(n_chunks, n, align=batch, cap=every)) for n in (1, 2)}
     out = {"tokens": n_tok, "chunks": n_chunks, "shards_1w": shards[1], "shards_2w": shards[2], "one_process_s": t_one}
     equal = True
@@ -56,8 +59,11 @@ def main(quick: bool = False) -> dict:
         t0 = time.perf_counter()
         w.replicas(model)
         t_load = time.perf_counter() - t0
-        s, t = run_scan(w)
-        equal &= all(torch.equal(getattr(ref, f), getattr(s, f)) for f in ("values", "chunk", "pos", "act_sum"))
+        t = float("inf")
+        for _ in range(repeats):
+            s, ti = run_scan(w)
+            t = min(t, ti)
+            equal &= all(torch.equal(getattr(ref, f), getattr(s, f)) for f in ("values", "chunk", "pos", "act_sum"))
         if n == 1:
             t0 = time.perf_counter()
             w.map(model, _noop, plan(40, 1), progress=False)

@@ -99,6 +99,8 @@ class _Worker:
                 compatibility_mode=spec.compatibility_mode,
             )
             apply_bos(model, spec.bos)
+            with torch.no_grad():  # warm up (allocator, kernels) here, not in the first shard's time
+                model(torch.zeros((1, 8), dtype=torch.long, device=model.cfg.device))
             self.model, self.key, self.fingerprint = model, spec.key, fingerprint(model)
         return self.model
 
