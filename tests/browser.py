@@ -18,6 +18,7 @@ Without Chromium the calling test is skipped with an install hint, except under 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import fcntl
@@ -41,6 +42,8 @@ INSTALL_HINT = (
     "headless Chromium is needed for the report's browser test: install it with "
     "`sudo apt-get install chromium` (Debian/Ubuntu), or point $CHROMIUM at a Chromium/Chrome binary"
 )
+# the per-family study tests run every check of their report on every family, and save a screenshot on this one
+SCREENSHOT_FAMILY = "llama"
 _LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "devtools:")
 WIDTH = 1280
 
@@ -296,9 +299,30 @@ def open_report(
     if not html_path.is_file():
         raise FileNotFoundError(f"no report at {html_path}")
     if browser is None:
-        with Browser(require_chromium(), timeout=timeout) as b:
+        b = shared_browser(timeout)
+        try:
             return _open(b, html_path, screenshot_path, timeout, max_height, evaluate)
+        except (CDPError, OSError):
+            if b.proc.poll() is None:
+                raise
+            _SHARED.clear()  # the shared browser died (not the page's fault): once more in a fresh one
+            return _open(shared_browser(timeout), html_path, screenshot_path, timeout, max_height, evaluate)
     return _open(browser, html_path, screenshot_path, timeout, max_height, evaluate)
+
+
+_SHARED: list[Browser] = []
+
+
+def shared_browser(timeout: float = 30.0) -> Browser:
+    """One headless Chromium for the whole test session (each page opens in its own tab, whose events are read
+    apart from the others'), started on first use and closed at exit: starting one per report cost ~1 s each."""
+    if _SHARED and _SHARED[0].proc.poll() is None:
+        return _SHARED[0]
+    _SHARED.clear()
+    b = Browser(require_chromium(), timeout=timeout)
+    _SHARED.append(b)
+    atexit.register(b.close)
+    return b
 
 
 def _open(b: Browser, html_path: Path, screenshot_path, timeout: float, max_height: int, evaluate) -> PageCheck:
@@ -482,13 +506,17 @@ def assert_report(
     return c
 
 
-def check_study_report(html_path, json_path, screenshot_name: str, *, require: tuple[str, ...] = ()) -> PageCheck:
+def check_study_report(
+    html_path, json_path, screenshot_name: str, *, require: tuple[str, ...] = (), screenshot: bool = True
+) -> PageCheck:
     """:func:`check_report` against the study's own ``results.json``: the page's metric cards are exactly the
     JSON's ``metrics`` with the same values, and its title names the JSON's model. The screenshot goes to
-    :func:`artifact_path` ``(screenshot_name)``."""
+    :func:`artifact_path` ``(screenshot_name)``; ``screenshot=False`` runs every check without one (a
+    screenshot costs ~3 s: the per-family tests take one on one family)."""
     data = json.loads(Path(json_path).read_text())
     assert isinstance(data.get("metrics"), dict) and data["metrics"], f"{json_path} has no metrics"
-    c = check_report(html_path, data["metrics"], artifact_path(screenshot_name), require=require)
+    shot = artifact_path(screenshot_name) if screenshot else None
+    c = check_report(html_path, data["metrics"], shot, require=require)
     model = data.get("model") or data.get("model_name")
     assert model and str(model) in c.page["title"], f"title {c.page['title']!r} does not name the model {model!r}"
     return c

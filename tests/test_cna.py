@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import cna, neurons
 from codecircuits.core.sites import head_label
@@ -150,7 +150,7 @@ def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
     assert mk["mask_acc_decrease_pct"] > mk["random_mask_acc_decrease_pct"]
 
 
-def test_study_writes_a_report_and_json(tiny, tmp_path):
+def test_study_writes_a_report_and_json(family, tiny, tmp_path):
     import json
 
     from codecircuits.studies import cna as study_mod
@@ -168,7 +168,7 @@ def test_study_writes_a_report_and_json(tiny, tmp_path):
     )
     html, js = study_mod.write(st, tmp_path / "out")
     data = json.loads(js.read_text())
-    check_study_report(html, js, f"cna-{tiny.cfg.model_name}.png", require=("heatmap", "table"))
+    check_study_report(html, js, f"cna-{tiny.cfg.model_name}.png", require=("heatmap", "table"), screenshot=family == SCREENSHOT_FAMILY)
     assert data["arithmetic"]["top_head"] == head_label(*st.arithmetic.head)
     assert [r["N"] for r in data["arithmetic"]["mask_keep"]] == [2, 3]
     assert {r["method"] for r in data["top10_ablation"]} >= {"original", "logprob_increase", "random"}

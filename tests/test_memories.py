@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import InputError
 from codecircuits import memories as mem
@@ -154,7 +154,7 @@ def test_value_tokens_and_agreement(tiny):
     assert list(kva["layer"]) == list(range(n_layers)) and kva["agreement"].between(0, 1).all()
 
 
-def test_study_runs_and_writes(tiny, tmp_path):
+def test_study_runs_and_writes(family, tiny, tmp_path):
     import json
 
     from codecircuits.studies import memories as study_mod
@@ -184,7 +184,7 @@ def test_study_runs_and_writes(tiny, tmp_path):
         assert len(st.promotes(layer, neuron)) == 10
     html, js = study_mod.write(st, tmp_path / "out", model=tiny)
     data = json.loads(js.read_text())
-    check_study_report(html, js, f"memories-{tiny.cfg.model_name}.png", require=("heatmap", "table", "tokens"))
+    check_study_report(html, js, f"memories-{tiny.cfg.model_name}.png", require=("heatmap", "table", "tokens"), screenshot=family == SCREENSHOT_FAMILY)
     page = html.read_text()
     for key, value in data["metrics"].items():
         if value is not None:

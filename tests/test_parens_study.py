@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits.corpus import directory
 from codecircuits.studies import parens as study
@@ -30,7 +30,7 @@ def tiny_study(tmp_path_factory):
     return get
 
 
-def test_whole_study_on_every_family(tiny, tiny_study, tmp_path):
+def test_whole_study_on_every_family(family, tiny, tiny_study, tmp_path):
     s = tiny_study(tiny)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
     assert s.counts == (1, 2, 3, 4)
@@ -66,7 +66,8 @@ def test_whole_study_on_every_family(tiny, tiny_study, tmp_path):
     for key in s.key_metrics():
         assert f'data-metric="{key}"' in page
     check_study_report(
-        html, js, f"parens-{tiny.cfg.model_name}.png", require=("heatmap", "attention", "line-chart", "table", "code")
+        html, js, f"parens-{tiny.cfg.model_name}.png", require=("heatmap", "attention", "line-chart", "table", "code"),
+        screenshot=family == SCREENSHOT_FAMILY,
     )
 
 

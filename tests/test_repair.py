@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import CheckpointError, InputError
 from codecircuits import repair as R
@@ -258,7 +258,7 @@ def test_bad_input_is_a_clear_error(tiny):
         R.mint_repair(tiny, _case(tiny), scale=-1)
 
 
-def test_study_runs_undoes_every_edit_and_reports(tiny, tmp_path):
+def test_study_runs_undoes_every_edit_and_reports(family, tiny, tmp_path):
     import json
 
     from codecircuits.studies import repair as SR
@@ -279,7 +279,7 @@ def test_study_runs_undoes_every_edit_and_reports(tiny, tmp_path):
     assert sorted(df.method) == ["mint", "sgd"] and df.restored.all()
     assert (df.spec_n > 0).all() and (df.gen_n <= 8).all()
     html, js = SR.write(st, tmp_path)
-    check_study_report(html, js, f"repair-{tiny.cfg.model_name}.png", require=("table", "code"))
+    check_study_report(html, js, f"repair-{tiny.cfg.model_name}.png", require=("table", "code"), screenshot=family == SCREENSHOT_FAMILY)
     data = json.loads(js.read_text())
     assert data["metrics"]["n_cases"] == 1
     text = html.read_text()

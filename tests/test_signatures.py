@@ -7,7 +7,7 @@ import ast
 
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import InputError
 from codecircuits import signatures as S
@@ -166,7 +166,7 @@ def test_code_shifts():
     assert ns1["A"]().f("abc") == ns2["A"]().f("abc") == 3
 
 
-def test_study_runs_restores_and_reports(tiny, tmp_path):
+def test_study_runs_restores_and_reports(family, tiny, tmp_path):
     import json
 
     from codecircuits.studies import signatures as SS
@@ -184,7 +184,7 @@ def test_study_runs_restores_and_reports(tiny, tmp_path):
     m = st.metrics()
     assert m["ratio_full_to_signature"] > 1 and m["ratio_full_to_signature_shallow"] >= m["ratio_full_to_signature"]
     html, js = SS.write(st, tmp_path)
-    check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"))
+    check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"), screenshot=family == SCREENSHOT_FAMILY)
     assert json.loads(js.read_text())["metrics"]["base_clean"] == pytest.approx(m["base_clean"])
     assert 'data-metric="tabs_gain_signature"' in html.read_text()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from browser import check_study_report
+from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import HookNameError, InputError
 from codecircuits import subspace as sub
@@ -187,7 +187,7 @@ def test_bad_input_is_a_clear_error(tiny):
         sub.patch(tiny, pairs, "blocks.0.hook_resid_post", torch.zeros(tiny.cfg.d_model))
 
 
-def test_study_runs_end_to_end_and_writes_its_report(tiny, tmp_path):
+def test_study_runs_end_to_end_and_writes_its_report(family, tiny, tmp_path):
     import json
 
     from codecircuits.studies import subspace as study
@@ -201,7 +201,7 @@ def test_study_runs_end_to_end_and_writes_its_report(tiny, tmp_path):
     assert set(s.checks) == {c["hook"] for c in s.choice.values()}
     html, js = s.save(tmp_path / "out")
     data = json.loads(js.read_text())
-    check_study_report(html, js, f"subspace-{tiny.cfg.model_name}.png", require=("table", "line-chart"))
+    check_study_report(html, js, f"subspace-{tiny.cfg.model_name}.png", require=("table", "line-chart"), screenshot=family == SCREENSHOT_FAMILY)
     assert set(data["checks"]) == set(s.checks)
     page = html.read_text()
     hook = next(iter(s.checks))
