@@ -15,7 +15,6 @@ import torch
 from ..core.batching import paired_tokens
 from .jobs import check_shardable, describe_prompts, map_shards, shard_metric
 from .shards import Shard
-from .workers import using
 
 
 def edge_shard(model, shard: Shard, clean, corrupted, metric, kwargs: dict):
@@ -46,29 +45,28 @@ def merge_edge_scores(parts: list):
     )
 
 
-def edge_scores(model, clean, corrupted, metric, *, workers, progress: bool = False, shard: int | None = None,
-                **kwargs):
+def edge_scores(
+    model, clean, corrupted, metric, *, workers, progress: bool = False, shard: int | None = None, **kwargs
+):
     """:func:`codecircuits.circuits.edge_scores` sharded by prompt pair over ``workers``."""
     clean_t, corr_t = paired_tokens(model, clean, corrupted)
     n = int(clean_t.shape[0])
     check_shardable(model, metric, n, int(clean_t.shape[1]))
-    with using(workers) as w:
-        ray = w.start()
-        return map_shards(
-            w,
-            model,
-            edge_shard,
-            n,
-            ray.put(clean_t.cpu()),
-            ray.put(corr_t.cpu()),
-            metric,
-            kwargs,
-            merge=merge_edge_scores,
-            describe=describe_prompts(None, "prompt pairs"),
-            progress=progress,
-            desc="edge scores",
-            shard=shard,
-        )
+    return map_shards(
+        workers,
+        model,
+        edge_shard,
+        n,
+        clean_t,
+        corr_t,
+        metric,
+        kwargs,
+        merge=merge_edge_scores,
+        describe=describe_prompts(None, "prompt pairs"),
+        progress=progress,
+        desc="edge scores",
+        shard=shard,
+    )
 
 
 __all__ = ["edge_scores", "edge_shard", "merge_edge_scores"]

@@ -20,6 +20,7 @@ import torch
 from ..core.metrics import RowwiseMetric
 from ..errors import InputError
 from .shards import Shard, ShardsFailed, plan, shard_size
+from .workers import using
 
 PER_WORKER = 3  # shards per worker by default: a slow or restarted worker does not hold the job up
 
@@ -121,7 +122,7 @@ def shards_of(n: int, n_workers: int, shard: int | None = None, align: int = 1) 
 
 
 def map_shards(
-    w,
+    workers,
     model,
     fn: Callable,
     n: int,
@@ -134,12 +135,14 @@ def map_shards(
     align: int = 1,
     **kwargs,
 ):
-    """Run ``fn(model, shard, *args, **kwargs)`` for every shard of ``n`` prompts on the workers ``w`` and return
+    """Run ``fn(model, shard, *args, **kwargs)`` for every shard of ``n`` prompts on ``workers`` (anything
+    :func:`~codecircuits.distributed.workers.using` takes; one made here is closed after the job) and return
     ``merge(results in prompt order)``. When some shards fail, raises :class:`ShardsFailed` after the others
     complete; its ``partial`` is ``merge`` of the completed shards' results (in prompt order, the failed
     shards' prompts left out), or ``None``."""
-    shards = shards_of(n, w.size, shard, align)
-    results, failures = w.map(model, fn, shards, *args, describe=describe, progress=progress, desc=desc, **kwargs)
+    with using(workers) as w:
+        shards = shards_of(n, w.size, shard, align)
+        results, failures = w.map(model, fn, shards, *args, describe=describe, progress=progress, desc=desc, **kwargs)
     if failures:
         done = [r for r in results if r is not None]
         raise ShardsFailed(failures, len(shards), partial=merge(done) if done else None)

@@ -21,7 +21,6 @@ import torch
 from ..errors import InputError
 from .jobs import as_prompt_list, describe_prompts, map_shards, slice_prompts
 from .shards import Shard
-from .workers import using
 
 
 def _targets(model, target, n: int):
@@ -35,15 +34,13 @@ def _part(x, shard: Shard):
     return None if x is None else x[shard.start : shard.stop]
 
 
-def _run(w, model, fn, prompts, target, kwargs, merge, progress, desc, shard):
-    n = len(prompts)
-    ray = w.start()
+def _run(workers, model, fn, prompts, target, kwargs, merge, progress, desc, shard):
     return map_shards(
-        w,
+        workers,
         model,
         fn,
-        n,
-        ray.put(prompts.cpu() if isinstance(prompts, torch.Tensor) else prompts),
+        len(prompts),
+        prompts,
         target,
         kwargs,
         merge=merge,
@@ -91,9 +88,18 @@ def head_sweep(model, prompts, labels=None, *, workers, progress: bool = True, s
     """:func:`codecircuits.cna.head_sweep` sharded by prompt over ``workers``."""
     prompts = as_prompt_list(prompts)
     n = len(prompts)
-    with using(workers) as w:
-        return _run(w, model, head_sweep_shard, prompts, _targets(model, labels, n), kwargs, merge_head_sweeps,
-                    progress, "head sweep", shard)
+    return _run(
+        workers,
+        model,
+        head_sweep_shard,
+        prompts,
+        _targets(model, labels, n),
+        kwargs,
+        merge_head_sweeps,
+        progress,
+        "head sweep",
+        shard,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,8 +113,16 @@ def compare_shard(model, shard: Shard, prompts, target, kwargs: dict):
     return cna.compare(model, slice_prompts(prompts, shard), target=_part(target, shard), progress=False, **kwargs)
 
 
-_CNA_PER_PROMPT = ("cna", "imp_original", "imp_ablated", "coef_original", "coef_ablated", "target", "prob_original",
-                   "prob_ablated")
+_CNA_PER_PROMPT = (
+    "cna",
+    "imp_original",
+    "imp_ablated",
+    "coef_original",
+    "coef_ablated",
+    "target",
+    "prob_original",
+    "prob_ablated",
+)
 
 
 def merge_compares(parts: list):
@@ -123,9 +137,9 @@ def compare(model, prompts, head, *, workers, target=None, progress: bool = True
     prompts = as_prompt_list(prompts)
     n = len(prompts)
     kw = dict(kwargs, head=(int(head[0]), int(head[1])))
-    with using(workers) as w:
-        return _run(w, model, compare_shard, prompts, _targets(model, target, n), kw, merge_compares, progress,
-                    "CNA", shard)
+    return _run(
+        workers, model, compare_shard, prompts, _targets(model, target, n), kw, merge_compares, progress, "CNA", shard
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,9 +172,18 @@ def ffn_neurons(model, prompts, *, workers, target=None, progress: bool = True, 
     """:func:`codecircuits.neurons.ffn_neurons` sharded by prompt over ``workers``."""
     prompts = as_prompt_list(prompts)
     n = len(prompts)
-    with using(workers) as w:
-        return _run(w, model, ffn_shard, prompts, _targets(model, target, n), kwargs, merge_attributions, progress,
-                    "FFN neuron scores", shard)
+    return _run(
+        workers,
+        model,
+        ffn_shard,
+        prompts,
+        _targets(model, target, n),
+        kwargs,
+        merge_attributions,
+        progress,
+        "FFN neuron scores",
+        shard,
+    )
 
 
 __all__ = [

@@ -63,10 +63,8 @@ def sharded_scan(
     if done >= n:
         return
     with using(workers) as w:
-        ray = w.start()
         size = shard_size(n - done, w.size, align=common["batch_size"], cap=max(checkpoint_every, common["batch_size"]))
         shards = plan(n, size, start=done)
-        ref = ray.put(chunked)
         pending: dict[int, _TopK] = {}
         nxt = [0]
 
@@ -80,7 +78,7 @@ def sharded_scan(
             model,
             scan_shard,
             shards,
-            ref,
+            chunked,
             common,
             describe=lambda s: documents(chunked, s),
             on_result=on_result,

@@ -24,7 +24,6 @@ from ..errors import InputError
 from ..patching import SweepResult, position_labels, sweep_setup
 from .jobs import check_shardable, describe_prompts, map_shards, shard_metric
 from .shards import Shard
-from .workers import using
 
 SWEEPS = ("head_sweep", "neuron_sweep", "layer_sweep")
 
@@ -87,24 +86,22 @@ def ablation_sweep(
     if kind == "mean":  # the mean over every reference prompt (the run's own prompts by default), in every shard
         ref = toks if reference is None else to_tokens(model, reference)
     kw = dict(kwargs, kind=kind)
-    with using(workers) as w:
-        ray = w.start()
-        return map_shards(
-            w,
-            model,
-            ablation_shard,
-            n,
-            which,
-            ray.put(toks.cpu()),
-            metric,
-            None if ref is None else ray.put(ref.cpu()),
-            kw,
-            merge=_merge_results,
-            describe=describe_prompts(None),
-            progress=progress,
-            desc=which.replace("_", " "),
-            shard=shard,
-        )
+    return map_shards(
+        workers,
+        model,
+        ablation_shard,
+        n,
+        which,
+        toks,
+        metric,
+        ref,
+        kw,
+        merge=_merge_results,
+        describe=describe_prompts(None),
+        progress=progress,
+        desc=which.replace("_", " "),
+        shard=shard,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,23 +138,21 @@ def patching_sweep(
     n = int(clean_t.shape[0])
     check_shardable(model, metric, n, int(clean_t.shape[1]))
     kw = dict(kwargs, site=site, by=by, into=into, layers=layers, positions=positions)
-    with using(workers) as w:
-        ray = w.start()
-        res = map_shards(
-            w,
-            model,
-            patching_shard,
-            n,
-            ray.put(clean_t.cpu()),
-            ray.put(corr_t.cpu()),
-            metric,
-            kw,
-            merge=_merge_results,
-            describe=describe_prompts(None, "prompt pairs"),
-            progress=progress,
-            desc=f"patching {st.site}",
-            shard=shard,
-        )
+    res = map_shards(
+        workers,
+        model,
+        patching_shard,
+        n,
+        clean_t,
+        corr_t,
+        metric,
+        kw,
+        merge=_merge_results,
+        describe=describe_prompts(None, "prompt pairs"),
+        progress=progress,
+        desc=f"patching {st.site}",
+        shard=shard,
+    )
     labels = dict(res.labels)
     plabels = position_labels(model, st.recv_t)  # the first prompt of the whole set, as one process labels them
     for ax in st.by[1:]:

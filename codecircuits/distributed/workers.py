@@ -281,8 +281,9 @@ class Workers:
     ) -> tuple[list, list[ShardFailure]]:
         """Run ``fn(model, shard, *args, **kwargs)`` for every shard on the workers holding ``model``.
 
-        ``fn`` must be a module-level function (it is sent to the workers by reference). Large arguments are
-        best put in Ray's object store once (``ray.put``) and passed as references. ``on_result(shard, result)``
+        ``fn`` must be a module-level function (it is sent to the workers by reference). Each positional
+        argument goes into Ray's object store once (tensors on the CPU), not once per shard; keyword arguments
+        travel with every shard, so keep them small. ``on_result(shard, result)``
         runs in this process as each shard completes (in completion order). Returns the results in shard order
         (``None`` for a failed shard) and the failures; ``describe(shard)`` names a failed shard's items.
         """
@@ -290,6 +291,7 @@ class Workers:
 
         ray = self.start()
         spec, actors = self.replicas(model)
+        args = tuple(ray.put(a.detach().cpu() if isinstance(a, torch.Tensor) else a) for a in args)
         results: list = [None] * len(shards)
         failures: list[ShardFailure] = []
         queue = list(shards)
@@ -352,14 +354,6 @@ class using:
     def __init__(self, workers):
         self._given = isinstance(workers, Workers)
         self.workers = as_workers(workers)
-
-    def _stop_actors(self) -> None:
-        for a in self._actors or ():
-            try:
-                self._ray.kill(a)
-            except Exception:  # an actor already gone
-                pass
-        self._actors = None
 
     def __enter__(self) -> Workers:
         return self.workers
