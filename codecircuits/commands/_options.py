@@ -10,6 +10,7 @@ library's types, so a given value is passed as is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 _KEYS = "_study_keys"
 
@@ -149,3 +150,15 @@ def workers_from(args: argparse.Namespace):
     from ..distributed.workers import Workers
 
     return Workers(n, address=address, threads=getattr(args, "worker_threads", 1))
+
+
+@contextlib.contextmanager
+def workers_of(args: argparse.Namespace):
+    """``with workers_of(args) as workers:`` the command's :func:`workers_from`, closed (with the cluster it
+    started) when the command is done; ``None`` without ``--workers`` / ``--ray``."""
+    workers = workers_from(args)
+    try:
+        yield workers
+    finally:
+        if workers is not None:
+            workers.close()

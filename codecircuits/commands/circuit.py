@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options, worker_options, workers_from
+from ._options import config_from, config_options, worker_options, workers_of
 
 NAME = "circuit"
 HELP = "find the closing-paren circuit by edge attribution, measure its faithfulness, write report.html + results.json"
@@ -31,12 +31,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
     cfg = config_from(args, circuit.CircuitConfig)
-    workers = workers_from(args)
-    try:
+    with workers_of(args) as workers:
         study = circuit.run(model, cfg, progress=not args.quiet, workers=workers)
-    finally:
-        if workers is not None:
-            workers.close()
     html, js = study.save(args.out)
     m = study.metrics()
     print(f"CPR {m['cpr']:.3f}  (random circuits: mean {m['random_cpr_mean']:.3f}, largest {m['random_cpr_max']:.3f})")

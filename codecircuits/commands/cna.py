@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options, worker_options, workers_from
+from ._options import config_from, config_options, worker_options, workers_of
 
 NAME = "cna"
 HELP = "single-head ablation, comparative neuron analysis and neuron attribution on code arithmetic and parens"
@@ -31,12 +31,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    workers = workers_from(args)
-    try:
+    with workers_of(args) as workers:
         study = cna.run(model, config_from(args, cna.CNAConfig), progress=not args.quiet, workers=workers)
-    finally:
-        if workers is not None:
-            workers.close()
     html, js = study.save(args.out)
     m = study.metrics()
     a = study.arithmetic

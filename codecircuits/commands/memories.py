@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options, worker_options, workers_from
+from ._options import config_from, config_options, worker_options, workers_of
 
 NAME = "memories"
 HELP = "FF key-value memories: trigger examples, concept keys, masking edits, layer agreement by context size"
@@ -43,8 +43,7 @@ def run(args) -> int:
             cfg, corpus=corpus_mod.Corpus(name=f"{corpus.name}[:{args.max_docs}]", files=corpus.files[: args.max_docs])
         )
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    workers = workers_from(args)
-    try:
+    with workers_of(args) as workers:
         study = memories.run(
             model,
             cfg,
@@ -53,9 +52,6 @@ def run(args) -> int:
             progress=not args.quiet,
             workers=workers,
         )
-    finally:
-        if workers is not None:
-            workers.close()
     html, js = study.save(args.out, model=model)
     m = study.metrics()
     print(
