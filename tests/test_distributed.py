@@ -13,20 +13,14 @@ import textwrap
 
 import pytest
 import torch
+from test_memories import TEXTS as MEMORY_TEXTS
 
 from codecircuits import InputError
 from codecircuits import memories as mem
 from codecircuits.distributed import ShardsFailed, Workers, as_workers, model_spec, plan, shard_size
 from codecircuits.testing import tiny_model
 
-TEXTS = [
-    "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n",
-    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def norm(self):\n"
-    "        return (self.x ** 2 + self.y ** 2) ** 0.5\n",
-    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n    else:\n        continue\n",
-    "try:\n    value = int(text)\nexcept ValueError:\n    value = None\n# fall back to the default\n",
-    "import re\nPATTERN = re.compile(r'\\d+')\nnumbers = [int(m) for m in PATTERN.findall('a1b22c333')]\n",
-] * 3
+TEXTS = MEMORY_TEXTS * 3  # the memories tests' five documents, three times over: enough chunks for shards
 
 FIELDS = ("values", "chunk", "pos", "act_sum", "act_sq")
 
