@@ -107,6 +107,11 @@ class Report:
         """A sortable table (click a header) from a DataFrame, list of dicts, dict of columns or rows."""
         return self.add(el.table(data, caption=caption, columns=columns, max_rows=max_rows, digits=digits))
 
+    def claims(self, claims, caption: str | None = "Claims and verdicts") -> Report:
+        """The study's claim -> verdict table (:class:`codecircuits.intervals.Claim` rows, each number with its 95%
+        bootstrap interval and its control)."""
+        return self.table([c.row() for c in claims], caption=caption)
+
     def heatmap(
         self,
         values,

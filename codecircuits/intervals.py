@@ -1,0 +1,212 @@
+"""Bootstrap confidence intervals over examples, and the claim -> verdict rows the studies report.
+
+Every headline number of a study is a statistic of per-example values (an accuracy is the mean of 0/1 values, a
+logit-difference drop the mean of per-prompt drops, an F1 a function of per-prompt predictions and labels). The
+interval resamples the *examples* with replacement, keeping paired values together, and reads the 2.5% and 97.5%
+quantiles of the statistic over the resamples (the percentile bootstrap)::
+
+    acc = intervals.mean(correct)                       # Interval(estimate, low, high, n)
+    drop = intervals.paired(lambda a, b: (a - b).mean(), base, ablated)
+    f1 = intervals.bootstrap(lambda p, y: f1_score(p, y), predicted, labels)
+
+    claims = [intervals.Claim("accuracy falls at 4 parens", "reproduced", acc, command="codecircuits parens")]
+    intervals.claims_markdown(claims)                   # the findings docs' verdict table
+
+Resampling is seeded, so a study's intervals are the same on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+
+#: the verdicts a claim can get
+VERDICTS = ("reproduced", "partly", "not reproduced")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic with its 95% (``level``) percentile-bootstrap interval over ``n`` examples."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    level: float = 0.95
+
+    def excludes(self, value: float) -> bool:
+        """Whether ``value`` lies outside the interval (e.g. ``excludes(0)``: the effect is not zero)."""
+        return not (self.low <= value <= self.high)
+
+    def above(self, value: float) -> bool:
+        """Whether the whole interval lies above ``value``."""
+        return self.low > value
+
+    def below(self, value: float) -> bool:
+        """Whether the whole interval lies below ``value``."""
+        return self.high < value
+
+    def to_json(self) -> dict:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "n": self.n, "level": self.level}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Interval:
+        return cls(d["estimate"], d["low"], d["high"], d["n"], d.get("level", 0.95))
+
+    def format(self, digits: int = 2, percent: bool = False) -> str:
+        """``"0.64 [0.49, 0.78]"`` (``percent``: ``"64% [49%, 78%]"``)."""
+        if percent:
+            f = lambda x: f"{100 * x:.{max(digits - 2, 0)}f}%"  # noqa: E731
+        else:
+            f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+        return f"{f(self.estimate)} [{f(self.low)}, {f(self.high)}]"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _as_tensors(values: Sequence) -> list[torch.Tensor]:
+    out = []
+    for v in values:
+        t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+        out.append(t.double() if t.is_floating_point() or t.dtype == torch.bool else t)
+    if not out:
+        raise InputError("bootstrap needs at least one tensor of per-example values")
+    n = out[0].shape[0] if out[0].ndim else 0
+    for t in out:
+        if t.ndim == 0 or t.shape[0] != n:
+            raise InputError(
+                "bootstrap's values must share their first dimension (one row per example): got shapes "
+                + ", ".join(str(tuple(t.shape)) for t in out)
+            )
+    if n == 0:
+        raise InputError("bootstrap needs at least one example; got an empty tensor")
+    return out
+
+
+def bootstrap(
+    statistic: Callable[..., torch.Tensor | float],
+    *values,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """``statistic(*values)`` with its percentile-bootstrap interval: each resample draws the examples (rows of
+    every tensor in ``values``, the same rows for all of them) with replacement. ``statistic`` takes the tensors
+    (float64) and returns a number; resamples where it is not finite (e.g. an F1 with no positive) are dropped, and
+    the interval is ``nan`` when all are."""
+    vals = _as_tensors(values)
+    if not 0 < level < 1:
+        raise InputError(f"level must lie between 0 and 1, got {level}")
+    n = vals[0].shape[0]
+    est = float(statistic(*vals))
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
+    stats = torch.tensor([float(statistic(*(v[i] for v in vals))) for i in idx], dtype=torch.float64)
+    return _interval(est, stats, n, level)
+
+
+def _interval(est: float, stats: torch.Tensor, n: int, level: float) -> Interval:
+    stats = stats[torch.isfinite(stats)]
+    if stats.numel() == 0:
+        return Interval(est, float("nan"), float("nan"), n, level)
+    a = (1 - level) / 2
+    lo, hi = torch.quantile(stats, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+    return Interval(est, lo, hi, n, level)
+
+
+def mean(values, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """The mean of per-example ``values`` (0/1 or bool for an accuracy) with its bootstrap interval; vectorised.
+    Rows may carry extra dimensions, which are averaged too."""
+    (v,) = _as_tensors([values])
+    v = v.reshape(v.shape[0], -1).double().mean(-1)
+    n = v.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
+    return _interval(float(v.mean()), v[idx].mean(-1), n, level)
+
+
+def paired(
+    statistic: Callable[..., torch.Tensor | float],
+    *values,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """:func:`bootstrap` for paired measurements (the same examples under two conditions), e.g.
+    ``paired(lambda base, ablated: (base - ablated).mean(), base, ablated)``."""
+    return bootstrap(statistic, *values, n_resamples=n_resamples, seed=seed, level=level)
+
+
+def difference(a, b, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """``mean(a) - mean(b)`` for two *independent* samples (each resampled on its own), e.g. an effect against
+    its random control drawn on other examples."""
+    (ta,) = _as_tensors([a])
+    (tb,) = _as_tensors([b])
+    ta, tb = ta.reshape(ta.shape[0], -1).mean(-1), tb.reshape(tb.shape[0], -1).mean(-1)
+    gen = torch.Generator().manual_seed(int(seed))
+    ia = torch.randint(0, ta.shape[0], (int(n_resamples), ta.shape[0]), generator=gen)
+    ib = torch.randint(0, tb.shape[0], (int(n_resamples), tb.shape[0]), generator=gen)
+    stats = ta[ia].mean(-1) - tb[ib].mean(-1)
+    return _interval(float(ta.mean() - tb.mean()), stats, int(ta.shape[0] + tb.shape[0]), level)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# claims and verdicts
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of a study's verdict table: what the paper claims, whether this run reproduces it, the number (with
+    its interval) the verdict rests on, its control, and the command that measures it."""
+
+    claim: str
+    verdict: str
+    evidence: Interval | None = None
+    control: Interval | None = None
+    detail: str = ""
+    command: str = ""
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise InputError(f"A claim's verdict must be one of {', '.join(VERDICTS)}; got {self.verdict!r}.")
+
+    def to_json(self) -> dict:
+        return {
+            "claim": self.claim,
+            "verdict": self.verdict,
+            "evidence": self.evidence.to_json() if self.evidence else None,
+            "control": self.control.to_json() if self.control else None,
+            "detail": self.detail,
+            "command": self.command,
+        }
+
+    def row(self, digits: int = 2) -> dict:
+        """The claim as a table row of strings (the report's and the findings' table)."""
+        return {
+            "claim": self.claim,
+            "verdict": self.verdict,
+            "measured (95% CI)": self.evidence.format(digits) if self.evidence else "",
+            "control (95% CI)": self.control.format(digits) if self.control else "",
+            "detail": self.detail,
+        }
+
+
+def verdict(reproduced: bool, partly: bool = False) -> str:
+    """``"reproduced"`` / ``"partly"`` / ``"not reproduced"`` from two tests of the evidence."""
+    return "reproduced" if reproduced else ("partly" if partly else "not reproduced")
+
+
+def claims_markdown(claims: Sequence[Claim], *, digits: int = 2) -> str:
+    """The claims as a markdown table (claim | verdict | measured | control | detail)."""
+    head = "| claim | verdict | measured (95% CI) | control (95% CI) | detail |\n|---|---|---|---|---|"
+    rows = []
+    for c in claims:
+        r = c.row(digits)
+        cells = [r["claim"], f"**{r['verdict']}**", r["measured (95% CI)"], r["control (95% CI)"], r["detail"]]
+        rows.append("| " + " | ".join(s.replace("|", "\\|") for s in cells) + " |")
+    return "\n".join([head, *rows])
