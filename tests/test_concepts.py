@@ -127,6 +127,26 @@ def test_random_keys_control(tiny):
     assert r == cc.random_keys(tiny, keys, seed=3) and r != cc.random_keys(tiny, keys, seed=4)
 
 
+def test_random_keys_matched_on_activation_magnitude(tiny):
+    ch = mem.chunk_corpus(tiny, TEXTS, window=32, max_chunks=6)
+    stats = mem.scan(tiny, ch, k=3, batch_size=8, progress=False).activation_stats()
+    last = tiny.cfg.n_layers - 1
+    li = stats.layers.index(last)
+    loud = stats.rms[li].argsort(descending=True)[:4].tolist()  # the layer's four loudest keys
+    keys = {last: loud}
+    plain = [cc.random_keys(tiny, keys, seed=s)[last] for s in range(5)]
+    matched = [cc.random_keys(tiny, keys, seed=s, match=stats, neighbours=3)[last] for s in range(5)]
+    rms = stats.rms[li]
+    sel = float(rms[loud].mean())
+    gap_plain = sum(abs(float(rms[r].mean()) - sel) for r in plain) / 5
+    gap_matched = sum(abs(float(rms[r].mean()) - sel) for r in matched) / 5
+    assert gap_matched < 0.5 * gap_plain
+    assert all(len(r) == 4 and not set(r) & set(loud) for r in matched)
+    assert len({tuple(r) for r in matched}) > 1  # still random among the neighbours
+    with pytest.raises(InputError, match="no activation statistics"):
+        cc.random_keys(tiny, {99: [0]}, match=stats)
+
+
 def test_edit_concept_table(tiny):
     ch = mem.chunk_corpus(tiny, TEXTS, window=32, max_chunks=6)
     scan = mem.scan(tiny, ch, k=3, batch_size=8, progress=False)
@@ -143,6 +163,12 @@ def test_edit_concept_table(tiny):
     assert list(df["condition"]) == ["baseline", "concept keys masked", "random keys masked"]
     assert df["concept_tokens"].iloc[0] > 0 and df["general_tokens"].iloc[0] > 0
     assert df["concept_loss"].iloc[1] != df["concept_loss"].iloc[0]  # masking six keys does something
+    iv = e.intervals
+    assert set(iv) >= {"concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"}
+    assert iv["concept_drop"].estimate == pytest.approx(e.drops()["concept_drop"])
+    assert iv["concept_drop"].low <= iv["concept_drop"].estimate <= iv["concept_drop"].high
+    assert len(e.control_draws) == 2
+    assert none.intervals["concept_drop"].estimate == 0 and none.intervals["concept_drop"].high == 0
     table = cc.edit_table([none, e])
     assert list(table["concept"]) == ["loops", "indentation"] and set(e.drops()) >= {"concept_drop", "general_drop"}
 

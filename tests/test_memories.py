@@ -190,6 +190,14 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
         if value is not None:
             assert f'data-metric="{key}"' in page
     assert data["scan"]["tokens"] == st.scan.tokens_done and len(data["edits"]) == len(st.edits)
+    # RQ2's control: five draws, each matched on layer and activation magnitude, and intervals on every drop
+    for e in st.edits:
+        assert len(e.controls) == 5 and len(e.control_draws) == 5
+        assert all({k: len(v) for k, v in c.items()} == {k: len(v) for k, v in e.keys.items()} for c in e.controls)
+        iv = data["edit_intervals"][e.concept.name]
+        assert "general_drop" in iv["drops"]  # concept tokens may be absent from this tiny evaluation text
+        assert all(d["low"] <= d["estimate"] <= d["high"] for d in iv["drops"].values())
+        assert len(iv["magnitude"]["control_rms"]) == 5
 
 
 def test_memories_command(tiny_dirs, tmp_path, capsys):

@@ -416,11 +416,25 @@ def mask_hooks(model, keys: dict[int, Sequence[int]]) -> list:
 
 
 def random_keys(
-    model, keys: dict[int, Sequence[int]], *, seed: int = 0, exclude_selected: bool = True
+    model,
+    keys: dict[int, Sequence[int]],
+    *,
+    seed: int = 0,
+    exclude_selected: bool = True,
+    match=None,
+    neighbours: int = 10,
 ) -> dict[int, list[int]]:
-    """As many random keys per layer as ``keys`` has (drawn from the layer's other keys), reproducibly."""
+    """As many random keys per layer as ``keys`` has (drawn from the layer's other keys), reproducibly.
+
+    ``match`` (a scan's :class:`~codecircuits.memories.triggers.ActivationStats`) matches the draw on activation
+    magnitude: each selected key is paired with one of the ``neighbours`` other keys of its layer whose activation
+    RMS is nearest its own (log scale, drawn without replacement), so the control removes as much activation mass
+    as the selection and differs from it only in *which* keys are masked.
+    """
     g = torch.Generator().manual_seed(seed)
     d_mlp = int(model.cfg.d_mlp)
+    if neighbours < 1:
+        raise InputError(f"neighbours must be at least 1; got {neighbours}.")
     out = {}
     for layer, ns in sorted(keys.items()):
         pool = torch.ones(d_mlp, dtype=torch.bool)
@@ -429,7 +443,24 @@ def random_keys(
         cand = pool.nonzero().flatten()
         if len(ns) > len(cand):
             raise InputError(f"Layer {layer}: cannot draw {len(ns)} random keys from {len(cand)} others.")
-        out[layer] = sorted(cand[torch.randperm(len(cand), generator=g)[: len(ns)]].tolist())
+        if match is None:
+            out[layer] = sorted(cand[torch.randperm(len(cand), generator=g)[: len(ns)]].tolist())
+            continue
+        if int(layer) not in match.layers:
+            raise InputError(
+                f"Layer {layer} has no activation statistics (the scan covered layers {list(match.layers)}); "
+                "scan that layer or draw the control without match=."
+            )
+        rms = match.rms[match.layers.index(int(layer))].double().clamp(min=1e-12).log()
+        free = torch.ones(len(cand), dtype=torch.bool)
+        chosen = []
+        for n in torch.as_tensor(list(ns), dtype=torch.long)[torch.randperm(len(ns), generator=g)]:
+            gap = (rms[cand] - rms[n]).abs().masked_fill(~free, float("inf"))
+            near = gap.topk(min(neighbours, int(free.sum())), largest=False).indices
+            pick = near[torch.randint(len(near), (1,), generator=g)].item()
+            free[pick] = False
+            chosen.append(int(cand[pick]))
+        out[layer] = sorted(chosen)
     return out
 
 
@@ -490,6 +521,12 @@ class ConceptEdit:
     keys: dict[int, list[int]]
     controls: tuple[dict[int, list[int]], ...]
     rows: tuple[dict, ...] = field(default_factory=tuple)  # one per condition
+    #: accuracy drops with 95% bootstrap intervals over the evaluation tokens (see :func:`edit_concept`)
+    intervals: dict = field(default_factory=dict)
+    #: per control draw: its accuracy drops on concept and general tokens
+    control_draws: tuple[dict, ...] = field(default_factory=tuple)
+    #: mean activation RMS of the masked keys and of each control draw's keys (when matched on magnitude)
+    magnitude: dict = field(default_factory=dict)
 
     @property
     def n_keys(self) -> int:
@@ -537,6 +574,11 @@ def _mean_eval(evs: Sequence[TokenEval]) -> TokenEval:
     )
 
 
+def _mean_rms(match, keys: dict[int, Sequence[int]]) -> float:
+    vals = [match.rms[match.layers.index(int(layer))][list(ns)] for layer, ns in keys.items() if len(ns)]
+    return float(torch.cat(vals).double().mean()) if vals else float("nan")
+
+
 def edit_concept(
     model,
     scores: ConceptScores,
@@ -548,20 +590,28 @@ def edit_concept(
     min_lift: float = 2.0,
     max_keys: int | None = 200,
     n_controls: int = 1,
+    match=None,
     seed: int = 0,
     window: int = 128,
     max_tokens: int | None = None,
     batch_size: int = 8,
     baseline: TokenEval | None = None,
+    n_resamples: int = 1000,
     progress: bool = False,
 ) -> ConceptEdit:
     """Mask ``concept``'s keys (selected from ``scores``, or given as ``keys``) and measure the effect.
 
     Concept tokens are the target tokens of ``eval_corpus`` that overlap a match of the concept's regex;
-    general tokens are all others. The control masks as many random keys per layer (``n_controls`` draws; each
-    token's loss is averaged over draws and counted correct when most draws are right). Pass ``baseline`` (an
-    unmasked :func:`evaluate` of the same corpus) to reuse it across concepts.
+    general tokens are all others. The control masks as many random keys per layer (``n_controls`` draws, matched
+    on activation magnitude when ``match`` is a scan's :class:`ActivationStats`, see :func:`random_keys`); its row
+    averages each token's loss over the draws and counts a token correct when most draws are right, and
+    ``control_draws`` keeps each draw's drops. ``intervals`` holds the accuracy drops (baseline − masked, baseline
+    − control, control − masked) on concept and general tokens with 95% bootstrap intervals over the evaluation
+    tokens, the control taken as each token's share of draws that are right. Pass ``baseline`` (an unmasked
+    :func:`evaluate` of the same corpus) to reuse it across concepts.
     """
+    from ..intervals import paired
+
     c = scores.concepts[scores._ci(concept)]
     chunked = chunk_corpus(model, eval_corpus, window=window, max_tokens=max_tokens)
     sel_keys = (
@@ -576,17 +626,41 @@ def edit_concept(
     rows = [_row("baseline", 0, base, sel)]
     if n_controls < 1:
         raise InputError(f"n_controls must be at least 1; got {n_controls}.")
-    controls = tuple(random_keys(model, sel_keys, seed=seed + i) for i in range(n_controls))
+    controls = tuple(random_keys(model, sel_keys, seed=seed + i, match=match) for i in range(n_controls))
     masked = evaluate(model, chunked, hooks=mask_hooks(model, sel_keys), batch_size=batch_size, progress=progress)
-    ctrl = _mean_eval(
-        [
-            evaluate(model, chunked, hooks=mask_hooks(model, r), batch_size=batch_size, progress=progress)
-            for r in controls
-        ]
-    )
+    ctrl_evs = [
+        evaluate(model, chunked, hooks=mask_hooks(model, r), batch_size=batch_size, progress=progress)
+        for r in controls
+    ]
+    ctrl = _mean_eval(ctrl_evs)
     rows.append(_row("concept keys masked", n_keys, masked, sel))
     rows.append(_row("random keys masked", n_keys, ctrl, sel))
-    return ConceptEdit(concept=c, keys=sel_keys, controls=controls, rows=tuple(rows))
+    b0 = _row("baseline", 0, base, sel)
+    draws = tuple(
+        {
+            "draw": i,
+            "concept_drop": b0["concept_accuracy"] - r["concept_accuracy"],
+            "general_drop": b0["general_accuracy"] - r["general_accuracy"],
+        }
+        for i, r in enumerate(_row("draw", n_keys, e, sel) for e in ctrl_evs)
+    )
+    share = torch.stack([e.correct.double() for e in ctrl_evs]).mean(0)  # per token: share of draws right
+    b, m = base.correct.double(), masked.correct.double()
+    drop = lambda x, y: (x - y).mean()  # noqa: E731
+    ivals = {}
+    for name, pick in (("concept", sel), ("general", ~sel)):
+        if int(pick.sum()) == 0:
+            continue
+        ivals[f"{name}_drop"] = paired(drop, b[pick], m[pick], n_resamples=n_resamples, seed=seed)
+        ivals[f"control_{name}_drop"] = paired(drop, b[pick], share[pick], n_resamples=n_resamples, seed=seed)
+        ivals[f"excess_{name}_drop"] = paired(drop, share[pick], m[pick], n_resamples=n_resamples, seed=seed)
+    mag = {}
+    if match is not None:
+        mag = {"masked_rms": _mean_rms(match, sel_keys), "control_rms": [_mean_rms(match, r) for r in controls]}
+    return ConceptEdit(
+        concept=c, keys=sel_keys, controls=controls, rows=tuple(rows), intervals=ivals, control_draws=draws,
+        magnitude=mag,
+    )
 
 
 def edit_table(edits: Sequence[ConceptEdit]) -> pd.DataFrame:

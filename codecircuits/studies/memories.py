@@ -55,6 +55,9 @@ class MemoriesConfig:
     n_edit_per_kind: int = setting(2, "concepts masked per kind when --edit is not given")
     edit_max_keys: int | None = setting(300, "at most this many keys masked per concept")
     edit_tokens: int = setting(512, "evaluation tokens for the edits (0 skips them)")
+    edit_controls: int = setting(
+        5, "random-key control draws per edit, each matched on layer and on activation magnitude (RMS)"
+    )
     agreement_tokens: int = setting(512, "tokens for layer agreement (0 skips it)")
     agreement_per_bucket: int | None = setting(64, "predictions kept per context bucket in the agreement")
     kv_keys: int | None = setting(128, "random keys per layer for key-value agreement (0: all)", convert="zero_is_none")
@@ -176,6 +179,14 @@ class MemoriesStudy(Study):
             "key_value_agreement": self.kv_agreement.to_dict(orient="records"),
             "edits": self.edit_table().to_dict(orient="records") if self.edits else [],
             "edit_keys": {e.concept.name: {str(k): v for k, v in e.keys.items()} for e in self.edits},
+            "edit_intervals": {
+                e.concept.name: {
+                    "drops": {k: v.to_json() for k, v in e.intervals.items()},
+                    "control_draws": list(e.control_draws),
+                    "magnitude": e.magnitude,
+                }
+                for e in self.edits
+            },
             "examples": _example_records(self),
         }
         if a is not None:
@@ -190,6 +201,22 @@ class MemoriesStudy(Study):
                 "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
             }
         return json_safe(out)
+
+
+def edit_interval_table(edits) -> pd.DataFrame:
+    """One row per masked concept: its accuracy drops on concept and general tokens, the random-key control's,
+    and the excess over the control, each with its 95% bootstrap interval; the masked and control keys' RMS."""
+    rows = []
+    for e in edits:
+        row = {"concept": e.concept.name, "keys": e.n_keys}
+        for k in ("concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"):
+            iv = e.intervals.get(k)
+            row[k] = iv.format(3) if iv is not None else ""
+        if e.magnitude:
+            row["masked_rms"] = e.magnitude["masked_rms"]
+            row["control_rms"] = float(np.mean(e.magnitude["control_rms"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def showcase_keys(sc: cc.ConceptScores, n: int = 6, *, tau: float = 0.5, min_lift: float = 2.0):
@@ -330,6 +357,7 @@ def run(
         else:
             names = list(edit)
         base = cc.evaluate(model, ev, batch_size=batch_size, progress=progress)
+        stats = scan.activation_stats() if scan.act_sum is not None else None
         for cname in names:
             edits.append(
                 cc.edit_concept(
@@ -340,6 +368,8 @@ def run(
                     tau=tau,
                     min_lift=min_lift,
                     max_keys=edit_max_keys,
+                    n_controls=cfg.edit_controls,
+                    match=stats,
                     batch_size=batch_size,
                     baseline=base,
                     progress=progress,
@@ -370,6 +400,7 @@ def run(
         "min_lift": min_lift,
         "edit_max_keys": edit_max_keys,
         "edit_tokens": edit_tokens,
+        "edit_controls": cfg.edit_controls,
         "agreement_tokens": agreement_tokens,
         "agreement_per_bucket": agreement_per_bucket,
         "kv_keys": kv_keys,
@@ -502,6 +533,11 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
             "regex match, general tokens all others; the control zeroes as many random keys per layer.",
         )
         r.table(study.edit_table(), caption="Next-token accuracy and loss: baseline, concept keys masked, random keys")
+        r.table(
+            edit_interval_table(study.edits),
+            caption=f"Accuracy drops with 95% bootstrap intervals over the evaluation tokens; the control is "
+            f"{s.get('edit_controls', 1)} draws of random keys matched on layer and activation RMS",
+        )
     a = study.agreement
     if a is not None:
         r.section(
