@@ -1,6 +1,6 @@
 """Layer agreement by context length: :mod:`codecircuits.memories.agreement`, under its old name (everything
 public is re-exported here)."""
 
-from .memories.agreement import COMPONENTS, LayerAgreement, default_edges, layer_agreement
+from .memories.agreement import COMPONENTS, LayerAgreement, balanced_agreement, default_edges, layer_agreement
 
-__all__ = ["COMPONENTS", "LayerAgreement", "default_edges", "layer_agreement"]
+__all__ = ["COMPONENTS", "LayerAgreement", "balanced_agreement", "default_edges", "layer_agreement"]

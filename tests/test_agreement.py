@@ -107,3 +107,35 @@ def test_default_model_agreement_rises_in_late_layers(default_model):
     assert early < 0.1 and late > 0.2 and late > 3 * early  # measured: 0.03 vs 0.37 (findings_memories.md)
     assert resid[n // 2 :].mean() > resid[: n // 2].mean()
     assert mlp.max() < 0.3  # one FF layer's output alone rarely names the final token
+
+
+def test_balanced_agreement_equals_the_row_major_count_when_it_takes_every_position(tiny):
+    """One document, every position of every bucket: the balanced run counts exactly what the plain run counts
+    on the same window (the window starts at the document's start when the document is one token longer)."""
+    ref_ch = mem.chunk_corpus(tiny, TEXTS[:1], window=2, max_chunks=1, min_tokens=1)
+    n = len(ref_ch.ids[0])
+    bal = ag.balanced_agreement(tiny, TEXTS[:1], n_docs=1, positions=10_000, max_context=10_000, progress=False)
+    span = bal.edges[-1] - 1
+    assert span == n - 1
+    plain = ag.layer_agreement(tiny, TEXTS[:1], window=span + (ref_ch.bos is not None), progress=False)
+    assert plain.edges == bal.edges
+    assert torch.equal(plain.total, bal.total) and torch.equal(plain.agree, bal.agree)
+    assert bal.doc_agree.shape[-1] == 1 and bal.docs == ("text0",)
+
+
+def test_balanced_agreement_draws_the_same_documents_into_every_bucket(tiny):
+    texts = [t * 3 for t in TEXTS] * 2  # six documents, long enough for a 32-token context
+    res = ag.balanced_agreement(tiny, texts, n_docs=4, positions=3, max_context=32, seed=1, progress=False)
+    assert res.edges == (1, 2, 4, 8, 16, 32, 33)
+    widths = np.diff(res.edges)
+    # every bucket: the same four documents, min(3, width) predictions from each
+    assert torch.equal(res.doc_total, torch.tensor(np.minimum(3, widths)).unsqueeze(1).expand(-1, 4))
+    assert res.curve("resid_post")[-1] == 1.0 and len(res.docs) == 4
+    again = ag.balanced_agreement(tiny, texts, n_docs=4, positions=3, max_context=32, seed=1, progress=False)
+    assert torch.equal(again.doc_agree, res.doc_agree)
+    iv = res.interval(lambda a: a.late_agreement("resid_post")[0], n_resamples=50)
+    assert iv.n == 4 and iv.low <= iv.estimate <= iv.high
+    with pytest.raises(InputError, match="n_docs"):
+        ag.balanced_agreement(tiny, texts, n_docs=7, progress=False)
+    with pytest.raises(InputError, match="per-document"):
+        ag.layer_agreement(tiny, texts, window=16, progress=False).interval(lambda a: 0.0)

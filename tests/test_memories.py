@@ -170,7 +170,8 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
         min_lift=1.0,
         edit=["indentation", "loops"],
         edit_tokens=60,
-        agreement_tokens=60,
+        agreement_docs=2,
+        agreement_context=16,
         kv_keys=16,
         progress=False,
     )
@@ -206,7 +207,7 @@ def test_memories_command(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "rep"
     args = ["memories", "--model", str(tiny_dirs["gpt_neox"]), "--out", str(out), "--corpus", "stdlib:validation"]
     args += ["--max-tokens", "120", "--window", "24", "--top-k", "3", "--edit-tokens", "48"]
-    args += ["--agreement-tokens", "48", "--quiet"]
+    args += ["--agreement-docs", "3", "--agreement-context", "24", "--quiet"]
     assert main(args) == 0
     assert (out / "report.html").is_file() and (out / "results.json").is_file() and (out / "scan.safetensors").is_file()
     assert "residual depth to agree" in capsys.readouterr().out

@@ -43,6 +43,11 @@ class LayerAgreement:
     model: str
     corpus: str
     axes: tuple[str, ...] = ("component", "layer", "bucket")
+    #: balanced runs (:func:`balanced_agreement`): the same counts per document, ``[component, layer, bucket,
+    #: document]`` and ``[bucket, document]``, for intervals that resample documents
+    doc_agree: torch.Tensor | None = None
+    doc_total: torch.Tensor | None = None
+    docs: tuple[str, ...] = ()
 
     @property
     def n_layers(self) -> int:
@@ -94,6 +99,36 @@ class LayerAgreement:
         b = self.by_bucket(component)
         n = max(1, int(round((self.n_layers - 1) * frac)))
         return [float(x) for x in b[self.n_layers - 1 - n : self.n_layers - 1].mean(axis=0)]
+
+    def interval(
+        self,
+        statistic,
+        *,
+        n_resamples: int = 1000,
+        seed: int = 0,
+    ):
+        """``statistic(agreement)`` with a 95% bootstrap interval that resamples the *documents* (a balanced run
+        only): ``statistic`` takes a :class:`LayerAgreement` and returns a number, e.g.
+        ``lambda a: a.late_agreement()[0] - a.late_agreement()[-1]``."""
+        from ..intervals import _interval
+
+        if self.doc_agree is None or self.doc_total is None:
+            raise InputError("Intervals need per-document counts: run balanced_agreement(...) instead.")
+        n = self.doc_total.shape[-1]
+        gen = torch.Generator().manual_seed(int(seed))
+        est = float(statistic(self))
+        stats = []
+        for idx in torch.randint(0, n, (int(n_resamples), n), generator=gen):
+            a = LayerAgreement(
+                agree=self.doc_agree[..., idx].sum(-1),
+                total=self.doc_total[..., idx].sum(-1),
+                components=self.components,
+                edges=self.edges,
+                model=self.model,
+                corpus=self.corpus,
+            )
+            stats.append(float(statistic(a)))
+        return _interval(est, torch.tensor(stats, dtype=torch.float64), n, 0.95)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long table: component, layer, bucket, agreement, predictions in the bucket."""
@@ -231,4 +266,120 @@ def layer_agreement(
     )
 
 
-__all__ = ["COMPONENTS", "LayerAgreement", "default_edges", "layer_agreement"]
+def balanced_agreement(
+    model,
+    corpus,
+    *,
+    n_docs: int = 24,
+    positions: int = 4,
+    max_context: int = 1024,
+    edges: Sequence[int] | None = None,
+    components: Sequence[str] = COMPONENTS,
+    seed: int = 0,
+    batch_size: int = 2,
+    readout_rows: int = 256,
+    progress: bool = True,
+) -> LayerAgreement:
+    """Layer agreement by context length with **the same documents in every bucket** (RQ4).
+
+    ``n_docs`` documents of at least ``max_context`` tokens are drawn (seeded); from each, one window of
+    ``max_context`` tokens starting at a random offset is run once with BOS in front, and in every context bucket
+    ``positions`` predictions are drawn uniformly from the bucket's positions (all of them where the bucket is
+    narrower). So each bucket holds predictions from the same ``n_docs`` documents, in equal numbers per document,
+    and short contexts are random points of a file (with the file before them cut off) rather than file headers.
+    When fewer than ``n_docs`` documents are that long, ``max_context`` falls to the length the ``n_docs``-th
+    longest document reaches. Default buckets: powers of two from 1 to ``max_context``. Counts are kept per
+    document, so :meth:`LayerAgreement.interval` resamples documents.
+    """
+    comps = tuple(components)
+    bad = [c for c in comps if c not in COMPONENTS]
+    if bad or not comps:
+        raise InputError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {list(components)}.")
+    if n_docs < 1 or positions < 1:
+        raise InputError(f"n_docs and positions must be at least 1; got {n_docs} and {positions}.")
+    chunked = chunk_corpus(model, corpus, window=2, max_chunks=1, min_tokens=1)  # tokenizes every document
+    has_bos = chunked.bos is not None
+    limit = int(model.cfg.n_ctx) - has_bos
+    if max_context < 1:
+        raise InputError(f"max_context must be at least 1; got {max_context}.")
+    lens = np.array([len(x) for x in chunked.ids])
+    if len(lens) < n_docs:
+        raise InputError(
+            f"The corpus {chunked.name!r} has {len(lens)} documents; balanced agreement needs n_docs={n_docs}. "
+            "Lower n_docs or use a larger corpus."
+        )
+    # the context must leave one token to predict after it: a window of ctx + 1 document tokens
+    reach = int(np.sort(lens)[::-1][n_docs - 1]) - 1
+    ctx_max = min(int(max_context), limit - 1, reach)
+    if ctx_max < 1:
+        raise InputError(f"The {n_docs} longest documents of {chunked.name!r} are too short for any context.")
+    eds = tuple(int(e) for e in (edges if edges is not None else default_edges(ctx_max)))
+    if len(eds) < 2 or any(b <= a for a, b in zip(eds[:-1], eds[1:])) or eds[0] < 1 or eds[-1] > ctx_max + 1:
+        raise InputError(
+            f"edges must be increasing integers from at least 1 to at most {ctx_max + 1} (the longest context "
+            f"plus one); got {list(eds)}."
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    eligible = np.nonzero(lens >= ctx_max + 1)[0]
+    docs = sorted(eligible[torch.randperm(len(eligible), generator=g)[:n_docs].numpy()].tolist())
+    n_b = len(eds) - 1
+    n_layers = int(model.cfg.n_layers)
+    names_set = {hook_name(c, layer) for c in comps for layer in range(n_layers)} | {LN_FINAL_SCALE}
+    doc_agree = torch.zeros((len(comps), n_layers, n_b, len(docs)), dtype=torch.long)
+    doc_total = torch.zeros((n_b, len(docs)), dtype=torch.long)
+    first = int(has_bos)
+    span = eds[-1] - 1  # the longest context drawn
+    plan = []  # (doc slot, window tokens, [(bucket, position in the sequence)])
+    for slot, d in enumerate(docs):
+        start = int(torch.randint(0, int(lens[d]) - span, (1,), generator=g)) if lens[d] > span else 0
+        body = torch.as_tensor(chunked.ids[d][start : start + span], dtype=torch.long)
+        toks = torch.cat([torch.tensor([chunked.bos]), body]) if has_bos else body
+        picks = []
+        for j in range(n_b):
+            ctx = torch.arange(eds[j], eds[j + 1])  # context lengths of the bucket
+            chosen = ctx[torch.randperm(len(ctx), generator=g)[:positions]]
+            picks += [(j, int(c) - 1 + first) for c in chosen.sort().values]  # the prediction after c tokens
+        plan.append((slot, toks, picks))
+    with torch.no_grad():
+        for a in tqdm(range(0, len(plan), batch_size), desc="agreement", disable=not progress):
+            part = plan[a : a + batch_size]
+            toks = torch.stack([t for _, t, _ in part]).to(model.cfg.device)
+            logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names_set)
+            rows = torch.tensor([i for i, (_, _, picks) in enumerate(part) for _ in picks])
+            pos = torch.tensor([p for _, _, picks in part for _, p in picks])
+            bk = torch.tensor([j for _, _, picks in part for j, _ in picks])
+            slot = torch.tensor([s for s, _, picks in part for _ in picks])
+            final = logits[rows, pos].argmax(-1).cpu()
+            doc_total.index_put_((bk, slot), torch.ones_like(bk), accumulate=True)
+            scale = cache[LN_FINAL_SCALE][rows, pos]
+            for ci, comp in enumerate(comps):
+                for layer in range(n_layers):
+                    x = cache[hook_name(comp, layer)][rows, pos]
+                    top = torch.cat(
+                        [
+                            to_logits(
+                                model,
+                                x[r : r + readout_rows],
+                                scale[r : r + readout_rows],
+                                include_bias=comp != "mlp_out",
+                            ).argmax(-1)
+                            for r in range(0, len(x), readout_rows)
+                        ]
+                    ).cpu()
+                    hit = top == final
+                    doc_agree[ci, layer].index_put_((bk[hit], slot[hit]), torch.ones_like(bk[hit]), accumulate=True)
+            del cache
+    return LayerAgreement(
+        agree=doc_agree.sum(-1),
+        total=doc_total.sum(-1),
+        components=comps,
+        edges=eds,
+        model=str(getattr(model.cfg, "model_name", "") or "model"),
+        corpus=chunked.name,
+        doc_agree=doc_agree,
+        doc_total=doc_total,
+        docs=tuple(chunked.names[d] for d in docs),
+    )
+
+
+__all__ = ["COMPONENTS", "LayerAgreement", "balanced_agreement", "default_edges", "layer_agreement"]

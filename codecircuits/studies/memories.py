@@ -58,8 +58,11 @@ class MemoriesConfig:
     edit_controls: int = setting(
         5, "random-key control draws per edit, each matched on layer and on activation magnitude (RMS)"
     )
-    agreement_tokens: int = setting(512, "tokens for layer agreement (0 skips it)")
-    agreement_per_bucket: int | None = setting(64, "predictions kept per context bucket in the agreement")
+    agreement_docs: int = setting(
+        24, "documents in every context bucket of the layer agreement, the same ones in each (0 skips it)"
+    )
+    agreement_positions: int = setting(4, "predictions drawn per document and context bucket")
+    agreement_context: int = setting(1024, "longest context of the layer agreement, in tokens")
     kv_keys: int | None = setting(128, "random keys per layer for key-value agreement (0: all)", convert="zero_is_none")
     batch_size: int = setting(8, "chunks per forward of the scan")
 
@@ -199,8 +202,33 @@ class MemoriesStudy(Study):
                 "resid_mean_depth": a.mean_layer("resid_post"),
                 "resid_late_agreement": a.late_agreement("resid_post"),
                 "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
+                "docs": list(a.docs),
+                "intervals": {k: v.to_json() for k, v in rq4_intervals(a).items()},
             }
         return json_safe(out)
+
+
+def rq4_intervals(a: ag.LayerAgreement, n_resamples: int = 1000) -> dict:
+    """RQ4's numbers with 95% intervals that resample the documents (a balanced agreement only; else ``{}``):
+    residual depth to agree and late-layer agreement in the shortest and longest context buckets, and their gaps
+    (longest − shortest depth: positive when long contexts need later layers; shortest − longest late agreement)."""
+    if a.doc_agree is None:
+        return {}
+
+    def pick(f, i):
+        return lambda x: [v for v, t in zip(f(x), x.total.tolist()) if t > 0][i]
+
+    depth = lambda x: x.mean_layer("resid_post")  # noqa: E731
+    late = lambda x: x.late_agreement("resid_post")  # noqa: E731
+    stats = {
+        "depth_shortest": pick(depth, 0),
+        "depth_longest": pick(depth, -1),
+        "depth_gap": lambda x: pick(depth, -1)(x) - pick(depth, 0)(x),
+        "late_agreement_shortest": pick(late, 0),
+        "late_agreement_longest": pick(late, -1),
+        "late_agreement_gap": lambda x: pick(late, 0)(x) - pick(late, -1)(x),
+    }
+    return {k: a.interval(f, n_resamples=n_resamples) for k, f in stats.items()}
 
 
 def edit_interval_table(edits) -> pd.DataFrame:
@@ -294,8 +322,10 @@ def run(
     """Run RQ1-RQ4 on ``model``: scan ``corpus`` (``max_tokens``), edit on ``eval_corpus``, agreement on it too.
 
     ``edit`` names the concepts to mask (default: per kind the ``n_edit_per_kind`` concepts with most selected
-    keys); ``edit_tokens`` / ``agreement_tokens`` cap the evaluation corpus for those steps (0 skips a step);
-    agreement keeps at most ``agreement_per_bucket`` predictions per context bucket. Key-value agreement is
+    keys); ``edit_tokens`` caps the evaluation corpus for the edits (0 skips them); layer agreement
+    (:func:`codecircuits.agreement.balanced_agreement`) draws ``agreement_positions`` predictions per context bucket
+    from each of the same ``agreement_docs`` documents, with contexts up to ``agreement_context`` tokens (0 documents
+    skips it). Key-value agreement is
     measured on ``kv_keys`` random keys per layer (None: all, which costs ``n_layers × d_mlp × d_model × d_vocab``).
     ``workers`` shards the scan over Ray workers (:mod:`codecircuits.distributed`); the result is the same.
     """
@@ -310,7 +340,7 @@ def run(
     )
     tau, min_lift, n_edit_per_kind, edit_max_keys = cfg.tau, cfg.min_lift, cfg.n_edit_per_kind, cfg.edit_max_keys
     edit = None if cfg.edit is None else list(cfg.edit)
-    edit_tokens, agreement_tokens, agreement_per_bucket = cfg.edit_tokens, cfg.agreement_tokens, cfg.agreement_per_bucket
+    edit_tokens = cfg.edit_tokens
     kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
     cs = cc.resolve_concepts(concepts)
     timings: dict[str, float] = {}
@@ -377,15 +407,14 @@ def run(
             )
         timings["edit_s"] = time.perf_counter() - t0
     agreement = None
-    if agreement_tokens:
+    if cfg.agreement_docs:
         t0 = time.perf_counter()
-        agreement = ag.layer_agreement(
+        agreement = ag.balanced_agreement(
             model,
             eval_corpus,
-            window=window,
-            max_tokens=agreement_tokens,
-            max_per_bucket=agreement_per_bucket,
-            batch_size=4,
+            n_docs=cfg.agreement_docs,
+            positions=cfg.agreement_positions,
+            max_context=cfg.agreement_context,
             progress=progress,
         )
         timings["agreement_s"] = time.perf_counter() - t0
@@ -401,8 +430,9 @@ def run(
         "edit_max_keys": edit_max_keys,
         "edit_tokens": edit_tokens,
         "edit_controls": cfg.edit_controls,
-        "agreement_tokens": agreement_tokens,
-        "agreement_per_bucket": agreement_per_bucket,
+        "agreement_docs": cfg.agreement_docs,
+        "agreement_positions": cfg.agreement_positions,
+        "agreement_context": cfg.agreement_context,
         "kv_keys": kv_keys,
         "concepts": [c.name for c in cs],
         "threads": torch.get_num_threads(),
@@ -582,6 +612,13 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
             caption="Per context bucket: first layer whose residual agrees on half the positions; "
             "depth to agree = mean over layers of (1 - agreement), 0 = every layer agrees",
         )
+        iv = rq4_intervals(a)
+        if iv:
+            r.table(
+                [{"number": k, "estimate (95% CI over documents)": v.format(3)} for k, v in iv.items()],
+                caption=f"RQ4 with intervals: every bucket holds predictions from the same {len(a.docs)} documents "
+                "(resampled with replacement for the interval)",
+            )
     r.data(study.to_json())
     return r
 
