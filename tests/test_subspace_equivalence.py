@@ -1,9 +1,11 @@
 """The subspace package (patches installed as ``core.interventions.SubspaceSwap`` hooks) gives the numbers of the
 engine before it moved onto the core (``tests/_reference/subspace.py``, which ran TransformerLens's
-``SubspaceInterchange`` through ``run_with_intervention``), bit for bit, on every family of the test matrix.
+``SubspaceInterchange`` through ``run_with_intervention``) on every family of the test matrix.
 
-Exact equality is expected: the swap is computed on the same selected ``[pair, d]`` vectors with the same
-expression, written into a clone of the activation as TransformerLens did, and DAS trains through the same graph.
+The swap is the same expression on the same selected ``[pair, d]`` vectors, but the patched runs (and DAS's base
+runs) now start at the hook's layer from the cached residual there (``core.runner.run_from``) and unembed only the
+positions read, so the numbers agree to float rounding rather than bit for bit: logit differences to 1e-4,
+directions to 1e-4.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ def _pairs(model, module):
 def _same_result(new, old):
     assert new.name == old.name and new.hook_name == old.hook_name
     assert new.dimension == old.dimension and new.strength == old.strength
-    assert torch.equal(new.ld_clean, old.ld_clean)
-    assert torch.equal(new.ld_patched, old.ld_patched)
-    assert new.fldd == old.fldd
-    assert new.interchange_accuracy == old.interchange_accuracy
+    assert torch.equal(new.ld_clean, old.ld_clean)  # the clean run is the same full forward
+    assert torch.allclose(new.ld_patched, old.ld_patched, atol=1e-4, rtol=1e-4)
+    assert new.fldd == pytest.approx(old.fldd, abs=1e-2 * max(1.0, abs(old.fldd)))
+    # an answer can flip only where the two answer logits tie to rounding
+    close = (old.ld_patched.abs() < 1e-3).sum()
+    assert abs(new.interchange_accuracy - old.interchange_accuracy) * new.n_pairs <= close
 
 
 def test_pairs_are_built_the_same(tiny):
@@ -69,7 +73,7 @@ def test_patch_equals_reference(tiny, hook):
         new = sub.patch(tiny, pairs, hook, direction, batch_size=4, **kw)
         old = ref_sub.patch(tiny, ref_pairs, hook, ref_direction, batch_size=4, **kw)
         _same_result(new, old)
-        moved += not torch.equal(new.ld_patched, new.ld_clean)
+        moved += not torch.allclose(new.ld_patched, new.ld_clean, atol=1e-3)
     assert moved >= 4  # the cases that patch something did change the answer (the comparison is not vacuous)
 
 
@@ -79,8 +83,9 @@ def test_directions_equal_reference(tiny, hook):
     kw = dict(epochs=2, batch_size=4, lr=0.05, seed=3, progress=False)  # batches of 4 and 2 pairs
     new = sub.fit_direction(tiny, pairs, hook, **kw)
     old = ref_sub.fit_direction(tiny, ref_pairs, hook, **kw)
-    assert torch.equal(new.vector, old.vector)
-    assert new.losses == old.losses and new.settings == old.settings
+    assert torch.allclose(new.vector, old.vector, atol=1e-4)
+    assert torch.allclose(torch.tensor(new.losses), torch.tensor(old.losses), atol=1e-4)
+    assert new.settings == old.settings
     md_new = sub.mean_difference_direction(tiny, pairs, hook)
     md_old = ref_sub.mean_difference_direction(tiny, ref_pairs, hook)
     assert torch.equal(md_new.vector, md_old.vector)
@@ -95,8 +100,9 @@ def test_illusion_checks_equal_reference(tiny):
     kw = dict(epochs=1, batch_size=2, progress=False)
     new = sub.illusion_checks(tiny, pairs.in_groups(["a", "b"]), pairs.in_groups(["c"]), hook, **kw)
     old = ref_sub.illusion_checks(tiny, ref_pairs.in_groups(["a", "b"]), ref_pairs.in_groups(["c"]), hook, **kw)
-    assert new.to_dict() == old.to_dict()
-    for key, r in new.patches.items():
-        _same_result(r, old.patches[key])
-    for key, s in new.separation.items():
-        assert torch.equal(s.projections, old.separation[key].projections)
+    assert torch.allclose(new.direction.vector, old.direction.vector, atol=1e-4)
+    assert new.row_norm == pytest.approx(old.row_norm, abs=1e-4)
+    for key, r in old.patches.items():  # every patch the reference ran (the new checks run a few more)
+        _same_result(new.patches[key], r)
+    for key, s in old.separation.items():
+        assert torch.allclose(new.separation[key].projections, s.projections, atol=1e-3, rtol=1e-3)

@@ -26,7 +26,7 @@ from ..core.interventions import SubspaceSwap, hook
 from ..core.sites import layer_of_hook
 from ..errors import InputError
 from ..inputs import check_hook_names
-from .pairs import PatchPairs, answer_logits, batch_slices, check_pairs
+from .pairs import PatchPairs, answer_logits, base_residual, batch_slices, check_pairs, start_layer
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,8 @@ def fit_direction(
     Trains a unit vector (orthogonally parametrised, :class:`LearnedSubspace` of rank 1) so that patching it from
     source to base makes the model predict the source's answer: Adam at ``lr``, decayed linearly to
     ``final_lr_factor * lr`` (Makelov et al. use 0.01 -> 0.001), cross-entropy over the answer tokens at each base
-    prompt's last position. With ``final_lr_factor=1`` the loop is that of TransformerLens's ``fit_das``.
+    prompt's last position. With ``final_lr_factor=1`` the loop is that of TransformerLens's ``fit_das``. The base
+    runs start at the hook's layer from the cached residual there (the layers before it cannot change).
     """
     check_pairs(model, pairs, hook_name)
     if epochs < 1 or batch_size < 1:
@@ -138,6 +139,8 @@ def fit_direction(
     n_steps = epochs * math.ceil(len(pairs) / batch_size)
     schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, final_lr_factor, total_iters=max(1, n_steps))
     targets = pairs.source_values
+    layer = start_layer(model, hook_name)  # the base runs start at the hook's layer (the earlier ones never change)
+    base_resid = base_residual(model, pairs.base_tokens, layer)
     rng = np.random.default_rng(seed)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
@@ -152,7 +155,13 @@ def fit_direction(
                 optimizer.zero_grad()
                 swap = SubspaceSwap(subspace.basis, source[idx], 1.0, positions=pairs.base_positions[idx])
                 logits = answer_logits(
-                    model, pairs.base_tokens[idx], pairs.base_positions[idx], pairs.answer_ids, [hook(hook_name, swap)]
+                    model,
+                    pairs.base_tokens[idx],
+                    pairs.base_positions[idx],
+                    pairs.answer_ids,
+                    [hook(hook_name, swap)],
+                    layer=layer,
+                    resid=None if base_resid is None else base_resid[idx.to(base_resid.device)],
                 )
                 loss = F.cross_entropy(logits, targets[idx].to(logits.device))
                 loss.backward()

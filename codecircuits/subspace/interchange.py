@@ -9,15 +9,22 @@ basis ``B`` (``[d, k]``), which is TransformerLens's ``SubspaceInterchange``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 
+from .. import intervals
 from ..core.interventions import SubspaceSwap, hook
 from ..errors import InputError
 from .das import Direction, activations, unit_vector
-from .pairs import PatchPairs, answer_logits, batch_slices, check_pairs
+from .pairs import PatchPairs, base_residual, batch_slices, check_pairs, last_logits, start_layer
+
+
+def fldd_of(ld_clean: torch.Tensor, ld_patched: torch.Tensor) -> float:
+    """``100 * (1 - mean LD_patched / mean LD_clean)`` (the statistic the intervals resample)."""
+    return float(100.0 * (1.0 - ld_patched.double().mean() / ld_clean.double().mean()))
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,14 @@ class PatchResult:
     Attributes:
         name: what was patched (e.g. ``"das"``, ``"full"``).
         hook_name: where.
-        fldd: ``100 * (1 - mean LD_patched / mean LD_clean)``.
-        interchange_accuracy: fraction of pairs whose patched argmax (over the answer tokens) is the source answer.
+        fldd: ``100 * (1 - mean LD_patched / mean LD_clean)``: the percentage of the clean logit difference the
+            patch removes (100: the two answers tie; above 100: the source's answer wins).
+        interchange_accuracy: fraction of pairs whose patched argmax over the *answer tokens* is the source answer.
         ld_clean, ld_patched: ``[pair]`` logit differences ``logit(base answer) - logit(source answer)``.
         dimension: the patched subspace's dimension (the activation size for a full patch, 0 for none).
         strength: the interchange strength.
+        hits, hits_vocab: ``[pair]`` whether the patched argmax over the answer tokens / over the *whole
+            vocabulary* is the source's answer (``interchange_accuracy_vocab`` is the mean of the latter).
     """
 
     name: str
@@ -42,23 +52,56 @@ class PatchResult:
     ld_patched: torch.Tensor
     dimension: int
     strength: float
+    hits: torch.Tensor | None = None
+    hits_vocab: torch.Tensor | None = None
     axes: tuple[str, ...] = ("pair",)
 
     @property
     def n_pairs(self) -> int:
         return len(self.ld_clean)
 
+    @property
+    def interchange_accuracy_vocab(self) -> float:
+        return float("nan") if self.hits_vocab is None else float(self.hits_vocab.float().mean())
+
+    @cached_property
+    def fldd_interval(self) -> intervals.Interval:
+        """FLDD with its 95% bootstrap interval over pairs (clean and patched LD resampled together)."""
+        return intervals.paired(fldd_of, self.ld_clean, self.ld_patched)
+
+    @cached_property
+    def accuracy_interval(self) -> intervals.Interval:
+        """Two-token interchange accuracy with its 95% bootstrap interval over pairs."""
+        hits = self.hits if self.hits is not None else (self.ld_patched < 0)
+        return intervals.mean(hits.float())
+
+    @cached_property
+    def accuracy_vocab_interval(self) -> intervals.Interval | None:
+        """Full-vocabulary interchange accuracy with its 95% bootstrap interval over pairs."""
+        return None if self.hits_vocab is None else intervals.mean(self.hits_vocab.float())
+
     def summary(self) -> dict:
+        f = self.fldd_interval
         return dict(
             name=self.name,
             hook=self.hook_name,
             dimension=self.dimension,
             fldd=self.fldd,
+            fldd_low=f.low,
+            fldd_high=f.high,
             interchange_accuracy=self.interchange_accuracy,
+            interchange_accuracy_vocab=self.interchange_accuracy_vocab,
             ld_clean=float(self.ld_clean.mean()),
             ld_patched=float(self.ld_patched.mean()),
             n_pairs=self.n_pairs,
         )
+
+    def intervals(self) -> dict:
+        """Every headline number of the patch with its interval (JSON-ready)."""
+        out = dict(fldd=self.fldd_interval.to_json(), interchange_accuracy=self.accuracy_interval.to_json())
+        if self.accuracy_vocab_interval is not None:
+            out["interchange_accuracy_vocab"] = self.accuracy_vocab_interval.to_json()
+        return out
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame({"ld_clean": self.ld_clean.numpy(), "ld_patched": self.ld_patched.numpy()})
@@ -76,6 +119,42 @@ def _ld(logits: torch.Tensor, pairs: PatchPairs) -> torch.Tensor:
 
 
 @torch.no_grad()
+def patched_vocab_logits(
+    model,
+    pairs: PatchPairs,
+    hook_name: str,
+    basis: Float[torch.Tensor, "d k"] | None,
+    strength: float = 1.0,
+    batch_size: int = 64,
+    source: Float[torch.Tensor, "pair d"] | None = None,
+    base_resid: torch.Tensor | None = None,
+) -> Float[torch.Tensor, "pair vocab"]:
+    """Logits over the whole vocabulary ``[pair, vocab]`` at each base prompt's last token, with the base's
+    activation at ``hook_name`` there swapped inside ``basis`` for the source's; ``basis=None`` is the clean run.
+
+    ``base_resid`` (``blocks.{l}.hook_resid_pre`` of the base prompts, for the hook's layer ``l``) lets the patched
+    runs start at that layer; it is computed here when ``None``."""
+    out = []
+    if basis is None:  # clean run
+        for sl in batch_slices(len(pairs), batch_size):
+            out.append(last_logits(model, pairs.base_tokens[sl], pairs.base_positions[sl]).cpu())
+        return torch.cat(out)
+    if source is None:
+        source = activations(model, hook_name, pairs.source_tokens, pairs.source_positions, batch_size=batch_size)
+    layer = start_layer(model, hook_name)
+    if base_resid is None:
+        base_resid = base_residual(model, pairs.base_tokens, layer)
+    for sl in batch_slices(len(pairs), batch_size):
+        swap = SubspaceSwap(basis, source[sl], strength, positions=pairs.base_positions[sl])
+        resid = None if base_resid is None else base_resid[sl]
+        logits = last_logits(
+            model, pairs.base_tokens[sl], pairs.base_positions[sl], [hook(hook_name, swap)], layer=layer, resid=resid
+        )
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def patched_logits(
     model,
     pairs: PatchPairs,
@@ -84,24 +163,13 @@ def patched_logits(
     strength: float = 1.0,
     batch_size: int = 64,
     source: Float[torch.Tensor, "pair d"] | None = None,
+    base_resid: torch.Tensor | None = None,
 ) -> Float[torch.Tensor, "pair value"]:
     """Answer logits ``[pair, value]`` at each base prompt's last token, with the base's activation at ``hook_name``
     there swapped inside ``basis`` for the source's (``source``: the source activations ``[pair, d]``, collected
     when ``None``); ``basis=None`` is the clean run (no patch)."""
-    out = []
-    if basis is None:  # clean run
-        for sl in batch_slices(len(pairs), batch_size):
-            out.append(answer_logits(model, pairs.base_tokens[sl], pairs.base_positions[sl], pairs.answer_ids).cpu())
-        return torch.cat(out)
-    if source is None:
-        source = activations(model, hook_name, pairs.source_tokens, pairs.source_positions, batch_size=batch_size)
-    for sl in batch_slices(len(pairs), batch_size):
-        swap = SubspaceSwap(basis, source[sl], strength, positions=pairs.base_positions[sl])
-        logits = answer_logits(
-            model, pairs.base_tokens[sl], pairs.base_positions[sl], pairs.answer_ids, [hook(hook_name, swap)]
-        )
-        out.append(logits.cpu())
-    return torch.cat(out)
+    logits = patched_vocab_logits(model, pairs, hook_name, basis, strength, batch_size, source, base_resid)
+    return logits[:, pairs.answer_ids]
 
 
 def patch(
@@ -115,14 +183,16 @@ def patch(
     batch_size: int = 64,
     clean: Float[torch.Tensor, "pair value"] | None = None,
     source: Float[torch.Tensor, "pair d"] | None = None,
+    base_resid: torch.Tensor | None = None,
 ) -> PatchResult:
     """Patch each base prompt's last-position activation at ``hook_name`` from its source, inside a subspace.
 
     ``direction`` is a :class:`Direction`, a ``[d]`` vector (normalised here), a ``[d, k]`` orthonormal basis, or
     ``None`` for the full component (the identity basis). A ``[d, 0]`` basis or ``strength=0`` changes nothing.
-    ``clean`` (the clean answer logits, ``patched_logits(..., basis=None)``) and ``source`` (the source
-    activations at ``hook_name``, :func:`~codecircuits.subspace.das.activations`) reuse what several patches of
-    the same pairs share.
+    ``clean`` (the clean answer logits, ``patched_logits(..., basis=None)``), ``source`` (the source activations
+    at ``hook_name``, :func:`~codecircuits.subspace.das.activations`) and ``base_resid`` (the base prompts'
+    residual entering the hook's layer, :func:`~codecircuits.subspace.pairs.base_residual`) reuse what several
+    patches of the same pairs share.
     """
     check_pairs(model, pairs, hook_name)
     if source is None:
@@ -142,11 +212,16 @@ def patch(
         raise InputError(f"The direction has size {basis.shape[0]} but activations at {hook_name} have size {d}.")
     if clean is None:
         clean = patched_logits(model, pairs, hook_name, None, 1.0, batch_size)
-    patched = patched_logits(model, pairs, hook_name, basis, strength, batch_size, source=source)
+    vocab = patched_vocab_logits(model, pairs, hook_name, basis, strength, batch_size, source, base_resid)
+    patched = vocab[:, pairs.answer_ids]
     ld_clean, ld_patched = _ld(clean, pairs), _ld(patched, pairs)
-    fldd = 100.0 * (1.0 - float(ld_patched.mean()) / float(ld_clean.mean()))
-    iia = float((patched.argmax(-1) == pairs.source_values).float().mean())
-    return PatchResult(name or label, hook_name, fldd, iia, ld_clean, ld_patched, int(basis.shape[1]), strength)
+    fldd = fldd_of(ld_clean, ld_patched)
+    hits = patched.argmax(-1) == pairs.source_values
+    hits_vocab = vocab.argmax(-1) == pairs.answer_ids[pairs.source_values]
+    iia = float(hits.float().mean())
+    return PatchResult(
+        name or label, hook_name, fldd, iia, ld_clean, ld_patched, int(basis.shape[1]), strength, hits, hits_vocab
+    )
 
 
-__all__ = ["PatchResult", "patch", "patched_logits"]
+__all__ = ["PatchResult", "fldd_of", "patch", "patched_logits", "patched_vocab_logits"]

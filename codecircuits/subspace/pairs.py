@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
-from ..core.runner import run_with_hooks
+from ..core.runner import resid_at, run_from, run_with_hooks
+from ..core.sites import layer_of_hook
 from ..errors import InputError
 from ..inputs import check_hook_names, single_token_id
 
@@ -173,17 +174,65 @@ def batch_slices(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def start_layer(model, hook_name: str) -> int | None:
+    """The layer a run that patches ``hook_name`` can start from (its block; ``None``: run from the tokens)."""
+    layer = layer_of_hook(hook_name)
+    return layer if layer is not None and 0 < layer < model.cfg.n_layers else None
+
+
+def base_residual(model, tokens: Int[torch.Tensor, "batch pos"], layer: int | None) -> torch.Tensor | None:
+    """``blocks.{layer}.hook_resid_pre`` of ``tokens`` (computed once, then every patch runs from ``layer``)."""
+    return None if layer is None else resid_at(model, tokens, layer)
+
+
+def last_logits(
+    model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    positions: Int[torch.Tensor, " batch"],
+    fwd_hooks: Sequence = (),
+    *,
+    layer: int | None = None,
+    resid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float logits ``[batch, vocab]`` at each prompt's ``positions``, with ``fwd_hooks`` installed.
+
+    With ``resid`` (``blocks.{layer}.hook_resid_pre`` of ``tokens``, :func:`base_residual`) only the layers from
+    ``layer`` on run (:func:`codecircuits.core.runner.run_from`) and only the positions read are unembedded; the
+    hooks must then sit in those layers. Gradients flow unless the caller turns them off.
+    """
+    if resid is None:
+        logits = run_with_hooks(model, tokens.to(model.cfg.device), fwd_hooks)
+        rows = torch.arange(len(tokens), device=logits.device)
+        return logits[rows, positions.to(logits.device)].float()
+    read = sorted(set(int(p) for p in positions.tolist()))
+    col = torch.as_tensor([read.index(int(p)) for p in positions.tolist()])
+    logits = run_from(model, resid.to(model.cfg.device), layer, fwd_hooks=fwd_hooks, read_positions=read)
+    rows = torch.arange(len(positions), device=logits.device)
+    return logits[rows, col.to(logits.device)].float()
+
+
 def answer_logits(
     model,
     tokens: Int[torch.Tensor, "batch pos"],
     positions: Int[torch.Tensor, " batch"],
     answer_ids: Int[torch.Tensor, " value"],
     fwd_hooks: Sequence = (),
+    *,
+    layer: int | None = None,
+    resid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float logits ``[batch, value]`` of the answer tokens at each prompt's ``positions``, with ``fwd_hooks``."""
-    logits = run_with_hooks(model, tokens.to(model.cfg.device), fwd_hooks)
-    rows = torch.arange(len(tokens), device=logits.device)
-    return logits[rows, positions.to(logits.device)][:, answer_ids.to(logits.device)].float()
+    """Float logits ``[batch, value]`` of the answer tokens at each prompt's ``positions``, with ``fwd_hooks``
+    (``layer`` / ``resid``: run from that layer, as in :func:`last_logits`)."""
+    logits = last_logits(model, tokens, positions, fwd_hooks, layer=layer, resid=resid)
+    return logits[:, answer_ids.to(logits.device)]
 
 
-__all__ = ["PatchPairs", "answer_logits", "batch_slices", "check_pairs"]
+__all__ = [
+    "PatchPairs",
+    "answer_logits",
+    "base_residual",
+    "batch_slices",
+    "check_pairs",
+    "last_logits",
+    "start_layer",
+]
