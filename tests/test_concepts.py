@@ -169,6 +169,17 @@ def test_edit_concept_table(tiny):
     assert iv["concept_drop"].low <= iv["concept_drop"].estimate <= iv["concept_drop"].high
     assert len(e.control_draws) == 2
     assert none.intervals["concept_drop"].estimate == 0 and none.intervals["concept_drop"].high == 0
+    # "trigger" positions are the predictions made at concept tokens: each is the target one token later
+    base = cc.evaluate(tiny, mem.chunk_corpus(tiny, eval_texts, window=32), batch_size=8)
+    cm = cc.token_masks(mem.chunk_corpus(tiny, eval_texts, window=32), [cc.get("indentation")], force_token=True)
+    at_trigger = cc.concept_positions(base, cm.mask[0], "trigger")
+    assert torch.equal(base.target[at_trigger] - 1, base.source[at_trigger])
+    assert bool(cm.mask[0][base.source[at_trigger]].all()) and at_trigger.any()
+    assert not torch.equal(at_trigger, cc.concept_positions(base, cm.mask[0], "target"))
+    et = cc.edit_concept(tiny, sc, "indentation", eval_texts, keys=sel, window=32, at="trigger", baseline=base)
+    assert et.rows[0]["concept_tokens"] == int(at_trigger.sum())
+    with pytest.raises(InputError, match="at must be"):
+        cc.concept_positions(base, cm.mask[0], "next")
     table = cc.edit_table([none, e])
     assert list(table["concept"]) == ["loops", "indentation"] and set(e.drops()) >= {"concept_drop", "general_drop"}
 

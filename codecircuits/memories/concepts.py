@@ -472,6 +472,8 @@ class TokenEval:
     correct: torch.Tensor  # bool [token]
     target: torch.Tensor  # int64 [token]: flat index of each target token in the corpus
     axes: tuple[str, ...] = ("token",)
+    #: int64 [token]: flat index of the input token the prediction is made at (-1 where it is the BOS)
+    source: torch.Tensor | None = None
 
     def summary(self, select: torch.Tensor | None = None) -> dict[str, float]:
         sel = torch.ones_like(self.correct) if select is None else select
@@ -489,7 +491,7 @@ def evaluate(
     """Next-token loss and top-1 correctness at every document token of every chunk, with ``hooks`` applied."""
     pad = pad_id(model)
     starts, _ = chunked.flat_index()
-    losses, corrects, targets = [], [], []
+    losses, corrects, targets, sources = [], [], [], []
     first = 0 if chunked.bos is None else 1
     with torch.no_grad():
         for a in tqdm(range(0, len(chunked), batch_size), desc="eval", disable=not progress):
@@ -507,10 +509,14 @@ def evaluate(
                 + torch.as_tensor(chunked.chunk_start[ids]).unsqueeze(1)
                 + pos
             )
+            src = torch.where(pos >= 1, flat - 1, torch.full_like(flat, -1))  # the input token, -1 at BOS
             losses.append(nll[valid])
             corrects.append(corr[valid])
             targets.append(flat[valid])
-    return TokenEval(loss=torch.cat(losses), correct=torch.cat(corrects), target=torch.cat(targets))
+            sources.append(src.expand_as(flat)[valid])
+    return TokenEval(
+        loss=torch.cat(losses), correct=torch.cat(corrects), target=torch.cat(targets), source=torch.cat(sources)
+    )
 
 
 @dataclass(frozen=True)
@@ -571,7 +577,21 @@ def _mean_eval(evs: Sequence[TokenEval]) -> TokenEval:
         loss=torch.stack([e.loss for e in evs]).mean(0),
         correct=torch.stack([e.correct.float() for e in evs]).mean(0) >= 0.5,
         target=evs[0].target,
+        source=evs[0].source,
     )
+
+
+def concept_positions(ev: TokenEval, mask: torch.Tensor, at: str) -> torch.Tensor:
+    """Which predictions of ``ev`` are "concept" predictions for a concept's token ``mask`` (``[flat token]``):
+    ``at="trigger"``: those made *at* a concept token (its input token is in the concept, as a key's trigger
+    example ends in one); ``at="target"``: those *of* a concept token (the predicted token is in the concept)."""
+    if at == "target":
+        return mask[ev.target]
+    if at == "trigger":
+        if ev.source is None:
+            raise InputError("This evaluation has no input positions; run concepts.evaluate again.")
+        return (ev.source >= 0) & mask[ev.source.clamp(min=0)]
+    raise InputError(f"at must be 'trigger' or 'target'; got {at!r}.")
 
 
 def _mean_rms(match, keys: dict[int, Sequence[int]]) -> float:
@@ -596,13 +616,16 @@ def edit_concept(
     max_tokens: int | None = None,
     batch_size: int = 8,
     baseline: TokenEval | None = None,
+    at: str = "target",
     n_resamples: int = 1000,
     progress: bool = False,
 ) -> ConceptEdit:
     """Mask ``concept``'s keys (selected from ``scores``, or given as ``keys``) and measure the effect.
 
-    Concept tokens are the target tokens of ``eval_corpus`` that overlap a match of the concept's regex;
-    general tokens are all others. The control masks as many random keys per layer (``n_controls`` draws, matched
+    Concept predictions are those whose target token overlaps a match of the concept's regex (``at="target"``) or
+    those made at such a token (``at="trigger"``: the input token is in the concept, which is how a key's
+    trigger examples are labelled by :func:`key_scores`; :func:`concept_positions`); general predictions are all
+    others. The control masks as many random keys per layer (``n_controls`` draws, matched
     on activation magnitude when ``match`` is a scan's :class:`ActivationStats`, see :func:`random_keys`); its row
     averages each token's loss over the draws and counts a token correct when most draws are right, and
     ``control_draws`` keeps each draw's drops. ``intervals`` holds the accuracy drops (baseline − masked, baseline
@@ -622,7 +645,7 @@ def edit_concept(
     n_keys = sum(len(v) for v in sel_keys.values())
     cmask = token_masks(chunked, [c], force_token=True).mask[0]
     base = baseline if baseline is not None else evaluate(model, chunked, batch_size=batch_size, progress=progress)
-    sel = cmask[base.target]
+    sel = concept_positions(base, cmask, at)
     rows = [_row("baseline", 0, base, sel)]
     if n_controls < 1:
         raise InputError(f"n_controls must be at least 1; got {n_controls}.")
@@ -705,6 +728,7 @@ __all__ = [
     "TokenEval",
     "catalogue",
     "chunk_flat_tokens",
+    "concept_positions",
     "doc_masks",
     "edit_concept",
     "edit_table",

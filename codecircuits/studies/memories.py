@@ -55,6 +55,11 @@ class MemoriesConfig:
     n_edit_per_kind: int = setting(2, "concepts masked per kind when --edit is not given")
     edit_max_keys: int | None = setting(300, "at most this many keys masked per concept")
     edit_tokens: int = setting(512, "evaluation tokens for the edits (0 skips them)")
+    edit_at: str = setting(
+        "trigger",
+        "which predictions count as the concept's: 'trigger' (made at a concept token, as keys are labelled by "
+        "their trigger token) or 'target' (of a concept token)",
+    )
     edit_controls: int = setting(
         5, "random-key control draws per edit, each matched on layer and on activation magnitude (RMS)"
     )
@@ -399,6 +404,7 @@ def run(
                     min_lift=min_lift,
                     max_keys=edit_max_keys,
                     n_controls=cfg.edit_controls,
+                    at=cfg.edit_at,
                     match=stats,
                     batch_size=batch_size,
                     baseline=base,
@@ -430,6 +436,7 @@ def run(
         "edit_max_keys": edit_max_keys,
         "edit_tokens": edit_tokens,
         "edit_controls": cfg.edit_controls,
+        "edit_at": cfg.edit_at,
         "agreement_docs": cfg.agreement_docs,
         "agreement_positions": cfg.agreement_positions,
         "agreement_context": cfg.agreement_context,
@@ -559,8 +566,15 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         r.section(
             "Masking a concept's keys (RQ2)",
             text=f"Paper: {PAPER['rq2']}. The concept's keys (at most "
-            f"{s['edit_max_keys']}) are zeroed at every position; concept tokens are next tokens inside a "
-            "regex match, general tokens all others; the control zeroes as many random keys per layer.",
+            f"{s['edit_max_keys']}) are zeroed at every position. "
+            + (
+                "Concept predictions are those made at a token inside a regex match (the token a key's trigger "
+                "examples end in, which is how keys are labelled)"
+                if s.get("edit_at", "target") == "trigger"
+                else "Concept predictions are those of a next token inside a regex match"
+            )
+            + "; general predictions are all others; the control zeroes as many random keys per layer, matched on "
+            "activation magnitude.",
         )
         r.table(study.edit_table(), caption="Next-token accuracy and loss: baseline, concept keys masked, random keys")
         r.table(
