@@ -226,3 +226,26 @@ def test_scan_activation_stats_match_the_tokens(tiny, tmp_path):
     torch.testing.assert_close(st.std[-1], acts.std(0, correction=0), atol=1e-5, rtol=1e-4)
     back = mem.load_scan(s.save(tmp_path / "s.safetensors"))
     assert torch.equal(back.act_sum, s.act_sum) and torch.equal(back.act_sq, s.act_sq)
+
+
+def test_edit_concepts_mask_both_kinds_relaxing_tau_only_where_needed():
+    import torch
+
+    from codecircuits import concepts as cc
+    from codecircuits.studies.memories import pick_edit_concepts
+
+    shallow = next(c for c in cc.CATALOGUE if c.kind == "shallow")
+    semantic = next(c for c in cc.CATALOGUE if c.kind == "semantic")
+    s = torch.zeros(2, 2, 40)
+    s[0, 0, :20] = 0.9  # 20 shallow keys at tau 0.5
+    s[1, 1, :12] = 0.35  # 12 semantic keys, only at tau <= 0.35
+    sc = cc.ConceptScores(
+        scores=s, base_rate=torch.tensor([0.05, 0.05]), concepts=(shallow, semantic), layers=(0, 1),
+        n_triggers=torch.full((2, 40), 5),
+    )
+    masks = torch.ones(2, 100, dtype=torch.bool)
+    got = pick_edit_concepts(sc, masks, 1, tau=0.5, min_lift=2.0)
+    assert got == [(shallow.name, 0.5), (semantic.name, 0.3)]
+    # a concept the evaluation text hardly contains is not masked, at any tau
+    masks[1, 5:] = False
+    assert pick_edit_concepts(sc, masks, 1, tau=0.5, min_lift=2.0) == [(shallow.name, 0.5)]

@@ -241,7 +241,7 @@ def edit_interval_table(edits) -> pd.DataFrame:
     and the excess over the control, each with its 95% bootstrap interval; the masked and control keys' RMS."""
     rows = []
     for e in edits:
-        row = {"concept": e.concept.name, "keys": e.n_keys}
+        row = {"concept": e.concept.name, "kind": e.concept.kind, "keys": e.n_keys}
         for k in ("concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"):
             iv = e.intervals.get(k)
             row[k] = iv.format(3) if iv is not None else ""
@@ -298,19 +298,28 @@ def pick_edit_concepts(
     tau: float,
     min_lift: float,
     min_tokens: int = 20,
-) -> list[str]:
-    """Concepts to edit: per kind, those with most selected keys among concepts that match at least
-    ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``)."""
+    min_keys: int = 10,
+    fallback_taus: tuple[float, ...] = (0.3, 0.2),
+) -> list[tuple[str, float]]:
+    """Concepts to edit, as ``(name, tau)``: per kind, those with most selected keys among concepts that match at
+    least ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``).
+
+    A kind whose concepts have fewer than ``min_keys`` keys at ``tau`` (semantic concepts, on small models) is
+    picked at the first of ``fallback_taus`` that gives them as many, so both kinds are masked; the tau each edit
+    used is returned with it (and reported)."""
     out = []
     for kind in cc.KINDS:
-        cands = []
-        for ci, c in enumerate(scores.concepts):
-            if c.kind != kind or int(eval_masks[ci].sum()) < min_tokens:
-                continue
-            n = sum(len(v) for v in scores.keys(c, tau=tau, min_lift=min_lift).values())
-            if n:
-                cands.append((-n, ci))
-        out += [scores.concepts[ci].name for _, ci in sorted(cands)[:n_per_kind]]
+        for t in (tau, *[x for x in fallback_taus if x < tau]):
+            cands = []
+            for ci, c in enumerate(scores.concepts):
+                if c.kind != kind or int(eval_masks[ci].sum()) < min_tokens:
+                    continue
+                n = sum(len(v) for v in scores.keys(c, tau=t, min_lift=min_lift).values())
+                if n >= min_keys:
+                    cands.append((-n, ci))
+            if cands:
+                out += [(scores.concepts[ci].name, t) for _, ci in sorted(cands)[:n_per_kind]]
+                break
     return out
 
 
@@ -383,6 +392,7 @@ def run(
     timings["values_and_scores_s"] = time.perf_counter() - t0
 
     edits: list[cc.ConceptEdit] = []
+    edit_taus: dict[str, float] = {}
     if edit_tokens:
         t0 = time.perf_counter()
         ev = mem.chunk_corpus(model, eval_corpus, window=window, max_tokens=edit_tokens)
@@ -390,17 +400,17 @@ def run(
             emask = cc.token_masks(ev, scores.concepts, force_token=True).mask[:, cc.chunk_flat_tokens(ev)]
             names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
         else:
-            names = list(edit)
+            names = [(c, tau) for c in edit]
         base = cc.evaluate(model, ev, batch_size=batch_size, progress=progress)
         stats = scan.activation_stats() if scan.act_sum is not None else None
-        for cname in names:
+        for cname, ctau in names:
             edits.append(
                 cc.edit_concept(
                     model,
                     scores,
                     cname,
                     ev,
-                    tau=tau,
+                    tau=ctau,
                     min_lift=min_lift,
                     max_keys=edit_max_keys,
                     n_controls=cfg.edit_controls,
@@ -412,6 +422,7 @@ def run(
                 )
             )
         timings["edit_s"] = time.perf_counter() - t0
+        edit_taus = {c: t for c, t in names}
     agreement = None
     if cfg.agreement_docs:
         t0 = time.perf_counter()
@@ -437,6 +448,7 @@ def run(
         "edit_tokens": edit_tokens,
         "edit_controls": cfg.edit_controls,
         "edit_at": cfg.edit_at,
+        "edit_taus": edit_taus,
         "agreement_docs": cfg.agreement_docs,
         "agreement_positions": cfg.agreement_positions,
         "agreement_context": cfg.agreement_context,
