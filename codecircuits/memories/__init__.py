@@ -18,6 +18,9 @@ Modules
 - :mod:`~codecircuits.memories.values`: value vectors through the unembedding and key-value agreement.
 - :mod:`~codecircuits.memories.concepts`: regex code concepts, concept scores of keys, masking keys.
 - :mod:`~codecircuits.memories.agreement`: when each layer already says what the model finally says.
+- :mod:`~codecircuits.memories.languages` and :mod:`~codecircuits.memories.catalogues`: Python, Java and Go files
+  (strings, comments and each language's concept catalogue); :mod:`~codecircuits.memories.crosslang`: whether a
+  concept selects the same keys in every language.
 
 Everything public of the first three is importable from here (``from codecircuits import memories as mem;
 mem.scan(...)``); :mod:`codecircuits.concepts` and :mod:`codecircuits.agreement` re-export the last two.

@@ -35,6 +35,7 @@ from ..core.interventions import Zero, hook
 from ..core.sites import hook_name
 from ..errors import InputError
 from .chunks import ChunkedCorpus, chunk_corpus
+from .languages import PY_STRING, REGION_GRAMMARS, check_language, language_of
 from .triggers import TriggerScan
 
 KINDS = ("shallow", "semantic")
@@ -53,8 +54,10 @@ class Concept:
     scope: str = "token"
     description: str = ""
     skip: tuple[str, ...] = ()  # regions ("string", "comment") where a match may not start
+    language: str = "python"  # the language of the files it is matched in (memories.languages)
 
     def __post_init__(self):
+        check_language(self.language)
         bad = [r for r in self.skip if r not in REGIONS]
         if bad:
             raise InputError(f"Concept {self.name!r}: skip regions must be among {', '.join(REGIONS)}; got {bad}.")
@@ -74,9 +77,7 @@ class Concept:
         return re.compile(self.pattern, re.MULTILINE)
 
 
-_STRING = r"[rbuRBUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*')"
-# strings and comments found left to right, so a '#' inside a string or a quote inside a comment is not misread
-_REGIONS = re.compile(rf"(?P<string>{_STRING})|(?P<comment>#[^\n]*)")
+_STRING = PY_STRING
 
 CATALOGUE: tuple[Concept, ...] = (
     # shallow: keywords, n-grams, layout, punctuation, literals
@@ -151,11 +152,20 @@ CATALOGUE = tuple(
 )
 
 
-def catalogue(kind: str | None = None) -> tuple[Concept, ...]:
-    """The built-in concepts, optionally of one kind."""
+def catalogue(kind: str | None = None, language: str = "python") -> tuple[Concept, ...]:
+    """The built-in concepts of ``language`` (python, java or go), optionally of one kind. Concepts that mean the
+    same in several languages share their name (``kw_import``, ``comment``, ``exceptions``, ...;
+    :mod:`codecircuits.memories.catalogues`)."""
     if kind is not None and kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
-    return tuple(c for c in CATALOGUE if kind is None or c.kind == kind)
+    check_language(language)
+    if language == "python":
+        cat = CATALOGUE
+    else:
+        from .catalogues import CATALOGUES
+
+        cat = CATALOGUES[language]
+    return tuple(c for c in cat if kind is None or c.kind == kind)
 
 
 def get(name: str, concepts: Sequence[Concept] = CATALOGUE) -> Concept:
@@ -165,12 +175,13 @@ def get(name: str, concepts: Sequence[Concept] = CATALOGUE) -> Concept:
     raise InputError(f"No concept named {name!r}; known: {', '.join(c.name for c in concepts)}.")
 
 
-def resolve_concepts(concepts) -> tuple[Concept, ...]:
-    """The concepts ``concepts`` names: ``None`` for the whole catalogue, else a non-empty list of
+def resolve_concepts(concepts, language: str = "python") -> tuple[Concept, ...]:
+    """The concepts ``concepts`` names: ``None`` for ``language``'s whole catalogue, else a non-empty list of
     :class:`Concept` objects or catalogue names (unique names), with an error for anything else."""
     if concepts is None:
-        return CATALOGUE
-    out = tuple(get(c) if isinstance(c, str) else c for c in concepts)
+        return catalogue(language=language)
+    cat = catalogue(language=language)
+    out = tuple(get(c, cat) if isinstance(c, str) else c for c in concepts)
     if not out or not all(isinstance(c, Concept) for c in out):
         raise InputError("concepts must be a non-empty list of Concept objects or catalogue names.")
     names = [c.name for c in out]
@@ -200,8 +211,12 @@ def _spans(c: Concept, text: str, region: dict[str, np.ndarray]):
         pos = max(b, a + 1)
 
 
-def doc_masks(text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, force_token: bool) -> np.ndarray:
-    """``[concept, token]``: does each token match each concept (under its scope, or token scope if forced)."""
+def doc_masks(
+    text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, force_token: bool, language: str = "python"
+) -> np.ndarray:
+    """``[concept, token]``: does each token match each concept (under its scope, or token scope if forced).
+    The text is read as ``language``: its strings and comments are that language's, and a concept of another
+    language matches nothing."""
     n = len(text)
     s = np.clip(offsets[:, 0], 0, n)
     e = np.clip(np.maximum(offsets[:, 1], offsets[:, 0] + 1), 0, n)
@@ -211,10 +226,12 @@ def doc_masks(text: str, offsets: np.ndarray, concepts: Sequence[Concept], *, fo
     line_start = np.maximum.accumulate(after_nl)[s]
     region = {r: np.zeros(n + 1, dtype=bool) for r in REGIONS}
     if any(c.skip for c in concepts):
-        for m in _REGIONS.finditer(text):
+        for m in REGION_GRAMMARS[check_language(language)].finditer(text):
             region[m.lastgroup][m.start() : m.end()] = True
     out = np.zeros((len(concepts), len(offsets)), dtype=bool)
     for ci, c in enumerate(concepts):
+        if c.language != language:
+            continue
         diff = np.zeros(n + 1, dtype=np.int64)
         for a, b in _spans(c, text, region):
             diff[a] += 1
@@ -240,15 +257,19 @@ class ConceptMasks:
 
 
 def token_masks(chunked: ChunkedCorpus, concepts=None, *, force_token: bool = False) -> ConceptMasks:
-    """Which tokens of every document match which concept (``force_token`` ignores line scopes)."""
-    cs = resolve_concepts(concepts)
+    """Which tokens of every document match which concept (``force_token`` ignores line scopes). Each document is
+    read in the language of its file name (:func:`~codecircuits.memories.languages.language_of`; Python for
+    names without a known extension); ``concepts=None`` is the catalogue of the corpus's main language."""
+    from .languages import corpus_language
+
+    cs = resolve_concepts(concepts, corpus_language(chunked.names))
     starts, total = chunked.flat_index()
     used = set(np.unique(chunked.chunk_doc).tolist())
     mask = np.zeros((len(cs), total), dtype=bool)
     for d in used:
         a = starts[d]
         mask[:, a : a + len(chunked.ids[d])] = doc_masks(
-            chunked.texts[d], chunked.offsets[d], cs, force_token=force_token
+            chunked.texts[d], chunked.offsets[d], cs, force_token=force_token, language=language_of(chunked.names[d])
         )
     return ConceptMasks(concepts=cs, mask=torch.from_numpy(mask), doc_start=starts)
 

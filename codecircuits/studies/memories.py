@@ -24,6 +24,7 @@ import torch
 from .. import agreement as ag
 from .. import concepts as cc
 from .. import memories as mem
+from ..memories.languages import corpus_language
 from ..errors import InputError
 from .common import Study, configure, json_safe, setting, write_study
 
@@ -356,10 +357,11 @@ def run(
     edit = None if cfg.edit is None else list(cfg.edit)
     edit_tokens = cfg.edit_tokens
     kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
-    cs = cc.resolve_concepts(concepts)
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
     chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens)
+    language = corpus_language(chunked.names)
+    cs = cc.resolve_concepts(concepts, language)
     start_tokens = 0  # a resumed scan starts from its checkpoint's count; the throughput is this run's
     ck = Path(checkpoint) if checkpoint is not None else None
     ck = ck / "scan.safetensors" if ck is not None and ck.is_dir() else ck
@@ -454,6 +456,7 @@ def run(
         "agreement_context": cfg.agreement_context,
         "kv_keys": kv_keys,
         "concepts": [c.name for c in cs],
+        "language": language,
         "threads": torch.get_num_threads(),
     }
     return MemoriesStudy(
