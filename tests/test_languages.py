@@ -146,3 +146,37 @@ def test_scans_in_two_languages_compare_end_to_end(tiny):
     assert {o.concept for o in res.overlaps} == {c.name for c in catalogues.JAVA} & {c.name for c in catalogues.GO}
     assert {"block_open", "concurrency"} <= {o.concept for o in res.overlaps}
     assert all(0 <= o.jaccard["java/go"] <= 1 for o in res.overlaps)
+
+
+def test_three_language_study_and_command(tiny_dirs, tmp_path, capsys):
+    """The study on three tiny corpora (one directory per language), run from the command line, resumable from its
+    per-language checkpoints, with a report that passes the browser check."""
+    import json
+
+    from browser import check_study_report
+
+    from codecircuits.cli import main
+
+    dirs = {}
+    for lang, name, text in (("python", "a.py", "import os\n\ndef f(x):\n    return x + 1\n"),
+                             ("java", "A.java", JAVA), ("go", "a.go", GO)):
+        d = tmp_path / lang
+        d.mkdir()
+        for i in range(3):
+            (d / f"{i}{name}").write_text(text * 2)
+        dirs[lang] = str(d) if lang == "python" else f"{lang}:{d}"
+    out = tmp_path / "rep"
+    args = ["languages", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--corpora",
+            ",".join(dirs.values()), "--max-tokens", "400", "--window", "32", "--top-k", "3", "--tau", "0.3",
+            "--min-lift", "1.0", "--n-draws", "20", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "java:" in printed and "cross-language:" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["languages"] == ["python", "java", "go"]
+    assert {c["verdict"] for c in data["claims"]} <= {"reproduced", "partly", "not reproduced"}
+    assert len(list((out / "scans").glob("*.safetensors"))) == 3
+    check_study_report(out / "report.html", out / "results.json", "languages-tiny.png", require=("table",),
+                       screenshot=False)
+    assert main(args) == 0  # the second run resumes every scan from its checkpoint
+    assert json.loads((out / "results.json").read_text())["cross_language"] == data["cross_language"]
