@@ -34,9 +34,9 @@ def test_cli_error_is_one_line(capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # each study's defaults live in its config; the command passes only the options given
 
-STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "repair", "signatures", "circuit", "demo"]
+STUDY_COMMANDS = ["parens", "subspace", "cna", "memories", "languages", "repair", "signatures", "circuit", "demo"]
 # keywords that are the command line's own business (where files go, progress bars), not the study's settings
-CLI_KEYWORDS = {"checkpoint", "resume", "progress", "workers"}
+CLI_KEYWORDS = {"checkpoint", "resume", "progress", "workers", "out_dir"}
 
 
 class _Stop(Exception):
@@ -74,6 +74,7 @@ CONFIGS = {
     "subspace": "SubspaceConfig",
     "cna": "CNAConfig",
     "memories": "MemoriesConfig",
+    "languages": "LanguagesConfig",
     "repair": "RepairConfig",
     "signatures": "SignatureConfig",
     "circuit": "CircuitConfig",
