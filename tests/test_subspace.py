@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from browser import SCREENSHOT_FAMILY, check_study_report
 
-from codecircuits import HookNameError, InputError
+from codecircuits import HookNameError, InputError, intervals
 from codecircuits import subspace as sub
 
 BASE = ["print(str(123", "print(str(45", "print(str(str(7", "x = (1 + 2", "print(str(str(88", "print(str(6"]
@@ -143,22 +145,138 @@ def test_illusion_checks_run_and_are_consistent(tiny):
     hook = "blocks.1.mlp.hook_post"
     pairs = _pairs(tiny)
     train, test = pairs.in_groups(["a", "b"]), pairs.in_groups(["c"])
-    rep = sub.illusion_checks(tiny, train, test, hook, epochs=2, batch_size=2, progress=False)
-    assert rep.verdict in ("passes", "suspicious", "no effect")
-    assert (rep.verdict == "passes") == (len(rep.reasons) == 0)
+    rep = sub.illusion_checks(tiny, train, test, hook, epochs=2, batch_size=2, seeds=(0, 1), progress=False)
+    assert len(rep.seeds) == 2 and all(v in sub.VERDICTS for v in rep.verdicts)
+    assert rep.verdict == (rep.verdicts[0] if len(set(rep.verdicts)) == 1 else "seeds disagree")
+    assert not torch.allclose(rep.seeds[0].direction.vector, rep.seeds[1].direction.vector)  # two seeds, two fits
     assert abs(rep.row_norm**2 + rep.null_norm**2 - 1.0) < 1e-4
     keys = {k.split("/")[0] for k in rep.patches}
-    assert {"full", "das", "rowspace", "nullspace", "mean_difference", "random"} <= keys
-    # the report's DAS number is the DAS direction patched on its own
+    assert {"full", "das", "rowspace", "nullspace", "mean_difference", "random", "random_rowspace"} <= keys
+    # the report's DAS number is the DAS direction patched on its own, with an interval around it
     again = sub.patch(tiny, test, hook, rep.direction)
     assert abs(again.fldd - rep.fldd("das/test")) < 1e-3
+    ci = rep.patches["das/test"].fldd_interval
+    assert ci.low <= ci.estimate <= ci.high and ci.n == len(test)
+    # the full-vocabulary accuracy can only be lower than the two-token one (a hit over the vocabulary is a hit
+    # among the answers)
+    das = rep.patches["das/test"]
+    assert bool((das.hits_vocab <= das.hits).all())
+    # the rowspace fraction is FLDD_row / FLDD_das
+    assert rep.fraction.estimate == pytest.approx(rep.fldd("rowspace/test") / rep.fldd("das/test"), rel=1e-4)
     # the nullspace part is causally inert
     assert torch.allclose(rep.patches["nullspace/test"].ld_patched, rep.patches["nullspace/test"].ld_clean, atol=1e-3)
-    assert set(rep.separation) == {"v", "v_row", "v_null", "mean_difference"}
+    assert {"v", "v_row", "v_null", "mean_difference", "random", "random_rowspace"} <= set(rep.separation)
+    b = rep.norm_baseline
+    assert b.row_low <= b.row_mean <= b.row_high and b.row_mean == pytest.approx(math.sqrt(b.rank / b.dim), abs=0.05)
     df = rep.to_dataframe()
     assert len(df) == len(rep.patches) and len(rep.top(3)) == 3
     resid = sub.illusion_checks(tiny, train, test, "blocks.0.hook_resid_post", epochs=1, batch_size=2, progress=False)
     assert "rowspace/test" not in resid.patches and resid.row_norm != resid.row_norm  # nan: no readout
+    assert resid.fraction is None and resid.norm_baseline is None
+
+
+def _iv(estimate, low, high, n=20):
+    return intervals.Interval(estimate, low, high, n)
+
+
+def test_decide_follows_its_stated_rule():
+    """The verdict rule, case by case, with the library's own thresholds (sub.RULE)."""
+    r = sub.RULE
+    strong = _iv(60, 40, 80)
+    base = dict(
+        effect=strong,
+        train_effect=60.0,
+        control=_iv(0, -1, 1),
+        separation=_iv(3, 2, 4),
+        full=_iv(0, -5, 5),
+    )
+    # no effect: the effect's interval reaches below min_effect, or below the random control's upper end
+    assert sub.decide(**{**base, "effect": _iv(12, r.min_effect - 1, 20)})[0] == "no effect"
+    assert sub.decide(**{**base, "control": _iv(45, 30, 50)})[0] == "no effect"
+    # the residual stream (no readout): faithful when it generalises and activations separate along it
+    assert sub.decide(**base)[0] == "faithful"
+    assert sub.decide(**{**base, "separation": _iv(1.2, r.min_cohens_d - 0.1, 2)})[0] == "inconclusive"
+    assert sub.decide(**{**base, "train_effect": 60 / r.min_generalisation + 1})[0] == "inconclusive"
+    # with a readout: dormant rowspace (fraction's interval below min_fraction, or d along v_row below) -> illusion
+    lo = r.min_fraction
+    verdict, reasons, flags = sub.decide(**base, fraction=_iv(0.2, 0.1, lo - 0.01), row_separation=_iv(3, 2, 4))
+    assert verdict == "illusion" and flags["dormant"] and flags["exceeds_component"]
+    assert sub.decide(**base, fraction=_iv(0.8, 0.6, 1), row_separation=_iv(0.3, 0.1, r.min_cohens_d - 0.1))[0] == (
+        "illusion"
+    )
+    # active rowspace (fraction's interval at or above min_fraction, d along v_row above min_cohens_d) -> faithful
+    verdict, _, flags = sub.decide(**base, fraction=_iv(0.8, lo, 1), row_separation=_iv(3, 2, 4))
+    assert verdict == "faithful" and flags["active"]
+    # a fraction interval that straddles min_fraction decides nothing
+    verdict, reasons, flags = sub.decide(**base, fraction=_iv(0.5, lo - 0.1, lo + 0.1), row_separation=_iv(3, 2, 4))
+    assert verdict == "inconclusive" and not flags["dormant"] and not flags["active"]
+    assert any("straddles" in x for x in reasons)
+
+
+def test_vectorised_intervals_equal_the_shared_bootstrap():
+    """codecircuits.subspace.stats resamples as codecircuits.intervals does: the same intervals, vectorised."""
+    from codecircuits.subspace import stats
+
+    g = torch.Generator().manual_seed(0)
+    c, p, r = torch.randn(3, 25, generator=g).double() + torch.tensor([[2.0], [1.0], [1.5]], dtype=torch.float64)
+    ref = intervals.paired(sub.fldd_of, c, p)
+    got = stats.bootstrap_rows(stats.fldd_rows, c, p)
+    assert (got.estimate, got.low, got.high, got.n) == pytest.approx((ref.estimate, ref.low, ref.high, ref.n))
+    share = intervals.paired(lambda c, d, r: (c.mean() - r.mean()) / (c.mean() - d.mean()), c, p, r)
+    got = stats.bootstrap_rows(stats.share_rows, c, p, r)
+    assert (got.estimate, got.low, got.high) == pytest.approx((share.estimate, share.low, share.high))
+    proj, values = torch.randn(30, generator=g).double(), (torch.arange(30) % 2).double()
+    proj = proj + values
+    ref = intervals.bootstrap(sub.cohens_d, proj, values)
+    got = stats.bootstrap_rows(stats.cohens_d_rows, proj, values)
+    assert (got.estimate, got.low, got.high) == pytest.approx((ref.estimate, ref.low, ref.high))
+
+
+def test_norm_baseline_of_random_vectors():
+    W = torch.randn(40, 10, generator=torch.Generator().manual_seed(0))
+    b = sub.random_norm_baseline(W, n=4000, seed=1)
+    assert b.rank == 10 and b.dim == 40
+    assert b.row_mean == pytest.approx(math.sqrt(10 / 40), abs=0.02)
+    assert b.row_low < b.row_mean < b.row_high and b.null_low < b.null_mean < b.null_high
+    v = sub.random_rowspace_direction(W, seed=2)
+    v_row, v_null = sub.rowspace_split(v, W)
+    assert float(v.norm()) == pytest.approx(1.0) and float(v_null.norm()) < 1e-5
+    with pytest.raises(InputError, match="at least 2"):
+        sub.random_norm_baseline(W, n=1)
+
+
+@pytest.mark.parametrize("rule", ["prompt", "covariance"])
+def test_rank1_edit_of_w_out_equals_the_patch(tiny, rule):
+    hook = "blocks.1.mlp.hook_post"
+    pairs = _pairs(tiny)
+    v = sub.random_direction(tiny, hook, seed=3)
+    W = sub.readout_matrix(tiny, hook)
+    before = W.clone()
+    sigma = sub.second_moment_pinv(tiny, pairs, hook) if rule == "covariance" else None
+    e = sub.edit_equivalence(tiny, pairs, v, rule=rule, sigma_pinv=sigma)
+    # the edited MLP writes exactly what the patched MLP writes at the patched position
+    assert float(e.mlp_out_diff.max()) < 1e-4
+    if rule == "prompt":  # and, with the key orthogonal to the prompt's other positions, the logits are equal
+        assert float(e.max_logit_diff.max()) < 1e-4
+        assert torch.allclose(e.ld_edit, e.ld_patch, atol=1e-4)
+    assert not torch.allclose(e.ld_patch, e.ld_clean, atol=1e-4)  # the patch did something (the test can fail)
+    assert torch.equal(sub.readout_matrix(tiny, hook), before)  # every edit was undone, bit for bit
+    with pytest.raises(InputError, match="hook_post"):
+        sub.edit_equivalence(tiny, pairs, torch.ones(tiny.cfg.d_model), "blocks.0.hook_resid_post")
+
+
+def test_controls_are_what_they_claim(tiny):
+    hook = "blocks.1.mlp.hook_post"
+    pairs = _pairs(tiny)
+    planted = sub.planted_illusion(tiny, pairs, hook)
+    W = sub.readout_matrix(tiny, hook)
+    v_row, v_null = sub.rowspace_split(planted.vector, W)
+    assert float(v_row.norm()) == pytest.approx(2**-0.5, abs=1e-4)  # half of it in the rowspace, half outside
+    acts, values = sub.clean_activations(tiny, pairs, hook)
+    along_r = acts @ (v_row / v_row.norm())
+    assert float(along_r.std()) < 1e-3 * float(acts.std())  # the prompts never vary along its rowspace part
+    probe = sub.probe_direction(tiny, pairs, hook)
+    assert probe.kind == "probe" and abs(float(probe.vector.norm()) - 1) < 1e-5
 
 
 def test_separation_measures_what_it_says():
@@ -194,7 +312,7 @@ def test_study_runs_end_to_end_and_writes_its_report(family, tiny, tmp_path):
     from codecircuits.studies import subspace as study
 
     cfg = study.SubspaceConfig(
-        train_pairs=6, test_pairs=4, template_pairs=2, sweep_pairs=4, epochs=1, only_correct=False
+        train_pairs=6, test_pairs=4, template_pairs=2, sweep_pairs=4, epochs=1, seeds=(0,), only_correct=False
     )
     s = study.run(tiny, cfg, progress=False)
     assert len(s.sweep["resid"]) == len(s.sweep["mlp"]) == tiny.cfg.n_layers
@@ -202,7 +320,13 @@ def test_study_runs_end_to_end_and_writes_its_report(family, tiny, tmp_path):
     assert set(s.checks) == {c["hook"] for c in s.choice.values()}
     html, js = s.save(tmp_path / "out")
     data = json.loads(js.read_text())
-    check_study_report(html, js, f"subspace-{tiny.cfg.model_name}.png", require=("table", "line-chart"), screenshot=family == SCREENSHOT_FAMILY)
+    check_study_report(
+        html,
+        js,
+        f"subspace-{tiny.cfg.model_name}.png",
+        require=("table", "line-chart"),
+        screenshot=family == SCREENSHOT_FAMILY,
+    )
     assert set(data["checks"]) == set(s.checks)
     page = html.read_text()
     hook = next(iter(s.checks))

@@ -13,22 +13,32 @@ Steps (:func:`run`):
 3. three locations, chosen from the sweep as Makelov et al. chose MLP8 and resid_post.8 for IOI: the MLP whose
    full patch matters most, the MLP whose full patch matters least after the feature has reached the last
    position, and the residual stream after that layer;
-4. at each, :func:`codecircuits.subspace.illusion_checks`: a DAS direction trained on the training pairs, then
-   full / DAS / rowspace / nullspace / difference-of-means / random patches on train and held-out pairs, the
-   separation of clean activations along ``v``, ``v_row``, ``v_null``, and a verdict.
+4. at each, :func:`codecircuits.subspace.illusion_checks`: one DAS direction per seed (three by default)
+   trained on the training pairs, then full / DAS / rowspace / nullspace / difference-of-means / random patches on
+   held-out pairs, the separation of clean activations along ``v``, ``v_row``, ``v_null``, every number with its
+   95% bootstrap interval over pairs (or prompts), and a verdict per seed by the stated rule
+   (:func:`codecircuits.subspace.decide`);
+5. controls with known answers: the positive control (a linear probe's direction at the MLP whose full patch
+   carries the count, :func:`codecircuits.subspace.probe_direction`: the checks must say "faithful") and the
+   negative control (a planted illusion at the quiet MLP, :func:`codecircuits.subspace.planted_illusion`: they
+   must say "illusion");
+6. the rank-1 edit of ``W_out`` equal to the patch of the quiet MLP's DAS direction
+   (:func:`codecircuits.subspace.edit_equivalence`), exact and with the paper's covariance key;
+7. the claims table (:func:`study_claims`).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import intervals
 from .. import subspace as sub
 from ..core.sites import hook_name
 from ..errors import InputError
@@ -61,16 +71,19 @@ class SubspaceConfig:
     test_pairs: int = setting(16, "pairs of the paper's template with held-out numbers")
     template_pairs: int = setting(6, "pairs per held-out template")
     sweep_pairs: int = setting(8, "training pairs in the full-component layer sweep")
-    mlp_layers: tuple[int, ...] | None = setting(None, "MLP layers to study (none: chosen from the sweep)", convert="int_list")
+    mlp_layers: tuple[int, ...] | None = setting(
+        None, "MLP layers to study (none: chosen from the sweep)", convert="int_list"
+    )
     resid_layer: int | None = setting(None, "residual layer to study (none: chosen from the sweep)", convert=int)
     epochs: int = setting(4, "DAS training epochs")
+    seeds: tuple[int, ...] = setting((0, 1, 2), "DAS seeds (one direction per seed at each hook)", convert="int_list")
+    controls: bool = setting(True, "run the positive control (probe direction) and the planted illusion")
+    edit: bool = setting(True, "check the rank-1 W_out edit equal to the quiet MLP's patch")
     batch_size: int = setting(16, "pairs per DAS step and per forward")
     lr: float = setting(1e-2, "DAS learning rate")
-    seed: int = setting(0, "seed of pair sampling and DAS")
+    seed: int = setting(0, "seed of pair sampling")
     n_numbers: int = setting(300, "numbers drawn for the prompts")
-    only_correct: bool = setting(
-        True, "keep only prompts the model answers correctly (off for untrained test models)"
-    )
+    only_correct: bool = setting(True, "keep only prompts the model answers correctly (off for untrained test models)")
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,10 @@ class SubspaceStudy(Study):
     by_group: dict  # hook -> group -> {object: FLDD}
     examples: list  # a few pairs
     timings: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)  # "causal" / "quiet" / "resid" -> hook
+    controls: dict = field(default_factory=dict)  # "probe" / "planted" -> IllusionReport
+    edits: dict = field(default_factory=dict)  # rule -> EditResult
+    claims: list = field(default_factory=list)  # intervals.Claim rows
 
     def verdicts(self) -> dict[str, str]:
         return {h: r.verdict for h, r in self.checks.items()}
@@ -110,6 +127,10 @@ class SubspaceStudy(Study):
                 sweep=self.sweep,
                 choice=self.choice,
                 checks={h: r.to_dict() for h, r in self.checks.items()},
+                roles=self.roles,
+                controls={k: r.to_dict() for k, r in self.controls.items()},
+                edits={k: e.summary() for k, e in self.edits.items()},
+                claims=[c.to_json() for c in self.claims],
                 by_group=self.by_group,
                 examples=self.examples,
                 timings=self.timings,
@@ -222,8 +243,10 @@ def layer_sweep(model, pairs: sub.PatchPairs, *, progress: bool = False) -> dict
         for kind, site in (("resid", "resid_post"), ("mlp", "post"))
     }
     wanted = set(hooks["resid"]) | set(hooks["mlp"])
-    with torch.no_grad():  # every source activation in one pass
+    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in range(1, model.cfg.n_layers)}
+    with torch.no_grad():  # every source activation, and every base residual the patched runs start from, once
         _, cache = model.run_with_cache(pairs.source_tokens, names_filter=lambda n: n in wanted)
+        _, base_cache = model.run_with_cache(pairs.base_tokens, names_filter=lambda n: n in resid_names)
     rows = torch.arange(len(pairs))
     clean = sub.patched_logits(model, pairs, hooks["resid"][0], None, 1.0, 64)
     out: dict[str, list[float]] = {"resid": [], "mlp": []}
@@ -231,7 +254,9 @@ def layer_sweep(model, pairs: sub.PatchPairs, *, progress: bool = False) -> dict
     for kind, names in hooks.items():
         for hook in names:
             source = cache[hook][rows, pairs.source_positions].float().cpu()
-            out[kind].append(sub.patch(model, pairs, hook, None, clean=clean, source=source).fldd)
+            start = sub.start_layer(model, hook)
+            resid = None if start is None else base_cache[f"blocks.{start}.hook_resid_pre"]
+            out[kind].append(sub.patch(model, pairs, hook, None, clean=clean, source=source, base_resid=resid).fldd)
             bar.update(1)
     bar.close()
     return out
@@ -302,17 +327,38 @@ def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, *
             epochs=config.epochs,
             batch_size=config.batch_size,
             lr=config.lr,
-            seed=config.seed,
+            seeds=tuple(config.seeds),
             progress=progress,
         )
         checks[hook] = rep
         by_group[hook] = _by_group(test, rep)
         timings[f"{role}_s"] = time.perf_counter() - t0
+    roles = _roles(choice, checks)
+    controls: dict = {}
+    edits: dict = {}
+    if config.controls:
+        t0 = time.perf_counter()
+        causal, quiet = roles["causal"], roles["quiet"]
+        probe = sub.probe_direction(model, train, causal)
+        controls["probe"] = sub.illusion_checks(model, train, test, causal, direction=probe, progress=progress)
+        planted = sub.planted_illusion(model, train, quiet)
+        controls["planted"] = sub.illusion_checks(model, train, test, quiet, direction=planted, progress=progress)
+        timings["controls_s"] = time.perf_counter() - t0
+    if config.edit:
+        t0 = time.perf_counter()
+        quiet = roles["quiet"]
+        v = checks[quiet].direction
+        edits["prompt"] = sub.edit_equivalence(model, test, v, rule="prompt", progress=progress)
+        sigma = sub.second_moment_pinv(model, train, quiet)
+        edits["covariance"] = sub.edit_equivalence(
+            model, test, v, rule="covariance", sigma_pinv=sigma, progress=progress
+        )
+        timings["edit_s"] = time.perf_counter() - t0
     groups: dict[str, int] = {}
     for g in test.groups:
         groups[g] = groups.get(g, 0) + 1
     examples = train.subset(slice(0, 4)).to_dataframe().to_dict("records")
-    return SubspaceStudy(
+    study = SubspaceStudy(
         model_name(model),
         config,
         accuracy,
@@ -324,7 +370,26 @@ def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, *
         by_group,
         examples,
         timings,
+        roles,
+        controls,
+        edits,
     )
+    return replace(study, claims=study_claims(study))
+
+
+def _roles(choice: dict, checks: dict) -> dict:
+    """Which studied hook plays which part: ``causal`` (the MLP whose full patch does most), ``quiet`` (the MLP
+    whose full patch does least) and ``resid`` (a residual-stream hook); one MLP plays both when only one is
+    studied."""
+    mlps = [c["hook"] for c in choice.values() if c["hook"].endswith("mlp.hook_post")]
+    resid = [c["hook"] for c in choice.values() if not c["hook"].endswith("mlp.hook_post")]
+    out = {}
+    if mlps:
+        out["causal"] = max(mlps, key=lambda h: checks[h].fldd("full/test"))
+        out["quiet"] = min(mlps, key=lambda h: checks[h].fldd("full/test"))
+    if resid:
+        out["resid"] = resid[0]
+    return out
 
 
 def _by_group(test: sub.PatchPairs, rep: sub.IllusionReport) -> dict:
@@ -360,27 +425,211 @@ _CARD_LABELS = {
     "fldd_full": "FLDD %, whole component (held-out)",
     "fldd_das_train": "FLDD %, DAS direction (train)",
     "fldd_das_test": "FLDD %, DAS direction (held-out)",
-    "iia_das_test": "interchange accuracy, DAS (held-out)",
+    "iia_das_test": "interchange accuracy over the two answers, DAS (held-out)",
+    "iia_vocab_das_test": "interchange accuracy over the vocabulary, DAS (held-out)",
     "fldd_rowspace_test": "FLDD %, rowspace part only (held-out)",
+    "rowspace_fraction": "share of the DAS effect the rowspace part keeps",
     "v_row_norm": "|v_row|: rowspace part of the direction",
     "v_null_norm": "|v_null|: nullspace part of the direction",
 }
 
 
 def _hook_metrics(hook: str, rep) -> dict[str, float]:
-    """The headline numbers of one learned subspace (its report section's cards)."""
+    """The headline numbers of one learned subspace (its report section's cards; first seed)."""
     key = hook.replace(".", "_")
     m = {
         f"{key}_fldd_full": rep.fldd("full/test"),
         f"{key}_fldd_das_train": rep.fldd("das/train"),
         f"{key}_fldd_das_test": rep.fldd("das/test"),
         f"{key}_iia_das_test": rep.patches["das/test"].interchange_accuracy,
+        f"{key}_iia_vocab_das_test": rep.patches["das/test"].interchange_accuracy_vocab,
     }
     if "rowspace/test" in rep.patches:
         m[f"{key}_fldd_rowspace_test"] = rep.fldd("rowspace/test")
+        m[f"{key}_rowspace_fraction"] = rep.fraction.estimate
         m[f"{key}_v_row_norm"] = rep.row_norm
         m[f"{key}_v_null_norm"] = rep.null_norm
     return m
+
+
+# ------------------------------------------------------------------------------------------------------ claims
+
+COMMAND = "codecircuits subspace --model smollm2-135m"
+
+
+def _seed_range(values: list[float]) -> intervals.Interval:
+    """The first seed's value with the range over seeds (an Interval whose n is the number of seeds)."""
+    return intervals.Interval(float(values[0]), float(min(values)), float(max(values)), len(values))
+
+
+def _verdict_over_seeds(hits: list[bool]) -> str:
+    return intervals.verdict(all(hits), any(hits))
+
+
+def study_claims(s: SubspaceStudy) -> list[intervals.Claim]:
+    """The claim -> verdict rows of the study (Makelov et al.'s Table 1 and checks, and the controls), each with
+    the interval it rests on and its control. Verdicts that need every DAS seed say so in the detail."""
+    claims: list[intervals.Claim] = []
+    roles = s.roles
+    if "quiet" in roles:
+        q = s.checks[roles["quiet"]]
+        das, full, rand = (q.patches[k].fldd_interval for k in ("das/test", "full/test", "random/test"))
+        exceeds = [c.flags.get("exceeds_component", False) and c.verdict != "no effect" for c in q.seeds]
+        claims.append(
+            intervals.Claim(
+                f"a DAS direction at a quiet MLP ({q.hook_name}) moves the output while patching the whole MLP "
+                "does not (paper, MLP8: FLDD 46.7% vs -8%)",
+                _verdict_over_seeds(exceeds),
+                das,
+                rand,
+                detail=f"FLDD %; full MLP {full.format(1)}; DAS per seed "
+                + ", ".join(f"{c.patches['das/test'].fldd:.1f}" for c in q.seeds)
+                + f"; {sum(exceeds)}/{len(exceeds)} seeds exceed the full patch (rule: full CI below "
+                f"{sub.RULE.quiet_full:g}, DAS CI above it); control: a random unit direction",
+                command=COMMAND,
+            )
+        )
+        if q.fraction is not None:
+            rand_frac = sub.rowspace_fraction(q.patches["das/test"], q.patches["random_rowspace/test"])
+            dormant = [c.verdict == "illusion" for c in q.seeds]
+            loses = [c.fraction is not None and c.fraction.below(1.0) for c in q.seeds]
+            claims.append(
+                intervals.Claim(
+                    "its effect comes through a dormant rowspace part: the rowspace-only patch loses most of it "
+                    "(paper: keeps 13.5/46.7 = 29%)",
+                    intervals.verdict(all(dormant), any(dormant) or all(loses)),
+                    q.fraction,
+                    rand_frac,
+                    detail="share of the DAS effect the rowspace-only patch keeps, per seed "
+                    + ", ".join(f"{c.fraction.format()}" for c in q.seeds if c.fraction)
+                    + "; Cohen's d along v_row per seed "
+                    + ", ".join(f"{c.separation['v_row'].cohens_d_interval.format(1)}" for c in q.seeds)
+                    + f"; verdicts {', '.join(q.verdicts)} (illusion = fraction CI below {sub.RULE.min_fraction:g} "
+                    f"or d CI along v_row below {sub.RULE.min_cohens_d:g}); control: a random rowspace direction's "
+                    "share",
+                    command=COMMAND,
+                )
+            )
+            nulls = [c.null_norm for c in q.seeds]
+            b = q.norm_baseline
+            as_random = min(nulls) >= b.null_low
+            claims.append(
+                intervals.Claim(
+                    "the DAS direction at the quiet MLP has a large nullspace part (paper: |v_null| 0.657, "
+                    "|v_row| 0.753)",
+                    intervals.verdict(as_random, min(nulls) >= 0.5),
+                    _seed_range(nulls),
+                    b.null_interval(),
+                    detail="|v_null| of seed 0 [min, max over seeds]; |v_row| per seed "
+                    + ", ".join(f"{c.row_norm:.2f}" for c in q.seeds)
+                    + f"; control: {b.n} random unit vectors (mean [95% range]), |v_row| {b.row_mean:.2f} "
+                    f"[{b.row_low:.2f}, {b.row_high:.2f}]; partly = at least 0.5 but less than a random vector's",
+                    command=COMMAND,
+                )
+            )
+            null = q.patches["nullspace/test"].fldd_interval
+            claims.append(
+                intervals.Claim(
+                    "the nullspace part alone does nothing (paper: 0%)",
+                    intervals.verdict(max(abs(null.low), abs(null.high)) < 1.0),
+                    null,
+                    rand,
+                    detail="FLDD % of the patch along v_null/|v_null|; W_out maps it to zero",
+                    command=COMMAND,
+                )
+            )
+    if "resid" in roles:
+        r = s.checks[roles["resid"]]
+        das, full, rand = (r.patches[k].fldd_interval for k in ("das/test", "full/test", "random/test"))
+        faithful = [c.verdict == "faithful" for c in r.seeds]
+        beats = [c.patches["das/test"].fldd_interval.above(full.high) for c in r.seeds]
+        claims.append(
+            intervals.Claim(
+                f"a DAS direction in the residual stream ({r.hook_name}) is faithful and does more than the full "
+                "residual patch (paper: 140.7% vs 123.6%)",
+                intervals.verdict(all(faithful) and all(beats), all(faithful)),
+                das,
+                rand,
+                detail=f"FLDD %; full residual {full.format(1)}; verdicts per seed {', '.join(r.verdicts)}; "
+                f"{sum(beats)}/{len(beats)} seeds above the full patch's interval; control: a random direction",
+                command=COMMAND,
+            )
+        )
+        if "quiet" in roles:
+            q = s.checks[roles["quiet"]]
+            qa = q.patches["das/test"].accuracy_vocab_interval
+            ra = r.patches["das/test"].accuracy_vocab_interval
+            claims.append(
+                intervals.Claim(
+                    "DAS at the quiet MLP rarely flips the answer, DAS in the residual stream often does (paper "
+                    "interchange accuracy 4.2% vs 74.8%)",
+                    intervals.verdict(qa.below(ra.low), qa.estimate < ra.estimate),
+                    qa,
+                    ra,
+                    detail="interchange accuracy, argmax over the whole vocabulary (quiet MLP | control column: "
+                    f"residual stream); over the two answer tokens only: "
+                    f"{q.patches['das/test'].accuracy_interval.format()} vs "
+                    f"{r.patches['das/test'].accuracy_interval.format()}",
+                    command=COMMAND,
+                )
+            )
+    if "probe" in s.controls:
+        p = s.controls["probe"]
+        c = s.checks[s.roles["causal"]]
+        full = p.patches["full/test"].fldd_interval
+        ok = [p.verdict == "faithful", all(v == "faithful" for v in c.verdicts)]
+        claims.append(
+            intervals.Claim(
+                f"positive control: at the MLP whose full patch carries the count ({p.hook_name}), the checks call "
+                "a linear probe's direction, and the DAS directions, faithful",
+                intervals.verdict(all(ok), any(ok)),
+                p.patches["das/test"].fldd_interval,
+                p.patches["random/test"].fldd_interval,
+                detail=f"FLDD % of the probe direction (class-mean difference fitted on the training prompts); "
+                f"full MLP {full.format(1)}; probe: {p.verdict}, d along v_row "
+                f"{p.separation['v_row'].cohens_d_interval.format(1)}, rowspace share {p.fraction.format()}; "
+                f"DAS per seed: {', '.join(c.verdicts)}",
+                command=COMMAND,
+            )
+        )
+    if "planted" in s.controls:
+        p = s.controls["planted"]
+        claims.append(
+            intervals.Claim(
+                f"negative control: the checks call a planted illusion at {p.hook_name} an illusion",
+                intervals.verdict(p.verdict == "illusion"),
+                p.patches["das/test"].fldd_interval,
+                p.patches["random/test"].fldd_interval,
+                detail=f"FLDD % of the planted direction (nullspace part of the class-mean difference + a dormant "
+                f"rowspace direction); verdict {p.verdict}; rowspace share {p.fraction.format()}; d along v_row "
+                f"{p.separation['v_row'].cohens_d_interval.format(1)}",
+                command=COMMAND,
+            )
+        )
+    if "prompt" in s.edits:
+        e, cov = s.edits["prompt"], s.edits.get("covariance")
+        exact = float(e.max_logit_diff.max()) < 1e-3 and float(e.mlp_out_diff.max()) < 1e-3
+        detail = (
+            f"FLDD % of the edited model (key b orthogonal to the prompt's other positions) | control column: the "
+            f"subspace patch; largest |logit difference| edit vs patch over the vocabulary "
+            f"{float(e.max_logit_diff.max()):.1e}, of the MLP output {float(e.mlp_out_diff.max()):.1e}"
+        )
+        if cov is not None:
+            detail += (
+                f"; the paper's key b = S+w/(wTS+w): FLDD {cov.fldd_edit.format(1)}, edit minus patch "
+                f"{cov.fldd_difference.format(1)}, largest |logit difference| {float(cov.max_logit_diff.max()):.2f}"
+            )
+        claims.append(
+            intervals.Claim(
+                f"the 1-D patch at {e.hook_name} equals a rank-1 edit of W_out (paper: patch = edit W_out + b a^T)",
+                intervals.verdict(exact, float(e.mlp_out_diff.max()) < 1e-3),
+                e.fldd_edit,
+                e.fldd_patch,
+                detail=detail,
+                command=COMMAND,
+            )
+        )
+    return claims
 
 
 def _report(s: SubspaceStudy):
@@ -399,6 +648,8 @@ def _report(s: SubspaceStudy):
         "accuracy = share of pairs whose patched answer (among the two paren tokens) is the source's.",
     )
     r.metrics({"train_pairs": s.n_pairs["train"], "test_pairs": s.n_pairs["test"]})  # see SubspaceStudy.metrics
+    if s.claims:
+        r.claims(s.claims, caption="claims and verdicts (95% bootstrap intervals over held-out pairs or prompts)")
     r.table(
         [{"template": t, **{f"accuracy, {v} open": a for v, a in d.items()}} for t, d in s.accuracy.items()],
         caption="clean accuracy per template (only correctly answered prompts are used)",
@@ -420,18 +671,98 @@ def _report(s: SubspaceStudy):
     )
     r.table([{"role": k, **v} for k, v in s.choice.items()], caption="chosen locations")
 
+    rule = sub.RULE
     r.section(
         "Verdicts",
-        text="A subspace passes when none of the checks fails: it generalises to held-out prompts, beats a random "
-        "direction, does not do much more than the full component when that does little, keeps its effect when "
-        "patched along the rowspace part only, and clean activations separate along it by feature value.",
+        text=f"Each DAS direction (one per seed) gets a verdict by a fixed rule (codecircuits.subspace.decide): "
+        f"'no effect' unless its held-out FLDD interval lies above {rule.min_effect:g} points and above a random "
+        f"direction's; at an MLP, 'illusion' when the rowspace part is dormant -- the rowspace-only patch keeps less "
+        f"than {rule.min_fraction:g} of the effect (whole interval) or clean activations do not separate along v_row "
+        f"(Cohen's d interval below {rule.min_cohens_d:g}); 'faithful' when it generalises (held-out FLDD at least "
+        f"{rule.min_generalisation:g} of training), separates along v and, at an MLP, the rowspace part is active "
+        f"(fraction interval at or above {rule.min_fraction:g}, d along v_row above {rule.min_cohens_d:g}); otherwise "
+        "'inconclusive'. A hook's verdict is the one every seed got, else 'seeds disagree'.",
     )
     r.table(
-        [{"hook": h, "verdict": rep.verdict, "reasons": "; ".join(rep.reasons) or "—"} for h, rep in s.checks.items()],
+        [
+            {
+                "hook": h,
+                "verdict": rep.verdict,
+                "per seed": ", ".join(rep.verdicts),
+                "reasons (seed 0)": "; ".join(rep.reasons) or "—",
+            }
+            for h, rep in s.checks.items()
+        ],
         caption="one verdict per learned subspace",
     )
+    r.table(
+        [
+            {
+                "hook": h,
+                "seed": c.seed,
+                "verdict": c.verdict,
+                "FLDD DAS (held-out)": c.patches["das/test"].fldd_interval.format(1),
+                "FLDD DAS (train)": round(c.patches["das/train"].fldd, 1),
+                "rowspace share": c.fraction.format() if c.fraction else "—",
+                "d along v": c.separation["v"].cohens_d_interval.format(1),
+                "d along v_row": c.separation["v_row"].cohens_d_interval.format(1) if "v_row" in c.separation else "—",
+                "|v_row|": round(c.row_norm, 3),
+                "|v_null|": round(c.null_norm, 3),
+                "IIA (2 tokens)": c.patches["das/test"].accuracy_interval.format(),
+                "IIA (vocabulary)": c.patches["das/test"].accuracy_vocab_interval.format(),
+            }
+            for h, rep in s.checks.items()
+            for c in rep.seeds
+        ],
+        caption="every DAS seed, with 95% bootstrap intervals",
+    )
+    baselines = [
+        {"hook": h, **{f"{k} {q}": v for k in ("row", "null") for q, v in rep.norm_baseline.to_json()[k].items()}}
+        for h, rep in s.checks.items()
+        if rep.norm_baseline is not None
+    ]
+    if baselines:
+        r.table(baselines, caption="|v_row| and |v_null| of random unit vectors (mean and 95% range)")
+    if s.controls:
+        r.section(
+            "Controls with known answers",
+            text="Positive control: a linear probe's direction (the class-mean difference of clean activations, "
+            "fitted on the training prompts) at the MLP whose full patch carries the count -- the checks should say "
+            "faithful. Negative control: a planted illusion at the quiet MLP, the nullspace part of the class-mean "
+            "difference plus a rowspace direction the prompts never vary along -- the checks should say illusion.",
+        )
+        r.table(
+            [
+                {
+                    "control": k,
+                    "hook": c.hook_name,
+                    "verdict": c.verdict,
+                    "FLDD (held-out)": c.patches["das/test"].fldd_interval.format(1),
+                    "FLDD full": c.patches["full/test"].fldd_interval.format(1),
+                    "FLDD random": c.patches["random/test"].fldd_interval.format(1),
+                    "rowspace share": c.fraction.format() if c.fraction else "—",
+                    "d along v_row": c.separation["v_row"].cohens_d_interval.format(1),
+                    "reasons": "; ".join(c.reasons) or "—",
+                }
+                for k, c in s.controls.items()
+            ],
+            caption="the checks on directions whose answer is known",
+        )
+    if s.edits:
+        r.section(
+            "The rank-1 edit of W_out",
+            text="The patch along v at an MLP's hook_post equals the weight edit W_out + b a^T with a = ((u - w)·v) "
+            "(v^T W_out) and b^T w = 1 (one edit per pair). With b orthogonal to the prompt's other positions the "
+            "edited model's logits equal the patched model's; with the paper's covariance key the edit also fires a "
+            "little at other positions.",
+        )
+        r.table([e.summary() for e in s.edits.values()], caption="edit vs patch on the held-out pairs")
     for h, rep in s.checks.items():
-        r.section(f"{h}", text=f"Verdict: {rep.verdict}. " + ("; ".join(rep.reasons) + "." if rep.reasons else ""))
+        r.section(
+            f"{h}",
+            text=f"Verdict: {rep.verdict} (per seed: {', '.join(rep.verdicts)}). "
+            + ("; ".join(rep.reasons) + "." if rep.reasons else ""),
+        )
         m = json_safe(_hook_metrics(h, rep), digits=None)
         prefix = h.replace(".", "_") + "_"
         r.metrics(m, labels={k: _CARD_LABELS.get(k[len(prefix) :], k) for k in m})

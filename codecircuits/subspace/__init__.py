@@ -49,14 +49,26 @@ Everything public is importable from here (``from codecircuits import subspace a
 """
 
 from .checks import (
+    RULE,
+    VERDICTS,
     IllusionReport,
+    NormBaseline,
+    Rule,
+    SeedCheck,
     Separation,
     activation_separation,
+    cohens_d,
+    decide,
     illusion_checks,
     projection_separation,
+    random_norm_baseline,
+    random_rowspace_direction,
     readout_matrix,
+    rowspace_basis,
+    rowspace_fraction,
     rowspace_split,
 )
+from .controls import answer_gradient, planted_illusion, probe_direction
 from .das import (
     Direction,
     activations,
@@ -66,31 +78,55 @@ from .das import (
     random_direction,
     unit_vector,
 )
-from .interchange import PatchResult, patch, patched_logits
-from .pairs import PatchPairs, answer_logits, batch_slices, check_pairs
+from .edit import EditResult, edit_equivalence, rank1_edit, second_moment_pinv
+from .interchange import PatchResult, fldd_of, patch, patched_logits, patched_vocab_logits
+from .pairs import PatchPairs, answer_logits, base_residual, batch_slices, check_pairs, last_logits, start_layer
 
 _separation = projection_separation  # the name tests/test_subspace.py knows it by
 
 __all__ = [
     "Direction",
+    "EditResult",
     "IllusionReport",
+    "NormBaseline",
     "PatchPairs",
     "PatchResult",
+    "RULE",
+    "Rule",
+    "SeedCheck",
     "Separation",
+    "VERDICTS",
     "activation_separation",
     "activations",
+    "answer_gradient",
     "answer_logits",
+    "base_residual",
     "batch_slices",
     "check_pairs",
     "clean_activations",
+    "cohens_d",
+    "decide",
+    "edit_equivalence",
     "fit_direction",
+    "fldd_of",
     "illusion_checks",
+    "last_logits",
     "mean_difference_direction",
     "patch",
     "patched_logits",
+    "patched_vocab_logits",
+    "planted_illusion",
+    "probe_direction",
     "projection_separation",
     "random_direction",
+    "random_norm_baseline",
+    "random_rowspace_direction",
+    "rank1_edit",
     "readout_matrix",
+    "rowspace_basis",
+    "rowspace_fraction",
     "rowspace_split",
+    "second_moment_pinv",
+    "start_layer",
     "unit_vector",
 ]

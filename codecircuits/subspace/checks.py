@@ -9,18 +9,21 @@ the package docstring and gives a verdict.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
+from .. import intervals
 from ..core import sites
 from ..errors import InputError
 from .das import Direction, activations, clean_activations, fit_direction, mean_difference_direction, random_direction
 from .interchange import PatchResult, patch, patched_logits
-from .pairs import PatchPairs, check_pairs
+from .pairs import PatchPairs, base_residual, check_pairs, start_layer
+from .stats import bootstrap_rows, cohens_d_rows, share_rows
 
 
 def readout_matrix(model, hook_name: str) -> torch.Tensor | None:
@@ -81,9 +84,20 @@ class Separation:
     values: torch.Tensor
     axes: tuple[str, ...] = ("prompt",)
 
+    @cached_property
+    def cohens_d_interval(self) -> intervals.Interval:
+        """Cohen's d with its 95% bootstrap interval over prompts (resamples with one value only are dropped)."""
+        return bootstrap_rows(cohens_d_rows, self.projections, self.values.double())
+
     def summary(self) -> dict:
+        ci = self.cohens_d_interval
         return dict(
-            direction=self.name, cohens_d=self.cohens_d, mean_gap=self.mean_gap, threshold_accuracy=self.accuracy
+            direction=self.name,
+            cohens_d=self.cohens_d,
+            cohens_d_low=ci.low,
+            cohens_d_high=ci.high,
+            mean_gap=self.mean_gap,
+            threshold_accuracy=self.accuracy,
         )
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -92,6 +106,20 @@ class Separation:
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` prompts with the largest projections."""
         return self.to_dataframe().sort_values("projection", ascending=False).head(k)
+
+
+def cohens_d(projections: torch.Tensor, values: torch.Tensor) -> float:
+    """``|mean_1 - mean_0| / pooled std`` of ``projections`` split by the two ``values`` (``nan`` unless both
+    values occur at least twice)."""
+    classes = values.unique()
+    if len(classes) != 2:
+        return float("nan")
+    a, b = projections[values == classes[0]], projections[values == classes[1]]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    pooled = math.sqrt((float(a.std()) ** 2 + float(b.std()) ** 2) / 2)
+    gap = abs(float(b.mean() - a.mean()))
+    return gap / pooled if pooled > 0 else (math.inf if gap > 0 else 0.0)
 
 
 def projection_separation(
@@ -131,21 +159,262 @@ def activation_separation(
     return {name: projection_separation(name, acts, values, v.detach().float().cpu()) for name, v in vectors.items()}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the baselines a direction's norms and effects are compared with
+
+
 @dataclass(frozen=True)
-class IllusionReport:
-    """The illusion checks of METHODS §5 for one learned direction at one hook.
+class NormBaseline:
+    """``|v_row|`` and ``|v_null|`` of ``n`` random unit vectors (uniform on the sphere): their mean and the
+    central 95% range (2.5% and 97.5% quantiles). A learned direction whose ``|v_row|`` lies inside the range has
+    no more of itself in the readout's rowspace than chance (``|v_row|^2`` of a random vector is about
+    rank / d)."""
+
+    row_mean: float
+    row_low: float
+    row_high: float
+    null_mean: float
+    null_low: float
+    null_high: float
+    n: int
+    rank: int
+    dim: int
+
+    def to_json(self) -> dict:
+        return dict(
+            row=dict(mean=self.row_mean, low=self.row_low, high=self.row_high),
+            null=dict(mean=self.null_mean, low=self.null_low, high=self.null_high),
+            n=self.n,
+            rank=self.rank,
+            dim=self.dim,
+        )
+
+    def row_interval(self) -> intervals.Interval:
+        """The random ``|v_row|`` as an :class:`~codecircuits.intervals.Interval` (mean, 95% range; a range over
+        random vectors, not a bootstrap interval)."""
+        return intervals.Interval(self.row_mean, self.row_low, self.row_high, self.n)
+
+    def null_interval(self) -> intervals.Interval:
+        return intervals.Interval(self.null_mean, self.null_low, self.null_high, self.n)
+
+
+def rowspace_basis(readout: Float[torch.Tensor, "d k"], *, rtol: float = 1e-5) -> torch.Tensor:
+    """``[d, rank]`` orthonormal basis of the column space of ``readout`` (the part of the activation space that
+    reaches the output); :func:`rowspace_split` projects on it."""
+    readout = readout.detach().float().cpu()
+    U, S, _ = torch.linalg.svd(readout, full_matrices=False)
+    rank = int((S > rtol * S.max()).sum()) if S.numel() else 0
+    return U[:, :rank]
+
+
+def random_norm_baseline(readout: Float[torch.Tensor, "d k"], *, n: int = 2000, seed: int = 0) -> NormBaseline:
+    """:class:`NormBaseline` of ``n`` seeded random unit vectors against ``readout``'s rowspace."""
+    if n < 2:
+        raise InputError(f"The norm baseline needs at least 2 random vectors, got n={n}.")
+    Q = rowspace_basis(readout)
+    d = Q.shape[0]
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    row = (x @ Q.double()).norm(dim=1)
+    null = (1 - row**2).clamp_min(0).sqrt()
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    rl, rh = torch.quantile(row, q).tolist()
+    nl, nh = torch.quantile(null, q).tolist()
+    return NormBaseline(float(row.mean()), rl, rh, float(null.mean()), nl, nh, n, int(Q.shape[1]), d)
+
+
+def random_rowspace_direction(readout: Float[torch.Tensor, "d k"], *, seed: int = 0) -> torch.Tensor:
+    """A seeded random unit vector inside ``readout``'s rowspace (the control for the rowspace-only patch)."""
+    Q = rowspace_basis(readout)
+    z = torch.randn(Q.shape[1], generator=torch.Generator().manual_seed(seed))
+    v = Q @ z
+    return v / v.norm()
+
+
+def rowspace_fraction(das: PatchResult, rowspace: PatchResult) -> intervals.Interval:
+    """The share of the 1-D patch's effect the rowspace-only patch keeps, ``(LD_clean - LD_row) / (LD_clean -
+    LD_das)`` over the mean logit differences (= FLDD_row / FLDD_das), with its 95% bootstrap interval over pairs
+    (the three per-pair logit differences resampled together)."""
+    if not torch.equal(das.ld_clean, rowspace.ld_clean):
+        raise InputError("The two patches must be of the same pairs (their clean logit differences differ).")
+
+    return bootstrap_rows(share_rows, das.ld_clean, das.ld_patched, rowspace.ld_patched)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the verdict rule
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The thresholds of :func:`decide` (ours: the paper gives checks, not numbers).
 
     Attributes:
-        hook_name: where the direction lives.
-        direction: the learned (DAS) direction.
-        patches: one :class:`PatchResult` per patched object and split, keyed ``"<object>/<split>"`` with objects
-            ``full``, ``das``, ``rowspace``, ``nullspace``, ``mean_difference``, ``random`` and splits
-            ``train``, ``test``.
-        row_norm, null_norm: ``|v_row|`` and ``|v_null|`` (``nan`` where the hook has no linear readout).
-        separation: clean-activation separation along ``v``, ``v_row``, ``v_null`` (test prompts).
-        verdict: ``"passes"``, ``"suspicious"`` or ``"no effect"``.
-        reasons: why, one sentence per failed check (empty when it passes).
+        min_effect: FLDD points a patch must move the answer by to count (its interval's lower end above it, and
+            above the random direction's upper end).
+        min_cohens_d: separation of clean activations that counts as carrying the feature.
+        min_fraction: share of the 1-D effect the rowspace-only patch must keep for the rowspace part to carry it.
+        min_generalisation: held-out FLDD over training FLDD below which the direction does not generalise.
+        quiet_full: FLDD below which the full-component patch "does little" (the paper's MLP8: -8%).
+    """
+
+    min_effect: float = 10.0
+    min_cohens_d: float = 1.0
+    min_fraction: float = 0.5
+    min_generalisation: float = 0.5
+    quiet_full: float = 50.0
+
+
+RULE = Rule()
+
+#: the verdicts :func:`decide` gives
+VERDICTS = ("faithful", "illusion", "inconclusive", "no effect")
+
+
+def decide(
+    *,
+    effect: intervals.Interval,
+    train_effect: float,
+    control: intervals.Interval,
+    separation: intervals.Interval,
+    full: intervals.Interval,
+    fraction: intervals.Interval | None = None,
+    row_separation: intervals.Interval | None = None,
+    rule: Rule = RULE,
+) -> tuple[str, tuple[str, ...], dict]:
+    """The verdict on one 1-D direction from the intervals of its checks, by a fixed rule.
+
+    ``effect``: held-out FLDD of the 1-D patch; ``train_effect``: its FLDD on the training pairs; ``control``: a
+    random direction's held-out FLDD; ``separation``: Cohen's d of clean held-out activations along the direction;
+    ``full``: the full-component patch's FLDD; ``fraction`` / ``row_separation``: the rowspace-only patch's share
+    of the effect (:func:`rowspace_fraction`) and Cohen's d along ``v_row`` (only where the activation has a linear
+    readout, an MLP's ``hook_post``).
+
+    1. **no effect** unless the effect's interval lies above ``min_effect`` and above the control's interval.
+    2. With a readout, the rowspace part is **dormant** when the rowspace-only patch keeps less than
+       ``min_fraction`` of the effect (the fraction's whole interval below it) or the clean activations do not
+       separate along ``v_row`` (d's whole interval below ``min_cohens_d``): verdict **illusion** -- the patch's
+       effect does not come from variation the model has along the causally connected part.
+    3. **faithful** when the direction generalises (held-out FLDD >= ``min_generalisation`` x training FLDD),
+       clean activations separate along it (d's interval above ``min_cohens_d``), and, with a readout, the
+       rowspace part is *active*: the fraction's interval lies at or above ``min_fraction`` and d along ``v_row``
+       above ``min_cohens_d``.
+    4. Otherwise **inconclusive** (an interval straddles a threshold, or the direction does not generalise).
+
+    Returns ``(verdict, reasons, flags)``: a sentence per check that did not come out "faithful", and flags
+    ``exceeds_component`` (the full patch is quiet -- its interval below ``quiet_full`` -- and the 1-D effect's
+    interval lies above the full patch's: the paper's first red flag), ``dormant``, ``active``, ``generalises``.
+    """
+    r = rule
+    reasons: list[str] = []
+    exceeds = full.below(r.quiet_full) and effect.above(full.high)
+    generalises = effect.estimate >= r.min_generalisation * train_effect
+    flags = dict(exceeds_component=bool(exceeds), dormant=False, active=False, generalises=bool(generalises))
+    if exceeds:
+        reasons.append(
+            f"the 1-D patch does more than patching the whole component (FLDD {effect.format(1)}% vs {full.format(1)}%)"
+        )
+    if not effect.above(max(r.min_effect, control.high)):
+        reasons.insert(
+            0,
+            f"the patch does not move the answer beyond {r.min_effect:g} FLDD points and a random direction "
+            f"(held-out FLDD {effect.format(1)}%, random {control.format(1)}%)",
+        )
+        return "no effect", tuple(reasons), flags
+    if not generalises:
+        reasons.append(
+            f"it does not generalise: FLDD {effect.estimate:.1f}% on held-out prompts against {train_effect:.1f}% "
+            "in training"
+        )
+    if not separation.above(r.min_cohens_d):
+        reasons.append(f"clean activations do not clearly separate along it by feature value (d {separation.format()})")
+    if fraction is not None:
+        row_d = row_separation
+        dormant = fraction.below(r.min_fraction) or (row_d is not None and row_d.below(r.min_cohens_d))
+        active = (not fraction.low < r.min_fraction) and (row_d is not None and row_d.above(r.min_cohens_d))
+        flags.update(dormant=bool(dormant), active=bool(active))
+        if fraction.below(r.min_fraction):
+            reasons.append(
+                f"the rowspace-only patch keeps {fraction.format()} of the effect, all of the interval below "
+                f"{r.min_fraction:g}"
+            )
+        elif fraction.low < r.min_fraction:
+            reasons.append(
+                f"the rowspace-only patch keeps {fraction.format()} of the effect: the interval straddles {r.min_fraction:g}"
+            )
+        if row_d is not None and not row_d.above(r.min_cohens_d):
+            reasons.append(f"clean activations separate little along the rowspace part (d {row_d.format()})")
+        if dormant:
+            return "illusion", tuple(reasons), flags
+        ok = active and generalises and separation.above(r.min_cohens_d)
+    else:
+        ok = generalises and separation.above(r.min_cohens_d)
+    return ("faithful" if ok else "inconclusive"), tuple(reasons), flags
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the checks of one direction (per DAS seed) and of one hook
+
+
+@dataclass(frozen=True)
+class SeedCheck:
+    """The checks of one direction (one DAS seed) at a hook.
+
+    Attributes:
+        seed: the DAS seed (``None`` for a given direction).
+        direction: the direction.
+        row_norm, null_norm: ``|v_row|``, ``|v_null|`` (``nan`` without a readout).
+        patches: ``das/train``, ``das/test`` and (with a readout) ``rowspace/test``.
+        separation: Cohen's d of clean held-out activations along ``v`` (and ``v_row``, ``v_null``).
+        fraction: the rowspace-only patch's share of the effect (:func:`rowspace_fraction`), or ``None``.
+        verdict, reasons, flags: :func:`decide`'s answer.
+    """
+
+    seed: int | None
+    direction: Direction
+    row_norm: float
+    null_norm: float
+    patches: dict[str, PatchResult]
+    separation: dict[str, Separation]
+    fraction: intervals.Interval | None
+    verdict: str
+    reasons: tuple[str, ...]
+    flags: dict
+
+    def to_dict(self) -> dict:
+        return dict(
+            seed=self.seed,
+            verdict=self.verdict,
+            reasons=list(self.reasons),
+            flags=self.flags,
+            row_norm=self.row_norm,
+            null_norm=self.null_norm,
+            fraction=self.fraction.to_json() if self.fraction else None,
+            patches={k: {**v.summary(), "intervals": v.intervals()} for k, v in self.patches.items()},
+            separation={k: v.summary() for k, v in self.separation.items()},
+            das_losses=list(self.direction.losses),
+        )
+
+
+@dataclass(frozen=True)
+class IllusionReport:
+    """The illusion checks of METHODS §5 for the learned directions (one per DAS seed) at one hook.
+
+    Attributes:
+        hook_name: where the directions live.
+        direction: the first seed's direction (the headline one).
+        patches: the first seed's patches and the shared ones, keyed ``"<object>/<split>"``: ``full``, ``das``,
+            ``rowspace``, ``nullspace``, ``mean_difference``, ``random`` (a random unit direction: the control of
+            the same norm), ``random_rowspace`` (a random unit direction in the rowspace: the rowspace patch's
+            control); splits ``train`` (``das`` only unless ``all_on_train``) and ``test``.
+        row_norm, null_norm: the first seed's ``|v_row|`` and ``|v_null|`` (``nan`` without a linear readout).
+        separation: clean-activation separation (held-out prompts) along the first seed's ``v``, ``v_row``,
+            ``v_null``, the difference of means and the two random directions.
+        verdict: the verdict every seed got (:func:`decide`), or ``"seeds disagree"``.
+        reasons: the first seed's reasons.
         settings: thresholds and training settings.
+        seeds: one :class:`SeedCheck` per seed.
+        norm_baseline: ``|v_row|`` / ``|v_null|`` of random unit vectors (:func:`random_norm_baseline`) or ``None``.
     """
 
     hook_name: str
@@ -157,9 +426,42 @@ class IllusionReport:
     verdict: str
     reasons: tuple[str, ...]
     settings: dict
+    seeds: tuple[SeedCheck, ...] = ()
+    norm_baseline: NormBaseline | None = None
+
+    @property
+    def verdicts(self) -> tuple[str, ...]:
+        """The verdict of each seed."""
+        return tuple(c.verdict for c in self.seeds)
+
+    @property
+    def fraction(self) -> intervals.Interval | None:
+        """The first seed's rowspace fraction."""
+        return self.seeds[0].fraction if self.seeds else None
+
+    @property
+    def flags(self) -> dict:
+        return self.seeds[0].flags if self.seeds else {}
 
     def fldd(self, key: str) -> float:
         return self.patches[key].fldd
+
+    def over_seeds(self, key: str = "das/test") -> dict:
+        """The spread over seeds of a per-seed number: ``key`` is a patch (its FLDD), ``"fraction"``,
+        ``"row_norm"``, ``"null_norm"`` or ``"d:<direction>"`` (Cohen's d); mean, min, max and the values."""
+        vals = []
+        for c in self.seeds:
+            if key == "fraction":
+                vals.append(c.fraction.estimate if c.fraction else float("nan"))
+            elif key in ("row_norm", "null_norm"):
+                vals.append(getattr(c, key))
+            elif key.startswith("d:"):
+                sep = c.separation.get(key[2:])
+                vals.append(sep.cohens_d if sep else float("nan"))
+            else:
+                vals.append(c.patches[key].fldd)
+        t = torch.tensor(vals, dtype=torch.float64)
+        return dict(mean=float(t.mean()), min=float(t.min()), max=float(t.max()), values=vals)
 
     def to_dataframe(self) -> pd.DataFrame:
         rows = []
@@ -183,11 +485,18 @@ class IllusionReport:
         return dict(
             hook=self.hook_name,
             verdict=self.verdict,
+            verdicts=list(self.verdicts),
             reasons=list(self.reasons),
             row_norm=self.row_norm,
             null_norm=self.null_norm,
-            patches={k: v.summary() for k, v in self.patches.items()},
+            fraction=self.fraction.to_json() if self.fraction else None,
+            norm_baseline=self.norm_baseline.to_json() if self.norm_baseline else None,
+            patches={k: {**v.summary(), "intervals": v.intervals()} for k, v in self.patches.items()},
             separation={k: v.summary() for k, v in self.separation.items()},
+            seeds=[c.to_dict() for c in self.seeds],
+            over_seeds={k: self.over_seeds(k) for k in ("das/test", "fraction", "row_norm", "null_norm")}
+            if self.seeds and self.fraction is not None
+            else ({"das/test": self.over_seeds("das/test")} if self.seeds else {}),
             das_losses=list(self.direction.losses),
             settings=self.settings,
         )
@@ -205,118 +514,183 @@ def illusion_checks(
     batch_size: int = 16,
     lr: float = 1e-2,
     seed: int = 0,
-    min_effect: float = 10.0,
-    min_cohens_d: float = 1.0,
+    seeds: tuple[int, ...] | None = None,
+    rule: Rule = RULE,
+    min_effect: float | None = None,
+    min_cohens_d: float | None = None,
     all_on_train: bool = False,
+    n_random_vectors: int = 2000,
     progress: bool = True,
 ) -> IllusionReport:
-    """Learn (or take) a 1-D direction at ``hook_name`` on ``train`` and run the illusion checks on ``test``.
+    """Learn (or take) 1-D directions at ``hook_name`` on ``train`` and run the illusion checks on ``test``.
 
+    One DAS direction per seed in ``seeds`` (default ``(seed,)``); ``direction`` checks a given direction instead.
     ``readout`` is the matrix whose column space is the causally connected part of the activation space; by
-    default the MLP output weights for ``mlp.hook_post`` and none elsewhere (the split is then skipped).
-    ``min_effect`` (FLDD points) is the smallest effect that counts; ``min_cohens_d`` the separation that counts.
-    On the training pairs only the full, DAS and rowspace patches are run unless ``all_on_train``.
+    default the MLP output weights for ``mlp.hook_post`` and none elsewhere (the split is then skipped). Each
+    direction's verdict is :func:`decide` with ``rule`` (``min_effect`` / ``min_cohens_d`` override its fields).
+    On the training pairs only the DAS patches are run unless ``all_on_train``.
     """
     check_pairs(model, train, hook_name)
     check_pairs(model, test, hook_name)
-    if direction is None:
-        direction = fit_direction(
-            model, train, hook_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
-        )
-    elif direction.hook_name != hook_name:
+    if min_effect is not None:
+        rule = replace(rule, min_effect=float(min_effect))
+    if min_cohens_d is not None:
+        rule = replace(rule, min_cohens_d=float(min_cohens_d))
+    if direction is not None and direction.hook_name != hook_name:
         raise InputError(f"The direction lives at {direction.hook_name}, not {hook_name}.")
+    seeds = tuple(seeds) if seeds is not None else (seed,)
+    if direction is None and not seeds:
+        raise InputError("Give at least one DAS seed (seeds=(0,)) or a direction.")
     if readout is None:
         readout = readout_matrix(model, hook_name)
-    v = direction.vector
-    objects: dict[str, torch.Tensor | None] = {"full": None, "das": v}
-    row_norm = null_norm = float("nan")
-    if readout is not None:
-        v_row, v_null = rowspace_split(v, readout)
-        row_norm, null_norm = float(v_row.norm()), float(v_null.norm())
-        if row_norm > 1e-6:
-            objects["rowspace"] = v_row / row_norm
-        if null_norm > 1e-6:
-            objects["nullspace"] = v_null / null_norm
-    objects["mean_difference"] = mean_difference_direction(model, train, hook_name).vector
-    objects["random"] = random_direction(model, hook_name, seed=seed + 1).vector
+    layer = start_layer(model, hook_name)
+    data = {}
+    for split, pairs in (("train", train), ("test", test)):
+        data[split] = dict(
+            source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
+            clean=patched_logits(model, pairs, hook_name, None, 1.0, 64),
+            base_resid=base_residual(model, pairs.base_tokens, layer),
+            pairs=pairs,
+        )
 
-    patches: dict[str, PatchResult] = {}
-    splits = {"train": train, "test": test}
-    train_objects = ("full", "das", "rowspace") if not all_on_train else tuple(objects)
-    bar = tqdm(total=len(objects) + len(train_objects), desc=f"patches {hook_name}", disable=not progress, leave=False)
-    for split, pairs in splits.items():
-        source = activations(model, hook_name, pairs.source_tokens, pairs.source_positions)
-        clean = patched_logits(model, pairs, hook_name, None, 1.0, 64)
-        for obj, vec in objects.items():
-            if split == "train" and obj not in train_objects:
-                continue
-            patches[f"{obj}/{split}"] = patch(model, pairs, hook_name, vec, name=obj, clean=clean, source=source)
-            bar.update(1)
+    def run_patch(split: str, obj: str, vec) -> PatchResult:
+        d = data[split]
+        return patch(
+            model,
+            d["pairs"],
+            hook_name,
+            vec,
+            name=obj,
+            clean=d["clean"],
+            source=d["source"],
+            base_resid=d["base_resid"],
+        )
+
+    test_acts, test_values = clean_activations(model, test, hook_name)
+
+    def sep(vectors: dict[str, torch.Tensor]) -> dict[str, Separation]:
+        return {
+            k: projection_separation(k, test_acts, test_values, v.detach().float().cpu()) for k, v in vectors.items()
+        }
+
+    shared: dict[str, PatchResult] = {}
+    bar = tqdm(total=6 + 4 * max(1, len(seeds)), desc=f"checks {hook_name}", disable=not progress, leave=False)
+    shared["full/test"] = run_patch("test", "full", None)
+    if all_on_train:
+        shared["full/train"] = run_patch("train", "full", None)
+    md = mean_difference_direction(model, train, hook_name).vector
+    rand = random_direction(model, hook_name, seed=(seeds[0] if seeds else seed) + 1).vector
+    shared["mean_difference/test"] = run_patch("test", "mean_difference", md)
+    shared["random/test"] = run_patch("test", "random", rand)
+    controls = {"mean_difference": md, "random": rand}
+    baseline = None
+    if readout is not None:
+        rand_row = random_rowspace_direction(readout, seed=(seeds[0] if seeds else seed) + 2)
+        shared["random_rowspace/test"] = run_patch("test", "random_rowspace", rand_row)
+        controls["random_rowspace"] = rand_row
+        baseline = random_norm_baseline(readout, n=n_random_vectors, seed=0)
+    bar.update(4)
+    control_sep = sep(controls)
+    full_ci = shared["full/test"].fldd_interval
+    random_ci = shared["random/test"].fldd_interval
+
+    checks: list[SeedCheck] = []
+    first_extra: dict[str, PatchResult] = {}
+    for i, s in enumerate(seeds if direction is None else (None,)):
+        if direction is None:
+            d = fit_direction(
+                model, train, hook_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=s, progress=progress
+            )
+        else:
+            d = direction
+        bar.update(1)
+        v = d.vector
+        patches = {"das/train": run_patch("train", "das", v), "das/test": run_patch("test", "das", v)}
+        vectors = {"v": v}
+        row_norm = null_norm = float("nan")
+        fraction = row_sep = None
+        if readout is not None:
+            v_row, v_null = rowspace_split(v, readout)
+            row_norm, null_norm = float(v_row.norm()), float(v_null.norm())
+            vectors["v_row"], vectors["v_null"] = v_row, v_null
+            if row_norm > 1e-6:
+                patches["rowspace/test"] = run_patch("test", "rowspace", v_row / row_norm)
+                fraction = rowspace_fraction(patches["das/test"], patches["rowspace/test"])
+            else:
+                fraction = intervals.Interval(0.0, 0.0, 0.0, len(test))
+            if i == 0:
+                if null_norm > 1e-6:
+                    first_extra["nullspace/test"] = run_patch("test", "nullspace", v_null / null_norm)
+                if all_on_train and row_norm > 1e-6:
+                    first_extra["rowspace/train"] = run_patch("train", "rowspace", v_row / row_norm)
+        bar.update(2)
+        separation = sep(vectors)
+        if readout is not None:
+            row_sep = separation["v_row"].cohens_d_interval if row_norm > 1e-6 else intervals.Interval(0.0, 0.0, 0.0, 0)
+        verdict, reasons, flags = decide(
+            effect=patches["das/test"].fldd_interval,
+            train_effect=patches["das/train"].fldd,
+            control=random_ci,
+            separation=separation["v"].cohens_d_interval,
+            full=full_ci,
+            fraction=fraction,
+            row_separation=row_sep,
+            rule=rule,
+        )
+        checks.append(SeedCheck(s, d, row_norm, null_norm, patches, separation, fraction, verdict, reasons, flags))
+        bar.update(1)
     bar.close()
 
-    vectors = {"v": v}
-    if readout is not None:
-        vectors["v_row"], vectors["v_null"] = v_row, v_null
-    vectors["mean_difference"] = objects["mean_difference"]
-    separation = activation_separation(model, test, hook_name, vectors)
-
-    reasons: list[str] = []
-    das_tr, das_te = patches["das/train"].fldd, patches["das/test"].fldd
-    full_te = patches["full/test"].fldd
-    rand_te = patches["random/test"].fldd
-    if das_tr < min_effect:
-        verdict = "no effect"
-        reasons.append(f"the DAS patch barely moves the answer on its own training pairs (FLDD {das_tr:.1f}%)")
-    else:
-        if das_te < 0.5 * das_tr:
-            reasons.append(
-                f"it does not generalise: FLDD {das_te:.1f}% on held-out prompts against {das_tr:.1f}% in training"
-            )
-        if das_te < rand_te + min_effect:
-            reasons.append(f"no better than a random direction on held-out prompts ({das_te:.1f}% vs {rand_te:.1f}%)")
-        if full_te < 50.0 and das_te > full_te + 2 * min_effect:
-            reasons.append(
-                f"the 1-D patch does more than patching the whole component ({das_te:.1f}% vs {full_te:.1f}%): "
-                "it may activate a dormant pathway"
-            )
-        if "rowspace/test" in patches and patches["rowspace/test"].fldd < 0.5 * das_te:
-            reasons.append(
-                f"patching only the rowspace part keeps {patches['rowspace/test'].fldd:.1f}% of {das_te:.1f}% FLDD "
-                f"(|v_row| = {row_norm:.2f}, |v_null| = {null_norm:.2f})"
-            )
-        elif readout is not None and row_norm <= 1e-6:
-            reasons.append("the direction lies entirely in the nullspace of the readout")
-        if separation["v"].cohens_d < min_cohens_d:
-            reasons.append(
-                f"clean activations do not separate along it by feature value (Cohen's d {separation['v'].cohens_d:.2f})"
-            )
-        if "v_row" in separation and separation["v_row"].cohens_d < min_cohens_d <= separation["v_null"].cohens_d:
-            reasons.append(
-                f"the feature varies along the nullspace part (d {separation['v_null'].cohens_d:.2f}) but not along "
-                f"the rowspace part (d {separation['v_row'].cohens_d:.2f})"
-            )
-        verdict = "suspicious" if reasons else "passes"
+    first = checks[0]
+    patches = {"full/test": shared["full/test"]}
+    patches.update(first.patches)
+    patches.update(first_extra)
+    patches.update({k: r for k, r in shared.items() if k != "full/test"})
+    separation = dict(first.separation)
+    separation.update(control_sep)
+    verdicts = {c.verdict for c in checks}
+    verdict = checks[0].verdict if len(verdicts) == 1 else "seeds disagree"
     settings = dict(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        seed=seed,
-        min_effect=min_effect,
-        min_cohens_d=min_cohens_d,
+        seeds=list(seeds) if direction is None else None,
+        rule=rule.__dict__,
         n_train=len(train),
         n_test=len(test),
     )
     return IllusionReport(
-        hook_name, direction, patches, row_norm, null_norm, separation, verdict, tuple(reasons), settings
+        hook_name,
+        first.direction,
+        patches,
+        first.row_norm,
+        first.null_norm,
+        separation,
+        verdict,
+        first.reasons,
+        settings,
+        tuple(checks),
+        baseline,
     )
 
 
 __all__ = [
+    "RULE",
+    "VERDICTS",
     "IllusionReport",
+    "NormBaseline",
+    "Rule",
+    "SeedCheck",
     "Separation",
     "activation_separation",
+    "cohens_d",
+    "decide",
     "illusion_checks",
     "projection_separation",
+    "random_norm_baseline",
+    "random_rowspace_direction",
     "readout_matrix",
+    "rowspace_basis",
+    "rowspace_fraction",
     "rowspace_split",
 ]

@@ -20,6 +20,7 @@ from ..core.interventions import SubspaceSwap, hook
 from ..errors import InputError
 from .das import Direction, activations, unit_vector
 from .pairs import PatchPairs, base_residual, batch_slices, check_pairs, last_logits, start_layer
+from .stats import bootstrap_rows, fldd_rows
 
 
 def fldd_of(ld_clean: torch.Tensor, ld_patched: torch.Tensor) -> float:
@@ -67,7 +68,7 @@ class PatchResult:
     @cached_property
     def fldd_interval(self) -> intervals.Interval:
         """FLDD with its 95% bootstrap interval over pairs (clean and patched LD resampled together)."""
-        return intervals.paired(fldd_of, self.ld_clean, self.ld_patched)
+        return bootstrap_rows(fldd_rows, self.ld_clean, self.ld_patched)
 
     @cached_property
     def accuracy_interval(self) -> intervals.Interval:
