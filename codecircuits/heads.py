@@ -6,6 +6,9 @@
   recall and F1 per ``k``.
 - :func:`counting_heads`: heads whose attention from the answer position to the ``(`` tokens, or whose
   output, tracks how many parens are open; and whether the count they promote is the right one.
+- :func:`count_tracking`: the same attention against the number of *open* parens with the prompt's length and
+  its number of ``(`` tokens regressed out (a partial correlation), on prompts that close some parens first, so
+  that attention which grows only because there are more paren tokens does not pass for counting.
 
 Both read what :func:`codecircuits.lens.head_logits` and :func:`codecircuits.lens.run_cache` return, so one
 forward pass serves the lens, the attributions and the heads.
@@ -59,6 +62,19 @@ class PromoterHeads:
         order = key.argsort(descending=True)[:k]
         n_heads = self.f1.shape[-1]
         return [(int(j) // n_heads, int(j) % n_heads) for j in order if key[j] > -float("inf")]
+
+    def macro_f1(self) -> torch.Tensor:
+        """``[layer, head]``: each head's F1 averaged over the counts (the authors' ranking of general heads)."""
+        return self.f1.mean(0)
+
+    def general(self, *, min_f1: float = 0.5, min_counts: int = 2) -> list[tuple[int, int]]:
+        """Heads that promote several counts: F1 >= ``min_f1`` for at least ``min_counts`` counts, ordered as the
+        authors' follow-up code orders them (by how many counts they promote, then by macro-F1)."""
+        n_counts = (self.f1 >= min_f1).sum(0)  # [layer, head]
+        macro = self.macro_f1()
+        n_heads = self.f1.shape[-1]
+        keep = [(int(j) // n_heads, int(j) % n_heads) for j in (n_counts.flatten() >= min_counts).nonzero().flatten()]
+        return sorted(keep, key=lambda lh: (-int(n_counts[lh]), -float(macro[lh]), lh))
 
     def to_dataframe(self):
         import pandas as pd
@@ -288,4 +304,187 @@ def counting_heads(
         output_corr,
         torch.stack(promotes) if promotes is not None else None,
         tuple(counts),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# counting heads, with token count regressed out
+
+
+def open_paren_counts(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(all, still_open)``, both ``[batch, pos]``: how many ``(`` each token holds, and how many of them are
+    still unclosed at the end of the row (each ``)`` closes the latest open ``(``)."""
+    pieces = [model.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens]
+    all_, open_ = [], []
+    for row in pieces:
+        stack: list[int] = []
+        n_all = [0] * len(row)
+        for i, p in enumerate(row):
+            for ch in str(p):
+                if ch == "(":
+                    stack.append(i)
+                    n_all[i] += 1
+                elif ch == ")" and stack:
+                    stack.pop()
+        n_open = [0] * len(row)
+        for i in stack:
+            n_open[i] += 1
+        all_.append(n_all)
+        open_.append(n_open)
+    return torch.tensor(all_), torch.tensor(open_)
+
+
+def partial_correlation(x: torch.Tensor, y: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+    """Correlation of ``x[n]`` with each column of ``y[n, ...]`` after regressing both on ``covariates[n, c]``
+    (least squares with an intercept); NaN where a residual is constant (e.g. ``x`` is a function of the
+    covariates, so nothing is left to explain)."""
+    x = torch.as_tensor(x).double().reshape(-1)
+    y = torch.as_tensor(y).double()
+    shape = y.shape[1:]
+    y = y.reshape(y.shape[0], -1)
+    n = x.shape[0]
+    z = torch.ones(n, 1, dtype=torch.float64)
+    if covariates is not None:
+        c = torch.as_tensor(covariates).double().reshape(n, -1)
+        z = torch.cat([z, c - c.mean(0)], 1)
+    proj = z @ torch.linalg.pinv(z)  # [n, n] projection onto the covariates
+    rx = x - proj @ x
+    ry = y - proj @ y
+    num = (rx[:, None] * ry).sum(0)
+    den = rx.norm() * ry.norm(dim=0)
+    scale = max(float(x.abs().max()), 1.0) * 1e-9
+    ok = (den > 1e-12) & (rx.norm() > scale * n**0.5)
+    out = torch.where(ok, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+    return out.reshape(shape).float()
+
+
+@dataclass(frozen=True)
+class CountTracking:
+    """Per prompt, each head's attention from the answer position to the ``(`` tokens, and how well it follows
+    the number of *open* parens once the prompt's length and its number of ``(`` tokens are regressed out.
+
+    - ``mass[prompt, layer, head]``: attention to all tokens holding a ``(`` (open or already closed);
+    - ``open_mass`` / ``closed_mass``: to the still-open / the already-closed ``(`` tokens;
+    - ``n_open``, ``n_parens`` (``(`` characters), ``n_tokens``: ``[prompt]``;
+    - ``partial_corr[layer, head]``: correlation of ``mass`` with ``n_open`` given ``n_tokens`` and ``n_parens``
+      (a head whose paren attention only grows with the number of paren tokens, by dilution, scores ~0);
+    - ``raw_corr[layer, head]``: the plain correlation of ``mass`` with ``n_open`` (the older measure).
+
+    On the paper's prompts alone ``n_open``, ``n_parens`` and ``n_tokens`` move together, so ``partial_corr`` is
+    NaN: use prompts that close some parens first (:func:`codecircuits.tasks.parens.closed_dataset`).
+    """
+
+    mass: torch.Tensor
+    open_mass: torch.Tensor
+    closed_mass: torch.Tensor
+    n_open: torch.Tensor
+    n_parens: torch.Tensor
+    n_tokens: torch.Tensor
+    partial_corr: torch.Tensor
+    raw_corr: torch.Tensor
+    axes: tuple[str, ...] = ("prompt", "layer", "head")
+
+    @property
+    def covariates(self) -> torch.Tensor:
+        return torch.stack([self.n_tokens, self.n_parens], 1).double()
+
+    def heads(self, k: int = 5, *, by: str = "partial_corr") -> list[tuple[int, int]]:
+        """The ``k`` heads with the largest ``|partial_corr|`` (or ``|raw_corr|``, ``by="raw_corr"``)."""
+        if by not in ("partial_corr", "raw_corr"):
+            raise InputError(f"by must be 'partial_corr' or 'raw_corr', got {by!r}.")
+        vals = getattr(self, by).nan_to_num(0).abs()
+        order = vals.flatten().argsort(descending=True)[:k]
+        n_heads = vals.shape[1]
+        return [(int(j) // n_heads, int(j) % n_heads) for j in order]
+
+    def head_partial_corr(self, head: tuple[int, int], rows: torch.Tensor | None = None) -> float:
+        """``partial_corr`` of one head, on the prompts ``rows`` (all by default): the statistic to bootstrap."""
+        sel = slice(None) if rows is None else rows
+        y = self.mass[sel][:, head[0], head[1]]
+        return float(partial_correlation(self.n_open[sel], y[:, None], self.covariates[sel])[0])
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        n_layers, n_heads = self.partial_corr.shape
+        per_open = (self.open_mass / self.n_open.clamp_min(1)[:, None, None]).mean(0)
+        n_closed = (self.n_parens - self.n_open).clamp_min(0)
+        has_closed = n_closed > 0
+        per_closed = (
+            (self.closed_mass[has_closed] / n_closed[has_closed][:, None, None]).mean(0)
+            if has_closed.any()
+            else torch.full((n_layers, n_heads), float("nan"))
+        )
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                rows.append(
+                    dict(
+                        head=head_label(layer, h),
+                        layer=layer,
+                        head_index=h,
+                        partial_corr=float(self.partial_corr[layer, h]),
+                        raw_corr=float(self.raw_corr[layer, h]),
+                        paren_attn=float(self.mass[:, layer, h].mean()),
+                        per_open_paren=float(per_open[layer, h]),
+                        per_closed_paren=float(per_closed[layer, h]),
+                    )
+                )
+        return pd.DataFrame(rows)
+
+    def top(self, k: int = 5, by: str = "partial_corr"):
+        return self.to_dataframe().sort_values(by, ascending=False, key=lambda s: s.abs().fillna(0)).head(k)
+
+
+def count_tracking(
+    model,
+    groups: Sequence[tuple[torch.Tensor, torch.Tensor | int]],
+    *,
+    caches: Sequence | None = None,
+    pos: int = -1,
+) -> CountTracking:
+    """How each head's attention to the ``(`` tokens follows the number of open parens beyond token count.
+
+    ``groups``: ``(tokens [batch, pos], n_open)`` (an int or one per prompt), one group per token length;
+    ``caches`` (with ``attn.hook_pattern``, from :func:`codecircuits.lens.run_cache`) reuse forward passes.
+    Open and closed ``(`` are told apart from the tokens themselves (:func:`open_paren_counts`).
+    """
+    if not groups:
+        raise InputError("count_tracking needs at least one group of (tokens, n_open).")
+    n_layers = model.cfg.n_layers
+    masses, opens, closeds, n_open, n_parens, n_tokens = [], [], [], [], [], []
+    for gi, (tokens, k) in enumerate(groups):
+        cache = caches[gi] if caches is not None else run_cache(model, tokens, extra=("attn.hook_pattern",))[1]
+        all_c, open_c = open_paren_counts(model, tokens)
+        all_c, open_c = all_c.float(), open_c.float()
+        is_paren, is_open = (all_c > 0).float(), (open_c > 0).float()
+        is_closed = ((all_c - open_c) > 0).float()
+        m, mo, mc = [], [], []
+        for layer in range(n_layers):
+            pat = cache[hook_name("pattern", layer)][:, :, pos].detach().float().cpu()  # [b, h, key]
+            m.append((pat * is_paren[:, None]).sum(-1))
+            mo.append((pat * is_open[:, None]).sum(-1))
+            mc.append((pat * is_closed[:, None]).sum(-1))
+        masses.append(torch.stack(m, 1))
+        opens.append(torch.stack(mo, 1))
+        closeds.append(torch.stack(mc, 1))
+        b = tokens.shape[0]
+        n_open.append(torch.as_tensor(k).float().expand(b) if torch.as_tensor(k).dim() == 0 else torch.as_tensor(k))
+        n_parens.append(all_c.sum(-1))
+        n_tokens.append(torch.full((b,), float(tokens.shape[1])))
+    mass = torch.cat(masses)
+    n_open_t = torch.cat(n_open).float()
+    if n_open_t.unique().numel() < 2:
+        raise InputError("count_tracking needs prompts with at least two different numbers of open parens.")
+    n_parens_t, n_tokens_t = torch.cat(n_parens), torch.cat(n_tokens)
+    cov = torch.stack([n_tokens_t, n_parens_t], 1)
+    return CountTracking(
+        mass,
+        torch.cat(opens),
+        torch.cat(closeds),
+        n_open_t,
+        n_parens_t,
+        n_tokens_t,
+        partial_correlation(n_open_t, mass, cov),
+        _pearson(n_open_t, mass),
     )

@@ -1,5 +1,7 @@
 """The main job in CI: `codecircuits demo` run exactly as `make demo` runs it (default model, default settings),
-its report checked in Chromium against its results.json."""
+its report checked in Chromium against its results.json, and the closing-paren study's claims on smollm2-135m
+asserted with their 95% bootstrap intervals (heads chosen on the train split, measured on the test split). This
+one run of the defaults is the only default-model run of the study in the test suite."""
 
 from __future__ import annotations
 
@@ -57,3 +59,42 @@ def test_make_demo_writes_a_report_that_matches_its_results(tmp_path):
     # the headline the README states: SmolLM2 closes 1-3 parens and fails at 4
     acc = data["accuracy"]
     assert all(acc[k] >= 0.95 for k in ("1", "2", "3")) and acc["4"] <= 0.2, acc
+    assert_claims(data)
+
+
+def _iv(d):
+    return d["estimate"], d["low"], d["high"]
+
+
+def assert_claims(data):
+    """The study's findings on smollm2-135m, each on its interval over the test prompts."""
+    iv = data["intervals"]
+    claims = {c["claim"].split(" (")[0]: c for c in data["claims"]}
+    # closes 1-3 parens, fails at 4 (it says ")))")
+    for k in ("1", "2", "3"):
+        assert iv["accuracy"][k]["low"] >= 0.9, iv["accuracy"][k]
+    assert iv["accuracy"]["4"]["high"] <= 0.2 and iv["accuracy"]["4"]["n"] >= 20
+    assert data["predictions"]["4"].count(")))") >= 0.8 * len(data["predictions"]["4"])
+    # the answer emerges late: the interval of the emergence layer lies in the second half of the 30 layers
+    for k in ("1", "2", "3"):
+        assert iv["emergence_layer"][k]["low"] >= 15, iv["emergence_layer"][k]
+    # attention carries the answer: its net direct effect lies above the MLPs'
+    attn = claims["attention carries the answer"]
+    assert attn["evidence"]["low"] > attn["control"]["high"] and attn["verdict"] == "reproduced"
+    # ablating each count's top promoters (chosen on train) hurts more than ablating as many random heads
+    pooled = data["ablation"]["pooled"]
+    assert pooled["difference"]["low"] > 0 and pooled["drop"]["n"] >= 80
+    assert claims["promoter heads' ablation hurts more than random heads'"]["verdict"] == "reproduced"
+    # amplification does not repair 4 parens on this model, in either variant (c <= 2)
+    amp = claims["amplification fixes the failing count"]
+    assert data["scaling"]["hardest"] == 4 and data["scaling"]["hardest_chosen_on"] == "train"
+    for variant in data["scaling"]["best_by_variant"].values():
+        assert variant["accuracy"]["high"] < 0.8, variant
+    assert amp["verdict"] != "reproduced"
+    # a counting head chosen on train follows the open-paren count on test prompts that close some parens
+    # first, with length and paren tokens regressed out, beyond what random heads do
+    ct = data["count_tracking"]
+    assert ct["top_partial_corr"]["low"] > ct["random_abs_partial_corr"]["high"], ct["top_partial_corr"]
+    # patching covers at least 20 pairs per count at the answer position and at the open-paren positions
+    for k, entry in data["patching"].items():
+        assert entry["n_pairs"] >= 20 and entry["attn_out_parens"] and entry["attn_out"], k

@@ -114,3 +114,70 @@ def test_heads_on_every_family(tiny):
     again = heads.counting_heads(tiny, [(groups[k], k) for k in ds.n_opens])
     torch.testing.assert_close(again.attn_corr, ch.attn_corr, equal_nan=True)
     assert len(ch.top(3)) == 3
+
+
+class _ParenModel:
+    """Token 1 is '(', 3 is ')', 4 is '))', others are words: what count_tracking reads (1 layer, 2 heads)."""
+
+    class cfg:  # noqa: N801
+        n_layers, n_heads = 1, 2
+
+    class tokenizer:  # noqa: N801
+        @staticmethod
+        def convert_ids_to_tokens(ids):
+            return [{1: "(", 3: ")", 4: "))"}.get(i, "x") for i in ids]
+
+
+def test_open_paren_counts_match_each_close_to_the_latest_open():
+    toks = torch.tensor([[0, 1, 1, 2, 3, 1, 2]])  # ( ( x ) ( x : the second '(' is closed
+    all_, open_ = heads.open_paren_counts(_ParenModel, toks)
+    assert all_[0].tolist() == [0, 1, 1, 0, 0, 1, 0]
+    assert open_[0].tolist() == [0, 1, 0, 0, 0, 1, 0]
+
+
+def test_partial_correlation_removes_what_the_covariates_explain():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 2, generator=g)
+    x = torch.randn(200, generator=g)
+    y_count = 2 * x + 3 * z[:, 0] + 0.1 * torch.randn(200, generator=g)  # follows x beyond z
+    y_dilute = 3 * z[:, 0] - z[:, 1] + 0.1 * torch.randn(200, generator=g)  # explained by z alone
+    pc = heads.partial_correlation(x, torch.stack([y_count, y_dilute], 1), z)
+    assert pc[0] > 0.95 and abs(pc[1]) < 0.2
+    # x a function of the covariates: nothing is left to explain
+    assert torch.isnan(heads.partial_correlation(z[:, 0] * 2, y_count[:, None], z))[0]
+
+
+def test_count_tracking_tells_counting_from_dilution():
+    # prompts like the closed template, "f(f(x))+f(x": c closed calls, then o open ones (each call two tokens);
+    # head 0 attends 0.15 to each *open* paren, head 1 spreads attention evenly over all tokens (its paren mass
+    # grows only with the number of paren tokens)
+    groups, caches = [], []
+    for c in range(3):
+        for o in range(1, 4):
+            toks = torch.tensor([[0] + [2, 1] * c + ([2 + c] if c else []) + [5] + [2, 1] * o + [2]] * 2)
+            n = toks.shape[1]
+            pat = torch.zeros(2, 2, n, n)
+            _, open_ = heads.open_paren_counts(_ParenModel, toks[:1])
+            pat[:, 0, -1] = 0.15 * (open_[0] > 0).float()
+            pat[:, 0, -1, 0] += 1 - pat[0, 0, -1].sum()
+            pat[:, 1, -1] = 1.0 / n
+            groups.append((toks, o))
+            caches.append({"blocks.0.attn.hook_pattern": pat})
+    tr = heads.count_tracking(_ParenModel, groups, caches=caches)
+    assert tr.partial_corr[0, 0] > 0.99  # counts the open parens
+    assert abs(tr.partial_corr[0, 1]) < 0.5 < tr.raw_corr[0, 1]  # dilution passes the raw measure, not this one
+    assert tr.heads(1) == [(0, 0)]
+    assert tr.head_partial_corr((0, 0)) == pytest.approx(float(tr.partial_corr[0, 0]), abs=1e-5)
+    assert len(tr.top(2)) == 2
+    with pytest.raises(InputError, match="two different"):
+        heads.count_tracking(_ParenModel, groups[:1], caches=caches[:1])
+
+
+def test_general_promoters_order_by_counts_then_macro_f1():
+    f1 = torch.zeros(3, 1, 3)
+    f1[:, 0, 0] = torch.tensor([0.9, 0.6, 0.0])  # promotes 2 counts
+    f1[:, 0, 1] = torch.tensor([0.6, 0.6, 0.6])  # promotes 3 counts
+    f1[:, 0, 2] = torch.tensor([1.0, 0.0, 0.0])  # promotes 1 count
+    pr = heads.PromoterHeads(f1, f1, f1, f1, (1, 1, 1), (1, 2, 3), 0.8)
+    assert pr.general(min_f1=0.5, min_counts=2) == [(0, 1), (0, 0)]
+    assert pr.general(min_f1=0.5, min_counts=1)[-1] == (0, 2)

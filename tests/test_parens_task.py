@@ -108,3 +108,27 @@ def test_default_model_pairs_use_double_paren_token(default_model):
     kinds = {p.n_open: p.kind for p in pp}
     assert kinds == {1: "extra", 2: "extra", 3: "extra", 4: "fewer"}  # ")))))" is not one token
     assert all(p.corrupted_n_open == (5 - 2 if p.n_open == 4 else p.n_open + 1) for p in pp)
+
+
+def test_closed_dataset_closes_calls_before_the_open_ones(tiny):
+    text = parens.closed_prompt_text(1, 2, 123)
+    assert text == "#print the string 123\nprint(str(str(123))+str(123"
+    assert parens.closed_prompt_text(0, 0, 5) == "#print the string 5\nprint(5+5"
+    ds = parens.closed_dataset(tiny, n_values=(0, 1), closed_values=(0, 2), n_numbers=10)
+    assert len(ds) == 2 * 2 * 10 and ds.n_closeds == (0, 2)
+    p = ds.select(n_open=2, n_closed=2).prompts[0]
+    assert p.text.count("(") - p.text.count(")") == p.n_open == 2 and p.label == "))"
+    full = tiny.to_tokens(p.text + p.label)[0].tolist()
+    assert full[-1] == p.label_id == ds.label_ids[2]
+    # limit counts per (open, closed) cell; token lengths group any mix of counts
+    assert len(ds.select(split="test", limit=1)) == 4
+    groups = ds.select(limit=2).by_length(tiny)
+    assert sum(len(ps) for ps, _ in groups) == 8
+    assert all(t.shape[0] == len(ps) for ps, t in groups)
+    # the paper's dataset is unchanged: n_closed is 0 and limits stay per n_open
+    plain = parens.dataset(tiny, n_numbers=5)
+    assert plain.n_closeds == (0,) and len(plain.select(limit=2)) == 8
+    with pytest.raises(InputError):
+        parens.closed_dataset(tiny, closed_values=(-1,), n_numbers=2)
+    with pytest.raises(InputError):
+        parens.closed_prompt_text(-1, 0, 1)

@@ -16,6 +16,10 @@ Three kinds of data live here:
   parens (``(`` replaced by ``((``, or a ``str(`` whose ``(`` is replaced by a character that opens nothing);
 - :func:`mined` — positions in real held-out code just before a closing-paren token, grouped by how many
   parens the token closes and by the nesting depth there.
+
+:func:`closed_dataset` adds prompts that *close* some calls before the answer
+(``print(str(str({num}))+str({num}``: ``n_closed`` parens already closed, ``n_open`` still open), so the number
+of open parens varies apart from the number of ``(`` tokens and the prompt's length (the counting heads' test).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ..errors import InputError
 from ..inputs import bos_id
 
 TEMPLATE = "#print the string {num}\nprint(" + "{calls}" + "{num}"
+# a prompt that first closes `closed` str( calls, then opens `calls` more: "print(str({num})+str({num}"
+CLOSED_TEMPLATE = "#print the string {num}\nprint(" + "{closed}" + "{num}" + "{closing}" + "+" + "{calls}" + "{num}"
 CALL = "str("
 SPLITS = ("train", "test")
 TRAIN_FRACTION = 0.7
@@ -43,6 +49,14 @@ def prompt_text(n: int, num: int) -> str:
     if n < 0:
         raise InputError(f"n must be >= 0 (the number of nested str( calls), got {n}.")
     return TEMPLATE.format(num=num, calls=CALL * n)
+
+
+def closed_prompt_text(n: int, n_closed: int, num: int) -> str:
+    """A prompt that opens and closes ``n_closed`` nested ``str(`` calls, then opens ``n`` more inside ``print(``:
+    ``n + 1`` parens are open at its end, ``n + 1 + n_closed`` were opened (``n_closed = 0``: ``print({num}+...``)."""
+    if n < 0 or n_closed < 0:
+        raise InputError(f"n and n_closed must be >= 0 (numbers of str( calls), got n={n}, n_closed={n_closed}.")
+    return CLOSED_TEMPLATE.format(num=num, closed=CALL * n_closed, closing=")" * n_closed, calls=CALL * n)
 
 
 def label_text(n_close: int) -> str:
@@ -74,6 +88,7 @@ class ParenPrompt:
     label: str
     label_id: int
     split: str
+    n_closed: int = 0  # parens opened and closed before the open ones (closed_dataset); 0 for the paper's prompts
 
     @property
     def n_calls(self) -> int:
@@ -100,21 +115,37 @@ class ParensDataset:
     def n_opens(self) -> tuple[int, ...]:
         return tuple(sorted({p.n_open for p in self.prompts}))
 
-    def select(self, *, n_open: int | Iterable[int] | None = None, split: str | None = None, limit: int | None = None):
-        """A sub-dataset: some ``n_open`` values and/or one split, at most ``limit`` prompts per ``n_open``."""
+    @property
+    def n_closeds(self) -> tuple[int, ...]:
+        return tuple(sorted({p.n_closed for p in self.prompts}))
+
+    def select(
+        self,
+        *,
+        n_open: int | Iterable[int] | None = None,
+        split: str | None = None,
+        limit: int | None = None,
+        n_closed: int | Iterable[int] | None = None,
+    ):
+        """A sub-dataset: some ``n_open`` (and ``n_closed``) values and/or one split, at most ``limit`` prompts per
+        ``n_open`` (per ``(n_open, n_closed)`` cell when the dataset has closed calls)."""
         if split is not None and split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS} or None, got {split!r}.")
         keep = None if n_open is None else ({n_open} if isinstance(n_open, int) else set(n_open))
-        counts: dict[int, int] = {}
+        keep_c = None if n_closed is None else ({n_closed} if isinstance(n_closed, int) else set(n_closed))
+        counts: dict = {}
         out = []
         for p in self.prompts:
             if keep is not None and p.n_open not in keep:
                 continue
+            if keep_c is not None and p.n_closed not in keep_c:
+                continue
             if split is not None and p.split != split:
                 continue
-            if limit is not None and counts.get(p.n_open, 0) >= limit:
+            cell = p.n_open if p.n_closed == 0 and len(self.n_closeds) == 1 else (p.n_open, p.n_closed)
+            if limit is not None and counts.get(cell, 0) >= limit:
                 continue
-            counts[p.n_open] = counts.get(p.n_open, 0) + 1
+            counts[cell] = counts.get(cell, 0) + 1
             out.append(p)
         if not out:
             raise InputError(f"No prompts left after selecting n_open={n_open!r}, split={split!r}.")
@@ -130,11 +161,23 @@ class ParensDataset:
             out[k] = (ps, to_tokens(model, [p.text for p in ps]))
         return out
 
+    def by_length(self, model) -> list[tuple[list[ParenPrompt], torch.Tensor]]:
+        """``(prompts, tokens [batch, pos])`` for each token length of the prompts (any mix of counts)."""
+        from ..inputs import to_tokens
+
+        by: dict[int, list[ParenPrompt]] = {}
+        for p in self.prompts:
+            by.setdefault(int(model.to_tokens(p.text).shape[1]), []).append(p)
+        return [(ps, to_tokens(model, [p.text for p in ps])) for _, ps in sorted(by.items())]
+
     def to_dataframe(self):
         import pandas as pd
 
         return pd.DataFrame(
-            [dict(text=p.text, number=p.number, n_open=p.n_open, label=p.label, split=p.split) for p in self.prompts]
+            [
+                dict(text=p.text, number=p.number, n_open=p.n_open, n_closed=p.n_closed, label=p.label, split=p.split)
+                for p in self.prompts
+            ]
         )
 
 
@@ -175,6 +218,33 @@ def dataset(
                 raise InputError(f"The label {label!r} tokenizes differently after different prompts ({text!r}).")
             prompts.append(ParenPrompt(text, num, n + 1, label, lid, s))
     return ParensDataset(tuple(prompts), n_values, seed, n_numbers, label_ids)
+
+
+def closed_dataset(
+    model,
+    n_values: Sequence[int] = (0, 1, 2, 3),
+    closed_values: Sequence[int] = (0, 1, 2, 3),
+    n_numbers: int = 500,
+    seed: int = 20,
+    split: str | None = None,
+) -> ParensDataset:
+    """Prompts that close ``n_closed`` (``closed_values``) ``str(`` calls before opening ``n`` (``n_values``) more
+    (:func:`closed_prompt_text`), every pair of values for each number; numbers and splits as in :func:`dataset`.
+    The label closes the ``n + 1`` open parens and is checked to be one token (an :class:`InputError` otherwise).
+    """
+    closed_values = tuple(int(c) for c in closed_values)
+    if not closed_values or any(c < 0 for c in closed_values):
+        raise InputError(f"closed_values must be numbers of closed str( calls >= 0, got {closed_values}.")
+    base = dataset(model, n_values=n_values, n_numbers=n_numbers, seed=seed, split=split)
+    prompts = []
+    for p in base:
+        for c in closed_values:
+            text = closed_prompt_text(p.n_calls, c, p.number)
+            lid = _label_id(model, text, p.label)
+            if lid != base.label_ids[p.n_open]:
+                raise InputError(f"The label {p.label!r} tokenizes differently after {text!r} than after {p.text!r}.")
+            prompts.append(ParenPrompt(text, p.number, p.n_open, p.label, lid, p.split, c))
+    return ParensDataset(tuple(prompts), base.n_values, seed, n_numbers, dict(base.label_ids))
 
 
 def paren_token_ids(model, max_parens: int = 4) -> dict[int, int]:
