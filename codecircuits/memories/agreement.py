@@ -297,7 +297,8 @@ def balanced_agreement(
         raise InputError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {list(components)}.")
     if n_docs < 1 or positions < 1:
         raise InputError(f"n_docs and positions must be at least 1; got {n_docs} and {positions}.")
-    chunked = chunk_corpus(model, corpus, window=2, max_chunks=1, min_tokens=1)  # tokenizes every document
+    # no budget: every document is tokenized (the window only sets how the unused plan is cut)
+    chunked = chunk_corpus(model, corpus, window=int(model.cfg.n_ctx), min_tokens=1)
     has_bos = chunked.bos is not None
     limit = int(model.cfg.n_ctx) - has_bos
     if max_context < 1:

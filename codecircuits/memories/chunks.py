@@ -127,7 +127,9 @@ def chunk_corpus(
     """Tokenize ``corpus`` and plan its chunks breadth-first across documents (see the module docstring).
 
     ``max_tokens`` / ``max_chunks`` cap the plan (whole chunks, in visiting order); chunks shorter than
-    ``min_tokens`` document tokens are dropped.
+    ``min_tokens`` document tokens are dropped. Documents are tokenized as the plan reaches them, so a budget
+    that ends within the first pass over the documents tokenizes (and keeps) only the documents before that
+    point: a 300k-token scan of a 60M-token corpus does not tokenize all of it.
     """
     if isinstance(corpus, ChunkedCorpus):
         return corpus
@@ -141,32 +143,39 @@ def chunk_corpus(
     if not getattr(tok, "is_fast", False):
         raise InputError("Chunking needs a fast tokenizer (character offsets); this model's tokenizer is slow.")
     ids, offs = [], []
-    for f in files:
-        enc = tok(f.text, add_special_tokens=False, return_offsets_mapping=True)
+
+    def tokenize(d: int) -> None:  # documents are tokenized when the plan first reaches them
+        enc = tok(files[d].text, add_special_tokens=False, return_offsets_mapping=True)
         ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
         offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+
     body = window - (bos is not None)
-    per_doc = [list(range(0, len(x), body)) for x in ids]
     doc_l, start_l, total = [], [], 0
-    depth = 0
-    while any(depth < len(p) for p in per_doc):
-        for d, starts in enumerate(per_doc):
+    depth, full = 0, False
+    while not full:
+        more = False
+        for d in range(len(files)):
+            if d == len(ids):
+                tokenize(d)
+            starts = range(0, len(ids[d]), body)
             if depth >= len(starts):
                 continue
+            more = True
             n = min(body, len(ids[d]) - starts[depth])
             if n < min_tokens:
                 continue
             if (max_chunks is not None and len(doc_l) >= max_chunks) or (
                 max_tokens is not None and total + n > max_tokens
             ):
+                full = True
                 break
             doc_l.append(d)
             start_l.append(starts[depth])
             total += n
-        else:
-            depth += 1
-            continue
-        break
+        if not more:
+            break
+        depth += 1
+    files = files[: len(ids)]  # a budget that ends in the first pass leaves the later documents out, untokenized
     if not doc_l:
         raise InputError(
             f"The corpus {name!r} gives no chunk of at least {min_tokens} tokens within the budget "
