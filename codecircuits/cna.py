@@ -5,6 +5,8 @@
   :func:`codecircuits.ablation.head_sweep` with those two metrics: each layer's heads are stacked along the batch
   and run from the cached ``resid_pre`` of that layer, with the earlier blocks skipped and only the scored
   position unembedded, so the sweep costs about half a forward pass per head instead of a full one.
+- :func:`head_effects`: a few given heads ablated alone, one full forward each (the held-out re-scoring of the
+  heads a sweep selected).
 - :func:`compare`: CNA. ``CNA(l, k) = Imp_M(l, k) - Imp_M'(l, k)`` where ``Imp`` is the log-probability increase
   of FFN neuron k of layer l (:mod:`codecircuits.neurons`), ``M`` the model and ``M'`` the model with one head
   ablated; both read through ``M``'s frozen final scale, for ``M``'s top-1 token.
@@ -226,6 +228,65 @@ def head_sweep(
     )
 
 
+def head_effects(
+    model,
+    prompts,
+    labels,
+    heads: Sequence[tuple[int, int]],
+    *,
+    pos: int = -1,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> HeadSweep:
+    """A few heads (pairs or ``"L3H7"`` labels) ablated alone, each by one full forward with its ``attn.hook_z``
+    zeroed at every position: the same numbers as :func:`head_sweep` with ``heads=``, cheaper when the heads lie in
+    many different layers (the sweep engine runs one clean forward per layer it sweeps). ``labels``: the correct
+    token per prompt. Heads not listed keep the base values."""
+    todo = check_heads(model, heads)
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    lab = resolve_target(model, labels, n)
+    if lab is None:
+        raise InputError("head_effects needs the correct token of every prompt (labels).")
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    correct = torch.zeros(n_layers, n_heads, n, dtype=torch.bool)
+    plp = torch.zeros(n_layers, n_heads, n)
+    base_correct = torch.zeros(n, dtype=torch.bool)
+    base_lp = torch.zeros(n)
+
+    def score(logits, t):
+        lg = logits[:, pos].float()
+        return (lg.argmax(-1) == t).cpu(), torch.log_softmax(lg, -1).gather(1, t[:, None])[:, 0].cpu()
+
+    bar = tqdm(total=len(batches) * (len(todo) + 1), desc="head effects", disable=not progress)
+    with torch.no_grad():
+        for ix, toks in batches:
+            check_position(pos, toks.shape[1])
+            t = lab[ix]
+            base_correct[ix], base_lp[ix] = score(model(toks), t)
+            bar.update(1)
+            for h in todo:
+                with model.hooks(fwd_hooks=head_zero_hooks(model, [h])):
+                    correct[h.layer, h.head, ix], plp[h.layer, h.head, ix] = score(model(toks), t)
+                bar.update(1)
+    bar.close()
+    swept = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    for h in todo:
+        swept[h.layer, h.head] = True
+    correct[~swept] = base_correct
+    plp[~swept] = base_lp
+    return HeadSweep(
+        accuracy=correct.float().mean(-1),
+        logprob=plp.mean(-1),
+        base_accuracy=float(base_correct.float().mean()),
+        base_logprob=float(base_lp.mean()),
+        correct=correct,
+        prompt_logprob=plp,
+        base_correct=base_correct,
+        labels=lab.cpu(),
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # comparative neuron analysis
 
@@ -407,6 +468,9 @@ class MaskKeepTable:
     head: tuple[int, int]
     n_prompts: int
     base_accuracy: float
+    #: ``"{kind}_{N}"`` (kind ``mask``, ``keep``, ``random_mask``) -> whether each counted prompt is still right
+    #: (``[n_prompts]`` bools), and ``"base"``: whether it was right before; the rows behind the table's means
+    per_prompt: dict = field(default_factory=dict)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self.table.copy()
@@ -486,6 +550,103 @@ def mask_keep(
             row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
         row["coef_decrease_pct"] = 100.0 * float(dec[keep_rows].mean())
         rows.append(row)
+    per = {f"{kind}_{k}": hit[(kind, k)][keep_rows] for kind in ("mask", "keep", "random_mask") for k in ns}
+    per["base"] = base[keep_rows]
     return MaskKeepTable(
-        table=pd.DataFrame(rows), head=cna.head, n_prompts=int(keep_rows.sum()), base_accuracy=base_acc
+        table=pd.DataFrame(rows), head=cna.head, n_prompts=int(keep_rows.sum()), base_accuracy=base_acc,
+        per_prompt=per,
+    )
+
+
+def ranked_neurons(cna: CNAResult, k: int) -> torch.Tensor:
+    """The ``k`` neurons (flat indices ``layer * d_mlp + neuron``) with the highest CNA averaged over the result's
+    prompts, highest first, among the layers the ablation reaches: one set chosen on these prompts, to be tested
+    on others with :func:`mask_keep_heldout`."""
+    mean = cna._reachable(cna.cna.mean(0, keepdim=True))[0].reshape(-1)
+    if k > int(torch.isfinite(mean).sum()):
+        raise InputError(f"k={k} exceeds the {int(torch.isfinite(mean).sum())} neurons CNA scored.")
+    return mean.topk(k).indices
+
+
+def mask_keep_heldout(
+    model,
+    prompts,
+    labels,
+    neurons: torch.Tensor,
+    *,
+    first_layer: int,
+    ns: Sequence[int] = (10, 20, 30, 50, 99),
+    random_layers: Sequence[int] | None = None,
+    only_correct: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    head: tuple[int, int] | None = None,
+) -> MaskKeepTable:
+    """The mask-versus-keep table for one ranked neuron set (e.g. :func:`ranked_neurons` of a CNA on other
+    prompts) on ``prompts`` with correct tokens ``labels``: zero the first N neurons of ``neurons`` ("mask"), or
+    every neuron of layers ``>= first_layer`` but those ("keep"), or N random neurons of ``random_layers``
+    (default: layers ``>= first_layer``; drawn per prompt) as the control. Accuracies are counted on the prompts
+    the model gets right (``only_correct``); ``per_prompt`` keeps each counted prompt's outcome so intervals can
+    be drawn. ``coef_decrease_pct`` is not measured here (NaN): it needs the head-ablated run of each prompt."""
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    lab = resolve_target(model, labels, n)
+    if lab is None:
+        raise InputError("mask_keep_heldout needs the correct token of every prompt (labels).")
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    neurons = torch.as_tensor(neurons).long().reshape(-1)
+    ns = sorted(int(x) for x in ns)
+    if not 0 <= first_layer < n_layers:
+        raise InputError(f"first_layer must lie in 0..{n_layers - 1}, got {first_layer}.")
+    if ns[-1] > len(neurons):
+        raise InputError(f"N={ns[-1]} exceeds the {len(neurons)} ranked neurons given.")
+    if bool((neurons < first_layer * d_mlp).any()) or bool((neurons >= n_layers * d_mlp).any()):
+        raise InputError(f"neurons must be flat indices layer * d_mlp + k of layers {first_layer}..{n_layers - 1}.")
+    rl = list(range(first_layer, n_layers)) if random_layers is None else sorted({int(x) for x in random_layers})
+    pool = torch.cat([torch.arange(layer * d_mlp, (layer + 1) * d_mlp) for layer in rl])
+    if ns[-1] > len(pool):
+        raise InputError(f"N={ns[-1]} exceeds the {len(pool)} neurons of the random control's layers.")
+    g = torch.Generator().manual_seed(seed)
+    rand_all = torch.stack([pool[torch.randperm(len(pool), generator=g)[: ns[-1]]] for _ in range(n)])
+    kinds = ("mask", "keep", "random_mask")
+    base = torch.zeros(n, dtype=torch.bool)
+    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in kinds for k in ns}
+    bar = tqdm(total=len(batches) * len(ns), desc="mask vs keep (held out)", disable=not progress)
+    with torch.no_grad():
+        for ix, toks in batches:
+            t = lab[ix]
+            base[ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
+            for k in ns:
+                for kind in kinds:
+                    if kind == "keep":
+                        mask = torch.zeros(len(ix), n_layers * d_mlp)
+                        mask[:, : first_layer * d_mlp] = 1.0
+                        mask[:, neurons[:k]] = 1.0
+                    else:
+                        mask = torch.ones(len(ix), n_layers * d_mlp)
+                        idx = rand_all[ix, :k] if kind == "random_mask" else neurons[:k].expand(len(ix), k)
+                        mask.scatter_(1, idx, 0.0)
+                    mask = mask.reshape(len(ix), n_layers, d_mlp).to(model.cfg.device)
+                    with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask)):
+                        hit[(kind, k)][ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
+                bar.update(1)
+    bar.close()
+    keep_rows = base if only_correct else torch.ones(n, dtype=torch.bool)
+    if only_correct and not keep_rows.any():
+        raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
+    base_acc = float(base[keep_rows].float().mean())
+    rows = []
+    for k in ns:
+        row = {"N": k}
+        for kind in kinds:
+            acc = float(hit[(kind, k)][keep_rows].float().mean())
+            row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
+        row["coef_decrease_pct"] = float("nan")
+        rows.append(row)
+    per = {f"{kind}_{k}": hit[(kind, k)][keep_rows] for kind in kinds for k in ns}
+    per["base"] = base[keep_rows]
+    return MaskKeepTable(
+        table=pd.DataFrame(rows), head=head if head is not None else (first_layer, -1), n_prompts=int(keep_rows.sum()),
+        base_accuracy=base_acc, per_prompt=per,
     )

@@ -130,24 +130,88 @@ def test_arithmetic_dataset_labels_are_the_first_answer_token(tiny):
         ds.select(template="prose")
 
 
+def test_paper_arithmetic_task_two_digits_four_operations(tiny):
+    ds = arithmetic.dataset(tiny, templates=arithmetic.PAPER_TEMPLATES, ops=arithmetic.PAPER_OPS, digits=2, n=5)
+    assert len(ds) == 4 * 4 * 5 and set(ds.ops) == {"+", "-", "*", "/"}
+    for p in ds:
+        assert 10 <= p.a <= 99 and 10 <= p.b <= 99
+        assert p.answer == {"+": p.a + p.b, "-": p.a - p.b, "*": p.a * p.b, "/": p.a // p.b}[p.op]
+        assert p.op != "/" or p.a % p.b == 0  # exact division, as in the paper
+        assert p.answer >= 0
+    assert "The ratio of" in ds.select(template="sum", op="/").texts[0]
+    assert "divides" in ds.select(template="qa", op="/").texts[0]
+    assert len(arithmetic.pairs("/", 2)) == 196  # every two-digit pair b divides a
+    # the same seed draws the same pairs; split gives disjoint sides
+    again = arithmetic.dataset(tiny, templates=arithmetic.PAPER_TEMPLATES, ops=arithmetic.PAPER_OPS, digits=2, n=5)
+    assert again.texts == ds.texts
+    sel, rest = ds.split(2, by="op", seed=1)
+    assert len(sel) == 8 and not set(sel.prompts) & set(rest.prompts) and len(sel) + len(rest) == len(ds)
+    assert len(ds.select(exclude=sel)) == len(rest)
+    with pytest.raises(InputError, match="n must be"):
+        arithmetic.dataset(tiny, n=0)
+
+
+#: the default-model study run the slow tests share: every head of every layer on a small selection split, the
+#: chosen heads and random heads on a larger held-out split, CNA on selection prompts and mask/keep on held-out ones,
+#: Table 2 over all layers (sized to give decisive intervals within about two minutes on two cores)
+SLOW_RUN = dict(
+    templates=("sum", "words", "assert"),
+    n_acc=20,
+    n_sweep=8,
+    n_top_heads=2,
+    n_heldout=30,
+    n_cna=4,
+    cna_layers=10,
+    n_mask=20,
+    ns=(30,),
+    n_top10=6,
+    k_query=100,
+    n_attn=0,
+)
+
+
+@pytest.fixture(scope="module")
+def study(default_model):
+    from codecircuits.studies import cna as study_mod
+
+    return study_mod.run(default_model, progress=False, **SLOW_RUN)
+
+
 @pytest.mark.slow
-def test_arithmetic_heads_and_cna_on_the_default_model(default_model):
-    """Study check: the model adds in code; one head of layers 12-16 carries much of it; masking
-    the top-50 CNA neurons (scored in the last 10 layers) hurts more than masking 50 random neurons."""
-    ds = arithmetic.dataset(default_model, templates=("assert",))
-    assert arithmetic.accuracy(default_model, ds)["assert"] >= 0.8
-    sub = ds.select(limit=10, seed=0)
-    # the heads of layers 12-16 (a full 270-head sweep is the study's job: `codecircuits cna`)
-    swept = [(layer, h) for layer in range(12, 17) for h in range(default_model.cfg.n_heads)]
-    sweep = cna.head_sweep(default_model, sub.texts, sub.label_ids, heads=swept, progress=False)
-    drops = torch.tensor([float(sweep.accuracy_drop[lh]) for lh in swept])
-    assert float(drops.max()) >= 0.2
-    head = sweep.top_head()
-    right = [i for i in range(len(sub)) if bool(sweep.base_correct[i])][:3]
-    texts, labels = [sub.texts[i] for i in right], sub.label_ids[right]
-    res = cna.compare(default_model, texts, head, target=labels, layers=range(20, 30), progress=False)
-    mk = cna.mask_keep(default_model, texts, res, labels=labels, ns=(50,), progress=False).table.iloc[0]
-    assert mk["mask_acc_decrease_pct"] > mk["random_mask_acc_decrease_pct"]
+def test_the_top_head_hurts_held_out_arithmetic_more_than_random_heads(study):
+    """Selected on one split, scored on another: the top head's accuracy drop on held-out prompts has an interval
+    above zero and above the random heads' drop on the same prompts; the model does the task (accuracy interval
+    above chance on + and -)."""
+    h = study.heldout
+    assert study.accuracy_by_op["+"].above(0.5) and study.accuracy_by_op["-"].above(0.5)
+    assert h.drop(study.arithmetic.head).above(0.05)
+    assert h.excess(study.arithmetic.head).above(0)
+    assert h.random_drop().below(0.05)  # random heads are harmless
+    assert study.claim("a single head").verdict in ("reproduced", "partly")
+
+
+@pytest.mark.slow
+def test_masking_top_cna_neurons_hurts_more_than_random_neurons(study):
+    """Neurons ranked by CNA on the selection prompts, masked on held-out correct prompts: the accuracy decrease's
+    interval lies above that of as many random neurons of the same layers (paired)."""
+    from codecircuits import intervals
+
+    per = study.arithmetic.mask_keep.per_prompt
+    diff = intervals.mean(per["random_mask_30"].float() - per["mask_30"].float())
+    assert diff.above(0), diff
+    assert study.claim("masking the top").verdict in ("reproduced", "partly")
+
+
+@pytest.mark.slow
+def test_log_prob_increase_picks_the_neurons_that_matter(study):
+    """METHODS Table 2 over all layers: zeroing the top-10 neurons by log-probability increase lowers the answer's
+    probability with an interval above that of 10 random neurons, and more than the coefficient's top-10; the top
+    query neurons also beat random ones."""
+    c = study.claim("zeroing the top-10 FFN neurons")
+    assert c.evidence.above(0.3) and c.evidence.low > c.control.high, c
+    assert study.claim("log-probability increase picks more important top-10 neurons than coefficient").evidence.above(0)
+    q = study.claim("zeroing the top-100 query")
+    assert q.evidence.low > q.control.high, q
 
 
 def test_study_writes_a_report_and_json(family, tiny, tmp_path):
@@ -157,10 +221,17 @@ def test_study_writes_a_report_and_json(family, tiny, tmp_path):
 
     st = study_mod.run(
         tiny,
+        n_acc=4,
         n_sweep=4,
+        n_heldout=3,
         n_cna=2,
+        n_mask=3,
         n_top10=2,
         top10_layers=None,
+        k_query=5,
+        n_attn=2,
+        attn_layers=1,
+        k_attn=3,
         paren_n_values=(0, 1),
         paren_numbers=2,
         ns=(2, 3),
@@ -175,7 +246,32 @@ def test_study_writes_a_report_and_json(family, tiny, tmp_path):
     page = html.read_text()
     for key in data["metrics"]:
         assert f'data-metric="{key}"' in page
-    assert set(study_mod.tables(st)) >= {"arith_top_heads", "parens_mask_keep"}
+    assert set(study_mod.tables(st)) >= {"arith_top_heads", "parens_mask_keep", "claims", "heldout_heads"}
+    # every claim carries its interval; the held-out heads are disjoint from the random control
+    assert data["claims"] and all(c["evidence"]["low"] <= c["evidence"]["high"] for c in data["claims"])
+    assert not set(data["heldout_heads"]["heads"]) & set(data["heldout_heads"]["random_heads"])
+    assert set(data["accuracy_by_op"]) == {"+", "-", "*", "/"}
+    assert len(st.heldout.ops) == 4 * 3
+
+
+def test_mask_keep_on_held_out_prompts(tiny):
+    layer, d = tiny.cfg.n_layers - 1, tiny.cfg.d_mlp
+    res = cna.compare(tiny, PROMPTS, (layer, 0), progress=False)
+    ranked = cna.ranked_neurons(res, d)
+    assert torch.equal(ranked.sort().values, torch.arange(layer * d, (layer + 1) * d))  # the layer's neurons
+    assert float(res.cna.mean(0)[layer].flatten()[ranked[0] - layer * d]) == float(res.cna.mean(0)[layer].max())
+    mk = cna.mask_keep_heldout(tiny, PROMPTS, res.target, ranked, first_layer=layer, ns=(2, d), progress=False)
+    t = mk.table.set_index("N")
+    assert mk.n_prompts == 3 and bool(mk.per_prompt["base"].all())
+    assert t.loc[d, "keep_acc_decrease_pct"] == 0.0  # keeping every neuron of the layer changes nothing
+    # masking all of them is zeroing the layer's MLP, as the per-prompt table does
+    per_prompt = cna.mask_keep(tiny, PROMPTS, res, ns=(d,), progress=False).table.set_index("N")
+    assert t.loc[d, "mask_acc_decrease_pct"] == per_prompt.loc[d, "mask_acc_decrease_pct"]
+    assert mk.per_prompt[f"mask_{d}"].shape == (3,)
+    with pytest.raises(InputError, match="exceeds"):
+        cna.mask_keep_heldout(tiny, PROMPTS, res.target, ranked[:2], first_layer=layer, ns=(3,), progress=False)
+    with pytest.raises(InputError, match="flat indices"):
+        cna.mask_keep_heldout(tiny, PROMPTS, res.target, torch.tensor([0, 1]), first_layer=layer, ns=(2,), progress=False)
 
 
 def test_cna_on_a_subset_of_layers(tiny):

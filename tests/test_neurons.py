@@ -233,26 +233,39 @@ def test_bad_input_gets_a_clear_error(tiny):
         neurons.head_zero_hooks(tiny, [(0, 99)])
 
 
-@pytest.mark.slow
-def test_log_prob_increase_picks_the_neurons_that_matter(default_model):
-    """Study check (METHODS Table 2, on code arithmetic): zeroing the top-10 neurons by log-probability increase
-    lowers the target's MRR and probability far more than 10 random neurons, and more than the coefficient."""
-    from codecircuits.tasks import arithmetic
+def test_attention_neuron_evaluation_zeroes_the_chosen_neurons(tiny):
+    prompts = ["print(str(str(12", "print(len(str(45"]  # one token length: attention neurons keep sources apart
+    last = tiny.cfg.n_layers - 1
+    attr = neurons.attention_neurons(tiny, prompts, layers=[last], progress=False)
+    ev = neurons.evaluate_top_attention_neurons(tiny, prompts, attr, k=3, progress=False)
+    assert list(ev.table["method"]) == ["original", "logprob_increase", "random"]
+    # by hand: zero prompt 0's top-3 (head, dim) of the last layer, scored summed over source positions
+    flat = attr["logprob_increase"][0].sum(-1).reshape(-1)
+    idx = flat.topk(3).indices.tolist()
+    d = tiny.cfg.d_head
 
-    ds = arithmetic.dataset(default_model, templates=("assert",)).select(limit=8, seed=1)
-    attr = neurons.ffn_neurons(
-        default_model,
-        ds.texts,
-        target=ds.label_ids,
-        scores=("logprob_increase", "coefficient"),
-        layers=range(20, 30),
-        progress=False,
-    )
-    ev = neurons.evaluate_top_neurons(default_model, ds.texts, attr, k=10, progress=False)
-    t = ev.table.set_index("method")
-    assert t.loc["logprob_increase", "prob_drop_pct"] > 30
-    assert t.loc["random", "prob_drop_pct"] < 10
-    assert t.loc["logprob_increase", "mrr"] < t.loc["coefficient", "mrr"]
+    def hook(z, hook):
+        z = z.clone()
+        for i in idx:
+            z[:, :, i // d, i % d] = 0.0
+        return z
+
+    with torch.no_grad(), tiny.hooks(fwd_hooks=[(f"blocks.{last}.attn.hook_z", hook)]):
+        logits = tiny(tiny.to_tokens(prompts[0]))[0, -1]
+    prob = torch.softmax(logits, -1)[attr.target[0]]
+    torch.testing.assert_close(ev.per_prompt["logprob_increase"][0, 1], prob, atol=1e-6, rtol=1e-4)
+    with pytest.raises(InputError, match="attention_neurons"):
+        neurons.evaluate_top_attention_neurons(tiny, prompts, neurons.heads(tiny, prompts, progress=False))
+
+
+def test_query_neurons_as_an_attribution_can_be_zeroed(tiny):
+    value = neurons.ffn_neurons(tiny, PROMPTS, progress=False)
+    q = neurons.query_neurons(tiny, PROMPTS, value, top=5, progress=False)
+    attr = q.to_attribution(value)
+    assert attr.kind == "ffn" and torch.equal(attr["query_score"], q.ffn) and torch.equal(attr.target, value.target)
+    ev = neurons.evaluate_top_neurons(tiny, PROMPTS, attr, k=4, progress=False)
+    assert list(ev.table["method"]) == ["original", "query_score", "random"]
+    assert torch.all(ev.per_prompt["original"][:, 0] == 1.0)
 
 
 def test_a_subset_of_layers_reports_model_layer_numbers(tiny):

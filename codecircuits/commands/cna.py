@@ -7,7 +7,7 @@ import argparse
 from ._options import config_from, config_options, worker_options, workers_of
 
 NAME = "cna"
-HELP = "single-head ablation, comparative neuron analysis and neuron attribution on code arithmetic and parens"
+HELP = "arithmetic heads, comparative neuron analysis and neuron attribution (Yu & Ananiadou) with intervals"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +34,15 @@ def run(args) -> int:
     with workers_of(args) as workers:
         study = cna.run(model, config_from(args, cna.CNAConfig), progress=not args.quiet, workers=workers)
     html, js = study.save(args.out)
+    from ..intervals import claims_markdown
+
     m = study.metrics()
     a = study.arithmetic
-    print(f"arithmetic accuracy: {', '.join(f'{k} {v:.2f}' for k, v in a.accuracy.items())}")
-    print(f"top arithmetic head {head_label(*a.head)}: accuracy drop {m['arith_top_head_accuracy_drop']:.3f}")
+    print(f"accuracy per operation: {', '.join(f'{k} {v.format(3)}' for k, v in study.accuracy_by_op.items())}")
+    print(f"accuracy per template: {', '.join(f'{k} {v:.2f}' for k, v in a.accuracy.items())}")
+    print(f"top arithmetic head {head_label(*a.head)}: selection drop {m['arith_top_head_accuracy_drop']:.3f}")
     print(a.mask_keep.table.round(1).to_string(index=False))
+    print(claims_markdown(study.claims))
     if study.parens is not None:
         p = study.parens
         print(f"top parens head {head_label(*p.head)}: accuracy drop {m['parens_top_head_accuracy_drop']:.3f}")

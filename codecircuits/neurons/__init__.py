@@ -23,13 +23,20 @@ Modules
 - :mod:`~codecircuits.neurons.attention`: heads (:func:`heads`) and attention neurons (:func:`attention_neurons`).
 - :mod:`~codecircuits.neurons.query`: query neurons (:func:`query_neurons`, METHODS §3.2).
 - :mod:`~codecircuits.neurons.evaluation`: hooks that zero neurons or heads, and the top-k zero-ablation
-  evaluation (:func:`evaluate_top_neurons`, METHODS Table 2).
+  evaluation (:func:`evaluate_top_neurons`, METHODS Table 2; :func:`evaluate_top_attention_neurons`).
 
 Everything public is importable from here (``from codecircuits import neurons; neurons.ffn_neurons(...)``).
 """
 
 from .attention import attention_neurons, heads
-from .evaluation import TopNeuronEval, evaluate_top_neurons, head_zero_hooks, neuron_mask_hooks
+from .evaluation import (
+    TopNeuronEval,
+    attention_neuron_mask_hooks,
+    evaluate_top_attention_neurons,
+    evaluate_top_neurons,
+    head_zero_hooks,
+    neuron_mask_hooks,
+)
 from .ffn import FFN_SCORES, ffn_neurons, ffn_neurons_loop, ffn_scores_batch
 from .query import QueryNeurons, query_neurons
 from .readout import DEFAULT_MEMORY_MB, add_and_score, chunk_size, readout_logits, readout_rows
@@ -43,11 +50,13 @@ __all__ = [
     "QueryNeurons",
     "TopNeuronEval",
     "add_and_score",
+    "attention_neuron_mask_hooks",
     "attention_neurons",
     "check_layers",
     "check_position",
     "chunk_size",
     "clean_run",
+    "evaluate_top_attention_neurons",
     "evaluate_top_neurons",
     "ffn_neurons",
     "ffn_neurons_loop",

@@ -76,6 +76,91 @@ def head_zero_hooks(model, heads: Sequence[tuple[int, int]]):
     ]
 
 
+def attention_neuron_mask_hooks(model, mask: Float[torch.Tensor, "batch layer head d_head"], layers: Sequence[int]):
+    """Forward hooks that zero ``attn.hook_z[..., h, j]`` (every position) wherever ``mask [batch, layer, head,
+    d_head]`` is 0: attention neuron (h, j) summed over its source positions, i.e. the row ``W_O[l, h, j]``
+    removed (METHODS §3.1). ``layers`` names the model layers of ``mask``'s layer axis."""
+    layers = list(layers)
+    shape = (len(layers), int(model.cfg.n_heads), int(model.cfg.d_head))
+    if mask.dim() != 4 or tuple(mask.shape[1:]) != shape:
+        raise InputError(f"mask must be [batch, {shape[0]}, {shape[1]}, {shape[2]}]; got {tuple(mask.shape)}.")
+    zero = (mask == 0).to(model.cfg.device)
+    return [hook(hook_name("z", layer), Zero(), zero[:, i][:, None]) for i, layer in enumerate(layers)]
+
+
+def _zero_and_score(model, batches, target, pos, picks: dict, hooks_of, progress: bool, desc: str):
+    """``{"original": [n, 2], method: [n, 2]}``: reciprocal rank and probability of ``target`` with nothing zeroed
+    and with each method's components ``picks[method] [n, k]`` zeroed through ``hooks_of(idx [b, k])``."""
+    n = n_prompts(batches)
+    per = {m: torch.zeros(n, 2) for m in ["original", *picks]}
+    with torch.no_grad():
+        for ix, toks in tqdm(batches, desc=desc, disable=not progress):
+            t = target[ix].to(model.cfg.device)
+            per["original"][ix] = _rr_and_prob(model(toks)[:, pos], t).cpu()
+            for m, idx in picks.items():
+                with model.hooks(fwd_hooks=hooks_of(idx[ix])):
+                    per[m][ix] = _rr_and_prob(model(toks)[:, pos], t).cpu()
+    return per
+
+
+def _table(per: dict) -> pd.DataFrame:
+    orig = per["original"].mean(0)
+    rows = []
+    for m, v in per.items():
+        mrr, prob = v.mean(0).tolist()
+        rows.append(
+            {
+                "method": m,
+                "mrr": mrr,
+                "prob": prob,
+                "mrr_drop_pct": 100 * (1 - mrr / float(orig[0])) if orig[0] > 0 else math.nan,
+                "prob_drop_pct": 100 * (1 - prob / float(orig[1])) if orig[1] > 0 else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluate_top_attention_neurons(
+    model,
+    prompts,
+    attribution: Attribution,
+    *,
+    k: int = 10,
+    random_control: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> TopNeuronEval:
+    """Zero each prompt's top-``k`` attention neurons (head h, dimension j of a layer; the score of (h, j) is its
+    log-probability increase summed over source positions, since zeroing ``hook_z[..., h, j]`` removes every
+    source) and measure the MRR and probability of the target, beside ``k`` random attention neurons of the same
+    layers (the control). ``attribution``: from :func:`~codecircuits.neurons.attention_neurons`."""
+    if attribution.kind != "attention_neuron":
+        raise InputError("evaluate_top_attention_neurons takes an attribution from neurons.attention_neurons().")
+    layers = attribution.settings.get("layers", list(range(model.cfg.n_layers)))
+    batches = prompt_batches(model, prompts, batch_size)
+    n = n_prompts(batches)
+    if n != attribution.n_prompts:
+        raise InputError(f"{n} prompts but the attribution was computed on {attribution.n_prompts}.")
+    n_l, n_h, d_h = len(layers), int(model.cfg.n_heads), int(model.cfg.d_head)
+    flat = attribution["logprob_increase"].sum(-1).reshape(n, -1)
+    if k > flat.shape[1]:
+        raise InputError(f"k={k} but there are only {flat.shape[1]} attention neurons in the scored layers.")
+    picks = {"logprob_increase": flat.topk(k, dim=1).indices}
+    if random_control:
+        g = torch.Generator().manual_seed(seed)
+        picks["random"] = torch.stack([torch.randperm(flat.shape[1], generator=g)[:k] for _ in range(n)])
+
+    def hooks_of(idx):
+        mask = torch.ones(idx.shape[0], n_l * n_h * d_h)
+        mask.scatter_(1, idx, 0.0)
+        return attention_neuron_mask_hooks(model, mask.reshape(-1, n_l, n_h, d_h), layers)
+
+    per = _zero_and_score(model, batches, attribution.target, attribution.pos, picks, hooks_of, progress,
+                          f"zero top-{k} attention neurons")
+    return TopNeuronEval(table=_table(per), k=k, n_prompts=n, per_prompt=per)
+
+
 def _rr_and_prob(logits_pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """[B, 2]: reciprocal rank (1 for top-1) and probability of the target."""
     lw = logits_pos.gather(1, target[:, None])

@@ -56,6 +56,24 @@ class QueryNeurons:
         df["query_score"] = self.ffn.reshape(-1).numpy()
         return df
 
+    def to_attribution(self, value: Attribution) -> Attribution:
+        """The FFN query scores as an FFN :class:`Attribution` (score ``"query_score"``, every layer) for the
+        target of ``value`` (the value attribution they were computed from), e.g. to zero each prompt's top query
+        neurons with :func:`~codecircuits.neurons.evaluate_top_neurons`."""
+        if value.n_prompts != self.ffn.shape[0]:
+            raise InputError(f"{value.n_prompts} prompts in the value attribution, {self.ffn.shape[0]} here.")
+        return Attribution(
+            scores={"query_score": self.ffn},
+            axes=("prompt", "layer", "neuron"),
+            target=value.target,
+            base_logprob=torch.zeros(self.ffn.shape[:2]),
+            kind="ffn",
+            exact_authors_lens=value.exact_authors_lens,
+            pos=value.pos,
+            target_tokens=value.target_tokens,
+            settings={"layers": list(range(self.ffn.shape[1]))},
+        )
+
     def layer_totals(self) -> pd.DataFrame:
         """Per layer, the mean over prompts of the summed FFN query scores and the attention layer's score."""
         return pd.DataFrame(
