@@ -191,6 +191,10 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
         if value is not None:
             assert f'data-metric="{key}"' in page
     assert data["scan"]["tokens"] == st.scan.tokens_done and len(data["edits"]) == len(st.edits)
+    assert [c["claim"][:4] for c in data["claims"]][:1] == ["RQ1:"] and any(
+        c["claim"].startswith("RQ4:") for c in data["claims"]
+    )
+    assert set(data["semantic_share_by_depth"]) == {"early", "middle", "late"}
     # RQ2's control: five draws, each matched on layer and activation magnitude, and intervals on every drop
     for e in st.edits:
         assert len(e.controls) == 5 and len(e.control_draws) == 5

@@ -342,6 +342,30 @@ class ConceptScores:
             )
         return pd.DataFrame(rows)
 
+    def semantic_share_by_depth(
+        self, *, tau: float = 0.5, min_lift: float = 2.0, n_resamples: int = 1000, seed: int = 0
+    ) -> dict:
+        """Per third of the layers (``early``, ``middle``, ``late``), the semantic share of its labelled keys with
+        a 95% bootstrap interval that resamples those keys (:class:`codecircuits.intervals.Interval`; ``n`` is the
+        number of labelled keys, and the estimate is NaN where a third has none)."""
+        from ..intervals import Interval, mean
+
+        lab = self.labels(tau=tau, min_lift=min_lift)
+        kinds = torch.tensor([KINDS.index(c.kind) for c in self.concepts])
+        n = len(self.layers)
+        parts = {"early": (0, n // 3), "middle": (n // 3, n - n // 3), "late": (n - n // 3, n)}
+        out = {}
+        for name, (a, b) in parts.items():
+            lb = lab[a:b].flatten()
+            lb = lb[lb >= 0]
+            sem = (kinds[lb] == KINDS.index("semantic")).double()
+            out[name] = (
+                mean(sem, n_resamples=n_resamples, seed=seed)
+                if len(sem)
+                else Interval(float("nan"), float("nan"), float("nan"), 0)
+            )
+        return out
+
     def keys(
         self, concept, *, tau: float = 0.5, min_lift: float = 2.0, max_keys: int | None = None
     ) -> dict[int, list[int]]:

@@ -18,9 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 from .. import concepts as cc
 from .. import intervals
 from .. import memories as mem
@@ -155,26 +152,6 @@ class LanguagesStudy(Study):
         return write_study(out_dir, self.to_json(), self.report)
 
 
-def semantic_share_intervals(dist_keys: pd.DataFrame, n_layers: int, seed: int = 0) -> dict:
-    """Per third of the layers, the semantic share of its labelled keys with a bootstrap interval over the keys
-    (``dist_keys``: one row per labelled key with columns ``layer`` and ``kind``)."""
-    out = {}
-    thirds = {"early": (0, n_layers // 3), "middle": (n_layers // 3, n_layers - n_layers // 3)}
-    thirds["late"] = (n_layers - n_layers // 3, n_layers)
-    for name, (a, b) in thirds.items():
-        part = dist_keys[(dist_keys["layer"] >= a) & (dist_keys["layer"] < b)]
-        sem = torch.tensor((part["kind"] == "semantic").to_numpy(), dtype=torch.float64)
-        out[name] = intervals.mean(sem, seed=seed) if len(sem) else intervals.Interval(float("nan"), float("nan"), float("nan"), 0)
-    return out
-
-
-def _labelled_keys(scores: cc.ConceptScores, tau: float, min_lift: float) -> pd.DataFrame:
-    lab = scores.labels(tau=tau, min_lift=min_lift)  # [layer, neuron]: concept index or -1
-    li, ni = (lab >= 0).nonzero(as_tuple=True)
-    kinds = [scores.concepts[int(lab[a, b])].kind for a, b in zip(li.tolist(), ni.tolist())]
-    return pd.DataFrame({"layer": [scores.layers[int(i)] for i in li], "kind": kinds})
-
-
 def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress: bool = True, **overrides):
     """Scan each language's corpus (resuming its checkpoint), score it, and compare the languages."""
     cfg = configure(LanguagesConfig, config, overrides)
@@ -183,7 +160,6 @@ def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress:
     scans_dir = Path(cfg.scans).expanduser() if cfg.scans else Path(out_dir or ".") / "scans"
     scans_dir.mkdir(parents=True, exist_ok=True)
     scores, dists, rq1, tokens, corpora, timings = {}, {}, {}, {}, {}, {}
-    n_layers = int(model.cfg.n_layers)
     for spec in cfg.corpora:
         t0 = time.perf_counter()
         chunked = mem.chunk_corpus(model, spec, window=cfg.window, max_tokens=cfg.max_tokens)
@@ -198,7 +174,7 @@ def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress:
         sc = cc.key_scores(scan, chunked, cc.catalogue(language=lang))
         scores[lang] = sc
         dists[lang] = sc.layer_distribution(tau=cfg.tau, min_lift=cfg.min_lift)
-        rq1[lang] = semantic_share_intervals(_labelled_keys(sc, cfg.tau, cfg.min_lift), n_layers)
+        rq1[lang] = sc.semantic_share_by_depth(tau=cfg.tau, min_lift=cfg.min_lift)
         tokens[lang] = scan.tokens_done
         corpora[lang] = str(spec)
         timings[f"{lang}_s"] = round(time.perf_counter() - t0, 1)
@@ -216,4 +192,4 @@ def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress:
     )
 
 
-__all__ = ["LanguagesConfig", "LanguagesStudy", "run", "semantic_share_intervals"]
+__all__ = ["LanguagesConfig", "LanguagesStudy", "run"]

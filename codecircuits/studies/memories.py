@@ -23,6 +23,7 @@ import torch
 
 from .. import agreement as ag
 from .. import concepts as cc
+from .. import intervals
 from .. import memories as mem
 from ..memories.languages import corpus_language
 from ..errors import InputError
@@ -166,6 +167,77 @@ class MemoriesStudy(Study):
             m["resid_late_agreement_longest_bucket"] = float(la[-1])
         return m
 
+    def claims(self) -> list[intervals.Claim]:
+        """The paper's four claims (RQ1-RQ4) with the number each verdict rests on, its interval and control."""
+        cmd = "codecircuits memories"
+        out = []
+        tau, lift = self.settings.get("tau", 0.5), self.settings.get("min_lift", 2.0)
+        d = self.scores.semantic_share_by_depth(tau=tau, min_lift=lift)
+        e, late = d["early"], d["late"]
+        ok = e.n and late.n
+        out.append(
+            intervals.Claim(
+                "RQ1: lower layers store shallow patterns, higher layers more semantic ones",
+                intervals.verdict(bool(ok and late.low > e.high), partly=bool(ok and late.estimate > e.estimate)),
+                evidence=late if late.n else None,
+                control=e if e.n else None,
+                detail="semantic share of labelled keys, last third of the layers (control: first third); "
+                "interval over the labelled keys",
+                command=cmd,
+            )
+        )
+        for ed in self.edits:
+            ex, gen = ed.intervals.get("excess_concept_drop"), ed.intervals.get("general_drop")
+            if ex is None or gen is None:
+                continue
+            out.append(
+                intervals.Claim(
+                    f"RQ2: masking the {ed.concept.name} keys ({ed.concept.kind}) hurts that concept more than "
+                    "random keys do",
+                    intervals.verdict(ex.above(0) and gen.estimate < ex.low, partly=ex.estimate > 0),
+                    evidence=ed.intervals["concept_drop"],
+                    control=ed.intervals["control_concept_drop"],
+                    detail=f"{ed.n_keys} keys; accuracy drop on its predictions vs {len(ed.controls)} magnitude-"
+                    f"matched random draws; excess {ex.format(3)}; general drop {gen.format(3)}",
+                    command=cmd,
+                )
+            )
+        a = self.agreement
+        if a is not None and a.doc_agree is not None:
+            n = a.n_layers
+            q = max(1, n // 4)
+
+            def quarter(part):
+                return lambda x: float(x.curve("resid_post")[part].mean())
+
+            early = a.interval(quarter(slice(0, q)))
+            late_q = a.interval(quarter(slice(n - 1 - q, n - 1)))
+            out.append(
+                intervals.Claim(
+                    "RQ3: early layers rarely agree with the final prediction; agreement rises in later layers",
+                    intervals.verdict(late_q.low > early.high and early.estimate < 0.2, partly=late_q.low > early.high),
+                    evidence=late_q,
+                    control=early,
+                    detail="residual agreement, the last quarter of layers before the final one (control: the first "
+                    "quarter); interval over documents",
+                    command=cmd,
+                )
+            )
+            iv = rq4_intervals(a)
+            gap = iv["depth_gap"]
+            out.append(
+                intervals.Claim(
+                    "RQ4: short contexts are resolved in earlier layers than long ones",
+                    intervals.verdict(gap.above(0), partly=gap.estimate > 0),
+                    evidence=iv["depth_longest"],
+                    control=iv["depth_shortest"],
+                    detail=f"residual depth to agree, longest vs shortest contexts (same {len(a.docs)} documents); "
+                    f"gap {gap.format(3)}",
+                    command=cmd,
+                )
+            )
+        return out
+
     def to_json(self) -> dict:
         """Every number of the study, JSON-ready (NaN becomes null)."""
         a = self.agreement
@@ -197,6 +269,13 @@ class MemoriesStudy(Study):
                 for e in self.edits
             },
             "examples": _example_records(self),
+            "claims": [c.to_json() for c in self.claims()],
+            "semantic_share_by_depth": {
+                k: v.to_json()
+                for k, v in self.scores.semantic_share_by_depth(
+                    tau=self.settings.get("tau", 0.5), min_lift=self.settings.get("min_lift", 2.0)
+                ).items()
+            },
         }
         if a is not None:
             out["agreement"] = {
@@ -515,6 +594,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
     )
     metrics = json_safe(study.metrics())  # the same numbers as results.json ("—" where a number is undefined)
     r.metrics(metrics, labels={k: _LABELS.get(k, k) for k in metrics})
+    r.claims(study.claims())
 
     r.section(
         "What the keys store (RQ1)",
