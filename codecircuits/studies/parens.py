@@ -66,13 +66,13 @@ class ParensConfig:
     prompts_per_n: int = setting(20, "evaluation prompts per paren count: accuracy, lens, heads' F1, interventions")
     pairs_per_n: int = setting(20, "counterfactual pairs per count for sublayer patching (<= prompts_per_n)")
     patch_stride: int = setting(3, "patch at the answer position every this many layers (and the selected layers)")
-    paren_patch_stride: int = setting(10, "patch at the open-paren positions every this many layers")
+    paren_patch_stride: int = setting(15, "patch at the open-paren positions every this many layers")
     patch_chunk: int = setting(5, "layers whose patching cells share one batched run")
     counting_closed: tuple[int, ...] = setting(
         (0, 1, 2, 3), "str( calls closed before the open ones in the counting heads' prompts"
     )
     counting_prompts_per_cell: int = setting(2, "counting prompts per (open, closed) cell, evaluation split")
-    counting_selection_per_cell: int = setting(1, "counting prompts per (open, closed) cell, selection split")
+    counting_selection_per_cell: int = setting(2, "counting prompts per (open, closed) cell, selection split")
     n_candidates: int = setting(8, "heads ablated one at a time")
     ablate_top_k: int = setting(3, "promoters of a count ablated together (against as many random heads)")
     n_random: int = setting(4, "random head sets drawn for each control")
@@ -145,6 +145,7 @@ class ParensConfig:
             paren_patch_stride=1,
             patch_stride=1,
             counting_prompts_per_cell=1,
+            counting_selection_per_cell=1,
             n_candidates=3,
             ablate_top_k=1,
             n_random=2,
