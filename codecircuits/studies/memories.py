@@ -66,9 +66,9 @@ class MemoriesConfig:
         5, "random-key control draws per edit, each matched on layer and on activation magnitude (RMS)"
     )
     agreement_docs: int = setting(
-        24, "documents in every context bucket of the layer agreement, the same ones in each (0 skips it)"
+        16, "documents in every context bucket of the layer agreement, the same ones in each (0 skips it)"
     )
-    agreement_positions: int = setting(4, "predictions drawn per document and context bucket")
+    agreement_positions: int = setting(3, "predictions drawn per document and context bucket")
     agreement_context: int = setting(1024, "longest context of the layer agreement, in tokens")
     kv_keys: int | None = setting(128, "random keys per layer for key-value agreement (0: all)", convert="zero_is_none")
     batch_size: int = setting(8, "chunks per forward of the scan")
@@ -379,7 +379,7 @@ def pick_edit_concepts(
     min_lift: float,
     min_tokens: int = 20,
     min_keys: int = 10,
-    fallback_taus: tuple[float, ...] = (0.3, 0.2),
+    fallback_taus: tuple[float, ...] = (0.3, 0.2, 0.1),
 ) -> list[tuple[str, float]]:
     """Concepts to edit, as ``(name, tau)``: per kind, those with most selected keys among concepts that match at
     least ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``).
