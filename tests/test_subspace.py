@@ -337,43 +337,83 @@ def test_study_runs_end_to_end_and_writes_its_report(family, tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Study-level findings on the default model (smollm2-135m): the paper's illusion at a quiet MLP, none at MLP 26.
+# Study-level findings on the default model (smollm2-135m), all from one shared fixture: at the quiet MLP 18 a DAS
+# direction moves the answer while the whole MLP does not (every seed), but its rowspace part is not dormant; at
+# MLP 26, which carries the count, the checks call the DAS direction and a probe's direction faithful; they call a
+# planted illusion an illusion; the patch equals a rank-1 edit of W_out. Every assertion is on an interval, with
+# the library's own thresholds (sub.RULE).
+
+QUIET, CAUSAL = "blocks.18.mlp.hook_post", "blocks.26.mlp.hook_post"
 
 
 @pytest.fixture(scope="module")
-def smol_pairs(default_model):
+def smol(default_model):
+    from types import SimpleNamespace
+
     from codecircuits.studies import subspace as study
 
-    cfg = study.SubspaceConfig(train_pairs=16, test_pairs=8, template_pairs=2, epochs=3)
-    train, test, accuracy = study.build_pairs(default_model, cfg)
-    return train, test, accuracy
+    m = default_model
+    cfg = study.SubspaceConfig(train_pairs=12, test_pairs=12, template_pairs=3)
+    train, test, accuracy = study.build_pairs(m, cfg)
+    kw = dict(epochs=3, batch_size=6, progress=False)
+    quiet = sub.illusion_checks(m, train, test, QUIET, seeds=(0, 1, 2), **kw)
+    causal = sub.illusion_checks(m, train, test, CAUSAL, seeds=(0,), **kw)
+    probe = sub.probe_direction(m, train, CAUSAL)
+    probe = sub.illusion_checks(m, train, test, CAUSAL, direction=probe, reuse=causal, progress=False)
+    planted = sub.planted_illusion(m, train, QUIET)
+    planted = sub.illusion_checks(m, train, test, QUIET, direction=planted, reuse=quiet, progress=False)
+    edit = sub.edit_equivalence(m, test, quiet.direction, rule="prompt")
+    return SimpleNamespace(
+        train=train, test=test, accuracy=accuracy, quiet=quiet, causal=causal, probe=probe, planted=planted, edit=edit
+    )
 
 
 @pytest.mark.slow
-def test_smollm2_illusion_at_a_quiet_mlp(default_model, smol_pairs):
-    train, test, accuracy = smol_pairs
-    assert accuracy["paper"][2] == 1.0 and accuracy["paper"][3] >= 0.85  # the model can do the task
-    rep = sub.illusion_checks(
-        default_model, train, test, "blocks.18.mlp.hook_post", epochs=3, batch_size=8, progress=False
-    )
-    full, das, row = rep.fldd("full/test"), rep.fldd("das/test"), rep.fldd("rowspace/test")
-    assert abs(full) < 10  # patching the whole MLP does nothing ...
-    assert das > full + 20  # ... but one learned direction inside it does
-    assert row < 0.6 * das  # and most of that goes away along its causally connected part
-    assert rep.null_norm > 0.4
-    assert rep.fldd("nullspace/test") == pytest.approx(0.0, abs=1e-3)
-    assert rep.verdict == "suspicious"
+def test_smollm2_illusion_at_a_quiet_mlp(smol):
+    rule = sub.RULE
+    assert smol.accuracy["paper"][2] == 1.0 and smol.accuracy["paper"][3] >= 0.85  # the model can do the task
+    rep = smol.quiet
+    full = rep.patches["full/test"].fldd_interval
+    assert full.below(rule.quiet_full)  # patching the whole MLP does little ...
+    assert len(rep.seeds) == 3
+    for c in rep.seeds:  # ... but one learned direction inside it does, for every seed
+        das = c.patches["das/test"].fldd_interval
+        assert das.above(full.high) and das.above(rep.patches["random/test"].fldd_interval.high)
+        assert c.flags["exceeds_component"]
+        # the paper's mechanism is not shown here: by the rule the rowspace part is not dormant (the rowspace-only
+        # patch keeps at least half the effect, or the interval straddles a half; the counts separate along v_row)
+        assert not c.fraction.below(rule.min_fraction)
+        assert not c.separation["v_row"].cohens_d_interval.below(rule.min_cohens_d)
+        assert c.separation["v_row"].cohens_d > rule.min_cohens_d
+        assert not c.flags["dormant"] and c.verdict != "illusion"
+        # the random-vector baseline of |v_null| (a random unit vector: ~0.79 here) lies above the direction's
+        assert c.null_norm < rep.norm_baseline.null_low
+    null = rep.patches["nullspace/test"].fldd_interval
+    assert max(abs(null.low), abs(null.high)) < 1e-2  # W_out maps the nullspace part to zero
 
 
 @pytest.mark.slow
-def test_smollm2_mlp26_direction_passes(default_model, smol_pairs):
-    train, test, _ = smol_pairs
-    rep = sub.illusion_checks(
-        default_model, train, test, "blocks.26.mlp.hook_post", epochs=3, batch_size=8, progress=False
-    )
-    full, das, row = rep.fldd("full/test"), rep.fldd("das/test"), rep.fldd("rowspace/test")
-    assert full > 50  # MLP 26 carries the count
-    assert das > 100 and row > 0.5 * das
-    assert rep.separation["v_row"].cohens_d > 3
-    assert rep.fldd("mean_difference/test") > 40
-    assert rep.verdict == "passes", rep.reasons
+def test_smollm2_mlp26_direction_passes(smol):
+    rule = sub.RULE
+    for rep in (smol.causal, smol.probe):  # the DAS direction, and the positive control: a probe's direction
+        full = rep.patches["full/test"].fldd_interval  # MLP 26 carries the count: its full patch is not quiet
+        assert full.above(rule.min_effect) and not full.below(rule.quiet_full)
+        assert rep.verdict == "faithful", rep.reasons
+        assert rep.fraction.low >= rule.min_fraction
+        assert rep.separation["v_row"].cohens_d_interval.above(rule.min_cohens_d)
+
+
+@pytest.mark.slow
+def test_smollm2_checks_catch_a_planted_illusion(smol):
+    rep = smol.planted
+    assert rep.patches["das/test"].fldd_interval.above(sub.RULE.min_effect)  # the planted patch moves the answer
+    assert rep.verdict == "illusion", rep.reasons
+    assert rep.fraction.below(sub.RULE.min_fraction)
+
+
+@pytest.mark.slow
+def test_smollm2_patch_is_a_rank1_edit(smol):
+    e = smol.edit
+    assert float(e.max_logit_diff.max()) < 1e-3 and float(e.mlp_out_diff.max()) < 1e-3
+    assert not e.fldd_patch.excludes(e.fldd_edit.estimate)
+    assert e.fldd_patch.above(sub.RULE.min_effect)  # the patch it equals does something

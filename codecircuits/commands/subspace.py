@@ -34,11 +34,15 @@ def run(args) -> int:
     html, js = study.save(args.out)
     print(f"pairs: {study.n_pairs['train']} train, {study.n_pairs['test']} held out")
     for hook, rep in study.checks.items():
-        row = f"  FLDD full {rep.fldd('full/test'):7.1f}%  DAS {rep.fldd('das/test'):7.1f}%"
-        if "rowspace/test" in rep.patches:
-            row += f"  rowspace {rep.fldd('rowspace/test'):7.1f}%  |v_row| {rep.row_norm:.2f}"
-        print(f"{hook:28s} {rep.verdict:10s}{row}")
+        row = f"  FLDD full {rep.fldd('full/test'):7.1f}%  DAS {rep.patches['das/test'].fldd_interval.format(1)}%"
+        if rep.fraction is not None:
+            row += f"  rowspace share {rep.fraction.format()}  |v_row| {rep.row_norm:.2f}"
+        print(f"{hook:28s} {rep.verdict:14s} (seeds: {', '.join(rep.verdicts)}){row}")
         for reason in rep.reasons:
             print(f"    - {reason}")
+    for name, rep in study.controls.items():
+        print(f"control {name:10s} {rep.hook_name:28s} {rep.verdict}")
+    for c in study.claims:
+        print(f"[{c.verdict}] {c.claim}: {c.evidence.format() if c.evidence else ''}")
     print(f"report  {html}\nresults {js}")
     return 0

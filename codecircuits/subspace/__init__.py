@@ -15,23 +15,29 @@ Metrics, over the feature's answer tokens (one token per feature value):
 - logit difference ``LD = logit(base answer) - logit(source answer)`` at the base prompt's last position;
 - **FLDD** (fractional logit-difference decrease) ``= 100 * (1 - mean LD_patched / mean LD_clean)``: 0 means the
   patch did nothing, 100 that the two answers are tied, above 100 that the answer flipped;
-- **interchange accuracy**: the fraction of pairs whose patched argmax among the answer tokens is the source's answer.
+- **interchange accuracy**: the fraction of pairs whose patched argmax is the source's answer, over the answer
+  tokens (``interchange_accuracy``) and over the whole vocabulary (``interchange_accuracy_vocab``).
+
+Every one of them comes with a 95% percentile-bootstrap interval over pairs (:mod:`~codecircuits.subspace.stats`,
+resampled as :mod:`codecircuits.intervals` does).
 
 The illusion: at an MLP's ``hook_post`` the direction splits as ``v = v_row + v_null`` with ``v_null`` in the kernel of
 the output weights ``W_out[l]`` (``[d_mlp, d_model]``; ``x -> x @ W_out`` ignores it) and ``v_row`` in their column
 space. A patch along ``v`` can move the feature-correlated but causally inert variation of ``v_null`` onto a dormant
 ``v_row`` and so change the output although the model never uses ``v`` on its own inputs. :func:`illusion_checks`
-runs the paper's checks and gives each subspace a verdict:
+runs the paper's checks for one DAS direction per seed and :func:`decide` gives each a verdict by a fixed rule
+(:data:`RULE`): **no effect** unless the held-out FLDD interval lies above ``min_effect`` and a random direction's;
+**illusion** when the rowspace part is dormant -- the rowspace-only patch keeps less than ``min_fraction`` of the
+effect (:func:`rowspace_fraction`, whole interval) or clean activations do not separate along ``v_row`` (Cohen's d
+interval below ``min_cohens_d``); **faithful** when the direction generalises, separates, and (at an MLP) its
+rowspace part is active; otherwise **inconclusive**. Beside them: the full-component patch (a 1-D patch that beats
+a quiet full patch is the paper's first red flag, ``flags["exceeds_component"]``), ``|v_row|`` and ``|v_null|``
+against random unit vectors (:func:`random_norm_baseline`), the difference of class means, a random direction and a
+random rowspace direction (the controls of the same norm).
 
-1. **full-component baseline** -- the whole activation patched at the same position. A 1-D patch that does much more
-   than the full patch while the full patch does less than half the job is a red flag.
-2. **rowspace re-patch** -- patching along ``v_row / |v_row|`` alone should keep the effect; losing more than half of
-   it is a reason to be suspicious. ``|v_row|`` and ``|v_null|`` are reported.
-3. **activations separate** -- clean activations projected on ``v`` (and on ``v_row``, ``v_null``) should separate by
-   feature value (Cohen's d of at least 1); separating along ``v_null`` but not ``v_row`` is the illusion's signature.
-4. **held-out prompts** -- the effect on held-out templates should be at least half the training effect.
-5. **non-optimised directions** -- the difference of class means and a random direction are patched the same way
-   for comparison; a DAS direction no better than a random one found nothing.
+Controls with known answers (:mod:`~codecircuits.subspace.controls`): :func:`probe_direction` (a direction that
+carries the feature) and :func:`planted_illusion` (the paper's mechanism built by hand). The patch is also a rank-1
+edit of ``W_out`` (:mod:`~codecircuits.subspace.edit`, :func:`edit_equivalence`).
 
 Modules
 -------
@@ -42,8 +48,11 @@ Modules
 - :mod:`~codecircuits.subspace.interchange`: :func:`patch` and :class:`PatchResult`; the patch is
   :class:`codecircuits.core.interventions.SubspaceSwap` at one position per pair, equal to TransformerLens's
   ``SubspaceInterchange`` there.
-- :mod:`~codecircuits.subspace.checks`: :func:`readout_matrix`, :func:`rowspace_split`, separation and
-  :func:`illusion_checks`.
+- :mod:`~codecircuits.subspace.checks`: :func:`readout_matrix`, :func:`rowspace_split`, separation, the baselines,
+  :func:`decide` and :func:`illusion_checks`.
+- :mod:`~codecircuits.subspace.controls`: the positive control and the planted illusion.
+- :mod:`~codecircuits.subspace.edit`: the rank-1 ``W_out`` edit equal to a patch.
+- :mod:`~codecircuits.subspace.stats`: vectorised bootstrap intervals (FLDD, shares, Cohen's d).
 
 Everything public is importable from here (``from codecircuits import subspace as sub; sub.patch(...)``).
 """

@@ -520,6 +520,7 @@ def illusion_checks(
     min_cohens_d: float | None = None,
     all_on_train: bool = False,
     n_random_vectors: int = 2000,
+    reuse: IllusionReport | None = None,
     progress: bool = True,
 ) -> IllusionReport:
     """Learn (or take) 1-D directions at ``hook_name`` on ``train`` and run the illusion checks on ``test``.
@@ -528,7 +529,9 @@ def illusion_checks(
     ``readout`` is the matrix whose column space is the causally connected part of the activation space; by
     default the MLP output weights for ``mlp.hook_post`` and none elsewhere (the split is then skipped). Each
     direction's verdict is :func:`decide` with ``rule`` (``min_effect`` / ``min_cohens_d`` override its fields).
-    On the training pairs only the DAS patches are run unless ``all_on_train``.
+    On the training pairs only the DAS patches are run unless ``all_on_train``. ``reuse``: an earlier report of
+    the same hook on the same pairs whose full-component patch, controls and norm baseline are taken over (e.g. to
+    check a control direction beside the DAS ones).
     """
     check_pairs(model, train, hook_name)
     check_pairs(model, test, hook_name)
@@ -546,10 +549,11 @@ def illusion_checks(
     layer = start_layer(model, hook_name)
     data = {}
     for split, pairs in (("train", train), ("test", test)):
+        base_resid = base_residual(model, pairs.base_tokens, layer)
         data[split] = dict(
             source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
-            clean=patched_logits(model, pairs, hook_name, None, 1.0, 64),
-            base_resid=base_residual(model, pairs.base_tokens, layer),
+            clean=patched_logits(model, pairs, hook_name, None, 1.0, 64, base_resid=base_resid),
+            base_resid=base_resid,
             pairs=pairs,
         )
 
@@ -575,22 +579,30 @@ def illusion_checks(
 
     shared: dict[str, PatchResult] = {}
     bar = tqdm(total=6 + 4 * max(1, len(seeds)), desc=f"checks {hook_name}", disable=not progress, leave=False)
-    shared["full/test"] = run_patch("test", "full", None)
-    if all_on_train:
-        shared["full/train"] = run_patch("train", "full", None)
-    md = mean_difference_direction(model, train, hook_name).vector
-    rand = random_direction(model, hook_name, seed=(seeds[0] if seeds else seed) + 1).vector
-    shared["mean_difference/test"] = run_patch("test", "mean_difference", md)
-    shared["random/test"] = run_patch("test", "random", rand)
-    controls = {"mean_difference": md, "random": rand}
-    baseline = None
-    if readout is not None:
-        rand_row = random_rowspace_direction(readout, seed=(seeds[0] if seeds else seed) + 2)
-        shared["random_rowspace/test"] = run_patch("test", "random_rowspace", rand_row)
-        controls["random_rowspace"] = rand_row
-        baseline = random_norm_baseline(readout, n=n_random_vectors, seed=0)
+    if reuse is not None:  # the full patch and the controls of an earlier report of the same hook and pairs
+        if reuse.hook_name != hook_name or reuse.patches["full/test"].n_pairs != len(test):
+            raise InputError(f"reuse must be a report of {hook_name} on the same held-out pairs.")
+        names = ("full", "mean_difference", "random", "random_rowspace")
+        shared = {k: r for k, r in reuse.patches.items() if k.split("/")[0] in names}
+        control_sep = {k: r for k, r in reuse.separation.items() if k in names}
+        baseline = reuse.norm_baseline
+    else:
+        shared["full/test"] = run_patch("test", "full", None)
+        if all_on_train:
+            shared["full/train"] = run_patch("train", "full", None)
+        md = mean_difference_direction(model, train, hook_name).vector
+        rand = random_direction(model, hook_name, seed=(seeds[0] if seeds else seed) + 1).vector
+        shared["mean_difference/test"] = run_patch("test", "mean_difference", md)
+        shared["random/test"] = run_patch("test", "random", rand)
+        controls = {"mean_difference": md, "random": rand}
+        baseline = None
+        if readout is not None:
+            rand_row = random_rowspace_direction(readout, seed=(seeds[0] if seeds else seed) + 2)
+            shared["random_rowspace/test"] = run_patch("test", "random_rowspace", rand_row)
+            controls["random_rowspace"] = rand_row
+            baseline = random_norm_baseline(readout, n=n_random_vectors, seed=0)
+        control_sep = sep(controls)
     bar.update(4)
-    control_sep = sep(controls)
     full_ci = shared["full/test"].fldd_interval
     random_ci = shared["random/test"].fldd_interval
 

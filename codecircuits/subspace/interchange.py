@@ -134,15 +134,18 @@ def patched_vocab_logits(
     activation at ``hook_name`` there swapped inside ``basis`` for the source's; ``basis=None`` is the clean run.
 
     ``base_resid`` (``blocks.{l}.hook_resid_pre`` of the base prompts, for the hook's layer ``l``) lets the patched
-    runs start at that layer; it is computed here when ``None``."""
+    runs start at that layer; it is computed here when ``None`` (the clean run starts there only when it is given)."""
     out = []
-    if basis is None:  # clean run
+    layer = start_layer(model, hook_name)
+    if basis is None:  # clean run: from the given residual (only the last positions unembedded), else the tokens
         for sl in batch_slices(len(pairs), batch_size):
-            out.append(last_logits(model, pairs.base_tokens[sl], pairs.base_positions[sl]).cpu())
+            resid = None if base_resid is None or layer is None else base_resid[sl]
+            out.append(
+                last_logits(model, pairs.base_tokens[sl], pairs.base_positions[sl], layer=layer, resid=resid).cpu()
+            )
         return torch.cat(out)
     if source is None:
         source = activations(model, hook_name, pairs.source_tokens, pairs.source_positions, batch_size=batch_size)
-    layer = start_layer(model, hook_name)
     if base_resid is None:
         base_resid = base_residual(model, pairs.base_tokens, layer)
     for sl in batch_slices(len(pairs), batch_size):
@@ -211,8 +214,10 @@ def patch(
             raise InputError("A [d, k] basis must have orthonormal columns (basis.T @ basis = I).")
     if basis.shape[0] != d:
         raise InputError(f"The direction has size {basis.shape[0]} but activations at {hook_name} have size {d}.")
+    if base_resid is None:
+        base_resid = base_residual(model, pairs.base_tokens, start_layer(model, hook_name))
     if clean is None:
-        clean = patched_logits(model, pairs, hook_name, None, 1.0, batch_size)
+        clean = patched_logits(model, pairs, hook_name, None, 1.0, batch_size, base_resid=base_resid)
     vocab = patched_vocab_logits(model, pairs, hook_name, basis, strength, batch_size, source, base_resid)
     patched = vocab[:, pairs.answer_ids]
     ld_clean, ld_patched = _ld(clean, pairs), _ld(patched, pairs)
