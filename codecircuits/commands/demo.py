@@ -1,4 +1,5 @@
-"""``codecircuits demo``: the closing-parenthesis study on the default model, written as an HTML report."""
+"""``codecircuits demo``: the closing-parenthesis study on the default model, written as an HTML report; prints
+the study's claim verdicts."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def run(args) -> int:
     html, js = study.save(Path(args.out) / "parens")
     acc = ", ".join(f"{k}: {v:.2f}" for k, v in study.accuracy.items())
     print(f"closing parentheses on {name}: accuracy per number of parens {acc}")
+    for c in study.claims:
+        print(f"{c.verdict:>15}  {c.claim}" + (f"  {c.evidence.format()}" if c.evidence else ""))
     print(f"report written to {html}")
     print(f"numbers written to {js}")
     return 0

@@ -36,5 +36,7 @@ def run(args) -> int:
     emerge = ", ".join(f"{k}: {v}" for k, v in study.emergence.items())
     print(f"accuracy per number of parens  {acc}")
     print(f"answer emerges at layer        {emerge}")
+    for c in study.claims:
+        print(f"{c.verdict:>15}  {c.claim}" + (f"  {c.evidence.format()}" if c.evidence else ""))
     print(f"report  {html}\nresults {js}")
     return 0

@@ -7,17 +7,23 @@ Composes the task (:mod:`codecircuits.tasks.parens`), the lens (:mod:`codecircui
 1. accuracy per number of closing parens;
 2. logit lens of the correct-minus-wrong logit difference at every ``resid_pre`` / ``resid_post``;
 3. attention versus MLP: direct contributions of each sublayer, and patching ``attn_out`` / ``mlp_out``
-   from clean into counterfactual runs;
+   from clean into counterfactual runs at the answer position and at the open-paren positions;
 4. paren-promoting heads with precision, recall and F1;
-5. counting heads (attention to the ``(`` tokens that tracks the count), and whether they promote it;
-6. zero-ablation of candidate heads, and amplification of the top promoters of the hardest count;
+5. counting heads: attention to the ``(`` tokens that tracks the number of open parens once the prompt's length
+   and its ``(`` tokens are regressed out, on prompts that close some calls first;
+6. zero-ablation of candidate heads and of each count's promoters (against random heads), and amplification of
+   the failing count's promoters and of the authors' general heads (against random heads);
 7. the same readouts on prompts mined from real held-out code.
+
+Heads, the reported layers and the failing count are chosen on the ``selection_split`` (train) prompts and every
+number is measured on the ``split`` (test) prompts, with a 95% bootstrap interval over prompts; ``claims`` are the
+paper's claims with their verdicts (:class:`codecircuits.intervals.Claim`).
 
 The "wrong" token of a prompt with ``k`` open parens is the neighbouring count: ``k + 1`` parens when the
 dataset has that token, else ``k - 1`` (the counterfactual's answer, as in the paper's patching).
 
     >>> study = run(model, ParensConfig(prompts_per_n=24))
-    >>> study.accuracy, study.emergence, study.to_json()
+    >>> study.accuracy, study.emergence, study.intervals["accuracy"], study.claims
     >>> study.save("reports/parens")     # report.html + results.json
 """
 
