@@ -548,7 +548,7 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, worker
         "n_mask_prompts": len(mask_set),
         "mask_keep_ns": list(ns),
         "cna_scored_layers": [res.settings["layers"][0], res.settings["layers"][-1]],
-        "top10_layers": "all" if layers is None else [layers[0], layers[-1]],
+        "top10_layers": "all" if layers is None else f"{layers[0]}-{layers[-1]}",
         "seconds": round(time.time() - t0, 1),
     }
     name = str(getattr(model.cfg, "model_name", "model"))
@@ -690,8 +690,8 @@ def claims_of(study: CNAStudy) -> list[Claim]:
         rnd = _prob_drop(o, t["random"][:, 1])
         out.append(
             Claim(
-                "zeroing the top-10 FFN neurons by log-probability increase (all layers) lowers the answer's "
-                "probability far more than 10 random neurons",
+                f"zeroing the top-10 FFN neurons by log-probability increase ({study.settings.get('top10_layers')} "
+                "layers) lowers the answer's probability far more than 10 random neurons",
                 intervals.verdict(lpi.above(0.3) and lpi.low > rnd.high, partly=lpi.low > rnd.high),
                 lpi,
                 rnd,
