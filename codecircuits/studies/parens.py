@@ -152,6 +152,7 @@ class ParensConfig:
             patch_stride=1,
             counting_prompts_per_cell=1,
             counting_selection_per_cell=1,
+            counting_closed=(0, 2),
             n_candidates=3,
             ablate_top_k=1,
             n_random=2,
