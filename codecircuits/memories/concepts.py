@@ -668,9 +668,9 @@ def edit_concept(
     """Mask ``concept``'s keys (selected from ``scores``, or given as ``keys``) and measure the effect.
 
     Concept predictions are those whose target token overlaps a match of the concept's regex (``at="target"``) or
-    those made at such a token (``at="trigger"``: the input token is in the concept, which is how a key's
-    trigger examples are labelled by :func:`key_scores`; :func:`concept_positions`); general predictions are all
-    others. The control masks as many random keys per layer (``n_controls`` draws, matched
+    those made at such a token (``at="trigger"``: the input token matches the concept under the concept's own
+    scope, token or line, exactly as a key's trigger examples are labelled by :func:`key_scores`;
+    :func:`concept_positions`); general predictions are all others. The control masks as many random keys per layer (``n_controls`` draws, matched
     on activation magnitude when ``match`` is a scan's :class:`ActivationStats`, see :func:`random_keys`); its row
     averages each token's loss over the draws and counts a token correct when most draws are right, and
     ``control_draws`` keeps each draw's drops. ``intervals`` holds the accuracy drops (baseline − masked, baseline
@@ -688,7 +688,7 @@ def edit_concept(
         else {int(k): sorted(int(n) for n in v) for k, v in keys.items()}
     )
     n_keys = sum(len(v) for v in sel_keys.values())
-    cmask = token_masks(chunked, [c], force_token=True).mask[0]
+    cmask = token_masks(chunked, [c], force_token=at == "target").mask[0]  # "trigger": the scope keys are labelled in
     base = baseline if baseline is not None else evaluate(model, chunked, batch_size=batch_size, progress=progress)
     sel = concept_positions(base, cmask, at)
     rows = [_row("baseline", 0, base, sel)]

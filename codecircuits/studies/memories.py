@@ -478,7 +478,7 @@ def run(
         t0 = time.perf_counter()
         ev = mem.chunk_corpus(model, eval_corpus, window=window, max_tokens=edit_tokens)
         if edit is None:
-            emask = cc.token_masks(ev, scores.concepts, force_token=True).mask[:, cc.chunk_flat_tokens(ev)]
+            emask = cc.token_masks(ev, scores.concepts, force_token=cfg.edit_at == "target").mask[:, cc.chunk_flat_tokens(ev)]
             names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
         else:
             names = [(c, tau) for c in edit]
