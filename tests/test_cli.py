@@ -125,8 +125,8 @@ def test_every_config_setting_has_an_option(command):
 
 def test_study_command_options_reach_the_study(monkeypatch):
     study, call = _capture(monkeypatch, "parens")
-    (cfg,), _ = call("--prompts-per-n", "7", "--no-mined")
-    assert cfg == study.ParensConfig(prompts_per_n=7, mined=False)
+    (cfg,), _ = call("--prompts-per-n", "24", "--no-mined")
+    assert cfg == study.ParensConfig(prompts_per_n=24, mined=False)
     study, call = _capture(monkeypatch, "cna")
     (cfg,), _ = call("--templates", "assert, comment", "--no-parens", "--n-sweep", "3")
     assert cfg == study.CNAConfig(templates=("assert", "comment"), paren_n_values=(), n_sweep=3)
