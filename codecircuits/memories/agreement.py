@@ -175,6 +175,17 @@ def _cap(keep: torch.Tensor, bucket: torch.Tensor, total: torch.Tensor, cap: int
     return ok.view_as(keep)
 
 
+def _top1(model, x: torch.Tensor, scale: torch.Tensor, comp: str, rows: int) -> torch.Tensor:
+    """Top-1 token of each vector of ``x`` read through the unembedding with the frozen final ``scale`` (``b_U``
+    left out of ``mlp_out`` readouts), ``rows`` vectors at a time."""
+    return torch.cat(
+        [
+            to_logits(model, x[r : r + rows], scale[r : r + rows], include_bias=comp != "mlp_out").argmax(-1)
+            for r in range(0, len(x), rows)
+        ]
+    ).cpu()
+
+
 def default_edges(window: int) -> tuple[int, ...]:
     """Powers of two from 1, the last bucket closed at the longest context: 1, 2, 4, ..., window + 1."""
     e = [1]
@@ -243,17 +254,7 @@ def layer_agreement(
             for ci, comp in enumerate(comps):
                 for layer in range(n_layers):
                     x = cache[hook_name(comp, layer)][kd]
-                    top = torch.cat(
-                        [
-                            to_logits(
-                                model,
-                                x[r : r + readout_rows],
-                                scale[r : r + readout_rows],
-                                include_bias=comp != "mlp_out",
-                            ).argmax(-1)
-                            for r in range(0, len(x), readout_rows)
-                        ]
-                    ).cpu()
+                    top = _top1(model, x, scale, comp, readout_rows)
                     agree[ci, layer] += torch.bincount(bk[top == final], minlength=len(eds) - 1)
             del cache
     return LayerAgreement(
@@ -356,17 +357,7 @@ def balanced_agreement(
             for ci, comp in enumerate(comps):
                 for layer in range(n_layers):
                     x = cache[hook_name(comp, layer)][rows, pos]
-                    top = torch.cat(
-                        [
-                            to_logits(
-                                model,
-                                x[r : r + readout_rows],
-                                scale[r : r + readout_rows],
-                                include_bias=comp != "mlp_out",
-                            ).argmax(-1)
-                            for r in range(0, len(x), readout_rows)
-                        ]
-                    ).cpu()
+                    top = _top1(model, x, scale, comp, readout_rows)
                     hit = top == final
                     doc_agree[ci, layer].index_put_((bk[hit], slot[hit]), torch.ones_like(bk[hit]), accumulate=True)
             del cache
