@@ -156,7 +156,7 @@ def test_paper_arithmetic_task_two_digits_four_operations(tiny):
 #: Table 2 over the last 6 layers (all 30 cost minutes: that is the study's job); sized to give decisive intervals
 #: within about a minute and a half on two cores
 SLOW_RUN = dict(
-    templates=("sum", "words"),
+    templates=("sum",),
     n_acc=10,
     n_sweep=4,
     n_top_heads=1,

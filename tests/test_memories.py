@@ -172,6 +172,7 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
         edit_tokens=60,
         agreement_docs=2,
         agreement_context=16,
+        edit_controls=2,
         kv_keys=16,
         progress=False,
     )
@@ -195,14 +196,14 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
         c["claim"].startswith("RQ4:") for c in data["claims"]
     )
     assert set(data["semantic_share_by_depth"]) == {"early", "middle", "late"}
-    # RQ2's control: five draws, each matched on layer and activation magnitude, and intervals on every drop
+    # RQ2's control: draws (five by default), each matched on layer and activation magnitude, and intervals on every drop
     for e in st.edits:
-        assert len(e.controls) == 5 and len(e.control_draws) == 5
+        assert len(e.controls) == 2 and len(e.control_draws) == 2
         assert all({k: len(v) for k, v in c.items()} == {k: len(v) for k, v in e.keys.items()} for c in e.controls)
         iv = data["edit_intervals"][e.concept.name]
         assert "general_drop" in iv["drops"]  # concept tokens may be absent from this tiny evaluation text
         assert all(d["low"] <= d["estimate"] <= d["high"] for d in iv["drops"].values())
-        assert len(iv["magnitude"]["control_rms"]) == 5
+        assert len(iv["magnitude"]["control_rms"]) == 2
 
 
 def test_memories_command(tiny_dirs, tmp_path, capsys):
@@ -211,7 +212,7 @@ def test_memories_command(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "rep"
     args = ["memories", "--model", str(tiny_dirs["gpt_neox"]), "--out", str(out), "--corpus", "stdlib:validation"]
     args += ["--max-tokens", "120", "--window", "24", "--top-k", "3", "--edit-tokens", "48"]
-    args += ["--agreement-docs", "3", "--agreement-context", "24", "--quiet"]
+    args += ["--agreement-docs", "3", "--agreement-context", "24", "--edit-controls", "1", "--quiet"]
     assert main(args) == 0
     assert (out / "report.html").is_file() and (out / "results.json").is_file() and (out / "scan.safetensors").is_file()
     assert "residual depth to agree" in capsys.readouterr().out
