@@ -8,9 +8,7 @@ name of its own (Go's ``concurrency``, Java's ``ngram_this``). :data:`SHARED` li
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from .concepts import CATALOGUE, CODE, Concept
+from .concepts import CATALOGUE, Concept, get, with_regions
 from .languages import C_COMMENT, GO_STRING, JAVA_STRING
 
 _ASSIGN = r"(?<![=!<>+\-*/%&|^:])=(?!=)"
@@ -18,11 +16,7 @@ _ARITH = r"(?<=[\w)\]]) (?:<<|>>|[-+*/%])=? (?=[\w(\[.])"
 _COMMON_SHALLOW = (
     Concept("kw_return", "shallow", r"\breturn\b", "line", "a return line"),
     Concept("kw_if", "shallow", r"\b(?:if|else|switch|case)\b", "line", "a conditional line"),
-    Concept("indentation", "shallow", r"^[ \t]+", "token", "leading whitespace of a line"),
-    Concept("open_bracket", "shallow", r"[(\[{]", "token", "an opening bracket"),
-    Concept("close_bracket", "shallow", r"[)\]}]", "token", "a closing bracket"),
-    Concept("comma", "shallow", r",", "token", "a comma"),
-    Concept("dot", "shallow", r"(?<=\w)\.(?=\w)", "token", "attribute access dot"),
+    *(get(n) for n in ("indentation", "open_bracket", "close_bracket", "comma", "dot")),  # as in Python
     Concept("block_open", "shallow", r"\{[ \t]*$", "token", "the brace that opens a block"),
     Concept("comment", "shallow", C_COMMENT, "token", "inside a comment"),
     Concept("number", "shallow", r"\b\d+(?:\.\d+)?[lLfFdD]?\b", "token", "a number literal"),
@@ -133,22 +127,8 @@ GO: tuple[Concept, ...] = (
 # keywords, names, operators and every semantic concept count only in code; strings and comments exclude each other
 _CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_this", "assign"}
 _CODE_SHALLOW |= {"number", "block_open"}
-_SKIP = {"string": ("comment",), "comment": ("string",)}
-
-
-def _finish(cat: tuple[Concept, ...], language: str) -> tuple[Concept, ...]:
-    return tuple(
-        replace(
-            c,
-            language=language,
-            skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in _CODE_SHALLOW else ()),
-        )
-        for c in cat
-    )
-
-
-JAVA = _finish(JAVA, "java")
-GO = _finish(GO, "go")
+JAVA = with_regions(JAVA, _CODE_SHALLOW, "java")
+GO = with_regions(GO, _CODE_SHALLOW, "go")
 CATALOGUES = {"python": CATALOGUE, "java": JAVA, "go": GO}
 
 #: concept names every catalogue has: the concepts compared across languages

@@ -146,10 +146,22 @@ CATALOGUE: tuple[Concept, ...] = (
 _CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_self", "ngram_dunder"}
 _CODE_SHALLOW |= {"assign", "number"}
 _SKIP = {"string": ("comment",), "comment": ("string",)}
-CATALOGUE = tuple(
-    replace(c, skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in _CODE_SHALLOW else ()))
-    for c in CATALOGUE
-)
+
+
+def with_regions(cat: Sequence[Concept], code_shallow: set[str], language: str = "python") -> tuple[Concept, ...]:
+    """``cat`` in ``language`` with the regions each concept skips: strings and comments exclude each other, and
+    the semantic concepts and the ``code_shallow`` ones count only in code."""
+    return tuple(
+        replace(
+            c,
+            language=language,
+            skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in code_shallow else ()),
+        )
+        for c in cat
+    )
+
+
+CATALOGUE = with_regions(CATALOGUE, _CODE_SHALLOW)
 
 
 def catalogue(kind: str | None = None, language: str = "python") -> tuple[Concept, ...]:
