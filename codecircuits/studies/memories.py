@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from .. import agreement as ag
 from .. import concepts as cc
 from .. import intervals
 from .. import memories as mem
-from ..memories.languages import corpus_language
 from ..errors import InputError
+from ..memories.languages import corpus_language
 from .common import Study, configure, json_safe, setting, write_study
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
@@ -167,12 +168,24 @@ class MemoriesStudy(Study):
             m["resid_late_agreement_longest_bucket"] = float(la[-1])
         return m
 
+    @cached_property
+    def rq4(self) -> dict:
+        """RQ4's numbers with intervals over documents (:func:`rq4_intervals`; ``{}`` without a balanced agreement),
+        computed once."""
+        return rq4_intervals(self.agreement) if self.agreement is not None else {}
+
+    @cached_property
+    def semantic_by_depth(self) -> dict:
+        """:meth:`ConceptScores.semantic_share_by_depth` at the study's tau and lift, computed once."""
+        return self.scores.semantic_share_by_depth(
+            tau=self.settings.get("tau", 0.5), min_lift=self.settings.get("min_lift", 2.0)
+        )
+
     def claims(self) -> list[intervals.Claim]:
         """The paper's four claims (RQ1-RQ4) with the number each verdict rests on, its interval and control."""
         cmd = "codecircuits memories"
         out = []
-        tau, lift = self.settings.get("tau", 0.5), self.settings.get("min_lift", 2.0)
-        d = self.scores.semantic_share_by_depth(tau=tau, min_lift=lift)
+        d = self.semantic_by_depth
         e, late = d["early"], d["late"]
         ok = e.n and late.n
         out.append(
@@ -223,7 +236,7 @@ class MemoriesStudy(Study):
                     command=cmd,
                 )
             )
-            iv = rq4_intervals(a)
+            iv = self.rq4
             gap = iv["depth_gap"]
             out.append(
                 intervals.Claim(
@@ -270,12 +283,7 @@ class MemoriesStudy(Study):
             },
             "examples": _example_records(self),
             "claims": [c.to_json() for c in self.claims()],
-            "semantic_share_by_depth": {
-                k: v.to_json()
-                for k, v in self.scores.semantic_share_by_depth(
-                    tau=self.settings.get("tau", 0.5), min_lift=self.settings.get("min_lift", 2.0)
-                ).items()
-            },
+            "semantic_share_by_depth": {k: v.to_json() for k, v in self.semantic_by_depth.items()},
         }
         if a is not None:
             out["agreement"] = {
@@ -288,7 +296,7 @@ class MemoriesStudy(Study):
                 "resid_late_agreement": a.late_agreement("resid_post"),
                 "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
                 "docs": list(a.docs),
-                "intervals": {k: v.to_json() for k, v in rq4_intervals(a).items()},
+                "intervals": {k: v.to_json() for k, v in self.rq4.items()},
             }
         return json_safe(out)
 
@@ -721,7 +729,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
             caption="Per context bucket: first layer whose residual agrees on half the positions; "
             "depth to agree = mean over layers of (1 - agreement), 0 = every layer agrees",
         )
-        iv = rq4_intervals(a)
+        iv = study.rq4
         if iv:
             r.table(
                 [{"number": k, "estimate (95% CI over documents)": v.format(3)} for k, v in iv.items()],
