@@ -48,7 +48,7 @@ test-latest:
 
 # the Java and Go corpora (Debian's openjdk-17-source and golang-1.19-src, unpacked into the cache; never committed)
 corpora: $(STAMP)
-	$(BIN)/codecircuits corpus fetch java go
+	$(BIN)/codecircuits corpus fetch java go shell
 
 # opt-in: the second real model (253 MB, Gemma terms of use)
 install-gemma: $(STAMP)

@@ -129,15 +129,17 @@ def humaneval() -> Corpus:
 
 
 def load(spec: str) -> Corpus:
-    """A corpus from a short spec: ``stdlib``, ``stdlib:train|validation|test``, ``humaneval``, ``java[:split]``
-    and ``go[:split]`` (Debian's sources, :mod:`codecircuits.debian_sources`; fetched once), a directory of
-    Python files, or ``java:DIR`` / ``go:DIR`` (the ``.java`` / ``.go`` files of a directory)."""
+    """A corpus from a short spec: ``stdlib``, ``stdlib:train|validation|test``, ``humaneval``, ``java[:split]``,
+    ``go[:split]`` and ``shell[:split]`` (Debian's sources, :mod:`codecircuits.debian_sources`; fetched once), a
+    directory of Python files, or ``java:DIR`` / ``go:DIR`` / ``shell:DIR`` (the ``.java`` / ``.go`` / ``.sh``
+    files of a directory)."""
     if spec == "humaneval":
         return humaneval()
     lang, _, split = spec.partition(":")
-    if lang in ("java", "go") and split and split not in SPLITS and not Path(spec).exists():
-        return directory(split, suffixes=(f".{lang}",), name=spec)
-    if lang in ("java", "go") and not Path(spec).exists():
+    suffix = {"java": ".java", "go": ".go", "shell": ".sh"}
+    if lang in suffix and split and split not in SPLITS and not Path(spec).exists():
+        return directory(split, suffixes=(suffix[lang],), name=spec)
+    if lang in suffix and not Path(spec).exists():
         from .debian_sources import corpus as debian_corpus
 
         return debian_corpus(lang, split or None)

@@ -1,8 +1,11 @@
-"""Real Java and Go source from Debian's packages, fetched once into the cache (never committed).
+"""Real Java, Go and shell source from Debian's packages, fetched once into the cache (never committed).
 
 Haider et al. (2024) study Java, Go and Python. Offline, Debian carries all three: the JDK's own sources
 (``openjdk-17-source``: ``lib/src.zip``, about 15,000 Java files) and Go's standard library
-(``golang-1.19-src``: about 8,900 Go files). :func:`fetch` downloads a package with ``apt-get download`` (no
+(``golang-1.19-src``: about 8,900 Go files). The MINT repair study's shell task (line completion of shell
+commands, an offline stand-in for MINT's intent-to-bash) reads real bash scripts: the ``bash-completion``
+package's completion scripts (``usr/share/bash-completion/completions``, about 470 files that are not symlinks,
+28,000 lines); they have no file suffix, so each is stored under its name plus ``.sh``. :func:`fetch` downloads a package with ``apt-get download`` (no
 install, no root needed for that), unpacks it with ``dpkg-deb -x`` and keeps only the source files, under
 ``$CODECIRCUITS_CACHE/corpora/<language>``; a ``MANIFEST.json`` written last marks a complete copy, so an
 interrupted fetch is redone, never used half-done.
@@ -36,6 +39,7 @@ class Source:
     inner: str  # a directory of the unpacked package, or a zip archive in it
     suffix: str
     exclude_dirs: frozenset[str]
+    any_file: bool = False  # keep every regular file (not symlinks), stored under its name + ``suffix``
 
 
 SOURCES = {
@@ -43,6 +47,8 @@ SOURCES = {
                    frozenset({"test", "tests", "testdata", "demo", "sample"})),
     "go": Source("go", "golang-1.19-src", "usr/share/go-1.19/src", ".go",
                  frozenset({"test", "testdata"})),
+    "shell": Source("shell", "bash-completion", "usr/share/bash-completion/completions", ".sh",
+                    frozenset(), any_file=True),
 }
 MANIFEST = "MANIFEST.json"
 
@@ -70,6 +76,8 @@ def fetched(language: str) -> bool:
 
 def _keep(rel: str, src: Source) -> bool:
     parts = rel.split("/")
+    if src.any_file:
+        return not any(p in src.exclude_dirs for p in parts[:-1])
     if not rel.endswith(src.suffix) or any(p in src.exclude_dirs for p in parts[:-1]):
         return False
     return not (src.language == "go" and rel.endswith("_test.go"))
@@ -128,10 +136,10 @@ def fetch(language: str, *, deb: str | os.PathLike | None = None, force: bool = 
         else:
             if not inner.is_dir():
                 raise InputError(f"{deb_path} has no {src.inner}/; is it {src.package}?")
-            for p in sorted(inner.rglob(f"*{src.suffix}")):
+            for p in sorted(inner.rglob("*" if src.any_file else f"*{src.suffix}")):
                 rel = p.relative_to(inner).as_posix()
-                if p.is_file() and _keep(rel, src):
-                    target = out / rel
+                if p.is_file() and not p.is_symlink() and _keep(rel, src):
+                    target = out / (rel + src.suffix if src.any_file else rel)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(p, target)
                     n += 1

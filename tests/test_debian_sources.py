@@ -70,3 +70,33 @@ def test_go_and_java_corpora_from_debian_packages(tmp_path, monkeypatch):
     assert len(ds.corpus("java")) == 5
     with pytest.raises(InputError, match="choose one of"):
         ds.fetch("rust")
+
+
+def test_shell_corpus_from_bash_completion(tmp_path, monkeypatch):
+    """Shell scripts have no suffix: every regular file is kept as NAME.sh, symlinks (aliases) are left out."""
+    monkeypatch.setenv("CODECIRCUITS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="codecircuits corpus fetch shell"):
+        corpus_mod.load("shell:test")
+    comp = "usr/share/bash-completion/completions/"
+    files = {f"{comp}tool{i}": f"# bash completion for tool{i}\n_tool{i}()\n{{\n    local cur\n}}\n" for i in range(30)}
+    files[comp + "helper.py"] = "_helper() { :; }\n"
+    deb_root = tmp_path / "bash-completion"
+    (deb_root / "DEBIAN").mkdir(parents=True)
+    (deb_root / "DEBIAN" / "control").write_text(
+        "Package: bash-completion\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+    )
+    for rel, text in files.items():
+        p = deb_root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    (deb_root / comp / "alias0").symlink_to("tool0")
+    deb = tmp_path / "bash-completion_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "-b", str(deb_root), str(deb)], check=True, capture_output=True)
+    path = ds.fetch("shell", deb=deb)
+    assert ds.fetched("shell") and (path / ds.MANIFEST).is_file()
+    whole = corpus_mod.load("shell")
+    assert sorted(f.path for f in whole) == sorted([f"tool{i}.sh" for i in range(30)] + ["helper.py.sh"])
+    assert next(f for f in whole if f.path == "tool3.sh").text.startswith("# bash completion for tool3")
+    splits = {s: {f.path for f in corpus_mod.load(f"shell:{s}")} for s in corpus_mod.SPLITS}
+    assert sum(len(v) for v in splits.values()) == 31
+    assert all(corpus_mod.split_of(p) == s for s, ps in splits.items() for p in ps)

@@ -1,11 +1,14 @@
-"""``codecircuits corpus``: fetch the Java and Go corpora from Debian's packages, and list what is here."""
+"""``codecircuits corpus``: fetch the Java, Go and shell corpora from Debian's packages, and list what is here."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "corpus"
-HELP = "fetch the Java / Go source corpora (Debian's openjdk-17-source, golang-1.19-src) and list the corpora"
+HELP = (
+    "fetch the Java / Go / shell source corpora (Debian's openjdk-17-source, golang-1.19-src, bash-completion) "
+    "and list the corpora"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
