@@ -11,8 +11,14 @@ Patches are reversible: :class:`WeightPatch` keeps the tensors it replaced and `
 
 Weights are named per block, ``blocks.{l}.<path inside the block>`` (e.g. ``blocks.3.mlp.out.weight``), the same
 on every architecture, and are the tensors the bridge's forward pass reads (its processed weight space).
-Code shifts that are real: :func:`tabs_for_spaces` (tab indentation) and :func:`rename_locals` (a deterministic
-minifier-style renaming of local names with the stdlib ``tokenize`` and ``ast`` modules).
+Code shifts that are real and keep the program's meaning: :func:`tabs_for_spaces` (tab indentation),
+:func:`reindent` (2-space indentation), :func:`rename_locals` (a deterministic minifier-style renaming of local
+names with the stdlib ``tokenize`` and ``ast`` modules), :func:`swap_quotes` (single-quoted strings become
+double-quoted and back, checked to leave the AST unchanged) and :func:`strip_comments`.
+
+Evaluation is per document (:func:`doc_tokens`, :func:`doc_losses`), so bootstrap intervals can resample documents;
+signatures are saved and loaded as safetensors (:func:`save`, :func:`load`) and compared with a matched-norm random
+direction (:func:`random_like`).
 """
 
 from __future__ import annotations
@@ -41,9 +47,18 @@ __all__ = [
     "alpha_sweep",
     "block_params",
     "compose",
+    "doc_losses",
+    "doc_tokens",
     "finetune",
     "full_copy_bytes",
     "lm_loss",
+    "load",
+    "random_like",
+    "reindent",
+    "save",
+    "save_full_copy",
+    "strip_comments",
+    "swap_quotes",
     "make_batches",
     "patch",
     "patched",
@@ -224,6 +239,62 @@ def compose(signatures: Sequence[TaskVector], alphas: Sequence[float] | None = N
     return TaskVector(name, out)
 
 
+def random_like(tv: TaskVector, seed: int = 0, name: str | None = None) -> TaskVector:
+    """A random direction with ``tv``'s norm in every tensor (Gaussian, rescaled per tensor): the matched-norm
+    control for a signature."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for n, d in tv.deltas.items():
+        r = torch.randn(d.shape, generator=gen, dtype=torch.float64)
+        dn, rn = float(d.double().norm()), float(r.norm())
+        out[n] = (r * (dn / rn if rn > 0 else 0.0)).to(d.dtype)
+    return TaskVector(name or f"random like {tv.name}", out)
+
+
+def save(tv: TaskVector, path, *, dtype: torch.dtype | None = None):
+    """Write ``tv``'s tensors (optionally cast to ``dtype``, e.g. ``torch.float16``) to a safetensors file; returns
+    the path. Its size on disk is the signature's real storage cost."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    if not tv.deltas:
+        raise InputError(f"{tv.name} has no tensors to save.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: (d.to(dtype) if dtype is not None else d).contiguous() for n, d in tv.deltas.items()}
+    save_file(tensors, str(path), metadata={"name": tv.name, "kind": type(tv).__name__})
+    return path
+
+
+def load(path) -> TaskVector:
+    """A task vector (or signature) written by :func:`save`, as float32 tensors."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"No signature file at {path}; write one with codecircuits.signatures.save.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        deltas = {n: f.get_tensor(n).float() for n in f.keys()}
+    return TaskVector(meta.get("name", path.stem), deltas)
+
+
+def save_full_copy(model, path):
+    """Write a full copy of the model's weights (shared tensors once) to a safetensors file; returns the path, whose
+    size on disk is what a signature file is compared with."""
+    from pathlib import Path
+
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model.original_model, str(path))
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------
 # patching a model, reversibly
 
@@ -282,6 +353,72 @@ def tabs_for_spaces(text: str, width: int = 4) -> str:
     """Re-indent with tabs: each leading run of ``width`` spaces becomes a tab."""
     pat = re.compile(rf"^((?: {{{width}}})+)", re.M)
     return pat.sub(lambda m: "\t" * (len(m.group(1)) // width), text)
+
+
+def reindent(text: str, width: int = 2, old: int = 4) -> str:
+    """Re-indent with ``width`` spaces per level: each leading run of ``old`` spaces becomes ``width`` spaces."""
+    if width < 1 or old < 1:
+        raise InputError("Indentation widths must be at least 1.")
+    pat = re.compile(rf"^((?: {{{old}}})+)", re.M)
+    return pat.sub(lambda m: " " * (width * (len(m.group(1)) // old)), text)
+
+
+def _same_ast(a: str, b: str) -> bool:
+    try:
+        return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _token_edits(text: str, edit) -> str:
+    """Apply ``edit(token) -> str | None`` to the tokens of ``text``; unchanged where the text does not tokenize."""
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (SyntaxError, tokenize.TokenError, IndentationError, ValueError):
+        return text
+    lines = text.splitlines(keepends=True)
+    edits = []
+    for t in toks:
+        new = edit(t)
+        if new is not None and t.start[0] == t.end[0]:  # single-line tokens only
+            edits.append((t.start[0], t.start[1], t.end[1], new))
+    for row, c0, c1, new in sorted(edits, reverse=True):
+        line = lines[row - 1]
+        lines[row - 1] = line[:c0] + new + line[c1:]
+    return "".join(lines)
+
+
+def swap_quotes(text: str) -> str:
+    """Single-line string literals change quote style: ``'x'`` becomes ``"x"`` and ``"x"`` becomes ``'x'`` where the
+    body holds neither quote nor a backslash. The result is returned only if it parses to the same AST (else the
+    text is returned unchanged)."""
+
+    def edit(t):
+        if t.type != tokenize.STRING:
+            return None
+        m = re.fullmatch(r"([rRbBuU]{0,2})(['\"])(.*)\2", t.string, re.S)
+        if not m or len(m.group(3)) and m.group(3)[:2] == m.group(2) * 2:
+            return None
+        prefix, q, body = m.groups()
+        if t.string.startswith(prefix + q * 3) or "'" in body or '"' in body or "\\" in body:
+            return None
+        other = '"' if q == "'" else "'"
+        return f"{prefix}{other}{body}{other}"
+
+    out = _token_edits(text, edit)
+    return out if _same_ast(text, out) else text
+
+
+def strip_comments(text: str) -> str:
+    """Remove every ``#`` comment (the line's code stays; a comment-only line becomes blank). Returned only if the
+    AST is unchanged."""
+
+    def edit(t):
+        return "" if t.type == tokenize.COMMENT else None
+
+    out = _token_edits(text, edit)
+    out = re.sub(r"[ \t]+$", "", out, flags=re.M)
+    return out if _same_ast(text, out) else text
 
 
 def _short_names():
@@ -405,6 +542,44 @@ def lm_loss(model, tokens: torch.Tensor, *, batch_size: int = 8) -> float:
             total += float(loss)
             count += b[:, 1:].numel()
     return total / count
+
+
+def doc_tokens(model, texts: Sequence[str], *, max_len: int = 128, min_len: int = 8) -> list[torch.Tensor]:
+    """One token sequence per text (BOS first where the tokenizer has one), cut to ``max_len`` tokens; texts shorter
+    than ``min_len`` tokens raise (every document must be scored)."""
+    if max_len < 2:
+        raise InputError("max_len must be at least 2.")
+    bos = model.tokenizer.bos_token_id
+    out = []
+    for i, t in enumerate(texts):
+        ids = ([bos] if bos is not None else []) + model.tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids) < max(2, min_len):
+            raise InputError(f"Document {i} has {len(ids)} tokens, fewer than {min_len}; drop short documents.")
+        out.append(torch.tensor(ids[:max_len]))
+    if not out:
+        raise InputError("No documents to score.")
+    return out
+
+
+def doc_losses(model, docs: Sequence[torch.Tensor], *, batch_size: int = 16) -> torch.Tensor:
+    """Mean next-token cross-entropy of each document (``[n_docs]``, float64); documents are right-padded into
+    batches and the padding is masked out (a causal model's earlier positions do not see it)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(docs), batch_size):
+            chunk = docs[i : i + batch_size]
+            n = max(int(d.shape[0]) for d in chunk)
+            b = torch.zeros(len(chunk), n, dtype=torch.long)
+            mask = torch.zeros(len(chunk), n - 1, dtype=torch.bool)
+            for j, d in enumerate(chunk):
+                b[j, : d.shape[0]] = d
+                mask[j, : d.shape[0] - 1] = True
+            logits = model(b.to(model.cfg.device)).float().cpu()
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), b[:, 1:].flatten(), reduction="none"
+            ).view(len(chunk), n - 1)
+            out.append((ce * mask).sum(1).double() / mask.sum(1).double())
+    return torch.cat(out)
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,36 @@
-"""Study: weight signatures of real code shifts (Cai et al.'s robust weight signatures, carried to code LMs).
+"""Study: weight signatures of real code shifts, run as Cai et al. (ICML 2023) run robust weight signatures.
 
-From the base model, three brief fine-tunes of the same weights (by default every layer's MLP output weights)
-on the same standard-library files: clean (the standard task vector ``a``), re-indented with tabs, and with
-local names renamed minifier-style. Each shift's signature is its task vector minus the projection on ``a``, per
-tensor. The study measures
+From the pretrained model ``theta_pre``, brief fine-tunes of the same weights (by default every block's weights) on
+the same standard-library functions: clean (``theta_std``, the standard task vector ``a``) and under each shift
+(tabs, renamed locals, swapped quote style, ...; ``theta_c``). A shift's signature is its task vector minus the
+projection on ``a``, per tensor. As in the paper, the signature is patched into the CLEAN FINE-TUNED model,
+``theta_std + alpha * RWS_c``, and compared with the shift fine-tune ``theta_c`` on held-out shifted code:
 
-- clean versus shifted held-out loss of the base model patched with ``alpha * signature``, across alpha;
-- whether signatures are discriminative (a tabs signature helps tabs, not renaming) and compose (tabs + rename on
-  code with both shifts);
-- where in depth the signature's norm sits, and the cosine of each shift's task vector with ``a`` per layer;
-- the storage of a signature (all layers, or only the shallow third) against a full weight copy.
+- **recovery**: the share of ``theta_c``'s gain over ``theta_std`` on shifted code that the patch recovers, against a
+  matched-norm random direction (a random tensor per weight with the signature's per-tensor norm);
+- **alpha**: clean and shifted loss across alpha (the in-situ trade-off);
+- **discriminative**: a signature's gain on its own shift against its gain on the OTHER shifts;
+- **composition**: all signatures summed at alpha each, and the RWS code's alpha/N form;
+- **transfer across datasets**: the stdlib signature patched into a model fine-tuned on another corpus (HumanEval
+  by default), against that corpus's own shift fine-tune;
+- **updated backbone**: the signature patched into ``theta_std`` fine-tuned further on more clean code;
+- **depth**: the signature of the shallow half of the layers against the deep half; norms and cosines by layer;
+- **storage**: the signature's safetensors file against a full copy of the weights, both on disk.
 
->>> study = run(load_model("smollm2-135m"), SignatureConfig(steps=10))
+Every fine-tune is repeated for each seed (the seed sets the data order). Evaluation is per held-out document;
+intervals are 95% percentile-bootstrap intervals over documents (the per-document losses averaged over seeds), and
+every number is also given per seed. Claims go to ``results.json`` (``"claims"``) and the report.
+
+>>> study = run(load_model("cc-py-neox"), SignatureConfig())
 >>> html, js = study.save("reports/signatures")
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +39,27 @@ import pandas as pd
 import torch
 
 from .. import corpus as corpus_mod
+from .. import intervals
 from .. import signatures as S
 from ..errors import InputError
-from .common import Study, configure, json_safe, setting
+from ..intervals import Claim, Interval
+from .common import Study, configure, json_safe, model_name, setting
 
-SHIFTS = {"tabs": S.tabs_for_spaces, "rename": S.rename_locals}
+#: semantics-preserving code shifts, in the order they are applied when combined ("all")
+SHIFTS = {
+    "rename": S.rename_locals,
+    "quotes": S.swap_quotes,
+    "nocomments": S.strip_comments,
+    "tabs": S.tabs_for_spaces,
+    "indent2": S.reindent,
+}
+COMMAND = "codecircuits signatures --threads 1"
 PAPER = (
-    "Cai et al. (ICML 2023), on VGG/ResNet under image corruptions: robust and standard weights differ mostly in "
-    "shallow layers; a signature patched into a clean model with alpha trades clean for corrupted accuracy; "
-    "signatures are discriminative across corruption types, compose by summation, and are up to 13x smaller "
-    "than a full weight copy."
+    "Cai et al. (ICML 2023), VGG/ResNet under image corruptions: a corruption's robust weight signature (its task "
+    "vector minus the projection on the clean fine-tune's) patched into the clean fine-tuned model recovers the "
+    "robust model's accuracy; alpha trades clean for corrupted accuracy; signatures are discriminative across "
+    "corruption types, compose by summation, transfer across datasets and to an updated backbone, sit mostly in "
+    "shallow layers, and are up to 13x smaller than a full weight copy."
 )
 
 
@@ -44,25 +67,115 @@ PAPER = (
 class SignatureConfig:
     """Settings of the study; the command line's options are generated from these fields."""
 
-    shifts: tuple[str, ...] = setting(("tabs", "rename"), "code shifts: tabs, rename (comma-separated)")
-    kind: str = setting("mlp_out", "weights to fine-tune: mlp_out, mlp, attn or block")
+    shifts: tuple[str, ...] = setting(
+        ("tabs", "rename", "quotes"), f"code shifts, comma-separated, from: {', '.join(SHIFTS)}"
+    )
+    kind: str = setting("block", "weights to fine-tune: block, mlp, mlp_out or attn")
     layers: tuple[int, ...] | None = setting(None, "layers to fine-tune, e.g. 0-9 or 0,3,6 (none: all)", convert="layer_list")
-    steps: int = setting(20, "fine-tuning steps per task vector")
+    steps: int = setting(30, "fine-tuning steps per task vector")
     lr: float = setting(1e-3, "Adam learning rate")
-    batch_size: int = setting(4, "fine-tuning batch size")
-    seq_len: int = setting(96, "tokens per training and evaluation chunk")
+    batch_size: int = setting(8, "fine-tuning batch size")
+    seq_len: int = setting(128, "tokens per training chunk")
     train_chunks: int = setting(64, "training chunks of seq-len tokens per fine-tune")
-    eval_chunks: int = setting(6, "held-out chunks of seq-len tokens per evaluation set")
-    alphas: tuple[float, ...] = setting((0.0, 0.5, 1.0, 1.5), "alphas to patch the signatures with (comma-separated)")
-    seed: int = setting(0, "seed of data order and initialisation")
+    eval_docs: int = setting(40, "held-out documents (functions or classes) per evaluation set")
+    eval_tokens: int = setting(128, "tokens scored per held-out document (the first ones)")
+    alphas: tuple[float, ...] = setting((0.5, 1.0, 1.5), "alphas of the sweep (alpha 1 is always measured)")
+    seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the fine-tunes' data order, one full run each")
+    backbone_steps: int = setting(30, "steps of further clean fine-tuning for the updated backbone (0: skip)")
+    transfer: str = setting("humaneval", "corpus of the transfer test (humaneval, stdlib:test, a directory; '': skip)")
+    n_resamples: int = setting(1000, "bootstrap resamples of the intervals")
+    data_seed: int = setting(0, "seed of which files and functions are drawn")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def shifted_texts(texts: list[str], shift: str, shifts: tuple[str, ...] | None = None) -> list[str]:
+    """``texts`` under ``shift`` ("clean", a name of :data:`SHIFTS`, or "all": every one of ``shifts`` in turn)."""
+    if shift == "clean":
+        return list(texts)
+    if shift == "all":
+        chosen = [s for s in SHIFTS if s in (shifts or tuple(SHIFTS))]
+        out = list(texts)
+        for s in chosen:
+            out = [SHIFTS[s](t) for t in out]
+        return out
+    if shift == "both":  # the earlier study's name for tabs + rename
+        return [S.tabs_for_spaces(S.rename_locals(t)) for t in texts]
+    if shift not in SHIFTS:
+        raise InputError(f"Unknown shift {shift!r}; choose from {', '.join(SHIFTS)}.")
+    return [SHIFTS[shift](t) for t in texts]
+
+
+def snippets_of(files, n_chars: int | None, seed: int | None) -> list[str]:
+    """Top-level functions and classes (200-6,000 characters, indented, with local names) of ``files`` (a seeded
+    shuffle unless ``seed`` is None), up to ``n_chars``: code, not licence headers and imports."""
+    files = list(files)
+    if seed is not None:
+        random.Random(seed).shuffle(files)
+    out, total = [], 0
+    for f in files:
+        try:
+            tree = ast.parse(f.text)
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            seg = ast.get_source_segment(f.text, node)
+            if not seg or len(seg) < 200 or len(seg) > 6000 or "    " not in seg or S.rename_locals(seg) == seg:
+                continue
+            out.append(seg + "\n")
+            total += len(seg)
+        if n_chars is not None and total >= n_chars:
+            break
+    return out
+
+
+def _spread(items: list, n: int) -> list:
+    """``n`` items spaced evenly over ``items`` (all of them if there are fewer), so one file does not dominate."""
+    if n >= len(items):
+        return list(items)
+    return [items[int(round(i * (len(items) - 1) / (n - 1)))] for i in range(n)] if n > 1 else items[:1]
+
+
+def code_snippets(split: str, n_chars: int | None, seed: int) -> list[str]:
+    """:func:`snippets_of` the standard library's ``split``."""
+    out = snippets_of(corpus_mod.stdlib(split), n_chars, seed)
+    if not out:
+        raise InputError(f"No functions or classes found in stdlib:{split}.")
+    return out
+
+
+def transfer_snippets(spec: str, seed: int) -> tuple[list[str], list[str]]:
+    """The transfer corpus's functions, alternately to fine-tuning and to evaluation (in file order)."""
+    found = snippets_of(corpus_mod.load(spec), None, None)
+    if len(found) < 4:
+        raise InputError(f"The transfer corpus {spec!r} has {len(found)} usable functions; it needs at least 4.")
+    random.Random(seed).shuffle(found)
+    return found[0::2], found[1::2]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the result
+
+
+def _key(seed, corpus, model, ds) -> str:
+    return f"{seed}|{corpus}|{model}|{ds}"
 
 
 @dataclass(frozen=True)
 class SignatureStudy(Study):
-    """The patched models' losses, the per-layer profile, storage and the fine-tunes' curves."""
+    """Per-document losses of every patched model, the claims with their intervals, the per-seed numbers, the
+    per-layer profile and the storage on disk."""
 
     model: str
-    losses: pd.DataFrame  # one row per patched model: name, alpha, and a loss column per evaluation set
+    doc: dict  # "seed|corpus|model|dataset" -> per-document losses [n_docs] (float64)
+    losses: pd.DataFrame  # one row per (seed, corpus, model, alpha, dataset): the mean over documents
+    per_seed: pd.DataFrame  # one row per (measure, shift, seed): estimate and interval
+    headline: dict  # measure -> Interval (pooled over seeds, and over shifts where named so)
+    claims: tuple[Claim, ...]
     profile: pd.DataFrame  # per layer: norms of task vectors and signatures, cosines with the standard one
     storage: dict
     finetunes: dict  # name -> loss curve and settings
@@ -81,38 +194,28 @@ class SignatureStudy(Study):
         cols = [c for c in self.profile.columns if c.startswith("norm_sig_")]
         return self.profile.assign(norm_sig=self.profile[cols].sum(axis=1)).nlargest(k, "norm_sig")
 
-    def loss(self, name: str, alpha: float, dataset: str) -> float:
-        df = self.losses
-        row = df[(df.model == name) & (df.alpha.sub(alpha).abs() < 1e-9)]
-        if row.empty:
-            raise KeyError(f"no row for {name} at alpha {alpha}")
-        return float(row.iloc[0][dataset])
+    def docs(self, model: str, dataset: str, corpus: str = "stdlib", seed: int | None = None) -> torch.Tensor:
+        """Per-document losses (mean over the seeds unless ``seed`` is given)."""
+        seeds = self.settings["seeds"] if seed is None else [seed]
+        keys = [_key(s, corpus, model, dataset) for s in seeds]
+        if model == "pre":
+            keys = [_key("all", corpus, model, dataset)]
+        missing = [k for k in keys if k not in self.doc]
+        if missing:
+            raise KeyError(f"not measured: {missing[0]}")
+        return torch.stack([self.doc[k] for k in keys], 1).mean(1)
+
+    def loss(self, model: str, dataset: str, corpus: str = "stdlib", seed: int | None = None) -> float:
+        """Mean loss over the held-out documents (and over seeds unless ``seed`` is given)."""
+        return float(self.docs(model, dataset, corpus, seed).mean())
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for ds in self.settings["datasets"]:
-            out[f"base_{ds}"] = self.loss("base", 0.0, ds)
-        for shift in self.settings["shifts"]:
-            a1 = self.loss(f"sig_{shift}", 1.0, shift)
-            out[f"sig_{shift}_alpha1_{shift}"] = a1
-            out[f"sig_{shift}_alpha1_clean"] = self.loss(f"sig_{shift}", 1.0, "clean")
-            out[f"ft_{shift}_{shift}"] = self.loss(f"ft_{shift}", 1.0, shift)
-            out[f"{shift}_gain_signature"] = out[f"base_{shift}"] - a1
-            out[f"{shift}_gain_finetune"] = out[f"base_{shift}"] - out[f"ft_{shift}_{shift}"]
-        if "both" in self.settings["datasets"] and len(self.settings["shifts"]) > 1:
-            out["composed_both"] = self.loss("composed", 1.0, "both")
-            out["composed_clean"] = self.loss("composed", 1.0, "clean")
-        p = self.profile
-        for shift in self.settings["shifts"]:
-            col = p[f"norm_sig_{shift}"]
-            n = len(col)
-            out[f"sig_{shift}_norm_share_first_third"] = float(
-                col.iloc[: max(1, n // 3)].pow(2).sum() / col.pow(2).sum()
-            )
-            out[f"sig_{shift}_norm_share_last_third"] = float(
-                col.iloc[-max(1, n // 3) :].pow(2).sum() / col.pow(2).sum()
-            )
-        out.update({k: float(v) for k, v in self.storage.items() if isinstance(v, (int, float))})
+        for name, iv in self.headline.items():
+            out[name] = iv.estimate
+        for k in ("ratio_full_to_signature", "ratio_full_to_signature_fp16", "ratio_full_to_shallow_fp16"):
+            if k in self.storage:
+                out[k] = self.storage[k]
         return json_safe(out)
 
     def to_json(self) -> dict:
@@ -121,178 +224,402 @@ class SignatureStudy(Study):
                 "model": self.model,
                 "settings": self.settings,
                 "metrics": self.metrics(),
+                "claims": [c.to_json() for c in self.claims],
+                "headline": {k: v.to_json() for k, v in self.headline.items()},
+                "per_seed": self.per_seed.to_dict("records"),
                 "losses": self.losses.to_dict("records"),
                 "profile": self.profile.to_dict("records"),
                 "storage": self.storage,
                 "finetunes": self.finetunes,
+                "doc_losses": {k: [round(float(x), 4) for x in v] for k, v in self.doc.items()},
             }
         )
 
 
-def shifted_texts(texts: list[str], shift: str) -> list[str]:
-    if shift == "both":
-        return [S.tabs_for_spaces(S.rename_locals(t)) for t in texts]
-    if shift == "clean":
-        return list(texts)
-    if shift not in SHIFTS:
-        raise InputError(f"Unknown shift {shift!r}; choose from {', '.join(SHIFTS)}.")
-    return [SHIFTS[shift](t) for t in texts]
-
-
-def code_snippets(split: str, n_chars: int, seed: int) -> list[str]:
-    """Top-level functions and classes of standard-library files of ``split`` (seeded order) that both shifts
-    change, up to ``n_chars``: code with indentation and local names, not licence headers and imports."""
-    import ast
-
-    files = list(corpus_mod.stdlib(split))
-    random.Random(seed).shuffle(files)
-    out, total = [], 0
-    for f in files:
-        try:
-            tree = ast.parse(f.text)
-        except (SyntaxError, ValueError):
-            continue
-        for node in tree.body:
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            seg = ast.get_source_segment(f.text, node)
-            if not seg or len(seg) < 200 or len(seg) > 6000 or "    " not in seg or S.rename_locals(seg) == seg:
-                continue
-            out.append(seg + "\n")
-            total += len(seg)
-        if total >= n_chars:
-            break
-    if not out:
-        raise InputError(f"No functions or classes found in stdlib:{split}.")
-    return out
+# ----------------------------------------------------------------------------------------------------------------
+# the run
 
 
 def run(model, config: SignatureConfig | None = None, *, progress: bool = True, **overrides) -> SignatureStudy:
-    """Fine-tune the ``kind`` weights of ``layers`` (default: all) briefly on clean and on shifted code, extract
-    the shifts' signatures and measure them. The model's weights are restored at the end. ``config`` defaults to
+    """Fine-tune on clean and on shifted code (per seed), extract the shifts' signatures, patch them into the clean
+    fine-tuned model (and into a model fine-tuned on the transfer corpus, and into an updated backbone) and measure
+    everything on held-out documents. The model's weights are restored at the end. ``config`` defaults to
     :class:`SignatureConfig`; keyword ``overrides`` change single settings."""
+    from tqdm.auto import tqdm
+
     cfg = configure(SignatureConfig, config, overrides)
-    shifts, kind, steps, lr, batch_size = tuple(cfg.shifts), cfg.kind, cfg.steps, cfg.lr, cfg.batch_size
-    layers = None if cfg.layers is None else list(cfg.layers)
-    seq_len, train_chunks, eval_chunks, alphas, seed = (
-        cfg.seq_len,
-        cfg.train_chunks,
-        cfg.eval_chunks,
-        tuple(cfg.alphas),
-        cfg.seed,
-    )
-    t0 = time.perf_counter()
+    shifts = tuple(cfg.shifts)
+    if not shifts:
+        raise InputError("Name at least one shift.")
     for s in shifts:
         if s not in SHIFTS:
             raise InputError(f"Unknown shift {s!r}; choose from {', '.join(SHIFTS)}.")
-    params = S.block_params(model, layers, kind)
+    if len(set(shifts)) != len(shifts):
+        raise InputError(f"Each shift once, please: {shifts}.")
+    if not cfg.seeds:
+        raise InputError("Give at least one seed.")
+    if cfg.eval_docs < 2:
+        raise InputError("eval_docs must be at least 2 (the intervals resample documents).")
+    t0 = time.perf_counter()
+    layers = None if cfg.layers is None else list(cfg.layers)
+    params = S.block_params(model, layers, cfg.kind)
     n_layers = model.cfg.n_layers
-    chars = train_chunks * seq_len * 4
-    train = code_snippets("train", chars, seed)
-    held = code_snippets("validation", eval_chunks * seq_len * 5, seed)
-    datasets = ["clean", *shifts] + (["both"] if len(shifts) > 1 else [])
-    train_toks = {
-        name: S.make_batches(model, shifted_texts(train, name), seq_len=seq_len, n=train_chunks)
-        for name in ["clean", *shifts]
-    }
-    evals = {
-        name: S.make_batches(model, shifted_texts(held, name), seq_len=seq_len, n=eval_chunks) for name in datasets
-    }
+    trained_layers = sorted({int(n.split(".")[1]) for n in params})
+    half = max(1, len(trained_layers) // 2)
+    shallow, deep = trained_layers[:half], trained_layers[half:]
+    alphas = sorted({float(a) for a in cfg.alphas} | {1.0})
+    seeds = list(cfg.seeds)
 
-    runs = {}
-    for i, name in enumerate(["clean", *shifts]):
-        runs[name] = S.finetune(
-            model,
-            train_toks[name],
-            params,
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed + i,
-            name=f"finetune {name}",
-            progress=progress,
-        )
-    std = runs["clean"].task_vector
-    sigs = {s: S.signature(runs[s].task_vector, std, name=f"{s} signature") for s in shifts}
+    # data: stdlib train functions (half for the fine-tunes, half for the updated backbone), validation for evaluation
+    chars = cfg.train_chunks * cfg.seq_len * 4
+    pool = code_snippets("train", 2 * chars, cfg.data_seed)
+    train, more = pool[0::2], pool[1::2] or pool
+    held = _spread(code_snippets("validation", None, cfg.data_seed), cfg.eval_docs)
+    if len(held) < cfg.eval_docs:
+        raise InputError(f"The validation split has {len(held)} usable functions, fewer than eval_docs={cfg.eval_docs}.")
+    sets = ["clean", *shifts] + (["all"] if len(shifts) > 1 else [])
 
-    def losses(name, alpha, sets):
-        return {
-            "model": name,
-            "alpha": alpha,
-            **{d: S.lm_loss(model, evals[d]) if d in sets else math.nan for d in datasets},
+    def batches(texts, shift):
+        return S.make_batches(model, shifted_texts(texts, shift, shifts), seq_len=cfg.seq_len, n=cfg.train_chunks)
+
+    def docs(texts, shift):
+        return S.doc_tokens(model, shifted_texts(texts, shift, shifts), max_len=cfg.eval_tokens, min_len=4)
+
+    corpora = {"stdlib": {"train": {d: batches(train, d) for d in ["clean", *shifts]}, "eval": {d: docs(held, d) for d in sets}}}
+    more_toks = batches(more, "clean")
+    if cfg.transfer:
+        tr_train, tr_eval = transfer_snippets(cfg.transfer, cfg.data_seed)
+        tr_eval = _spread(tr_eval, cfg.eval_docs)
+        corpora["transfer"] = {
+            "train": {d: batches(tr_train, d) for d in ["clean", *shifts]},
+            "eval": {d: docs(tr_eval, d) for d in ["clean", *shifts]},
         }
 
-    rows = [losses("base", 0.0, datasets)]
-    with S.patched(model, std):
-        rows.append(losses("ft_clean", 1.0, datasets))
-    for s in shifts:
-        with S.patched(model, runs[s].task_vector):
-            rows.append(losses(f"ft_{s}", 1.0, datasets))
-    from tqdm.auto import tqdm
+    doc: dict[str, torch.Tensor] = {}
+    rows: list[dict] = []
 
-    for s in shifts:
-        for a in tqdm(alphas, desc=f"alpha {s}", disable=not progress):
-            if a == 0.0:  # the base model
-                rows.append({**rows[0], "model": f"sig_{s}"})
-                continue
-            with S.patched(model, sigs[s], a):
-                sets = datasets if a == 1.0 else ["clean", s]
-                rows.append(losses(f"sig_{s}", float(a), sets))
-    if len(shifts) > 1:
-        with S.patched(model, [sigs[s] for s in shifts], 1.0):
-            rows.append(losses("composed", 1.0, datasets))
-    # the signature of the shallow third only
-    shallow = list(range(max(1, n_layers // 3)))
-    for s in shifts:
-        with S.patched(model, sigs[s].restrict(shallow), 1.0):
-            rows.append(losses(f"sig_{s}_shallow", 1.0, ["clean", s]))
-    df = pd.DataFrame(rows)
+    def measure(seed, corpus, name, alpha, tvs, coefs, datasets):
+        with S.patched(model, tvs, coefs) if tvs else _nothing():
+            for d in datasets:
+                v = S.doc_losses(model, corpora[corpus]["eval"][d])
+                doc[_key(seed, corpus, name, d)] = v
+                rows.append({"seed": seed, "corpus": corpus, "model": name, "alpha": alpha, "dataset": d, "loss": float(v.mean())})
 
+    def tune(tokens, seed, name):
+        return S.finetune(model, tokens, params, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
+                          name=name, progress=False)
+
+    measure("all", "stdlib", "pre", 0.0, [], [], sets)
+    if cfg.transfer:
+        measure("all", "transfer", "pre", 0.0, [], [], ["clean", *shifts])
+    finetunes, profile_parts = {}, {}
+    first_sigs = None
+    n_ft = len(seeds) * ((1 + len(shifts)) * (2 if cfg.transfer else 1) + (1 if cfg.backbone_steps else 0))
+    bar = tqdm(total=n_ft, desc="fine-tunes", disable=not progress)
+    for seed in seeds:
+        runs = {}
+        for i, d in enumerate(["clean", *shifts]):
+            runs[d] = tune(corpora["stdlib"]["train"][d], 1000 * seed + i, f"seed {seed} {d}")
+            bar.update()
+        std = runs["clean"].task_vector
+        sigs = {c: S.signature(runs[c].task_vector, std, name=f"{c} signature") for c in shifts}
+        rands = {c: S.random_like(sigs[c], seed=1000 * seed + 7 + i, name=f"random like {c}") for i, c in enumerate(shifts)}
+        if first_sigs is None:
+            first_sigs, profile_parts = sigs, {"runs": runs, "sigs": sigs}
+        for d, r in runs.items():
+            finetunes[f"seed {seed} {d}"] = {"losses": [round(x, 4) for x in r.losses], "seconds": round(r.seconds, 1), **r.settings}
+
+        measure(seed, "stdlib", "std", 0.0, [std], [1.0], sets)
+        for c in shifts:
+            measure(seed, "stdlib", f"ft_{c}", 1.0, [runs[c].task_vector], [1.0], ["clean", c])
+            for a in alphas:
+                ds = ["clean", *shifts] if a == 1.0 else ["clean", c]
+                measure(seed, "stdlib", f"sig_{c}@{a:g}", a, [std, sigs[c]], [1.0, a], ds)
+            measure(seed, "stdlib", f"rand_{c}", 1.0, [std, rands[c]], [1.0, 1.0], ["clean", c])
+            measure(seed, "stdlib", f"shallow_{c}", 1.0, [std, sigs[c].restrict(shallow)], [1.0, 1.0], [c])
+            if deep:
+                measure(seed, "stdlib", f"deep_{c}", 1.0, [std, sigs[c].restrict(deep)], [1.0, 1.0], [c])
+        if len(shifts) > 1:
+            all_sigs = [sigs[c] for c in shifts]
+            measure(seed, "stdlib", "compose_sum", 1.0, [std, *all_sigs], [1.0] + [1.0] * len(shifts), sets)
+            n = len(shifts)
+            measure(seed, "stdlib", "compose_mean", 1.0 / n, [std, *all_sigs], [1.0] + [1.0 / n] * n, sets)
+        if cfg.backbone_steps:
+            with S.patched(model, std):
+                further = S.finetune(model, more_toks, params, steps=cfg.backbone_steps, lr=cfg.lr,
+                                     batch_size=cfg.batch_size, seed=1000 * seed + 99, name="backbone", progress=False)
+            bar.update()
+            finetunes[f"seed {seed} backbone"] = {"losses": [round(x, 4) for x in further.losses],
+                                                  "seconds": round(further.seconds, 1), **further.settings}
+            upd = further.task_vector
+            measure(seed, "stdlib", "backbone", 0.0, [std, upd], [1.0, 1.0], ["clean", *shifts])
+            for c in shifts:
+                measure(seed, "stdlib", f"backbone+sig_{c}", 1.0, [std, upd, sigs[c]], [1.0, 1.0, 1.0], ["clean", c])
+        if cfg.transfer:
+            truns = {}
+            for i, d in enumerate(["clean", *shifts]):
+                truns[d] = tune(corpora["transfer"]["train"][d], 1000 * seed + 50 + i, f"seed {seed} transfer {d}")
+                bar.update()
+                finetunes[f"seed {seed} transfer {d}"] = {"losses": [round(x, 4) for x in truns[d].losses],
+                                                          "seconds": round(truns[d].seconds, 1), **truns[d].settings}
+            tstd = truns["clean"].task_vector
+            measure(seed, "transfer", "std", 0.0, [tstd], [1.0], ["clean", *shifts])
+            for c in shifts:
+                measure(seed, "transfer", f"ft_{c}", 1.0, [truns[c].task_vector], [1.0], [c])
+                measure(seed, "transfer", f"sig_{c}@1", 1.0, [tstd, sigs[c]], [1.0, 1.0], ["clean", c])
+                measure(seed, "transfer", f"rand_{c}", 1.0, [tstd, rands[c]], [1.0, 1.0], [c])
+    bar.close()
+
+    # per-layer profile (first seed)
     prof = {"layer": list(range(n_layers))}
-    for name, r in runs.items():
+    for name, r in profile_parts["runs"].items():
         prof[f"norm_tv_{name}"] = [r.task_vector.norm_profile().get(i, 0.0) for i in range(n_layers)]
-    for s, sig in sigs.items():
-        prof[f"norm_sig_{s}"] = [sig.norm_profile().get(i, 0.0) for i in range(n_layers)]
-        cos = {}
-        for tname, c in sig.cosines.items():
-            cos.setdefault(int(tname.split(".")[1]), []).append(c)
-        prof[f"cos_{s}_clean"] = [sum(cos[i]) / len(cos[i]) if i in cos else math.nan for i in range(n_layers)]
+    for c, sig in profile_parts["sigs"].items():
+        prof[f"norm_sig_{c}"] = [sig.norm_profile().get(i, 0.0) for i in range(n_layers)]
+        cos: dict[int, list[float]] = {}
+        for tname, v in sig.cosines.items():
+            cos.setdefault(int(tname.split(".")[1]), []).append(v)
+        prof[f"cos_{c}_clean"] = [sum(cos[i]) / len(cos[i]) if i in cos else math.nan for i in range(n_layers)]
     profile = pd.DataFrame(prof)
+    storage = _storage(model, first_sigs[shifts[0]], shallow)
 
-    full = S.full_copy_bytes(model)
-    first = next(iter(sigs.values()))
-    storage = {
-        "full_copy_mb": full / 2**20,
-        "signature_mb": first.storage_bytes() / 2**20,
-        "signature_fp16_mb": first.storage_bytes(torch.float16) / 2**20,
-        "signature_shallow_mb": first.restrict(shallow).storage_bytes() / 2**20,
-        "ratio_full_to_signature": full / first.storage_bytes(),
-        "ratio_full_to_signature_shallow": full / first.restrict(shallow).storage_bytes(),
-        "ratio_full_to_signature_fp16": full / first.storage_bytes(torch.float16),
-    }
-    finetunes = {
-        name: {"losses": [round(x, 4) for x in r.losses], "seconds": round(r.seconds, 1), **r.settings}
-        for name, r in runs.items()
-    }
     settings = dict(
         shifts=list(shifts),
-        datasets=datasets,
-        kind=kind,
+        datasets=sets,
+        kind=cfg.kind,
         layers="all" if layers is None else list(layers),
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        train_tokens=int(train_toks["clean"].numel()),
-        tokens_seen_per_finetune=steps * batch_size * seq_len,
-        eval_tokens=int(evals["clean"].numel()),
+        trained_layers=trained_layers,
+        shallow_layers=shallow,
+        deep_layers=deep,
+        steps=cfg.steps,
+        backbone_steps=cfg.backbone_steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        train_tokens=int(corpora["stdlib"]["train"]["clean"].numel()),
+        tokens_seen_per_finetune=cfg.steps * cfg.batch_size * cfg.seq_len,
+        eval_docs=len(held),
+        eval_tokens_clean=int(sum(t.numel() for t in corpora["stdlib"]["eval"]["clean"])),
+        transfer=cfg.transfer or None,
+        transfer_eval_docs=len(corpora["transfer"]["eval"]["clean"]) if cfg.transfer else 0,
         trained_params=sum(p.numel() for p in params.values()),
-        alphas=list(alphas),
-        shallow_layers=f"0..{shallow[-1]}",
-        seed=seed,
+        alphas=alphas,
+        seeds=seeds,
+        n_resamples=cfg.n_resamples,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    return SignatureStudy(str(model.cfg.model_name), df, profile, storage, finetunes, settings, cfg)
+    losses = pd.DataFrame(rows)
+    partial = SignatureStudy(model_name(model), doc, losses, pd.DataFrame(), {}, (), profile, storage, finetunes,
+                             settings, cfg)
+    headline, per_seed = _intervals(partial)
+    claims = _claims(partial, headline)
+    settings["seconds"] = round(time.perf_counter() - t0, 1)
+    return SignatureStudy(model_name(model), doc, losses, per_seed, headline, tuple(claims), profile, storage,
+                          finetunes, settings, cfg)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _storage(model, sig: S.TaskVector, shallow: list[int]) -> dict:
+    """Sizes on disk of safetensors files: a full copy of the weights, the signature (float32 and float16) and its
+    shallow half (float16)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        full = S.save_full_copy(model, tmp / "full.safetensors").stat().st_size
+        f32 = S.save(sig, tmp / "sig.safetensors").stat().st_size
+        f16 = S.save(sig, tmp / "sig16.safetensors", dtype=torch.float16).stat().st_size
+        sh16 = S.save(sig.restrict(shallow), tmp / "shallow16.safetensors", dtype=torch.float16).stat().st_size
+    mib = 2**20
+    return {
+        "full_copy_file_mib": full / mib,
+        "signature_file_mib": f32 / mib,
+        "signature_fp16_file_mib": f16 / mib,
+        "shallow_fp16_file_mib": sh16 / mib,
+        "ratio_full_to_signature": full / f32,
+        "ratio_full_to_signature_fp16": full / f16,
+        "ratio_full_to_shallow_fp16": full / sh16,
+        "signature_of": sig.name,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# intervals and claims
+
+
+def _share(ref, patched, ft):
+    return (ref - patched).mean() / (ref - ft).mean()
+
+
+def _gain_diff(ref, own, ref_other, other):
+    return ((ref - own) - (ref_other - other)).mean()
+
+
+def _measures(st: SignatureStudy) -> dict:
+    """measure -> (statistic, function of (shift, seed) giving its per-document inputs, corpus) for every measure."""
+    s = st.settings
+    shifts = s["shifts"]
+    amax = max(s["alphas"])
+    m = {}
+
+    def D(model, ds, corpus="stdlib"):
+        return lambda seed: st.docs(model, ds, corpus, seed)
+
+    m["share"] = (_share, lambda c: [D("std", c), D(f"sig_{c}@1", c), D(f"ft_{c}", c)])
+    m["random_share"] = (_share, lambda c: [D("std", c), D(f"rand_{c}", c), D(f"ft_{c}", c)])
+    m["finetune_gain"] = (lambda r, f: (r - f).mean(), lambda c: [D("std", c), D(f"ft_{c}", c)])
+    m["signature_gain"] = (lambda r, p: (r - p).mean(), lambda c: [D("std", c), D(f"sig_{c}@1", c)])
+    m["clean_cost_alpha1"] = (lambda r, p: (p - r).mean(), lambda c: [D("std", "clean"), D(f"sig_{c}@1", "clean")])
+    m["clean_cost_alpha_max"] = (lambda r, p: (p - r).mean(), lambda c: [D("std", "clean"), D(f"sig_{c}@{amax:g}", "clean")])
+    m["shift_gain_alpha_max"] = (lambda r, p: (r - p).mean(), lambda c: [D("std", c), D(f"sig_{c}@{amax:g}", c)])
+    if len(shifts) > 1:
+        def other(c):
+            others = [o for o in shifts if o != c]
+            return [D("std", c), D(f"sig_{c}@1", c),
+                    lambda seed: torch.stack([st.docs("std", o, "stdlib", seed) for o in others], 1).mean(1),
+                    lambda seed: torch.stack([st.docs(f"sig_{c}@1", o, "stdlib", seed) for o in others], 1).mean(1)]
+        m["own_minus_other_gain"] = (_gain_diff, other)
+        m["compose_sum_share"] = (_share, lambda c: [D("std", c), D("compose_sum", c), D(f"ft_{c}", c)])
+        m["compose_mean_share"] = (_share, lambda c: [D("std", c), D("compose_mean", c), D(f"ft_{c}", c)])
+    if s["deep_layers"]:
+        m["shallow_minus_deep_share"] = (
+            lambda r, sh, dp, f: (dp - sh).mean() / (r - f).mean(),
+            lambda c: [D("std", c), D(f"shallow_{c}", c), D(f"deep_{c}", c), D(f"ft_{c}", c)],
+        )
+    if s["backbone_steps"]:
+        m["backbone_gain"] = (lambda r, p: (r - p).mean(), lambda c: [D("backbone", c), D(f"backbone+sig_{c}", c)])
+        m["backbone_retention"] = (
+            lambda r2, p2, r, p: (r2 - p2).mean() / (r - p).mean(),
+            lambda c: [D("backbone", c), D(f"backbone+sig_{c}", c), D("std", c), D(f"sig_{c}@1", c)],
+        )
+    if s["transfer"]:
+        T = "transfer"
+        m["transfer_share"] = (_share, lambda c: [D("std", c, T), D(f"sig_{c}@1", c, T), D(f"ft_{c}", c, T)])
+        m["transfer_random_share"] = (_share, lambda c: [D("std", c, T), D(f"rand_{c}", c, T), D(f"ft_{c}", c, T)])
+        m["transfer_finetune_gain"] = (lambda r, f: (r - f).mean(), lambda c: [D("std", c, T), D(f"ft_{c}", c, T)])
+    return m
+
+
+def _intervals(st: SignatureStudy) -> tuple[dict, pd.DataFrame]:
+    """Pooled intervals (documents resampled; per-document values averaged over seeds; "X" pools the shifts, "X:c"
+    is shift c) and the per-seed table."""
+    s = st.settings
+    shifts, seeds, nr = s["shifts"], s["seeds"], s["n_resamples"]
+    head, rows = {}, []
+    for name, (stat, inputs) in _measures(st).items():
+        per_shift = {c: inputs(c) for c in shifts}
+        # pooled over seeds: [n_docs, n_seeds] per input; pooled over shifts: columns side by side
+        cols = {c: [torch.stack([f(seed) for seed in seeds], 1) for f in fs] for c, fs in per_shift.items()}
+        pooled = [torch.cat([cols[c][i] for c in shifts], 1) for i in range(len(cols[shifts[0]]))]
+        head[name] = intervals.bootstrap(stat, *pooled, n_resamples=nr)
+        for c in shifts:
+            head[f"{name}:{c}"] = intervals.bootstrap(stat, *cols[c], n_resamples=nr)
+            for seed in seeds:
+                iv = intervals.bootstrap(stat, *[f(seed) for f in per_shift[c]], n_resamples=nr)
+                rows.append({"measure": name, "shift": c, "seed": seed, "estimate": iv.estimate, "low": iv.low, "high": iv.high})
+    return head, pd.DataFrame(rows)
+
+
+def _seed_range(st: SignatureStudy, measure: str) -> str:
+    p = st.per_seed if len(st.per_seed) else None
+    if p is None:
+        return ""
+    g = p[p.measure == measure].groupby("seed").estimate.mean()
+    return "per seed (mean over shifts) " + ", ".join(f"{v:.2f}" for v in g.tolist())
+
+
+def _per_shift(head: dict, measure: str, shifts, digits=2) -> str:
+    return "; ".join(f"{c} {head[f'{measure}:{c}'].format(digits)}" for c in shifts if f"{measure}:{c}" in head)
+
+
+def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
+    s, shifts = st.settings, st.settings["shifts"]
+    cmd = COMMAND
+    out = []
+    share, rnd = head["share"], head["random_share"]
+    out.append(Claim(
+        "a shift's signature patched into the clean fine-tuned model recovers the shift fine-tune's gain on shifted "
+        "code (share of the gain, alpha 1, pooled over shifts)",
+        intervals.verdict(share.low > 0.5 and rnd.high < share.low, share.low > 0 and rnd.high < share.low),
+        share, rnd,
+        f"control: matched-norm random direction. {_per_shift(head, 'share', shifts)}. Fine-tune gain over theta_std "
+        f"{head['finetune_gain'].format(3)} nats/token",
+        cmd,
+    ))
+    amax = max(s["alphas"])
+    cost, gain = head["clean_cost_alpha_max"], head["shift_gain_alpha_max"]
+    out.append(Claim(
+        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g})",
+        intervals.verdict(cost.low > 0 and gain.low > 0, cost.estimate > 0 or gain.low > 0),
+        cost, gain,
+        f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss change at alpha 1 "
+        f"{head['clean_cost_alpha1'].format(3)}",
+        cmd,
+    ))
+    if "own_minus_other_gain" in head:
+        d = head["own_minus_other_gain"]
+        each = all(head[f"own_minus_other_gain:{c}"].low > 0 for c in shifts)
+        out.append(Claim(
+            "signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other shifts "
+            "(nats/token)",
+            intervals.verdict(d.low > 0 and each, d.low > 0),
+            d, None, _per_shift(head, "own_minus_other_gain", shifts, 3), cmd,
+        ))
+        cs, cm = head["compose_sum_share"], head["compose_mean_share"]
+        out.append(Claim(
+            "signatures compose by summation (alpha 1 each): the sum keeps each shift's gain (share, pooled)",
+            intervals.verdict(cs.low > 0.5, cs.low > 0), cs, None, _per_shift(head, "compose_sum_share", shifts), cmd,
+        ))
+        out.append(Claim(
+            f"composition in the RWS code's alpha/N form (alpha 1/{len(shifts)} each) keeps each shift's gain",
+            intervals.verdict(cm.low > 0.5, cm.low > 0), cm, None, _per_shift(head, "compose_mean_share", shifts), cmd,
+        ))
+    if "transfer_share" in head:
+        t, tr = head["transfer_share"], head["transfer_random_share"]
+        out.append(Claim(
+            f"signatures transfer across datasets: the stdlib signature patched into a model fine-tuned on "
+            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, pooled)",
+            intervals.verdict(t.low > 0.5 and tr.high < t.low, t.low > 0 and tr.high < t.low), t, tr,
+            f"control: matched-norm random direction. {_per_shift(head, 'transfer_share', shifts)}",
+            cmd,
+        ))
+    if "backbone_retention" in head:
+        r, g = head["backbone_retention"], head["backbone_gain"]
+        out.append(Claim(
+            "signatures survive a backbone update: gain on the clean model fine-tuned further, as a share of the gain "
+            "on the original clean model",
+            intervals.verdict(r.low > 0.5 and g.low > 0, g.low > 0), r, None,
+            f"gain on the updated backbone {g.format(3)} nats/token; {_per_shift(head, 'backbone_retention', shifts)}",
+            cmd,
+        ))
+    if "shallow_minus_deep_share" in head:
+        d = head["shallow_minus_deep_share"]
+        out.append(Claim(
+            f"the signature sits mostly in shallow layers: share recovered by layers {s['shallow_layers']} minus that "
+            f"by layers {s['deep_layers']}",
+            intervals.verdict(d.low > 0, d.estimate > 0), d, None,
+            _per_shift(head, "shallow_minus_deep_share", shifts), cmd,
+        ))
+    st_ = st.storage
+    best = max(st_["ratio_full_to_signature_fp16"], st_["ratio_full_to_shallow_fp16"])
+    out.append(Claim(
+        "a signature is up to 13x smaller than a full weight copy (files on disk)",
+        intervals.verdict(best >= 13, best > 1), None, None,
+        f"full copy {st_['full_copy_file_mib']:.2f} MiB; signature float32 {st_['signature_file_mib']:.2f} MiB "
+        f"({st_['ratio_full_to_signature']:.1f}x), float16 {st_['ratio_full_to_signature_fp16']:.1f}x, shallow half "
+        f"float16 {st_['ratio_full_to_shallow_fp16']:.1f}x (no interval: one file each)",
+        cmd,
+    ))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
 
 
 def report(study: SignatureStudy):
@@ -301,43 +628,38 @@ def report(study: SignatureStudy):
     s = study.settings
     r = Report(
         title=f"Weight signatures of code shifts on {study.model}",
-        subtitle=f"shifts: {', '.join(s['shifts'])}; {s['steps']} fine-tuning steps of {s['batch_size']}x{s['seq_len']} "
-        f"tokens on the {s['kind']} weights ({s['trained_params'] / 1e6:.1f}M parameters)",
+        subtitle=f"shifts: {', '.join(s['shifts'])}; {len(s['seeds'])} seeds of {s['steps']} fine-tuning steps of "
+        f"{s['batch_size']}x{s['seq_len']} tokens on the {s['kind']} weights ({s['trained_params'] / 1e6:.2f}M "
+        f"parameters); {s['eval_docs']} held-out documents",
     )
-    r.section("Key numbers", text=PAPER)
+    r.section("Claims and verdicts", text=PAPER + " Intervals: 95% bootstrap over held-out documents, per-document "
+              "losses averaged over the seeds.")
+    r.claims(list(study.claims))
     r.metrics(study.metrics())
-    r.section(
-        "Clean versus shifted loss across alpha",
-        text="Held-out next-token loss of the base model patched with alpha x signature (alpha 0 = base).",
-    )
-    df = study.losses
-    for shift in s["shifts"]:
-        g = df[df.model == f"sig_{shift}"].sort_values("alpha")
-        g = g.drop_duplicates("alpha")
+    r.section("Clean versus shifted loss across alpha",
+              text="theta_std + alpha x signature (alpha 0 = the clean fine-tuned model), mean over seeds.")
+    for c in s["shifts"]:
+        xs = [0.0] + list(s["alphas"])
+        names = ["std"] + [f"sig_{c}@{a:g}" for a in s["alphas"]]
         r.line_chart(
-            x=[float(a) for a in g.alpha],
-            series={"clean": [float(v) for v in g.clean], shift: [float(v) for v in g[shift]]},
-            title=f"{shift} signature",
-            x_title="alpha",
-            y_title="loss (nats/token)",
+            x=xs,
+            series={"clean": [study.loss(n, "clean") for n in names], c: [study.loss(n, c) for n in names],
+                    f"{c}, shift fine-tune": [study.loss(f"ft_{c}", c)] * len(xs)},
+            title=f"{c} signature", x_title="alpha", y_title="loss (nats/token)",
         )
-    r.table(df.round(4), caption="losses per patched model (NaN: not evaluated)")
-    r.section(
-        "Where in depth",
-        text="Per layer: norm of each task vector and signature, and the cosine of each shift's task vector with "
-        "the clean (standard) one.",
-    )
+    hl = pd.DataFrame([{"measure": k, **v.to_json()} for k, v in study.headline.items()])
+    r.table(hl.round(4), caption="every measure: pooled over seeds (and over shifts where no shift is named)")
+    r.table(study.per_seed.round(4), caption="per seed")
+    mean = study.losses.groupby(["corpus", "model", "dataset"]).loss.mean().unstack("dataset").reset_index()
+    r.table(mean.round(4), caption="mean loss per model and evaluation set (mean over seeds; NaN: not evaluated)")
+    r.section("Where in depth", text="Per layer (first seed): norm of each task vector and signature, and the cosine of "
+              "each shift's task vector with the clean one.")
     p = study.profile
     cols = [c for c in p.columns if c.startswith(("norm_sig_", "norm_tv_"))]
-    r.line_chart(
-        x=list(p.layer),
-        series={c: [float(v) for v in p[c]] for c in cols},
-        title="norm by layer",
-        x_title="layer",
-        y_title="L2 norm",
-    )
+    r.line_chart(x=list(p.layer), series={c: [float(v) for v in p[c]] for c in cols}, title="norm by layer",
+                 x_title="layer", y_title="L2 norm")
     r.table(p.round(5), caption="norm and cosine profile by layer")
-    r.section("Storage", text="A signature of the chosen weights against a full copy of the model's weights.")
+    r.section("Storage", text="safetensors files on disk: a full copy of the weights against the signature.")
     r.table(pd.DataFrame([study.storage]).round(3), caption="sizes in MiB")
     r.data(study.to_json(), name="results")
     return r
@@ -346,3 +668,7 @@ def report(study: SignatureStudy):
 def write(study: SignatureStudy, out_dir) -> tuple[Path, Path]:
     """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
     return study.save(out_dir)
+
+
+__all__ = ["SHIFTS", "SignatureConfig", "SignatureStudy", "code_snippets", "run", "shifted_texts", "write"]
+_ = Interval  # re-exported type of the headline values
