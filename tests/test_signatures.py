@@ -1,5 +1,7 @@
 """Weight signatures: task vectors, signature = shift minus its projection on the standard task vector,
-reversible alpha-patching and composition, on every architecture of the test matrix; the code shifts."""
+reversible alpha-patching and composition, per-document losses, the matched-norm control, signature files on disk,
+on every architecture of the test matrix; the code shifts keep the program's meaning; the study's protocol and its
+claims (docs/findings_signatures.md)."""
 
 from __future__ import annotations
 
@@ -54,7 +56,6 @@ def test_signature_removes_the_standard_component_per_tensor(tiny):
     # restricted to chosen layers, with a smaller storage size
     first = S.signature(shift, std, layers=[0])
     assert first.layers == [0] and first.storage_bytes() < sig.storage_bytes()
-    assert sig.storage_bytes(torch.float16) * 2 == sig.storage_bytes()
     assert set(sig.norm_profile()) == set(range(tiny.cfg.n_layers))
 
 
@@ -166,59 +167,137 @@ def test_code_shifts():
     assert ns1["A"]().f("abc") == ns2["A"]().f("abc") == 3
 
 
-def test_study_runs_restores_and_reports(family, tiny, tmp_path):
-    import json
+def _dump(text, shift):
+    tree = ast.parse(text)
+    if shift in ("tabs", "indent2"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                node.value = "\n".join(line.lstrip() for line in node.value.split("\n"))
+    return ast.dump(tree)
 
+
+def test_new_shifts_keep_the_program_and_change_the_text():
+    from codecircuits.studies import signatures as SS
+
+    texts = SS.code_snippets("validation", 40_000, 0)
+    for name, fn in SS.SHIFTS.items():
+        changed = 0
+        for t in texts:
+            out = fn(t)
+            changed += out != t
+            if name != "rename":  # renaming changes names; the others leave the AST as it was (re-indenting also
+                # re-indents the lines of docstrings)
+                assert _dump(out, name) == _dump(t, name), (name, t[:200])
+            else:
+                ast.parse(out)
+        assert changed >= len(texts) // 4, (name, changed, len(texts))
+    src = "x = 'a'  # note\nif x:\n    y = \"it's\"\n"
+    assert S.swap_quotes(src) == "x = \"a\"  # note\nif x:\n    y = \"it's\"\n"
+    assert S.strip_comments(src) == "x = 'a'\nif x:\n    y = \"it's\"\n"
+    assert S.reindent(src) == src.replace("    y", "  y")
+    assert S.swap_quotes("def broken(:\n") == "def broken(:\n"
+
+
+def test_random_control_matches_the_signature_norm_per_tensor(tiny):
+    sig = _fake_tv(tiny, None, "sig", 7)
+    r = S.random_like(sig, seed=1)
+    for n, d in sig.deltas.items():
+        assert float(r.deltas[n].norm()) == pytest.approx(float(d.norm()), rel=1e-5)
+        cos = float((r.deltas[n].flatten() @ d.flatten()) / (r.deltas[n].norm() * d.norm()))
+        assert abs(cos) < 0.5  # a different direction
+    assert torch.equal(S.random_like(sig, seed=1).deltas[n], r.deltas[n])
+
+
+def test_doc_losses_equal_each_document_scored_alone(tiny):
+    docs = S.doc_tokens(tiny, TEXTS[:3], max_len=24)
+    assert [int(d.shape[0]) for d in docs] != [24] * 3  # different lengths: padding is exercised
+    batched = S.doc_losses(tiny, docs, batch_size=3)
+    alone = torch.tensor([S.lm_loss(tiny, d[None]) for d in docs], dtype=torch.float64)
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match="fewer than"):
+        S.doc_tokens(tiny, ["x"], min_len=8)
+
+
+def test_signature_file_on_disk_is_smaller_than_the_full_checkpoint(tiny, tmp_path):
+    """Real files: the saved signature of one layer's MLP against a saved full copy of the weights; reading the file
+    back gives the same tensors."""
+    sig = _fake_tv(tiny, [0], "sig", 8)
+    f32 = S.save(sig, tmp_path / "sig.safetensors")
+    f16 = S.save(sig, tmp_path / "sig16.safetensors", dtype=torch.float16)
+    full = S.save_full_copy(tiny, tmp_path / "full.safetensors")
+    numel = sum(d.numel() for d in sig.deltas.values())
+    assert 4 * numel <= f32.stat().st_size < 4 * numel + 4096
+    assert 2 * numel <= f16.stat().st_size < 2 * numel + 4096
+    n_full = sum(p.numel() for p in {id(p): p for p in tiny.original_model.parameters()}.values())
+    assert full.stat().st_size >= 4 * n_full > f32.stat().st_size
+    back = S.load(f32)
+    assert back.name == "sig" and set(back.deltas) == set(sig.deltas)
+    for n, d in sig.deltas.items():
+        assert torch.equal(back.deltas[n], d)
+    with pytest.raises(InputError, match="No signature file"):
+        S.load(tmp_path / "missing.safetensors")
+
+
+TINY_RUN = dict(
+    shifts=("tabs", "rename", "quotes"), steps=2, batch_size=2, seq_len=32, train_chunks=6, eval_docs=4, eval_tokens=32,
+    alphas=(0.5, 1.0), seeds=(0, 1), backbone_steps=1, n_resamples=50,
+)
+
+
+def test_study_runs_the_protocol_restores_and_reports(family, tiny, tmp_path):
+    """The protocol on every architecture: the signature goes into the clean fine-tuned model (std + alpha x sig),
+    each measure is the statistic of the per-document losses, the claims land in results.json, the report and
+    scripts/verdict_tables.py."""
+    import json
+    import runpy
+    import sys
+
+    from codecircuits.intervals import VERDICTS
     from codecircuits.studies import signatures as SS
 
     toks = _toks(tiny)
     logits0 = tiny(toks)
-    st = SS.run(
-        tiny, steps=2, batch_size=2, seq_len=32, train_chunks=6, eval_chunks=2, alphas=(0.0, 1.0), progress=False
-    )
+    st = SS.run(tiny, progress=False, **TINY_RUN)
     assert torch.equal(tiny(toks), logits0)  # fine-tunes and patches all restored
-    # alpha 0 is the base model; the shifted sets differ from the clean one
-    assert st.loss("sig_tabs", 0.0, "tabs") == st.loss("base", 0.0, "tabs")
-    assert st.loss("base", 0.0, "tabs") != st.loss("base", 0.0, "clean")
-    assert len(st.profile) == tiny.cfg.n_layers
-    m = st.metrics()
-    assert m["ratio_full_to_signature"] > 1 and m["ratio_full_to_signature_shallow"] >= m["ratio_full_to_signature"]
+    # the share recovered is computed against the CLEAN FINE-TUNED model and the shift fine-tune, per document
+    std, sig, ft = (st.docs(m, "tabs") for m in ("std", "sig_tabs@1", "ft_tabs"))
+    assert st.headline["share:tabs"].estimate == pytest.approx(float((std - sig).mean() / (std - ft).mean()), rel=1e-6)
+    assert st.loss("std", "tabs") != st.loss("pre", "tabs")  # std is a fine-tuned model, not the base
+    own = st.docs("std", "rename") - st.docs("sig_rename@1", "rename")
+    other = torch.stack([st.docs("std", o) - st.docs("sig_rename@1", o) for o in ("tabs", "quotes")], 1).mean(1)
+    assert st.headline["own_minus_other_gain:rename"].estimate == pytest.approx(float((own - other).mean()), abs=1e-9)
+    assert {"transfer_share", "backbone_retention", "compose_mean_share", "random_share"} <= set(st.headline)
+    assert set(st.per_seed.seed) == {0, 1} and set(st.per_seed["shift"]) == {"tabs", "rename", "quotes"}
+    assert all(c.verdict in VERDICTS for c in st.claims) and len(st.claims) == 9
+    iv = st.headline["share"]
+    assert iv.low <= iv.estimate <= iv.high or iv.low != iv.low  # nan when undefined
+    assert st.storage["ratio_full_to_signature"] > 1
     html, js = SS.write(st, tmp_path)
-    check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"), screenshot=family == SCREENSHOT_FAMILY)
-    assert json.loads(js.read_text())["metrics"]["base_clean"] == pytest.approx(m["base_clean"])
-    assert 'data-metric="tabs_gain_signature"' in html.read_text()
+    check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"),
+                       screenshot=family == SCREENSHOT_FAMILY)
+    data = json.loads(js.read_text())
+    assert [c["claim"] for c in data["claims"]] == [c.claim for c in st.claims]
+    assert 'data-metric="share"' in html.read_text()
+    if family == SCREENSHOT_FAMILY:
+        import contextlib
+        import io
+        from pathlib import Path
+
+        buf = io.StringIO()
+        argv, sys.argv = sys.argv, ["verdict_tables.py", str(js)]
+        try:
+            with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+                runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "verdict_tables.py"), run_name="__main__")
+        finally:
+            sys.argv = argv
+        assert e.value.code == 0
+        assert "| claim | verdict |" in buf.getvalue() and "transfer across datasets" in buf.getvalue()
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Study-level findings on the default model (docs/findings_signatures.md), at a reduced budget.
-
-
-@pytest.mark.slow
-def test_default_model_tabs_signature_recovers_most_of_the_finetune_gain(default_model, tmp_path):
-    """A brief fine-tune on tab-indented code lowers held-out tabs loss; the tabs signature (its task vector minus
-    the clean one's component) keeps most of that gain, helps tabs more than clean code, and sits in a file
-    several times smaller than a full copy of the weights; every patch is undone."""
+def test_study_bad_input(tiny):
     from codecircuits.studies import signatures as SS
 
-    model = default_model
-    toks = _toks(model)
-    logits0 = model(toks)
-    st = SS.run(
-        model,
-        shifts=("tabs",),
-        steps=8,
-        lr=3e-4,
-        batch_size=4,
-        seq_len=64,
-        eval_chunks=4,
-        alphas=(0.0, 1.0),
-        progress=False,
-    )
-    assert torch.equal(model(toks), logits0)
-    m = st.metrics()
-    assert m["tabs_gain_finetune"] > 0.05, m
-    assert m["tabs_gain_signature"] > 0.5 * m["tabs_gain_finetune"], m
-    assert m["tabs_gain_signature"] > m["base_clean"] - m["sig_tabs_alpha1_clean"], m  # discriminative
-    assert m["ratio_full_to_signature"] > 4
-    html, js = SS.write(st, tmp_path)
-    check_study_report(html, js, "signatures-smollm2-135m.png", require=("table", "line-chart"))
+    with pytest.raises(InputError, match="Unknown shift"):
+        SS.run(tiny, shifts=("tabs", "emoji"), progress=False)
+    with pytest.raises(InputError, match="at least one seed"):
+        SS.run(tiny, seeds=(), progress=False)

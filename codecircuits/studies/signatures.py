@@ -28,6 +28,7 @@ every number is also given per seed. Claims go to ``results.json`` (``"claims"``
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import tempfile
@@ -120,10 +121,11 @@ def snippets_of(files, n_chars: int | None, seed: int | None) -> list[str]:
             tree = ast.parse(f.text)
         except (SyntaxError, ValueError):
             continue
+        lines = f.text.splitlines(keepends=True)
         for node in tree.body:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
-            seg = ast.get_source_segment(f.text, node)
+            seg = "".join(lines[node.lineno - 1 : node.end_lineno]).rstrip()
             if not seg or len(seg) < 200 or len(seg) > 6000 or "    " not in seg or S.rename_locals(seg) == seg:
                 continue
             out.append(seg + "\n")
@@ -141,16 +143,35 @@ def _spread(items: list, n: int) -> list:
 
 
 def code_snippets(split: str, n_chars: int | None, seed: int) -> list[str]:
-    """:func:`snippets_of` the standard library's ``split``."""
-    out = snippets_of(corpus_mod.stdlib(split), n_chars, seed)
+    """:func:`snippets_of` the standard library's ``split`` (cached per process: reading the library takes seconds)."""
+    return list(_stdlib_snippets(split, n_chars, seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _stdlib_snippets(split, n_chars, seed) -> tuple[str, ...]:
+    out = snippets_of(_stdlib(split), n_chars, seed)
     if not out:
         raise InputError(f"No functions or classes found in stdlib:{split}.")
-    return out
+    return tuple(out)
+
+
+def _stdlib(split):
+    return tuple(f for f in _stdlib_all() if corpus_mod.split_of(f.path) == split)
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_all():
+    return tuple(corpus_mod.stdlib())  # one pass over the library for every split
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_snippets(spec: str) -> tuple[str, ...]:
+    return tuple(snippets_of(corpus_mod.load(spec), None, None))
 
 
 def transfer_snippets(spec: str, seed: int) -> tuple[list[str], list[str]]:
-    """The transfer corpus's functions, alternately to fine-tuning and to evaluation (in file order)."""
-    found = snippets_of(corpus_mod.load(spec), None, None)
+    """The transfer corpus's functions, shuffled (``seed``) and dealt alternately to fine-tuning and to evaluation."""
+    found = list(_corpus_snippets(spec))
     if len(found) < 4:
         raise InputError(f"The transfer corpus {spec!r} has {len(found)} usable functions; it needs at least 4.")
     random.Random(seed).shuffle(found)
