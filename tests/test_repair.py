@@ -259,31 +259,69 @@ def test_bad_input_is_a_clear_error(tiny):
 
 
 def test_study_runs_undoes_every_edit_and_reports(family, tiny, tmp_path):
+    """The whole protocol on a tiny model: the SGD grid on a selection case, independent repairs, two successive
+    repairs per method, intervals and claims in results.json and the report, and the base restored bit for bit."""
     import json
 
+    from codecircuits.intervals import VERDICTS
     from codecircuits.studies import repair as SR
 
     st = SR.run(
         tiny,
-        n_cases=1,
+        n_cases=2,
+        n_select=1,
         sources=("humaneval",),
         max_errors=64,
         context_tokens=24,
         n_candidates=3,
         max_edits=2,
-        sgd_steps=2,
+        sgd_lrs=(1e-2, 1.0),
+        sgd_steps=(1, 2),
+        n_gen=2,
         heldout_tokens=64,
+        n_resamples=50,
         progress=False,
     )
     df = st.to_dataframe()
-    assert sorted(df.method) == ["mint", "sgd"] and df.restored.all()
-    assert (df.spec_n > 0).all() and (df.gen_n <= 8).all()
+    assert sorted(df.method) == ["mint", "mint", "sgd", "sgd"] and df.restored.all()
+    assert st.settings["base_restored"] and st.settings["n_successive"] == 2
+    assert (df.spec_n > 0).all() and (df.gen_n <= 2).all()
+    # the SGD grid: every setting scored on the selection case; the choice is one of them and is the one used
+    assert {(r["lr"], r["steps"]) for r in st.sweep} == {(1e-2, 1), (1e-2, 2), (1.0, 1), (1.0, 2)}
+    assert (st.settings["sgd_lr"], st.settings["sgd_steps"]) == (st.sgd_choice["lr"], st.sgd_choice["steps"])
+    assert set(df[df.method == "sgd"].steps) == {st.settings["sgd_steps"]}
+    best = max(r["success_rate"] for r in st.sweep)
+    assert st.sgd_choice["success_rate"] == best
+    # successive: one row per repair and method; only earlier *repaired* lines count for retention
+    sf = st.successive_frame()
+    assert list(sf.repairs) == [1, 2, 1, 2] and (sf.earlier_repaired <= sf.repairs - 1).all()
+    assert (sf.earlier_still_fixed <= sf.earlier_repaired).all()
+    # intervals bracket their estimates; the paired difference is the difference of the two means
+    for name, iv in st.intervals.items():
+        assert iv.low <= iv.estimate + 1e-9 and iv.estimate <= iv.high + 1e-9 or iv.low != iv.low, name
+    d = st.intervals["mint_minus_sgd_success"]
+    want = st.intervals["mint_success"].estimate - st.intervals["sgd_success"].estimate
+    assert d.estimate == pytest.approx(want) and d.n == 2
+    assert st.claims and all(c.verdict in VERDICTS for c in st.claims)
     html, js = SR.write(st, tmp_path)
     check_study_report(html, js, f"repair-{tiny.cfg.model_name}.png", require=("table", "code"), screenshot=family == SCREENSHOT_FAMILY)
     data = json.loads(js.read_text())
-    assert data["metrics"]["n_cases"] == 1
+    assert data["metrics"]["n_cases"] == 2
+    assert [c["claim"] for c in data["claims"]] == [c.claim for c in st.claims]
+    assert data["claims"][0]["evidence"]["n"] == 2 and "codecircuits repair" in data["claims"][0]["command"]
     text = html.read_text()
     assert 'data-metric="mint_success_rate"' in text and 'data-metric="sgd_success_rate"' in text
+    assert "Claims and verdicts" in text and "Successive repairs" in text
+
+
+def test_study_names_the_fetch_command_when_the_shell_corpus_is_missing(tiny, tmp_path, monkeypatch):
+    from codecircuits.studies import repair as SR
+
+    monkeypatch.setenv("CODECIRCUITS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(InputError, match="codecircuits corpus fetch shell"):
+        SR.run(tiny, n_cases=1, n_select=0, sources=("shell:test",), progress=False)
+    with pytest.raises(InputError, match="n_cases"):
+        SR.run(tiny, n_cases=0, progress=False)
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from .cases import (
     probes_of,
     repair_cases,
     same_target_probes,
+    tokenize_files,
 )
 from .edits import (
     Edits,
@@ -81,6 +82,7 @@ __all__ = [
     "semantic_basis",
     "sgd_repair",
     "simulate_edits",
+    "tokenize_files",
     "upper_layers",
     "value_vector",
 ]

@@ -7,7 +7,7 @@ layers by running only those layers.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +71,8 @@ def _code_lines(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def _scan_lines(model, corpus, *, context_tokens: int, max_line_tokens: int, seed: int, limit: int):
+def _scan_lines(model, corpus, *, context_tokens: int, max_line_tokens: int, seed: int, limit: int,
+                lines_per_file: int = 3):
     """Yield (source, line_no, line, context ids, reference ids) from random code lines, deterministically."""
     tok = model.tokenizer
     bos = bos_id(model)
@@ -86,7 +87,7 @@ def _scan_lines(model, corpus, *, context_tokens: int, max_line_tokens: int, see
             continue
         enc = tok(f.text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
-        for li, start, end in rng.sample(lines, min(3, len(lines))):
+        for li, start, end in rng.sample(lines, min(lines_per_file, len(lines))):
             first = next((j for j, (a, _) in enumerate(offs) if a >= start), None)
             if first is None or first == 0:
                 continue
@@ -118,12 +119,14 @@ def repair_cases(
     seed: int = 0,
     max_lines: int = 2000,
     min_scanned: int = 0,
+    lines_per_file: int = 3,
     progress: bool = True,
 ) -> tuple[list[RepairCase], list[RepairCase]]:
     """Repair cases from real code: lines whose teacher-forced greedy completion has 1..``max_errors`` wrong tokens.
 
     Returns ``(cases, scanned)``: the first ``n`` lines that need repair, and every line scanned (the pool that
     generalisation and specificity probes are drawn from; scanning goes on until it holds ``min_scanned`` lines).
+    Each file gives at most ``lines_per_file`` random lines (files are visited in a seeded random order).
     ``corpus`` is a :class:`codecircuits.corpus.Corpus`
     (e.g. ``corpus.stdlib("test")`` or ``corpus.humaneval()``).
     """
@@ -131,10 +134,18 @@ def repair_cases(
         raise InputError("Ask for at least one repair case (n >= 1).")
     if max_errors < 1:
         raise InputError("max_errors must be at least 1.")
+    if lines_per_file < 1:
+        raise InputError("lines_per_file must be at least 1.")
     cases, scanned = [], []
     bar = progress_bar(n, "repair cases", progress)
     for src, line_no, line, ctx, ref in _scan_lines(
-        model, corpus, context_tokens=context_tokens, max_line_tokens=max_line_tokens, seed=seed, limit=max_lines
+        model,
+        corpus,
+        context_tokens=context_tokens,
+        max_line_tokens=max_line_tokens,
+        seed=seed,
+        limit=max_lines,
+        lines_per_file=lines_per_file,
     ):
         toks = torch.tensor([ctx + ref[:-1]])
         pred = _greedy(model, toks)[len(ctx) - 1 :]
@@ -177,6 +188,7 @@ def same_target_probes(
     max_candidates: int = 64,
     max_files: int = 400,
     seed: int = 0,
+    token_ids: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Probe]:
     """Generalisation probes for a fix to ``target``: held-out positions whose reference next token is ``target``.
 
@@ -184,7 +196,8 @@ def same_target_probes(
     ``target`` with ``context_tokens`` of preceding context, collects up to ``max_candidates`` of them (at most
     four per file, so one file cannot fill the set), predicts their next token in batches, and returns ``n``
     probes ordered: the same confusion first (greedy == ``wrong``), then other mistakes, then positions the model
-    already gets right. Empty if the corpus never contains the token.
+    already gets right. Empty if the corpus never contains the token. ``token_ids`` (path -> token ids of the
+    file's text, e.g. from :func:`tokenize_files`) saves tokenizing the files again for every call.
     """
     if n < 1:
         return []
@@ -194,7 +207,9 @@ def same_target_probes(
     random.Random(seed).shuffle(files)
     contexts: list[tuple[int, ...]] = []
     for f in files[:max_files]:
-        ids = model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
+        ids = token_ids[f.path] if token_ids is not None and f.path in token_ids else (
+            model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
+        )
         hits = [j for j in range(context_tokens, len(ids)) if ids[j] == target][:4]
         for j in hits:
             ctx = tuple(ids[j - context_tokens : j])
@@ -211,6 +226,11 @@ def same_target_probes(
         probes += [Probe(c, len(c) - 1, int(target), int(p)) for c, p in zip(contexts[i : i + 16], pred)]
     probes.sort(key=lambda p: (p.predicted != wrong, p.predicted == target))
     return probes[:n]
+
+
+def tokenize_files(model, files: Iterable) -> dict[str, list[int]]:
+    """path -> token ids (no special tokens) of each file's text, for :func:`same_target_probes`."""
+    return {f.path: model.tokenizer(f.text, add_special_tokens=False)["input_ids"] for f in files}
 
 
 class ResidCache:
@@ -273,4 +293,5 @@ __all__ = [
     "probes_of",
     "repair_cases",
     "same_target_probes",
+    "tokenize_files",
 ]
