@@ -109,7 +109,7 @@ def attention_neurons(
                 base_logits = readout_logits(model, run["resid_pre"][:, layer], run["scale"], exact_authors_lens)
                 blp = torch.log_softmax(base_logits, -1).gather(1, t[:, None])[:, 0]
                 w_o = model.W_O[layer].float().reshape(n_heads * d_head, -1)
-                chunk = chunk_size(len(ix), model.cfg.d_vocab, seq, memory_mb)
+                chunk = chunk_size(1, model.cfg.d_vocab, 1, memory_mb)  # rows; add_and_score scores in pieces
                 vals = torch.zeros_like(coef)
                 for s in range(0, n_heads * d_head, chunk):
                     e = min(n_heads * d_head, s + chunk)

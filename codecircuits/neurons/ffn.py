@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core.batching import n_prompts, prompt_batches
 from ..errors import InputError
-from .readout import DEFAULT_MEMORY_MB, add_and_score, chunk_size, readout_logits, readout_rows
+from .readout import DEFAULT_MEMORY_MB, SCORE_MB, add_and_score, chunk_size, readout_logits, readout_rows
 from .results import Attribution
 from .runs import check_layers, check_position, clean_run, resolve_target, target_token_strings
 
@@ -48,7 +48,14 @@ def _param(model, name: str):
 def _rank_score(rows, target) -> torch.Tensor:
     """Reciprocal rank (1 / (1 + #tokens scored above w)) of w in each row's projection: ``[B, c]``."""
     rw = rows[:, target].T  # [B, c]
-    above = (rows.unsqueeze(0) > rw.unsqueeze(-1)).sum(-1)  # [B, c]
+    piece = chunk_size(1, 1, target.shape[0] * rows.shape[1], SCORE_MB * 4)  # bool elements are a quarter the size
+    above = torch.cat(
+        [
+            (rows[s : s + piece].unsqueeze(0) > rw[:, s : s + piece].unsqueeze(-1)).sum(-1)
+            for s in range(0, len(rows), piece)
+        ],
+        dim=1,
+    )  # [B, c]
     return 1.0 / (1.0 + above.float())
 
 
@@ -79,7 +86,7 @@ def ffn_scores_batch(
     res = {s: torch.zeros(n_b, len(layers), d_mlp) for s in scores}
     base_lp_all = torch.zeros(n_b, len(layers))
     bias = _lens_bias(model, exact_authors_lens)
-    chunk = chunk_size(n_b, d_vocab, 2 if "logprob" in want else 1, memory_mb)
+    chunk = chunk_size(1, d_vocab, 1, memory_mb)  # readout rows per chunk; add_and_score scores them in pieces
     for li, layer in enumerate(layers):
         w_out = model.W_out[layer].float()  # [d_mlp, d_model]
         coef = run["post"][:, layer]  # [B, d_mlp]
@@ -148,8 +155,17 @@ def ffn_neurons(
         from ..distributed import neurons as sharded
 
         return sharded.ffn_neurons(
-            model, prompts, workers=workers, target=target, scores=scores, exact_authors_lens=exact_authors_lens,
-            pos=pos, layers=layers, batch_size=batch_size, memory_mb=memory_mb, progress=progress,
+            model,
+            prompts,
+            workers=workers,
+            target=target,
+            scores=scores,
+            exact_authors_lens=exact_authors_lens,
+            pos=pos,
+            layers=layers,
+            batch_size=batch_size,
+            memory_mb=memory_mb,
+            progress=progress,
         )
     scores = FFN_SCORES if scores == "all" else _check_scores(scores, FFN_SCORES)
     layers = check_layers(model, layers)
