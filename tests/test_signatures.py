@@ -268,7 +268,7 @@ def test_study_runs_the_protocol_restores_and_reports(family, tiny, tmp_path):
     assert st.headline["own_minus_other_gain:rename"].estimate == pytest.approx(float((own - other).mean()), abs=1e-9)
     assert {"transfer_share", "backbone_retention", "compose_mean_share", "random_share"} <= set(st.headline)
     assert set(st.per_seed.seed) == {0, 1} and set(st.per_seed["shift"]) == {"tabs", "rename", "quotes"}
-    assert all(c.verdict in VERDICTS for c in st.claims) and len(st.claims) == 9
+    assert all(c.verdict in VERDICTS for c in st.claims) and len(st.claims) == 3 + 8
     iv = st.headline["share"]
     assert iv.low <= iv.estimate <= iv.high or iv.low != iv.low  # nan when undefined
     assert st.storage["ratio_full_to_signature"] > 1

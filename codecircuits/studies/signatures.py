@@ -69,22 +69,25 @@ class SignatureConfig:
     """Settings of the study; the command line's options are generated from these fields."""
 
     shifts: tuple[str, ...] = setting(
-        ("tabs", "rename", "quotes"), f"code shifts, comma-separated, from: {', '.join(SHIFTS)}"
+        ("tabs", "rename", "indent2"), f"code shifts, comma-separated, from: {', '.join(SHIFTS)}"
     )
     kind: str = setting("block", "weights to fine-tune: block, mlp, mlp_out or attn")
     layers: tuple[int, ...] | None = setting(None, "layers to fine-tune, e.g. 0-9 or 0,3,6 (none: all)", convert="layer_list")
-    steps: int = setting(30, "fine-tuning steps per task vector")
+    steps: int = setting(24, "fine-tuning steps per task vector")
     lr: float = setting(1e-3, "Adam learning rate")
     batch_size: int = setting(8, "fine-tuning batch size")
     seq_len: int = setting(128, "tokens per training chunk")
     train_chunks: int = setting(64, "training chunks of seq-len tokens per fine-tune")
     eval_docs: int = setting(40, "held-out documents (functions or classes) per evaluation set")
-    eval_tokens: int = setting(128, "tokens scored per held-out document (the first ones)")
+    eval_tokens: int = setting(96, "tokens scored per held-out document (the first ones)")
     alphas: tuple[float, ...] = setting((0.5, 1.0, 1.5), "alphas of the sweep (alpha 1 is always measured)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the fine-tunes' data order, one full run each")
-    backbone_steps: int = setting(30, "steps of further clean fine-tuning for the updated backbone (0: skip)")
+    backbone_steps: int = setting(24, "steps of further clean fine-tuning for the updated backbone (0: skip)")
     transfer: str = setting("humaneval", "corpus of the transfer test (humaneval, stdlib:test, a directory; '': skip)")
     n_resamples: int = setting(1000, "bootstrap resamples of the intervals")
+    min_gain: float = setting(
+        0.05, "a shift tests the claims only if its fine-tune's gain over theta_std lies above this (nats/token, 95% CI)"
+    )
     data_seed: int = setting(0, "seed of which files and functions are drawn")
 
 
@@ -427,12 +430,15 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
         alphas=alphas,
         seeds=seeds,
         n_resamples=cfg.n_resamples,
+        min_gain=cfg.min_gain,
         seconds=round(time.perf_counter() - t0, 1),
     )
     losses = pd.DataFrame(rows)
     partial = SignatureStudy(model_name(model), doc, losses, pd.DataFrame(), {}, (), profile, storage, finetunes,
                              settings, cfg)
-    headline, per_seed = _intervals(partial)
+    headline, per_seed = _intervals(partial)  # adds tested_shifts to settings
+    partial = SignatureStudy(model_name(model), doc, losses, per_seed, headline, (), profile, storage, finetunes,
+                             settings, cfg)
     claims = _claims(partial, headline)
     settings["seconds"] = round(time.perf_counter() - t0, 1)
     return SignatureStudy(model_name(model), doc, losses, per_seed, headline, tuple(claims), profile, storage,
@@ -508,6 +514,8 @@ def _measures(st: SignatureStudy) -> dict:
         m["compose_sum_share"] = (_share, lambda c: [D("std", c), D("compose_sum", c), D(f"ft_{c}", c)])
         m["compose_mean_share"] = (_share, lambda c: [D("std", c), D("compose_mean", c), D(f"ft_{c}", c)])
     if s["deep_layers"]:
+        m["shallow_share"] = (_share, lambda c: [D("std", c), D(f"shallow_{c}", c), D(f"ft_{c}", c)])
+        m["deep_share"] = (_share, lambda c: [D("std", c), D(f"deep_{c}", c), D(f"ft_{c}", c)])
         m["shallow_minus_deep_share"] = (
             lambda r, sh, dp, f: (dp - sh).mean() / (r - f).mean(),
             lambda c: [D("std", c), D(f"shallow_{c}", c), D(f"deep_{c}", c), D(f"ft_{c}", c)],
@@ -527,31 +535,38 @@ def _measures(st: SignatureStudy) -> dict:
 
 
 def _intervals(st: SignatureStudy) -> tuple[dict, pd.DataFrame]:
-    """Pooled intervals (documents resampled; per-document values averaged over seeds; "X" pools the shifts, "X:c"
-    is shift c) and the per-seed table."""
+    """Intervals over documents (per-document values averaged over seeds): ``"X:c"`` for shift c, ``"X"`` pooled over
+    the shifts whose fine-tune gains more than ``min_gain`` over theta_std (the *tested* shifts; all shifts if none),
+    and the per-seed table. Pooling puts the shifts' per-document values side by side, so a pooled share is the
+    tested shifts' summed gain over their summed fine-tune gain."""
     s = st.settings
     shifts, seeds, nr = s["shifts"], s["seeds"], s["n_resamples"]
-    head, rows = {}, []
-    for name, (stat, inputs) in _measures(st).items():
+    head, rows, cols = {}, [], {}
+    measures = _measures(st)
+    for name, (stat, inputs) in measures.items():
         per_shift = {c: inputs(c) for c in shifts}
-        # pooled over seeds: [n_docs, n_seeds] per input; pooled over shifts: columns side by side
-        cols = {c: [torch.stack([f(seed) for seed in seeds], 1) for f in fs] for c, fs in per_shift.items()}
-        pooled = [torch.cat([cols[c][i] for c in shifts], 1) for i in range(len(cols[shifts[0]]))]
-        head[name] = intervals.bootstrap(stat, *pooled, n_resamples=nr)
+        cols[name] = {c: [torch.stack([f(seed) for seed in seeds], 1) for f in fs] for c, fs in per_shift.items()}
         for c in shifts:
-            head[f"{name}:{c}"] = intervals.bootstrap(stat, *cols[c], n_resamples=nr)
+            head[f"{name}:{c}"] = intervals.bootstrap(stat, *cols[name][c], n_resamples=nr)
             for seed in seeds:
                 iv = intervals.bootstrap(stat, *[f(seed) for f in per_shift[c]], n_resamples=nr)
                 rows.append({"measure": name, "shift": c, "seed": seed, "estimate": iv.estimate, "low": iv.low, "high": iv.high})
+    tested = [c for c in shifts if head[f"finetune_gain:{c}"].low > s["min_gain"]]
+    tested_t = [c for c in shifts if f"transfer_finetune_gain:{c}" in head and head[f"transfer_finetune_gain:{c}"].low > s["min_gain"]]
+    s["tested_shifts"], s["tested_transfer_shifts"] = tested, tested_t
+    for name, (stat, _) in measures.items():
+        use = (tested_t if name.startswith("transfer_") else tested) or list(shifts)
+        pooled = [torch.cat([cols[name][c][i] for c in use], 1) for i in range(len(cols[name][use[0]]))]
+        head[name] = intervals.bootstrap(stat, *pooled, n_resamples=nr)
     return head, pd.DataFrame(rows)
 
 
-def _seed_range(st: SignatureStudy, measure: str) -> str:
-    p = st.per_seed if len(st.per_seed) else None
-    if p is None:
+def _seed_range(st: SignatureStudy, measure: str, shift: str) -> str:
+    p = st.per_seed
+    if not len(p):
         return ""
-    g = p[p.measure == measure].groupby("seed").estimate.mean()
-    return "per seed (mean over shifts) " + ", ".join(f"{v:.2f}" for v in g.tolist())
+    g = p[(p.measure == measure) & (p["shift"] == shift)].sort_values("seed")
+    return "per seed " + ", ".join(f"{e:.2f} [{lo:.2f}, {hi:.2f}]" for e, lo, hi in zip(g.estimate, g.low, g.high))
 
 
 def _per_shift(head: dict, measure: str, shifts, digits=2) -> str:
@@ -560,61 +575,81 @@ def _per_shift(head: dict, measure: str, shifts, digits=2) -> str:
 
 def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
     s, shifts = st.settings, st.settings["shifts"]
-    cmd = COMMAND
-    out = []
-    share, rnd = head["share"], head["random_share"]
-    out.append(Claim(
-        "a shift's signature patched into the clean fine-tuned model recovers the shift fine-tune's gain on shifted "
-        "code (share of the gain, alpha 1, pooled over shifts)",
-        intervals.verdict(share.low > 0.5 and rnd.high < share.low, share.low > 0 and rnd.high < share.low),
-        share, rnd,
-        f"control: matched-norm random direction. {_per_shift(head, 'share', shifts)}. Fine-tune gain over theta_std "
-        f"{head['finetune_gain'].format(3)} nats/token",
-        cmd,
-    ))
+    tested, tested_t = s["tested_shifts"], s["tested_transfer_shifts"]
+    cmd, out = COMMAND, []
+
+    def each(measure, use, test):
+        return bool(use) and all(test(head[f"{measure}:{c}"]) for c in use)
+
+    def on(use):
+        return f"pooled over {', '.join(use)}" if use else "no shift tests this (none learnt)"
+
+    for c in shifts:
+        share, rnd, gain = head[f"share:{c}"], head[f"random_share:{c}"], head[f"finetune_gain:{c}"]
+        if c in tested:
+            v = intervals.verdict(share.low > 0.5 and rnd.high < share.low, share.low > 0 and rnd.high < share.low)
+            why = ""
+        else:
+            v = "not reproduced"
+            why = f"the {c} fine-tune learns nothing measurable over theta_std (gain below {s['min_gain']:g}): " \
+                  "nothing to recover, so this shift is left out of the pooled claims. "
+        out.append(Claim(
+            f"the {c} signature patched into the clean fine-tuned model recovers the {c} fine-tune's gain on "
+            f"{c} code (share of the gain, alpha 1)",
+            v, share, rnd,
+            f"{why}control: matched-norm random direction; {c} fine-tune gain over theta_std {gain.format(3)} "
+            f"nats/token; {_seed_range(st, 'share', c)}",
+            cmd,
+        ))
     amax = max(s["alphas"])
     cost, gain = head["clean_cost_alpha_max"], head["shift_gain_alpha_max"]
     out.append(Claim(
-        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g})",
-        intervals.verdict(cost.low > 0 and gain.low > 0, cost.estimate > 0 or gain.low > 0),
+        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {on(tested)})",
+        intervals.verdict(bool(tested) and cost.low > 0 and gain.low > 0, cost.low > 0 or gain.low > 0),
         cost, gain,
-        f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss change at alpha 1 "
-        f"{head['clean_cost_alpha1'].format(3)}",
+        f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss increase at alpha 1 "
+        f"{head['clean_cost_alpha1'].format(3)}; {_per_shift(head, 'clean_cost_alpha_max', shifts, 3)}",
         cmd,
     ))
     if "own_minus_other_gain" in head:
         d = head["own_minus_other_gain"]
-        each = all(head[f"own_minus_other_gain:{c}"].low > 0 for c in shifts)
         out.append(Claim(
-            "signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other shifts "
-            "(nats/token)",
-            intervals.verdict(d.low > 0 and each, d.low > 0),
+            f"signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other shifts "
+            f"(nats/token, {on(tested)})",
+            intervals.verdict(bool(tested) and d.low > 0 and each("own_minus_other_gain", tested, lambda i: i.low > 0),
+                              bool(tested) and d.low > 0),
             d, None, _per_shift(head, "own_minus_other_gain", shifts, 3), cmd,
         ))
-        cs, cm = head["compose_sum_share"], head["compose_mean_share"]
-        out.append(Claim(
-            "signatures compose by summation (alpha 1 each): the sum keeps each shift's gain (share, pooled)",
-            intervals.verdict(cs.low > 0.5, cs.low > 0), cs, None, _per_shift(head, "compose_sum_share", shifts), cmd,
-        ))
-        out.append(Claim(
-            f"composition in the RWS code's alpha/N form (alpha 1/{len(shifts)} each) keeps each shift's gain",
-            intervals.verdict(cm.low > 0.5, cm.low > 0), cm, None, _per_shift(head, "compose_mean_share", shifts), cmd,
-        ))
+        for name, label in (("compose_sum_share", "by summation (alpha 1 each)"),
+                            ("compose_mean_share", f"in the RWS code's alpha/N form (alpha 1/{len(shifts)} each)")):
+            cs = head[name]
+            out.append(Claim(
+                f"signatures compose {label}: the sum keeps each shift's gain (share, {on(tested)})",
+                intervals.verdict(bool(tested) and cs.low > 0.5 and each(name, tested, lambda i: i.low > 0),
+                                  bool(tested) and cs.low > 0),
+                cs, None, _per_shift(head, name, shifts), cmd,
+            ))
     if "transfer_share" in head:
         t, tr = head["transfer_share"], head["transfer_random_share"]
         out.append(Claim(
             f"signatures transfer across datasets: the stdlib signature patched into a model fine-tuned on "
-            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, pooled)",
-            intervals.verdict(t.low > 0.5 and tr.high < t.low, t.low > 0 and tr.high < t.low), t, tr,
-            f"control: matched-norm random direction. {_per_shift(head, 'transfer_share', shifts)}",
+            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, {on(tested_t)})",
+            intervals.verdict(bool(tested_t) and t.low > 0.5 and tr.high < t.low
+                              and each("transfer_share", tested_t, lambda i: i.low > 0),
+                              bool(tested_t) and t.low > 0 and tr.high < t.low),
+            t, tr,
+            f"control: matched-norm random direction. {_per_shift(head, 'transfer_share', shifts)}; {s['transfer']} "
+            f"fine-tune gains {_per_shift(head, 'transfer_finetune_gain', shifts, 3)}",
             cmd,
         ))
     if "backbone_retention" in head:
         r, g = head["backbone_retention"], head["backbone_gain"]
         out.append(Claim(
             "signatures survive a backbone update: gain on the clean model fine-tuned further, as a share of the gain "
-            "on the original clean model",
-            intervals.verdict(r.low > 0.5 and g.low > 0, g.low > 0), r, None,
+            f"on the original clean model ({on(tested)})",
+            intervals.verdict(bool(tested) and r.low > 0.5 and each("backbone_gain", tested, lambda i: i.low > 0),
+                              bool(tested) and g.low > 0),
+            r, None,
             f"gain on the updated backbone {g.format(3)} nats/token; {_per_shift(head, 'backbone_retention', shifts)}",
             cmd,
         ))
@@ -622,9 +657,13 @@ def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
         d = head["shallow_minus_deep_share"]
         out.append(Claim(
             f"the signature sits mostly in shallow layers: share recovered by layers {s['shallow_layers']} minus that "
-            f"by layers {s['deep_layers']}",
-            intervals.verdict(d.low > 0, d.estimate > 0), d, None,
-            _per_shift(head, "shallow_minus_deep_share", shifts), cmd,
+            f"by layers {s['deep_layers']} ({on(tested)})",
+            intervals.verdict(bool(tested) and each("shallow_minus_deep_share", tested, lambda i: i.low > 0),
+                              bool(tested) and d.low > 0),
+            d, None,
+            f"{_per_shift(head, 'shallow_minus_deep_share', shifts)}; shallow half alone "
+            f"{head['shallow_share'].format(2)}, deep half alone {head['deep_share'].format(2)}",
+            cmd,
         ))
     st_ = st.storage
     best = max(st_["ratio_full_to_signature_fp16"], st_["ratio_full_to_shallow_fp16"])
