@@ -210,8 +210,13 @@ def head_sweep(
         labels_out[ix] = t.cpu()
         base_correct[ix] = base["correct"].cpu() > 0.5
         base_lp[ix] = base["logprob"].cpu().float()
-    # the heads not swept keep the base values
-    swept = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    return _sweep_result(todo, correct, plp, base_correct, base_lp, labels_out)
+
+
+def _sweep_result(todo, correct, plp, base_correct, base_lp, labels) -> HeadSweep:
+    """The :class:`HeadSweep` of per-head, per-prompt values ``[layer, head, prompt]``; the heads not in ``todo`` (not
+    swept) keep the base values."""
+    swept = torch.zeros(correct.shape[:2], dtype=torch.bool)
     for h in todo:
         swept[h.layer, h.head] = True
     correct[~swept] = base_correct
@@ -224,7 +229,7 @@ def head_sweep(
         correct=correct,
         prompt_logprob=plp,
         base_correct=base_correct,
-        labels=labels_out,
+        labels=labels,
     )
 
 
@@ -270,21 +275,7 @@ def head_effects(
                     correct[h.layer, h.head, ix], plp[h.layer, h.head, ix] = score(model(toks), t)
                 bar.update(1)
     bar.close()
-    swept = torch.zeros(n_layers, n_heads, dtype=torch.bool)
-    for h in todo:
-        swept[h.layer, h.head] = True
-    correct[~swept] = base_correct
-    plp[~swept] = base_lp
-    return HeadSweep(
-        accuracy=correct.float().mean(-1),
-        logprob=plp.mean(-1),
-        base_accuracy=float(base_correct.float().mean()),
-        base_logprob=float(base_lp.mean()),
-        correct=correct,
-        prompt_logprob=plp,
-        base_correct=base_correct,
-        labels=lab.cpu(),
-    )
+    return _sweep_result(todo, correct, plp, base_correct, base_lp, lab.cpu())
 
 
 # ----------------------------------------------------------------------------------------------------------
