@@ -301,3 +301,39 @@ def test_study_bad_input(tiny):
         SS.run(tiny, shifts=("tabs", "emoji"), progress=False)
     with pytest.raises(InputError, match="at least one seed"):
         SS.run(tiny, seeds=(), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The study's claim on its default model (cc-py-neox, shipped), at a reduced budget (docs/findings_signatures.md).
+
+
+@pytest.mark.slow
+def test_cc_py_neox_tabs_signature_recovers_the_tabs_finetune_gain_in_the_clean_finetune(tmp_path):
+    """Patched into the CLEAN fine-tuned model, the tabs signature recovers more than half of the tabs fine-tune's
+    gain on held-out tab-indented code (interval over documents), far above a matched-norm random direction; it
+    helps tabs more than the other shift (renamed locals); it still helps an updated backbone; its file is smaller
+    than the full checkpoint's. Every patch is undone."""
+    from codecircuits import load_model
+    from codecircuits.studies import signatures as SS
+
+    torch.set_num_threads(1)
+    model = load_model("cc-py-neox", device="cpu")
+    toks = _toks(model)
+    logits0 = model(toks)
+    st = SS.run(
+        model, shifts=("tabs", "rename"), steps=16, train_chunks=48, eval_docs=24, eval_tokens=96, alphas=(1.0,),
+        seeds=(0, 1), backbone_steps=8, transfer="", n_resamples=300, progress=False,
+    )
+    assert torch.equal(model(toks), logits0)
+    h = st.headline
+    assert h["finetune_gain:tabs"].low > 0.2, h["finetune_gain:tabs"]  # the shift is learnt
+    assert h["share:tabs"].low > 0.5, h["share:tabs"]
+    assert h["random_share:tabs"].high < 0.1 < h["share:tabs"].low, (h["random_share:tabs"], h["share:tabs"])
+    assert h["own_minus_other_gain:tabs"].low > 0, h["own_minus_other_gain:tabs"]
+    assert h["backbone_gain:tabs"].low > 0, h["backbone_gain:tabs"]
+    for seed in (0, 1):  # each seed on its own, too
+        row = st.per_seed[(st.per_seed.measure == "share") & (st.per_seed["shift"] == "tabs") & (st.per_seed.seed == seed)]
+        assert float(row.low.iloc[0]) > 0.5, row
+    assert st.storage["ratio_full_to_signature"] > 1.5
+    claim = next(c for c in st.claims if c.claim.startswith("the tabs signature"))
+    assert claim.verdict == "reproduced", claim
