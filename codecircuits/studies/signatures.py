@@ -86,7 +86,7 @@ class SignatureConfig:
     transfer: str = setting("humaneval", "corpus of the transfer test (humaneval, stdlib:test, a directory; '': skip)")
     n_resamples: int = setting(1000, "bootstrap resamples of the intervals")
     min_gain: float = setting(
-        0.05, "a shift tests the claims only if its fine-tune's gain over theta_std lies above this (nats/token, 95% CI)"
+        0.05, "a shift tests the claims only if its fine-tune's gain over theta_std lies above this (nats/token, lower end of the 95 percent interval)"
     )
     data_seed: int = setting(0, "seed of which files and functions are drawn")
 
