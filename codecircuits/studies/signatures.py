@@ -74,10 +74,10 @@ class SignatureConfig:
     kind: str = setting("block", "weights to fine-tune: block, mlp, mlp_out or attn")
     layers: tuple[int, ...] | None = setting(None, "layers to fine-tune, e.g. 0-9 or 0,3,6 (none: all)", convert="layer_list")
     steps: int = setting(24, "fine-tuning steps per task vector")
-    lr: float = setting(1e-3, "Adam learning rate")
+    lr: float = setting(3e-4, "Adam learning rate")
     batch_size: int = setting(8, "fine-tuning batch size")
     seq_len: int = setting(128, "tokens per training chunk")
-    train_chunks: int = setting(64, "training chunks of seq-len tokens per fine-tune")
+    train_chunks: int = setting(192, "training chunks of seq-len tokens per fine-tune")
     eval_docs: int = setting(40, "held-out documents (functions or classes) per evaluation set")
     eval_tokens: int = setting(96, "tokens scored per held-out document (the first ones)")
     alphas: tuple[float, ...] = setting((0.5, 1.0, 1.5), "alphas of the sweep (alpha 1 is always measured)")
@@ -295,7 +295,7 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
     seeds = list(cfg.seeds)
 
     # data: stdlib train functions (half for the fine-tunes, half for the updated backbone), validation for evaluation
-    chars = cfg.train_chunks * cfg.seq_len * 4
+    chars = cfg.train_chunks * cfg.seq_len * 5  # characters per token are about 3-4 here
     pool = code_snippets("train", 2 * chars, cfg.data_seed)
     train, more = pool[0::2], pool[1::2] or pool
     held = _spread(code_snippets("validation", None, cfg.data_seed), cfg.eval_docs)
