@@ -290,6 +290,8 @@ def test_study_runs_undoes_every_edit_and_reports(family, tiny, tmp_path):
     assert {(r["lr"], r["steps"]) for r in st.sweep} == {(1e-2, 1), (1e-2, 2), (1.0, 1), (1.0, 2)}
     assert (st.settings["sgd_lr"], st.settings["sgd_steps"]) == (st.sgd_choice["lr"], st.sgd_choice["steps"])
     assert set(df[df.method == "sgd"].steps) == {st.settings["sgd_steps"]}
+    best = max((r["success_rate"], r["reference_logp"]) for r in st.sweep)
+    assert (st.sgd_choice["success_rate"], st.sgd_choice["reference_logp"]) == pytest.approx(best, abs=1e-6)
     best = max(r["success_rate"] for r in st.sweep)
     assert st.sgd_choice["success_rate"] == best
     # successive: one row per repair and method; only earlier *repaired* lines count for retention
