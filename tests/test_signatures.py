@@ -321,8 +321,8 @@ def test_cc_py_neox_tabs_signature_recovers_the_tabs_finetune_gain_in_the_clean_
     toks = _toks(model)
     logits0 = model(toks)
     st = SS.run(
-        model, shifts=("tabs", "rename"), steps=16, train_chunks=48, eval_docs=24, eval_tokens=96, alphas=(1.0,),
-        seeds=(0, 1), backbone_steps=8, transfer="", n_resamples=300, progress=False,
+        model, shifts=("tabs", "rename"), steps=12, train_chunks=48, eval_docs=20, eval_tokens=96, alphas=(1.0,),
+        seeds=(0, 1), backbone_steps=6, transfer="", n_resamples=300, progress=False,
     )
     assert torch.equal(model(toks), logits0)
     h = st.headline
