@@ -28,6 +28,7 @@ every number is also given per seed. Claims go to ``results.json`` (``"claims"``
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import math
 import random
@@ -198,7 +199,7 @@ class SignatureStudy(Study):
     doc: dict  # "seed|corpus|model|dataset" -> per-document losses [n_docs] (float64)
     losses: pd.DataFrame  # one row per (seed, corpus, model, alpha, dataset): the mean over documents
     per_seed: pd.DataFrame  # one row per (measure, shift, seed): estimate and interval
-    headline: dict  # measure -> Interval (pooled over seeds, and over shifts where named so)
+    headline: dict[str, Interval]  # "measure" (pooled over the tested shifts) or "measure:shift", seeds averaged
     claims: tuple[Claim, ...]
     profile: pd.DataFrame  # per layer: norms of task vectors and signatures, cosines with the standard one
     storage: dict
@@ -323,7 +324,7 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
     rows: list[dict] = []
 
     def measure(seed, corpus, name, alpha, tvs, coefs, datasets):
-        with S.patched(model, tvs, coefs) if tvs else _nothing():
+        with S.patched(model, tvs, coefs) if tvs else contextlib.nullcontext():
             for d in datasets:
                 v = S.doc_losses(model, corpora[corpus]["eval"][d])
                 doc[_key(seed, corpus, name, d)] = v
@@ -443,14 +444,6 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
     settings["seconds"] = round(time.perf_counter() - t0, 1)
     return SignatureStudy(model_name(model), doc, losses, per_seed, headline, tuple(claims), profile, storage,
                           finetunes, settings, cfg)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _storage(model, sig: S.TaskVector, shallow: list[int]) -> dict:
@@ -731,4 +724,3 @@ def write(study: SignatureStudy, out_dir) -> tuple[Path, Path]:
 
 
 __all__ = ["SHIFTS", "SignatureConfig", "SignatureStudy", "code_snippets", "run", "shifted_texts", "write"]
-_ = Interval  # re-exported type of the headline values
