@@ -584,8 +584,8 @@ def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
             why = ""
         else:
             v = "not reproduced"
-            why = f"the {c} fine-tune learns nothing measurable over theta_std (gain below {s['min_gain']:g}): " \
-                  "nothing to recover, so this shift is left out of the pooled claims. "
+            why = f"the {c} fine-tune's gain over theta_std does not clear {s['min_gain']:g} nats/token (its interval " \
+                  "reaches below): too little to recover, so this shift is left out of the pooled claims. "
         out.append(Claim(
             f"the {c} signature patched into the clean fine-tuned model recovers the {c} fine-tune's gain on "
             f"{c} code (share of the gain, alpha 1)",
@@ -598,7 +598,7 @@ def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
     cost, gain = head["clean_cost_alpha_max"], head["shift_gain_alpha_max"]
     out.append(Claim(
         f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {on(tested)})",
-        intervals.verdict(bool(tested) and cost.low > 0 and gain.low > 0, cost.low > 0 or gain.low > 0),
+        intervals.verdict(bool(tested) and cost.low > 0 and gain.low > 0, bool(tested) and (cost.low > 0 or gain.low > 0)),
         cost, gain,
         f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss increase at alpha 1 "
         f"{head['clean_cost_alpha1'].format(3)}; {_per_shift(head, 'clean_cost_alpha_max', shifts, 3)}",
