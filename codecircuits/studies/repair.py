@@ -340,6 +340,7 @@ def _successive(model, method, cases, cfg, lr, steps, spec_probes, base_spec, he
     layer_list = R.upper_layers(model, cfg.layers)
     snap = R.WeightSnapshot(model, layer_list)
     results, rows, repaired = [], [], []
+    earlier, ev = [], None
     for i, case in enumerate(tqdm(cases, desc=f"successive {method}", disable=not progress, leave=False)):
         if method == "mint":
             res = R.mint_repair(
@@ -368,8 +369,11 @@ def _successive(model, method, cases, cfg, lr, steps, spec_probes, base_spec, he
                 "changed_rows": snap.changed_rows(),
             }
         )
-    still = [_fixed(cache, cases[j]) for j in range(len(cases) - 1) if repaired[j]]  # the last one is just done
-    final_spec = (R.evaluate_probes(model, spec_probes, cache=cache)["argmax"] == base_spec["argmax"]).double()
+    # after the last repair: the earlier repaired lines and the unrelated predictions as its row measured them
+    still = earlier
+    if ev is None:  # no cases: the base itself
+        ev = R.evaluate_probes(model, spec_probes, cache=cache)
+    final_spec = (ev["argmax"] == base_spec["argmax"]).double()
     if method == "mint":
         for res in reversed(results):  # undo only: the study then checks the base is back bit for bit
             res.undo(model)
