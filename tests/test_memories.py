@@ -51,6 +51,37 @@ def test_chunking_round_robin_and_caps(tiny):
         mem.chunk_corpus(tiny, 42)
 
 
+def _slots(ch):
+    return [(ch.names[int(d)], int(s)) for d, s in zip(ch.chunk_doc, ch.chunk_start)]
+
+
+def test_sampled_chunking_is_uniform_without_repeats(tiny):
+    long = [t * 12 for t in TEXTS]  # documents of several chunks each
+    full = mem.chunk_corpus(tiny, long, window=16, order="sample", seed=3)
+    breadth = mem.chunk_corpus(tiny, long, window=16)
+    # no budget: every slot of every document exactly once, in a seeded order other than breadth-first
+    assert sorted(_slots(full)) == sorted(_slots(breadth)) and len(set(_slots(full))) == len(full)
+    assert _slots(full) != _slots(breadth)
+    again = mem.chunk_corpus(tiny, long, window=16, order="sample", seed=3)
+    assert _slots(again) == _slots(full)
+    assert _slots(mem.chunk_corpus(tiny, long, window=16, order="sample", seed=4)) != _slots(full)
+    # a small budget: drawn chunks, no repeats, within budget, each holding its document's tokens at its slot
+    big = [t * 200 for t in TEXTS]
+    small = mem.chunk_corpus(tiny, big, window=16, max_tokens=300, order="sample", seed=0)
+    assert 0 < small.n_tokens <= 300 and len(set(_slots(small))) == len(small)
+    for c in range(len(small)):
+        d, s = int(small.chunk_doc[c]), int(small.chunk_start[c])
+        assert s % small.body == 0 and np.array_equal(small.chunk_ids(c), small.ids[d][s : s + small.body])
+    # unlike breadth-first, the sample does not start every file at its header
+    starts = np.concatenate(
+        [mem.chunk_corpus(tiny, big, window=16, max_chunks=40, order="sample", seed=k).chunk_start for k in range(3)]
+    )
+    assert np.mean(starts == 0) < 0.2
+    assert all(s == 0 for s in mem.chunk_corpus(tiny, big, window=16, max_chunks=5).chunk_start)
+    with pytest.raises(InputError, match="order"):
+        mem.chunk_corpus(tiny, TEXTS, window=16, order="random")
+
+
 def test_scan_matches_brute_force(tiny):
     ch = mem.chunk_corpus(tiny, TEXTS, window=24, max_chunks=9)
     s = mem.scan(tiny, ch, k=3, batch_size=4, progress=False)

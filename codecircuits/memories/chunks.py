@@ -6,6 +6,12 @@ model prepends one, :func:`chunk_bos_id`), so a chunk of a long file sees only i
 BOS position is never a trigger. Chunks are visited breadth-first across documents (the first chunk of every
 document, then the second chunk of every document, ...), so a token budget (``max_tokens`` / ``max_chunks``)
 covers many files rather than the first few.
+
+Breadth-first visiting over-represents the start of each file (licence headers, module docstrings, imports) when
+a budget ends in the first pass or two: 2,400 chunks of the JDK's 13,652 files are 2,400 licence comments.
+``order="sample"`` plans a seeded uniform sample of the corpus's chunk slots instead: a character of the corpus
+is drawn uniformly (files weighted by their length) and the chunk that holds it is taken, without repeats, so
+every part of every file is as likely to be scanned as any other and the sample's make-up follows the corpus's.
 """
 
 from __future__ import annotations
@@ -123,13 +129,17 @@ def chunk_corpus(
     max_tokens: int | None = None,
     max_chunks: int | None = None,
     min_tokens: int = 2,
+    order: str = "breadth",
+    seed: int = 0,
 ) -> ChunkedCorpus:
-    """Tokenize ``corpus`` and plan its chunks breadth-first across documents (see the module docstring).
+    """Tokenize ``corpus`` and plan its chunks breadth-first across documents, or as a seeded uniform sample of
+    its chunk slots with ``order="sample"`` (see the module docstring).
 
     ``max_tokens`` / ``max_chunks`` cap the plan (whole chunks, in visiting order); chunks shorter than
     ``min_tokens`` document tokens are dropped. Documents are tokenized as the plan reaches them, so a budget
     that ends within the first pass over the documents tokenizes (and keeps) only the documents before that
-    point: a 300k-token scan of a 60M-token corpus does not tokenize all of it.
+    point: a 300k-token scan of a 60M-token corpus does not tokenize all of it. ``seed`` sets the sample
+    (``order="sample"`` only).
     """
     if isinstance(corpus, ChunkedCorpus):
         return corpus
@@ -150,6 +160,13 @@ def chunk_corpus(
         offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
 
     body = window - (bos is not None)
+    if order not in ("breadth", "sample"):
+        raise InputError(f"order must be 'breadth' or 'sample'; got {order!r}.")
+    if order == "sample":
+        files, ids, offs, doc_l, start_l = _sampled_plan(
+            files, tok, body, max_tokens=max_tokens, max_chunks=max_chunks, min_tokens=min_tokens, seed=seed
+        )
+        return _chunked(name, files, ids, offs, doc_l, start_l, window, bos, min_tokens, max_tokens, max_chunks)
     doc_l, start_l, total = [], [], 0
     depth, full = 0, False
     while not full:
@@ -176,6 +193,10 @@ def chunk_corpus(
             break
         depth += 1
     files = files[: len(ids)]  # a budget that ends in the first pass leaves the later documents out, untokenized
+    return _chunked(name, files, ids, offs, doc_l, start_l, window, bos, min_tokens, max_tokens, max_chunks)
+
+
+def _chunked(name, files, ids, offs, doc_l, start_l, window, bos, min_tokens, max_tokens, max_chunks):
     if not doc_l:
         raise InputError(
             f"The corpus {name!r} gives no chunk of at least {min_tokens} tokens within the budget "
@@ -193,6 +214,74 @@ def chunk_corpus(
         window=window,
         bos=bos,
     )
+
+
+def _sampled_plan(files, tok, body: int, *, max_tokens, max_chunks, min_tokens: int, seed: int):
+    """A seeded uniform sample of chunk slots: draw a character of the corpus, take the chunk holding it.
+
+    Returns the documents touched (in the order first drawn), their ids and offsets, and the plan. When the budget
+    covers a large share of the corpus (or there is none), every document is tokenized and all chunk slots are
+    visited in a seeded random order instead, which is the same distribution without rejection.
+    """
+    rng = np.random.default_rng(seed)
+    lens = np.array([len(f.text) for f in files], dtype=np.float64)
+    if lens.sum() == 0:
+        raise InputError("The corpus's documents are all empty.")
+    touched: dict[int, int] = {}
+    ids, offs, kept = [], [], []
+
+    def doc(f: int) -> int:
+        if f not in touched:
+            enc = tok(files[f].text, add_special_tokens=False, return_offsets_mapping=True)
+            touched[f] = len(kept)
+            kept.append(files[f])
+            ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
+            offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+        return touched[f]
+
+    def fits(n: int, count: int, total: int) -> bool:
+        return not ((max_chunks is not None and count >= max_chunks) or (max_tokens is not None and total + n > max_tokens))
+
+    doc_l, start_l, total = [], [], 0
+    approx_tokens = lens.sum() / 3.0  # code is 3-4 characters per token; a high estimate of the corpus's size
+    budget = min(x for x in (max_tokens, None if max_chunks is None else max_chunks * body, np.inf) if x is not None)
+    if budget >= 0.25 * approx_tokens:  # a large share: enumerate every slot and shuffle
+        slots = []
+        for f in range(len(files)):
+            d = doc(f)
+            slots += [(d, s) for s in range(0, len(ids[d]), body) if min(body, len(ids[d]) - s) >= min_tokens]
+        for i in rng.permutation(len(slots)):
+            d, s = slots[i]
+            n = min(body, len(ids[d]) - s)
+            if not fits(n, len(doc_l), total):
+                break
+            doc_l.append(d)
+            start_l.append(s)
+            total += n
+        return kept, ids, offs, doc_l, start_l
+    p = lens / lens.sum()
+    taken: set[tuple[int, int]] = set()
+    misses = 0
+    while misses < 10_000:
+        for f in rng.choice(len(files), size=256, p=p):
+            d = doc(int(f))
+            char = int(rng.integers(len(files[f].text)))
+            if len(ids[d]) == 0:
+                misses += 1
+                continue
+            t = max(0, int(np.searchsorted(offs[d][:, 0], char, side="right")) - 1)
+            s = (t // body) * body
+            n = min(body, len(ids[d]) - s)
+            if (d, s) in taken or n < min_tokens:
+                misses += 1
+                continue
+            if not fits(n, len(doc_l), total):
+                return kept, ids, offs, doc_l, start_l
+            taken.add((d, s))
+            doc_l.append(d)
+            start_l.append(s)
+            total += n
+    return kept, ids, offs, doc_l, start_l
 
 
 __all__ = ["ChunkedCorpus", "chunk_bos_id", "chunk_corpus"]

@@ -45,6 +45,12 @@ class LanguagesConfig:
     tau: float = setting(0.5, "share of a key's triggers that must match a concept")
     min_lift: float = setting(2.0, "score / base rate needed to select a key")
     n_draws: int = setting(200, "layer-matched random key sets per concept for the chance overlap")
+    order: str = setting(
+        "sample",
+        "which chunks a budget scans: 'sample' (a seeded uniform sample of the corpus's chunks) or 'breadth' "
+        "(the first chunk of every file, then the second, ...: mostly licence headers and imports at 300k tokens)",
+    )
+    seed: int = setting(0, "seed of the chunk sample")
     batch_size: int = setting(8, "chunks per forward of the scan")
     scans: str | None = setting(
         None, "directory of the per-language scan checkpoints, reused and resumed (none: OUT/scans)", cli=False
@@ -162,12 +168,15 @@ def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress:
     scores, dists, rq1, tokens, corpora, timings = {}, {}, {}, {}, {}, {}
     for spec in cfg.corpora:
         t0 = time.perf_counter()
-        chunked = mem.chunk_corpus(model, spec, window=cfg.window, max_tokens=cfg.max_tokens)
+        chunked = mem.chunk_corpus(
+            model, spec, window=cfg.window, max_tokens=cfg.max_tokens, order=cfg.order, seed=cfg.seed
+        )
         lang = corpus_language(chunked.names)
         if lang in scores:
             raise InputError(f"Two corpora are in {lang}; give one corpus per language.")
         tag = str(spec).replace(":", "_").replace("/", "_")
-        ck = scans_dir / f"{tag}_{cfg.max_tokens or 'all'}_w{cfg.window}_k{cfg.k}.safetensors"
+        plan = "" if cfg.order == "breadth" else f"_{cfg.order}{cfg.seed}"
+        ck = scans_dir / f"{tag}_{cfg.max_tokens or 'all'}_w{cfg.window}_k{cfg.k}{plan}.safetensors"
         scan = mem.scan(
             model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=ck, resume=ck.exists(), progress=progress
         )
