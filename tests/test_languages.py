@@ -175,7 +175,9 @@ def test_three_language_study_and_command(tiny_dirs, tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert data["languages"] == ["python", "java", "go"]
     assert {c["verdict"] for c in data["claims"]} <= {"reproduced", "partly", "not reproduced"}
-    assert len(list((out / "scans").glob("*.safetensors"))) == 3
+    scans = sorted((out / "scans").glob("*.safetensors"))
+    assert len(scans) == 3 and all(p.name.endswith("_sample0.safetensors") for p in scans)  # the uniform sample
+    assert data["config"]["order"] == "sample"
     check_study_report(out / "report.html", out / "results.json", "languages-tiny.png", require=("table",),
                        screenshot=False)
     assert main(args) == 0  # the second run resumes every scan from its checkpoint

@@ -15,7 +15,7 @@ a 95% bootstrap interval that resamples the labelled keys of each third.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import concepts as cc
@@ -120,6 +120,7 @@ class LanguagesStudy(Study):
                 "cross_language": self.comparison.to_dataframe().to_dict(orient="records"),
                 "claims": [c.to_json() for c in self.claims()],
                 "timings": self.timings,
+                "config": None if self.config is None else asdict(self.config),
             }
         )
 
