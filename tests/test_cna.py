@@ -151,6 +151,17 @@ def test_paper_arithmetic_task_two_digits_four_operations(tiny):
         arithmetic.dataset(tiny, n=0)
 
 
+def test_selection_of_one_length_warns_when_it_holds_fewer_than_asked(tiny):
+    from codecircuits.studies.cna import _one_length
+
+    ds = arithmetic.dataset(tiny, templates=arithmetic.PAPER_TEMPLATES, ops=arithmetic.PAPER_OPS, digits=2, n=5)
+    sel = _one_length(tiny, ds, 2, seed=0, per_op=True)
+    assert len({len(tiny.to_tokens(t)[0]) for t in sel.texts}) == 1
+    with pytest.warns(UserWarning, match="Raise n_acc"):
+        big = _one_length(tiny, ds, 50, seed=0, per_op=True)
+    assert len(big) < 50 * len(set(big.ops))  # capped by the prompts of that length, and said so
+
+
 #: the default-model study run the slow tests share: every head of every layer on a small selection split, the
 #: chosen heads and random heads on a larger held-out split, CNA on selection prompts and mask/keep on held-out ones,
 #: Table 2 over the last 6 layers (all 30 cost minutes: that is the study's job); sized to give decisive intervals

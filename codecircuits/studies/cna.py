@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -587,12 +588,23 @@ def _one_length(
     best = max(by_len.values(), key=lambda ix: (n_ops(ix), len(ix)))
     rng = random.Random(seed)
     if not per_op:
+        _warn_short(n, len(best), "")
         return ds.select(indices=sorted(rng.sample(best, min(n, len(best)))))
     idx = []
     for op in dict.fromkeys(ds.prompts[i].op for i in best):
         rows = [i for i in best if ds.prompts[i].op == op]
+        _warn_short(n, len(rows), f" of operation {op!r}")
         idx += rng.sample(rows, min(n, len(rows)))
     return ds.select(indices=sorted(idx))
+
+
+def _warn_short(wanted: int, have: int, what: str) -> None:
+    if have < wanted:
+        warnings.warn(
+            f"Only {have} prompts{what} share one token length, fewer than the {wanted} asked for; the sweep uses "
+            f"{have}. Raise n_acc (--n-acc) to draw more prompts, or lower n_sweep (--n-sweep).",
+            stacklevel=3,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
