@@ -50,6 +50,12 @@ class MemoriesConfig:
     eval_corpus: object = setting("stdlib:validation", "corpus for the masking edits and agreement")
     max_tokens: int | None = setting(6000, "token budget of the scan (0: the whole corpus)", convert="zero_is_none")
     window: int = setting(128, "chunk length in tokens, BOS included")
+    order: str = setting(
+        "sample",
+        "which chunks the scan and the edits' evaluation take: 'sample' (a seeded uniform sample of the corpus's "
+        "chunks) or 'breadth' (the first chunk of every file, then the second, ...: file headers at small budgets)",
+    )
+    seed: int = setting(0, "seed of the chunk sample")
     k: int = setting(20, "trigger examples kept per key", flag="--top-k")
     concepts: object = setting(None, "concepts to score (None: the built-in set)", cli=False)
     tau: float = setting(0.5, "share of a key's triggers that must match a concept")
@@ -446,7 +452,7 @@ def run(
     kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
-    chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens)
+    chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, order=cfg.order, seed=cfg.seed)
     language = corpus_language(chunked.names)
     cs = cc.resolve_concepts(concepts, language)
     start_tokens = 0  # a resumed scan starts from its checkpoint's count; the throughput is this run's
@@ -484,7 +490,9 @@ def run(
     edit_taus: dict[str, float] = {}
     if edit_tokens:
         t0 = time.perf_counter()
-        ev = mem.chunk_corpus(model, eval_corpus, window=window, max_tokens=edit_tokens)
+        ev = mem.chunk_corpus(
+            model, eval_corpus, window=window, max_tokens=edit_tokens, order=cfg.order, seed=cfg.seed + 1
+        )
         if edit is None:
             emask = cc.token_masks(ev, scores.concepts, force_token=cfg.edit_at == "target").mask[:, cc.chunk_flat_tokens(ev)]
             names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
@@ -530,6 +538,8 @@ def run(
         "eval_corpus": str(eval_corpus) if not isinstance(eval_corpus, (list, tuple)) else "texts",
         "max_tokens": max_tokens,
         "window": window,
+        "order": cfg.order,
+        "seed": cfg.seed,
         "k": k,
         "tau": tau,
         "min_lift": min_lift,
