@@ -92,7 +92,7 @@ def test_study_command_defaults_are_the_study_config(monkeypatch, command):
     assert kwargs.get("workers") is None, "without --workers / --ray a command runs in one process"
 
 
-@pytest.mark.parametrize("command", ["memories", "cna", "circuit"])
+@pytest.mark.parametrize("command", ["memories", "languages", "cna", "circuit"])
 def test_workers_options_reach_the_study(monkeypatch, command):
     """`--workers N` hands the study N local Ray workers, `--ray ADDRESS` the workers of a running cluster."""
     from codecircuits.distributed import Workers

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import config_from, config_options
+from ._options import config_from, config_options, worker_options, workers_of
 
 NAME = "languages"
 HELP = "FF memories in Python, Java and Go: RQ1 per language and whether a concept selects the same keys in each"
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    worker_options(p)
 
 
 def run(args) -> int:
@@ -36,7 +37,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = dataclasses.replace(config_from(args, languages.LanguagesConfig), scans=args.scans)
     model = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    study = languages.run(model, cfg, out_dir=args.out, progress=not args.quiet)
+    with workers_of(args) as workers:
+        study = languages.run(model, cfg, out_dir=args.out, progress=not args.quiet, workers=workers)
     html, js = study.save(args.out)
     for g in study.languages:
         shares = ", ".join(f"{t} {iv.format(3)}" for t, iv in study.rq1[g].items())

@@ -159,8 +159,13 @@ class LanguagesStudy(Study):
         return write_study(out_dir, self.to_json(), self.report)
 
 
-def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress: bool = True, **overrides):
-    """Scan each language's corpus (resuming its checkpoint), score it, and compare the languages."""
+def run(
+    model, config: LanguagesConfig | None = None, *, out_dir=None, progress: bool = True, workers=None, **overrides
+):
+    """Scan each language's corpus (resuming its checkpoint), score it, and compare the languages.
+
+    ``workers`` shards each scan over Ray workers (:mod:`codecircuits.distributed`); the result is the same.
+    """
     cfg = configure(LanguagesConfig, config, overrides)
     if len(cfg.corpora) < 2:
         raise InputError(f"Give at least two corpora (one per language); got {list(cfg.corpora)}.")
@@ -179,7 +184,8 @@ def run(model, config: LanguagesConfig | None = None, *, out_dir=None, progress:
         plan = "" if cfg.order == "breadth" else f"_{cfg.order}{cfg.seed}"
         ck = scans_dir / f"{tag}_{cfg.max_tokens or 'all'}_w{cfg.window}_k{cfg.k}{plan}.safetensors"
         scan = mem.scan(
-            model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=ck, resume=ck.exists(), progress=progress
+            model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=ck, resume=ck.exists(), progress=progress,
+            workers=workers,
         )
         sc = cc.key_scores(scan, chunked, cc.catalogue(language=lang))
         scores[lang] = sc
