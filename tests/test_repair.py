@@ -316,6 +316,41 @@ def test_study_runs_undoes_every_edit_and_reports(family, tiny, tmp_path):
     assert "Claims and verdicts" in text and "Successive repairs" in text
 
 
+def test_interrupted_study_resumes_to_the_same_results(tiny, tmp_path):
+    """The progress file holds each finished step; a run resumed from a file cut after the first case (as an
+    interruption leaves it) gives the uninterrupted run's rows, successive rows and claims, times aside."""
+    import json
+
+    from codecircuits.studies import repair as SR
+
+    kw = dict(n_cases=2, n_select=1, sources=("humaneval",), max_errors=64, context_tokens=24, n_candidates=2,
+              max_edits=1, sgd_lrs=(1e-2,), sgd_steps=(1, 2), n_gen=2, heldout_tokens=64, n_resamples=50,
+              progress=False)
+    ck = tmp_path / "progress.json"
+    full = SR.run(tiny, checkpoint=ck, **kw)
+    saved = json.loads(ck.read_text())
+    assert set(saved["cases"]) == {"0", "1"} and set(saved["successive"]) == {"mint", "sgd"}
+    assert saved["sweep"] is not None and not full.settings["resumed"]
+    saved["cases"].pop("1")
+    saved["successive"].pop("sgd")
+    ck.write_text(json.dumps(saved))
+    again = SR.run(tiny, checkpoint=ck, resume=True, **kw)
+
+    import pandas as pd
+
+    def strip(rows):  # NaN (no earlier repair yet) equals NaN here
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+
+    assert again.settings["resumed"] and again.settings["base_restored"]
+    pd.testing.assert_frame_equal(strip(again.rows), strip(full.rows))
+    pd.testing.assert_frame_equal(strip(again.successive), strip(full.successive))
+    assert [(c.claim, c.verdict) for c in again.claims] == [(c.claim, c.verdict) for c in full.claims]
+    with pytest.raises(InputError, match="other settings"):
+        SR.run(tiny, checkpoint=ck, resume=True, **{**kw, "n_gen": 3})
+    fresh = SR.run(tiny, checkpoint=ck, **{**kw, "n_gen": 3})  # without resume: starts afresh, rewrites the file
+    assert not fresh.settings["resumed"] and json.loads(ck.read_text())["cases"].keys() == {"0", "1"}
+
+
 def test_study_names_the_fetch_command_when_the_shell_corpus_is_missing(tiny, tmp_path, monkeypatch):
     from codecircuits.studies import repair as SR
 

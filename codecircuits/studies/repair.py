@@ -382,13 +382,67 @@ def _successive(model, method, cases, cfg, lr, steps, spec_probes, base_spec, he
     return rows, torch.tensor(still, dtype=torch.float64), final_spec
 
 
-def run(model, config: RepairConfig | None = None, *, progress: bool = True, **overrides) -> RepairStudy:
+class _Progress:
+    """The study's finished steps in a JSON file, rewritten atomically after each one (the SGD sweep, each case,
+    each successive sequence), so an interrupted run resumes where it stopped. Each case is undone before the next
+    and the study checks the base bit for bit, so resumed results equal an uninterrupted run's (times aside)."""
+
+    def __init__(self, path, key: str, resume: bool):
+        self.path = None if path is None else Path(path)
+        self.state = {"key": key, "sweep": None, "cases": {}, "successive": {}}
+        if resume and self.path is not None and self.path.is_file():
+            import json
+
+            saved = json.loads(self.path.read_text())
+            if saved.get("key") != key:
+                raise InputError(
+                    f"{self.path} was written by a run with other settings, model or cases; delete it, give "
+                    "another --out, or run without --resume to start afresh."
+                )
+            self.state = saved
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        import json
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path)
+
+
+def _run_key(model, cfg: RepairConfig, cases) -> str:
+    import json
+
+    from dataclasses import asdict
+
+    ident = {
+        "model": str(model.cfg.model_name),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "n_resamples"},
+        "cases": [[c.source, c.line_no, list(c.reference), list(c.predicted)] for c in cases],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run(
+    model,
+    config: RepairConfig | None = None,
+    *,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    **overrides,
+) -> RepairStudy:
     """Collect ``n_select + n_cases`` repair cases (split over ``sources``), choose the SGD baseline on the
     selection split, repair each evaluation case with MINT and with SGD (undoing each), then repair the first
     ``n_successive`` in succession with each method; intervals and claims over the evaluation cases.
 
     ``config`` defaults to :class:`RepairConfig`; keyword ``overrides`` change single settings. ``scale``: MINT's
-    edit size ``eps = 0.01 * scale`` (its planning factor is 0.01; its benchmark uses 10x).
+    edit size ``eps = 0.01 * scale`` (its planning factor is 0.01; its benchmark uses 10x). ``checkpoint``: a JSON
+    file the finished steps are written to as they finish; ``resume=True`` skips the steps it holds (after
+    checking it came from the same model, settings and cases).
     """
     cfg = configure(RepairConfig, config, overrides)
     if cfg.n_cases < 1:
@@ -424,10 +478,16 @@ def run(model, config: RepairConfig | None = None, *, progress: bool = True, **o
     base_spec = R.evaluate_probes(model, spec_probes, cache=cache)
     base_loss = R.heldout_loss(model, heldout, cache=cache)
     base_digest = {i: _digest(cache.logits(c.tokens)) for i, c in enumerate(cases)}
+    done = _Progress(checkpoint, _run_key(model, cfg, all_cases), resume)
+    resumed = bool(done.state["cases"] or done.state["sweep"])
 
     # the SGD baseline's setting, chosen on the selection split
-    if select:
+    if select and done.state["sweep"] is not None:
+        sweep, choice = done.state["sweep"]
+    elif select:
         sweep, choice = _sgd_sweep(model, select, cfg.layers, cfg.sgd_lrs, cfg.sgd_steps, cache, progress)
+        done.state["sweep"] = [sweep, choice]
+        done.save()
     else:
         # no selection split: MINT's baseline setting (lr 1e-2, 10 steps) where the grid has it
         sweep = []
@@ -440,6 +500,13 @@ def run(model, config: RepairConfig | None = None, *, progress: bool = True, **o
     rows, examples = [], []
     tok = model.tokenizer
     for ci, case in enumerate(tqdm(cases, desc="repair", disable=not progress)):
+        if str(ci) in done.state["cases"]:
+            saved = done.state["cases"][str(ci)]
+            rows += saved["rows"]
+            if saved["example"] is not None and len(examples) < 6:
+                examples.append(saved["example"])
+            continue
+        n_rows, n_examples = len(rows), len(examples)
         task = task_of[(case.source, case.line_no)]
         first = case.errors[0]
         target, wrong = case.reference[first], case.predicted[first]
@@ -517,15 +584,25 @@ def run(model, config: RepairConfig | None = None, *, progress: bool = True, **o
                 **m,
             )
         )
+        done.state["cases"][str(ci)] = {
+            "rows": rows[n_rows:], "example": examples[n_examples] if len(examples) > n_examples else None
+        }
+        done.save()
 
     # successive repairs, each method in its own sequence from the base
     n_succ = len(cases) if cfg.n_successive == 0 else min(cfg.n_successive, len(cases))
     succ_rows, still, final_spec = [], {}, {}
     for method in ("mint", "sgd"):
-        r_, still[method], final_spec[method] = _successive(
-            model, method, cases[:n_succ], cfg, sgd_lr, sgd_steps, spec_probes, base_spec, heldout, base_loss,
-            cache, progress,
-        )
+        if method in done.state["successive"]:
+            r_, st, fs = done.state["successive"][method]
+            still[method], final_spec[method] = torch.tensor(st, dtype=torch.float64), torch.tensor(fs, dtype=torch.float64)
+        else:
+            r_, still[method], final_spec[method] = _successive(
+                model, method, cases[:n_succ], cfg, sgd_lr, sgd_steps, spec_probes, base_spec, heldout, base_loss,
+                cache, progress,
+            )
+            done.state["successive"][method] = [r_, still[method].tolist(), final_spec[method].tolist()]
+            done.save()
         succ_rows += r_
     base_restored = all(_digest(cache.logits(c.tokens)) == base_digest[i] for i, c in enumerate(cases))
     base_restored = base_restored and R.heldout_loss(model, heldout, cache=cache) == base_loss
@@ -556,6 +633,7 @@ def run(model, config: RepairConfig | None = None, *, progress: bool = True, **o
         threads=torch.get_num_threads(),
         seed=cfg.seed,
         command=command_of(cfg),
+        resumed=resumed,
         seconds=round(time.perf_counter() - t0, 1),
     )
     return RepairStudy(
