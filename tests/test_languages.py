@@ -134,6 +134,39 @@ def test_cross_language_overlap_against_layer_matched_chance():
         crosslang.compare_languages({"python": py, "go": _scores({"comment": same}, layers=(0, 2))})
 
 
+def test_cross_language_claim_follows_the_overlap_and_its_interval():
+    """Concepts that select the same keys in both languages make the claim 'reproduced', with the mean Jaccard's
+    interval above the chance mean's; concepts on unrelated keys do not."""
+    from codecircuits.studies.languages import LanguagesStudy
+
+    gen = torch.Generator().manual_seed(1)
+    names = [c.name for c in cc.CATALOGUE][:6]
+
+    def keys(random_keys):
+        out = {}
+        for i, n in enumerate(names):
+            sel = torch.zeros(2, 50, dtype=torch.bool)
+            sel[1, torch.randperm(50, generator=gen)[:8] if random_keys else slice(i * 8, i * 8 + 8)] = True
+            out[n] = sel
+        return out
+
+    same = _scores(keys(False))
+    for other, want in ((same, "reproduced"), (_scores(keys(True)), "not reproduced")):
+        cmp = crosslang.compare_languages({"python": same, "java": other}, n_draws=200)
+        st = LanguagesStudy(model="m", languages=("python", "java"), corpora={}, tokens={}, distributions={},
+                            rq1={}, comparison=cmp)
+        claim = [c for c in _cross_claims(st)][0]
+        assert claim.verdict == want, (claim.verdict, claim.detail)
+        assert claim.evidence.n == 6 and (claim.evidence.low > claim.control.high) == (want == "reproduced")
+
+
+def _cross_claims(st):
+    # the study's claims without the per-language RQ1 rows (this fake study has none)
+    import dataclasses
+
+    return [c for c in type(st).claims(dataclasses.replace(st, languages=())) if "every language" in c.claim]
+
+
 def test_scans_in_two_languages_compare_end_to_end(tiny):
     from codecircuits.corpus import CodeFile
 
