@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -72,6 +73,8 @@ class Interval:
 def _as_tensors(values: Sequence) -> list[torch.Tensor]:
     out = []
     for v in values:
+        if isinstance(v, np.ndarray) and not v.flags.writeable:
+            v = v.copy()  # torch warns on read-only arrays (e.g. from pandas)
         t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
         out.append(t.double() if t.is_floating_point() or t.dtype == torch.bool else t)
     if not out:
