@@ -103,6 +103,12 @@ class ChunkedCorpus:
         return starts, int(lens.sum())
 
 
+def _encode(tok, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """A document's token ids (no special tokens) and their character spans ``[token, 2]``."""
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    return np.asarray(enc["input_ids"], dtype=np.int64), np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+
+
 def _as_files(corpus) -> tuple[str, list[CodeFile]]:
     if isinstance(corpus, Corpus):
         return corpus.name, list(corpus.files)
@@ -155,9 +161,9 @@ def chunk_corpus(
     ids, offs = [], []
 
     def tokenize(d: int) -> None:  # documents are tokenized when the plan first reaches them
-        enc = tok(files[d].text, add_special_tokens=False, return_offsets_mapping=True)
-        ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
-        offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+        i, o = _encode(tok, files[d].text)
+        ids.append(i)
+        offs.append(o)
 
     body = window - (bos is not None)
     if order not in ("breadth", "sample"):
@@ -232,11 +238,11 @@ def _sampled_plan(files, tok, body: int, *, max_tokens, max_chunks, min_tokens: 
 
     def doc(f: int) -> int:
         if f not in touched:
-            enc = tok(files[f].text, add_special_tokens=False, return_offsets_mapping=True)
+            i, o = _encode(tok, files[f].text)
             touched[f] = len(kept)
             kept.append(files[f])
-            ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
-            offs.append(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+            ids.append(i)
+            offs.append(o)
         return touched[f]
 
     def fits(n: int, count: int, total: int) -> bool:

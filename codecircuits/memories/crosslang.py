@@ -78,10 +78,14 @@ class CrossLanguage:
                 )
         return pd.DataFrame(rows)
 
+    def shared_pairs(self) -> pd.DataFrame:
+        """The rows of :meth:`to_dataframe` whose concept has keys in both languages of the pair."""
+        df = self.to_dataframe()
+        return df[(df["keys_a"] > 0) & (df["keys_b"] > 0)] if len(df) else df
+
     def summary(self) -> dict:
         """How many concept-pairs (with keys in both languages) overlap above chance, and the mean overlap."""
-        df = self.to_dataframe()
-        df = df[(df["keys_a"] > 0) & (df["keys_b"] > 0)]
+        df = self.shared_pairs()
         return {
             "concept_pairs": int(len(df)),
             "above_chance": int(df["above_chance"].sum()) if len(df) else 0,

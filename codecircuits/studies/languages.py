@@ -95,8 +95,7 @@ class LanguagesStudy(Study):
             )
         s = self.comparison.summary()
         share = s["above_chance"] / s["concept_pairs"] if s["concept_pairs"] else 0.0
-        df = self.comparison.to_dataframe()
-        df = df[(df["keys_a"] > 0) & (df["keys_b"] > 0)] if len(df) else df
+        df = self.comparison.shared_pairs()
         if len(df):  # intervals over the concept-language pairs with keys in both languages
             jac, chance = df["jaccard"].to_numpy(dtype=float), df["chance_mean"].to_numpy(dtype=float)
             evidence, control = intervals.mean(jac), intervals.mean(chance)

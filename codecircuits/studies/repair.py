@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
+import os
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -391,8 +393,6 @@ class _Progress:
         self.path = None if path is None else Path(path)
         self.state = {"key": key, "sweep": None, "cases": {}, "successive": {}}
         if resume and self.path is not None and self.path.is_file():
-            import json
-
             saved = json.loads(self.path.read_text())
             if saved.get("key") != key:
                 raise InputError(
@@ -404,9 +404,6 @@ class _Progress:
     def save(self) -> None:
         if self.path is None:
             return
-        import json
-        import os
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.state))
@@ -414,10 +411,6 @@ class _Progress:
 
 
 def _run_key(model, cfg: RepairConfig, cases) -> str:
-    import json
-
-    from dataclasses import asdict
-
     ident = {
         "model": str(model.cfg.model_name),
         "config": {k: v for k, v in asdict(cfg).items() if k != "n_resamples"},
