@@ -79,7 +79,8 @@ def main(quick: bool = False) -> dict:
     from codecircuits import load_model
     from codecircuits.circuits import Graph, circuit_metric, edge_scores, exact_edge_scores, from_transformer_lens
     from codecircuits.circuits.evaluation import MIB_PERCENTAGES
-    from codecircuits.inputs import paired_tokens, single_token_id
+    from codecircuits.core.batching import paired_tokens
+    from codecircuits.core.inputs import single_token_id
     from codecircuits.testing import tiny_model
 
     torch.set_num_threads(1)

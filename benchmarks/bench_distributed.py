@@ -28,7 +28,7 @@ def _noop(model, shard):
 def main(quick: bool = False) -> dict:
     from codecircuits import load_model
     from codecircuits import memories as mem
-    from codecircuits.distributed import Workers, plan, shard_size
+    from codecircuits.distributed import Workers, plan, run, shard_size
     from codecircuits.testing import tiny_model
 
     torch.set_num_threads(1)
@@ -42,7 +42,9 @@ def main(quick: bool = False) -> dict:
 
     def run_scan(workers=None):
         t0 = time.perf_counter()
-        s = mem.scan(model, chunked, k=20, batch_size=batch, checkpoint_every=every, progress=False, workers=workers)
+        s = run(
+            mem.scan, model, chunked, k=20, batch_size=batch, checkpoint_every=every, progress=False, workers=workers
+        )
         return s, time.perf_counter() - t0
 
     repeats = 2  # the fastest of two runs counts (the machine may be shared)

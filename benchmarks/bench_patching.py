@@ -53,7 +53,8 @@ def main(quick: bool = False, full: bool | None = None, sample: bool | None = No
     from transformer_lens import patching as tlp
 
     from codecircuits import attribution, load_model, patching
-    from codecircuits.inputs import paired_tokens, single_token_id
+    from codecircuits.core.batching import paired_tokens
+    from codecircuits.core.inputs import single_token_id
     from codecircuits.testing import tiny_model
 
     full = bool(int(os.environ.get("CC_BENCH_FULL", "0"))) if full is None else full

@@ -48,13 +48,18 @@ from .patching import SweepResult
 
 KINDS = ("zero", "mean", "resample")
 MEAN_OVER = ("prompts", "prompts_and_positions")
+# kinds whose per-prompt values do not depend on which other prompts run beside them (mean ablation takes its
+# reference explicitly), so a sweep over a shard of the prompts gives those prompts' values; resample ablation
+# draws the reference prompt of every prompt for the whole run at once (a derangement of all the prompts)
+SHARDABLE_KINDS = ("zero", "mean")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # checked arguments
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`KINDS`, else a clear error."""
     if kind not in KINDS:
         raise InputError(f"Unknown ablation kind {kind!r}: choose one of {', '.join(map(repr, KINDS))}.")
     return kind
@@ -140,7 +145,7 @@ def _reference_acts(model, reference, names: Sequence[str]) -> dict[str, torch.T
 def _sources(model, names: Sequence[str], kind: str, reference, mean_over: str, seed: int, n_examples=None):
     """The intervention that writes each hook's replacement: zero, a mean, or reference activations to resample
     (``n_examples``: the prompts of the run, when its rows are several cells' copies of them)."""
-    _check_kind(kind)
+    check_kind(kind)
     if mean_over not in MEAN_OVER:
         raise InputError(f"mean_over must be one of {', '.join(map(repr, MEAN_OVER))}; got {mean_over!r}.")
     if kind == "zero":
@@ -359,7 +364,6 @@ def head_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each query head alone and record ``metric``: ``res.values`` is ``[layer, head]``.
 
@@ -367,26 +371,17 @@ def head_sweep(
     not recomputed), and from the first ablated position on. ``reference`` defaults to ``tokens`` for mean
     and resample ablation.
 
-    ``metric`` follows TransformerLens's contract (:mod:`codecircuits.metrics`): logits ``[batch, pos, vocab]``
+    ``metric`` follows TransformerLens's contract (:mod:`codecircuits.core.metrics`): logits ``[batch, pos, vocab]``
     of the prompts in order -> one value per prompt. Several heads' runs are stacked along the batch, but a
-    plain metric is called on each head's rows alone; one declared :func:`~codecircuits.metrics.rowwise` is
+    plain metric is called on each head's rows alone; one declared :func:`~codecircuits.core.metrics.rowwise` is
     called once per stack. ``res.per_example`` keeps each prompt's value.
 
     ``metric`` may also be a mapping ``{name: metric}``: every metric is read from the same forwards and the
     result is ``{name: SweepResult}`` (e.g. ``{"logprob": ..., "correct": ...}``).
 
-    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
-    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
-    process's. Resample ablation is not sharded.
+    One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
+    workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    if workers is not None:
-        from .distributed.sweeps import ablation_sweep
-
-        return ablation_sweep(
-            "head_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
-            heads=heads, positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget,
-            progress=progress,
-        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_heads(model, [(layer, 0) for layer in layers])
     per, base, idx = _sweep_layers(
@@ -424,24 +419,14 @@ def neuron_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each MLP neuron (``mlp.hook_post``) alone: ``res.values`` is ``[layer, neuron]``.
 
     ``neurons`` picks a subset of neuron indices (the same in every layer); default all ``d_mlp``.
 
-    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
-    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
-    process's. Resample ablation is not sharded.
+    One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
+    workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    if workers is not None:
-        from .distributed.sweeps import ablation_sweep
-
-        return ablation_sweep(
-            "neuron_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
-            neurons=neurons, positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget,
-            progress=progress,
-        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, [(layer, "mlp") for layer in layers])
     per, base, idx = _sweep_layers(
@@ -478,22 +463,13 @@ def layer_sweep(
     seed: int = 0,
     memory_budget=None,
     progress: bool = True,
-    workers=None,
 ) -> SweepResult | dict[str, SweepResult]:
     """Ablate each layer's attention output and MLP output alone: ``res.values`` is ``[layer, part]``
     with parts ``("attn", "mlp")``.
 
-    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts
-    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`); the result is one
-    process's. Resample ablation is not sharded.
+    One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
+    workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    if workers is not None:
-        from .distributed.sweeps import ablation_sweep
-
-        return ablation_sweep(
-            "layer_sweep", model, tokens, metric, workers=workers, kind=kind, reference=reference, layers=layers,
-            positions=positions, mean_over=mean_over, seed=seed, memory_budget=memory_budget, progress=progress,
-        )
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     _check_layers(model, layers)
     per, base, _ = _sweep_layers(

@@ -1,6 +1,11 @@
-"""Layer agreement by context length: :mod:`codecircuits.memories.agreement`, under its old name (everything
-public is re-exported here)."""
+"""Deprecated: layer agreement by context length moved to :mod:`codecircuits.memories.agreement`; import it
+from there.
 
-from .memories.agreement import COMPONENTS, LayerAgreement, balanced_agreement, default_edges, layer_agreement
+Importing this module, or reading a name through it, raises a ``DeprecationWarning`` that names the new home;
+the names it gives are the objects in :mod:`codecircuits.memories.agreement` itself. It will be removed in a future
+release.
+"""
 
-__all__ = ["COMPONENTS", "LayerAgreement", "balanced_agreement", "default_edges", "layer_agreement"]
+from ._moved import alias_module
+
+__getattr__, __dir__, __all__ = alias_module(__name__)

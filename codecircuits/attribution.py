@@ -25,11 +25,11 @@ import einops
 import pandas as pd
 import torch
 
+from .core.inputs import check_hook_names
 from .core.interventions import Replace, hook
+from .core.metrics import Metric, check_output
 from .core.sites import HOOK_EMBED, hook_name
 from .errors import InputError
-from .inputs import check_hook_names
-from .metrics import Metric, check_output
 from .models.summary import kv_head_of
 from .patching import SweepResult, first_difference, position_labels, sweep_setup
 from .patching import sweep as exact_sweep

@@ -18,18 +18,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import ablation
+from . import ablation, intervals
 from .core.batching import n_prompts, parse_budget, prompt_batches
+from .core.merging import PER_PROMPT, concat_per_prompt
 from .core.metrics import evaluate, rowwise
 from .core.runner import row_bytes
 from .core.sites import Head, Neuron, check_heads
 from .errors import InputError
+from .intervals import Interval
 from .neurons import (
     check_position,
     clean_run,
@@ -59,6 +61,31 @@ class HeadSweep:
     base_correct: torch.Tensor
     labels: torch.Tensor
     axes: tuple[str, ...] = ("layer", "head")
+
+    @classmethod
+    def merge(cls, parts: Sequence[HeadSweep]) -> HeadSweep:
+        """Sweeps of the same heads on consecutive shards of the prompts, as one sweep: per-prompt values joined
+        in order, the means taken again over all the prompts (the base log-probability, kept only as a mean,
+        as the shards' means weighted by their prompts)."""
+        parts = list(parts)
+        if not parts:
+            raise InputError("Nothing to merge: give at least one HeadSweep.")
+        correct = torch.cat([p.correct for p in parts], dim=-1)
+        plp = torch.cat([p.prompt_logprob for p in parts], dim=-1)
+        base_correct = torch.cat([p.base_correct for p in parts])
+        n = sum(int(p.base_correct.shape[0]) for p in parts)
+        base_logprob = sum(p.base_logprob * int(p.base_correct.shape[0]) for p in parts) / n
+        return replace(
+            parts[0],
+            accuracy=correct.float().mean(-1),
+            logprob=plp.mean(-1),
+            base_accuracy=float(base_correct.float().mean()),
+            base_logprob=float(base_logprob),
+            correct=correct,
+            prompt_logprob=plp,
+            base_correct=base_correct,
+            labels=torch.cat([p.labels for p in parts]),
+        )
 
     @property
     def accuracy_drop(self) -> torch.Tensor:
@@ -128,7 +155,6 @@ def head_sweep(
     max_rows: int | None = None,
     memory_budget=None,
     progress: bool = True,
-    workers=None,
 ) -> HeadSweep:
     """Ablate every head (or the given ``(layer, head)`` list, pairs or ``"L3H7"`` labels) alone and score the task.
 
@@ -138,17 +164,9 @@ def head_sweep(
     The zero ablations run on :func:`codecircuits.ablation.head_sweep` (both scores from the same forwards, each
     layer's heads stacked along the batch and run from that layer on, only ``pos`` unembedded), once per batch of
     ``batch_size`` prompts of one token length. ``memory_budget`` (bytes or ``"2GB"``) bounds each batched
-    forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows. ``workers`` (a number, a Ray
-    address or a :class:`~codecircuits.distributed.Workers`) shards the prompts over workers
-    (:mod:`codecircuits.distributed.neurons`).
+    forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows. One process;
+    ``codecircuits.distributed.run(cna.head_sweep, ..., workers=N)`` shards the prompts over workers.
     """
-    if workers is not None:
-        from .distributed import neurons as sharded
-
-        return sharded.head_sweep(
-            model, prompts, labels, workers=workers, pos=pos, heads=heads, batch_size=batch_size, max_rows=max_rows,
-            memory_budget=memory_budget, progress=progress,
-        )
     if max_rows is not None and max_rows < 1:
         raise InputError(f"max_rows must be at least 1, got {max_rows}.")
     if max_rows is not None and memory_budget is not None:
@@ -292,20 +310,25 @@ class CNAResult:
     ``prob_original`` / ``prob_ablated``: the target's probability in each model's own output.
     """
 
-    cna: torch.Tensor
-    imp_original: torch.Tensor
-    imp_ablated: torch.Tensor
-    coef_original: torch.Tensor
-    coef_ablated: torch.Tensor
-    target: torch.Tensor
-    prob_original: torch.Tensor
-    prob_ablated: torch.Tensor
+    cna: torch.Tensor = field(metadata=PER_PROMPT)
+    imp_original: torch.Tensor = field(metadata=PER_PROMPT)
+    imp_ablated: torch.Tensor = field(metadata=PER_PROMPT)
+    coef_original: torch.Tensor = field(metadata=PER_PROMPT)
+    coef_ablated: torch.Tensor = field(metadata=PER_PROMPT)
+    target: torch.Tensor = field(metadata=PER_PROMPT)
+    prob_original: torch.Tensor = field(metadata=PER_PROMPT)
+    prob_ablated: torch.Tensor = field(metadata=PER_PROMPT)
     head: tuple[int, int]
     exact_authors_lens: bool = False
     pos: int = -1
-    target_tokens: tuple[str, ...] = ()
+    target_tokens: tuple[str, ...] = field(default=(), metadata=PER_PROMPT)
     axes: tuple[str, ...] = ("prompt", "layer", "neuron")
     settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def merge(cls, parts: Sequence[CNAResult]) -> CNAResult:
+        """Results of one comparison on consecutive shards of the prompts, as one result (prompt order kept)."""
+        return concat_per_prompt(parts)
 
     @property
     def n_prompts(self) -> int:
@@ -374,20 +397,12 @@ def compare(
     batch_size: int = 16,
     memory_mb: float = 256,
     progress: bool = True,
-    workers=None,
 ) -> CNAResult:
     """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated.
 
     Scores the layers from the head's layer on (``all_layers=True``: every layer, to see the importances
     there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time).
-    ``workers`` shards the prompts over workers (:mod:`codecircuits.distributed.neurons`)."""
-    if workers is not None:
-        from .distributed import neurons as sharded
-
-        return sharded.compare(
-            model, prompts, head, workers=workers, target=target, exact_authors_lens=exact_authors_lens, pos=pos,
-            all_layers=all_layers, layers=layers, batch_size=batch_size, memory_mb=memory_mb, progress=progress,
-        )
+    ``codecircuits.distributed.run(cna.compare, ..., workers=N)`` shards the prompts over workers."""
     head = (int(head[0]), int(head[1]))
     hooks = head_zero_hooks(model, [head])
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
@@ -470,6 +485,58 @@ class MaskKeepTable:
         """The first ``k`` rows (smallest N first)."""
         return self.table.sort_values("N").head(k).reset_index(drop=True)
 
+    @property
+    def ns(self) -> list[int]:
+        """The N with per-prompt outcomes, smallest first."""
+        return sorted({int(k.rsplit("_", 1)[1]) for k in self.per_prompt if k != "base"})
+
+    def decrease(self, kind: str, n: int) -> Interval:
+        """The accuracy decrease of ``kind`` (``mask``, ``keep``, ``random_mask``) at ``n``: one minus the accuracy on
+        the counted prompts (which were right before), with its bootstrap interval over them."""
+        return intervals.mean(1.0 - self.per_prompt[f"{kind}_{n}"].float())
+
+    def mask_minus_random(self, n: int) -> Interval:
+        """How many more answers masking the top ``n`` removes than masking ``n`` random neurons (paired)."""
+        return intervals.mean(self.per_prompt[f"random_mask_{n}"].float() - self.per_prompt[f"mask_{n}"].float())
+
+    def intervals(self) -> dict:
+        """Per N (as a string) and kind: :meth:`decrease` as JSON, and ``mask_minus_random``; ``{}`` without
+        per-prompt outcomes."""
+        return {
+            str(n): {
+                **{kind: self.decrease(kind, n).to_json() for kind in _MASK_KINDS},
+                "mask_minus_random": self.mask_minus_random(n).to_json(),
+            }
+            for n in self.ns
+        }
+
+
+_MASK_KINDS = ("mask", "keep", "random_mask")
+
+
+def _mask_keep_table(hit, base, ns, *, only_correct, head, coef_decrease=None) -> MaskKeepTable:
+    """The :class:`MaskKeepTable` of the outcomes ``hit[(kind, N)]`` and ``base`` (``[prompt]`` bools), counted on
+    the prompts that were right (``only_correct``) or on all; ``coef_decrease(N)``: the per-prompt coefficient
+    decrease of the top N (NaN without it)."""
+    keep_rows = base if only_correct else torch.ones(len(base), dtype=torch.bool)
+    if only_correct and not keep_rows.any():
+        raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
+    base_acc = float(base[keep_rows].float().mean())
+    rows = []
+    for k in ns:
+        row = {"N": k}
+        for kind in _MASK_KINDS:
+            acc = float(hit[(kind, k)][keep_rows].float().mean())
+            row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
+        dec = float("nan") if coef_decrease is None else 100.0 * float(coef_decrease(k)[keep_rows].mean())
+        row["coef_decrease_pct"] = dec
+        rows.append(row)
+    per = {f"{kind}_{k}": hit[(kind, k)][keep_rows] for kind in _MASK_KINDS for k in ns}
+    per["base"] = base[keep_rows]
+    return MaskKeepTable(
+        table=pd.DataFrame(rows), head=head, n_prompts=int(keep_rows.sum()), base_accuracy=base_acc, per_prompt=per
+    )
+
 
 def mask_keep(
     model,
@@ -500,7 +567,7 @@ def mask_keep(
         )
     g = torch.Generator().manual_seed(seed)
     base = torch.zeros(n, dtype=torch.bool)
-    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in ("mask", "keep", "random_mask") for k in ns}
+    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in _MASK_KINDS for k in ns}
     top_all = cna.top_indices(ns[-1])
     rand_all = torch.stack([torch.randperm((n_layers - first) * d_mlp, generator=g)[: ns[-1]] for _ in range(n)])
     rand_all = rand_all + first * d_mlp
@@ -510,7 +577,7 @@ def mask_keep(
             t = lab[ix]
             base[ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
             for k in ns:
-                for kind in ("mask", "keep", "random_mask"):
+                for kind in _MASK_KINDS:
                     idx = (rand_all if kind == "random_mask" else top_all)[ix, :k]
                     if kind == "keep":
                         mask = torch.zeros(len(ix), n_layers * d_mlp)
@@ -524,29 +591,14 @@ def mask_keep(
                         hit[(kind, k)][ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
                 bar.update(1)
     bar.close()
-    keep_rows = base if only_correct else torch.ones(n, dtype=torch.bool)
-    if only_correct and not keep_rows.any():
-        raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
-    base_acc = float(base[keep_rows].float().mean())
-    rows = []
     flat_o = cna.coef_original.reshape(n, -1)
     flat_a = cna.coef_ablated.reshape(n, -1)
-    for k in ns:
-        idx = top_all[:, :k]
-        m, m2 = flat_o.gather(1, idx), flat_a.gather(1, idx)
-        dec = (torch.sign(m) * (m - m2)).sum(1) / m.abs().sum(1).clamp(min=1e-12)
-        row = {"N": k}
-        for kind in ("mask", "keep", "random_mask"):
-            acc = float(hit[(kind, k)][keep_rows].float().mean())
-            row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
-        row["coef_decrease_pct"] = 100.0 * float(dec[keep_rows].mean())
-        rows.append(row)
-    per = {f"{kind}_{k}": hit[(kind, k)][keep_rows] for kind in ("mask", "keep", "random_mask") for k in ns}
-    per["base"] = base[keep_rows]
-    return MaskKeepTable(
-        table=pd.DataFrame(rows), head=cna.head, n_prompts=int(keep_rows.sum()), base_accuracy=base_acc,
-        per_prompt=per,
-    )
+
+    def coef_decrease(k):
+        m, m2 = flat_o.gather(1, top_all[:, :k]), flat_a.gather(1, top_all[:, :k])
+        return (torch.sign(m) * (m - m2)).sum(1) / m.abs().sum(1).clamp(min=1e-12)
+
+    return _mask_keep_table(hit, base, ns, only_correct=only_correct, head=cna.head, coef_decrease=coef_decrease)
 
 
 def ranked_neurons(cna: CNAResult, k: int) -> torch.Tensor:
@@ -600,16 +652,15 @@ def mask_keep_heldout(
         raise InputError(f"N={ns[-1]} exceeds the {len(pool)} neurons of the random control's layers.")
     g = torch.Generator().manual_seed(seed)
     rand_all = torch.stack([pool[torch.randperm(len(pool), generator=g)[: ns[-1]]] for _ in range(n)])
-    kinds = ("mask", "keep", "random_mask")
     base = torch.zeros(n, dtype=torch.bool)
-    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in kinds for k in ns}
+    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in _MASK_KINDS for k in ns}
     bar = tqdm(total=len(batches) * len(ns), desc="mask vs keep (held out)", disable=not progress)
     with torch.no_grad():
         for ix, toks in batches:
             t = lab[ix]
             base[ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
             for k in ns:
-                for kind in kinds:
+                for kind in _MASK_KINDS:
                     if kind == "keep":
                         mask = torch.zeros(len(ix), n_layers * d_mlp)
                         mask[:, : first_layer * d_mlp] = 1.0
@@ -623,21 +674,5 @@ def mask_keep_heldout(
                         hit[(kind, k)][ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
                 bar.update(1)
     bar.close()
-    keep_rows = base if only_correct else torch.ones(n, dtype=torch.bool)
-    if only_correct and not keep_rows.any():
-        raise InputError("The model gets none of these prompts right, so there is no accuracy to decrease.")
-    base_acc = float(base[keep_rows].float().mean())
-    rows = []
-    for k in ns:
-        row = {"N": k}
-        for kind in kinds:
-            acc = float(hit[(kind, k)][keep_rows].float().mean())
-            row[f"{kind}_acc_decrease_pct"] = 100.0 * (1.0 - acc / base_acc) if base_acc > 0 else float("nan")
-        row["coef_decrease_pct"] = float("nan")
-        rows.append(row)
-    per = {f"{kind}_{k}": hit[(kind, k)][keep_rows] for kind in kinds for k in ns}
-    per["base"] = base[keep_rows]
-    return MaskKeepTable(
-        table=pd.DataFrame(rows), head=head if head is not None else (first_layer, -1), n_prompts=int(keep_rows.sum()),
-        base_accuracy=base_acc, per_prompt=per,
-    )
+    head = head if head is not None else (first_layer, -1)
+    return _mask_keep_table(hit, base, ns, only_correct=only_correct, head=head)

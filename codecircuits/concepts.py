@@ -1,56 +1,11 @@
-"""Code concepts, concept scores of FF keys and concept editing: :mod:`codecircuits.memories.concepts`, under its
-old name (everything public is re-exported here)."""
+"""Deprecated: code concepts, concept scores of FF keys and concept editing moved to
+:mod:`codecircuits.memories.concepts`; import them from there.
 
-from .memories.concepts import (
-    CATALOGUE,
-    CODE,
-    KINDS,
-    REGIONS,
-    SCOPES,
-    Concept,
-    ConceptEdit,
-    ConceptMasks,
-    ConceptScores,
-    TokenEval,
-    catalogue,
-    chunk_flat_tokens,
-    concept_positions,
-    doc_masks,
-    edit_concept,
-    edit_table,
-    evaluate,
-    get,
-    key_scores,
-    mask_hooks,
-    random_keys,
-    resolve_concepts,
-    token_masks,
-)
+Importing this module, or reading a name through it, raises a ``DeprecationWarning`` that names the new home;
+the names it gives are the objects in :mod:`codecircuits.memories.concepts` itself. It will be removed in a future
+release.
+"""
 
-_doc_masks = doc_masks  # the name tests/test_concepts.py knows it by
+from ._moved import alias_module
 
-__all__ = [
-    "CATALOGUE",
-    "CODE",
-    "KINDS",
-    "REGIONS",
-    "SCOPES",
-    "Concept",
-    "ConceptEdit",
-    "ConceptMasks",
-    "ConceptScores",
-    "TokenEval",
-    "catalogue",
-    "chunk_flat_tokens",
-    "concept_positions",
-    "doc_masks",
-    "edit_concept",
-    "edit_table",
-    "evaluate",
-    "get",
-    "key_scores",
-    "mask_hooks",
-    "random_keys",
-    "resolve_concepts",
-    "token_masks",
-]
+__getattr__, __dir__, __all__ = alias_module(__name__)

@@ -128,6 +128,21 @@ def humaneval() -> Corpus:
     return corpus
 
 
+def debian(language: str, split: str | None = None) -> Corpus:
+    """A language's source files fetched from Debian (``java``, ``go``, ``shell``:
+    :mod:`codecircuits.debian_sources`), optionally one split; an error saying how to fetch them if they are not."""
+    from . import debian_sources
+
+    src = debian_sources.source(language)
+    if not debian_sources.fetched(language):
+        raise InputError(
+            f"The {language} corpus is not fetched yet: run `codecircuits corpus fetch {language}` (or `make corpora`); "
+            f"it downloads Debian's {src.package} once into {debian_sources.root(language)}."
+        )
+    return directory(debian_sources.root(language), split=split, suffixes=(src.suffix,),
+                     exclude_dirs=set(src.exclude_dirs), name=f"{language}:{split or 'all'}")
+
+
 def load(spec: str) -> Corpus:
     """A corpus from a short spec: ``stdlib``, ``stdlib:train|validation|test``, ``humaneval``, ``java[:split]``,
     ``go[:split]`` and ``shell[:split]`` (Debian's sources, :mod:`codecircuits.debian_sources`; fetched once), a
@@ -140,9 +155,7 @@ def load(spec: str) -> Corpus:
     if lang in suffix and split and split not in SPLITS and not Path(spec).exists():
         return directory(split, suffixes=(suffix[lang],), name=spec)
     if lang in suffix and not Path(spec).exists():
-        from .debian_sources import corpus as debian_corpus
-
-        return debian_corpus(lang, split or None)
+        return debian(lang, split or None)
     if spec == "stdlib" or spec.startswith("stdlib:"):
         return stdlib(spec.split(":", 1)[1] if ":" in spec else None)
     return directory(spec)

@@ -10,10 +10,11 @@ install, no root needed for that), unpacks it with ``dpkg-deb -x`` and keeps onl
 ``$CODECIRCUITS_CACHE/corpora/<language>``; a ``MANIFEST.json`` written last marks a complete copy, so an
 interrupted fetch is redone, never used half-done.
 
-:func:`corpus` then reads a language's files as a :class:`~codecircuits.corpus.Corpus`, split into train /
-validation / test by a hash of each file's path (as the standard library is), without test code (``test`` /
-``testdata`` directories, Go's ``_test.go`` files). ``codecircuits.corpus.load("java:test")`` and
-``"go:train"`` reach it, so every command that takes ``--corpus`` takes them.
+:func:`codecircuits.corpus.debian` then reads a language's files as a :class:`~codecircuits.corpus.Corpus`, split
+into train / validation / test by a hash of each file's path (as the standard library is), without test code
+(``test`` / ``testdata`` directories, Go's ``_test.go`` files). ``codecircuits.corpus.load("java:test")`` and
+``"go:train"`` reach it, so every command that takes ``--corpus`` takes them. This module only fetches and says
+where the files are; it imports nothing of :mod:`codecircuits.corpus`, which reads them.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def cache_root() -> Path:
     return Path(cache_dir()) / "corpora"
 
 
-def _source(language: str) -> Source:
+def source(language: str) -> Source:
+    """Where ``language``'s files come from (an error naming the languages there are for any other)."""
     if language not in SOURCES:
         raise InputError(f"No Debian source corpus for {language!r}; choose one of {', '.join(SOURCES)}.")
     return SOURCES[language]
@@ -67,7 +69,7 @@ def _source(language: str) -> Source:
 
 def root(language: str) -> Path:
     """The directory of a fetched language's files (it may not exist yet: see :func:`fetch`)."""
-    return cache_root() / _source(language).language
+    return cache_root() / source(language).language
 
 
 def fetched(language: str) -> bool:
@@ -106,7 +108,7 @@ def fetch(language: str, *, deb: str | os.PathLike | None = None, force: bool = 
     beside the cache and renamed into place, then its manifest is written, so a fetch that stops half-way leaves
     nothing that looks complete.
     """
-    src = _source(language)
+    src = source(language)
     dest = root(language)
     if fetched(language) and not force:
         return dest
@@ -154,18 +156,4 @@ def fetch(language: str, *, deb: str | os.PathLike | None = None, force: bool = 
     return dest
 
 
-def corpus(language: str, split: str | None = None):
-    """A fetched language's source files as a :class:`~codecircuits.corpus.Corpus` (optionally one split)."""
-    from .corpus import directory
-
-    src = _source(language)
-    if not fetched(language):
-        raise InputError(
-            f"The {language} corpus is not fetched yet: run `codecircuits corpus fetch {language}` (or `make corpora`); "
-            f"it downloads Debian's {src.package} once into {root(language)}."
-        )
-    return directory(root(language), split=split, suffixes=(src.suffix,), exclude_dirs=set(src.exclude_dirs),
-                     name=f"{language}:{split or 'all'}")
-
-
-__all__ = ["SOURCES", "Source", "cache_root", "corpus", "fetch", "fetched", "root"]
+__all__ = ["SOURCES", "Source", "cache_root", "fetch", "fetched", "root", "source"]

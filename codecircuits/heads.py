@@ -6,6 +6,8 @@
   recall and F1 per ``k``.
 - :func:`counting_heads`: heads whose attention from the answer position to the ``(`` tokens, or whose
   output, tracks how many parens are open; and whether the count they promote is the right one.
+- :func:`find_paren_heads`: both from one cached forward per paren count (what the parens and circuit studies
+  run); :func:`random_heads`: the control sets of heads.
 - :func:`count_tracking`: the same attention against the number of *open* parens with the prompt's length and
   its number of ``(`` tokens regressed out (a partial correlation), on prompts that close some parens first, so
   that attention which grows only because there are more paren tokens does not pass for counting.
@@ -16,6 +18,7 @@ forward pass serves the lens, the attributions and the heads.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +26,7 @@ import torch
 
 from .core.sites import head_label, hook_name
 from .errors import InputError
-from .lens import HeadLogits, run_cache
+from .lens import HeadLogits, head_logits, run_cache
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,7 @@ def paren_promoters(
     classes = tuple(range(1, n_tok + 1)) if classes is None else tuple(int(c) for c in classes)
     if len(classes) != n_tok:
         raise InputError(f"{len(classes)} class names for {n_tok} token columns.")
-    mx = v.max(-1, keepdim=True).values
-    promotes = (v >= ratio * mx) & (mx > 0)  # [b, l, h, t]
+    promotes = promoted(v, ratio)  # [b, l, h, t]
     onehot = torch.nn.functional.one_hot(labels, n_tok).bool()[:, None, None, :]  # [b, 1, 1, t]
     tp = (promotes & onehot).sum(0).float()  # [l, h, t]
     pred = promotes.sum(0).float()
@@ -153,6 +155,87 @@ def paren_promoters(
     return PromoterHeads(
         precision.permute(*perm), recall.permute(*perm), f1.permute(*perm), rel, support, classes, float(ratio)
     )
+
+
+def promoted(values: torch.Tensor, ratio: float = 0.8) -> torch.Tensor:
+    """``[..., token]`` booleans: which tokens a head promotes, given its direct logits ``values[..., token]`` on
+    the paren tokens: those whose logit is at least ``ratio`` x its largest, when that largest is positive."""
+    mx = values.max(-1, keepdim=True).values
+    return (values >= ratio * mx) & (mx > 0)
+
+
+def promoters_of(
+    head_logits: Sequence[HeadLogits], classes: Sequence[int], *, ratio: float = 0.8
+) -> tuple[PromoterHeads, HeadLogits, torch.Tensor]:
+    """:func:`paren_promoters` of prompts given as one :class:`HeadLogits` per class (``head_logits[i]``: the
+    prompts whose correct token is column ``i``, of ``classes[i]`` parens). Returns the promoters, the head logits
+    of all prompts in one :class:`HeadLogits` and each prompt's label (its class index)."""
+    first = head_logits[0]
+    merged = HeadLogits(torch.cat([h.values for h in head_logits]), first.token_ids, first.token_labels, True, -1)
+    labels = torch.cat([torch.full((h.values.shape[0],), i) for i, h in enumerate(head_logits)])
+    return paren_promoters(merged, labels, classes=classes, ratio=ratio), merged, labels
+
+
+@dataclass(frozen=True)
+class ParenHeads:
+    """What :func:`find_paren_heads` finds, and the forward it ran (per group, in the order given).
+
+    ``promoters`` and ``counting`` are the heads; ``head_logits`` holds every prompt's per-head direct logits on
+    the paren tokens and ``labels`` each prompt's class index; ``logits`` and ``caches`` are each group's forward
+    (for further readouts of the same run; drop the study's reference to free them)."""
+
+    promoters: PromoterHeads
+    counting: CountingHeads
+    head_logits: HeadLogits
+    labels: torch.Tensor
+    group_head_logits: tuple[HeadLogits, ...]
+    logits: tuple[torch.Tensor, ...]
+    caches: tuple
+
+
+@torch.no_grad()
+def find_paren_heads(
+    model, groups: Sequence[tuple[torch.Tensor, int]], token_ids: Sequence[int], *, ratio: float = 0.8
+) -> ParenHeads:
+    """The paren-promoting heads (:func:`paren_promoters`) and the counting heads (:func:`counting_heads`) of
+    ``groups``, ``(tokens [batch, pos], n)`` with one group per paren count whose correct token is
+    ``token_ids[i]`` (the ``i``-th group's), from one cached forward per group (:func:`codecircuits.lens.run_cache`
+    with the attention patterns)."""
+    if len(groups) != len(token_ids):
+        raise InputError(f"{len(groups)} groups for {len(token_ids)} paren tokens: give one token per group.")
+    logits, caches, hls = [], [], []
+    for toks, _ in groups:
+        out, cache = run_cache(model, toks, extra=("attn.hook_pattern",))
+        logits.append(out)
+        caches.append(cache)
+        hls.append(head_logits(model, toks, token_ids, cache=cache))
+    classes = [int(k) for _, k in groups]
+    promoters, merged, labels = promoters_of(hls, classes, ratio=ratio)
+    counting = counting_heads(
+        model, list(groups), caches=caches, head_logits=hls, correct_index=list(range(len(groups)))
+    )
+    return ParenHeads(promoters, counting, merged, labels, tuple(hls), tuple(logits), tuple(caches))
+
+
+def random_heads(
+    model, k: int, *, exclude=(), n_draws: int = 1, seed: int = 0, rng: str = "torch"
+) -> list[list[tuple[int, int]]]:
+    """``n_draws`` sets of ``k`` distinct query heads ``(layer, head)``, drawn from the heads not in ``exclude``
+    (all of them when fewer are left): the random control of an intervention on ``k`` chosen heads.
+
+    ``rng="torch"``: one ``torch.Generator(seed)``, a ``randperm`` of the pool per draw, heads in drawn order (the
+    parens study's draws); ``rng="python"``: one ``random.Random(seed)``, ``sample`` per draw, each set sorted
+    (the CNA study's draws). The pool is every head, layer by layer, minus ``exclude``."""
+    if rng not in ("torch", "python"):
+        raise InputError(f"rng must be 'torch' or 'python', got {rng!r}.")
+    skip = {tuple(h) for h in exclude}
+    pool = [(a, b) for a in range(model.cfg.n_layers) for b in range(model.cfg.n_heads) if (a, b) not in skip]
+    k = min(int(k), len(pool))
+    if rng == "python":
+        r = random.Random(seed)
+        return [sorted(r.sample(pool, k)) for _ in range(n_draws)]
+    gen = torch.Generator().manual_seed(int(seed))
+    return [[pool[int(i)] for i in torch.randperm(len(pool), generator=gen)[:k]] for _ in range(n_draws)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

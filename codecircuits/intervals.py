@@ -110,10 +110,14 @@ def bootstrap(
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
     stats = torch.tensor([float(statistic(*(v[i] for v in vals))) for i in idx], dtype=torch.float64)
-    return _interval(est, stats, n, level)
+    return from_resamples(est, stats, n, level)
 
 
-def _interval(est: float, stats: torch.Tensor, n: int, level: float) -> Interval:
+def from_resamples(est: float, stats: torch.Tensor, n: int, level: float = 0.95) -> Interval:
+    """The percentile interval of ``est`` from ``stats``, the statistic on each bootstrap resample of ``n``
+    examples: its ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. Resamples where the statistic is not
+    finite are dropped; the bounds are ``nan`` when all are. For a resampling that :func:`bootstrap` cannot do (of
+    documents, say, rather than rows)."""
     stats = stats[torch.isfinite(stats)]
     if stats.numel() == 0:
         return Interval(est, float("nan"), float("nan"), n, level)
@@ -130,7 +134,7 @@ def mean(values, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95)
     n = v.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
-    return _interval(float(v.mean()), v[idx].mean(-1), n, level)
+    return from_resamples(float(v.mean()), v[idx].mean(-1), n, level)
 
 
 def paired(
@@ -155,7 +159,51 @@ def difference(a, b, *, n_resamples: int = 1000, seed: int = 0, level: float = 0
     ia = torch.randint(0, ta.shape[0], (int(n_resamples), ta.shape[0]), generator=gen)
     ib = torch.randint(0, tb.shape[0], (int(n_resamples), tb.shape[0]), generator=gen)
     stats = ta[ia].mean(-1) - tb[ib].mean(-1)
-    return _interval(float(ta.mean() - tb.mean()), stats, int(ta.shape[0] + tb.shape[0]), level)
+    return from_resamples(float(ta.mean() - tb.mean()), stats, int(ta.shape[0] + tb.shape[0]), level)
+
+
+def statistic(
+    stat: Callable[..., torch.Tensor],
+    *values,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    dtype: torch.dtype | None = torch.float64,
+) -> Interval | list[Interval]:
+    """:func:`bootstrap` vectorised: ``stat`` is called once on every resample at once. It takes the values with a
+    leading resample axis (``[resamples, n, ...]``: rows resampled together across ``values``) and returns
+    ``[resamples]``, or ``[resamples, k]`` for ``k`` statistics of the same resamples (then a list of ``k``
+    intervals). The estimate is ``stat`` on the values as they are (a resample axis of 1).
+
+    The values are cast to ``dtype`` (``None``: kept, e.g. float32 to bootstrap in float32), and so is what
+    ``stat`` returns; resamples where it is not finite are dropped (the bounds are ``nan`` when all are). The
+    quantile levels are ``(1 - level) / 2`` and one minus it, rounded to 12 digits (0.025 and 0.975 exactly)."""
+    vals = [torch.as_tensor(v).detach().cpu() for v in values]
+    if dtype is not None:
+        vals = [v.to(dtype) for v in vals]
+    if not vals or any(v.ndim == 0 or v.shape[0] != vals[0].shape[0] for v in vals) or vals[0].shape[0] == 0:
+        raise InputError("statistic needs values that share a non-empty first dimension (one row per example)")
+    if not 0 < level < 1:
+        raise InputError(f"level must lie between 0 and 1, got {level}")
+    n = vals[0].shape[0]
+    est = stat(*[v[None] for v in vals])[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
+    stats = stat(*[v[idx] for v in vals])
+    if dtype is not None:
+        stats = stats.to(dtype)
+    if stats.dim() == 1:
+        return _percentiles(float(est), stats, n, level)
+    return [_percentiles(float(est[j]), stats[:, j], n, level) for j in range(stats.shape[1])]
+
+
+def _percentiles(est: float, stats: torch.Tensor, n: int, level: float) -> Interval:
+    stats = stats[torch.isfinite(stats)]
+    if stats.numel() == 0:
+        return Interval(est, float("nan"), float("nan"), n, level)
+    a = round((1 - level) / 2, 12)
+    lo, hi = torch.quantile(stats, torch.tensor([a, 1 - a], dtype=stats.dtype)).tolist()
+    return Interval(est, lo, hi, n, level)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,13 +221,18 @@ class Claim:
     control: Interval | None = None
     detail: str = ""
     command: str = ""
+    #: the rule the verdict applies to the evidence and control, in words ("the interval lies above the control's")
+    rule: str = ""
+    #: the paper's own value for this claim, as the paper gives it ("0.48", "13x smaller"), and where it is
+    paper: str = ""
+    source: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise InputError(f"A claim's verdict must be one of {', '.join(VERDICTS)}; got {self.verdict!r}.")
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "claim": self.claim,
             "verdict": self.verdict,
             "evidence": self.evidence.to_json() if self.evidence else None,
@@ -187,6 +240,23 @@ class Claim:
             "detail": self.detail,
             "command": self.command,
         }
+        out.update({k: getattr(self, k) for k in ("rule", "paper", "source") if getattr(self, k)})
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> Claim:
+        """A claim read back from a study's ``results.json``."""
+        return cls(
+            d["claim"],
+            d["verdict"],
+            Interval.from_json(d["evidence"]) if d.get("evidence") else None,
+            Interval.from_json(d["control"]) if d.get("control") else None,
+            d.get("detail", ""),
+            d.get("command", ""),
+            d.get("rule", ""),
+            d.get("paper", ""),
+            d.get("source", ""),
+        )
 
     def row(self, digits: int = 2) -> dict:
         """The claim as a table row of strings (the report's and the findings' table)."""
@@ -195,6 +265,8 @@ class Claim:
             "verdict": self.verdict,
             "measured (95% CI)": self.evidence.format(digits) if self.evidence else "",
             "control (95% CI)": self.control.format(digits) if self.control else "",
+            **({"paper": f"{self.paper} ({self.source})" if self.source else self.paper} if self.paper else {}),
+            **({"rule": self.rule} if self.rule else {}),
             "detail": self.detail,
         }
 
@@ -206,10 +278,12 @@ def verdict(reproduced: bool, partly: bool = False) -> str:
 
 def claims_markdown(claims: Sequence[Claim], *, digits: int = 2) -> str:
     """The claims as a markdown table (claim | verdict | measured | control | detail)."""
-    head = "| claim | verdict | measured (95% CI) | control (95% CI) | detail |\n|---|---|---|---|---|"
+    extra = [k for k in ("paper", "rule") if any(getattr(c, k) for c in claims)]  # columns only some studies fill
+    cols = ["claim", "verdict", "measured (95% CI)", "control (95% CI)", *extra, "detail"]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
     rows = []
     for c in claims:
         r = c.row(digits)
-        cells = [r["claim"], f"**{r['verdict']}**", r["measured (95% CI)"], r["control (95% CI)"], r["detail"]]
+        cells = [f"**{r[k]}**" if k == "verdict" else r.get(k, "") for k in cols]
         rows.append("| " + " | ".join(s.replace("|", "\\|") for s in cells) + " |")
     return "\n".join([head, *rows])

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from .core.inputs import token_texts
 from .core.sites import LN_FINAL_SCALE, head_label, hook_name
-from .inputs import token_texts
 
 
 def is_layernorm(model) -> bool:
@@ -73,12 +73,13 @@ def _check_ids_in_vocab(model, *ids: torch.Tensor) -> None:
             raise InputError(f"Token ids must lie in [0, {model.cfg.d_vocab}); got {t.min().item()}..{t.max().item()}.")
 
 
-_LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z", "ln1_post.hook_scale")
+#: the hook-name suffixes the lens methods read, which :func:`run_cache` keeps by default
+LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z", "ln1_post.hook_scale")
 
 
-def run_cache(model, tokens, *, names=_LENS_HOOKS, extra: tuple[str, ...] = ()):
+def run_cache(model, tokens, *, names=LENS_HOOKS, extra: tuple[str, ...] = ()):
     """Logits and a cache with the hooks the lens methods read (plus ``extra`` hook-name suffixes), no grad."""
-    from .inputs import to_tokens
+    from .core.batching import to_tokens
 
     tokens = to_tokens(model, tokens)
     want = tuple(names) + tuple(extra)

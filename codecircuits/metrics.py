@@ -1,27 +1,9 @@
-"""The metric protocol (TransformerLens's per-example contract); it lives in :mod:`codecircuits.core.metrics`."""
+"""Deprecated: the metric protocol moved to :mod:`codecircuits.core.metrics`; import it from there.
 
-from .core.metrics import (  # noqa: F401
-    Metric,
-    Metrics,
-    RowwiseMetric,
-    as_named,
-    check_output,
-    evaluate,
-    metric_positions,
-    per_cell,
-    per_cell_named,
-    rowwise,
-)
+Importing this module, or reading a name through it, raises a ``DeprecationWarning`` that names the new home;
+the names it gives are the objects in :mod:`codecircuits.core.metrics` itself. It will be removed in a future release.
+"""
 
-__all__ = [
-    "Metric",
-    "Metrics",
-    "RowwiseMetric",
-    "as_named",
-    "check_output",
-    "evaluate",
-    "metric_positions",
-    "per_cell",
-    "per_cell_named",
-    "rowwise",
-]
+from ._moved import alias_module
+
+__getattr__, __dir__, __all__ = alias_module(__name__)

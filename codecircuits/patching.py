@@ -12,7 +12,7 @@ runs one full forward per cell; this engine gives the same numbers with far less
 4. a cell that patches only positions before the first token where clean and corrupted differ changes
    nothing: its value is the receiver's baseline, exactly, and it is not run.
 
-Metrics follow TransformerLens's contract (:mod:`codecircuits.metrics`): logits ``[batch, pos, vocab]`` of the
+Metrics follow TransformerLens's contract (:mod:`codecircuits.core.metrics`): logits ``[batch, pos, vocab]`` of the
 examples in order -> per-example values ``[batch]``, whatever the chunk size; values stay on the device until
 the sweep ends.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import einops
 import pandas as pd
@@ -34,12 +34,12 @@ import torch
 from jaxtyping import Float
 
 from .core.batching import paired_tokens, progress_bar
-from .core.interventions import Replace, hook
+from .core.inputs import check_hook_names
+from .core.interventions import Replace, hook, position_mask
 from .core.metrics import Metric, check_output
 from .core.runner import Receiver, run_cells
-from .core.sites import SITE_KINDS, site_kind
+from .core.sites import SITE_KINDS, hook_name, site_kind
 from .errors import InputError
-from .inputs import check_hook_names
 from .models.summary import kv_head_of, n_kv_heads
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -68,6 +68,23 @@ class SweepResult:
     labels: dict = field(default_factory=dict)
     site: str = ""
     method: str = ""
+
+    @classmethod
+    def merge(cls, parts: Sequence[SweepResult]) -> SweepResult:
+        """Results of the same sweep on consecutive shards of the examples, as one result: per-example values,
+        bases and sources concatenated along the batch in the order given (labels from the first part)."""
+        parts = list(parts)
+        if not parts:
+            raise InputError("Nothing to merge: give at least one SweepResult.")
+        first = parts[0]
+        if any(p.axes != first.axes or p.shape != first.shape for p in parts):
+            raise InputError("Cannot merge sweeps with different axes or cells; merge shards of one sweep.")
+        return replace(
+            first,
+            per_example=torch.cat([p.per_example for p in parts], dim=-1),
+            base=torch.cat([p.base for p in parts], dim=0),
+            source=None if first.source is None else torch.cat([p.source for p in parts], dim=0),
+        )
 
     @property
     def values(self) -> torch.Tensor:
@@ -350,7 +367,6 @@ def sweep(
     neurons: Sequence[int] | None = None,
     memory_budget=None,
     progress: bool = True,
-    workers=None,
 ) -> SweepResult:
     """Patch one component at a time from one run into the other and record ``metric`` for every cell.
 
@@ -375,16 +391,9 @@ def sweep(
     Returns a :class:`SweepResult`: ``per_example`` ``[*by, batch]``, ``base`` the receiving run's metric and
     ``source`` the donor run's, so ``recovery`` is the usual normalised score.
 
-    ``workers`` (a number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompt pairs
-    over workers, each with a model replica (:mod:`codecircuits.distributed.sweeps`).
+    One process; ``codecircuits.distributed.run(patching.sweep, ..., workers=N)`` shards the prompt pairs over
+    workers and merges the shards with :meth:`SweepResult.merge`.
     """
-    if workers is not None:
-        from .distributed.sweeps import patching_sweep
-
-        return patching_sweep(
-            model, clean, corrupted, metric, workers=workers, site=site, by=by, into=into, layers=layers,
-            positions=positions, heads=heads, neurons=neurons, memory_budget=memory_budget, progress=progress,
-        )
     st = sweep_setup(model, clean, corrupted, site, by, into, layers, positions)
     site, kind, by = st.site, st.kind, st.by
     clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
@@ -504,6 +513,63 @@ def sweep(
         site=site,
         method=f"patch {'clean->corrupted' if into == 'corrupted' else 'corrupted->clean'}",
     )
+
+
+def patch_layers(
+    receiver: Receiver,
+    donor: Receiver,
+    metric: Metric,
+    layers: Sequence[int],
+    positions: Sequence[int],
+    *,
+    sites: Sequence[str] = ("attn_out", "mlp_out"),
+    donor_rows: torch.Tensor | None = None,
+    chunk: int = 5,
+) -> dict[str, SweepResult]:
+    """Patch one site of one layer at a time from a cached donor run into a cached receiver run, at the fixed
+    ``positions`` (all of them together): ``{site: SweepResult}``, each ``per_example [len(layers), n]``.
+
+    Unlike :func:`sweep`, both runs come already cached (:class:`~codecircuits.core.runner.Receiver`; the donor's
+    cache must hold the sites' hooks, e.g. through its ``extra_names``), so one donor run serves several receivers,
+    and ``donor_rows`` picks the donor prompt of each receiver prompt (default: the same rows). The cells of
+    ``chunk`` consecutive ``layers`` (every site) share one batched run from the chunk's first layer and from the
+    first patched position. ``sites`` are residual-shaped (``[batch, pos, d_model]``: ``attn_out``, ``mlp_out``,
+    ``resid_pre``, ...). ``base`` is the receiver's metric, ``source`` the donor rows'.
+    """
+    bad = [s for s in sites if site_kind(s).layout != "vec"]
+    if bad or not layers or not positions or chunk < 1:
+        raise InputError(
+            f"patch_layers needs residual-shaped sites (got {bad or list(sites)}), some layers and positions, and "
+            f"chunk >= 1 (got {chunk})."
+        )
+    rows = slice(None) if donor_rows is None else donor_rows
+    start = min(positions)
+    pos_mask = position_mask(receiver.n_pos - start, [p - start for p in positions], receiver.tokens.device)
+    pos_mask = pos_mask.view(1, -1, 1)
+    out: dict = {site: [] for site in sites}
+    for i in range(0, len(layers), chunk):
+        group = list(layers[i : i + chunk])
+        cells = [(site, layer) for layer in group for site in sites]
+        sources = {c: donor.cache[hook_name(*c)][rows] for c in cells}
+
+        def make_hooks(cell_of_row, ex_of_row, cells=cells, sources=sources):
+            hooks = []
+            for ci, c in enumerate(cells):
+                mask = (cell_of_row == ci).view(-1, 1, 1) & pos_mask
+                hooks.append(hook(hook_name(*c), Replace(sources[c]), mask, examples=ex_of_row, offset=start))
+            return hooks
+
+        vals = run_cells(receiver, metric, min(group), start, len(cells), make_hooks).float().cpu()  # [cells, n]
+        for ci, (site, _) in enumerate(cells):
+            out[site].append(vals[ci])
+    base = metric(receiver.logits).float().cpu()
+    source = metric(donor.logits[rows]).float().cpu()
+    return {
+        site: SweepResult(
+            torch.stack(v), ("layer",), base, source, {"layer": list(layers)}, site, "patch donor->receiver"
+        )
+        for site, v in out.items()
+    }
 
 
 def _as_list(x) -> list:

@@ -14,20 +14,26 @@ on every architecture, and are the tensors the bridge's forward pass reads (its 
 Code shifts that are real and keep the program's meaning: :func:`tabs_for_spaces` (tab indentation),
 :func:`reindent` (2-space indentation), :func:`rename_locals` (a deterministic minifier-style renaming of local
 names with the stdlib ``tokenize`` and ``ast`` modules), :func:`swap_quotes` (single-quoted strings become
-double-quoted and back, checked to leave the AST unchanged) and :func:`strip_comments`.
+double-quoted and back, checked to leave the AST unchanged) and :func:`strip_comments`; :data:`SHIFTS` names them
+and :func:`shifted_texts` applies them. The code they shift is whole top-level functions and classes
+(:func:`snippets_of`) of the standard library (:func:`code_snippets`) or of another corpus
+(:func:`transfer_snippets`).
 
 Evaluation is per document (:func:`doc_tokens`, :func:`doc_losses`), so bootstrap intervals can resample documents;
 signatures are saved and loaded as safetensors (:func:`save`, :func:`load`) and compared with a matched-norm random
-direction (:func:`random_like`).
+direction (:func:`random_like`); :func:`storage_sizes` compares the files with a full copy of the weights and
+:func:`layer_profile` gives the norms and cosines by layer.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import io
 import keyword
 import math
+import random
 import re
 import time
 import tokenize
@@ -37,26 +43,33 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import corpus as corpus_mod
 from .errors import InputError
 
 __all__ = [
+    "SHIFTS",
     "FinetuneRun",
     "Signature",
     "TaskVector",
     "WeightPatch",
     "alpha_sweep",
     "block_params",
+    "code_snippets",
     "compose",
     "doc_losses",
     "doc_tokens",
     "finetune",
     "full_copy_bytes",
+    "layer_profile",
     "lm_loss",
     "load",
     "random_like",
     "reindent",
     "save",
     "save_full_copy",
+    "shifted_texts",
+    "snippets_of",
+    "storage_sizes",
     "strip_comments",
     "swap_quotes",
     "make_batches",
@@ -67,6 +80,7 @@ __all__ = [
     "snapshot",
     "tabs_for_spaces",
     "task_vector",
+    "transfer_snippets",
 ]
 
 
@@ -295,6 +309,47 @@ def save_full_copy(model, path):
     return path
 
 
+def storage_sizes(model, sig: TaskVector, shallow: Iterable[int]) -> dict:
+    """Sizes on disk (MiB) of safetensors files -- a full copy of the weights, the signature in float32 and float16
+    and its ``shallow`` layers in float16 -- and the full copy's size over each (``ratio_full_to_*``)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        full = save_full_copy(model, tmp / "full.safetensors").stat().st_size
+        f32 = save(sig, tmp / "sig.safetensors").stat().st_size
+        f16 = save(sig, tmp / "sig16.safetensors", dtype=torch.float16).stat().st_size
+        sh16 = save(sig.restrict(list(shallow)), tmp / "shallow16.safetensors", dtype=torch.float16).stat().st_size
+    mib = 2**20
+    return {
+        "full_copy_file_mib": full / mib,
+        "signature_file_mib": f32 / mib,
+        "signature_fp16_file_mib": f16 / mib,
+        "shallow_fp16_file_mib": sh16 / mib,
+        "ratio_full_to_signature": full / f32,
+        "ratio_full_to_signature_fp16": full / f16,
+        "ratio_full_to_shallow_fp16": full / sh16,
+        "signature_of": sig.name,
+    }
+
+
+def layer_profile(task_vectors: Mapping[str, TaskVector], signatures: Mapping[str, Signature], n_layers: int) -> dict:
+    """Per layer (columns of a table, ``layer`` first): the norm of each task vector (``norm_tv_<name>``) and
+    signature (``norm_sig_<name>``), and each shift's mean cosine with the standard task vector before its removal
+    (``cos_<name>_clean``; NaN where no tensor of the layer was trained)."""
+    prof: dict[str, list] = {"layer": list(range(n_layers))}
+    for name, tv in task_vectors.items():
+        prof[f"norm_tv_{name}"] = [tv.norm_profile().get(i, 0.0) for i in range(n_layers)]
+    for c, sig in signatures.items():
+        prof[f"norm_sig_{c}"] = [sig.norm_profile().get(i, 0.0) for i in range(n_layers)]
+        cos: dict[int, list[float]] = {}
+        for tname, v in sig.cosines.items():
+            cos.setdefault(int(tname.split(".")[1]), []).append(v)
+        prof[f"cos_{c}_clean"] = [sum(cos[i]) / len(cos[i]) if i in cos else math.nan for i in range(n_layers)]
+    return prof
+
+
 # ----------------------------------------------------------------------------------------------------------
 # patching a model, reversibly
 
@@ -497,6 +552,95 @@ def rename_locals(text: str) -> str:
         line = lines[row - 1]
         lines[row - 1] = line[:c0] + new + line[c1:]
     return "".join(lines)
+
+
+#: the code shifts, by name, in the order they are applied when combined ("all")
+SHIFTS: dict[str, Callable[[str], str]] = {
+    "rename": rename_locals,
+    "quotes": swap_quotes,
+    "nocomments": strip_comments,
+    "tabs": tabs_for_spaces,
+    "indent2": reindent,
+}
+
+
+def shifted_texts(texts: Sequence[str], shift: str, shifts: Sequence[str] | None = None) -> list[str]:
+    """``texts`` under ``shift`` ("clean", a name of :data:`SHIFTS`, or "all": every one of ``shifts`` in turn)."""
+    if shift == "clean":
+        return list(texts)
+    if shift == "all":
+        out = list(texts)
+        for s in [s for s in SHIFTS if s in (shifts or tuple(SHIFTS))]:
+            out = [SHIFTS[s](t) for t in out]
+        return out
+    if shift == "both":  # the earlier study's name for tabs + rename
+        return [tabs_for_spaces(rename_locals(t)) for t in texts]
+    if shift not in SHIFTS:
+        raise InputError(f"Unknown shift {shift!r}; choose from {', '.join(SHIFTS)}.")
+    return [SHIFTS[shift](t) for t in texts]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the code: top-level functions and classes of a corpus
+
+
+def snippets_of(files, n_chars: int | None, seed: int | None) -> list[str]:
+    """Top-level functions and classes (200-6,000 characters, indented, with local names) of ``files`` (a seeded
+    shuffle unless ``seed`` is None), up to ``n_chars``: code, not licence headers and imports."""
+    files = list(files)
+    if seed is not None:
+        random.Random(seed).shuffle(files)
+    out, total = [], 0
+    for f in files:
+        try:
+            tree = ast.parse(f.text)
+        except (SyntaxError, ValueError):
+            continue
+        lines = f.text.splitlines(keepends=True)
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            seg = "".join(lines[node.lineno - 1 : node.end_lineno]).rstrip()
+            if not seg or len(seg) < 200 or len(seg) > 6000 or "    " not in seg or rename_locals(seg) == seg:
+                continue
+            out.append(seg + "\n")
+            total += len(seg)
+        if n_chars is not None and total >= n_chars:
+            break
+    return out
+
+
+def code_snippets(split: str, n_chars: int | None, seed: int) -> list[str]:
+    """:func:`snippets_of` the standard library's ``split`` (cached per process: reading the library takes seconds)."""
+    return list(_stdlib_snippets(split, n_chars, seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _stdlib_snippets(split, n_chars, seed) -> tuple[str, ...]:
+    out = snippets_of([f for f in _stdlib_all() if corpus_mod.split_of(f.path) == split], n_chars, seed)
+    if not out:
+        raise InputError(f"No functions or classes found in stdlib:{split}.")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_all():
+    return tuple(corpus_mod.stdlib())  # one pass over the library for every split
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_snippets(spec: str) -> tuple[str, ...]:
+    return tuple(snippets_of(corpus_mod.load(spec), None, None))
+
+
+def transfer_snippets(spec: str, seed: int) -> tuple[list[str], list[str]]:
+    """The functions of the corpus ``spec`` (:func:`codecircuits.corpus.load`), shuffled (``seed``) and dealt
+    alternately to fine-tuning and to evaluation."""
+    found = list(_corpus_snippets(spec))
+    if len(found) < 4:
+        raise InputError(f"The transfer corpus {spec!r} has {len(found)} usable functions; it needs at least 4.")
+    random.Random(seed).shuffle(found)
+    return found[0::2], found[1::2]
 
 
 # ----------------------------------------------------------------------------------------------------------

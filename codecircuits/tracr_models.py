@@ -1,7 +1,7 @@
 """Models with known circuits: RASP programs compiled with tracr, saved as weights, loaded as a TransformerBridge.
 
 ``scripts/compile_tracr.py`` compiled them once (tracr needs JAX, which the project does not depend on) into
-``tests/data/tracr/<name>/``: ``model.safetensors`` and ``config.json`` (TransformerLens's own tracr converter,
+``codecircuits/data/tracr/<name>/`` (package data, installed with the package): ``model.safetensors`` and ``config.json`` (TransformerLens's own tracr converter,
 ``transformer_lens.utilities.tracr``), ``vocab.json`` (input token and output value ids, BOS), ``examples.json``
 (what the compiled JAX model output on a few inputs) and ``ground_truth.json``: the heads and MLPs the program
 uses and its true edges, by construction. Tracr writes every RASP variable into its own orthogonal block of the
@@ -40,10 +40,11 @@ from typing import Any
 
 import torch
 
-from .core.metrics import RowwiseMetric, rowwise
+from .core.metrics import RowwiseMetric, logit_diff
 from .errors import InputError
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "tracr"
+#: the compiled programs, one folder each (package data)
+DATA_DIR = Path(__file__).resolve().parent / "data" / "tracr"
 PROGRAMS = ("hist", "reverse", "sort_unique", "count_other")
 
 
@@ -256,7 +257,8 @@ class TracrPairs:
     """Clean and corrupted prompts of equal length, their program outputs and a per-example metric.
 
     ``metric(logits) -> [batch]``: over the output positions where the clean and corrupted outputs differ, the
-    mean of ``logit[clean output] - logit[corrupted output]`` (row-wise, so edge attribution may batch it).
+    mean of ``logit[clean output] - logit[corrupted output]``
+    (:func:`codecircuits.core.metrics.logit_diff` of the answers, row-wise, so edge attribution may batch it).
     It is high on the clean run and its negative on the corrupted run."""
 
     clean: list
@@ -271,20 +273,6 @@ class TracrPairs:
 
 def _answers(name: str, vocab: TracrVocab, seqs: list) -> torch.Tensor:
     return torch.tensor([[-1] + [vocab.output_ids[v] for v in run_program(name, s)] for s in seqs])
-
-
-def logit_diff_metric(clean_answers: torch.Tensor, corrupted_answers: torch.Tensor) -> RowwiseMetric:
-    """The metric of :class:`TracrPairs` for these answer ids ``[batch, pos]``."""
-    differ = clean_answers != corrupted_answers
-    weight = differ.float() / differ.sum(-1, keepdim=True).clamp(min=1)
-    good, bad = clean_answers.clamp(min=0), corrupted_answers.clamp(min=0)
-
-    def fn(logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
-        g, b, w = good[examples], bad[examples], weight[examples].to(logits.dtype)
-        diff = logits.gather(-1, g[..., None].to(logits.device)) - logits.gather(-1, b[..., None].to(logits.device))
-        return (diff[..., 0] * w.to(logits.device)).sum(-1)
-
-    return rowwise(fn)
 
 
 def tracr_pairs(name: str, n: int, seed: int = 0, *, length: int | None = None) -> TracrPairs:
@@ -310,7 +298,7 @@ def tracr_pairs(name: str, n: int, seed: int = 0, *, length: int | None = None) 
         clean_answers=clean_answers,
         corrupted_answers=corrupted_answers,
         differ=clean_answers != corrupted_answers,
-        metric=logit_diff_metric(clean_answers, corrupted_answers),
+        metric=logit_diff(clean_answers, corrupted_answers, rows=True),
     )
 
 
@@ -324,7 +312,6 @@ __all__ = [
     "all_inputs",
     "build_bridge",
     "load_tracr",
-    "logit_diff_metric",
     "resolve",
     "run_program",
     "tracr_pairs",

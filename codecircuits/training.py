@@ -378,6 +378,62 @@ def prepare_data(cfg: TrainConfig, out_dir: Path, *, texts: dict[str, list[str]]
     return tokenizer, streams, stats
 
 
+def _resume_state(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
+    """The checkpoint to continue from (``None`` for a fresh run), after checking that a fresh run would not
+    overwrite one and that a resumed one has the checkpoint's settings."""
+    state = load_checkpoint(out) if resume else None
+    if resume and state is None:
+        raise InputError(f"Nothing to resume: {out / CHECKPOINT_DIR / 'state.pt'} does not exist.")
+    if not resume and (out / CHECKPOINT_DIR / "state.pt").is_file():
+        raise InputError(f"{out} already holds a training checkpoint; pass resume=True (--resume) or pick a new --out.")
+    if state is not None and state["config"] != cfg.identity():
+        diff = {k: (state["config"].get(k), v) for k, v in cfg.identity().items() if state["config"].get(k) != v}
+        raise InputError(f"The checkpoint in {out} was made with other settings (checkpoint, now): {diff}.")
+    return state
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.95) with weight decay on the matrices only."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+
+
+def _train_step(model, optimizer, cfg: TrainConfig, stream: np.ndarray, step: int) -> float:
+    """One optimizer step on the batch of ``step`` (a pure function of seed and step); returns its loss."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(cfg, step)
+    batch = get_batch(stream, batch_starts(cfg.seed, step, cfg.batch_size, len(stream), cfg.n_ctx), cfg.n_ctx)
+    logits = model(batch[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def _evaluate_and_save(model, tokenizer, streams: dict, cfg: TrainConfig, out: Path):
+    """A finished run's validation losses ``(val_loss, bigram, val_sample)`` (``None`` without a long enough
+    validation split); writes the model and tokenizer into ``out``."""
+    val_loss = bigram = val_sample = None
+    model.eval()
+    if "validation" in streams and len(streams["validation"]) > cfg.n_ctx + 1:
+        val_loss = stream_loss(model, streams["validation"], cfg.n_ctx, max_tokens=cfg.eval_tokens)
+        val_sample = sample_loss(model, streams["validation"], cfg.n_ctx)
+        bigram = bigram_loss(
+            streams["train"], streams["validation"], len(tokenizer), cfg.n_ctx, max_tokens=cfg.eval_tokens
+        )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return val_loss, bigram, val_sample
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
@@ -408,27 +464,11 @@ def train(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    state = load_checkpoint(out) if resume else None
-    if resume and state is None:
-        raise InputError(f"Nothing to resume: {out / CHECKPOINT_DIR / 'state.pt'} does not exist.")
-    if not resume and (out / CHECKPOINT_DIR / "state.pt").is_file():
-        raise InputError(f"{out} already holds a training checkpoint; pass resume=True (--resume) or pick a new --out.")
-    if state is not None and state["config"] != cfg.identity():
-        diff = {k: (state["config"].get(k), v) for k, v in cfg.identity().items() if state["config"].get(k) != v}
-        raise InputError(f"The checkpoint in {out} was made with other settings (checkpoint, now): {diff}.")
-
+    state = _resume_state(out, cfg, resume)
     t_call = time.time()
     tokenizer, streams, stats = prepare_data(cfg, out, texts=texts)
-    train_stream = streams["train"]
     model = build_model(cfg, tokenizer)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    optimizer = _optimizer(model, cfg)
     step, elapsed_before, losses = 0, 0.0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -437,34 +477,22 @@ def train(
         step, elapsed_before, losses = state["step"], state["elapsed"], [tuple(x) for x in state["losses"]]
     model.train()
 
+    calibrate_at = None  # with ``minutes``: the step at which the step count is fixed from the speed so far
     if minutes is not None and state is None:
         if minutes <= 0:
             raise InputError(f"minutes must be positive, got {minutes}.")
         calibrate_at = max(1, min(cfg.warmup_steps, 10))
         cfg = cfg.replace(steps=max(cfg.steps, calibrate_at + 1))  # provisional, replaced at calibrate_at
-    else:
-        calibrate_at = None
     window: list[float] = []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
     t0 = time.time()
     while step < cfg.steps:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        batch = get_batch(
-            train_stream, batch_starts(cfg.seed, step, cfg.batch_size, len(train_stream), cfg.n_ctx), cfg.n_ctx
-        )
-        logits = model(batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        lv = _train_step(model, optimizer, cfg, streams["train"], step)
         step += 1
         if step == calibrate_at:
             per_step = (time.time() - t0) / step
             cfg = cfg.replace(steps=max(step + 1, int((60 * minutes - (t0 - t_call)) / per_step)))
             bar.total = cfg.steps
-        lv = loss.item()
         window.append(lv)
         if on_step is not None:
             on_step(step, lv)
@@ -475,32 +503,15 @@ def train(
         bar.update(1)
         out_of_time = max_minutes is not None and (time.time() - t_call) > 60 * max_minutes
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            save_checkpoint(
-                out,
-                model=model,
-                optimizer=optimizer,
-                step=step,
-                elapsed=elapsed_before + time.time() - t0,
-                cfg=cfg,
-                losses=losses,
-            )
+            elapsed = elapsed_before + time.time() - t0
+            save_checkpoint(out, model=model, optimizer=optimizer, step=step, elapsed=elapsed, cfg=cfg, losses=losses)
         if out_of_time and step < cfg.steps:
             break
     bar.close()
     finished = step >= cfg.steps
     train_seconds = elapsed_before + (time.time() - t0)
 
-    val_loss = bigram = val_sample = None
-    if finished:
-        model.eval()
-        if "validation" in streams and len(streams["validation"]) > cfg.n_ctx + 1:
-            val_loss = stream_loss(model, streams["validation"], cfg.n_ctx, max_tokens=cfg.eval_tokens)
-            val_sample = sample_loss(model, streams["validation"], cfg.n_ctx)
-            bigram = bigram_loss(
-                train_stream, streams["validation"], len(tokenizer), cfg.n_ctx, max_tokens=cfg.eval_tokens
-            )
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+    val_loss, bigram, val_sample = _evaluate_and_save(model, tokenizer, streams, cfg, out) if finished else (None,) * 3
     result = TrainResult(
         out_dir=str(out),
         config=cfg,

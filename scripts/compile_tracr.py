@@ -1,7 +1,7 @@
 """Compile small RASP programs with tracr and save them as TransformerBridge weights.
 
-Run once by hand; the outputs are committed under ``tests/data/tracr/<name>/`` so that neither the
-project nor CI needs tracr or JAX. Two stages, in two interpreters:
+Run once by hand; the outputs are committed under ``codecircuits/data/tracr/<name>/`` (package data) so that
+neither the project nor CI needs tracr or JAX. Two stages, in two interpreters:
 
 1. ``compile`` (an interpreter with ``tracr-pypi``, JAX and Haiku, e.g. a separate venv): compiles each
    program and writes its raw weights and encoders to ``<work>/<name>/raw.npz`` + ``raw.json``, plus
@@ -39,7 +39,7 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "tracr"
+DATA = ROOT / "codecircuits" / "data" / "tracr"
 BOS = "BOS"
 TOL = 1e-6
 

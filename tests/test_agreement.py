@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from codecircuits import InputError
-from codecircuits import agreement as ag
 from codecircuits import memories as mem
+from codecircuits.memories import agreement as ag
 
 TEXTS = [
     "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n",

@@ -108,7 +108,7 @@ def test_destination_scores_sum_to_the_destination_node_score(family, tiny, toks
     if family == "codegen":
         pytest.skip("CodeGen's bridge has no hook_mlp_in to measure at independently")
     clean, corr = toks
-    eap = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    eap = edge_scores(tiny, clean, corr, toy_metric, method="EAP", direction="lower")  # the sign of the identity
     g, layer = eap.graph, tiny.cfg.n_layers - 1
     from codecircuits.circuits.hooks import split_inputs
 
@@ -153,7 +153,7 @@ def test_equal_to_transformer_lens_attribution_patch(family, tiny, toks):
     res = attribution_patch(
         tiny, clean, corr, lambda lg: lg[0, -1, 5] - lg[0, -1, 7], EdgeAttributionConfig(granularity="edge")
     )
-    ours = edge_scores(tiny, corr, clean, toy_metric, method="EAP")
+    ours = edge_scores(tiny, corr, clean, toy_metric, method="EAP", direction="lower")  # EAP-IG's sign, as TL
     tl = from_transformer_lens(res, ours.graph).scores
     assert tl.abs().max() > 1e-2
     assert (tl - ours.scores).abs().max() < 1e-4
@@ -348,3 +348,36 @@ def test_sparse_and_dense_evaluation_agree(family, tiny, toks, ablation):
         tiny, clean, corr, toy_metric, masks[:, None].expand(-1, clean.shape[1], -1, -1), graph=g, ablation=ablation
     )
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_scores_point_toward_the_clean_behaviour_for_a_metric_and_its_negation(family, tiny, toks):
+    """Positive = the edge moves the model toward the clean behaviour, whichever way the metric runs: a metric and
+    its negation (a loss) give the same scores, the same signed top-n circuit and the same CPR; forcing the wrong
+    direction flips every score; EAP-IG's sign (``direction="lower"``) of the metric is the negation."""
+    clean, corr = toks
+
+    def loss(logits):
+        return -toy_metric(logits)
+
+    for method in ("EAP", "EAP-IG-inputs") if family == "llama" else ("EAP",):
+        m = edge_scores(tiny, clean, corr, toy_metric, method=method, steps=2)
+        lo = edge_scores(tiny, clean, corr, loss, method=method, steps=2)
+        assert {m.meta["direction"], lo.meta["direction"]} == {"higher", "lower"}
+        assert m.meta["metric_clean"] == pytest.approx(-lo.meta["metric_clean"], abs=1e-5)
+        torch.testing.assert_close(m.scores, lo.scores, atol=1e-6, rtol=1e-5)
+        assert torch.equal(m.top_n(20).edges, lo.top_n(20).edges)
+        forced = edge_scores(tiny, clean, corr, toy_metric, method=method, steps=2, direction=lo.meta["direction"])
+        torch.testing.assert_close(forced.scores, -m.scores, atol=0, rtol=0)
+    # the exact scores are oriented the same way, so EAP approximates them whatever the metric's direction
+    for metric in (toy_metric, loss):
+        exact = exact_edge_scores(tiny, clean, corr, metric, edges=[m.graph.edge_names()[0]])
+        assert exact.meta["direction"] == edge_scores(tiny, clean, corr, metric, method="EAP").meta["direction"]
+    with pytest.raises(InputError, match="direction"):
+        edge_scores(tiny, clean, clean, toy_metric, method="EAP")  # no difference: the direction is undefined
+    with pytest.raises(InputError, match="direction"):
+        edge_scores(tiny, clean, corr, toy_metric, method="EAP", direction="up")
+    if family == "llama":
+        a = faithfulness_curves(tiny, m, clean, corr, toy_metric, percentages=(0, 10, 50, 100), n_random=1)
+        b = faithfulness_curves(tiny, lo, clean, corr, loss, percentages=(0, 10, 50, 100), n_random=1)
+        assert a["signed"].area == pytest.approx(b["signed"].area, abs=1e-5)
+        assert a["absolute"].area_from_1 == pytest.approx(b["absolute"].area_from_1, abs=1e-5)

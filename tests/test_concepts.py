@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from codecircuits import InputError
-from codecircuits import concepts as cc
 from codecircuits import memories as mem
+from codecircuits.memories import concepts as cc
 
 TEXTS = [
     "import os\n\n\ndef read(path):\n    # read it all\n    with open(path) as f:\n        return f.read()\n",
@@ -208,7 +208,7 @@ def test_code_concepts_skip_strings_and_comments():
     text = 'x = "a # b"  # it\'s for you\ny = a - b  # XML-RPC\nfor i in x: pass\n'
     offsets = np.array([[i, i + 1] for i in range(len(text))])
     names = ["comment", "string", "arithmetic", "loops"]
-    m = cc._doc_masks(text, offsets, [cc.get(n) for n in names], force_token=True)
+    m = cc.doc_masks(text, offsets, [cc.get(n) for n in names], force_token=True)
     marked = {n: "".join(text[i] for i in np.nonzero(row)[0]) for n, row in zip(names, m)}
     assert marked["comment"] == "# it's for you# XML-RPC"  # the '#' inside the string starts no comment
     assert marked["string"] == '"a # b"'  # the quote in "it's" starts no string

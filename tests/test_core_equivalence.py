@@ -16,8 +16,8 @@ from _reference import patching as ref_patching
 from codecircuits import ablation, patching
 from codecircuits.core import Head, Neuron, hook_name, metric_positions, resid_at, run_from, skipped_blocks
 from codecircuits.core.interventions import Mean, Resample, Scale, Zero, hook
+from codecircuits.core.metrics import rowwise
 from codecircuits.errors import InputError
-from codecircuits.metrics import rowwise
 from codecircuits.testing import toy_metric
 
 PROMPTS = ["print(str(str(123", "print(len(str(456", "print(str(str(789", "print(len(str(101"]

@@ -50,9 +50,9 @@ def test_go_and_java_corpora_from_debian_packages(tmp_path, monkeypatch):
     deb = _deb(tmp_path, "golang-1.19-src", files)
     path = ds.fetch("go", deb=deb)
     assert ds.fetched("go") and (path / ds.MANIFEST).is_file()
-    whole = ds.corpus("go")
+    whole = corpus_mod.debian("go")
     assert len(whole) == 40 and not any(f.path.endswith("_test.go") or "testdata" in f.path for f in whole)
-    splits = {s: {f.path for f in ds.corpus("go", s)} for s in corpus_mod.SPLITS}
+    splits = {s: {f.path for f in corpus_mod.debian("go", s)} for s in corpus_mod.SPLITS}
     assert sum(len(v) for v in splits.values()) == 40 and not splits["train"] & splits["test"]
     assert {f.path for f in corpus_mod.load("go:train")} == splits["train"]
     assert all(corpus_mod.split_of(p) == s for s, ps in splits.items() for p in ps)
@@ -67,7 +67,7 @@ def test_go_and_java_corpora_from_debian_packages(tmp_path, monkeypatch):
     assert ds.fetch("go") == path
     with pytest.raises(InputError, match="no .*src.zip"):
         ds.fetch("java", deb=deb, force=True)
-    assert len(ds.corpus("java")) == 5
+    assert len(corpus_mod.debian("java")) == 5
     with pytest.raises(InputError, match="choose one of"):
         ds.fetch("rust")
 

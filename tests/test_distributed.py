@@ -17,7 +17,7 @@ from test_memories import TEXTS as MEMORY_TEXTS
 
 from codecircuits import InputError
 from codecircuits import memories as mem
-from codecircuits.distributed import ShardsFailed, Workers, as_workers, model_spec, plan, shard_size
+from codecircuits.distributed import ShardsFailed, Workers, as_workers, model_spec, plan, run, shard_size
 from codecircuits.testing import tiny_model
 
 TEXTS = MEMORY_TEXTS * 3  # the memories tests' five documents, three times over: enough chunks for shards
@@ -47,7 +47,7 @@ def test_scan_on_two_workers_equals_one_process(tiny, ray_workers, tmp_path):
     ch = mem.chunk_corpus(tiny, TEXTS, window=16)
     assert len(ch) >= 24
     one = mem.scan(tiny, ch, k=3, batch_size=4, progress=False)
-    two = mem.scan(tiny, ch, k=3, batch_size=4, checkpoint_every=8, progress=False, workers=ray_workers)
+    two = run(mem.scan, tiny, ch, k=3, batch_size=4, checkpoint_every=8, progress=False, workers=ray_workers)
     _assert_same(one, two)
     assert two.complete and two.activation_stats().mean.shape == (tiny.cfg.n_layers, tiny.cfg.d_mlp)
 
@@ -59,7 +59,7 @@ def test_scan_on_two_workers_equals_one_process(tiny, ray_workers, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        mem.scan(tiny, ch, k=3, batch_size=4, checkpoint=ck, checkpoint_every=8, progress=False,
+        run(mem.scan, tiny, ch, k=3, batch_size=4, checkpoint=ck, checkpoint_every=8, progress=False,
                  workers=ray_workers, callback=stop)
     part = mem.load_scan(ck)
     assert 8 <= part.chunks_done < len(ch)
@@ -95,7 +95,7 @@ def test_killed_worker_costs_only_its_shard(ray_workers, tiny_dirs):
             os.kill(before[1], signal.SIGKILL)
             killed.append(before[1])
 
-    two = mem.scan(model, ch, k=3, batch_size=2, checkpoint_every=4, progress=False, workers=ray_workers,
+    two = run(mem.scan, model, ch, k=3, batch_size=2, checkpoint_every=4, progress=False, workers=ray_workers,
                    callback=kill_one)
     assert killed
     _assert_same(one, two)
@@ -110,7 +110,7 @@ def test_failed_shard_names_its_documents(ray_workers, tiny_dirs):
     bad = 4
     ch.ids[bad][0] = 10**6  # a token id outside the vocabulary: the embedding fails on that document's chunks
     with pytest.raises(ShardsFailed) as err:
-        mem.scan(model, ch, k=3, batch_size=4, checkpoint_every=8, progress=False, workers=ray_workers)
+        run(mem.scan, model, ch, k=3, batch_size=4, checkpoint_every=8, progress=False, workers=ray_workers)
     e = err.value
     assert e.failures and all(names[bad] in f.what for f in e.failures)
     assert "IndexError" in str(e) and names[bad] in str(e)
@@ -129,6 +129,8 @@ def test_no_ray_without_workers(tiny_dirs):
         from codecircuits import load_model, memories
         m = load_model({str(tiny_dirs["llama"])!r}, device="cpu")
         memories.scan(m, ["def f(x):\\n    return x\\n"], k=2, window=8, progress=False)
+        from codecircuits import distributed
+        distributed.run(memories.scan, m, ["def f(x):\\n    return x\\n"], k=2, window=8, progress=False)
         from codecircuits.commands import _options
         import argparse
         p = argparse.ArgumentParser(); _options.worker_options(p)
@@ -144,8 +146,8 @@ def test_no_ray_without_workers(tiny_dirs):
 def test_scan_on_two_workers_equals_one_process_on_the_default_model(default_model, ray_workers):
     ch = mem.chunk_corpus(default_model, "stdlib:test", window=32, max_chunks=12)
     one = mem.scan(default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), progress=False)
-    two = mem.scan(default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), checkpoint_every=4,
-                   progress=False, workers=ray_workers)
+    two = run(mem.scan, default_model, ch, k=5, batch_size=4, layers=range(0, 10, 3), checkpoint_every=4,
+              progress=False, workers=ray_workers)
     _assert_same(one, two)
 
 

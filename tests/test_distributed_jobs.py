@@ -6,12 +6,15 @@ orders tests by family)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from codecircuits import ablation, cna, patching
 from codecircuits import circuits as cc
 from codecircuits.core.metrics import rowwise
+from codecircuits.distributed import run
 from codecircuits.errors import InputError, UnsupportedArchitectureError
 from codecircuits.neurons import ffn_neurons
 from codecircuits.testing import toy_metric
@@ -37,6 +40,20 @@ def same_sweep(a, b, exact: bool = True):
     assert (a.source is None) == (b.source is None)
     if a.source is not None:
         assert check(a.source, b.source)
+
+
+def same_fields(a, b):
+    """Every field of two results of one dataclass equal (tensors exactly, NaN where not scored)."""
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            torch.testing.assert_close(x, y, atol=0, rtol=0, equal_nan=True, msg=f.name)
+        elif isinstance(x, dict) and x and isinstance(next(iter(x.values())), torch.Tensor):
+            assert x.keys() == y.keys(), f.name
+            for k in x:
+                torch.testing.assert_close(x[k], y[k], atol=0, rtol=0, equal_nan=True, msg=f"{f.name}[{k}]")
+        else:
+            assert x == y, f.name
 
 
 def prompts(model):
@@ -66,39 +83,33 @@ def test_sharded_jobs_equal_one_process(tiny, ray_workers):
     # ablation sweeps: zero and mean (the mean over all prompts in every shard)
     kw = dict(layers=[0, last], progress=False)
     one = ablation.head_sweep(model, clean, metrics, **kw)
-    same_sweep(one, ablation.head_sweep(model, clean, metrics, workers=w, **kw))
+    same_sweep(one, run(ablation.head_sweep, model, clean, metrics, workers=w, **kw))
     kw = dict(kind="mean", layers=[last], neurons=[0, 3, 5], positions=[-1, -2], progress=False)
     one = ablation.neuron_sweep(model, clean, toy_metric, **kw)
-    same_sweep(one, ablation.neuron_sweep(model, clean, toy_metric, workers=w, **kw), exact=False)
+    same_sweep(one, run(ablation.neuron_sweep, model, clean, toy_metric, workers=w, **kw), exact=False)
     kw = dict(kind="mean", reference=corr, mean_over="prompts_and_positions", progress=False)
     one = ablation.layer_sweep(model, clean, metrics, **kw)
-    same_sweep(one, ablation.layer_sweep(model, clean, metrics, workers=w, **kw), exact=False)
+    same_sweep(one, run(ablation.layer_sweep, model, clean, metrics, workers=w, **kw), exact=False)
 
     # patching: by layer and position (labels of the first prompt), and heads
     for kw in (dict(site="resid_pre"), dict(site="z", layers=[0, last])):
         one = patching.sweep(model, clean, corr, label_metric(labels), progress=False, **kw)
-        many = patching.sweep(model, clean, corr, label_metric(labels), workers=w, progress=False, **kw)
+        many = run(patching.sweep, model, clean, corr, label_metric(labels), workers=w, progress=False, **kw)
         same_sweep(one, many, exact=False)
 
     # CNA: the head sweep (per prompt) and CNA against one head; FFN neuron attribution
     a = cna.head_sweep(model, clean, labels, batch_size=2, progress=False)  # shards: whole batches
-    b = cna.head_sweep(model, clean, labels, batch_size=2, workers=w, progress=False)
+    b = run(cna.head_sweep, model, clean, labels, batch_size=2, workers=w, progress=False)
     for f in ("accuracy", "logprob", "correct", "prompt_logprob", "base_correct", "labels"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     assert a.base_accuracy == b.base_accuracy
     assert abs(a.base_logprob - b.base_logprob) <= 1e-6 * max(1.0, abs(a.base_logprob))
     kw = dict(target=labels, layers=[last], batch_size=2, progress=False)
-    a, b = cna.compare(model, clean, (0, 0), **kw), cna.compare(model, clean, (0, 0), workers=w, **kw)
-    for f in ("cna", "imp_original", "imp_ablated", "coef_original", "coef_ablated", "target", "prob_original",
-              "prob_ablated"):
-        torch.testing.assert_close(getattr(a, f), getattr(b, f), atol=0, rtol=0, equal_nan=True)  # NaN: not scored
-    assert a.target_tokens == b.target_tokens and a.settings == b.settings
+    a, b = cna.compare(model, clean, (0, 0), **kw), run(cna.compare, model, clean, (0, 0), workers=w, **kw)
+    same_fields(a, b)  # every field, so a per-prompt field that CNAResult.merge does not join fails here
     kw = dict(scores=("logprob_increase", "coefficient"), layers=[0, last], batch_size=2, progress=False)
-    a, b = ffn_neurons(model, clean, **kw), ffn_neurons(model, clean, workers=w, **kw)
-    for s in a.scores:
-        assert torch.equal(a.scores[s], b.scores[s]), s
-    assert torch.equal(a.target, b.target) and a.target_tokens == b.target_tokens
-    assert torch.equal(a.base_logprob, b.base_logprob) and torch.equal(a.coefficients, b.coefficients)
+    a, b = ffn_neurons(model, clean, **kw), run(ffn_neurons, model, clean, workers=w, **kw)
+    same_fields(a, b)
 
     # edge scores: the mean over pairs, weighted by the shards' pairs
     try:
@@ -107,7 +118,7 @@ def test_sharded_jobs_equal_one_process(tiny, ray_workers):
         return
     for kw in (dict(method="EAP"), dict(method="EAP-IG-inputs", steps=2, level="neuron")):
         a = cc.edge_scores(model, clean, corr, label_metric(labels), **kw)
-        b = cc.edge_scores(model, clean, corr, label_metric(labels), workers=w, **kw)
+        b = run(cc.edge_scores, model, clean, corr, label_metric(labels), workers=w, **kw)
         assert b.n_examples == a.n_examples == N
         torch.testing.assert_close(b.scores, a.scores, atol=1e-6, rtol=1e-5)
         if a.neuron_scores is not None:
@@ -124,7 +135,7 @@ def test_failed_shard_names_its_prompts(tiny, family, ray_workers):
     pos = -(short + 1)  # outside the short prompt only
     assert all(len(tiny.to_tokens(t)[0]) > short for i, t in enumerate(texts) if i != 2)
     with pytest.raises(ShardsFailed) as e:
-        ffn_neurons(tiny, texts, pos=pos, layers=[0], scores="coefficient", batch_size=1, workers=ray_workers,
+        run(ffn_neurons, tiny, texts, pos=pos, layers=[0], scores="coefficient", batch_size=1, workers=ray_workers,
                     progress=False)
     err = e.value
     assert [f.shard.start for f in err.failures] == [2]
@@ -138,9 +149,9 @@ def test_failed_shard_names_its_prompts(tiny, family, ray_workers):
     answers = torch.arange(N)
     clean = torch.randint(3, int(tiny.cfg.d_vocab), (N, LEN), generator=torch.Generator().manual_seed(1))
     with pytest.raises(InputError, match="rowwise"):
-        ablation.head_sweep(tiny, clean, lambda lg: lg[torch.arange(N), -1, answers], workers=ray_workers)
+        run(ablation.head_sweep, tiny, clean, lambda lg: lg[torch.arange(N), -1, answers], workers=ray_workers)
     with pytest.raises(InputError, match="Resample"):
-        ablation.head_sweep(tiny, clean, toy_metric, kind="resample", workers=ray_workers)
+        run(ablation.head_sweep, tiny, clean, toy_metric, kind="resample", workers=ray_workers)
 
 
 def test_studies_run_sharded_jobs_on_workers(tiny, family, ray_workers):

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from codecircuits import HookNameError, InputError
-from codecircuits.inputs import check_hook_names, check_pair_lengths, paired_tokens, single_token_id, to_tokens
+from codecircuits.core.batching import check_pair_lengths, paired_tokens, to_tokens
+from codecircuits.core.inputs import check_hook_names, single_token_id
 
 
 def test_hook_name_typo(tiny):
@@ -28,7 +29,7 @@ def test_single_token_label(tiny):
 
 
 def test_token_texts_show_partial_characters_as_bytes(tiny):
-    from codecircuits.inputs import token_texts
+    from codecircuits.core.inputs import token_texts
 
     tok = tiny.tokenizer
     ids = tok("s = 'ünï 日本' + x", add_special_tokens=False)["input_ids"]
@@ -42,7 +43,7 @@ def test_token_texts_show_partial_characters_as_bytes(tiny):
 
 
 def test_bos_id_follows_the_models_tokenization(tiny):
-    from codecircuits.inputs import bos_id
+    from codecircuits.core.batching import bos_id
 
     before = tiny.cfg.default_prepend_bos
     try:

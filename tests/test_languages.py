@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from codecircuits import concepts as cc
 from codecircuits import memories as mem
 from codecircuits.errors import InputError
 from codecircuits.memories import catalogues, crosslang, languages
+from codecircuits.memories import concepts as cc
 
 JAVA = '''package demo;
 

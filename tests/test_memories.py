@@ -215,7 +215,7 @@ def test_study_runs_and_writes(family, tiny, tmp_path):
     )
     for _, layer, neuron, _ in st.showcase:
         assert len(st.promotes(layer, neuron)) == 10
-    html, js = study_mod.write(st, tmp_path / "out", model=tiny)
+    html, js = st.save(tmp_path / "out", model=tiny)
     data = json.loads(js.read_text())
     check_study_report(html, js, f"memories-{tiny.cfg.model_name}.png", require=("heatmap", "table", "tokens"), screenshot=family == SCREENSHOT_FAMILY)
     page = html.read_text()
@@ -267,8 +267,8 @@ def test_scan_activation_stats_match_the_tokens(tiny, tmp_path):
 def test_edit_concepts_mask_both_kinds_relaxing_tau_only_where_needed():
     import torch
 
-    from codecircuits import concepts as cc
-    from codecircuits.studies.memories import pick_edit_concepts
+    from codecircuits.memories import concepts as cc
+    from codecircuits.memories.concepts import pick_edit_concepts
 
     shallow = next(c for c in cc.CATALOGUE if c.kind == "shallow")
     semantic = next(c for c in cc.CATALOGUE if c.kind == "semantic")

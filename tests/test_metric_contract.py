@@ -17,8 +17,8 @@ from transformer_lens.tools.analysis.attribution_patching import attribution_pat
 from codecircuits import ablation, patching
 from codecircuits.core import metrics as core_metrics
 from codecircuits.core import runner
+from codecircuits.core.metrics import RowwiseMetric, rowwise
 from codecircuits.errors import InputError
-from codecircuits.metrics import RowwiseMetric, rowwise
 
 ATOL = 1e-4
 PROMPTS = ["print(str(str(123", "print(len(str(456", "print(str(str(789", "print(len(str(101"]

@@ -205,7 +205,7 @@ def test_benchmark_runs_quick(monkeypatch):
 def test_paren_count_moves_from_the_nesting_token_to_the_last_position(default_model):
     """SmolLM2 on the closing-paren task: patching the residual stream shows the nesting information carried at
     the corrupted token early and at the last position late (one sweep over two positions, every layer)."""
-    from codecircuits.inputs import single_token_id
+    from codecircuits.core.inputs import single_token_id
 
     model = default_model
     nums = (123, 457, 281, 905)

@@ -9,8 +9,8 @@ from browser import SCREENSHOT_FAMILY, check_study_report
 
 from codecircuits import CheckpointError, InputError
 from codecircuits import repair as R
+from codecircuits.core.batching import bos_id
 from codecircuits.corpus import CodeFile, Corpus
-from codecircuits.inputs import bos_id
 
 PROMPT = "def f(x):\n    return (x + 1)\nprint(str(str(123)))\n"
 

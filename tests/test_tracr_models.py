@@ -1,5 +1,6 @@
-"""The tracr-compiled models (tests/data/tracr, made by scripts/compile_tracr.py): they run their RASP programs,
-give edge attribution the hooks it needs with the meaning it assumes, and their ground truth names real edges."""
+"""The tracr-compiled models (codecircuits/data/tracr, made by scripts/compile_tracr.py): they run their RASP
+programs, give edge attribution the hooks it needs with the meaning it assumes, and their ground truth names real
+edges."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 circuits selected and pruned from its scores, and MIB's faithfulness metrics.
 
 - :mod:`~codecircuits.circuits.graph`: nodes, edges, their names (EAP-IG's) and the grouped/ungrouped views.
+- :mod:`~codecircuits.circuits.support`: which models edges are supported on, and how each head's inputs are
+  reached on the model's bridge (its split inputs, or its projections recomputed).
 - :mod:`~codecircuits.circuits.attribution`: the edge scores of every method.
 - :mod:`~codecircuits.circuits.selection`: circuits by top-n, threshold or greedy, and pruning.
 - :mod:`~codecircuits.circuits.evaluation`: running the model with everything outside a circuit patched or
@@ -22,9 +24,10 @@ from .evaluation import (
     exact_edge_scores,
     faithfulness_curves,
 )
-from .graph import Graph, check_supported
+from .graph import Graph
 from .interop import from_transformer_lens, read_eapig, write_eapig
 from .selection import Circuit, greedy, pruned, random_scores, threshold, top_n
+from .support import check_supported
 
 __all__ = [
     "ABLATIONS",

@@ -28,7 +28,8 @@ head's ``pattern @ v`` with respect to the group's key and value inputs, given t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import einops
 import torch
@@ -43,12 +44,42 @@ from .hooks import destination_inputs, destination_slices, input_taps, output_we
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
 LEVELS = ("edge", "neuron")
+# which way the metric's clean behaviour lies: "higher" (a logit difference, a log-probability: TransformerLens's
+# metrics), "lower" (a loss, EAP-IG's convention), or "auto" (from its mean on the clean and the corrupted runs)
+DIRECTIONS = ("auto", "higher", "lower")
+
+
+def resolve_direction(direction: str, metric_clean: float, metric_corrupted: float) -> str:
+    """``"higher"`` or ``"lower"``: ``direction`` itself, or for ``"auto"`` the side of the clean run's mean metric
+    (an error when the clean and corrupted means are equal, which leaves the direction undefined)."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
+    if direction != "auto":
+        return direction
+    if metric_clean == metric_corrupted:
+        raise InputError(
+            f"The metric's mean is the same on the clean and the corrupted prompts ({metric_clean:.6g}), so which "
+            "way is the clean behaviour cannot be told from it: pass direction='higher' (a metric that is higher "
+            "on the clean behaviour) or direction='lower' (a loss)."
+        )
+    return "higher" if metric_clean > metric_corrupted else "lower"
+
+
+def direction_sign(direction: str) -> float:
+    """The factor from EAP-IG's sign (``m(edge corrupted) - m(clean)``) to scores oriented toward the clean
+    behaviour: ``-1`` for a metric that is higher on it, ``+1`` for a loss."""
+    return -1.0 if direction == "higher" else 1.0
 
 
 @dataclass
 class EdgeScores:
     """Scores of every edge of ``graph``: ``scores[source, destination]`` (``[pos, source, destination]`` for a
     per-position graph), the mean over ``n_examples`` examples, 0 where there is no edge.
+
+    A positive score means the edge moves the model toward the clean behaviour (corrupting it moves the metric
+    away from its clean value), whether the metric is higher or lower on the clean behaviour:
+    ``meta["direction"]`` records which (``"higher"``/``"lower"``), with the metric's means on the clean and
+    corrupted runs (``meta["metric_clean"]``, ``meta["metric_corrupted"]``). For a loss this is EAP-IG's sign.
 
     ``neuron_scores[source, d_model]`` (with ``level="neuron"``) splits each source's node score over the
     residual dimensions it writes (EAP-IG's neuron level); :attr:`node_scores` is each source's total.
@@ -61,6 +92,36 @@ class EdgeScores:
     n_examples: int
     neuron_scores: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def merge(cls, parts: Sequence[EdgeScores]) -> EdgeScores:
+        """Scores of the same graph on consecutive shards of the examples, as one: each score is a mean over
+        examples, so the shards' means are averaged weighted by their example counts, ``sum_i n_i * s_i / n``
+        (in float64, then back to the scores' dtype): one process's up to the rounding of its float32 sums."""
+        parts = list(parts)
+        if not parts:
+            raise InputError("Nothing to merge: give at least one EdgeScores.")
+        n = sum(p.n_examples for p in parts)
+        meta = dict(parts[0].meta)
+        # each shard oriented its scores by its own direction; merge in EAP-IG's sign, then orient once
+        signs = [direction_sign(p.meta.get("direction", "lower")) for p in parts]
+        sign = 1.0
+        if "direction" in meta:
+            for key in ("metric_clean", "metric_corrupted"):
+                meta[key] = sum(p.meta[key] * p.n_examples for p in parts) / n
+            meta["direction"] = resolve_direction(
+                meta.get("direction_given", meta["direction"]), meta["metric_clean"], meta["metric_corrupted"]
+            )
+            sign = direction_sign(meta["direction"])
+
+        def weighted(name: str) -> torch.Tensor | None:
+            first = getattr(parts[0], name)
+            if first is None:
+                return None
+            raw = sum(getattr(p, name).double() * (s * p.n_examples) for p, s in zip(parts, signs))
+            return (raw * (sign / n)).to(first.dtype)
+
+        return replace(parts[0], scores=weighted("scores"), neuron_scores=weighted("neuron_scores"), n_examples=n, meta=meta)
 
     @property
     def edge_matrix(self) -> torch.Tensor:
@@ -105,6 +166,11 @@ def _metric_values(metric, logits: torch.Tensor, examples: torch.Tensor) -> torc
     if isinstance(metric, RowwiseMetric):
         return check_output(metric(logits, examples), logits.shape[0])
     return check_output(metric(logits), logits.shape[0])
+
+
+def _metric_sum(metric, logits: torch.Tensor, examples: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(_metric_values(metric, logits, examples).double().sum())
 
 
 def example_chunks(model, metric, n_examples: int, n_pos: int, per_example_bytes: int, budget) -> list[slice]:
@@ -277,7 +343,7 @@ class _Pass:
             return self.model(tokens)
 
     def grad_run(self, tokens, metric, examples, *, input_value=None, replace=(), record_sign=None, extra=()):
-        """A forward with the destination hooks, the metric summed over examples, and one backward."""
+        """A forward with the destination hooks, the metric summed over examples, and one backward; returns that sum."""
         model, g = self.model, self.graph
         leaf_box = {}
 
@@ -293,11 +359,12 @@ class _Pass:
         hooks += [(g.input_hook(), input_leaf)] + list(replace) + self.destination_hooks() + list(extra)
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(tokens)
-            total = _metric_values(metric, logits, examples).sum()
-            torch.autograd.grad(total, [leaf_box["leaf"]], retain_graph=self.ungroup)
+            values = _metric_values(metric, logits, examples)
+            torch.autograd.grad(values.sum(), [leaf_box["leaf"]], retain_graph=self.ungroup)
             self.flush_all()
             if self.ungroup:
                 self.ungrouped_scores()
+        return float(values.detach().double().sum())
 
 
 def edge_scores(
@@ -313,8 +380,8 @@ def edge_scores(
     level: str = "edge",
     budget=None,
     fwd_hooks=(),
+    direction: str = "auto",
     progress: bool = False,
-    workers=None,
 ) -> EdgeScores:
     """Score every edge of the model's graph for the effect of corrupting the prompts on ``metric``.
 
@@ -330,25 +397,23 @@ def edge_scores(
         level: ``"edge"``, or ``"neuron"`` to also split each source's score over its ``d_model`` outputs.
         budget: memory for one chunk of examples (bytes or ``"2GB"``).
         fwd_hooks: extra forward hooks installed in every run (e.g. to freeze a norm's scale).
+        direction: ``"higher"`` if the metric is higher on the clean behaviour (a logit difference: the metric
+            contract of this toolkit and TransformerLens), ``"lower"`` for a loss, ``"auto"`` (default) to take
+            it from the metric's mean on the clean and the corrupted runs (which the methods run anyway).
         progress: draw a progress bar over the runs.
-        workers: a number, a Ray address or a :class:`~codecircuits.distributed.Workers`: shard the pairs over
-            workers, each with a model replica (:mod:`codecircuits.distributed.edges`).
 
     Returns:
-        :class:`EdgeScores`, the mean over examples; a positive score means corrupting the edge raises the
-        metric (the sign of ``m(edge corrupted) - m(clean)``, EAP-IG's convention).
+        :class:`EdgeScores`, the mean over examples, oriented so that a positive score means the edge moves the
+        model toward the clean behaviour: ``-(m(edge corrupted) - m(clean))`` for a metric that is higher on the
+        clean behaviour, ``m(edge corrupted) - m(clean)`` (EAP-IG's sign) for a loss. So a metric and its
+        negation give the same scores, and the signed top-n circuit (MIB's CPR) keeps the edges that help.
     """
-    if workers is not None:
-        from ..distributed.edges import edge_scores as sharded
-
-        return sharded(
-            model, clean, corrupted, metric, workers=workers, method=method, steps=steps, grouped=grouped,
-            per_position=per_position, level=level, budget=budget, fwd_hooks=fwd_hooks, progress=progress,
-        )
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if level not in LEVELS:
         raise InputError(f"Unknown level {level!r}; choose one of {', '.join(LEVELS)}.")
+    if direction not in DIRECTIONS:
+        raise InputError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
     steps = int(steps)
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}.")
@@ -365,6 +430,7 @@ def edge_scores(
     bar = progress_bar(per_chunk[method] * len(chunks), f"{method} edge scores", progress)
     w_o = output_weights(model)
     device = clean_t.device
+    m_sums = [0.0, 0.0]  # the metric summed over examples on the clean and the corrupted runs
     with destination_inputs(model):
         for chunk in chunks:
             ct, kt = clean_t[chunk], corr_t[chunk]
@@ -373,19 +439,21 @@ def edge_scores(
             if method != "EAP":
                 run.summing = {}
             if method == "EAP-IG-activations":
-                _activation_ig(run, ct, kt, metric, examples, steps, fwd_hooks, bar)
+                m_clean, m_corr = _activation_ig(run, ct, kt, metric, examples, steps, fwd_hooks, bar)
+                m_sums[0] += m_clean
+                m_sums[1] += m_corr
                 continue
-            run.record(kt, +1.0, fwd_hooks)
+            m_sums[1] += _metric_sum(metric, run.record(kt, +1.0, fwd_hooks), examples)
             bar.update()
             if method == "EAP":
-                run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
+                m_sums[0] += run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
             elif method == "clean-corrupted":
-                run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
+                m_sums[0] += run.grad_run(ct, metric, examples, record_sign=-1.0, extra=fwd_hooks)
                 bar.update()
                 run.grad_run(kt, metric, examples, extra=fwd_hooks)
             elif method == "EAP-IG-inputs":
                 x_corr = run.diff[0].clone()
-                run.record(ct, -1.0, fwd_hooks)
+                m_sums[0] += _metric_sum(metric, run.record(ct, -1.0, fwd_hooks), examples)
                 x_clean = x_corr - run.diff[0]
                 for k in range(steps):
                     bar.update()
@@ -394,19 +462,23 @@ def edge_scores(
             run.contract()
             bar.update()
     bar.close()
+    m_clean, m_corr = m_sums[0] / n, m_sums[1] / n
+    resolved = resolve_direction(direction, m_clean, m_corr)
     divisor = {"EAP": 1, "EAP-IG-inputs": steps, "clean-corrupted": 2, "EAP-IG-activations": steps}[method]
-    scores /= n * divisor
+    scores /= n * divisor * direction_sign(resolved)
     if per_position:
         scores *= graph.valid[None]
     else:
         scores *= graph.valid
     if neurons is not None:
-        neurons /= n * divisor
-    return EdgeScores(graph, scores, method, steps if "IG" in method else 1, n, neurons)
+        neurons /= n * divisor * direction_sign(resolved)
+    meta = {"direction": resolved, "direction_given": direction, "metric_clean": m_clean, "metric_corrupted": m_corr}
+    return EdgeScores(graph, scores, method, steps if "IG" in method else 1, n, neurons, meta=meta)
 
 
-def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fwd_hooks, bar) -> None:
-    """EAP-IG over activations for one chunk of examples."""
+def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fwd_hooks, bar) -> tuple[float, float]:
+    """EAP-IG over activations for one chunk of examples; returns the metric summed over them on the clean and the
+    corrupted runs."""
     g = run.graph
     saved: dict[str, torch.Tensor] = {}
 
@@ -419,11 +491,11 @@ def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fw
 
     names = [g.input_hook()] + [h for layer in range(g.n_layers) for h in (g.head_hook(layer), g.mlp_out_hook(layer))]
     # corrupted values of the hooked outputs (z for heads), then clean ones; diff becomes corrupted - clean
-    run.record(corr_t, +1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks))
+    m_corr = _metric_sum(metric, run.record(corr_t, +1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks)), examples)
     bar.update()
     corr = dict(saved)
     saved.clear()
-    run.record(clean_t, -1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks))
+    m_clean = _metric_sum(metric, run.record(clean_t, -1.0, [(n_, keep(n_, 1.0)) for n_ in names] + list(fwd_hooks)), examples)
     clean = dict(saved)
     bar.update()
     groups = [(g.input_hook(), slice(0, 1))]
@@ -446,3 +518,4 @@ def _activation_ig(run: _Pass, clean_t, corr_t, metric, examples, steps: int, fw
                 run.grad_run(clean_t, metric, examples, replace=replace, extra=fwd_hooks)
         run.contract()
     run.rows = None
+    return m_clean, m_corr

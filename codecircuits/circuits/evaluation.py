@@ -23,11 +23,11 @@ import einops
 import torch
 
 from ..core.batching import paired_tokens, parse_budget, progress_bar
-from ..core.metrics import RowwiseMetric, per_cell
+from ..core.metrics import RowwiseMetric, check_output, per_cell
 from ..core.runner import row_bytes
 from ..errors import InputError
 from . import selection
-from .attribution import EdgeScores
+from .attribution import EdgeScores, direction_sign, resolve_direction
 from .graph import Graph
 from .hooks import destination_inputs, destination_slices, input_taps, output_weights, source_hooks
 
@@ -264,11 +264,13 @@ def exact_edge_scores(
     ablation: str = "patch",
     budget=None,
     fwd_hooks=(),
+    direction: str = "auto",
     progress: bool = False,
 ) -> EdgeScores:
     """The exact effect of every edge (or of ``edges``, names or ``(source, destination)`` pairs): the mean over
-    examples of ``m(clean with that edge alone patched) - m(clean)``, one intervened forward per edge (batched).
-    Unmeasured edges are NaN."""
+    examples of ``m(clean with that edge alone patched) - m(clean)``, one intervened forward per edge (batched),
+    oriented as :func:`~codecircuits.circuits.edge_scores` orients its scores (``direction``; positive = the edge
+    moves the model toward the clean behaviour). Unmeasured edges are NaN."""
     clean_t, corr_t = paired_tokens(model, clean, corrupted)
     graph = Graph.from_model(model, grouped=grouped)
     if edges is None:
@@ -290,11 +292,31 @@ def exact_edge_scores(
         fwd_hooks=fwd_hooks,
         progress=progress,
     )
-    effect = (values[1:] - values[:1]).mean(1)
+    m_clean, m_corr = float(values[0].double().mean()), _mean_metric(model, corr_t, metric, fwd_hooks)
+    resolved = resolve_direction(direction, m_clean, m_corr)
+    effect = (values[1:] - values[:1]).mean(1) * direction_sign(resolved)
     scores = torch.full(graph.valid.shape, float("nan"))
     for (s, d), v in zip(pairs, effect.tolist()):
         scores[s, d] = v
-    return EdgeScores(graph, scores, "exact", 1, clean_t.shape[0], meta={"ablation": ablation})
+    meta = {
+        "ablation": ablation,
+        "direction": resolved,
+        "direction_given": direction,
+        "metric_clean": m_clean,
+        "metric_corrupted": m_corr,
+    }
+    return EdgeScores(graph, scores, "exact", 1, clean_t.shape[0], meta=meta)
+
+
+def _mean_metric(model, tokens: torch.Tensor, metric, fwd_hooks=()) -> float:
+    """The metric's mean over the prompts ``tokens`` (one forward without gradients)."""
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        logits = model(tokens)
+        if isinstance(metric, RowwiseMetric):
+            values = metric(logits, torch.arange(tokens.shape[0], device=logits.device))
+        else:
+            values = metric(logits)
+    return float(check_output(values, tokens.shape[0]).double().mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ a key/value destination is named by its group, ``a2.g0<k>`` (the heads ``a2.h0``
 
 Parallel blocks (GPT-NeoX, CodeGen) read attention and MLP from the same residual, so a layer's heads do not
 feed its own MLP. Blocks whose outputs are normalised before the residual add (post-norm, Gemma's sandwich
-norms) are refused by :func:`check_supported`, naming the block.
+norms) are refused by :func:`~codecircuits.circuits.support.check_supported`, naming the block.
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ from functools import cached_property
 import torch
 
 from ..core.sites import LN_FINAL_IN, hook_name, resid_pre
-from ..errors import InputError, UnsupportedArchitectureError
-
-#: the submodules of a block that normalise its attention or MLP output before the residual add
-_POST_NORMS = ("ln1_post", "ln2_post", "post_attention_layernorm_out", "post_feedforward_layernorm")
+from ..errors import InputError
+from .support import check_supported
 
 
 @dataclass(frozen=True)
@@ -266,24 +264,3 @@ class Graph:
     @staticmethod
     def logits_hook() -> str:
         return LN_FINAL_IN
-
-
-def check_supported(model) -> None:
-    """Refuse, naming the block, a model whose blocks are not sums of heads and MLPs added to the residual, or
-    whose bridge gives no split query/key/value inputs."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not hasattr(model, "hook_dict"):
-        raise InputError("Edge attribution needs a TransformerBridge from codecircuits.load_model.")
-    for i, block in enumerate(blocks):
-        names = {n for n, _ in block.named_children()}
-        post = sorted(names & set(_POST_NORMS))
-        if post:
-            raise UnsupportedArchitectureError(
-                f"blocks.{i} ({type(getattr(block, 'original_component', block)).__name__}) normalises its "
-                f"attention or MLP output before the residual add ({', '.join(post)}), so a head's output is not "
-                "what the residual stream receives and edges are not additive. Edge attribution supports pre-norm "
-                "and parallel blocks; use node-level sweeps (codecircuits.ablation, codecircuits.patching) here."
-            )
-    from .hooks import input_mode
-
-    input_mode(model)  # raises, naming the block, when neither the split inputs nor their recomputation work

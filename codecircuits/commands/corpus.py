@@ -34,7 +34,7 @@ def run(args) -> int:
 
     for lang in ds.SOURCES:
         if ds.fetched(lang):
-            sizes = {s: len(ds.corpus(lang, s)) for s in corpus_mod.SPLITS}
+            sizes = {s: len(corpus_mod.debian(lang, s)) for s in corpus_mod.SPLITS}
             print(f"{lang}: {ds.root(lang)} " + " ".join(f"{k} {v} files" for k, v in sizes.items()))
         else:
             print(f"{lang}: not fetched (codecircuits corpus fetch {lang})")

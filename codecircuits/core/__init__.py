@@ -8,11 +8,14 @@
 - :mod:`~codecircuits.core.metrics`: the per-example metric protocol, named metrics from one forward, and the
   probe that finds which positions a metric reads.
 - :mod:`~codecircuits.core.batching`: tokens, paired prompts, pad and BOS ids, memory budgets, progress bars.
+- :mod:`~codecircuits.core.inputs`: checked conversions of user input (single-token labels, hook names, token
+  texts).
 """
 
 from .batching import (
     DEFAULT_MEMORY_BUDGET,
     bos_id,
+    check_pair_lengths,
     pad_id,
     paired_tokens,
     parse_budget,
@@ -20,6 +23,7 @@ from .batching import (
     prompt_batches,
     to_tokens,
 )
+from .inputs import check_hook_names, single_token_id, token_texts
 from .interventions import (
     Add,
     EdgeMask,
@@ -58,7 +62,9 @@ __all__ = [
     "SubspaceSwap",
     "Zero",
     "bos_id",
+    "check_hook_names",
     "check_output",
+    "check_pair_lengths",
     "head_label",
     "hook",
     "hook_name",
@@ -74,7 +80,9 @@ __all__ = [
     "rowwise",
     "run_cells",
     "run_from",
+    "single_token_id",
     "site_kind",
     "skipped_blocks",
     "to_tokens",
+    "token_texts",
 ]

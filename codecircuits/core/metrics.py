@@ -55,6 +55,41 @@ def rowwise(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Rowwise
     return RowwiseMetric(fn)
 
 
+def logit_diff(correct, wrong, *, loss: bool = False, rows: bool = False) -> Metric:
+    """The logit-difference metric ``logits [batch, pos, vocab] -> [batch]`` of per-example answer ids.
+
+    ``correct`` and ``wrong`` ``[batch]``: ``logit[correct] - logit[wrong]`` at the last position. ``[batch, pos]``
+    (one answer per position, a negative id where there is none): at each position where the two differ, their
+    logit difference, averaged over those positions. ``loss``: the negative (a loss, as EAP-IG scores edges).
+    ``rows``: declared :func:`rowwise` (sweeps and sharded jobs may then call it on any rows; the values are the
+    same). Answers of a pair of clean/corrupted runs give a metric that is high on the clean run.
+    """
+    correct, wrong = torch.as_tensor(correct).long(), torch.as_tensor(wrong).long()
+    if correct.shape != wrong.shape or correct.dim() not in (1, 2):
+        raise InputError(
+            f"logit_diff takes correct and wrong ids of one shape, [batch] or [batch, pos]; got "
+            f"{tuple(correct.shape)} and {tuple(wrong.shape)}."
+        )
+    if correct.dim() == 2:  # per position, averaged over the positions where the answers differ
+        differ = correct != wrong
+        weight = differ.float() / differ.sum(-1, keepdim=True).clamp(min=1)
+        correct, wrong = correct.clamp(min=0), wrong.clamp(min=0)
+
+    def fn(logits: torch.Tensor, examples: torch.Tensor | None) -> torch.Tensor:
+        ex = slice(None) if examples is None else examples.cpu()
+        c, w = correct[ex].to(logits.device), wrong[ex].to(logits.device)
+        if c.dim() == 2:
+            d = logits.gather(-1, c[..., None]) - logits.gather(-1, w[..., None])
+            d = (d[..., 0] * weight[ex].to(logits.dtype).to(logits.device)).sum(-1)
+        else:
+            ar = torch.arange(logits.shape[0], device=logits.device)
+            last = logits[:, -1]
+            d = last[ar, c] - last[ar, w]
+        return -d if loss else d
+
+    return rowwise(fn) if rows else lambda logits: fn(logits, None)
+
+
 def check_output(out, batch: int) -> torch.Tensor:
     """``out`` if it is one value per example (``[batch]``); otherwise an error saying what the metric returned."""
     if not isinstance(out, torch.Tensor):

@@ -74,7 +74,7 @@ def check_shardable(model, metric, n: int, n_pos: int) -> None:
             raise InputError(
                 f"{which} cannot score a shard of the {n} prompts on its own (called on one prompt's logits, {why}), "
                 "so the job cannot be sharded over workers: it probably indexes per-prompt labels of all the "
-                "prompts. Declare it row-wise, codecircuits.metrics.rowwise(lambda logits, examples: ... "
+                "prompts. Declare it row-wise, codecircuits.core.metrics.rowwise(lambda logits, examples: ... "
                 "labels[examples] ...), whose examples are the prompts' indices in the whole set, or run without "
                 "workers."
             )

@@ -1,4 +1,4 @@
-"""The memories trigger-example scan sharded over workers (``memories.scan(..., workers=N)``).
+"""The memories trigger-example scan sharded over workers (``distributed.run(memories.scan, ..., workers=N)``).
 
 Shards are runs of whole batches in chunk order, so each worker runs exactly the batches one process would,
 and each shard's state (top-K per key, activation sums, token count) merges into the running state with the
@@ -10,20 +10,22 @@ checkpoint always holds a prefix of the chunk plan and resumes with or without w
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import torch
 
+from ..memories import triggers
 from ..memories.chunks import ChunkedCorpus
-from ..memories.triggers import _TopK, scan_chunks
+from ..memories.triggers import ScanRun, TopK, TriggerScan, scan_chunks
 from .shards import Shard, ShardsFailed, plan, shard_size
 from .workers import using
 
 
-def scan_shard(model, shard: Shard, chunked: ChunkedCorpus, common: dict) -> _TopK:
+def scan_shard(model, shard: Shard, chunked: ChunkedCorpus, common: dict) -> TopK:
     """One shard's state: its chunks' batches merged from an empty state, with the activation sums of each
     batch kept apart (runs on a worker)."""
-    st = _TopK.empty(len(common["layers"]), int(model.cfg.d_mlp), common["k"], stats=False)
+    st = TopK.empty(len(common["layers"]), int(model.cfg.d_mlp), common["k"], stats=False)
     sums: list[torch.Tensor] = []
     sqs: list[torch.Tensor] = []
     for part in scan_chunks(model, chunked, shard.items, **common):
@@ -49,7 +51,7 @@ def sharded_scan(
     done: int,
     common: dict,
     workers,
-    advance: Callable[[_TopK, int], None],
+    advance: Callable[[TopK, int], None],
     checkpoint_every: int,
     progress: bool,
 ) -> None:
@@ -65,10 +67,10 @@ def sharded_scan(
     with using(workers) as w:
         size = shard_size(n - done, w.size, align=common["batch_size"], cap=max(checkpoint_every, common["batch_size"]))
         shards = plan(n, size, start=done)
-        pending: dict[int, _TopK] = {}
+        pending: dict[int, TopK] = {}
         nxt = [0]
 
-        def on_result(shard: Shard, part: _TopK) -> None:
+        def on_result(shard: Shard, part: TopK) -> None:
             pending[shard.index] = part
             while nxt[0] in pending:
                 advance(pending.pop(nxt[0]), shards[nxt[0]].stop)
@@ -90,4 +92,23 @@ def sharded_scan(
         raise ShardsFailed(failures, len(shards), partial=[pending[i] for i in sorted(pending)])
 
 
-__all__ = ["documents", "scan_shard", "sharded_scan"]
+def scan(model, corpus, *, workers, progress: bool = True, **kwargs) -> TriggerScan:
+    """:func:`codecircuits.memories.scan` with its chunks sharded over ``workers`` (see the module); ``kwargs``
+    are the scan's own arguments, with its defaults.
+
+    When shards fail, raises :class:`ShardsFailed` after the others complete: the checkpoint keeps the chunks
+    before the first failed shard (resumable), and the error's ``partial`` is the scan of every chunk but the
+    failed shards', which its ``settings["skipped_chunks"]`` name."""
+    args = inspect.signature(triggers.scan).bind(model, corpus, **kwargs)
+    args.apply_defaults()
+    settings = {k: v for k, v in args.arguments.items() if k not in ("model", "corpus", "progress")}
+    run = ScanRun(model, corpus, **settings)
+    try:
+        sharded_scan(model, run.chunked, run.done, run.common, workers, run.advance, run.checkpoint_every, progress)
+    except ShardsFailed as e:
+        e.partial = run.skipping(e.partial, [(f.shard.start, f.shard.stop) for f in e.failures])
+        raise
+    return run.state()
+
+
+__all__ = ["documents", "scan", "scan_shard", "sharded_scan"]

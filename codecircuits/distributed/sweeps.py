@@ -1,12 +1,12 @@
-"""Ablation and patching sweeps sharded by prompt over workers (``head_sweep(..., workers=N)``,
-``patching.sweep(..., workers=N)``).
+"""Ablation and patching sweeps sharded by prompt over workers (``distributed.run(ablation.head_sweep, ...,
+workers=N)``, ``distributed.run(patching.sweep, ..., workers=N)``).
 
 Each shard runs the one-process sweep on its prompts (its prompt pairs) and returns its :class:`SweepResult`;
 per-example values are concatenated along the batch axis in prompt order, so ``values``, ``effect`` and
 ``recovery`` are those of one process.
 
 - Mean ablation uses the mean over every reference prompt: each shard is handed the whole reference.
-- Resample ablation is refused: which reference prompt each prompt takes its activations from is drawn for the
+- Resample ablation is refused (it is not in ``ablation.SHARDABLE_KINDS``): which reference prompt each prompt takes its activations from is drawn for the
   whole run at once (a derangement of all the prompts), which a shard of the prompts cannot reproduce.
 - Patching: a cell that patches only positions where a shard's clean and corrupted prompts agree is the
   receiver's baseline, exactly, in that shard (one process runs it when another shard's prompts differ there,
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
+from .. import ablation, patching
+from ..ablation import SHARDABLE_KINDS, check_kind
 from ..core.batching import to_tokens
 from ..errors import InputError
 from ..patching import SweepResult, position_labels, sweep_setup
@@ -28,17 +28,11 @@ from .shards import Shard
 SWEEPS = ("head_sweep", "neuron_sweep", "layer_sweep")
 
 
-def _merge_results(parts: list):
+def merge_sweeps(parts: list):
     """Shards' :class:`SweepResult` (or ``{name: SweepResult}``) merged along the batch, in order."""
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: _merge_results([p[k] for p in parts]) for k in first}
-    return dataclasses.replace(
-        first,
-        per_example=torch.cat([p.per_example for p in parts], dim=-1),
-        base=torch.cat([p.base for p in parts], dim=0),
-        source=None if first.source is None else torch.cat([p.source for p in parts], dim=0),
-    )
+    if isinstance(parts[0], dict):
+        return {k: SweepResult.merge([p[k] for p in parts]) for k in parts[0]}
+    return SweepResult.merge(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,8 +41,6 @@ def _merge_results(parts: list):
 
 def ablation_shard(model, shard: Shard, which: str, tokens, metric, reference, kwargs: dict):
     """One shard of an ablation sweep (runs on a worker): the one-process sweep on the shard's prompts."""
-    from .. import ablation
-
     fn = getattr(ablation, which)
     toks = tokens[shard.start : shard.stop]
     return fn(model, toks, shard_metric(metric, shard.start), reference=reference, progress=False, **kwargs)
@@ -68,16 +60,15 @@ def ablation_sweep(
     **kwargs,
 ):
     """``ablation.<which>(model, tokens, metric, ...)`` sharded by prompt over ``workers`` (see the module)."""
-    from ..ablation import _check_kind
-
     if which not in SWEEPS:
         raise InputError(f"Unknown ablation sweep {which!r}; choose one of {', '.join(SWEEPS)}.")
-    _check_kind(kind)
-    if kind == "resample":
+    check_kind(kind)
+    if kind not in SHARDABLE_KINDS:
         raise InputError(
-            "Resample ablation cannot be sharded over workers: the reference prompt each prompt takes its "
-            "activations from is drawn for the whole run at once (every prompt a different one), which a shard "
-            "of the prompts cannot reproduce. Run it without workers, or use kind='mean' or 'zero' with workers."
+            f"{kind.capitalize()} ablation cannot be sharded over workers: the reference prompt each prompt takes "
+            "its activations from is drawn for the whole run at once (every prompt a different one), which a shard "
+            f"of the prompts cannot reproduce. Run it without workers, or use kind={' or '.join(map(repr, SHARDABLE_KINDS))} "
+            "with workers."
         )
     toks = to_tokens(model, tokens)
     n = int(toks.shape[0])
@@ -96,7 +87,7 @@ def ablation_sweep(
         metric,
         ref,
         kw,
-        merge=_merge_results,
+        merge=merge_sweeps,
         describe=describe_prompts(None),
         progress=progress,
         desc=which.replace("_", " "),
@@ -110,10 +101,8 @@ def ablation_sweep(
 
 def patching_shard(model, shard: Shard, clean, corrupted, metric, kwargs: dict):
     """One shard of a patching sweep (runs on a worker): the one-process sweep on the shard's prompt pairs."""
-    from ..patching import sweep
-
     s = slice(shard.start, shard.stop)
-    return sweep(model, clean[s], corrupted[s], shard_metric(metric, shard.start), progress=False, **kwargs)
+    return patching.sweep(model, clean[s], corrupted[s], shard_metric(metric, shard.start), progress=False, **kwargs)
 
 
 def patching_sweep(
@@ -147,7 +136,7 @@ def patching_sweep(
         corr_t,
         metric,
         kw,
-        merge=_merge_results,
+        merge=merge_sweeps,
         describe=describe_prompts(None, "prompt pairs"),
         progress=progress,
         desc=f"patching {st.site}",
@@ -161,4 +150,4 @@ def patching_sweep(
     return dataclasses.replace(res, labels=labels)
 
 
-__all__ = ["SWEEPS", "ablation_shard", "ablation_sweep", "patching_shard", "patching_sweep"]
+__all__ = ["SWEEPS", "ablation_shard", "ablation_sweep", "merge_sweeps", "patching_shard", "patching_sweep"]

@@ -23,7 +23,8 @@ Modules
   concept selects the same keys in every language.
 
 Everything public of the first three is importable from here (``from codecircuits import memories as mem;
-mem.scan(...)``); :mod:`codecircuits.concepts` and :mod:`codecircuits.agreement` re-export the last two.
+mem.scan(...)``). The old top-level names ``codecircuits.concepts`` and ``codecircuits.agreement`` are
+deprecated aliases of the last two.
 """
 
 from .chunks import ChunkedCorpus, chunk_bos_id, chunk_corpus

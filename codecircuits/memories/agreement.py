@@ -16,7 +16,7 @@ edges[i+1]``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -110,25 +110,16 @@ class LayerAgreement:
         """``statistic(agreement)`` with a 95% bootstrap interval that resamples the *documents* (a balanced run
         only): ``statistic`` takes a :class:`LayerAgreement` and returns a number, e.g.
         ``lambda a: a.late_agreement()[0] - a.late_agreement()[-1]``."""
-        from ..intervals import _interval
+        from ..intervals import bootstrap
 
         if self.doc_agree is None or self.doc_total is None:
             raise InputError("Intervals need per-document counts: run balanced_agreement(...) instead.")
-        n = self.doc_total.shape[-1]
-        gen = torch.Generator().manual_seed(int(seed))
-        est = float(statistic(self))
-        stats = []
-        for idx in torch.randint(0, n, (int(n_resamples), n), generator=gen):
-            a = LayerAgreement(
-                agree=self.doc_agree[..., idx].sum(-1),
-                total=self.doc_total[..., idx].sum(-1),
-                components=self.components,
-                edges=self.edges,
-                model=self.model,
-                corpus=self.corpus,
-            )
-            stats.append(float(statistic(a)))
-        return _interval(est, torch.tensor(stats, dtype=torch.float64), n, 0.95)
+
+        def of_documents(agree, total):  # the counts of a resample of documents (rows)
+            return statistic(replace(self, agree=agree.sum(0), total=total.sum(0), doc_agree=None, doc_total=None))
+
+        docs_first = (self.doc_agree.movedim(-1, 0), self.doc_total.movedim(-1, 0))
+        return bootstrap(of_documents, *docs_first, n_resamples=n_resamples, seed=seed)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long table: component, layer, bucket, agreement, predictions in the bucket."""
@@ -374,4 +365,36 @@ def balanced_agreement(
     )
 
 
-__all__ = ["COMPONENTS", "LayerAgreement", "balanced_agreement", "default_edges", "layer_agreement"]
+def depth_intervals(a: LayerAgreement, n_resamples: int = 1000) -> dict:
+    """How deep the residual must go before it agrees, in the shortest and longest contexts, with 95% intervals
+    that resample the documents (a balanced agreement only; else ``{}``): residual depth to agree
+    (:meth:`LayerAgreement.mean_layer`) and late-layer agreement (:meth:`LayerAgreement.late_agreement`) in the
+    shortest and longest non-empty context buckets, and their gaps (longest − shortest depth: positive when long
+    contexts need later layers; shortest − longest late agreement)."""
+    if a.doc_agree is None:
+        return {}
+
+    def pick(f, i):
+        return lambda x: [v for v, t in zip(f(x), x.total.tolist()) if t > 0][i]
+
+    depth = lambda x: x.mean_layer("resid_post")  # noqa: E731
+    late = lambda x: x.late_agreement("resid_post")  # noqa: E731
+    stats = {
+        "depth_shortest": pick(depth, 0),
+        "depth_longest": pick(depth, -1),
+        "depth_gap": lambda x: pick(depth, -1)(x) - pick(depth, 0)(x),
+        "late_agreement_shortest": pick(late, 0),
+        "late_agreement_longest": pick(late, -1),
+        "late_agreement_gap": lambda x: pick(late, 0)(x) - pick(late, -1)(x),
+    }
+    return {k: a.interval(f, n_resamples=n_resamples) for k, f in stats.items()}
+
+
+__all__ = [
+    "COMPONENTS",
+    "LayerAgreement",
+    "balanced_agreement",
+    "default_edges",
+    "depth_intervals",
+    "layer_agreement",
+]

@@ -1,4 +1,8 @@
-"""The Java and Go concept catalogues (the Python one is :data:`codecircuits.memories.concepts.CATALOGUE`).
+"""The concept catalogues: :class:`Concept` (a named regular expression over code) and the built-in concepts of
+Python (:data:`CATALOGUE`), Java and Go (:data:`JAVA`, :data:`GO`; all three in :data:`CATALOGUES`).
+
+:mod:`codecircuits.memories.concepts` scores FF keys against them and re-exports the names it uses; the catalogues
+import nothing of it, so concepts are data below the scoring.
 
 A concept that means the same thing in several languages has the same name in each catalogue (``kw_import``,
 ``kw_return``, ``comment``, ``string``, ``exceptions``, ``loops``, ``api_re``, ...), so the keys it labels can be
@@ -8,8 +12,156 @@ name of its own (Go's ``concurrency``, Java's ``ngram_this``). :data:`SHARED` li
 
 from __future__ import annotations
 
-from .concepts import CATALOGUE, Concept, get, with_regions
-from .languages import C_COMMENT, GO_STRING, JAVA_STRING
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ..errors import InputError
+from .languages import C_COMMENT, GO_STRING, JAVA_STRING, PY_STRING, check_language
+
+KINDS = ("shallow", "semantic")
+SCOPES = ("token", "line")
+REGIONS = ("string", "comment")
+CODE = ("string", "comment")  # skip both: the concept is about code, not prose in strings and comments
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A named regular expression over code, ``kind`` shallow or semantic, matched under ``scope``."""
+
+    name: str
+    kind: str
+    pattern: str
+    scope: str = "token"
+    description: str = ""
+    skip: tuple[str, ...] = ()  # regions ("string", "comment") where a match may not start
+    language: str = "python"  # the language of the files it is matched in (memories.languages)
+
+    def __post_init__(self):
+        check_language(self.language)
+        bad = [r for r in self.skip if r not in REGIONS]
+        if bad:
+            raise InputError(f"Concept {self.name!r}: skip regions must be among {', '.join(REGIONS)}; got {bad}.")
+        if self.kind not in KINDS:
+            raise InputError(f"Concept {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
+        if self.scope not in SCOPES:
+            raise InputError(f"Concept {self.name!r}: scope must be one of {', '.join(SCOPES)}; got {self.scope!r}.")
+        try:
+            re.compile(self.pattern, re.MULTILINE)
+        except re.error as e:
+            raise InputError(
+                f"Concept {self.name!r}: {self.pattern!r} is not a valid regular expression ({e})."
+            ) from None
+
+    @property
+    def regex(self) -> re.Pattern:
+        return re.compile(self.pattern, re.MULTILINE)
+
+
+_STRING = PY_STRING
+
+CATALOGUE: tuple[Concept, ...] = (
+    # shallow: keywords, n-grams, layout, punctuation, literals
+    Concept("kw_def", "shallow", r"\bdef\b", "line", "a line that defines a function"),
+    Concept("kw_class", "shallow", r"\bclass\b", "line", "a line that defines a class"),
+    Concept("kw_return", "shallow", r"\b(?:return|yield)\b", "line", "a return / yield line"),
+    Concept("kw_import", "shallow", r"^[ \t]*(?:from[ \t]+\S+[ \t]+)?import\b[^\n]*", "token", "an import statement"),
+    Concept("kw_if", "shallow", r"\b(?:if|elif|else)\b", "line", "a conditional line"),
+    Concept("kw_literal", "shallow", r"\b(?:None|True|False)\b", "token", "None / True / False"),
+    Concept("ngram_self", "shallow", r"\bself\.\w+", "token", "the n-gram self.<attribute>"),
+    Concept("ngram_dunder", "shallow", r"\b__\w+__\b", "token", "a dunder name"),
+    Concept("indentation", "shallow", r"^[ \t]+", "token", "leading whitespace of a line"),
+    Concept("open_bracket", "shallow", r"[(\[{]", "token", "an opening bracket"),
+    Concept("close_bracket", "shallow", r"[)\]}]", "token", "a closing bracket"),
+    Concept("comma", "shallow", r",", "token", "a comma"),
+    Concept("dot", "shallow", r"(?<=\w)\.(?=\w)", "token", "attribute access dot"),
+    Concept("line_colon", "shallow", r":[ \t]*$", "token", "the colon that opens a block"),
+    Concept("assign", "shallow", r"(?<![=!<>+\-*/%&|^:])=(?!=)", "token", "an assignment"),
+    Concept("string", "shallow", _STRING, "token", "inside a string or docstring"),
+    Concept("comment", "shallow", r"#[^\n]*", "token", "inside a comment"),
+    Concept("number", "shallow", r"\b\d+(?:\.\d+)?\b", "token", "a number literal"),
+    # semantic: API families and programming concepts
+    Concept("api_os", "semantic", r"\bos\.\w+|\bimport[ \t]+os\b|\bfrom[ \t]+os\b", "line", "the os / os.path API"),
+    Concept("api_sys", "semantic", r"\bsys\.\w+|\bimport[ \t]+sys\b", "line", "the sys API"),
+    Concept("api_re", "semantic", r"\bre\.\w+|\bimport[ \t]+re\b", "line", "the re API"),
+    Concept("api_json", "semantic", r"\bjson\.\w+|\bimport[ \t]+json\b", "line", "the json API"),
+    Concept(
+        "api_typing",
+        "semantic",
+        r"\btyping\b|\b(?:Optional|Union|List|Dict|Tuple|Any|Callable|Iterable|Iterator|Sequence|Mapping|TypeVar|Generic)\b",
+        "line",
+        "type hints (typing)",
+    ),
+    Concept(
+        "api_collections",
+        "semantic",
+        r"\bcollections\b|\b(?:defaultdict|OrderedDict|namedtuple|deque|Counter|ChainMap)\b",
+        "line",
+        "the collections API",
+    ),
+    Concept(
+        "exceptions",
+        "semantic",
+        r"\b(?:try|except|finally|raise)\b|\b\w+(?:Error|Exception)\b",
+        "line",
+        "exception handling",
+    ),
+    Concept(
+        "file_io",
+        "semantic",
+        r"\bopen\(|\.(?:read|readline|readlines|write|writelines|close|seek|tell|flush)\(|\bio\.\w+",
+        "line",
+        "file input / output",
+    ),
+    Concept(
+        "arithmetic",
+        "semantic",
+        r"(?<=[\w)\]]) (?:\*\*|//|[-+*/%])=? (?=[\w(\[.])|\bmath\.\w+",
+        "line",
+        "arithmetic",
+    ),
+    Concept("loops", "semantic", r"\b(?:for|while|break|continue)\b", "line", "loops and comprehensions"),
+    Concept("async", "semantic", r"\b(?:async|await)\b|\basyncio\.\w+", "line", "async code"),
+)
+# keywords, names, operators and every semantic concept count only in code; strings and comments exclude each other
+_PY_CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_self", "ngram_dunder"}
+_PY_CODE_SHALLOW |= {"assign", "number"}
+_SKIP = {"string": ("comment",), "comment": ("string",)}
+
+
+def with_regions(cat: Sequence[Concept], code_shallow: set[str], language: str = "python") -> tuple[Concept, ...]:
+    """``cat`` in ``language`` with the regions each concept skips: strings and comments exclude each other, and
+    the semantic concepts and the ``code_shallow`` ones count only in code."""
+    return tuple(
+        replace(
+            c,
+            language=language,
+            skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in code_shallow else ()),
+        )
+        for c in cat
+    )
+
+
+CATALOGUE = with_regions(CATALOGUE, _PY_CODE_SHALLOW)
+
+
+def catalogue(kind: str | None = None, language: str = "python") -> tuple[Concept, ...]:
+    """The built-in concepts of ``language`` (python, java or go), optionally of one kind. Concepts that mean the
+    same in several languages share their name (``kw_import``, ``comment``, ``exceptions``, ...;
+    :data:`SHARED`)."""
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
+    check_language(language)
+    cat = CATALOGUE if language == "python" else CATALOGUES[language]
+    return tuple(c for c in cat if kind is None or c.kind == kind)
+
+
+def get(name: str, concepts: Sequence[Concept] = CATALOGUE) -> Concept:
+    for c in concepts:
+        if c.name == name:
+            return c
+    raise InputError(f"No concept named {name!r}; known: {', '.join(c.name for c in concepts)}.")
+
 
 _ASSIGN = r"(?<![=!<>+\-*/%&|^:])=(?!=)"
 _ARITH = r"(?<=[\w)\]]) (?:<<|>>|[-+*/%])=? (?=[\w(\[.])"
@@ -136,4 +288,18 @@ SHARED: tuple[str, ...] = tuple(
     c.name for c in CATALOGUE if all(c.name in {x.name for x in cat} for cat in (JAVA, GO))
 )
 
-__all__ = ["CATALOGUES", "GO", "JAVA", "SHARED"]
+__all__ = [
+    "CATALOGUE",
+    "CATALOGUES",
+    "CODE",
+    "GO",
+    "JAVA",
+    "KINDS",
+    "REGIONS",
+    "SCOPES",
+    "SHARED",
+    "Concept",
+    "catalogue",
+    "get",
+    "with_regions",
+]

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.batching import bos_id
 from ..corpus import CodeFile, Corpus
 from ..errors import InputError
-from ..inputs import bos_id
 
 
 def _sha(text: str) -> str:

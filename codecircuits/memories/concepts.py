@@ -1,6 +1,7 @@
 """Code concepts as regular expressions, concept scores of FF keys, and concept editing by masking keys.
 
-A :class:`Concept` is a regular expression over source text, of one of two kinds (Haider et al. 2024):
+A :class:`Concept` (defined with the catalogues in :mod:`codecircuits.memories.catalogues`, re-exported here) is
+a regular expression over source text, of one of two kinds (Haider et al. 2024):
 **shallow** (keywords, n-grams, indentation, punctuation, strings, comments, numbers) or **semantic** (API
 families such as ``os``, ``re``, ``json``, ``typing``, ``collections``; exception handling; file input/output;
 arithmetic; loops and comprehensions; async code). Its **scope** says which text around a token counts:
@@ -21,9 +22,8 @@ regex) with the same on all other tokens, next to a control that zeroes as many 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,157 +34,10 @@ from ..core.batching import pad_id
 from ..core.interventions import Zero, hook
 from ..core.sites import hook_name
 from ..errors import InputError
+from .catalogues import CATALOGUE, CODE, KINDS, REGIONS, SCOPES, Concept, catalogue, get
 from .chunks import ChunkedCorpus, chunk_corpus
-from .languages import PY_STRING, REGION_GRAMMARS, check_language, language_of
+from .languages import REGION_GRAMMARS, check_language, language_of
 from .triggers import TriggerScan
-
-KINDS = ("shallow", "semantic")
-SCOPES = ("token", "line")
-REGIONS = ("string", "comment")
-CODE = ("string", "comment")  # skip both: the concept is about code, not prose in strings and comments
-
-
-@dataclass(frozen=True)
-class Concept:
-    """A named regular expression over code, ``kind`` shallow or semantic, matched under ``scope``."""
-
-    name: str
-    kind: str
-    pattern: str
-    scope: str = "token"
-    description: str = ""
-    skip: tuple[str, ...] = ()  # regions ("string", "comment") where a match may not start
-    language: str = "python"  # the language of the files it is matched in (memories.languages)
-
-    def __post_init__(self):
-        check_language(self.language)
-        bad = [r for r in self.skip if r not in REGIONS]
-        if bad:
-            raise InputError(f"Concept {self.name!r}: skip regions must be among {', '.join(REGIONS)}; got {bad}.")
-        if self.kind not in KINDS:
-            raise InputError(f"Concept {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
-        if self.scope not in SCOPES:
-            raise InputError(f"Concept {self.name!r}: scope must be one of {', '.join(SCOPES)}; got {self.scope!r}.")
-        try:
-            re.compile(self.pattern, re.MULTILINE)
-        except re.error as e:
-            raise InputError(
-                f"Concept {self.name!r}: {self.pattern!r} is not a valid regular expression ({e})."
-            ) from None
-
-    @property
-    def regex(self) -> re.Pattern:
-        return re.compile(self.pattern, re.MULTILINE)
-
-
-_STRING = PY_STRING
-
-CATALOGUE: tuple[Concept, ...] = (
-    # shallow: keywords, n-grams, layout, punctuation, literals
-    Concept("kw_def", "shallow", r"\bdef\b", "line", "a line that defines a function"),
-    Concept("kw_class", "shallow", r"\bclass\b", "line", "a line that defines a class"),
-    Concept("kw_return", "shallow", r"\b(?:return|yield)\b", "line", "a return / yield line"),
-    Concept("kw_import", "shallow", r"^[ \t]*(?:from[ \t]+\S+[ \t]+)?import\b[^\n]*", "token", "an import statement"),
-    Concept("kw_if", "shallow", r"\b(?:if|elif|else)\b", "line", "a conditional line"),
-    Concept("kw_literal", "shallow", r"\b(?:None|True|False)\b", "token", "None / True / False"),
-    Concept("ngram_self", "shallow", r"\bself\.\w+", "token", "the n-gram self.<attribute>"),
-    Concept("ngram_dunder", "shallow", r"\b__\w+__\b", "token", "a dunder name"),
-    Concept("indentation", "shallow", r"^[ \t]+", "token", "leading whitespace of a line"),
-    Concept("open_bracket", "shallow", r"[(\[{]", "token", "an opening bracket"),
-    Concept("close_bracket", "shallow", r"[)\]}]", "token", "a closing bracket"),
-    Concept("comma", "shallow", r",", "token", "a comma"),
-    Concept("dot", "shallow", r"(?<=\w)\.(?=\w)", "token", "attribute access dot"),
-    Concept("line_colon", "shallow", r":[ \t]*$", "token", "the colon that opens a block"),
-    Concept("assign", "shallow", r"(?<![=!<>+\-*/%&|^:])=(?!=)", "token", "an assignment"),
-    Concept("string", "shallow", _STRING, "token", "inside a string or docstring"),
-    Concept("comment", "shallow", r"#[^\n]*", "token", "inside a comment"),
-    Concept("number", "shallow", r"\b\d+(?:\.\d+)?\b", "token", "a number literal"),
-    # semantic: API families and programming concepts
-    Concept("api_os", "semantic", r"\bos\.\w+|\bimport[ \t]+os\b|\bfrom[ \t]+os\b", "line", "the os / os.path API"),
-    Concept("api_sys", "semantic", r"\bsys\.\w+|\bimport[ \t]+sys\b", "line", "the sys API"),
-    Concept("api_re", "semantic", r"\bre\.\w+|\bimport[ \t]+re\b", "line", "the re API"),
-    Concept("api_json", "semantic", r"\bjson\.\w+|\bimport[ \t]+json\b", "line", "the json API"),
-    Concept(
-        "api_typing",
-        "semantic",
-        r"\btyping\b|\b(?:Optional|Union|List|Dict|Tuple|Any|Callable|Iterable|Iterator|Sequence|Mapping|TypeVar|Generic)\b",
-        "line",
-        "type hints (typing)",
-    ),
-    Concept(
-        "api_collections",
-        "semantic",
-        r"\bcollections\b|\b(?:defaultdict|OrderedDict|namedtuple|deque|Counter|ChainMap)\b",
-        "line",
-        "the collections API",
-    ),
-    Concept(
-        "exceptions",
-        "semantic",
-        r"\b(?:try|except|finally|raise)\b|\b\w+(?:Error|Exception)\b",
-        "line",
-        "exception handling",
-    ),
-    Concept(
-        "file_io",
-        "semantic",
-        r"\bopen\(|\.(?:read|readline|readlines|write|writelines|close|seek|tell|flush)\(|\bio\.\w+",
-        "line",
-        "file input / output",
-    ),
-    Concept(
-        "arithmetic",
-        "semantic",
-        r"(?<=[\w)\]]) (?:\*\*|//|[-+*/%])=? (?=[\w(\[.])|\bmath\.\w+",
-        "line",
-        "arithmetic",
-    ),
-    Concept("loops", "semantic", r"\b(?:for|while|break|continue)\b", "line", "loops and comprehensions"),
-    Concept("async", "semantic", r"\b(?:async|await)\b|\basyncio\.\w+", "line", "async code"),
-)
-# keywords, names, operators and every semantic concept count only in code; strings and comments exclude each other
-_CODE_SHALLOW = {"kw_def", "kw_class", "kw_return", "kw_import", "kw_if", "kw_literal", "ngram_self", "ngram_dunder"}
-_CODE_SHALLOW |= {"assign", "number"}
-_SKIP = {"string": ("comment",), "comment": ("string",)}
-
-
-def with_regions(cat: Sequence[Concept], code_shallow: set[str], language: str = "python") -> tuple[Concept, ...]:
-    """``cat`` in ``language`` with the regions each concept skips: strings and comments exclude each other, and
-    the semantic concepts and the ``code_shallow`` ones count only in code."""
-    return tuple(
-        replace(
-            c,
-            language=language,
-            skip=_SKIP.get(c.name, CODE if c.kind == "semantic" or c.name in code_shallow else ()),
-        )
-        for c in cat
-    )
-
-
-CATALOGUE = with_regions(CATALOGUE, _CODE_SHALLOW)
-
-
-def catalogue(kind: str | None = None, language: str = "python") -> tuple[Concept, ...]:
-    """The built-in concepts of ``language`` (python, java or go), optionally of one kind. Concepts that mean the
-    same in several languages share their name (``kw_import``, ``comment``, ``exceptions``, ...;
-    :mod:`codecircuits.memories.catalogues`)."""
-    if kind is not None and kind not in KINDS:
-        raise InputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
-    check_language(language)
-    if language == "python":
-        cat = CATALOGUE
-    else:
-        from .catalogues import CATALOGUES
-
-        cat = CATALOGUES[language]
-    return tuple(c for c in cat if kind is None or c.kind == kind)
-
-
-def get(name: str, concepts: Sequence[Concept] = CATALOGUE) -> Concept:
-    for c in concepts:
-        if c.name == name:
-            return c
-    raise InputError(f"No concept named {name!r}; known: {', '.join(c.name for c in concepts)}.")
 
 
 def resolve_concepts(concepts, language: str = "python") -> tuple[Concept, ...]:
@@ -772,6 +625,72 @@ def edit_table(edits: Sequence[ConceptEdit]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def edit_interval_table(edits: Sequence[ConceptEdit]) -> pd.DataFrame:
+    """One row per masked concept: its accuracy drops on concept and general tokens, the random-key control's,
+    and the excess over the control, each with its 95% bootstrap interval; the masked and control keys' RMS."""
+    rows = []
+    for e in edits:
+        row = {"concept": e.concept.name, "kind": e.concept.kind, "keys": e.n_keys}
+        for k in ("concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"):
+            iv = e.intervals.get(k)
+            row[k] = iv.format(3) if iv is not None else ""
+        if e.magnitude:
+            row["masked_rms"] = e.magnitude["masked_rms"]
+            row["control_rms"] = float(np.mean(e.magnitude["control_rms"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def showcase_keys(scores: ConceptScores, n: int = 6, *, tau: float = 0.5, min_lift: float = 2.0) -> list[tuple]:
+    """Keys worth showing, ``[(concept, layer, neuron, score)]``: the best-scoring labelled key of each of the
+    concepts with most labelled keys, alternating shallow and semantic."""
+    lab = scores.labels(tau=tau, min_lift=min_lift)
+    counts = [(int((lab == ci).sum()), ci) for ci in range(len(scores.concepts))]
+    by_kind = {
+        k: [ci for cnt, ci in sorted(counts, reverse=True) if cnt and scores.concepts[ci].kind == k] for k in KINDS
+    }
+    order = [c for pair in zip(by_kind["shallow"] + [None] * n, by_kind["semantic"] + [None] * n) for c in pair]
+    out = []
+    for ci in [c for c in order if c is not None][:n]:
+        s = scores.scores[ci].masked_fill(lab != ci, -1)
+        li, ni = divmod(int(s.argmax()), s.shape[1])
+        out.append((scores.concepts[ci], scores.layers[li], ni, float(scores.scores[ci, li, ni])))
+    return out
+
+
+def pick_edit_concepts(
+    scores: ConceptScores,
+    eval_masks: torch.Tensor,
+    n_per_kind: int,
+    *,
+    tau: float,
+    min_lift: float,
+    min_tokens: int = 20,
+    min_keys: int = 10,
+    fallback_taus: tuple[float, ...] = (0.3, 0.2, 0.1),
+) -> list[tuple[str, float]]:
+    """Concepts to edit, as ``(name, tau)``: per kind, those with most selected keys among concepts that match at
+    least ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``).
+
+    A kind whose concepts have fewer than ``min_keys`` keys at ``tau`` (semantic concepts, on small models) is
+    picked at the first of ``fallback_taus`` that gives them as many, so both kinds are masked; the tau each edit
+    used is returned with it (and reported)."""
+    out = []
+    for kind in KINDS:
+        for t in (tau, *[x for x in fallback_taus if x < tau]):
+            cands = []
+            for ci, c in enumerate(scores.concepts):
+                if c.kind != kind or int(eval_masks[ci].sum()) < min_tokens:
+                    continue
+                n = sum(len(v) for v in scores.keys(c, tau=t, min_lift=min_lift).values())
+                if n >= min_keys:
+                    cands.append((-n, ci))
+            if cands:
+                out += [(scores.concepts[ci].name, t) for _, ci in sorted(cands)[:n_per_kind]]
+                break
+    return out
+
+
 __all__ = [
     "CATALOGUE",
     "CODE",
@@ -788,12 +707,15 @@ __all__ = [
     "concept_positions",
     "doc_masks",
     "edit_concept",
+    "edit_interval_table",
     "edit_table",
     "evaluate",
     "get",
     "key_scores",
     "mask_hooks",
+    "pick_edit_concepts",
     "random_keys",
     "resolve_concepts",
+    "showcase_keys",
     "token_masks",
 ]

@@ -348,8 +348,9 @@ def layer_set(model, layers) -> tuple[int, ...]:
 
 
 @dataclass
-class _TopK:
-    """The running top-K of every key over some chunks, and its activation sums (the state a scan merges)."""
+class TopK:
+    """The running top-K of every key over some chunks, and its activation sums: the state a scan merges, batch
+    by batch in one process, shard by shard over workers (:meth:`merge` is associative)."""
 
     score: torch.Tensor  # float32 [layer, neuron, k]: ranking score (-inf in unfilled slots)
     values: torch.Tensor
@@ -360,7 +361,7 @@ class _TopK:
     tokens: int = 0
 
     @classmethod
-    def empty(cls, n_layers: int, d_mlp: int, k: int, stats: bool = True) -> _TopK:
+    def empty(cls, n_layers: int, d_mlp: int, k: int, stats: bool = True) -> TopK:
         shape = (n_layers, d_mlp, k)
         zeros = torch.zeros((n_layers, d_mlp), dtype=torch.float64) if stats else None
         return cls(
@@ -373,7 +374,7 @@ class _TopK:
             tokens=0,
         )
 
-    def merge(self, later: _TopK) -> _TopK:
+    def merge(self, later: TopK) -> TopK:
         """The top-K of both: a stable sort, so ties keep the earlier chunk (``later`` covers later chunks).
 
         The merge is associative, so merging shards' states in chunk order equals one pass over the chunks.
@@ -382,7 +383,7 @@ class _TopK:
         all_s = torch.cat([self.score, later.score], dim=-1)
         order = all_s.argsort(dim=-1, descending=True, stable=True)[..., :k]
         both = self.act_sum is not None and later.act_sum is not None
-        return _TopK(
+        return TopK(
             score=all_s.gather(-1, order),
             values=torch.cat([self.values, later.values], dim=-1).gather(-1, order),
             chunk=torch.cat([self.chunk, later.chunk], dim=-1).gather(-1, order),
@@ -413,7 +414,7 @@ def scan_chunks(
     k: int,
     batch_size: int,
     stats: bool = True,
-) -> Iterator[_TopK]:
+) -> Iterator[TopK]:
     """Run ``chunks`` through the model in batches of ``batch_size`` and yield each batch's state (to merge)."""
     pad = pad_id(model)
     stop = max(layers) + 1
@@ -451,7 +452,7 @@ def scan_chunks(
             val = torch.stack([buf[i][1] for i in range(n_l)]).transpose(1, 2).cpu()
             arg = torch.stack([buf[i][2] for i in range(n_l)]).transpose(1, 2).cpu()
             b_chunk = torch.tensor(ids, dtype=torch.long)
-            yield _TopK(
+            yield TopK(
                 score=best,
                 values=val,
                 chunk=b_chunk.expand_as(arg).contiguous(),
@@ -478,7 +479,6 @@ def scan(
     resume: bool = False,
     callback: Callable[[TriggerScan], None] | None = None,
     progress: bool = True,
-    workers=None,
 ) -> TriggerScan:
     """Stream ``corpus`` through ``model`` and keep, for every key, its top-``k`` trigger examples.
 
@@ -493,113 +493,127 @@ def scan(
     from the same model, settings, corpus texts and chunk plan; the result then equals an uninterrupted scan's
     exactly. ``callback(state)`` runs after every batch (progress reporting, or stopping early by raising).
 
-    ``workers`` (a number, a Ray address or a :class:`codecircuits.distributed.Workers`) shards the chunks over
-    Ray workers, each with its own replica of the model: shards are whole batches in chunk order and their
-    states merge exactly, so the result equals this process's scan (the same batches run on every worker). The
+    One process; ``codecircuits.distributed.run(memories.scan, ..., workers=N)`` shards the chunks over Ray
+    workers, each with its own replica of the model: shards are whole batches in chunk order and their states
+    merge exactly, so the result equals this process's scan (the same batches run on every worker). The
     checkpoint then holds the longest run of completed shards from the start, and resumes in either mode;
     ``callback`` runs as that run grows.
     """
-    if k < 1:
-        raise InputError(f"k must be at least 1; got {k}.")
-    if batch_size < 1 or checkpoint_every < 1:
-        raise InputError("batch_size and checkpoint_every must be at least 1.")
-    chunked = chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, max_chunks=max_chunks)
-    window = chunked.window
-    lays = layer_set(model, layers)
-    rb = _resolve_rank_by(model, rank_by)
-    d_mlp = int(model.cfg.d_mlp)
-    name = str(getattr(model.cfg, "model_name", "") or "model")
-    settings = {"k": k, "window": window, "rank_by": rb, "layers": list(lays), "bos": chunked.bos}
-    n_chunks = len(chunked)
-    cd = torch.as_tensor(chunked.chunk_doc)
-    cs = torch.as_tensor(chunked.chunk_start)
-
-    st = _TopK.empty(len(lays), d_mlp, k)
-    done = 0
-
-    def state() -> TriggerScan:
-        return TriggerScan(
-            values=st.values,
-            chunk=st.chunk,
-            pos=st.pos,
-            layers=lays,
-            chunk_doc=cd,
-            chunk_start=cs,
-            docs=chunked.names,
-            doc_sha=chunked.sha,
-            model=name,
-            corpus=chunked.name,
-            settings=dict(settings),
-            chunks_done=done,
-            tokens_done=st.tokens,
-            act_sum=st.act_sum,
-            act_sq=st.act_sq,
-        )
-
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_dir():
-        ckpt = ckpt / "scan.safetensors"
-    if resume:
-        if ckpt is None:
-            raise InputError("resume=True needs a checkpoint path.")
-        if ckpt.is_file():
-            old = load_scan(ckpt)
-            _check_resumable(old, name, settings, chunked)
-            score = old.values.abs() if rb == "abs" else old.values.clone()
-            st = _TopK(
-                score=torch.where(old.chunk >= 0, score, torch.full_like(score, -torch.inf)),
-                values=old.values.clone(),
-                chunk=old.chunk.clone(),
-                pos=old.pos.clone(),
-                act_sum=None if old.act_sum is None else old.act_sum.clone(),
-                act_sq=None if old.act_sq is None else old.act_sq.clone(),
-                tokens=old.tokens_done,
-            )
-            done = old.chunks_done
-
-    stats = st.act_sum is not None
-    common = {"layers": lays, "rank_by": rb, "k": k, "batch_size": batch_size, "stats": stats}
-    last_ckpt = done
-    if workers is not None:
-        from ..distributed.scan import sharded_scan
-        from ..distributed.shards import ShardsFailed
-
-        def advance(part: _TopK, upto: int) -> None:
-            nonlocal st, done, last_ckpt
-            st, done = st.merge(part), upto
-            if ckpt is not None and (done - last_ckpt >= checkpoint_every or done == n_chunks):
-                _save(state(), ckpt)
-                last_ckpt = done
-            if callback is not None:
-                callback(state())
-
-        try:
-            sharded_scan(model, chunked, done, common, workers, advance, checkpoint_every, progress)
-        except ShardsFailed as e:
-            # the checkpoint keeps the chunks before the first failed shard (resumable); the error's partial is
-            # the scan of every chunk but the failed shards', which its settings name
-            for part in e.partial:
-                st = st.merge(part)
-            done = n_chunks
-            settings["skipped_chunks"] = [[f.shard.start, f.shard.stop] for f in e.failures]
-            e.partial = state()
-            raise
-        return state()
-
-    bar = tqdm(total=n_chunks, initial=done, desc="scan", unit="chunk", disable=not progress)
+    run = ScanRun(
+        model, corpus, k=k, window=window, max_tokens=max_tokens, max_chunks=max_chunks, layers=layers,
+        rank_by=rank_by, batch_size=batch_size, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=resume, callback=callback,
+    )
+    bar = tqdm(total=run.n_chunks, initial=run.done, desc="scan", unit="chunk", disable=not progress)
     try:
-        for part in scan_chunks(model, chunked, range(done, n_chunks), **common):
-            st = st.merge(part)
-            done = int(part.chunk[0, 0, -1]) + 1
+        for part in scan_chunks(model, run.chunked, run.remaining, **run.common):
+            run.advance(part, int(part.chunk[0, 0, -1]) + 1)
             bar.update(part.chunk.shape[-1])
-            if ckpt is not None and (done - last_ckpt >= checkpoint_every or done == n_chunks):
-                _save(state(), ckpt)
-                last_ckpt = done
-            if callback is not None:
-                callback(state())
     finally:
         bar.close()
-    return state()
+    return run.state()
+
+
+class ScanRun:
+    """One scan's plan and running state, checkpointed as it advances.
+
+    :func:`scan` drives it over its batches in this process; ``codecircuits.distributed.run(memories.scan, ...,
+    workers=N)`` drives it over shards of whole batches, merged in chunk order, so both write the same
+    checkpoints and give the same :class:`TriggerScan`. The arguments are :func:`scan`'s (checked here); a
+    ``resume`` continues from the checkpoint after checking that it came from the same model, settings, corpus
+    texts and chunk plan.
+    """
+
+    def __init__(
+        self, model, corpus, *, k, window, max_tokens, max_chunks, layers, rank_by, batch_size, checkpoint,
+        checkpoint_every, resume, callback,
+    ):
+        if k < 1:
+            raise InputError(f"k must be at least 1; got {k}.")
+        if batch_size < 1 or checkpoint_every < 1:
+            raise InputError("batch_size and checkpoint_every must be at least 1.")
+        chunked = chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, max_chunks=max_chunks)
+        lays = layer_set(model, layers)
+        rb = _resolve_rank_by(model, rank_by)
+        self.chunked, self.layers, self.callback = chunked, lays, callback
+        self.checkpoint_every = int(checkpoint_every)
+        self.model_name = str(getattr(model.cfg, "model_name", "") or "model")
+        self.settings = {"k": k, "window": chunked.window, "rank_by": rb, "layers": list(lays), "bos": chunked.bos}
+        self.n_chunks = len(chunked)
+        self.top = TopK.empty(len(lays), int(model.cfg.d_mlp), k)
+        self.done = 0
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and ckpt.is_dir():
+            ckpt = ckpt / "scan.safetensors"
+        self.checkpoint = ckpt
+        if resume:
+            if ckpt is None:
+                raise InputError("resume=True needs a checkpoint path.")
+            if ckpt.is_file():
+                old = load_scan(ckpt)
+                _check_resumable(old, self.model_name, self.settings, chunked)
+                score = old.values.abs() if rb == "abs" else old.values.clone()
+                self.top = TopK(
+                    score=torch.where(old.chunk >= 0, score, torch.full_like(score, -torch.inf)),
+                    values=old.values.clone(),
+                    chunk=old.chunk.clone(),
+                    pos=old.pos.clone(),
+                    act_sum=None if old.act_sum is None else old.act_sum.clone(),
+                    act_sq=None if old.act_sq is None else old.act_sq.clone(),
+                    tokens=old.tokens_done,
+                )
+                self.done = old.chunks_done
+        self.last_checkpoint = self.done
+        stats = self.top.act_sum is not None
+        self.common = {"layers": lays, "rank_by": rb, "k": k, "batch_size": batch_size, "stats": stats}
+
+    @property
+    def remaining(self) -> range:
+        """The chunks still to scan."""
+        return range(self.done, self.n_chunks)
+
+    def state(self) -> TriggerScan:
+        """The scan so far."""
+        chunked = self.chunked
+        return TriggerScan(
+            values=self.top.values,
+            chunk=self.top.chunk,
+            pos=self.top.pos,
+            layers=self.layers,
+            chunk_doc=torch.as_tensor(chunked.chunk_doc),
+            chunk_start=torch.as_tensor(chunked.chunk_start),
+            docs=chunked.names,
+            doc_sha=chunked.sha,
+            model=self.model_name,
+            corpus=chunked.name,
+            settings=dict(self.settings),
+            chunks_done=self.done,
+            tokens_done=self.top.tokens,
+            act_sum=self.top.act_sum,
+            act_sq=self.top.act_sq,
+        )
+
+    def advance(self, part: TopK, upto: int) -> None:
+        """Merge the state of the chunks ``done .. upto - 1`` (the next ones in order), checkpoint every
+        ``checkpoint_every`` chunks and at the end, and call the callback."""
+        self.top, self.done = self.top.merge(part), int(upto)
+        if self.checkpoint is not None and (
+            self.done - self.last_checkpoint >= self.checkpoint_every or self.done == self.n_chunks
+        ):
+            _save(self.state(), self.checkpoint)
+            self.last_checkpoint = self.done
+        if self.callback is not None:
+            self.callback(self.state())
+
+    def skipping(self, parts: Sequence[TopK], skipped: Sequence[tuple[int, int]]) -> TriggerScan:
+        """The scan of every chunk but the ``skipped`` ranges ``[start, stop)`` (shards that failed): ``parts``,
+        the states of the completed chunks after the first skipped one, merged in order. The checkpoint keeps
+        only the chunks before the first skipped range, so a resume scans the rest again."""
+        for part in parts:
+            self.top = self.top.merge(part)
+        self.done = self.n_chunks
+        self.settings["skipped_chunks"] = [[int(a), int(b)] for a, b in skipped]
+        return self.state()
 
 
 def _check_resumable(old: TriggerScan, name: str, settings: dict, chunked: ChunkedCorpus) -> None:
@@ -657,10 +671,13 @@ __all__ = [
     "FORMAT",
     "ActivationStats",
     "RANK_BY",
+    "ScanRun",
+    "TopK",
     "TriggerExample",
     "TriggerScan",
     "chunk_activations",
     "layer_set",
     "load_scan",
     "scan",
+    "scan_chunks",
 ]

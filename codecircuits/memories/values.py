@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..core.inputs import token_texts
 from ..errors import InputError
-from ..inputs import token_texts
 from .chunks import ChunkedCorpus
 from .triggers import TriggerScan, layer_set
 

@@ -3,7 +3,8 @@ Table 2: the MRR and probability of the target).
 
 :func:`neuron_mask_hooks` and :func:`head_zero_hooks` are forward hooks on the intervention core
 (:mod:`codecircuits.core.interventions`); :func:`evaluate_top_neurons` zeroes each score's top-``k`` neurons per
-prompt and compares the target against the original model and a random control (:class:`TopNeuronEval`).
+prompt and compares the target against the original model and a random control (:class:`TopNeuronEval`, whose
+:meth:`~TopNeuronEval.drop` gives each method's relative drop with its bootstrap interval over prompts).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .. import intervals
 from ..core.batching import n_prompts, prompt_batches
 from ..core.interventions import Zero, hook, unit_mask
 from ..core.sites import check_heads, hook_name
 from ..errors import InputError
+from ..intervals import Interval
 from .results import Attribution
 
 
@@ -44,6 +47,35 @@ class TopNeuronEval:
         """The ``k`` scores whose top neurons lower the MRR most (the best attribution methods)."""
         t = self.table[~self.table["method"].isin(["original"])]
         return t.sort_values("mrr").head(k).reset_index(drop=True)
+
+    def drop(self, method: str, metric: str = "prob") -> Interval:
+        """The relative drop of the target's mean ``metric`` (``"prob"`` or ``"mrr"``) when ``method``'s neurons are
+        zeroed, ``1 - mean(method) / mean(original)``, with its paired bootstrap interval over prompts."""
+        o, x = self._column("original", metric), self._column(method, metric)
+        return intervals.paired(lambda o, x: 1.0 - x.mean() / o.mean(), o, x)
+
+    def extra_drop(self, method: str, than: str, metric: str = "prob") -> Interval:
+        """How much more ``method`` lowers the mean ``metric`` than ``than`` on the same prompts, relative to the
+        original: ``(mean(than) - mean(method)) / mean(original)``, paired."""
+        cols = (self._column(m, metric) for m in ("original", method, than))
+        return intervals.paired(lambda o, x, y: (y.mean() - x.mean()) / o.mean(), *cols)
+
+    def intervals(self) -> dict:
+        """Per method: the mean probability and MRR and their relative drops (:meth:`drop`), each as interval JSON."""
+        return {
+            m: {
+                "prob": intervals.mean(self._column(m, "prob")).to_json(),
+                "mrr": intervals.mean(self._column(m, "mrr")).to_json(),
+                "prob_drop": self.drop(m, "prob").to_json(),
+                "mrr_drop": self.drop(m, "mrr").to_json(),
+            }
+            for m in self.per_prompt
+        }
+
+    def _column(self, method: str, metric: str) -> torch.Tensor:
+        if metric not in ("mrr", "prob"):
+            raise InputError(f"metric must be 'mrr' or 'prob', got {metric!r}.")
+        return self.per_prompt[method][:, 0 if metric == "mrr" else 1]
 
 
 def neuron_mask_hooks(model, mask: Float[torch.Tensor, "batch layer d_mlp"], layers: Sequence[int] | None = None):
@@ -197,30 +229,12 @@ def evaluate_top_neurons(
     if random_control:
         g = torch.Generator().manual_seed(seed)
         picks["random"] = torch.stack([torch.randperm(n_l * d_mlp, generator=g)[:k] for _ in range(n)])
-    methods = ["original", *picks]
-    per = {m: torch.zeros(n, 2) for m in methods}
-    pos = attribution.pos
-    with torch.no_grad():
-        for ix, toks in tqdm(batches, desc=f"zero top-{k} neurons", disable=not progress):
-            t = attribution.target[ix].to(model.cfg.device)
-            per["original"][ix] = _rr_and_prob(model(toks)[:, pos], t).cpu()
-            for m, idx in picks.items():
-                mask = torch.ones(len(ix), n_l * d_mlp)
-                mask.scatter_(1, idx[ix], 0.0)
-                mask = mask.reshape(len(ix), n_l, d_mlp).to(model.cfg.device)
-                with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask, layers)):
-                    per[m][ix] = _rr_and_prob(model(toks)[:, pos], t).cpu()
-    orig = per["original"].mean(0)
-    rows = []
-    for m in methods:
-        mrr, prob = per[m].mean(0).tolist()
-        rows.append(
-            {
-                "method": m,
-                "mrr": mrr,
-                "prob": prob,
-                "mrr_drop_pct": 100 * (1 - mrr / float(orig[0])) if orig[0] > 0 else math.nan,
-                "prob_drop_pct": 100 * (1 - prob / float(orig[1])) if orig[1] > 0 else math.nan,
-            }
-        )
-    return TopNeuronEval(table=pd.DataFrame(rows), k=k, n_prompts=n, per_prompt=per)
+
+    def hooks_of(idx):
+        mask = torch.ones(idx.shape[0], n_l * d_mlp)
+        mask.scatter_(1, idx, 0.0)
+        return neuron_mask_hooks(model, mask.reshape(-1, n_l, d_mlp).to(model.cfg.device), layers)
+
+    per = _zero_and_score(model, batches, attribution.target, attribution.pos, picks, hooks_of, progress,
+                          f"zero top-{k} neurons")
+    return TopNeuronEval(table=_table(per), k=k, n_prompts=n, per_prompt=per)

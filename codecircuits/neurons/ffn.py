@@ -140,33 +140,15 @@ def ffn_neurons(
     batch_size: int = 64,
     memory_mb: float = DEFAULT_MEMORY_MB,
     progress: bool = True,
-    workers=None,
 ) -> Attribution:
     """Scores of every FFN neuron of every layer (axes ``prompt, layer, neuron``) for the target at ``pos``.
 
     ``target``: None (the clean run's top-1 token), one token (id or single-token string) or one per prompt.
     ``scores``: any of :data:`FFN_SCORES` (``"all"`` for every one). Gated MLPs are scored through
     ``mlp.hook_post`` (= act(gate) * up), the coefficient that multiplies each row of ``W_out``.
-    Prompts of different token lengths are grouped into equal-length batches automatically. ``workers`` (a
-    number, a Ray address or a :class:`~codecircuits.distributed.Workers`) shards the prompts over workers
-    (:mod:`codecircuits.distributed.neurons`).
+    Prompts of different token lengths are grouped into equal-length batches automatically. One process;
+    ``codecircuits.distributed.run(ffn_neurons, ..., workers=N)`` shards the prompts over workers.
     """
-    if workers is not None:
-        from ..distributed import neurons as sharded
-
-        return sharded.ffn_neurons(
-            model,
-            prompts,
-            workers=workers,
-            target=target,
-            scores=scores,
-            exact_authors_lens=exact_authors_lens,
-            pos=pos,
-            layers=layers,
-            batch_size=batch_size,
-            memory_mb=memory_mb,
-            progress=progress,
-        )
     scores = FFN_SCORES if scores == "all" else _check_scores(scores, FFN_SCORES)
     layers = check_layers(model, layers)
     batches = prompt_batches(model, prompts, batch_size)

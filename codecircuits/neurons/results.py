@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from ..core.merging import PER_PROMPT, concat_per_prompt
 from ..core.sites import Head, Neuron
 from ..errors import InputError
 
@@ -23,15 +24,15 @@ class Attribution:
     log-probability of the target from the base vector alone, ``target`` the token ids scored.
     """
 
-    scores: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor] = field(metadata=PER_PROMPT)
     axes: tuple[str, ...]
-    target: torch.Tensor
-    base_logprob: torch.Tensor
-    coefficients: torch.Tensor | None = None
+    target: torch.Tensor = field(metadata=PER_PROMPT)
+    base_logprob: torch.Tensor = field(metadata=PER_PROMPT)
+    coefficients: torch.Tensor | None = field(default=None, metadata=PER_PROMPT)
     kind: str = "ffn"
     exact_authors_lens: bool = False
     pos: int = -1
-    target_tokens: tuple[str, ...] = ()
+    target_tokens: tuple[str, ...] = field(default=(), metadata=PER_PROMPT)
     kv_groups: tuple[tuple[int, ...], ...] | None = None
     settings: dict = field(default_factory=dict)
 
@@ -43,6 +44,14 @@ class Attribution:
     @property
     def n_prompts(self) -> int:
         return int(self.target.shape[0])
+
+    @classmethod
+    def merge(cls, parts: Sequence[Attribution]) -> Attribution:
+        """Attributions of consecutive shards of the prompts (first axis ``prompt``), as one, in prompt order."""
+        parts = list(parts)
+        if parts and parts[0].axes[0] != "prompt":
+            raise InputError(f"Cannot merge attributions with axes {parts[0].axes} by prompt.")
+        return concat_per_prompt(parts)
 
     def mean(self, score: str = "logprob_increase") -> torch.Tensor:
         """The score averaged over prompts (axes ``self.axes[1:]``)."""

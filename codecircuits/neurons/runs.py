@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 
+from ..core.inputs import single_token_id
 from ..core.sites import LN_FINAL_SCALE, hook_name
 from ..errors import InputError
-from ..inputs import single_token_id
 
 
 def resolve_target(model, target, n: int) -> Int[torch.Tensor, " n"] | None:

@@ -10,7 +10,8 @@ Every edit is recorded with the row before and after (:class:`NeuronEdit`, :mod:
 :meth:`Edits.undo` restores the weights bit for bit, :meth:`Edits.save` / :func:`load_edits` store and re-apply
 them, and :func:`save_edited_model` writes a loadable checkpoint with the edits in it. :func:`sgd_repair`
 (:mod:`~codecircuits.repair.sgd`) is the baseline that fine-tunes the MLP output weights of the same layers with
-SGD.
+SGD (:func:`sgd_sweep` chooses its setting). :mod:`~codecircuits.repair.effects` measures what a repair does to
+other prompts (:func:`side_effects`) and runs repairs one after another (:func:`successive_repairs`).
 
 Edits act on the weights the forward pass reads: in a ``TransformerBridge`` that is the wrapped Hugging Face
 module ``model.blocks[l].mlp.out`` (``down_proj`` / ``dense_4h_to_h`` / ``c_proj`` / ``fc_out``), in the bridge's
@@ -23,6 +24,8 @@ from .cases import (
     ResidCache,
     evaluate_probes,
     heldout_loss,
+    heldout_tokens,
+    line_fixed,
     probes_of,
     repair_cases,
     same_target_probes,
@@ -35,12 +38,14 @@ from .edits import (
     apply_edit,
     edited,
     load_edits,
+    logits_digest,
     mlp_out_module,
     mlp_out_weight,
     save_edited_model,
     upper_layers,
     value_vector,
 )
+from .effects import side_effects, successive_repairs
 from .mint import (
     RepairResult,
     TokenRepair,
@@ -50,7 +55,7 @@ from .mint import (
     semantic_basis,
     simulate_edits,
 )
-from .sgd import CaseOutcome, sgd_repair
+from .sgd import CaseOutcome, sgd_repair, sgd_sweep
 
 # the name tests/test_repair.py (written before the split) calls the simulation by
 _simulate = simulate_edits
@@ -70,8 +75,11 @@ __all__ = [
     "edited",
     "evaluate_probes",
     "heldout_loss",
+    "heldout_tokens",
     "layer_directions",
+    "line_fixed",
     "load_edits",
+    "logits_digest",
     "mint_repair",
     "mlp_out_module",
     "mlp_out_weight",
@@ -81,7 +89,10 @@ __all__ = [
     "save_edited_model",
     "semantic_basis",
     "sgd_repair",
+    "sgd_sweep",
+    "side_effects",
     "simulate_edits",
+    "successive_repairs",
     "tokenize_files",
     "upper_layers",
     "value_vector",

@@ -284,12 +284,37 @@ def heldout_loss(model, tokens: Int[torch.Tensor, "batch pos"], *, cache: ResidC
     return total / count
 
 
+def heldout_tokens(model, corpus, n_tokens: int, seq_len: int = 128) -> Int[torch.Tensor, "batch pos"]:
+    """Rows of ``seq_len`` tokens (BOS first, where the model has one) cut from ``corpus``'s files in order, until
+    they hold at least ``n_tokens``: the held-out text of :func:`heldout_loss`."""
+    bos = bos_id(model)
+    rows = []
+    for f in corpus:
+        ids = model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
+        body = seq_len - (bos is not None)
+        for i in range(0, len(ids) - body, body):
+            rows.append(([bos] if bos is not None else []) + ids[i : i + body])
+            if len(rows) * seq_len >= n_tokens:
+                return torch.tensor(rows)
+    if not rows:
+        raise InputError(f"The held-out corpus {corpus.name} is shorter than {seq_len} tokens.")
+    return torch.tensor(rows)
+
+
+def line_fixed(cache: ResidCache, case: RepairCase) -> bool:
+    """Whether the model (as it is now) completes the whole line of ``case`` right, teacher-forced."""
+    pred = cache.logits(case.tokens)[0].argmax(-1).cpu()
+    return tuple(int(pred[p]) for p in case.positions) == tuple(case.reference)
+
+
 __all__ = [
     "Probe",
     "RepairCase",
     "ResidCache",
     "evaluate_probes",
     "heldout_loss",
+    "heldout_tokens",
+    "line_fixed",
     "probes_of",
     "repair_cases",
     "same_target_probes",

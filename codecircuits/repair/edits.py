@@ -10,6 +10,7 @@ processed (folded, centred) weight space.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -299,6 +300,12 @@ class WeightSnapshot:
                 mlp_out_weight(self.model, layer).copy_(w0)
 
 
+def logits_digest(t: torch.Tensor) -> str:
+    """A fingerprint of a tensor's exact bits: logits before an edit and after undoing it have the same one only
+    when the undo restored the model bit for bit."""
+    return hashlib.sha1(t.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 __all__ = [
     "Edits",
     "NeuronEdit",
@@ -306,6 +313,7 @@ __all__ = [
     "apply_edit",
     "edited",
     "load_edits",
+    "logits_digest",
     "mlp_out_module",
     "mlp_out_weight",
     "save_edited_model",

@@ -10,7 +10,7 @@ import torch
 
 from ..core.runner import resid_at, run_from
 from ..errors import InputError
-from .cases import RepairCase
+from .cases import RepairCase, ResidCache
 from .edits import WeightSnapshot, mlp_out_module, upper_layers
 
 
@@ -86,4 +86,54 @@ def sgd_repair(
     return out, snap
 
 
-__all__ = ["CaseOutcome", "sgd_repair"]
+def sgd_sweep(
+    model,
+    cases: Sequence[RepairCase],
+    *,
+    layers: str | Sequence[int] = "half",
+    lrs: Sequence[float] = (1e-2,),
+    steps: Sequence[int] = (10,),
+    cache: ResidCache | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
+    """The SGD baseline's setting chosen on ``cases``: each (lr, steps) of the grid scored (one trajectory per lr,
+    scored at each step count; SGD without momentum has no state, so 5 steps then 5 more are 10 steps). Returns one
+    row per setting (share of lines repaired, mean log p of the lines' reference tokens) and the choice: most lines
+    repaired, then the highest reference log p (the setting that pushes hardest toward the repair, so the baseline
+    is not handicapped), then the gentlest (smallest lr x steps). The weights are restored after each case."""
+    from tqdm.auto import tqdm
+
+    cache = cache or ResidCache(model, 0)
+    layer_list = upper_layers(model, layers)
+    steps = sorted(set(int(s) for s in steps))
+    scores = {(lr, s): [] for lr in lrs for s in steps}
+    logps = {(lr, s): [] for lr in lrs for s in steps}
+    bar = tqdm(total=len(cases) * len(lrs), desc="SGD sweep", disable=not progress, leave=False)
+    for case in cases:
+        for lr in lrs:
+            snap = WeightSnapshot(model, layer_list)
+            done = 0
+            for s in steps:
+                out, _ = sgd_repair(model, case, layers=layers, lr=lr, steps=s - done, snapshot=snap)
+                done = s
+                scores[(lr, s)].append(out.success)
+                lp = cache.logits(case.tokens)[0].float().log_softmax(-1).cpu()
+                logps[(lr, s)].append(float(lp[case.positions, list(case.reference)].mean()))
+            snap.restore()
+            bar.update(1)
+    bar.close()
+    rows = [
+        {
+            "lr": lr,
+            "steps": s,
+            "cases": len(v),
+            "success_rate": float(sum(v) / max(len(v), 1)),
+            "reference_logp": float(sum(logps[(lr, s)]) / max(len(v), 1)),
+        }
+        for (lr, s), v in scores.items()
+    ]
+    best = min(rows, key=lambda r: (-r["success_rate"], -round(r["reference_logp"], 6), r["lr"] * r["steps"]))
+    return rows, dict(best)
+
+
+__all__ = ["CaseOutcome", "sgd_repair", "sgd_sweep"]

@@ -254,6 +254,6 @@ def circuit_graph_svg(
 def circuit_graph(circuit, scores=None, *, title: str | None = None, caption: str | None = None, **kwargs):
     """The graph of ``circuit`` as a report :class:`~codecircuits.report.elements.Fragment` (a titled figure);
     ``Report.add`` takes it. ``kwargs`` go to :func:`circuit_graph_svg`."""
-    from .elements import Fragment, _figure
+    from .elements import Fragment, figure
 
-    return Fragment(_figure(circuit_graph_svg(circuit, scores, **kwargs), title, caption, "circuit-graph"))
+    return Fragment(figure(circuit_graph_svg(circuit, scores, **kwargs), title, caption, "circuit-graph"))

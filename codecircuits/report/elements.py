@@ -28,8 +28,9 @@ class Fragment:
     needs_circuitsvis: bool = False
 
 
-def _figure(body: str, title: str | None, caption: str | None, kind: str) -> str:
-    """A titled figure; an empty caption ("") shows none."""
+def figure(body: str, title: str | None, caption: str | None, kind: str) -> str:
+    """The HTML of a figure: ``body`` (HTML) under an optional ``title``, above an optional ``caption`` (an empty
+    caption, ``""``, shows none), marked ``data-figure="<kind>"``."""
     head = f"<h3>{esc(title)}</h3>" if title else ""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure class="cc-figure" data-figure="{kind}">{head}<div class="figure-scroll">{body}</div>{cap}</figure>'
@@ -170,7 +171,7 @@ def code(source: str, *, title: str | None = None, language: str = "python") -> 
     """Code with syntax highlighting (Python; other languages are shown plainly)."""
     source = str(source)
     body = highlight_python(source) if language == "python" else esc(source)
-    return Fragment(_figure(f'<pre class="cc-code" data-kind="code"><code>{body}</code></pre>', title, None, "code"))
+    return Fragment(figure(f'<pre class="cc-code" data-kind="code"><code>{body}</code></pre>', title, None, "code"))
 
 
 def token_values(
@@ -219,7 +220,7 @@ def token_values(
         f"<span>{esc(hi_label)}</span><span>{esc(value_label)}</span></div>"
     )
     body = f'<pre class="cc-tokens" data-kind="tokens" data-tokens="{len(tokens)}">{"".join(spans)}</pre>{legend}'
-    return Fragment(_figure(body, title, caption, "tokens"))
+    return Fragment(figure(body, title, caption, "tokens"))
 
 
 def _code_token_html(tok: str) -> str:
@@ -241,12 +242,12 @@ def _code_token_html(tok: str) -> str:
 
 def heatmap(values, *, title: str | None = None, caption: str | None = None, **kwargs) -> Fragment:
     """A heatmap with labelled axes (see :func:`codecircuits.report.svg.heatmap_svg` for the options)."""
-    return Fragment(_figure(heatmap_svg(values, **kwargs), title, caption, "heatmap"))
+    return Fragment(figure(heatmap_svg(values, **kwargs), title, caption, "heatmap"))
 
 
 def line_chart(x, series, *, title: str | None = None, caption: str | None = None, **kwargs) -> Fragment:
     """A line chart of named series over ``x`` (see :func:`codecircuits.report.svg.line_chart_svg`)."""
-    return Fragment(_figure(line_chart_svg(x, series, **kwargs), title, caption, "line-chart"))
+    return Fragment(figure(line_chart_svg(x, series, **kwargs), title, caption, "line-chart"))
 
 
 # ----------------------------------------------------------------------------------------- circuitsvis views
@@ -263,7 +264,7 @@ def _cv_view(component: str, props: dict, *, kind: str, title, caption, extra_at
         f'<div class="cc-cv-target" id="{target}"></div>'
         f'<script type="application/json" class="cc-cv-props">{json_for_script(props)}</script></div>'
     )
-    return Fragment(_figure(body, title, caption, kind), needs_circuitsvis=True)
+    return Fragment(figure(body, title, caption, kind), needs_circuitsvis=True)
 
 
 def attention(

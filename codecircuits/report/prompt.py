@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.batching import to_tokens
+from ..core.inputs import token_texts
 from ..core.sites import LN_FINAL_SCALE, head_label, hook_name
 from ..errors import InputError
-from ..inputs import to_tokens, token_texts
 from ..lens import final_scale, head_logits, to_logits
 from ._util import position_labels, show_token
 from .builder import Report

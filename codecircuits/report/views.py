@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ..core.batching import to_tokens
+from ..core.inputs import token_texts
 from ..core.sites import head_label, hook_name
 from ..errors import InputError
-from ..inputs import to_tokens, token_texts
 from . import elements as el
 from .builder import Report, asset, page_scripts
 

@@ -35,12 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import circuits as cc
+from .. import distributed, lens
 from .. import heads as heads_mod
-from .. import lens
 from ..circuits import evaluation as ev
+from ..core.batching import paired_tokens, to_tokens
 from ..core.sites import head_label
 from ..errors import InputError
-from ..inputs import paired_tokens, to_tokens
 from ..tasks import parens as task
 from .common import Study, configure, json_safe, model_name, setting
 
@@ -235,7 +235,7 @@ class CircuitStudy(Study):
             digits=None,
         )
 
-    def report(self):
+    def report(self, model=None):
         return build_report(self)
 
 
@@ -394,7 +394,8 @@ def run(
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = cc.edge_scores(
+    scores = distributed.run(
+        cc.edge_scores,
         model,
         train_c,
         train_k,

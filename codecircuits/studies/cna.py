@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from .. import cna as cna_mod
-from .. import intervals, neurons
+from .. import distributed, intervals, neurons
 from ..core.sites import head_label
 from ..errors import InputError
 from ..intervals import Claim, Interval
@@ -258,7 +258,7 @@ class CNAStudy(Study):
     attn: neurons.TopNeuronEval | None = None
     claims: tuple[Claim, ...] = ()
 
-    def report(self):
+    def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
         return report(self)
 
@@ -389,13 +389,15 @@ def eval_intervals(ev: neurons.TopNeuronEval) -> dict:
 
 def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress, workers=None) -> TaskFindings:
     """The parenthesis task: every head on ``texts``, CNA and the per-prompt mask/keep table on ``n_cna`` of them."""
-    sweep = cna_mod.head_sweep(model, texts, labels, progress=progress, workers=workers)
+    sweep = distributed.run(cna_mod.head_sweep, model, texts, labels, progress=progress, workers=workers)
     head = sweep.top_head()
     right = [i for i in range(len(texts)) if bool(sweep.base_correct[i])]
     pick = right[:: max(1, len(right) // n_cna)][:n_cna] if right else list(range(min(n_cna, len(texts))))
     cna_texts = [texts[i] for i in pick]
     cna_labels = labels[pick]
-    res = cna_mod.compare(model, cna_texts, head, target=cna_labels, progress=progress, workers=workers)
+    res = distributed.run(
+        cna_mod.compare, model, cna_texts, head, target=cna_labels, progress=progress, workers=workers
+    )
     # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
     # test model) is measured on all of them instead (its decreases are then n/a)
     mk = cna_mod.mask_keep(model, cna_texts, res, labels=cna_labels, ns=ns, only_correct=bool(right), progress=progress)
@@ -459,7 +461,7 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, worker
     # (selection prompts of one token length, so the sweep runs as one batch)
     sel = _one_length(model, ds, max(1, cfg.n_sweep // len(ops)), seed, per_op=True)
     rest = ds.select(exclude=sel)
-    sweep = cna_mod.head_sweep(model, sel.texts, sel.label_ids, progress=progress, workers=workers)
+    sweep = distributed.run(cna_mod.head_sweep, model, sel.texts, sel.label_ids, progress=progress, workers=workers)
     sel_ops = [p.op for p in sel]
     chosen = _select_heads(sweep, sel_ops, cfg.n_top_heads)
     rand = _random_heads(model, set(chosen), len(chosen), seed)
@@ -478,8 +480,8 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, worker
     cna_ds = cna_ds.select(limit=cfg.n_cna, seed=seed)
     cna_texts, cna_labels = cna_ds.texts, cna_ds.label_ids
     cna_layers = None if cfg.cna_layers is None else range(max(head[0], n_layers - cfg.cna_layers), n_layers)
-    res = cna_mod.compare(
-        model, cna_texts, head, target=cna_labels, layers=cna_layers, progress=progress, workers=workers
+    res = distributed.run(
+        cna_mod.compare, model, cna_texts, head, target=cna_labels, layers=cna_layers, progress=progress, workers=workers
     )
     n_scored = len(res.settings["layers"]) * d_mlp
     ns = tuple(n for n in ns if n <= n_scored) or (min(10, n_scored),)
@@ -497,8 +499,8 @@ def run(model, config: CNAConfig | None = None, *, progress: bool = True, worker
     # 4. METHODS Table 2 over all layers; query and attention neurons
     ev_ds = _one_length(model, rest, cfg.n_top10, seed + 3)
     layers = None if cfg.top10_layers is None else list(range(max(0, n_layers - cfg.top10_layers), n_layers))
-    attr = neurons.ffn_neurons(
-        model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers, progress=progress, workers=workers
+    attr = distributed.run(
+        neurons.ffn_neurons, model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers, progress=progress, workers=workers
     )
     top10 = neurons.evaluate_top_neurons(model, ev_ds.texts, attr, k=10, seed=seed, progress=progress)
     query, query_layers = None, {}

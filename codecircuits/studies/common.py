@@ -95,19 +95,33 @@ def model_name(model) -> str:
 
 
 class Study:
-    """What every study result has: ``to_json()`` (every number), ``report()`` (a :class:`codecircuits.report.Report`)
-    and ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``."""
+    """What every study result has: ``to_json()`` (every number), ``report(model=None)`` (a
+    :class:`codecircuits.report.Report`; a study whose report shows token texts reads them from ``model``),
+    ``claims`` (its :class:`~codecircuits.intervals.Claim` rows), ``summary_text()`` (what its command prints) and
+    one ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``."""
 
     def to_json(self) -> dict:
         raise NotImplementedError
 
-    def report(self):
+    def report(self, model=None):
         raise NotImplementedError
 
     def results(self) -> dict:
         """What ``results.json`` holds (default: :meth:`to_json`)."""
         return self.to_json()
 
-    def save(self, out_dir) -> tuple[Path, Path]:
+    def summary_text(self) -> str:
+        """The lines the study's command prints after a run (default: its claims table)."""
+        from ..intervals import claims_markdown
+
+        claims = self.claim_rows()
+        return claims_markdown(claims) if claims else ""
+
+    def claim_rows(self) -> list:
+        """The study's :class:`~codecircuits.intervals.Claim` rows (``claims``, a field or a method)."""
+        claims = getattr(self, "claims", None)
+        return list((claims() if callable(claims) else claims) or [])
+
+    def save(self, out_dir, model=None) -> tuple[Path, Path]:
         """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
-        return write_study(out_dir, self.results(), self.report)
+        return write_study(out_dir, self.results(), lambda: self.report(model))

@@ -18,13 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import concepts as cc
-from .. import intervals
+from .. import distributed, intervals
 from .. import memories as mem
 from ..errors import InputError
+from ..memories import concepts as cc
 from ..memories.crosslang import CrossLanguage, compare_languages
 from ..memories.languages import corpus_language
-from .common import Study, configure, json_safe, model_name, setting, write_study
+from .common import Study, configure, json_safe, model_name, setting
 
 PAPER = (
     "Haider et al. study Java, Go and Python with the same method; lower layers store shallow patterns and higher "
@@ -53,7 +53,7 @@ class LanguagesConfig:
     seed: int = setting(0, "seed of the chunk sample")
     batch_size: int = setting(8, "chunks per forward of the scan")
     scans: str | None = setting(
-        None, "directory of the per-language scan checkpoints, reused and resumed (none: OUT/scans)", cli=False
+        None, "directory of the per-language scan checkpoints, reused and resumed (none: OUT/scans)"
     )
 
 
@@ -90,9 +90,17 @@ class LanguagesStudy(Study):
                     evidence=late,
                     control=e,
                     detail="measured: last third; control: first third",
-                    command="codecircuits languages",
+                    command=COMMAND,
+                    rule="reproduced: the last third's interval lies above the first third's; partly: its estimate "
+                    "is higher",
+                    paper="lower layers shallow, higher layers more semantic, in each language",
+                    source="Haider et al. 2024, RQ1",
                 )
             )
+        return out + [self._cross_claim()]
+
+    def _cross_claim(self) -> intervals.Claim:
+        """Whether a concept selects the same keys in every language, against layer-matched random key sets."""
         s = self.comparison.summary()
         share = s["above_chance"] / s["concept_pairs"] if s["concept_pairs"] else 0.0
         df = self.comparison.shared_pairs()
@@ -108,17 +116,16 @@ class LanguagesStudy(Study):
             evidence = control = excess = None
             detail = "no concept has keys in two languages"
         above = excess is not None and excess.low > 0
-        out.append(
-            intervals.Claim(
-                "a concept selects the same keys in every language (overlap above layer-matched chance)",
-                intervals.verdict(share >= 0.5 and above, partly=share > 0.1 or above),
-                evidence=evidence,
-                control=control,
-                detail=detail + "; measured: mean Jaccard of the pairs; control: mean of layer-matched random sets",
-                command="codecircuits languages",
-            )
+        return intervals.Claim(
+            "a concept selects the same keys in every language (overlap above layer-matched chance)",
+            intervals.verdict(share >= 0.5 and above, partly=share > 0.1 or above),
+            evidence=evidence,
+            control=control,
+            detail=detail + "; measured: mean Jaccard of the pairs; control: mean of layer-matched random sets",
+            command=COMMAND,
+            rule="reproduced: at least half the concept-language pairs lie above their chance range and the mean "
+            "Jaccard excess over chance lies above 0; partly: more than a tenth do, or the excess is above 0",
         )
-        return out
 
     def to_json(self) -> dict:
         return json_safe(
@@ -138,12 +145,31 @@ class LanguagesStudy(Study):
             }
         )
 
-    def report(self):
+    def summary_text(self) -> str:
+        """What ``codecircuits languages`` prints: RQ1 per language and the cross-language overlap."""
+        lines = []
+        for g in self.languages:
+            shares = ", ".join(f"{t} {iv.format(3)}" for t, iv in self.rq1[g].items())
+            lines.append(f"{g}: {self.tokens[g]} tokens scanned; semantic share of labelled keys by third: {shares}")
+        s = self.comparison.summary()
+        lines.append(
+            f"cross-language: {s['above_chance']} of {s['concept_pairs']} concept pairs overlap above chance "
+            f"(mean Jaccard {s['mean_jaccard']:.3f}, chance {s['mean_chance']:.3f})"
+        )
+        return "\n".join(lines)
+
+    def report(self, model=None):
+        """The claims and key numbers first, then RQ1 per language and the cross-language comparison."""
         from ..report import Report
 
         r = Report(f"FF memories in {', '.join(self.languages)} on {self.model}")
-        r.metrics(json_safe(self.metrics()))
         r.claims(self.claims())
+        metrics = json_safe(self.metrics())
+        labels = {f"{g}_semantic_share_{t}": f"{g}: semantic share of labelled keys, {third} third of the layers"
+                  for g in self.languages for t, third in (("early", "first"), ("late", "last"))}
+        labels.update(cross_mean_jaccard="keys a concept selects in two languages: mean Jaccard overlap",
+                      cross_mean_chance="the same for layer-matched random keys (chance)")
+        r.metrics({k: metrics[k] for k in labels}, labels=labels)
         r.section("RQ1 per language", text=PAPER)
         r.table(
             [
@@ -166,11 +192,24 @@ class LanguagesStudy(Study):
             f"of random key sets with the same number of keys per layer ({self.comparison.n_draws} draws).",
         )
         r.table(self.comparison.to_dataframe(), caption="Keys a concept selects, compared across languages")
+        r.section("Every number", text="Tokens scanned, the semantic share per third, the cross-language summary.")
+        r.metrics({k: v for k, v in metrics.items() if k not in labels})
         r.data(self.to_json())
         return r
 
-    def save(self, out_dir) -> tuple[Path, Path]:
-        return write_study(out_dir, self.to_json(), self.report)
+
+COMMAND = "codecircuits languages"
+
+
+def _scan_language(model, cfg: LanguagesConfig, spec: str, chunked, scans_dir: Path, progress: bool, workers):
+    """The scan of one language's ``chunked`` corpus (resuming its checkpoint under ``scans_dir``)."""
+    tag = str(spec).replace(":", "_").replace("/", "_")
+    plan = "" if cfg.order == "breadth" else f"_{cfg.order}{cfg.seed}"
+    ck = scans_dir / f"{tag}_{cfg.max_tokens or 'all'}_w{cfg.window}_k{cfg.k}{plan}.safetensors"
+    return distributed.run(
+        mem.scan, model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=ck, resume=ck.exists(),
+        progress=progress, workers=workers,
+    )
 
 
 def run(
@@ -178,7 +217,8 @@ def run(
 ):
     """Scan each language's corpus (resuming its checkpoint), score it, and compare the languages.
 
-    ``workers`` shards each scan over Ray workers (:mod:`codecircuits.distributed`); the result is the same.
+    The checkpoints go to ``config.scans``, else to ``out_dir/scans``. ``workers`` shards each scan over Ray
+    workers (:mod:`codecircuits.distributed`); the result is the same.
     """
     cfg = configure(LanguagesConfig, config, overrides)
     if len(cfg.corpora) < 2:
@@ -194,15 +234,8 @@ def run(
         lang = corpus_language(chunked.names)
         if lang in scores:
             raise InputError(f"Two corpora are in {lang}; give one corpus per language.")
-        tag = str(spec).replace(":", "_").replace("/", "_")
-        plan = "" if cfg.order == "breadth" else f"_{cfg.order}{cfg.seed}"
-        ck = scans_dir / f"{tag}_{cfg.max_tokens or 'all'}_w{cfg.window}_k{cfg.k}{plan}.safetensors"
-        scan = mem.scan(
-            model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=ck, resume=ck.exists(), progress=progress,
-            workers=workers,
-        )
-        sc = cc.key_scores(scan, chunked, cc.catalogue(language=lang))
-        scores[lang] = sc
+        scan = _scan_language(model, cfg, spec, chunked, scans_dir, progress, workers)
+        scores[lang] = sc = cc.key_scores(scan, chunked, cc.catalogue(language=lang))
         dists[lang] = sc.layer_distribution(tau=cfg.tau, min_lift=cfg.min_lift)
         rq1[lang] = sc.semantic_share_by_depth(tau=cfg.tau, min_lift=cfg.min_lift)
         tokens[lang] = scan.tokens_done

@@ -1,10 +1,11 @@
 """Feed-forward key-value memories in code models (Haider et al. 2024, after Geva et al. 2021), end to end.
 
 RQ1 what keys store: a streaming trigger-example scan (:mod:`codecircuits.memories`), the tokens each value
-promotes, and regex concept scores with the shallow / semantic distribution per layer (:mod:`codecircuits.concepts`);
+promotes, and regex concept scores with the shallow / semantic distribution per layer
+(:mod:`codecircuits.memories.concepts`);
 RQ2 concept editing by masking the concept's keys, next to a random-key control;
 RQ3-RQ4 layer agreement of ``mlp_out`` and residuals with the final prediction, by context length
-(:mod:`codecircuits.agreement`).
+(:mod:`codecircuits.memories.agreement`).
 
 >>> study = run(model, MemoriesConfig(corpus="stdlib:test", max_tokens=6000))
 >>> html, js = study.save("reports/memories", model=model)
@@ -22,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import agreement as ag
-from .. import concepts as cc
-from .. import intervals
+from .. import distributed, intervals
 from .. import memories as mem
 from ..errors import InputError
+from ..memories import agreement as ag
+from ..memories import concepts as cc
 from ..memories.languages import corpus_language
-from .common import Study, configure, json_safe, setting, write_study
+from .common import Study, configure, json_safe, setting
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
 
@@ -81,6 +82,7 @@ class MemoriesConfig:
     batch_size: int = setting(8, "chunks per forward of the scan")
 
 
+
 @dataclass(frozen=True)
 class MemoriesStudy(Study):
     """Everything the study measured on one model, with the settings that produced it."""
@@ -100,14 +102,6 @@ class MemoriesStudy(Study):
     timings: dict = field(default_factory=dict)
     config: MemoriesConfig | None = None
 
-    def report(self, model=None):
-        """The study as a :class:`codecircuits.report.Report` (``model``: for the trigger examples' tokens)."""
-        return report(self, model)
-
-    def save(self, out_dir, model=None) -> tuple[Path, Path]:
-        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns their paths."""
-        return write_study(out_dir, self.to_json(), lambda: report(self, model))
-
     def promotes(self, layer: int, neuron: int) -> list[str]:
         """The tokens key (``layer``, ``neuron``) promotes, in the sign of its strongest trigger's coefficient."""
         li = self.scan.layers.index(layer)
@@ -122,21 +116,15 @@ class MemoriesStudy(Study):
 
     def depth_shares(self) -> dict[str, float]:
         """Semantic share of labelled keys in the first, middle and last third of the layers."""
-        d = self.distribution
-        n = len(d)
-        thirds = {"early": d.iloc[: n // 3], "middle": d.iloc[n // 3 : n - n // 3], "late": d.iloc[n - n // 3 :]}
         out = {}
-        for name, part in thirds.items():
+        for name, part in _thirds(self.distribution).items():
             lab = part["shallow"].sum() + part["semantic"].sum()
             out[name] = float(part["semantic"].sum() / lab) if lab else float("nan")
         return out
 
     def depth_means(self, column: str) -> dict[str, float]:
         """Mean of a per-layer column of :attr:`distribution` over the first, middle and last third of the layers."""
-        d = self.distribution
-        n = len(d)
-        parts = {"early": d.iloc[: n // 3], "middle": d.iloc[n // 3 : n - n // 3], "late": d.iloc[n - n // 3 :]}
-        return {k: float(p[column].mean()) if len(p) else float("nan") for k, p in parts.items()}
+        return {k: float(p[column].mean()) if len(p) else float("nan") for k, p in _thirds(self.distribution).items()}
 
     def metrics(self) -> dict[str, float]:
         """The key numbers (also shown as cards in the report, with the same keys)."""
@@ -145,40 +133,34 @@ class MemoriesStudy(Study):
             "scan_tokens": self.scan.tokens_done,
             "scan_tokens_per_s": self.timings.get("scan_tokens_per_s", float("nan")),
         }
-        for k, v in self.depth_shares().items():
-            m[f"semantic_share_{k}"] = v
-        for k, v in self.depth_means("token_purity").items():
-            m[f"token_purity_{k}"] = v
-        lab = self.distribution["shallow"] + self.distribution["semantic"]
-        m["labelled_keys"] = int(lab.sum())
+        m.update({f"semantic_share_{k}": v for k, v in self.depth_shares().items()})
+        m.update({f"token_purity_{k}": v for k, v in self.depth_means("token_purity").items()})
+        m["labelled_keys"] = int((self.distribution["shallow"] + self.distribution["semantic"]).sum())
         if self.edits:
             t = self.edit_table()
-            dc = t["concept_acc"] - t["concept_acc_masked"]
-            dg = t["general_acc"] - t["general_acc_masked"]
-            dr = t["concept_acc"] - t["concept_acc_control"]
-            m["edit_mean_concept_acc_drop"] = float(dc.mean())
-            m["edit_mean_general_acc_drop"] = float(dg.mean())
-            m["edit_mean_control_concept_acc_drop"] = float(dr.mean())
-        if self.agreement is not None:
-            a = self.agreement
+            m["edit_mean_concept_acc_drop"] = float((t["concept_acc"] - t["concept_acc_masked"]).mean())
+            m["edit_mean_general_acc_drop"] = float((t["general_acc"] - t["general_acc_masked"]).mean())
+            m["edit_mean_control_concept_acc_drop"] = float((t["concept_acc"] - t["concept_acc_control"]).mean())
+        a = self.agreement
+        if a is not None:
             for comp in a.components:
                 c = a.curve(comp)
-                n = len(c)
-                m[f"agree_{comp}_first_quarter"] = float(np.mean(c[: max(1, n // 4)]))
-                m[f"agree_{comp}_last_quarter"] = float(np.mean(c[n - max(1, n // 4) :]))
-            ml = [x for x, t in zip(a.mean_layer("resid_post"), a.total.tolist()) if t > 0]
-            m["resid_depth_shortest_bucket"] = float(ml[0])
-            m["resid_depth_longest_bucket"] = float(ml[-1])
-            la = [x for x, t in zip(a.late_agreement("resid_post"), a.total.tolist()) if t > 0]
+                q = max(1, len(c) // 4)
+                m[f"agree_{comp}_first_quarter"] = float(np.mean(c[:q]))
+                m[f"agree_{comp}_last_quarter"] = float(np.mean(c[len(c) - q :]))
+            filled = a.total.tolist()
+            ml = [x for x, t in zip(a.mean_layer("resid_post"), filled) if t > 0]
+            la = [x for x, t in zip(a.late_agreement("resid_post"), filled) if t > 0]
+            m["resid_depth_shortest_bucket"], m["resid_depth_longest_bucket"] = float(ml[0]), float(ml[-1])
             m["resid_late_agreement_shortest_bucket"] = float(la[0])
             m["resid_late_agreement_longest_bucket"] = float(la[-1])
         return m
 
     @cached_property
     def rq4(self) -> dict:
-        """RQ4's numbers with intervals over documents (:func:`rq4_intervals`; ``{}`` without a balanced agreement),
-        computed once."""
-        return rq4_intervals(self.agreement) if self.agreement is not None else {}
+        """RQ4's numbers with intervals over documents (:func:`codecircuits.memories.agreement.depth_intervals`;
+        ``{}`` without a balanced agreement), computed once."""
+        return ag.depth_intervals(self.agreement) if self.agreement is not None else {}
 
     @cached_property
     def semantic_by_depth(self) -> dict:
@@ -189,12 +171,10 @@ class MemoriesStudy(Study):
 
     def claims(self) -> list[intervals.Claim]:
         """The paper's four claims (RQ1-RQ4) with the number each verdict rests on, its interval and control."""
-        cmd = "codecircuits memories"
-        out = []
         d = self.semantic_by_depth
         e, late = d["early"], d["late"]
         ok = e.n and late.n
-        out.append(
+        out = [
             intervals.Claim(
                 "RQ1: lower layers store shallow patterns, higher layers more semantic ones",
                 intervals.verdict(bool(ok and late.low > e.high), partly=bool(ok and late.estimate > e.estimate)),
@@ -202,9 +182,12 @@ class MemoriesStudy(Study):
                 control=e if e.n else None,
                 detail="semantic share of labelled keys, last third of the layers (control: first third); "
                 "interval over the labelled keys",
-                command=cmd,
+                command=COMMAND,
+                rule="reproduced: the last third's interval lies above the first third's; partly: its estimate is "
+                "higher",
+                **_paper("rq1"),
             )
-        )
+        ]
         for ed in self.edits:
             ex, gen = ed.intervals.get("excess_concept_drop"), ed.intervals.get("general_drop")
             if ex is None or gen is None:
@@ -218,62 +201,65 @@ class MemoriesStudy(Study):
                     control=ed.intervals["control_concept_drop"],
                     detail=f"{ed.n_keys} keys; accuracy drop on its predictions vs {len(ed.controls)} magnitude-"
                     f"matched random draws; excess {ex.format(3)}; general drop {gen.format(3)}",
-                    command=cmd,
+                    command=COMMAND,
+                    rule="reproduced: the excess drop over random keys lies above 0 and the general drop is below "
+                    "its lower end; partly: the excess is positive",
+                    **_paper("rq2"),
                 )
             )
         a = self.agreement
         if a is not None and a.doc_agree is not None:
-            n = a.n_layers
-            q = max(1, n // 4)
-
-            def quarter(part):
-                return lambda x: float(x.curve("resid_post")[part].mean())
-
-            early = a.interval(quarter(slice(0, q)))
-            late_q = a.interval(quarter(slice(n - 1 - q, n - 1)))
-            out.append(
-                intervals.Claim(
-                    "RQ3: early layers rarely agree with the final prediction; agreement rises in later layers",
-                    intervals.verdict(late_q.low > early.high and early.estimate < 0.2, partly=late_q.low > early.high),
-                    evidence=late_q,
-                    control=early,
-                    detail="residual agreement, the last quarter of layers before the final one (control: the first "
-                    "quarter); interval over documents",
-                    command=cmd,
-                )
-            )
-            iv = self.rq4
-            gap = iv["depth_gap"]
-            out.append(
-                intervals.Claim(
-                    "RQ4: short contexts are resolved in earlier layers than long ones",
-                    intervals.verdict(gap.above(0), partly=gap.estimate > 0),
-                    evidence=iv["depth_longest"],
-                    control=iv["depth_shortest"],
-                    detail=f"residual depth to agree, longest vs shortest contexts (same {len(a.docs)} documents); "
-                    f"gap {gap.format(3)}",
-                    command=cmd,
-                )
-            )
+            out += self._agreement_claims(a)
         return out
+
+    def _agreement_claims(self, a: ag.LayerAgreement) -> list[intervals.Claim]:
+        """RQ3 (agreement rises with depth) and RQ4 (short contexts agree earlier), intervals over documents."""
+        n = a.n_layers
+        q = max(1, n // 4)
+
+        def quarter(part):
+            return lambda x: float(x.curve("resid_post")[part].mean())
+
+        early = a.interval(quarter(slice(0, q)))
+        late_q = a.interval(quarter(slice(n - 1 - q, n - 1)))
+        gap = self.rq4["depth_gap"]
+        return [
+            intervals.Claim(
+                "RQ3: early layers rarely agree with the final prediction; agreement rises in later layers",
+                intervals.verdict(late_q.low > early.high and early.estimate < 0.2, partly=late_q.low > early.high),
+                evidence=late_q,
+                control=early,
+                detail="residual agreement, the last quarter of layers before the final one (control: the first "
+                "quarter); interval over documents",
+                command=COMMAND,
+                rule="reproduced: the late quarter's interval lies above the early quarter's and the early quarter "
+                "agrees below 0.2; partly: the intervals are apart",
+                **_paper("rq3"),
+            ),
+            intervals.Claim(
+                "RQ4: short contexts are resolved in earlier layers than long ones",
+                intervals.verdict(gap.above(0), partly=gap.estimate > 0),
+                evidence=self.rq4["depth_longest"],
+                control=self.rq4["depth_shortest"],
+                detail=f"residual depth to agree, longest vs shortest contexts (same {len(a.docs)} documents); "
+                f"gap {gap.format(3)}",
+                command=COMMAND,
+                rule="reproduced: the depth gap (longest − shortest) lies above 0; partly: its estimate is positive",
+                **_paper("rq4"),
+            ),
+        ]
 
     def to_json(self) -> dict:
         """Every number of the study, JSON-ready (NaN becomes null)."""
-        a = self.agreement
+        s = self.scan
         out = {
             "model": self.model,
             "paper": PAPER,
             "settings": self.settings,
             "timings": self.timings,
             "metrics": self.metrics(),
-            "scan": {
-                "corpus": self.scan.corpus,
-                "chunks": self.scan.chunks_done,
-                "tokens": self.scan.tokens_done,
-                "k": self.scan.k,
-                "window": self.scan.settings["window"],
-                "rank_by": self.scan.settings["rank_by"],
-            },
+            "scan": {"corpus": s.corpus, "chunks": s.chunks_done, "tokens": s.tokens_done, "k": s.k,
+                     "window": s.settings["window"], "rank_by": s.settings["rank_by"]},
             "concepts": self.scores.to_dataframe().to_dict(orient="records"),
             "layer_distribution": self.distribution.to_dict(orient="records"),
             "key_value_agreement": self.kv_agreement.to_dict(orient="records"),
@@ -287,10 +273,11 @@ class MemoriesStudy(Study):
                 }
                 for e in self.edits
             },
-            "examples": _example_records(self),
+            "examples": self._example_records(),
             "claims": [c.to_json() for c in self.claims()],
             "semantic_share_by_depth": {k: v.to_json() for k, v in self.semantic_by_depth.items()},
         }
+        a = self.agreement
         if a is not None:
             out["agreement"] = {
                 "buckets": a.bucket_labels(),
@@ -306,115 +293,194 @@ class MemoriesStudy(Study):
             }
         return json_safe(out)
 
-
-def rq4_intervals(a: ag.LayerAgreement, n_resamples: int = 1000) -> dict:
-    """RQ4's numbers with 95% intervals that resample the documents (a balanced agreement only; else ``{}``):
-    residual depth to agree and late-layer agreement in the shortest and longest context buckets, and their gaps
-    (longest − shortest depth: positive when long contexts need later layers; shortest − longest late agreement)."""
-    if a.doc_agree is None:
-        return {}
-
-    def pick(f, i):
-        return lambda x: [v for v, t in zip(f(x), x.total.tolist()) if t > 0][i]
-
-    depth = lambda x: x.mean_layer("resid_post")  # noqa: E731
-    late = lambda x: x.late_agreement("resid_post")  # noqa: E731
-    stats = {
-        "depth_shortest": pick(depth, 0),
-        "depth_longest": pick(depth, -1),
-        "depth_gap": lambda x: pick(depth, -1)(x) - pick(depth, 0)(x),
-        "late_agreement_shortest": pick(late, 0),
-        "late_agreement_longest": pick(late, -1),
-        "late_agreement_gap": lambda x: pick(late, 0)(x) - pick(late, -1)(x),
-    }
-    return {k: a.interval(f, n_resamples=n_resamples) for k, f in stats.items()}
-
-
-def edit_interval_table(edits) -> pd.DataFrame:
-    """One row per masked concept: its accuracy drops on concept and general tokens, the random-key control's,
-    and the excess over the control, each with its 95% bootstrap interval; the masked and control keys' RMS."""
-    rows = []
-    for e in edits:
-        row = {"concept": e.concept.name, "kind": e.concept.kind, "keys": e.n_keys}
-        for k in ("concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"):
-            iv = e.intervals.get(k)
-            row[k] = iv.format(3) if iv is not None else ""
-        if e.magnitude:
-            row["masked_rms"] = e.magnitude["masked_rms"]
-            row["control_rms"] = float(np.mean(e.magnitude["control_rms"]))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def showcase_keys(sc: cc.ConceptScores, n: int = 6, *, tau: float = 0.5, min_lift: float = 2.0):
-    """Keys to show, ``[(concept, layer, neuron, score)]``: the best-scoring labelled key of each of the concepts
-    with most labelled keys, alternating shallow and semantic."""
-    lab = sc.labels(tau=tau, min_lift=min_lift)
-    counts = [(int((lab == ci).sum()), ci) for ci in range(len(sc.concepts))]
-    by_kind = {
-        k: [ci for cnt, ci in sorted(counts, reverse=True) if cnt and sc.concepts[ci].kind == k] for k in cc.KINDS
-    }
-    order = [c for pair in zip(by_kind["shallow"] + [None] * n, by_kind["semantic"] + [None] * n) for c in pair]
-    out = []
-    for ci in [c for c in order if c is not None][:n]:
-        s = sc.scores[ci].masked_fill(lab != ci, -1)
-        li, ni = divmod(int(s.argmax()), s.shape[1])
-        out.append((sc.concepts[ci], sc.layers[li], ni, float(sc.scores[ci, li, ni])))
-    return out
-
-
-def _example_records(study: MemoriesStudy, n_keys: int = 6, n_examples: int = 3) -> list[dict]:
-    recs = []
-    for concept, layer, neuron, score in study.showcase[:n_keys]:
-        exs = study.scan.examples(layer, neuron, study.chunked, k=n_examples)
-        recs.append(
+    def _example_records(self, n_keys: int = 6, n_examples: int = 3) -> list[dict]:
+        """The showcase keys with their value's tokens and the tails of their strongest trigger examples."""
+        return [
             {
                 "concept": concept.name,
                 "kind": concept.kind,
                 "layer": layer,
                 "neuron": neuron,
                 "score": score,
-                "promotes": study.promotes(layer, neuron),
+                "promotes": self.promotes(layer, neuron),
                 "triggers": [
                     {"doc": e.doc, "coefficient": e.coefficient, "tail": e.prefix[-120:], "next": e.next_token}
-                    for e in exs
+                    for e in self.scan.examples(layer, neuron, self.chunked, k=n_examples)
                 ],
             }
+            for concept, layer, neuron, score in self.showcase[:n_keys]
+        ]
+
+    def summary_text(self) -> str:
+        """What ``codecircuits memories`` prints: the scan, the semantic share by depth, the edits, the agreement."""
+        m = self.metrics()
+        lines = [
+            f"{self.model}: scanned {m['scan_tokens']} tokens in {m['scan_chunks']} chunks "
+            f"({m['scan_tokens_per_s']:.0f} tok/s)",
+            "semantic share of labelled keys by depth: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in self.depth_shares().items()),
+        ]
+        if self.edits:
+            lines.append(self.edit_table()[EDIT_COLUMNS].round(3).to_string(index=False))
+        a = self.agreement
+        if a is not None:
+            lines += [f"{c} agreement by layer: " + " ".join(f"{x:.2f}" for x in a.curve(c)) for c in a.components]
+            lines.append(
+                f"residual depth to agree by context ({', '.join(a.bucket_labels())}): "
+                + " ".join(f"{x:.2f}" for x in a.mean_layer("resid_post"))
+            )
+            lines.append(
+                "residual agreement over the last quarter of layers by context: "
+                + " ".join(f"{x:.2f}" for x in a.late_agreement("resid_post"))
+            )
+        return "\n".join(lines)
+
+    def report(self, model=None, *, n_keys: int = 6, n_examples: int = 2, tail_tokens: int = 48):
+        """The study as a :class:`codecircuits.report.Report`: the claims and key numbers first, then RQ1-RQ4;
+        with ``model``, trigger examples get per-token coefficients."""
+        from ..report import Report
+
+        s = self.settings
+        r = Report(
+            title=f"Feed-forward key-value memories in {self.model}",
+            subtitle=f"Haider et al. 2024 (after Geva et al. 2021) on {s['corpus']}: trigger examples, concept keys, "
+            "masking edits, layer agreement",
+            meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
         )
-    return recs
+        r.claims(self.claims())
+        metrics = json_safe(self.metrics())  # the same numbers as results.json ("—" where a number is undefined)
+        key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
+        r.metrics(key, labels={k: LABELS[k] for k in key})
+        _report_keys(r, self)
+        _report_examples(r, self, model, n_keys, n_examples, tail_tokens)
+        if self.edits:
+            _report_edits(r, self)
+        if self.agreement is not None:
+            _report_agreement(r, self)
+        r.section("Every number", text="The scan, the keys, the edits and the agreement in numbers (results.json's "
+                  "metrics).")
+        rest = {k: v for k, v in metrics.items() if k not in key}
+        r.metrics(rest, labels={k: LABELS.get(k, k) for k in rest})
+        r.data(self.to_json())
+        return r
 
 
-def pick_edit_concepts(
-    scores: cc.ConceptScores,
-    eval_masks: torch.Tensor,
-    n_per_kind: int,
-    *,
-    tau: float,
-    min_lift: float,
-    min_tokens: int = 20,
-    min_keys: int = 10,
-    fallback_taus: tuple[float, ...] = (0.3, 0.2, 0.1),
-) -> list[tuple[str, float]]:
-    """Concepts to edit, as ``(name, tau)``: per kind, those with most selected keys among concepts that match at
-    least ``min_tokens`` of the evaluation tokens (``eval_masks[concept, token]``).
+COMMAND = "codecircuits memories"
 
-    A kind whose concepts have fewer than ``min_keys`` keys at ``tau`` (semantic concepts, on small models) is
-    picked at the first of ``fallback_taus`` that gives them as many, so both kinds are masked; the tau each edit
-    used is returned with it (and reported)."""
-    out = []
-    for kind in cc.KINDS:
-        for t in (tau, *[x for x in fallback_taus if x < tau]):
-            cands = []
-            for ci, c in enumerate(scores.concepts):
-                if c.kind != kind or int(eval_masks[ci].sum()) < min_tokens:
-                    continue
-                n = sum(len(v) for v in scores.keys(c, tau=t, min_lift=min_lift).values())
-                if n >= min_keys:
-                    cands.append((-n, ci))
-            if cands:
-                out += [(scores.concepts[ci].name, t) for _, ci in sorted(cands)[:n_per_kind]]
-                break
-    return out
+#: the columns of the edit table the command prints
+EDIT_COLUMNS = [
+    "concept",
+    "keys",
+    "concept_acc",
+    "concept_acc_masked",
+    "concept_acc_control",
+    "general_acc",
+    "general_acc_masked",
+    "general_acc_control",
+]
+
+
+def _paper(rq: str) -> dict:
+    """A claim's ``paper`` and ``source``: the paper's finding in words (its numbers are not known to us)."""
+    return {"paper": PAPER[rq], "source": f"Haider et al. 2024, {rq.upper()}"}
+
+
+def _thirds(d: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of a per-layer table in the first, middle and last third of the layers."""
+    n = len(d)
+    return {"early": d.iloc[: n // 3], "middle": d.iloc[n // 3 : n - n // 3], "late": d.iloc[n - n // 3 :]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the steps of a run
+
+
+def _scan(model, cfg: MemoriesConfig, checkpoint, resume: bool, progress: bool, workers, timings: dict):
+    """The scan corpus cut into chunks, and its trigger-example scan (resumed from ``checkpoint``)."""
+    chunked = mem.chunk_corpus(
+        model, cfg.corpus, window=cfg.window, max_tokens=cfg.max_tokens, order=cfg.order, seed=cfg.seed
+    )
+    start_tokens = 0  # a resumed scan starts from its checkpoint's count; the throughput is this run's
+    ck = Path(checkpoint) if checkpoint is not None else None
+    ck = ck / "scan.safetensors" if ck is not None and ck.is_dir() else ck
+    if resume and ck is not None and ck.is_file():
+        start_tokens = mem.load_scan(ck).tokens_done
+    t0 = time.perf_counter()
+    scan = distributed.run(
+        mem.scan, model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=checkpoint, resume=resume,
+        progress=progress, workers=workers,
+    )
+    timings["scan_s"] = time.perf_counter() - t0
+    if scan.tokens_done > start_tokens:
+        timings["scan_tokens_per_s"] = (scan.tokens_done - start_tokens) / max(timings["scan_s"], 1e-9)
+    return chunked, scan
+
+
+def _keys(model, cfg: MemoriesConfig, scan, chunked, concepts, progress: bool) -> dict:
+    """RQ1's measurements: value tokens and key-value agreement on a key sample, concept scores, the showcase keys,
+    and per layer the shallow / semantic labels (at each of :data:`TAUS` too) and the trigger-token purity."""
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randperm(int(model.cfg.d_mlp), generator=g)[: cfg.kv_keys].tolist() if cfg.kv_keys else None
+    values = mem.value_tokens(model, k=10, neurons=sample, progress=progress)
+    kva = mem.key_value_agreement(scan, values, chunked)
+    scores = cc.key_scores(scan, chunked, concepts)
+    show = tuple(cc.showcase_keys(scores, 6, tau=cfg.tau, min_lift=cfg.min_lift))
+    show_values = (
+        mem.value_tokens(model, k=10, layers=[x[1] for x in show], neurons=[x[2] for x in show], progress=False)
+        if show
+        else None
+    )
+    dist = scores.layer_distribution(tau=cfg.tau, min_lift=cfg.min_lift)
+    dist["token_purity"] = scan.token_purity(chunked).mean(-1).numpy()
+    for t in TAUS:
+        dist[f"semantic_share_tau{t}"] = scores.layer_distribution(tau=t, min_lift=cfg.min_lift)["semantic_share"]
+    return dict(values=values, kv_agreement=kva, scores=scores, showcase=show, showcase_values=show_values,
+                distribution=dist)
+
+
+def _edits(model, cfg: MemoriesConfig, scan, scores, progress: bool) -> tuple[tuple, dict[str, float]]:
+    """RQ2: each chosen concept's keys masked on the evaluation corpus, next to magnitude-matched random keys;
+    returns the edits and the tau each concept's keys were selected at."""
+    ev = mem.chunk_corpus(
+        model, cfg.eval_corpus, window=cfg.window, max_tokens=cfg.edit_tokens, order=cfg.order, seed=cfg.seed + 1
+    )
+    if cfg.edit is None:
+        masks = cc.token_masks(ev, scores.concepts, force_token=cfg.edit_at == "target").mask
+        names = cc.pick_edit_concepts(
+            scores, masks[:, cc.chunk_flat_tokens(ev)], cfg.n_edit_per_kind, tau=cfg.tau, min_lift=cfg.min_lift
+        )
+    else:
+        names = [(c, cfg.tau) for c in cfg.edit]
+    base = cc.evaluate(model, ev, batch_size=cfg.batch_size, progress=progress)
+    stats = scan.activation_stats() if scan.act_sum is not None else None
+    edits = tuple(
+        cc.edit_concept(
+            model, scores, name, ev, tau=tau, min_lift=cfg.min_lift, max_keys=cfg.edit_max_keys,
+            n_controls=cfg.edit_controls, at=cfg.edit_at, match=stats, batch_size=cfg.batch_size, baseline=base,
+            progress=progress,
+        )
+        for name, tau in names
+    )
+    return edits, dict(names)
+
+
+def _settings(cfg: MemoriesConfig, name: str, chunked, concepts, language: str, edit_taus: dict) -> dict:
+    """The settings results.json records."""
+    keep = ("max_tokens", "window", "order", "seed", "k", "tau", "min_lift", "edit_max_keys", "edit_tokens",
+            "edit_controls", "edit_at")
+    agreement = ("agreement_docs", "agreement_positions", "agreement_context", "kv_keys")
+    ev = cfg.eval_corpus
+    return {
+        "model": name,
+        "corpus": chunked.name,
+        "eval_corpus": str(ev) if not isinstance(ev, (list, tuple)) else "texts",
+        **{k: getattr(cfg, k) for k in keep},
+        "edit_taus": edit_taus,
+        **{k: getattr(cfg, k) for k in agreement},
+        "concepts": [c.name for c in concepts],
+        "language": language,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run(
@@ -431,189 +497,90 @@ def run(
 
     ``edit`` names the concepts to mask (default: per kind the ``n_edit_per_kind`` concepts with most selected
     keys); ``edit_tokens`` caps the evaluation corpus for the edits (0 skips them); layer agreement
-    (:func:`codecircuits.agreement.balanced_agreement`) draws ``agreement_positions`` predictions per context bucket
-    from each of the same ``agreement_docs`` documents, with contexts up to ``agreement_context`` tokens (0 documents
-    skips it). Key-value agreement is
+    (:func:`codecircuits.memories.agreement.balanced_agreement`) draws ``agreement_positions`` predictions per
+    context bucket from each of the same ``agreement_docs`` documents, with contexts up to ``agreement_context``
+    tokens (0 documents skips it). Key-value agreement is
     measured on ``kv_keys`` random keys per layer (None: all, which costs ``n_layers × d_mlp × d_model × d_vocab``).
     ``workers`` shards the scan over Ray workers (:mod:`codecircuits.distributed`); the result is the same.
     """
     cfg = configure(MemoriesConfig, config, overrides)
-    corpus, eval_corpus, max_tokens, window, k, concepts = (
-        cfg.corpus,
-        cfg.eval_corpus,
-        cfg.max_tokens,
-        cfg.window,
-        cfg.k,
-        cfg.concepts,
-    )
-    tau, min_lift, n_edit_per_kind, edit_max_keys = cfg.tau, cfg.min_lift, cfg.n_edit_per_kind, cfg.edit_max_keys
-    edit = None if cfg.edit is None else list(cfg.edit)
-    edit_tokens = cfg.edit_tokens
-    kv_keys, batch_size = cfg.kv_keys, cfg.batch_size
     timings: dict[str, float] = {}
     name = str(getattr(model.cfg, "model_name", "") or "model")
-    chunked = mem.chunk_corpus(model, corpus, window=window, max_tokens=max_tokens, order=cfg.order, seed=cfg.seed)
+    chunked, scan = _scan(model, cfg, checkpoint, resume, progress, workers, timings)
     language = corpus_language(chunked.names)
-    cs = cc.resolve_concepts(concepts, language)
-    start_tokens = 0  # a resumed scan starts from its checkpoint's count; the throughput is this run's
-    ck = Path(checkpoint) if checkpoint is not None else None
-    ck = ck / "scan.safetensors" if ck is not None and ck.is_dir() else ck
-    if resume and ck is not None and ck.is_file():
-        start_tokens = mem.load_scan(ck).tokens_done
+    concepts = cc.resolve_concepts(cfg.concepts, language)
     t0 = time.perf_counter()
-    scan = mem.scan(
-        model, chunked, k=k, batch_size=batch_size, checkpoint=checkpoint, resume=resume, progress=progress,
-        workers=workers,
-    )
-    timings["scan_s"] = time.perf_counter() - t0
-    if scan.tokens_done > start_tokens:
-        timings["scan_tokens_per_s"] = (scan.tokens_done - start_tokens) / max(timings["scan_s"], 1e-9)
-    t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randperm(int(model.cfg.d_mlp), generator=g)[:kv_keys].tolist() if kv_keys else None
-    values = mem.value_tokens(model, k=10, neurons=sample, progress=progress)
-    kva = mem.key_value_agreement(scan, values, chunked)
-    scores = cc.key_scores(scan, chunked, cs)
-    show = tuple(showcase_keys(scores, 6, tau=tau, min_lift=min_lift))
-    show_values = (
-        mem.value_tokens(model, k=10, layers=[x[1] for x in show], neurons=[x[2] for x in show], progress=False)
-        if show
-        else None
-    )
-    dist = scores.layer_distribution(tau=tau, min_lift=min_lift)
-    dist["token_purity"] = scan.token_purity(chunked).mean(-1).numpy()
-    for t in TAUS:
-        dist[f"semantic_share_tau{t}"] = scores.layer_distribution(tau=t, min_lift=min_lift)["semantic_share"]
+    keys = _keys(model, cfg, scan, chunked, concepts, progress)
     timings["values_and_scores_s"] = time.perf_counter() - t0
-
-    edits: list[cc.ConceptEdit] = []
-    edit_taus: dict[str, float] = {}
-    if edit_tokens:
+    edits, edit_taus = (), {}
+    if cfg.edit_tokens:
         t0 = time.perf_counter()
-        ev = mem.chunk_corpus(
-            model, eval_corpus, window=window, max_tokens=edit_tokens, order=cfg.order, seed=cfg.seed + 1
-        )
-        if edit is None:
-            emask = cc.token_masks(ev, scores.concepts, force_token=cfg.edit_at == "target").mask[:, cc.chunk_flat_tokens(ev)]
-            names = pick_edit_concepts(scores, emask, n_edit_per_kind, tau=tau, min_lift=min_lift)
-        else:
-            names = [(c, tau) for c in edit]
-        base = cc.evaluate(model, ev, batch_size=batch_size, progress=progress)
-        stats = scan.activation_stats() if scan.act_sum is not None else None
-        for cname, ctau in names:
-            edits.append(
-                cc.edit_concept(
-                    model,
-                    scores,
-                    cname,
-                    ev,
-                    tau=ctau,
-                    min_lift=min_lift,
-                    max_keys=edit_max_keys,
-                    n_controls=cfg.edit_controls,
-                    at=cfg.edit_at,
-                    match=stats,
-                    batch_size=batch_size,
-                    baseline=base,
-                    progress=progress,
-                )
-            )
+        edits, edit_taus = _edits(model, cfg, scan, keys["scores"], progress)
         timings["edit_s"] = time.perf_counter() - t0
-        edit_taus = {c: t for c, t in names}
     agreement = None
     if cfg.agreement_docs:
         t0 = time.perf_counter()
         agreement = ag.balanced_agreement(
-            model,
-            eval_corpus,
-            n_docs=cfg.agreement_docs,
-            positions=cfg.agreement_positions,
-            max_context=cfg.agreement_context,
-            progress=progress,
+            model, cfg.eval_corpus, n_docs=cfg.agreement_docs, positions=cfg.agreement_positions,
+            max_context=cfg.agreement_context, progress=progress,
         )
         timings["agreement_s"] = time.perf_counter() - t0
-    settings = {
-        "model": name,
-        "corpus": chunked.name,
-        "eval_corpus": str(eval_corpus) if not isinstance(eval_corpus, (list, tuple)) else "texts",
-        "max_tokens": max_tokens,
-        "window": window,
-        "order": cfg.order,
-        "seed": cfg.seed,
-        "k": k,
-        "tau": tau,
-        "min_lift": min_lift,
-        "edit_max_keys": edit_max_keys,
-        "edit_tokens": edit_tokens,
-        "edit_controls": cfg.edit_controls,
-        "edit_at": cfg.edit_at,
-        "edit_taus": edit_taus,
-        "agreement_docs": cfg.agreement_docs,
-        "agreement_positions": cfg.agreement_positions,
-        "agreement_context": cfg.agreement_context,
-        "kv_keys": kv_keys,
-        "concepts": [c.name for c in cs],
-        "language": language,
-        "threads": torch.get_num_threads(),
-    }
     return MemoriesStudy(
         model=name,
         scan=scan,
         chunked=chunked,
-        values=values,
-        scores=scores,
-        distribution=dist,
-        kv_agreement=kva,
-        edits=tuple(edits),
+        edits=edits,
         agreement=agreement,
-        showcase=show,
-        showcase_values=show_values,
-        settings=settings,
+        settings=_settings(cfg, name, chunked, concepts, language, edit_taus),
         timings={k: round(v, 3) for k, v in timings.items()},
         config=cfg,
+        **keys,
     )
 
 
-_LABELS = {
+# ----------------------------------------------------------------------------------------------------------------
+# the report
+
+#: the numbers the report opens with, after the claims
+KEY_NUMBERS = (
+    "semantic_share_early",
+    "semantic_share_late",
+    "edit_mean_concept_acc_drop",
+    "edit_mean_control_concept_acc_drop",
+    "agree_resid_post_first_quarter",
+    "agree_resid_post_last_quarter",
+    "resid_depth_shortest_bucket",
+    "resid_depth_longest_bucket",
+)
+
+LABELS = {
     "scan_chunks": "chunks scanned",
     "scan_tokens": "tokens scanned",
     "scan_tokens_per_s": "scan tokens / s",
-    "semantic_share_early": "semantic share, first third",
-    "semantic_share_middle": "semantic share, middle third",
-    "semantic_share_late": "semantic share, last third",
+    "semantic_share_early": "semantic share of labelled keys, first third of the layers",
+    "semantic_share_middle": "semantic share of labelled keys, middle third",
+    "semantic_share_late": "semantic share of labelled keys, last third of the layers",
     "labelled_keys": "keys with a concept label",
     "token_purity_early": "trigger-token purity, first third",
     "token_purity_middle": "trigger-token purity, middle third",
     "token_purity_late": "trigger-token purity, last third",
-    "edit_mean_concept_acc_drop": "concept accuracy drop (masked)",
-    "edit_mean_general_acc_drop": "general accuracy drop (masked)",
-    "edit_mean_control_concept_acc_drop": "concept accuracy drop (random keys)",
+    "edit_mean_concept_acc_drop": "concept accuracy drop, its keys masked",
+    "edit_mean_general_acc_drop": "general accuracy drop, concept keys masked",
+    "edit_mean_control_concept_acc_drop": "concept accuracy drop, random keys masked",
     "agree_mlp_out_first_quarter": "mlp_out agreement, first quarter",
     "agree_mlp_out_last_quarter": "mlp_out agreement, last quarter",
-    "agree_resid_post_first_quarter": "residual agreement, first quarter",
-    "agree_resid_post_last_quarter": "residual agreement, last quarter",
-    "resid_depth_shortest_bucket": "depth to agree, shortest contexts",
-    "resid_depth_longest_bucket": "depth to agree, longest contexts",
+    "agree_resid_post_first_quarter": "residual agrees with the final prediction, first quarter of layers",
+    "agree_resid_post_last_quarter": "residual agrees with the final prediction, last quarter of layers",
+    "resid_depth_shortest_bucket": "depth to agree, shortest contexts (0: at once, 1: never)",
+    "resid_depth_longest_bucket": "depth to agree, longest contexts (0: at once, 1: never)",
     "resid_late_agreement_shortest_bucket": "late-layer agreement, shortest contexts",
     "resid_late_agreement_longest_bucket": "late-layer agreement, longest contexts",
 }
 
 
-def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int = 2, tail_tokens: int = 48):
-    """The study as a :class:`codecircuits.report.Report`; with ``model``, trigger examples get per-token activations."""
-    from ..report import Report
-
+def _report_keys(r, study: MemoriesStudy) -> None:
+    """RQ1: labelled keys per layer, the semantic share by tau, trigger-token purity, the concept tables."""
     s = study.settings
-    r = Report(
-        title=f"Feed-forward key-value memories in {study.model}",
-        subtitle=f"Haider et al. 2024 (after Geva et al. 2021) on {s['corpus']}: trigger examples, concept keys, "
-        "masking edits, layer agreement",
-        meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
-    )
-    metrics = json_safe(study.metrics())  # the same numbers as results.json ("—" where a number is undefined)
-    r.metrics(metrics, labels={k: _LABELS.get(k, k) for k in metrics})
-    r.claims(study.claims())
-
     r.section(
         "What the keys store (RQ1)",
         text=f"Paper: {PAPER['rq1']}. Each key (neuron of mlp.hook_post) keeps its top-{s['k']} trigger chunks; "
@@ -621,15 +588,11 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         f"regex and that is at least {s['min_lift']}x the concept's base rate among all scanned tokens.",
     )
     d = study.distribution
+    layers = d["layer"].tolist()
+    r.line_chart(layers, {"shallow": d["shallow"].tolist(), "semantic": d["semantic"].tolist()},
+                 title="Labelled keys per layer", x_title="layer", y_title="keys")
     r.line_chart(
-        d["layer"].tolist(),
-        {"shallow": d["shallow"].tolist(), "semantic": d["semantic"].tolist()},
-        title="Labelled keys per layer",
-        x_title="layer",
-        y_title="keys",
-    )
-    r.line_chart(
-        d["layer"].tolist(),
+        layers,
         {
             f"tau {t}": [None if math.isnan(x) else x for x in d[f"semantic_share_tau{t}"]]
             for t in TAUS
@@ -640,7 +603,7 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         y_title="share",
     )
     r.line_chart(
-        d["layer"].tolist(),
+        layers,
         {"trigger-token purity": d["token_purity"].tolist()},
         title="Trigger-token purity per layer",
         caption="Mean over keys of the share of trigger examples whose trigger is the key's most common token",
@@ -655,6 +618,9 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         "key's top trigger (chance = 10 / vocabulary)",
     )
 
+
+def _report_examples(r, study: MemoriesStudy, model, n_keys: int, n_examples: int, tail_tokens: int) -> None:
+    """The showcase keys' strongest trigger chunks (per-token coefficients with ``model``, else the text)."""
     r.section(
         "Trigger examples",
         text="For a few labelled keys, the tail of their strongest trigger chunks, "
@@ -665,91 +631,82 @@ def report(study: MemoriesStudy, model=None, *, n_keys: int = 6, n_examples: int
         r.text(f"L{layer}N{neuron}: {concept.name} ({concept.kind}), score {score:.2f}; its value promotes {promotes}")
         for e in study.scan.examples(layer, neuron, study.chunked, k=n_examples):
             title = f"L{layer}N{neuron} #{e.rank + 1} · {e.doc} · coefficient {e.coefficient:.3g}"
-            if model is not None:
-                toks, acts = mem.chunk_activations(model, study.chunked, e.chunk, layer, neuron)
-                end = e.pos - int(study.chunked.chunk_start[e.chunk]) + 1
-                a = max(0, end - tail_tokens)
-                r.token_values(
-                    toks[a:end], acts[a:end], title=title, center=0.0, value_label="coefficient", marked=[end - 1 - a]
-                )
-            else:
+            if model is None:
                 r.code(e.prefix[-400:], title=title)
-
-    if study.edits:
-        r.section(
-            "Masking a concept's keys (RQ2)",
-            text=f"Paper: {PAPER['rq2']}. The concept's keys (at most "
-            f"{s['edit_max_keys']}) are zeroed at every position. "
-            + (
-                "Concept predictions are those made at a token inside a regex match (the token a key's trigger "
-                "examples end in, which is how keys are labelled)"
-                if s.get("edit_at", "target") == "trigger"
-                else "Concept predictions are those of a next token inside a regex match"
+                continue
+            toks, acts = mem.chunk_activations(model, study.chunked, e.chunk, layer, neuron)
+            end = e.pos - int(study.chunked.chunk_start[e.chunk]) + 1
+            a = max(0, end - tail_tokens)
+            r.token_values(
+                toks[a:end], acts[a:end], title=title, center=0.0, value_label="coefficient", marked=[end - 1 - a]
             )
-            + "; general predictions are all others; the control zeroes as many random keys per layer, matched on "
-            "activation magnitude.",
-        )
-        r.table(study.edit_table(), caption="Next-token accuracy and loss: baseline, concept keys masked, random keys")
-        r.table(
-            edit_interval_table(study.edits),
-            caption=f"Accuracy drops with 95% bootstrap intervals over the evaluation tokens; the control is "
-            f"{s.get('edit_controls', 1)} draws of random keys matched on layer and activation RMS",
-        )
+
+
+def _report_edits(r, study: MemoriesStudy) -> None:
+    """RQ2: accuracy and loss with a concept's keys masked, beside random keys, with intervals."""
+    s = study.settings
+    at = (
+        "Concept predictions are those made at a token inside a regex match (the token a key's trigger "
+        "examples end in, which is how keys are labelled)"
+        if s.get("edit_at", "target") == "trigger"
+        else "Concept predictions are those of a next token inside a regex match"
+    )
+    r.section(
+        "Masking a concept's keys (RQ2)",
+        text=f"Paper: {PAPER['rq2']}. The concept's keys (at most {s['edit_max_keys']}) are zeroed at every "
+        f"position. {at}; general predictions are all others; the control zeroes as many random keys per layer, "
+        "matched on activation magnitude.",
+    )
+    r.table(study.edit_table(), caption="Next-token accuracy and loss: baseline, concept keys masked, random keys")
+    r.table(
+        cc.edit_interval_table(study.edits),
+        caption=f"Accuracy drops with 95% bootstrap intervals over the evaluation tokens; the control is "
+        f"{s.get('edit_controls', 1)} draws of random keys matched on layer and activation RMS",
+    )
+
+
+def _report_agreement(r, study: MemoriesStudy) -> None:
+    """RQ3 and RQ4: agreement with the final prediction per layer, and by context length."""
     a = study.agreement
-    if a is not None:
-        r.section(
-            "Layer agreement (RQ3)",
-            text=f"Paper: {PAPER['rq3']}. Share of positions whose per-layer top-1 "
-            "(read through the unembedding with the frozen final scale) equals the model's final top-1.",
+    r.section(
+        "Layer agreement (RQ3)",
+        text=f"Paper: {PAPER['rq3']}. Share of positions whose per-layer top-1 "
+        "(read through the unembedding with the frozen final scale) equals the model's final top-1.",
+    )
+    r.line_chart(list(range(a.n_layers)), {c: a.curve(c).tolist() for c in a.components},
+                 title="Agreement with the final prediction", x_title="layer", y_title="agreement")
+    r.section(
+        "Agreement by context length (RQ4)",
+        text=f"Paper: {PAPER['rq4']}. Rows: layers; columns: context length (document tokens before the prediction).",
+    )
+    for c in a.components:
+        r.heatmap(
+            a.by_bucket(c),
+            x_labels=a.bucket_labels(),
+            y_labels=[str(i) for i in range(a.n_layers)],
+            title=f"{c} agreement by context length",
+            x_title="context length",
+            y_title="layer",
+            vmin=0.0,
+            vmax=1.0,
+            value_label="agreement",
         )
-        r.line_chart(
-            list(range(a.n_layers)),
-            {c: a.curve(c).tolist() for c in a.components},
-            title="Agreement with the final prediction",
-            x_title="layer",
-            y_title="agreement",
-        )
-        r.section(
-            "Agreement by context length (RQ4)",
-            text=f"Paper: {PAPER['rq4']}. Rows: layers; columns: "
-            "context length (document tokens before the prediction).",
-        )
-        for c in a.components:
-            r.heatmap(
-                a.by_bucket(c),
-                x_labels=a.bucket_labels(),
-                y_labels=[str(i) for i in range(a.n_layers)],
-                title=f"{c} agreement by context length",
-                x_title="context length",
-                y_title="layer",
-                vmin=0.0,
-                vmax=1.0,
-                value_label="agreement",
-            )
+    r.table(
+        pd.DataFrame(
+            {
+                "context": a.bucket_labels(),
+                "predictions": a.total.tolist(),
+                "first layer ≥ 0.5 (resid)": a.first_layer("resid_post", 0.5),
+                "depth to agree (resid)": a.mean_layer("resid_post"),
+                "late-layer agreement (resid)": a.late_agreement("resid_post"),
+            }
+        ),
+        caption="Per context bucket: first layer whose residual agrees on half the positions; "
+        "depth to agree = mean over layers of (1 - agreement), 0 = every layer agrees",
+    )
+    if study.rq4:
         r.table(
-            pd.DataFrame(
-                {
-                    "context": a.bucket_labels(),
-                    "predictions": a.total.tolist(),
-                    "first layer ≥ 0.5 (resid)": a.first_layer("resid_post", 0.5),
-                    "depth to agree (resid)": a.mean_layer("resid_post"),
-                    "late-layer agreement (resid)": a.late_agreement("resid_post"),
-                }
-            ),
-            caption="Per context bucket: first layer whose residual agrees on half the positions; "
-            "depth to agree = mean over layers of (1 - agreement), 0 = every layer agrees",
+            [{"number": k, "estimate (95% CI over documents)": v.format(3)} for k, v in study.rq4.items()],
+            caption=f"RQ4 with intervals: every bucket holds predictions from the same {len(a.docs)} documents "
+            "(resampled with replacement for the interval)",
         )
-        iv = study.rq4
-        if iv:
-            r.table(
-                [{"number": k, "estimate (95% CI over documents)": v.format(3)} for k, v in iv.items()],
-                caption=f"RQ4 with intervals: every bucket holds predictions from the same {len(a.docs)} documents "
-                "(resampled with replacement for the interval)",
-            )
-    r.data(study.to_json())
-    return r
-
-
-def write(study: MemoriesStudy, out_dir, model=None) -> tuple[Path, Path]:
-    """``study.save(out_dir, model)``: ``report.html`` and ``results.json`` into ``out_dir``."""
-    return study.save(out_dir, model)

@@ -313,7 +313,7 @@ class ParensStudy(Study):
             m["counting_partial_corr"] = round(float(self.tracking["top_partial_corr"]["estimate"]), 4)
         return m
 
-    def report(self):
+    def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
         return build_report(self)
 
@@ -388,7 +388,7 @@ def _iv(x: intervals.Interval | None):
 
 def _lens_names(model) -> list[str]:
     """The hook names :func:`codecircuits.lens.run_cache` keeps, plus the attention patterns."""
-    want = (*lens._LENS_HOOKS, "attn.hook_pattern")
+    want = (*lens.LENS_HOOKS, "attn.hook_pattern")
     return [
         n
         for n in model.hook_dict

@@ -51,8 +51,9 @@ import torch
 from .. import corpus as corpus_mod
 from .. import intervals
 from .. import repair as R
+from ..core.batching import bos_id
+from ..core.inputs import token_texts
 from ..errors import InputError
-from ..inputs import bos_id, token_texts
 from .common import Study, configure, json_safe, setting
 
 PAPER = (
@@ -115,7 +116,7 @@ class RepairStudy(Study):
     intervals: dict = field(default_factory=dict)  # name -> intervals.Interval
     claims: tuple = ()  # intervals.Claim rows
 
-    def report(self):
+    def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
         return report(self)
 

@@ -207,7 +207,7 @@ class SignatureStudy(Study):
     settings: dict = field(default_factory=dict)
     config: SignatureConfig | None = None
 
-    def report(self):
+    def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
         return report(self)
 

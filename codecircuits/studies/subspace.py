@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 
 from .. import intervals
 from .. import subspace as sub
+from ..core.inputs import single_token_id
 from ..core.runner import run_with_hooks
 from ..core.sites import UNEMBED_IN, hook_name
 from ..errors import InputError
-from ..inputs import single_token_id
 from ..tasks import parens
 from .common import Study, configure, json_safe, model_name, setting, write_study
 
@@ -140,7 +140,7 @@ class SubspaceStudy(Study):
             digits=None,
         )
 
-    def report(self):
+    def report(self, model=None):
         return _report(self)
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:

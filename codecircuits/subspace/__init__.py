@@ -41,13 +41,14 @@ edit of ``W_out`` (:mod:`~codecircuits.subspace.edit`, :func:`edit_equivalence`)
 
 Modules
 -------
-- :mod:`~codecircuits.subspace.pairs`: :class:`PatchPairs`, the counterfactual prompt pairs, and their answer logits.
+- :mod:`~codecircuits.subspace.pairs`: :class:`PatchPairs`, the counterfactual prompt pairs, and their answer logits;
+  :func:`answers_correct`, which prompts the model answers right.
 - :mod:`~codecircuits.subspace.das`: :class:`Direction`; activations at a hook; DAS (:func:`fit_direction`), the
   difference of class means and random directions (TransformerLens's :class:`LearnedSubspace`,
   ``mean_difference_basis`` and ``random_basis``).
 - :mod:`~codecircuits.subspace.interchange`: :func:`patch` and :class:`PatchResult`; the patch is
   :class:`codecircuits.core.interventions.SubspaceSwap` at one position per pair, equal to TransformerLens's
-  ``SubspaceInterchange`` there.
+  ``SubspaceInterchange`` there; :func:`full_patch_sweep`, the full-component patch at every layer.
 - :mod:`~codecircuits.subspace.checks`: :func:`readout_matrix`, :func:`rowspace_split`, separation, the baselines,
   :func:`decide` and :func:`illusion_checks`.
 - :mod:`~codecircuits.subspace.controls`: the positive control and the planted illusion.
@@ -88,8 +89,17 @@ from .das import (
     unit_vector,
 )
 from .edit import EditResult, edit_equivalence, rank1_edit, second_moment_pinv
-from .interchange import PatchResult, fldd_of, patch, patched_logits, patched_vocab_logits
-from .pairs import PatchPairs, answer_logits, base_residual, batch_slices, check_pairs, last_logits, start_layer
+from .interchange import PatchResult, fldd_of, full_patch_sweep, patch, patched_logits, patched_vocab_logits
+from .pairs import (
+    PatchPairs,
+    answer_logits,
+    answers_correct,
+    base_residual,
+    batch_slices,
+    check_pairs,
+    last_logits,
+    start_layer,
+)
 
 _separation = projection_separation  # the name tests/test_subspace.py knows it by
 
@@ -109,6 +119,7 @@ __all__ = [
     "activations",
     "answer_gradient",
     "answer_logits",
+    "answers_correct",
     "base_residual",
     "batch_slices",
     "check_pairs",
@@ -118,6 +129,7 @@ __all__ = [
     "edit_equivalence",
     "fit_direction",
     "fldd_of",
+    "full_patch_sweep",
     "illusion_checks",
     "last_logits",
     "mean_difference_direction",

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -481,6 +482,21 @@ class IllusionReport:
         """The ``k`` patched objects with the largest FLDD."""
         return self.to_dataframe().sort_values("fldd", ascending=False).head(k).reset_index(drop=True)
 
+    def fldd_by_group(self, groups) -> dict[str, dict]:
+        """FLDD of every held-out patch on each group of the held-out pairs (``groups``: one name per pair, e.g.
+        :attr:`PatchPairs.groups`), from the per-pair logit differences: ``{group: {"pairs": n, object: FLDD}}``."""
+        groups = np.asarray(groups)
+        out = {}
+        for g in dict.fromkeys(groups.tolist()):
+            mask = torch.as_tensor(groups == g)
+            row: dict = {"pairs": int(mask.sum())}
+            for key, res in self.patches.items():
+                obj, split = key.split("/")
+                if split == "test":
+                    row[obj] = 100.0 * (1.0 - float(res.ld_patched[mask].mean()) / float(res.ld_clean[mask].mean()))
+            out[g] = row
+        return out
+
     def to_dict(self) -> dict:
         return dict(
             hook=self.hook_name,
@@ -532,6 +548,10 @@ def illusion_checks(
     On the training pairs only the DAS patches are run unless ``all_on_train``. ``reuse``: an earlier report of
     the same hook on the same pairs whose full-component patch, controls and norm baseline are taken over (e.g. to
     check a control direction beside the DAS ones).
+
+    The steps: the clean runs of both splits (:class:`_HookChecks`), the shared patches and controls
+    (:meth:`_HookChecks.controls`), the checks of each direction (:meth:`_HookChecks.check`) and the report of
+    them all (:func:`_report`).
     """
     check_pairs(model, train, hook_name)
     check_pairs(model, test, hook_name)
@@ -544,124 +564,25 @@ def illusion_checks(
     seeds = tuple(seeds) if seeds is not None else (seed,)
     if direction is None and not seeds:
         raise InputError("Give at least one DAS seed (seeds=(0,)) or a direction.")
-    if readout is None:
-        readout = readout_matrix(model, hook_name)
-    layer = start_layer(model, hook_name)
-    data = {}
-    for split, pairs in (("train", train), ("test", test)):
-        base_resid = base_residual(model, pairs.base_tokens, layer)
-        data[split] = dict(
-            source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
-            clean=patched_logits(model, pairs, hook_name, None, 1.0, 64, base_resid=base_resid),
-            base_resid=base_resid,
-            pairs=pairs,
-        )
-
-    def run_patch(split: str, obj: str, vec) -> PatchResult:
-        d = data[split]
-        return patch(
-            model,
-            d["pairs"],
-            hook_name,
-            vec,
-            name=obj,
-            clean=d["clean"],
-            source=d["source"],
-            base_resid=d["base_resid"],
-        )
-
-    test_acts, test_values = clean_activations(model, test, hook_name)
-
-    def sep(vectors: dict[str, torch.Tensor]) -> dict[str, Separation]:
-        return {
-            k: projection_separation(k, test_acts, test_values, v.detach().float().cpu()) for k, v in vectors.items()
-        }
-
-    shared: dict[str, PatchResult] = {}
+    hc = _HookChecks(model, train, test, hook_name, readout_matrix(model, hook_name) if readout is None else readout)
     bar = tqdm(total=6 + 4 * max(1, len(seeds)), desc=f"checks {hook_name}", disable=not progress, leave=False)
-    if reuse is not None:  # the full patch and the controls of an earlier report of the same hook and pairs
-        if reuse.hook_name != hook_name or reuse.patches["full/test"].n_pairs != len(test):
-            raise InputError(f"reuse must be a report of {hook_name} on the same held-out pairs.")
-        names = ("full", "mean_difference", "random", "random_rowspace")
-        shared = {k: r for k, r in reuse.patches.items() if k.split("/")[0] in names}
-        control_sep = {k: r for k, r in reuse.separation.items() if k in names}
-        baseline = reuse.norm_baseline
-    else:
-        shared["full/test"] = run_patch("test", "full", None)
-        if all_on_train:
-            shared["full/train"] = run_patch("train", "full", None)
-        md = mean_difference_direction(model, train, hook_name).vector
-        rand = random_direction(model, hook_name, seed=(seeds[0] if seeds else seed) + 1).vector
-        shared["mean_difference/test"] = run_patch("test", "mean_difference", md)
-        shared["random/test"] = run_patch("test", "random", rand)
-        controls = {"mean_difference": md, "random": rand}
-        baseline = None
-        if readout is not None:
-            rand_row = random_rowspace_direction(readout, seed=(seeds[0] if seeds else seed) + 2)
-            shared["random_rowspace/test"] = run_patch("test", "random_rowspace", rand_row)
-            controls["random_rowspace"] = rand_row
-            baseline = random_norm_baseline(readout, n=n_random_vectors, seed=0)
-        control_sep = sep(controls)
+    first_seed = seeds[0] if seeds else seed
+    shared, control_sep, baseline = hc.controls(reuse, first_seed, all_on_train, n_random_vectors)
     bar.update(4)
-    full_ci = shared["full/test"].fldd_interval
-    random_ci = shared["random/test"].fldd_interval
-
     checks: list[SeedCheck] = []
     first_extra: dict[str, PatchResult] = {}
     for i, s in enumerate(seeds if direction is None else (None,)):
-        if direction is None:
+        d = direction
+        if d is None:
             d = fit_direction(
                 model, train, hook_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=s, progress=progress
             )
-        else:
-            d = direction
         bar.update(1)
-        v = d.vector
-        patches = {"das/train": run_patch("train", "das", v), "das/test": run_patch("test", "das", v)}
-        vectors = {"v": v}
-        row_norm = null_norm = float("nan")
-        fraction = row_sep = None
-        if readout is not None:
-            v_row, v_null = rowspace_split(v, readout)
-            row_norm, null_norm = float(v_row.norm()), float(v_null.norm())
-            vectors["v_row"], vectors["v_null"] = v_row, v_null
-            if row_norm > 1e-6:
-                patches["rowspace/test"] = run_patch("test", "rowspace", v_row / row_norm)
-                fraction = rowspace_fraction(patches["das/test"], patches["rowspace/test"])
-            else:
-                fraction = intervals.Interval(0.0, 0.0, 0.0, len(test))
-            if i == 0:
-                if null_norm > 1e-6:
-                    first_extra["nullspace/test"] = run_patch("test", "nullspace", v_null / null_norm)
-                if all_on_train and row_norm > 1e-6:
-                    first_extra["rowspace/train"] = run_patch("train", "rowspace", v_row / row_norm)
-        bar.update(2)
-        separation = sep(vectors)
-        if readout is not None:
-            row_sep = separation["v_row"].cohens_d_interval if row_norm > 1e-6 else intervals.Interval(0.0, 0.0, 0.0, 0)
-        verdict, reasons, flags = decide(
-            effect=patches["das/test"].fldd_interval,
-            train_effect=patches["das/train"].fldd,
-            control=random_ci,
-            separation=separation["v"].cohens_d_interval,
-            full=full_ci,
-            fraction=fraction,
-            row_separation=row_sep,
-            rule=rule,
-        )
-        checks.append(SeedCheck(s, d, row_norm, null_norm, patches, separation, fraction, verdict, reasons, flags))
-        bar.update(1)
+        check, extra = hc.check(s, d, shared, rule, extra=i == 0, all_on_train=all_on_train)
+        checks.append(check)
+        first_extra = first_extra or extra
+        bar.update(3)
     bar.close()
-
-    first = checks[0]
-    patches = {"full/test": shared["full/test"]}
-    patches.update(first.patches)
-    patches.update(first_extra)
-    patches.update({k: r for k, r in shared.items() if k != "full/test"})
-    separation = dict(first.separation)
-    separation.update(control_sep)
-    verdicts = {c.verdict for c in checks}
-    verdict = checks[0].verdict if len(verdicts) == 1 else "seeds disagree"
     settings = dict(
         epochs=epochs,
         batch_size=batch_size,
@@ -671,6 +592,125 @@ def illusion_checks(
         n_train=len(train),
         n_test=len(test),
     )
+    return _report(hook_name, checks, shared, first_extra, control_sep, settings, baseline)
+
+
+class _HookChecks:
+    """The steps of :func:`illusion_checks` at one hook: the clean runs of both splits (each split's source
+    activations, clean logits and base residuals, computed once and shared by every patch), a patch of either
+    split, and the separation of the held-out prompts' clean activations along vectors."""
+
+    def __init__(self, model, train: PatchPairs, test: PatchPairs, hook_name: str, readout: torch.Tensor | None):
+        self.model, self.hook_name, self.readout, self.n_test = model, hook_name, readout, len(test)
+        layer = start_layer(model, hook_name)
+        self.data = {}
+        for split, pairs in (("train", train), ("test", test)):
+            base_resid = base_residual(model, pairs.base_tokens, layer)
+            self.data[split] = dict(
+                source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
+                clean=patched_logits(model, pairs, hook_name, None, 1.0, 64, base_resid=base_resid),
+                base_resid=base_resid,
+                pairs=pairs,
+            )
+        self.train = train
+        self.test_acts, self.test_values = clean_activations(model, test, hook_name)
+
+    def patch(self, split: str, obj: str, vec) -> PatchResult:
+        d = self.data[split]
+        return patch(
+            self.model,
+            d["pairs"],
+            self.hook_name,
+            vec,
+            name=obj,
+            clean=d["clean"],
+            source=d["source"],
+            base_resid=d["base_resid"],
+        )
+
+    def separation(self, vectors: dict[str, torch.Tensor]) -> dict[str, Separation]:
+        return {
+            k: projection_separation(k, self.test_acts, self.test_values, v.detach().float().cpu())
+            for k, v in vectors.items()
+        }
+
+    def controls(self, reuse: IllusionReport | None, seed: int, all_on_train: bool, n_random_vectors: int):
+        """The patches every direction is compared with -- the full component, the difference of class means, a
+        random direction (``seed + 1``) and, with a readout, a random rowspace direction (``seed + 2``) -- the
+        controls' separation and the norm baseline; taken over from ``reuse`` when given."""
+        if reuse is not None:  # the full patch and the controls of an earlier report of the same hook and pairs
+            if reuse.hook_name != self.hook_name or reuse.patches["full/test"].n_pairs != self.n_test:
+                raise InputError(f"reuse must be a report of {self.hook_name} on the same held-out pairs.")
+            names = ("full", "mean_difference", "random", "random_rowspace")
+            shared = {k: r for k, r in reuse.patches.items() if k.split("/")[0] in names}
+            return shared, {k: r for k, r in reuse.separation.items() if k in names}, reuse.norm_baseline
+        shared = {"full/test": self.patch("test", "full", None)}
+        if all_on_train:
+            shared["full/train"] = self.patch("train", "full", None)
+        md = mean_difference_direction(self.model, self.train, self.hook_name).vector
+        rand = random_direction(self.model, self.hook_name, seed=seed + 1).vector
+        shared["mean_difference/test"] = self.patch("test", "mean_difference", md)
+        shared["random/test"] = self.patch("test", "random", rand)
+        controls = {"mean_difference": md, "random": rand}
+        baseline = None
+        if self.readout is not None:
+            rand_row = random_rowspace_direction(self.readout, seed=seed + 2)
+            shared["random_rowspace/test"] = self.patch("test", "random_rowspace", rand_row)
+            controls["random_rowspace"] = rand_row
+            baseline = random_norm_baseline(self.readout, n=n_random_vectors, seed=0)
+        return shared, self.separation(controls), baseline
+
+    def check(self, seed, d: Direction, shared: dict, rule: Rule, *, extra: bool, all_on_train: bool):
+        """One direction's :class:`SeedCheck` (its patches, its rowspace split and fraction, its separation and
+        :func:`decide`'s verdict), and, when ``extra`` (the first direction), the patches only the report keeps:
+        the nullspace part's (and, ``all_on_train``, the rowspace part's on the training pairs)."""
+        v = d.vector
+        patches = {"das/train": self.patch("train", "das", v), "das/test": self.patch("test", "das", v)}
+        vectors = {"v": v}
+        row_norm = null_norm = float("nan")
+        fraction = row_sep = None
+        first_extra: dict[str, PatchResult] = {}
+        if self.readout is not None:
+            v_row, v_null = rowspace_split(v, self.readout)
+            row_norm, null_norm = float(v_row.norm()), float(v_null.norm())
+            vectors["v_row"], vectors["v_null"] = v_row, v_null
+            if row_norm > 1e-6:
+                patches["rowspace/test"] = self.patch("test", "rowspace", v_row / row_norm)
+                fraction = rowspace_fraction(patches["das/test"], patches["rowspace/test"])
+            else:
+                fraction = intervals.Interval(0.0, 0.0, 0.0, self.n_test)
+            if extra and null_norm > 1e-6:
+                first_extra["nullspace/test"] = self.patch("test", "nullspace", v_null / null_norm)
+            if extra and all_on_train and row_norm > 1e-6:
+                first_extra["rowspace/train"] = self.patch("train", "rowspace", v_row / row_norm)
+        separation = self.separation(vectors)
+        if self.readout is not None:
+            row_sep = separation["v_row"].cohens_d_interval if row_norm > 1e-6 else intervals.Interval(0.0, 0.0, 0.0, 0)
+        verdict, reasons, flags = decide(
+            effect=patches["das/test"].fldd_interval,
+            train_effect=patches["das/train"].fldd,
+            control=shared["random/test"].fldd_interval,
+            separation=separation["v"].cohens_d_interval,
+            full=shared["full/test"].fldd_interval,
+            fraction=fraction,
+            row_separation=row_sep,
+            rule=rule,
+        )
+        check = SeedCheck(seed, d, row_norm, null_norm, patches, separation, fraction, verdict, reasons, flags)
+        return check, first_extra
+
+
+def _report(hook_name, checks, shared, first_extra, control_sep, settings, baseline) -> IllusionReport:
+    """The :class:`IllusionReport` of the directions' ``checks``: the first's patches and separation beside the
+    shared ones, and the verdict every direction got (else ``"seeds disagree"``)."""
+    first = checks[0]
+    patches = {"full/test": shared["full/test"]}
+    patches.update(first.patches)
+    patches.update(first_extra)
+    patches.update({k: r for k, r in shared.items() if k != "full/test"})
+    separation = dict(first.separation)
+    separation.update(control_sep)
+    verdict = first.verdict if len({c.verdict for c in checks}) == 1 else "seeds disagree"
     return IllusionReport(
         hook_name,
         first.direction,

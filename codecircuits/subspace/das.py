@@ -22,10 +22,10 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens.tools.analysis.interchange import LearnedSubspace, mean_difference_basis, random_basis
 
+from ..core.inputs import check_hook_names
 from ..core.interventions import SubspaceSwap, hook
 from ..core.sites import layer_of_hook
 from ..errors import InputError
-from ..inputs import check_hook_names
 from .pairs import PatchPairs, answer_logits, base_residual, batch_slices, check_pairs, start_layer
 
 

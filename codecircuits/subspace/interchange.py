@@ -14,8 +14,10 @@ from functools import cached_property
 import pandas as pd
 import torch
 from jaxtyping import Float
+from tqdm.auto import tqdm
 
 from .. import intervals
+from ..core import sites
 from ..core.interventions import SubspaceSwap, hook
 from ..errors import InputError
 from .das import Direction, activations, unit_vector
@@ -230,4 +232,32 @@ def patch(
     )
 
 
-__all__ = ["PatchResult", "fldd_of", "patch", "patched_logits", "patched_vocab_logits"]
+def full_patch_sweep(model, pairs: PatchPairs, *, progress: bool = False) -> dict[str, list[float]]:
+    """FLDD of the full-component last-position patch at every layer's residual stream (``"resid"``:
+    ``hook_resid_post``) and MLP (``"mlp"``: ``mlp.hook_post``), one value per layer: where the feature can be
+    patched at all. The source activations and the base residuals the patched runs start from are cached once."""
+    hooks = {
+        kind: [sites.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
+        for kind, site in (("resid", "resid_post"), ("mlp", "post"))
+    }
+    wanted = set(hooks["resid"]) | set(hooks["mlp"])
+    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in range(1, model.cfg.n_layers)}
+    with torch.no_grad():  # every source activation, and every base residual the patched runs start from, once
+        _, cache = model.run_with_cache(pairs.source_tokens, names_filter=lambda n: n in wanted)
+        _, base_cache = model.run_with_cache(pairs.base_tokens, names_filter=lambda n: n in resid_names)
+    rows = torch.arange(len(pairs))
+    clean = patched_logits(model, pairs, hooks["resid"][0], None, 1.0, 64)
+    out: dict[str, list[float]] = {"resid": [], "mlp": []}
+    bar = tqdm(total=len(wanted), desc="full-patch sweep", disable=not progress, leave=False)
+    for kind, names in hooks.items():
+        for name in names:
+            source = cache[name][rows, pairs.source_positions].float().cpu()
+            start = start_layer(model, name)
+            resid = None if start is None else base_cache[f"blocks.{start}.hook_resid_pre"]
+            out[kind].append(patch(model, pairs, name, None, clean=clean, source=source, base_resid=resid).fldd)
+            bar.update(1)
+    bar.close()
+    return out
+
+
+__all__ = ["PatchResult", "fldd_of", "full_patch_sweep", "patch", "patched_logits", "patched_vocab_logits"]

@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
+from ..core.inputs import check_hook_names, single_token_id
 from ..core.runner import resid_at, run_from, run_with_hooks
-from ..core.sites import layer_of_hook
+from ..core.sites import UNEMBED_IN, layer_of_hook
 from ..errors import InputError
-from ..inputs import check_hook_names, single_token_id
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,28 @@ def _pad(model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, torch.tensor([len(r) - 1 for r in rows])
 
 
+@torch.no_grad()
+def answers_correct(model, prompts: Sequence[str], answer_id: int, batch_size: int = 64) -> list[bool]:
+    """Whether the model's top-1 token after each prompt is ``answer_id`` (prompts of one token length run as one
+    batch, and only the last position is unembedded)."""
+    by_len: dict[int, list[int]] = {}
+    toks = [model.to_tokens(p)[0] for p in prompts]
+    for i, t in enumerate(toks):
+        by_len.setdefault(len(t), []).append(i)
+    ok = [False] * len(prompts)
+    for _, ix in by_len.items():
+        for s in range(0, len(ix), batch_size):
+            part = ix[s : s + batch_size]
+            last = run_with_hooks(model, torch.stack([toks[i] for i in part]), [(UNEMBED_IN, _last_only)])[:, -1]
+            for i, p in zip(part, last.argmax(-1).tolist()):
+                ok[i] = p == answer_id
+    return ok
+
+
+def _last_only(act, hook=None):
+    return act[:, -1:]
+
+
 def check_pairs(model, pairs: PatchPairs, hook_name: str) -> None:
     """Raise unless ``pairs`` is a :class:`PatchPairs` and ``hook_name`` a hook of the model."""
     if not isinstance(pairs, PatchPairs):
@@ -230,6 +252,7 @@ def answer_logits(
 __all__ = [
     "PatchPairs",
     "answer_logits",
+    "answers_correct",
     "base_residual",
     "batch_slices",
     "check_pairs",

@@ -4,8 +4,8 @@
 costs seconds for the hundred intervals of a study. The statistics here (a ratio of means -- FLDD, the rowspace
 share -- and Cohen's d) are computed on all resamples at once. The resamples are drawn exactly as
 :func:`codecircuits.intervals.bootstrap` draws them (the same seeded generator, the same ``[n_resamples, n]``
-indices), so the intervals are the same numbers that ``intervals.paired`` gives, only faster (the test-suite
-checks that).
+indices) and the interval is read off them by :func:`codecircuits.intervals.from_resamples`, so the intervals are
+the numbers ``intervals.paired`` gives (the test-suite checks that), about ten times faster.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ import torch
 
 from .. import intervals
 from ..errors import InputError
-
-
-def _resamples(n: int, n_resamples: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randint(0, n, (int(n_resamples), n), generator=gen)
 
 
 def bootstrap_rows(
@@ -40,15 +35,9 @@ def bootstrap_rows(
     n = vals[0].shape[0]
     if n == 0:
         raise InputError("bootstrap_rows needs at least one example.")
-    est = float(statistic(*vals))
-    idx = _resamples(n, n_resamples, seed)
-    stats = statistic(*(v[idx] for v in vals))
-    stats = stats[torch.isfinite(stats)]
-    if stats.numel() == 0:
-        return intervals.Interval(est, float("nan"), float("nan"), n, level)
-    a = (1 - level) / 2
-    lo, hi = torch.quantile(stats, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
-    return intervals.Interval(est, lo, hi, n, level)
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
+    return intervals.from_resamples(float(statistic(*vals)), statistic(*(v[idx] for v in vals)), n, level)
 
 
 def fldd_rows(ld_clean: torch.Tensor, ld_patched: torch.Tensor) -> torch.Tensor:

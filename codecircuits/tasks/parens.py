@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..core.batching import bos_id
 from ..errors import InputError
-from ..inputs import bos_id
 
 TEMPLATE = "#print the string {num}\nprint(" + "{calls}" + "{num}"
 # a prompt that first closes `closed` str( calls, then opens `calls` more: "print(str({num})+str({num}"
@@ -153,7 +153,7 @@ class ParensDataset:
 
     def groups(self, model) -> dict[int, tuple[list[ParenPrompt], torch.Tensor]]:
         """``n_open -> (prompts, tokens [batch, pos])``; raises if prompts of one ``n_open`` differ in length."""
-        from ..inputs import to_tokens
+        from ..core.batching import to_tokens
 
         out = {}
         for k in self.n_opens:
@@ -163,7 +163,7 @@ class ParensDataset:
 
     def by_length(self, model) -> list[tuple[list[ParenPrompt], torch.Tensor]]:
         """``(prompts, tokens [batch, pos])`` for each token length of the prompts (any mix of counts)."""
-        from ..inputs import to_tokens
+        from ..core.batching import to_tokens
 
         by: dict[int, list[ParenPrompt]] = {}
         for p in self.prompts:
@@ -249,7 +249,7 @@ def closed_dataset(
 
 def paren_token_ids(model, max_parens: int = 4) -> dict[int, int]:
     """``k -> id`` of the single token ``")" * k`` for ``k = 1..max_parens`` (an error if one is not one token)."""
-    from ..inputs import single_token_id
+    from ..core.inputs import single_token_id
 
     return {k: single_token_id(model, label_text(k)) for k in range(1, max_parens + 1)}
 
@@ -330,7 +330,7 @@ class ParenPairs:
 
     def tokens(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean and corrupted tokens ``[batch, pos]`` (all pairs must share one length: select one ``n_open``)."""
-        from ..inputs import paired_tokens
+        from ..core.batching import paired_tokens
 
         return paired_tokens(model, [p.clean for p in self.pairs], [p.corrupted for p in self.pairs])
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from codecircuits.errors import InputError
-from codecircuits.inputs import to_tokens
-from codecircuits.metrics import Metric, check_output
+from codecircuits.core.batching import to_tokens
+from codecircuits.core.metrics import Metric, check_output
 from _reference.patching import Receiver, SweepResult, _progress, run_cells
 
 KINDS = ("zero", "mean", "resample")

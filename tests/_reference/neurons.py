@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from codecircuits import lens
 from codecircuits.errors import InputError
-from codecircuits.inputs import single_token_id
+from codecircuits.core.inputs import single_token_id
 from codecircuits.models.summary import kv_groups, kv_head_of
 
 #: Scores of FFN neurons, all "higher means more important for the target token".

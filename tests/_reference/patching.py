@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from codecircuits.errors import InputError
-from codecircuits.metrics import Metric, check_output, per_cell
+from codecircuits.core.metrics import Metric, check_output, per_cell
 from codecircuits.models.kv_cache import forward_cache_to_attention
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -569,7 +569,7 @@ class _SweepSetup:
 
 def _sweep_setup(model, clean, corrupted, site, by, into, layers, positions) -> _SweepSetup:
     """Checked arguments shared by the exact sweep and its attribution estimate."""
-    from codecircuits.inputs import paired_tokens
+    from codecircuits.core.batching import paired_tokens
 
     site, hook_suffix, kind = _site(site)
     by = tuple(by) if by is not None else DEFAULT_BY[kind]
@@ -655,7 +655,7 @@ def sweep(
 
     query_kv = kind == "kv" and "head" in by and n_kv != n_heads  # per-query-head patch of a shared slot
     hook_names = [f"blocks.{layer}.{hook_suffix}" for layer in layer_list]
-    from codecircuits.inputs import check_hook_names
+    from codecircuits.core.inputs import check_hook_names
 
     check_hook_names(model, hook_names)
     extra = []
@@ -770,7 +770,7 @@ def work(model, clean, corrupted, *, site: str = "resid_pre", by: Sequence[str] 
     the ones a patch can change (what this engine runs: layers ``>= l`` and positions ``>= p`` of each cell
     that changes anything). ``ideal_ratio`` is the speed-up of an implementation that recomputes nothing else.
     """
-    from codecircuits.inputs import paired_tokens
+    from codecircuits.core.batching import paired_tokens
     from codecircuits.models.summary import n_kv_heads
 
     site, _, kind = _site(site)

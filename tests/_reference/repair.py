@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from codecircuits.errors import CheckpointError, InputError
-from codecircuits.inputs import bos_id
+from codecircuits.core.batching import bos_id
 
 __all__ = [
     "CaseOutcome",

@@ -64,7 +64,7 @@ from transformer_lens.tools.analysis.interchange import (
 )
 
 from codecircuits.errors import InputError
-from codecircuits.inputs import check_hook_names, single_token_id
+from codecircuits.core.inputs import check_hook_names, single_token_id
 
 __all__ = [
     "Direction",
