@@ -10,8 +10,9 @@ in it, and the longest path that matches a module decides its layer (``"core.bat
 
 Where a module sits, and why:
 
-- ``base``: the error classes, this table and ``_moved.py`` (the table of moved names behind the shims); they
-  import nothing of the package.
+- ``base``: the error classes, this table, ``_moved.py`` (the table of moved names behind the shims) and
+  ``figures/`` (the SVG figures every result's ``plot()`` returns and the reports embed); they import nothing of
+  the package above them.
 - ``models``: loading and describing models (``models/``), with the package ``__init__``, which re-exports
   ``load_model``, ``describe`` and the errors (the report reads its ``__version__``).
 - ``tokens``: the token conversions of the core, ``core/batching.py`` (prompts to tokens, clean/corrupted pairs,
@@ -34,7 +35,7 @@ Where a module sits, and why:
 """
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("errors", "layers", "_moved"),
+    "base": ("errors", "layers", "_moved", "figures"),
     "models": ("models", ""),
     "tokens": ("core.batching", "core.inputs"),
     "data": ("corpus", "debian_sources", "tasks", "memories.chunks"),

@@ -23,8 +23,9 @@ the sweep ends.
 
 from __future__ import annotations
 
-import html
+import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
+from . import figures
 from .core.batching import paired_tokens, progress_bar
 from .core.inputs import check_hook_names
 from .core.interventions import Replace, hook, position_mask
@@ -40,6 +42,7 @@ from .core.metrics import Metric, check_output
 from .core.runner import Receiver, run_cells
 from .core.sites import SITE_KINDS, hook_name, site_kind
 from .errors import InputError
+from .figures import Figure
 from .models.summary import kv_head_of, n_kv_heads
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,43 +149,39 @@ class SweepResult:
         key = df[by].abs() if absolute else df[by]
         return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
 
-    def heatmap(self, *, of: str | None = None, title: str | None = None, cell: int = 18) -> str:
-        """A self-contained SVG heatmap (2-D results; 3-D results are drawn with the last two axes merged).
-
-        ``of`` is ``"recovery"`` (default for patching), ``"effect"`` (default for ablation) or ``"value"``.
-        Returns the SVG markup; write it to a ``.svg`` file or embed it in HTML.
-        """
+    def plot(self, of: str | None = None, *, title: str | None = None) -> Figure:
+        """The sweep as a figure: a heatmap over the first axis and the rest (a 3-D sweep's last axes merged), or a
+        bar per cell for a 1-D sweep. ``of``: ``"recovery"`` (default for patching), ``"effect"`` (default for
+        ablation) or ``"value"``. Shows inline in Jupyter; ``.save("sweep.svg")`` or ``.html`` writes it."""
         of = of or ("recovery" if self.source is not None else "effect")
-        grid = {"recovery": self.recovery if of == "recovery" else None, "effect": self.effect, "value": self.values}
-        if of not in grid:
-            raise InputError(f"heatmap(of={of!r}): choose 'recovery', 'effect' or 'value'.")
-        t = (grid[of] if grid[of] is not None else self.recovery).detach().float().cpu()
+        grids = {"effect": self.effect, "value": self.values}
+        if self.source is not None:
+            grids["recovery"] = self.recovery
+        if of not in grids:
+            raise InputError(f"plot(of={of!r}): choose one of {', '.join(map(repr, grids))}.")
+        t = grids[of].detach().float().cpu()
+        title = title or f"{self.method} {self.site}: {of}"
+
+        def labels(ax: str, n: int) -> list[str]:
+            return [str(x) for x in self.labels.get(ax, range(n))]
+
         if t.dim() == 1:
-            t = t.unsqueeze(1)
-        elif t.dim() > 2:
+            return figures.bars(labels(self.axes[0], t.shape[0]), t, title=title, value_title=of)
+        cols = [str(x) for x in labels(self.axes[1], t.shape[1])]
+        if t.dim() > 2:
+            rest = [int(n) for n in t.shape[2:]]
+            cols = [f"{c}/{'/'.join(map(str, idx))}" for c in cols for idx in itertools.product(*map(range, rest))]
             t = einops.rearrange(t, "row ... -> row (...)")
-        rows, cols = t.shape
-        vmax = float(t.abs().max()) or 1.0
-        left, top = 70, 30
-        parts = [
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + cols * cell + 10}" '
-            f'height="{top + rows * cell + 40}" font-family="sans-serif" font-size="10">',
-            f'<text x="{left}" y="14">{html.escape(title or f"{self.method} {self.site}: {of}")}</text>',
-        ]
-        for i in range(rows):
-            parts.append(f'<text x="{left - 4}" y="{top + i * cell + cell * 0.7}" text-anchor="end">{i}</text>')
-            for j in range(cols):
-                v = float(t[i, j])
-                a = min(1.0, abs(v) / vmax)
-                rgb = (255, int(255 * (1 - a)), int(255 * (1 - a))) if v >= 0 else (int(255 * (1 - a)),) * 2 + (255,)
-                parts.append(
-                    f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
-                    f'fill="rgb{rgb}"><title>{self.axes[0]} {i}, {j}: {v:.4g}</title></rect>'
-                )
-        ax_name = " x ".join(self.axes[1:]) or "value"
-        parts.append(f'<text x="{left}" y="{top + rows * cell + 16}">{html.escape(ax_name)} →  (±{vmax:.3g})</text>')
-        parts.append("</svg>")
-        return "\n".join(parts)
+        return figures.heatmap(
+            t, title=title, y_labels=labels(self.axes[0], t.shape[0]), x_labels=cols, y_title=self.axes[0],
+            x_title=" × ".join(self.axes[1:]), center=0.0, value_label=of,
+        )
+
+    def heatmap(self, *, of: str | None = None, title: str | None = None, cell: int = 18) -> str:
+        """The SVG of :meth:`plot` (deprecated: use ``plot(of).to_svg()`` or ``plot(of).save(path)``)."""
+        warnings.warn("SweepResult.heatmap() is deprecated: use plot(), which returns a Figure "
+                      "(.to_svg(), .save('x.svg'), shown inline in Jupyter).", DeprecationWarning, stacklevel=2)
+        return self.plot(of, title=title).to_svg()
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape))

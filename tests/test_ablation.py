@@ -159,7 +159,7 @@ def test_result_table(tiny, toks_of):
     assert df["layer"].tolist() == [1] * tiny.cfg.n_heads  # the real layer number, not the index
     top = res.top(2)
     assert len(top) == 2 and top["effect"].abs().iloc[0] >= top["effect"].abs().iloc[1]
-    assert "<svg" in res.heatmap()
+    assert "<svg" in res.plot().to_svg()
 
 
 def test_bad_input_is_explained(tiny, toks_of):

@@ -381,3 +381,16 @@ def test_scores_point_toward_the_clean_behaviour_for_a_metric_and_its_negation(f
         b = faithfulness_curves(tiny, lo, clean, corr, loss, percentages=(0, 10, 50, 100), n_random=1)
         assert a["signed"].area == pytest.approx(b["signed"].area, abs=1e-5)
         assert a["absolute"].area_from_1 == pytest.approx(b["absolute"].area_from_1, abs=1e-5)
+
+
+def test_edge_scores_table_top_and_plot(family, tiny, toks):
+    if family != "qwen2":
+        pytest.skip("one family (grouped-query) is enough for the table")
+    clean, corr = toks
+    s = edge_scores(tiny, clean, corr, toy_metric, method="EAP")
+    df = s.to_dataframe()
+    assert len(df) == s.graph.n_edges and set(df.columns) == {"edge", "source", "destination", "score"}
+    top = s.top(5)
+    assert len(top) == 5 and list(top["score"].abs()) == sorted(df["score"].abs(), reverse=True)[:5]
+    assert s.top(3, absolute=False)["score"].tolist() == sorted(df["score"], reverse=True)[:3]
+    assert 'data-bars="7"' in s.plot(7).svg

@@ -248,7 +248,7 @@ def test_study_writes_a_report_and_json(family, tiny, tmp_path):
         ns=(2, 3),
         progress=False,
     )
-    html, js = study_mod.write(st, tmp_path / "out")
+    html, js = st.save(tmp_path / "out")
     data = json.loads(js.read_text())
     check_study_report(html, js, f"cna-{tiny.cfg.model_name}.png", require=("heatmap", "table"), screenshot=family == SCREENSHOT_FAMILY)
     assert data["arithmetic"]["top_head"] == head_label(*st.arithmetic.head)

@@ -161,7 +161,7 @@ def test_result_api(tiny, pair):
     assert len(df) == tiny.cfg.n_layers * clean.shape[1] * tiny.cfg.n_heads
     top = res.top(3)
     assert len(top) == 3 and top["recovery"].abs().is_monotonic_decreasing
-    assert res.heatmap().startswith("<svg")
+    assert res.plot().to_svg().startswith("<svg")
 
 
 def test_bad_input_is_explained(tiny):

@@ -305,7 +305,7 @@ def test_study_runs_undoes_every_edit_and_reports(family, tiny, tmp_path):
     want = st.intervals["mint_success"].estimate - st.intervals["sgd_success"].estimate
     assert d.estimate == pytest.approx(want) and d.n == 2
     assert st.claims and all(c.verdict in VERDICTS for c in st.claims)
-    html, js = SR.write(st, tmp_path)
+    html, js = st.save(tmp_path)
     check_study_report(html, js, f"repair-{tiny.cfg.model_name}.png", require=("table", "code"), screenshot=family == SCREENSHOT_FAMILY)
     data = json.loads(js.read_text())
     assert data["metrics"]["n_cases"] == 2

@@ -161,7 +161,7 @@ def test_heatmap_cells_colours_and_labels():
     "lo, hi", [(5.719, 5.863), (0.0, 29.0), (-15.2, 0.0), (0.001, 0.004), (3.0, 3.0), (-1e-3, 2e5)]
 )
 def test_axis_ticks_cover_the_data(lo, hi):
-    from codecircuits.report.svg import _nice_ticks
+    from codecircuits.figures.svg import _nice_ticks
 
     ticks = _nice_ticks(lo, hi)
     assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 12

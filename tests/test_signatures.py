@@ -272,7 +272,7 @@ def test_study_runs_the_protocol_restores_and_reports(family, tiny, tmp_path):
     iv = st.headline["share"]
     assert iv.low <= iv.estimate <= iv.high or iv.low != iv.low  # nan when undefined
     assert st.storage["ratio_full_to_signature"] > 1
-    html, js = SS.write(st, tmp_path)
+    html, js = st.save(tmp_path)
     check_study_report(html, js, f"signatures-{tiny.cfg.model_name}.png", require=("table", "line-chart"),
                        screenshot=family == SCREENSHOT_FAMILY)
     data = json.loads(js.read_text())

@@ -32,8 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import einops
+import pandas as pd
 import torch
 
+from .. import figures
 from ..core.batching import paired_tokens, parse_budget, progress_bar
 from ..core.metrics import RowwiseMetric, check_output
 from ..core.runner import row_bytes
@@ -122,6 +124,31 @@ class EdgeScores:
             return (raw * (sign / n)).to(first.dtype)
 
         return replace(parts[0], scores=weighted("scores"), neuron_scores=weighted("neuron_scores"), n_examples=n, meta=meta)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per edge of the graph (summed over positions): its name, source, destination and score."""
+        g, m = self.graph, self.edge_matrix
+        src, dst = g.valid.nonzero(as_tuple=True)
+        return pd.DataFrame(
+            {
+                "edge": [g.edge_name(int(a), int(b)) for a, b in zip(src.tolist(), dst.tolist())],
+                "source": [g.source_names[int(a)] for a in src.tolist()],
+                "destination": [g.destination_names[int(b)] for b in dst.tolist()],
+                "score": m[src, dst].tolist(),
+            }
+        )
+
+    def top(self, k: int = 10, *, absolute: bool = True) -> pd.DataFrame:
+        """The ``k`` edges with the largest ``|score|`` (``absolute=False``: the largest scores, the edges that move
+        the model most toward the clean behaviour)."""
+        df = self.to_dataframe()
+        key = df["score"].abs() if absolute else df["score"]
+        return df.loc[key.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
+
+    def plot(self, k: int = 20, *, absolute: bool = True) -> figures.Figure:
+        """The top ``k`` edges as bars (positive: toward the clean behaviour)."""
+        return figures.top_bars(self.top(k, absolute=absolute), "score", label="edge",
+                                title=f"{self.method} edge scores: top {k}")
 
     @property
     def edge_matrix(self) -> torch.Tensor:

@@ -121,6 +121,24 @@ class LayerAgreement:
         docs_first = (self.doc_agree.movedim(-1, 0), self.doc_total.movedim(-1, 0))
         return bootstrap(of_documents, *docs_first, n_resamples=n_resamples, seed=seed)
 
+    def to_json(self) -> dict:
+        """Every number of the agreement, as lists: the buckets and their predictions, each component's agreement
+        per layer (``{component}_by_layer``) and per layer and bucket (``{component}_by_bucket``), per bucket the
+        residual's first layer at 0.5, depth to agree and late-layer agreement, the ``mlp_out`` depth to agree
+        (None where a component was not read), and the documents of a balanced run."""
+        resid, mlp = "resid_post" in self.components, "mlp_out" in self.components
+        return {
+            "buckets": self.bucket_labels(),
+            "bucket_counts": self.total.tolist(),
+            **{f"{c}_by_layer": self.curve(c).tolist() for c in self.components},
+            **{f"{c}_by_bucket": self.by_bucket(c).tolist() for c in self.components},
+            "resid_first_layer_50": self.first_layer("resid_post", 0.5) if resid else None,
+            "resid_mean_depth": self.mean_layer("resid_post") if resid else None,
+            "resid_late_agreement": self.late_agreement("resid_post") if resid else None,
+            "mlp_mean_depth": self.mean_layer("mlp_out") if mlp else None,
+            "docs": list(self.docs),
+        }
+
     def to_dataframe(self) -> pd.DataFrame:
         """Long table: component, layer, bucket, agreement, predictions in the bucket."""
         rows = []

@@ -230,7 +230,7 @@ class Report:
         bands: Mapping[str, tuple[Sequence, Sequence]] | None = None,
     ) -> Report:
         """Lines of named series over ``x`` (e.g. logit difference per layer), with markers and a legend;
-        ``bands`` adds shaded ``(low, high)`` ranges (see :func:`codecircuits.report.svg.line_chart_svg`)."""
+        ``bands`` adds shaded ``(low, high)`` ranges (see :func:`codecircuits.figures.svg.line_chart_svg`)."""
         return self.add(
             el.line_chart(
                 x,

@@ -1,7 +1,7 @@
 """A circuit drawn as a static SVG graph: the input at the bottom, heads and MLPs row by row upward by layer, the
 logits at the top; one curve per edge, its width by ``|score|`` and its colour by the score's sign.
 
-It needs no JavaScript and no plotting library, like :mod:`codecircuits.report.svg`. Query edges are solid, key
+It needs no JavaScript and no plotting library, like :mod:`codecircuits.figures.svg`. Query edges are solid, key
 edges dashed and value edges dotted; in the grouped view of a grouped-query model a key or value edge ends at
 the small port under the heads of its key/value group (the input they share). Only layers with a node of the
 circuit get a row; every node and edge carries a ``<title>`` tooltip with its name and score.

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..figures.svg import heatmap_svg, line_chart_svg
 from ._util import ColourScale, esc, format_value, is_special_token, json_for_script, jsonable, show_token, to_array
 from .highlight import highlight_python
-from .svg import heatmap_svg, line_chart_svg
 
 MAX_TABLE_ROWS = 500
 
@@ -241,12 +241,12 @@ def _code_token_html(tok: str) -> str:
 
 
 def heatmap(values, *, title: str | None = None, caption: str | None = None, **kwargs) -> Fragment:
-    """A heatmap with labelled axes (see :func:`codecircuits.report.svg.heatmap_svg` for the options)."""
+    """A heatmap with labelled axes (see :func:`codecircuits.figures.svg.heatmap_svg` for the options)."""
     return Fragment(figure(heatmap_svg(values, **kwargs), title, caption, "heatmap"))
 
 
 def line_chart(x, series, *, title: str | None = None, caption: str | None = None, **kwargs) -> Fragment:
-    """A line chart of named series over ``x`` (see :func:`codecircuits.report.svg.line_chart_svg`)."""
+    """A line chart of named series over ``x`` (see :func:`codecircuits.figures.svg.line_chart_svg`)."""
     return Fragment(figure(line_chart_svg(x, series, **kwargs), title, caption, "line-chart"))
 
 

@@ -22,27 +22,31 @@ Steps (:func:`run`):
     >>> study = run(model)                 # CircuitConfig() defaults
     >>> study.cpr, study.cmd, study.to_json()["random"]
     >>> study.save("reports/circuit")      # report.html + results.json
+
+The pieces are public: :func:`build_pairs` (the pairs), :func:`codecircuits.core.metrics.logit_diff` of
+``pairs.answer_ids()`` (the metric), :func:`codecircuits.heads.find_paren_heads` (the heads).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import circuits as cc
-from .. import distributed, lens
+from .. import distributed, intervals
 from .. import heads as heads_mod
 from ..circuits import evaluation as ev
-from ..core.batching import paired_tokens, to_tokens
+from ..core.batching import to_tokens
+from ..core.metrics import logit_diff
 from ..core.sites import head_label
 from ..errors import InputError
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, model_name, setting
+from .common import Study, configure, json_safe, model_name, setting, timed
 
 #: MIB's circuit sizes (percent of edges), the faithfulness curve's default points
 PERCENTAGES = tuple(float(p) for p in ev.MIB_PERCENTAGES)
@@ -235,8 +239,29 @@ class CircuitStudy(Study):
             digits=None,
         )
 
+    def summary_text(self) -> str:
+        """What ``codecircuits circuit`` prints: CPR and CMD beside random circuits, then each drawn circuit."""
+        m = self.metrics()
+        lines = [
+            f"CPR {_f3(m['cpr'])}  (random circuits: mean {_f3(m['random_cpr_mean'])}, largest "
+            f"{_f3(m['random_cpr_max'])})",
+            f"CMD {_f3(m['cmd'])}  (random circuits: mean {_f3(m['random_cmd_mean'])}, smallest "
+            f"{_f3(m['random_cmd_min'])})",
+        ]
+        for p, d in self.drawn.items():
+            lo, hi = d["interval"]
+            ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
+            shared = d["shared_promoters"] + [h for h in d["shared_counting"] if h not in d["shared_promoters"]]
+            lines.append(
+                f"{p:g}% of edges: {d['n_edges']} edges, faithfulness {d['faithfulness']:.3f}{ci}, shared heads: "
+                f"{' '.join(shared) or '-'}"
+            )
+        return "\n".join(lines)
+
     def report(self, model=None):
         return build_report(self)
+
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,23 +272,25 @@ def _n_tokens(model, text: str) -> int:
     return int(model.to_tokens(text).shape[1])
 
 
-def _pairs_of(model, ds: task.ParensDataset, cfg: CircuitConfig, n: int, split: str) -> list[task.ParenPair]:
+def _pairs_of(model, ds: task.ParensDataset, cfg: CircuitConfig, n: int, split: str) -> task.ParenPairs:
     """``n`` same-length counterfactual pairs of ``ds``'s prompts (one token length: the most common)."""
     found = task.pairs(model, ds, strategy=cfg.counterfactual, on_missing="skip") if len(ds) else ()
     found = [p for p in found if p.corrupted_n_open != p.n_open]
     if not found:
+        other = "extra" if cfg.counterfactual == "fewer" else "fewer"
         raise InputError(
             f"No {cfg.counterfactual!r} counterfactual with a single-token answer for {cfg.n_open} open parens "
-            f"({split} numbers) under this tokenizer: try counterfactual='{'extra' if cfg.counterfactual == 'fewer' else 'fewer'}' "
-            "or another n_open."
+            f"({split} numbers) under this tokenizer: try counterfactual='{other}' or another n_open."
         )
     lengths = Counter(_n_tokens(model, p.clean) for p in found)
     length = lengths.most_common(1)[0][0]
-    return [p for p in found if _n_tokens(model, p.clean) == length][:n]
+    return task.ParenPairs(tuple(p for p in found if _n_tokens(model, p.clean) == length)[:n], cfg.counterfactual)
 
 
-def build_pairs(model, cfg: CircuitConfig) -> dict[str, list[task.ParenPair]]:
-    """Train and held-out pairs (train and test numbers of the paren dataset)."""
+def build_pairs(model, cfg: CircuitConfig) -> dict[str, task.ParenPairs]:
+    """Train and held-out pairs (train and test numbers of the paren dataset), each of one token length:
+    ``pairs["train"].tokens(model)`` are their clean and corrupted tokens, ``.answer_ids()`` their answers (the
+    study's metric is :func:`codecircuits.core.metrics.logit_diff` of them)."""
     ds = task.dataset(model, n_values=(cfg.n_open - 1,), n_numbers=cfg.n_numbers, seed=cfg.seed)
     out = {}
     for split, n in (("train", cfg.n_pairs), ("test", cfg.n_test_pairs)):
@@ -272,85 +299,68 @@ def build_pairs(model, cfg: CircuitConfig) -> dict[str, list[task.ParenPair]]:
     return out
 
 
-def _tokens(model, pairs: list[task.ParenPair]):
-    return paired_tokens(model, [p.clean for p in pairs], [p.corrupted for p in pairs])
-
-
-def logit_diff(pairs: list[task.ParenPair], *, loss: bool = False, rows: bool = False):
-    """The metric of a list of pairs: ``logits [batch, pos, vocab] -> [batch]``, the logit of each clean answer
-    minus that of its corrupted answer at the last position (negated when ``loss``, EAP-IG's scoring metric).
-    ``rows``: the same values as a :func:`~codecircuits.core.metrics.rowwise` metric (for sharded jobs, whose
-    shards score some of the pairs)."""
-    c_ids = torch.tensor([p.clean_id for p in pairs])
-    w_ids = torch.tensor([p.corrupted_id for p in pairs])
-    sign = -1.0 if loss else 1.0
-    if rows:
-        from ..core.metrics import rowwise
-
-        def by_row(logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
-            ar = torch.arange(logits.shape[0], device=logits.device)
-            ex = examples.cpu()
-            last = logits[:, -1]
-            return sign * (last[ar, c_ids[ex].to(logits.device)] - last[ar, w_ids[ex].to(logits.device)])
-
-        return rowwise(by_row)
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        ar = torch.arange(logits.shape[0], device=logits.device)
-        last = logits[:, -1]
-        return sign * (last[ar, c_ids.to(logits.device)] - last[ar, w_ids.to(logits.device)])
-
-    return metric
-
-
 @torch.no_grad()
-def _accuracy(model, clean_t, pairs) -> float:
+def _accuracy(model, clean_t, pairs: task.ParenPairs) -> float:
     pred = model(clean_t)[:, -1].argmax(-1).cpu()
-    return float((pred == torch.tensor([p.clean_id for p in pairs])).float().mean())
+    return float((pred == pairs.answer_ids()[0]).float().mean())
+
+
+@dataclass(frozen=True)
+class _Data:
+    pairs: dict[str, task.ParenPairs]
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (clean, corrupted)
+    accuracy: dict[str, float]  # split -> share of clean prompts answered correctly
+
+    def rows(self, split: str) -> list[dict]:
+        return [
+            {
+                "clean": p.clean,
+                "corrupted": p.corrupted,
+                "answer": task.label_text(p.n_open),
+                "corrupted_answer": task.label_text(p.corrupted_n_open),
+                "kind": p.kind,
+                "position": p.position,
+            }
+            for p in self.pairs[split]
+        ]
+
+
+def _prepare(model, cfg: CircuitConfig) -> _Data:
+    pairs = build_pairs(model, cfg)
+    tokens = {split: pairs[split].tokens(model) for split in ("train", "test")}
+    return _Data(pairs, tokens, {split: _accuracy(model, tokens[split][0], pairs[split]) for split in tokens})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # paren-promoting and counting heads (the parens study's, on train prompts)
 
 
-@torch.no_grad()
-def find_paren_heads(model, cfg: CircuitConfig) -> dict:
-    """The top paren-promoting heads of ``n_open`` parens (by F1) and the top counting heads, from one cached
-    forward per count on prompts of the train numbers (:func:`codecircuits.heads.paren_promoters`,
-    :func:`codecircuits.heads.counting_heads`)."""
+def _paren_heads(model, cfg: CircuitConfig) -> dict:
+    """The top paren-promoting heads of ``n_open`` parens (by F1) and the top counting heads, found on up to
+    ``head_prompts`` train prompts of one token length per count (:func:`codecircuits.heads.find_paren_heads`)."""
     counts = tuple(sorted(set(cfg.head_counts) | {cfg.n_open}))
     ds = task.dataset(model, n_values=tuple(k - 1 for k in counts), n_numbers=cfg.n_numbers, seed=cfg.seed)
     ds = ds.select(split="train")
-    ids = [ds.label_ids[k] for k in counts]
-    groups, caches, hls = [], [], []
+    groups = []
     for k in counts:
         ps = [p for p in ds if p.n_open == k]
         length = Counter(_n_tokens(model, p.text) for p in ps).most_common(1)[0][0]
         ps = [p for p in ps if _n_tokens(model, p.text) == length][: cfg.head_prompts]
-        toks = to_tokens(model, [p.text for p in ps])
-        _, cache = lens.run_cache(model, toks, extra=("attn.hook_pattern",))
-        groups.append((toks, k))
-        caches.append(cache)
-        hls.append(lens.head_logits(model, toks, ids, cache=cache))
-    merged = lens.HeadLogits(torch.cat([h.values for h in hls]), tuple(ids), hls[0].token_labels, True, -1)
-    labels = torch.cat([torch.full((h.values.shape[0],), i) for i, h in enumerate(hls)])
-    promoters = heads_mod.paren_promoters(merged, labels, classes=counts, ratio=cfg.promoter_ratio)
-    counting = heads_mod.counting_heads(
-        model, groups, caches=caches, head_logits=hls, correct_index=list(range(len(counts)))
-    )
+        groups.append((to_tokens(model, [p.text for p in ps]), k))
+    found = heads_mod.find_paren_heads(model, groups, [ds.label_ids[k] for k in counts], ratio=cfg.promoter_ratio)
     ci = counts.index(cfg.n_open)
-    prom = promoters.heads(cfg.n_open, cfg.top_heads)
-    cnt = counting.heads(cfg.top_heads)
+    prom = found.promoters.heads(cfg.n_open, cfg.top_heads)
+    cnt = found.counting.heads(cfg.top_heads)
     return {
         "counts": list(counts),
         "prompts_per_count": [int(g[0].shape[0]) for g in groups],
         "split": "train",
         "promoters": [head_label(a, b) for a, b in prom],
-        "promoters_f1": [float(promoters.f1[ci, a, b]) for a, b in prom],
-        "promoters_mean_logit": [float(promoters.mean_logit[ci, a, b]) for a, b in prom],
+        "promoters_f1": [float(found.promoters.f1[ci, a, b]) for a, b in prom],
+        "promoters_mean_logit": [float(found.promoters.mean_logit[ci, a, b]) for a, b in prom],
         "counting": [head_label(a, b) for a, b in cnt],
-        "counting_attn_corr": [float(counting.attn_corr[a, b]) for a, b in cnt],
-        "counting_score": [float(counting.score()[a, b]) for a, b in cnt],
+        "counting_attn_corr": [float(found.counting.attn_corr[a, b]) for a, b in cnt],
+        "counting_score": [float(found.counting.score()[a, b]) for a, b in cnt],
     }
 
 
@@ -358,16 +368,75 @@ def find_paren_heads(model, cfg: CircuitConfig) -> dict:
 # the run
 
 
-def bootstrap_faithfulness(values: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``[n_circuits - 2, n]`` faithfulness of each circuit on ``n`` resamples of the examples: ``values`` is
-    ``circuit_metric``'s ``[n_circuits, n_examples]`` with the full circuit first and the empty circuit second."""
-    gen = torch.Generator().manual_seed(int(seed))
-    n_ex = values.shape[1]
-    idx = torch.randint(0, n_ex, (n, n_ex), generator=gen)
-    means = values[:, idx].mean(-1)  # [circuits, n]
+def _faithfulness_stat(values: torch.Tensor) -> torch.Tensor:
+    """``values [resamples, examples, circuits]`` (the full circuit's metric first, the empty one's second) ->
+    ``[resamples, circuits - 2]`` faithfulness of the others, NaN where full and empty give the same mean."""
+    means = values.permute(2, 0, 1).contiguous().mean(-1)  # [circuits, resamples]
     full, empty = means[0], means[1]
     span = full - empty
-    return torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan")))
+    return torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan"))).T
+
+
+def _drawn_values(model, cfg: CircuitConfig, data: _Data, scores, curves, circuits: dict, metric, progress):
+    """``[2 + n_drawn, n_test]`` per-pair metric of the full circuit, the empty one and each drawn circuit: the
+    absolute curve's own runs where it has the drawn sizes, else one evaluation of those circuits."""
+    absolute = curves["absolute"]
+    at = {q: i for i, q in enumerate(absolute.percentages)}
+    if all(p in at for p in circuits):  # the same circuits as the absolute curve's points: no second run
+        rows = [absolute.full_per_example, absolute.empty_per_example]
+        return torch.tensor(rows + [absolute.per_example[at[p]] for p in circuits])
+    graph = scores.graph
+    full = cc.Circuit(graph, graph.valid.clone())
+    empty = cc.Circuit(graph, torch.zeros_like(graph.valid))
+    return ev.circuit_metric(
+        model, *data.tokens["test"], metric, [full, empty, *circuits.values()], graph=graph, ablation=cfg.ablation,
+        budget=cfg.budget, progress=progress,
+    )
+
+
+def _drawn_entry(cfg, p: float, circ, scores, per_pair, faithfulness, interval, curves, paren_heads) -> dict:
+    """One drawn circuit: its size, faithfulness with its interval, the random circuits of its size, its nodes,
+    the heads it shares with the parens study's and its strongest edges."""
+    graph, absolute = scores.graph, curves["absolute"]
+    j = next((k for k, q in enumerate(absolute.percentages) if abs(q - p) < 1e-9), None)
+    heads = circ.heads()  # the heads whose output the circuit uses
+    shared = {kind: [h for h in paren_heads[kind] if h in heads] for kind in ("promoters", "counting")}
+    top = sorted(
+        ((circ.graph.edge_name(s, d), float(scores.edge_matrix[s, d])) for s, d in circ.edges.nonzero().tolist()),
+        key=lambda t: -abs(t[1]),
+    )
+    lo, hi = (None, None) if math.isnan(interval.low) else (interval.low, interval.high)  # no finite resample
+    return {
+        "percent": p,
+        "requested_edges": int(p / 100 * int(graph.valid.sum())),
+        "n_edges": circ.n_edges,
+        "faithfulness": faithfulness,
+        "interval": [lo, hi],
+        "interval_level": 0.95,
+        "random": [r[j] for r in absolute.random] if j is not None else [],
+        "metric_per_pair": per_pair.tolist(),
+        "nodes": circ.node_names(),
+        "heads": heads,
+        "mlps": circ.mlps(),
+        "shared_promoters": shared["promoters"],
+        "shared_counting": shared["counting"],
+        # how many of the top heads of one kind a random set of as many heads holds on average
+        "chance_shared": len(heads) * cfg.top_heads / (graph.n_layers * graph.n_heads),
+        "top_edges": [{"edge": e, "score": s} for e, s in top[:40]],
+    }
+
+
+def _drawn_circuits(model, cfg, data: _Data, scores, curves, metric, progress):
+    """The circuits of the top ``|score|`` edges at the ``drawn`` sizes (MIB's sizes: ``int(p%)`` of the edges,
+    pruned), their per-pair metric (:func:`_drawn_values`) and each one's faithfulness interval over the held-out
+    pairs."""
+    total = int(scores.graph.valid.sum())
+    circuits = {float(p): scores.top_n(int(float(p) / 100 * total), absolute=True) for p in cfg.drawn}
+    values = _drawn_values(model, cfg, data, scores, curves, circuits, metric, progress)
+    boot = intervals.statistic(
+        _faithfulness_stat, values.T, n_resamples=cfg.n_bootstrap, seed=cfg.random_seed, dtype=None
+    )
+    return circuits, values, boot
 
 
 def run(
@@ -386,142 +455,51 @@ def run(
     cc.check_supported(model)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    pairs = build_pairs(model, cfg)
-    train_c, train_k = _tokens(model, pairs["train"])
-    test_c, test_k = _tokens(model, pairs["test"])
-    accuracy = {"train": _accuracy(model, train_c, pairs["train"]), "test": _accuracy(model, test_c, pairs["test"])}
-    timings["data_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    scores = distributed.run(
-        cc.edge_scores,
-        model,
-        train_c,
-        train_k,
-        logit_diff(pairs["train"], loss=True, rows=workers is not None),
-        method=cfg.method,
-        steps=cfg.steps,
-        budget=cfg.budget,
-        progress=progress,
-        workers=workers,
-    )
-    graph = scores.graph
-    timings["scores_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    metric = logit_diff(pairs["test"])
-    curves = ev.faithfulness_curves(
-        model,
-        scores,
-        test_c,
-        test_k,
-        metric,
-        percentages=cfg.percentages,
-        ablation=cfg.ablation,
-        n_random=cfg.n_random,
-        seed=cfg.random_seed,
-        budget=cfg.budget,
-        progress=progress,
-    )
-    timings["curves_s"] = time.perf_counter() - t0
-
-    # the drawn circuits (top |score|, MIB's sizes: int(p% of the edges), pruned), per held-out pair
-    t0 = time.perf_counter()
-    total = int(graph.valid.sum())
-    drawn_pcts = tuple(float(p) for p in cfg.drawn)
-    circuits = {p: scores.top_n(int(p / 100 * total), absolute=True) for p in drawn_pcts}
-    absolute = curves["absolute"]
-    at = {q: i for i, q in enumerate(absolute.percentages)}
-    if all(p in at for p in drawn_pcts):  # the same circuits as the absolute curve's points: no second run
-        rows = [absolute.full_per_example, absolute.empty_per_example]
-        values = torch.tensor(rows + [absolute.per_example[at[p]] for p in drawn_pcts])
-    else:
-        full = cc.Circuit(graph, graph.valid.clone())
-        empty = cc.Circuit(graph, torch.zeros_like(graph.valid))
-        values = ev.circuit_metric(
+    with timed(timings, "data_s"):
+        data = _prepare(model, cfg)
+    with timed(timings, "scores_s"):
+        scores = distributed.run(
+            cc.edge_scores,
             model,
-            test_c,
-            test_k,
-            metric,
-            [full, empty, *circuits.values()],
-            graph=graph,
-            ablation=cfg.ablation,
+            *data.tokens["train"],
+            logit_diff(*data.pairs["train"].answer_ids(), loss=True, rows=workers is not None),
+            method=cfg.method,
+            steps=cfg.steps,
             budget=cfg.budget,
             progress=progress,
+            workers=workers,
         )
-    boot = bootstrap_faithfulness(values, cfg.n_bootstrap, cfg.random_seed)
+    metric = logit_diff(*data.pairs["test"].answer_ids())
+    with timed(timings, "curves_s"):
+        curves = ev.faithfulness_curves(
+            model, scores, *data.tokens["test"], metric, percentages=cfg.percentages, ablation=cfg.ablation,
+            n_random=cfg.n_random, seed=cfg.random_seed, budget=cfg.budget, progress=progress,
+        )
+    with timed(timings, "drawn_s"):
+        circuits, values, boot = _drawn_circuits(model, cfg, data, scores, curves, metric, progress)
+    with timed(timings, "heads_s"):
+        paren_heads = _paren_heads(model, cfg)
     span = float(values[0].mean() - values[1].mean())
-    timings["drawn_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    paren_heads = find_paren_heads(model, cfg)
-    timings["heads_s"] = time.perf_counter() - t0
-    n_heads_total = graph.n_layers * graph.n_heads
-
     drawn = {}
     for i, (p, circ) in enumerate(tqdm(circuits.items(), disable=not progress, desc="circuit: summaries")):
         f = (float(values[2 + i].mean() - values[1].mean()) / span) if span else float("nan")
-        b = boot[i][torch.isfinite(boot[i])]
-        lo, hi = torch.quantile(b, torch.tensor([0.025, 0.975])).tolist() if b.numel() else [None, None]
-        j = next((k for k, q in enumerate(absolute.percentages) if abs(q - p) < 1e-9), None)
-        rand = [r[j] for r in absolute.random] if j is not None else []
-        heads = circ.heads()  # the heads whose output the circuit uses
-        shared = {kind: [h for h in paren_heads[kind] if h in heads] for kind in ("promoters", "counting")}
-        top = sorted(
-            ((circ.graph.edge_name(s, d), float(scores.edge_matrix[s, d])) for s, d in circ.edges.nonzero().tolist()),
-            key=lambda t: -abs(t[1]),
-        )
-        drawn[p] = {
-            "percent": p,
-            "requested_edges": int(p / 100 * total),
-            "n_edges": circ.n_edges,
-            "faithfulness": f,
-            "interval": [lo, hi],
-            "interval_level": 0.95,
-            "random": rand,
-            "metric_per_pair": values[2 + i].tolist(),
-            "nodes": circ.node_names(),
-            "heads": heads,
-            "mlps": circ.mlps(),
-            "shared_promoters": shared["promoters"],
-            "shared_counting": shared["counting"],
-            # how many of the top heads of one kind a random set of as many heads holds on average
-            "chance_shared": len(heads) * cfg.top_heads / n_heads_total,
-            "top_edges": [{"edge": e, "score": s} for e, s in top[:40]],
-        }
-    full_per_pair = values[0].tolist()
-    empty_per_pair = values[1].tolist()
+        drawn[p] = _drawn_entry(cfg, p, circ, scores, values[2 + i], f, boot[i], curves, paren_heads)
     timings["total_s"] = time.perf_counter() - t_all
-
-    def rows(ps):
-        return [
-            {
-                "clean": p.clean,
-                "corrupted": p.corrupted,
-                "answer": task.label_text(p.n_open),
-                "corrupted_answer": task.label_text(p.corrupted_n_open),
-                "kind": p.kind,
-                "position": p.position,
-            }
-            for p in ps
-        ]
-
     return CircuitStudy(
         model_name=model_name(model),
         config=cfg,
-        graph=graph,
+        graph=scores.graph,
         scores=scores,
         curves=curves,
         circuits=circuits,
         drawn=drawn,
         pairs={
-            "train": rows(pairs["train"]),
-            "test": rows(pairs["test"]),
-            "test_full_logit_diff": full_per_pair,
-            "test_empty_logit_diff": empty_per_pair,
+            "train": data.rows("train"),
+            "test": data.rows("test"),
+            "test_full_logit_diff": values[0].tolist(),
+            "test_empty_logit_diff": values[1].tolist(),
         },
-        accuracy=accuracy,
+        accuracy=data.accuracy,
         paren_heads=paren_heads,
         timings=timings,
     )
@@ -535,30 +513,59 @@ def _pct(p: float) -> str:
     return f"{p:g}%"
 
 
+def _f3(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def build_report(s: CircuitStudy):
-    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`)."""
+    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`): the key numbers, then the
+    task, the faithfulness curves, the drawn circuits and the heads they share with the parens study."""
     from ..report import Report
-    from ..report.circuit_graph import circuit_graph
 
     cfg = s.config
-    sig, ab = s.curves["signed"], s.curves["absolute"]
     r = Report(
         title=f"The closing-paren circuit of {s.model_name}",
         subtitle=f"edge attribution ({s.scores.method}) on {len(s.pairs['train'])} pairs, faithfulness (MIB's CPR "
         f"and CMD) on {len(s.pairs['test'])} held-out pairs",
         meta={"n_open": cfg.n_open, "counterfactual": cfg.counterfactual, "ablation": cfg.ablation},
     )
+    metrics, labels = s.metrics(), _labels(s)
+    keys = [_key(p) for p in s.drawn]
+
+    def cards(names):
+        r.metrics({k: metrics[k] for k in names}, labels=labels)
+
+    r.section(
+        "Key numbers",
+        text="CPR: the area under the faithfulness curve of the circuits of the highest signed scores (higher is "
+        "better); CMD: the area between 1 and the curve of the highest |scores| (lower is better); beside random "
+        "circuits of the same sizes. Faithfulness 1 = the circuit alone keeps the full model's logit difference.",
+    )
+    cards(["cpr", "random_cpr_mean", "cmd", "random_cmd_mean", *(f"faithfulness_{k}" for k in keys)])
+    for caveat in s.caveats:
+        r.text("Caveat: " + caveat + ".")
+    _report_task(r, s)
+    cards(["train_pairs", "test_pairs", "edges", "wall_s"])
+    _report_faithfulness(r, s)
+    cards(["random_cpr_max", "random_cmd_min", "clean_logit_diff", "empty_logit_diff"])
+    cards([f"{name}_{k}{end}" for k in keys for name, end in (("faithfulness", "_low"), ("faithfulness", "_high"),
+                                                                ("random_faithfulness", "_max"))])
+    _report_circuits(r, s)
+    _report_heads(r, s)
+    r.table([{"step": k, "seconds": v} for k, v in s.timings.items()], caption="time per step")
+    r.data(s.to_json(), "results")
+    return r
+
+
+def _report_task(r, s: CircuitStudy) -> None:
     p0 = s.pairs["train"][0]
     r.section(
         "Task and pairs",
-        text=f"Clean prompts have {cfg.n_open} open parens and the answer {p0['answer']!r}; each corrupted prompt has "
-        f"the same token length and the answer {p0['corrupted_answer']!r}. The metric of a pair is logit(clean "
-        "answer) - logit(corrupted answer) at the last position. Edges are scored on pairs of the train numbers "
-        "and every faithfulness number is measured on pairs of the held-out test numbers.",
+        text=f"Clean prompts have {s.config.n_open} open parens and the answer {p0['answer']!r}; each corrupted "
+        f"prompt has the same token length and the answer {p0['corrupted_answer']!r}. The metric of a pair is "
+        "logit(clean answer) - logit(corrupted answer) at the last position. Edges are scored on pairs of the train "
+        "numbers and every faithfulness number is measured on pairs of the held-out test numbers.",
     )
-    for caveat in s.caveats:
-        r.text("Caveat: " + caveat + ".")
-    r.metrics(s.metrics(), labels=_labels(s))
     r.code(p0["clean"] + p0["answer"], title="a clean prompt and its answer")
     r.code(p0["corrupted"] + p0["corrupted_answer"], title="its corrupted prompt and answer")
     r.table(
@@ -570,26 +577,31 @@ def build_report(s: CircuitStudy):
     )
     r.table(s.pairs["test"], caption="held-out pairs")
 
-    labels = [_pct(p) for p in sig.percentages]
+
+def _report_faithfulness(r, s: CircuitStudy) -> None:
+    cfg = s.config
+    sig, ab = s.curves["signed"], s.curves["absolute"]
     rand = torch.tensor(sig.random) if sig.random else None
+    has_random = rand is not None and rand.numel() > 0
     series = {"by signed score (CPR)": sig.faithfulness, "by |score| (CMD)": ab.faithfulness}
     bands = None
-    if rand is not None and rand.numel():
+    if has_random:
         series["random (mean)"] = rand.nanmean(0).tolist()
         bands = {
             f"random circuits (range of {rand.shape[0]})": (rand.min(0).values.tolist(), rand.max(0).values.tolist())
         }
+    removed = "patched from the corrupted run" if cfg.ablation == "patch" else cfg.ablation + "-ablated"
     r.section(
         "Faithfulness",
         text="Faithfulness of a circuit = (m(circuit) - m(empty)) / (m(full) - m(empty)), m the mean metric on the "
-        f"held-out pairs, every edge outside the circuit {'patched from the corrupted run' if cfg.ablation == 'patch' else cfg.ablation + '-ablated'}. "
+        f"held-out pairs, every edge outside the circuit {removed}. "
         f"m(full) = {sig.full:.3f}, m(empty) = {sig.empty:.3f}. CPR is the area under the curve of circuits of the "
         f"highest signed scores (higher is better); CMD the area between 1 and the curve of the highest |scores| "
         f"(lower is better). Random circuits of the same sizes are the baseline. CPR {s.cpr:.3f} (random "
         f"{_range(s.random_cpr)}); CMD {s.cmd:.3f} (random {_range(s.random_cmd)}).",
     )
     r.line_chart(
-        labels,
+        [_pct(p) for p in sig.percentages],
         series,
         bands=bands,
         title="faithfulness by circuit size",
@@ -610,7 +622,7 @@ def build_report(s: CircuitStudy):
                         "random min": float(rand[:, i].min()),
                         "random max": float(rand[:, i].max()),
                     }
-                    if rand is not None and rand.numel()
+                    if has_random
                     else {}
                 ),
             }
@@ -620,11 +632,7 @@ def build_report(s: CircuitStudy):
     )
     r.table(
         [
-            {
-                "measure": "CPR (area under the signed curve, higher is better)",
-                "circuit": s.cpr,
-                **_stats(s.random_cpr),
-            },
+            {"measure": "CPR (area under the signed curve, higher is better)", "circuit": s.cpr, **_stats(s.random_cpr)},
             {
                 "measure": "CMD (area between 1 and the |score| curve, lower is better)",
                 "circuit": s.cmd,
@@ -634,10 +642,19 @@ def build_report(s: CircuitStudy):
         caption=f"CPR and CMD beside {cfg.n_random} random circuits of each size",
     )
 
+
+def _marks(s: CircuitStudy) -> dict:
     ph = s.paren_heads
     marks = {h: "paren-promoting head" for h in ph["promoters"]}
     for h in ph["counting"]:
         marks[h] = "counting head" if h not in marks else "paren-promoting and counting head"
+    return marks
+
+
+def _report_circuits(r, s: CircuitStudy) -> None:
+    from ..report.circuit_graph import circuit_graph
+
+    grouped = s.graph.grouped and s.graph.group_size > 1
     r.section(
         "The circuits",
         text="The circuits of the top |score| edges at "
@@ -646,13 +663,10 @@ def build_report(s: CircuitStudy):
         "heads (circles, by head index) and MLPs (boxes, right) by layer upward, the logits at the top; only "
         "layers with a node get a row. Edge width follows |score|, red edges support the clean answer (positive "
         "score), blue ones oppose it; query edges are solid, key edges dashed, value edges dotted"
-        + (
-            ", and key/value edges end at the small square of the key/value group they share"
-            if s.graph.grouped and s.graph.group_size > 1
-            else ""
-        )
+        + (", and key/value edges end at the small square of the key/value group they share" if grouped else "")
         + ". Outlined heads are the parens study's paren-promoting and counting heads.",
     )
+    marks = _marks(s)
     for p, d in s.drawn.items():
         lo, hi = d["interval"]
         ci = f" (95% bootstrap interval {lo:.2f} to {hi:.2f})" if lo is not None else ""
@@ -662,7 +676,7 @@ def build_report(s: CircuitStudy):
                 s.circuits[p],
                 s.scores,
                 marks=marks,
-                max_edges=cfg.max_edges_drawn,
+                max_edges=s.config.max_edges_drawn,
                 title=f"{_pct(p)} of edges: {d['n_edges']} edges, {len(d['heads'])} heads, {len(d['mlps'])} MLPs",
                 caption=f"faithfulness {d['faithfulness']:.3f}{ci}{rnd}",
             )
@@ -672,6 +686,9 @@ def build_report(s: CircuitStudy):
         else:
             r.text(f"At {_pct(p)} no edge survives pruning: none of the top edges connects the input to the logits.")
 
+
+def _report_heads(r, s: CircuitStudy) -> None:
+    cfg, ph = s.config, s.paren_heads
     r.section(
         "Shared heads",
         text=f"The circuit's heads beside the top {cfg.top_heads} paren-promoting heads of {cfg.n_open} parens (by "
@@ -710,11 +727,6 @@ def build_report(s: CircuitStudy):
         [{"edge": e["edge"], "score": e["score"]} for e in s.to_json()["scores"]["top_edges"]],
         caption="the 30 edges of largest |score| (scored on the train pairs)",
     )
-    r.table([{"step": k, "seconds": v} for k, v in s.timings.items()], caption="time per step")
-    r.data(s.to_json(), "results")
-    return r
-
-
 def _stats(v: list[float]) -> dict:
     if not v:
         return {}
@@ -751,6 +763,3 @@ def _labels(s: CircuitStudy) -> dict:
     return out
 
 
-def write(study: CircuitStudy, out_dir) -> tuple[Path, Path]:
-    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return study.save(out_dir)

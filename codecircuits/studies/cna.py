@@ -24,6 +24,10 @@ The protocol, with every selection made on one split and every effect scored on 
 ``paper_scale=True`` (``codecircuits cna --paper-scale``) raises every size left at its default to the paper's
 order (:data:`PAPER_SCALE`); it runs for hours on a CPU.
 
+The run's steps (:func:`run`): :func:`measure_accuracy`, :func:`sweep_heads`, :func:`cna_and_mask_keep`,
+:func:`top_neurons` and :func:`parens_task`; the statistics of their tables are methods of the results they
+summarise (:meth:`codecircuits.cna.MaskKeepTable.intervals`, :meth:`codecircuits.neurons.TopNeuronEval.drop`).
+
 >>> study = run(load_model("smollm2-135m"), CNAConfig(n_sweep=8))
 >>> html, js = study.save("reports/cna")
 """
@@ -31,20 +35,20 @@ order (:data:`PAPER_SCALE`); it runs for hours on a CPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .. import cna as cna_mod
-from .. import distributed, intervals, neurons
+from .. import distributed, heads, intervals, neurons
 from ..core.sites import head_label
 from ..errors import InputError
-from ..intervals import Claim, Interval
+from ..intervals import Claim, Interval, claims_markdown
 from ..tasks import arithmetic
 from ..tasks.arithmetic import ArithmeticDataset
 from .common import Study, configure, json_safe, setting
@@ -155,7 +159,7 @@ class TaskFindings:
             "cna_prob_ablated": float(self.cna.prob_ablated.mean()),
             "mask_keep": self.mask_keep.table.to_dict("records"),
             "mask_keep_n_prompts": self.mask_keep.n_prompts,
-            "mask_keep_intervals": mask_keep_intervals(self.mask_keep),
+            "mask_keep_intervals": self.mask_keep.intervals(),
         }
 
 
@@ -168,6 +172,10 @@ class HeldOutHeads:
     random_heads: tuple[tuple[int, int], ...]
     sweep: cna_mod.HeadSweep
     ops: tuple[str, ...]
+
+    @property
+    def op_names(self) -> list[str]:
+        return list(dict.fromkeys(self.ops))
 
     def _rows(self, op: str | None) -> torch.Tensor:
         rows = [i for i, o in enumerate(self.ops) if op is None or o == op]
@@ -201,41 +209,36 @@ class HeldOutHeads:
     def specific(self) -> list[tuple[tuple[int, int], str]]:
         """``(head, op)`` pairs where the head's drop interval lies above zero on ``op`` and on no other op."""
         out = []
-        ops = list(dict.fromkeys(self.ops))
         for h in self.heads:
-            above = [o for o in ops if self.drop(h, o).above(0)]
+            above = [o for o in self.op_names if self.drop(h, o).above(0)]
             if len(above) == 1:
                 out.append((h, above[0]))
         return out
 
+    def _per_op(self, f) -> dict:
+        """``{"all": f(None), op: f(op), ...}``."""
+        return {"all": f(None), **{o: f(o) for o in self.op_names}}
+
     def table(self) -> pd.DataFrame:
-        ops = list(dict.fromkeys(self.ops))
         rows = []
         for kind, hs in (("selected", self.heads), ("random", self.random_heads)):
             for h in hs:
-                row = {"head": head_label(*h), "kind": kind, "all": self.drop(h).format(3)}
-                row.update({o: self.drop(h, o).format(3) for o in ops})
-                rows.append(row)
-        row = {"head": "mean of random heads", "kind": "control", "all": self.random_drop().format(3)}
-        row.update({o: self.random_drop(o).format(3) for o in ops})
-        rows.append(row)
+                rows.append({"head": head_label(*h), "kind": kind, **self._per_op(lambda o, h=h: self.drop(h, o).format(3))})
+        rows.append({"head": "mean of random heads", "kind": "control", **self._per_op(lambda o: self.random_drop(o).format(3))})
         return pd.DataFrame(rows)
 
     def to_json(self) -> dict:
-        ops = list(dict.fromkeys(self.ops))
-        per = {}
-        for h in (*self.heads, *self.random_heads):
-            per[head_label(*h)] = {"all": self.drop(h).to_json(), **{o: self.drop(h, o).to_json() for o in ops}}
         return {
             "heads": [head_label(*h) for h in self.heads],
             "random_heads": [head_label(*h) for h in self.random_heads],
             "n_prompts": len(self.ops),
-            "n_prompts_per_op": {o: sum(1 for x in self.ops if x == o) for o in ops},
-            "base_accuracy": {"all": self.base_accuracy().to_json(), **{o: self.base_accuracy(o).to_json() for o in ops}},
-            "accuracy_drop": per,
-            "random_heads_mean_drop": {
-                "all": self.random_drop().to_json(), **{o: self.random_drop(o).to_json() for o in ops}
+            "n_prompts_per_op": {o: sum(1 for x in self.ops if x == o) for o in self.op_names},
+            "base_accuracy": self._per_op(lambda o: self.base_accuracy(o).to_json()),
+            "accuracy_drop": {
+                head_label(*h): self._per_op(lambda o, h=h: self.drop(h, o).to_json())
+                for h in (*self.heads, *self.random_heads)
             },
+            "random_heads_mean_drop": self._per_op(lambda o: self.random_drop(o).to_json()),
             "specific_heads": [{"head": head_label(*h), "op": o} for h, o in self.specific()],
         }
 
@@ -266,6 +269,9 @@ class CNAStudy(Study):
         return {**self.to_json(), "metrics": self.metrics()}
 
     def to_json(self) -> dict:
+        def evals(ev, **extra):
+            return None if ev is None else {"table": ev.table.to_dict("records"), "intervals": ev.intervals(), **extra}
+
         return json_safe(
             {
                 "model": self.model,
@@ -276,16 +282,9 @@ class CNAStudy(Study):
                 "parens": None if self.parens is None else self.parens.summary(),
                 "top10_ablation": self.top10.table.to_dict("records"),
                 "top10_n_prompts": self.top10.n_prompts,
-                "top10_intervals": eval_intervals(self.top10),
-                "query_neurons": None if self.query is None else {
-                    "table": self.query.table.to_dict("records"),
-                    "intervals": eval_intervals(self.query),
-                    "layers": self.query_layers,
-                },
-                "attention_neurons": None if self.attn is None else {
-                    "table": self.attn.table.to_dict("records"),
-                    "intervals": eval_intervals(self.attn),
-                },
+                "top10_intervals": self.top10.intervals(),
+                "query_neurons": evals(self.query, layers=self.query_layers),
+                "attention_neurons": evals(self.attn),
                 "claims": [c.to_json() for c in self.claims],
             }
         )
@@ -336,231 +335,21 @@ class CNAStudy(Study):
                 return c
         raise InputError(f"No claim starts with {start!r}; claims: {[c.claim for c in self.claims]}")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# intervals of the tables
-
-
-def mask_keep_intervals(mk: cna_mod.MaskKeepTable) -> dict:
-    """Per N and kind: the accuracy decrease (1 - accuracy on the counted prompts, which were right before) with
-    its interval, and the mask-minus-random difference (paired)."""
-    if not mk.per_prompt:
-        return {}
-    out = {}
-    ns = sorted({int(k.rsplit("_", 1)[1]) for k in mk.per_prompt if k != "base"})
-    for n in ns:
-        row = {}
-        for kind in ("mask", "keep", "random_mask"):
-            row[kind] = intervals.mean(1.0 - mk.per_prompt[f"{kind}_{n}"].float()).to_json()
-        row["mask_minus_random"] = intervals.mean(
-            mk.per_prompt[f"random_mask_{n}"].float() - mk.per_prompt[f"mask_{n}"].float()
-        ).to_json()
-        out[str(n)] = row
-    return out
-
-
-def _prob_drop(orig: torch.Tensor, other: torch.Tensor) -> Interval:
-    """Relative drop of the mean probability (``1 - mean(other) / mean(orig)``) with its paired interval."""
-    return intervals.paired(lambda o, x: 1.0 - x.mean() / o.mean(), orig, other)
-
-
-def _prob_drop_difference(orig, a, b) -> Interval:
-    """How much more ``a`` drops the probability than ``b`` (same prompts): ``(mean(b) - mean(a)) / mean(orig)``."""
-    return intervals.paired(lambda o, x, y: (y.mean() - x.mean()) / o.mean(), orig, a, b)
-
-
-def eval_intervals(ev: neurons.TopNeuronEval) -> dict:
-    """Per method: the relative drops of the answer's probability and MRR with intervals (over prompts)."""
-    o = ev.per_prompt["original"]
-    out = {}
-    for m, v in ev.per_prompt.items():
-        out[m] = {
-            "prob": intervals.mean(v[:, 1]).to_json(),
-            "mrr": intervals.mean(v[:, 0]).to_json(),
-            "prob_drop": _prob_drop(o[:, 1], v[:, 1]).to_json(),
-            "mrr_drop": _prob_drop(o[:, 0], v[:, 0]).to_json(),
-        }
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# running
-
-
-def _task(model, name, texts, labels, accuracy, *, n_cna, ns, progress, workers=None) -> TaskFindings:
-    """The parenthesis task: every head on ``texts``, CNA and the per-prompt mask/keep table on ``n_cna`` of them."""
-    sweep = distributed.run(cna_mod.head_sweep, model, texts, labels, progress=progress, workers=workers)
-    head = sweep.top_head()
-    right = [i for i in range(len(texts)) if bool(sweep.base_correct[i])]
-    pick = right[:: max(1, len(right) // n_cna)][:n_cna] if right else list(range(min(n_cna, len(texts))))
-    cna_texts = [texts[i] for i in pick]
-    cna_labels = labels[pick]
-    res = distributed.run(
-        cna_mod.compare, model, cna_texts, head, target=cna_labels, progress=progress, workers=workers
-    )
-    # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
-    # test model) is measured on all of them instead (its decreases are then n/a)
-    mk = cna_mod.mask_keep(model, cna_texts, res, labels=cna_labels, ns=ns, only_correct=bool(right), progress=progress)
-    return TaskFindings(name, accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
-
-
-def _op_drop(sweep: cna_mod.HeadSweep, rows: torch.Tensor) -> torch.Tensor:
-    """``[layer, head]`` accuracy drop on the prompts ``rows`` of a sweep."""
-    return sweep.base_correct[rows].float().mean() - sweep.correct[:, :, rows].float().mean(-1)
-
-
-def _select_heads(sweep: cna_mod.HeadSweep, ops: list[str], n_top: int) -> list[tuple[int, int]]:
-    """The ``n_top`` heads with the largest selection drop, then the most harmful head of each operation."""
-    chosen = [tuple(int(x) for x in r) for r in sweep.top(n_top)[["layer", "head"]].values]
-    for op in dict.fromkeys(ops):
-        rows = torch.tensor([i for i, o in enumerate(ops) if o == op])
-        d = _op_drop(sweep, rows)
-        # ties by the log-probability drop on those prompts
-        lp = sweep.prompt_logprob[:, :, rows].mean(-1)
-        key = d * 1e3 - lp
-        flat = int(key.flatten().argmax())
-        h = (flat // d.shape[1], flat % d.shape[1])
-        if h not in chosen:
-            chosen.append(h)
-    return chosen
-
-
-def _random_heads(model, exclude, k: int, seed: int) -> list[tuple[int, int]]:
-    pool = [(layer, h) for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads) if (layer, h) not in exclude]
-    return sorted(random.Random(seed).sample(pool, min(k, len(pool))))
-
-
-def run(model, config: CNAConfig | None = None, *, progress: bool = True, workers=None, **overrides) -> CNAStudy:
-    """Run the study with ``config`` (default :class:`CNAConfig`; keyword ``overrides`` change single settings).
-    See the module docstring for the protocol. ``workers`` (a number, a Ray address or a
-    :class:`~codecircuits.distributed.Workers`) shards the head sweeps, CNA and the FFN neuron attribution by
-    prompt over workers (:mod:`codecircuits.distributed.neurons`); the results are one process's."""
-    if workers is not None:
-        from ..distributed.workers import Workers
-
-        if not isinstance(workers, Workers):  # one cluster for every job of the study
-            from ..distributed import using
-
-            with using(workers) as w:
-                return run(model, config, progress=progress, workers=w, **overrides)
-    cfg = _scaled(configure(CNAConfig, config, overrides))
-    t0 = time.time()
-    seed, ops = cfg.seed, tuple(cfg.ops)
-    ns = tuple(sorted(cfg.ns))
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-
-    # 1. accuracy on every template x operation
-    ds = arithmetic.dataset(model, templates=tuple(cfg.templates), ops=ops, digits=cfg.digits, n=cfg.n_acc, seed=seed)
-    correct = arithmetic.predictions(model, ds, progress=progress) == ds.label_ids
-    acc_by_op = {op: intervals.mean(correct[[i for i, p in enumerate(ds) if p.op == op]].float()) for op in ds.ops}
-    acc_by_template = {
-        t: float(correct[[i for i, p in enumerate(ds) if p.template == t]].float().mean()) for t in ds.templates
-    }
-
-    # 2. selection split: every head; held-out split: the chosen heads and random heads
-    # (selection prompts of one token length, so the sweep runs as one batch)
-    sel = _one_length(model, ds, max(1, cfg.n_sweep // len(ops)), seed, per_op=True)
-    rest = ds.select(exclude=sel)
-    sweep = distributed.run(cna_mod.head_sweep, model, sel.texts, sel.label_ids, progress=progress, workers=workers)
-    sel_ops = [p.op for p in sel]
-    chosen = _select_heads(sweep, sel_ops, cfg.n_top_heads)
-    rand = _random_heads(model, set(chosen), len(chosen), seed)
-    held = _per_op(rest, ops, cfg.n_heldout, seed + 1)
-    hsweep = cna_mod.head_effects(model, held.texts, held.label_ids, [*chosen, *rand], progress=progress)
-    heldout = HeldOutHeads(tuple(chosen), tuple(rand), hsweep, tuple(p.op for p in held))
-    head = chosen[0]
-
-    # 3. CNA against the top head on correct prompts of one length; mask/keep on other held-out prompts
-    mask_set = _per_op(rest, ops, cfg.n_mask, seed + 2)
-    is_right = dict(zip(ds.prompts, correct.tolist()))
-    cna_pool = rest.select(exclude=mask_set) if len(rest) > len(mask_set) else rest
-    if any(is_right[p] for p in cna_pool):
-        cna_pool = ArithmeticDataset(tuple(p for p in cna_pool if is_right[p]))
-    cna_ds = _one_length(model, cna_pool, max(1, -(-cfg.n_cna // len(ops))), seed + 4, per_op=True)
-    cna_ds = cna_ds.select(limit=cfg.n_cna, seed=seed)
-    cna_texts, cna_labels = cna_ds.texts, cna_ds.label_ids
-    cna_layers = None if cfg.cna_layers is None else range(max(head[0], n_layers - cfg.cna_layers), n_layers)
-    res = distributed.run(
-        cna_mod.compare, model, cna_texts, head, target=cna_labels, layers=cna_layers, progress=progress, workers=workers
-    )
-    n_scored = len(res.settings["layers"]) * d_mlp
-    ns = tuple(n for n in ns if n <= n_scored) or (min(10, n_scored),)
-    ranked = cna_mod.ranked_neurons(res, ns[-1])
-    # accuracy decreases are counted on prompts the model gets right; a model that gets none right (a random test
-    # model) is counted on all of them instead
-    mk = cna_mod.mask_keep_heldout(
-        model, mask_set.texts, mask_set.label_ids, ranked, first_layer=head[0], ns=ns,
-        random_layers=res.settings["layers"], only_correct=any(is_right[p] for p in mask_set), seed=seed,
-        progress=progress,
-        head=head,
-    )
-    arith = TaskFindings("arithmetic", acc_by_template, sweep, head, res, mk, len(sel), tuple(cna_texts))
-
-    # 4. METHODS Table 2 over all layers; query and attention neurons
-    ev_ds = _one_length(model, rest, cfg.n_top10, seed + 3)
-    layers = None if cfg.top10_layers is None else list(range(max(0, n_layers - cfg.top10_layers), n_layers))
-    attr = distributed.run(
-        neurons.ffn_neurons, model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers, progress=progress, workers=workers
-    )
-    top10 = neurons.evaluate_top_neurons(model, ev_ds.texts, attr, k=10, seed=seed, progress=progress)
-    query, query_layers = None, {}
-    if layers is None:  # query neurons read the value neurons of every layer
-        value_top = min(100, attr["logprob_increase"][0].numel())
-        q = neurons.query_neurons(model, ev_ds.texts, attr, top=value_top, progress=progress)
-        k_q = min(cfg.k_query, n_layers * d_mlp)
-        query = neurons.evaluate_top_neurons(
-            model, ev_ds.texts, q.to_attribution(attr), k=k_q, seed=seed, progress=progress
-        )
-        v_layers = q.value_neurons[..., 0].float().mean(1)  # mean layer of each prompt's top value neurons
-        q_idx = q.ffn.reshape(len(ev_ds), -1).topk(value_top, dim=1).indices
-        q_layers = (q_idx // d_mlp).float().mean(1)
-        query_layers = {
-            "value_mean_layer": intervals.mean(v_layers).to_json(),
-            "query_mean_layer": intervals.mean(q_layers).to_json(),
-            "value_minus_query": intervals.mean(v_layers - q_layers).to_json(),
-            "n_value_neurons": value_top,
-        }
-    attn = None
-    if cfg.n_attn > 0 and cfg.attn_layers > 0:
-        a_ds = ev_ds.select(indices=range(min(cfg.n_attn, len(ev_ds))))
-        a_layers = list(range(max(0, n_layers - cfg.attn_layers), n_layers))
-        a_attr = neurons.attention_neurons(model, a_ds.texts, target=a_ds.label_ids, layers=a_layers, progress=progress)
-        k_a = min(cfg.k_attn, len(a_layers) * int(model.cfg.n_heads) * int(model.cfg.d_head))
-        attn = neurons.evaluate_top_attention_neurons(model, a_ds.texts, a_attr, k=k_a, seed=seed, progress=progress)
-
-    parens_f = None
-    if cfg.paren_n_values:
-        from ..tasks import parens
-
-        pds = parens.dataset(model, n_values=tuple(cfg.paren_n_values), n_numbers=cfg.paren_numbers, split=None)
-        pacc = {str(k): v for k, v in parens.accuracy(model, pds).items()}
-        psub = pds.select(limit=max(1, cfg.n_sweep // len(cfg.paren_n_values)))
-        ptexts = [p.text for p in psub]
-        plabels = torch.tensor([p.label_id for p in psub])
-        parens_f = _task(
-            model, "parens", ptexts, plabels, pacc, n_cna=cfg.n_cna, ns=tuple(sorted(cfg.ns)), progress=progress,
-            workers=workers,
-        )
-
-    settings = {
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "arith_templates_text": [arithmetic.TEMPLATES.get(t, t) for t in cfg.templates],
-        "n_accuracy_prompts": len(ds),
-        "n_selection_prompts": len(sel),
-        "n_heldout_prompts": len(held),
-        "n_mask_prompts": len(mask_set),
-        "mask_keep_ns": list(ns),
-        "cna_scored_layers": [res.settings["layers"][0], res.settings["layers"][-1]],
-        "top10_layers": "all" if layers is None else f"{layers[0]}-{layers[-1]}",
-        "seconds": round(time.time() - t0, 1),
-    }
-    name = str(getattr(model.cfg, "model_name", "model"))
-    study = CNAStudy(
-        name, arith, parens_f, top10, settings, cfg, accuracy_by_op=acc_by_op, heldout=heldout, query=query,
-        query_layers=query_layers, attn=attn,
-    )
-    return dataclasses.replace(study, claims=tuple(claims_of(study)))
-
+    def summary_text(self) -> str:
+        """What ``codecircuits cna`` prints: accuracy per operation and template, the top heads, the mask/keep
+        table and the claims."""
+        m, a = self.metrics(), self.arithmetic
+        lines = [
+            f"accuracy per operation: {', '.join(f'{k} {v.format(3)}' for k, v in self.accuracy_by_op.items())}",
+            f"accuracy per template: {', '.join(f'{k} {v:.2f}' for k, v in a.accuracy.items())}",
+            f"top arithmetic head {head_label(*a.head)}: selection drop {m['arith_top_head_accuracy_drop']:.3f}",
+            a.mask_keep.table.round(1).to_string(index=False),
+            claims_markdown(self.claims),
+        ]
+        if self.parens is not None:
+            p = self.parens
+            lines.append(f"top parens head {head_label(*p.head)}: accuracy drop {m['parens_top_head_accuracy_drop']:.3f}")
+        return "\n".join(lines)
 
 def _per_op(ds: arithmetic.ArithmeticDataset, ops, n: int, seed: int) -> arithmetic.ArithmeticDataset:
     """Up to ``n`` random prompts of each operation (all templates mixed)."""
@@ -610,169 +399,366 @@ def _warn_short(wanted: int, have: int, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the steps of a run
+
+
+def measure_accuracy(model, cfg: CNAConfig, progress: bool = True):
+    """Step 1: the dataset (``n_acc`` operand pairs per template and operation), which prompts the model answers
+    right, and its accuracy per operation (with intervals) and per template."""
+    ops = tuple(cfg.ops)
+    ds = arithmetic.dataset(model, templates=tuple(cfg.templates), ops=ops, digits=cfg.digits, n=cfg.n_acc, seed=cfg.seed)
+    correct = arithmetic.predictions(model, ds, progress=progress) == ds.label_ids
+    acc_by_op = {op: intervals.mean(correct[[i for i, p in enumerate(ds) if p.op == op]].float()) for op in ds.ops}
+    acc_by_template = {
+        t: float(correct[[i for i, p in enumerate(ds) if p.template == t]].float().mean()) for t in ds.templates
+    }
+    return ds, correct, acc_by_op, acc_by_template
+
+
+def sweep_heads(model, cfg: CNAConfig, ds: ArithmeticDataset, progress: bool = True, workers=None):
+    """Step 2: every head ablated alone on the selection split (prompts of one token length, so the sweep runs
+    as one batch), the chosen heads (:func:`select_heads`) and as many random heads re-scored on held-out
+    prompts. Returns the selection split, the rest of the dataset, the sweep and the :class:`HeldOutHeads`."""
+    seed, ops = cfg.seed, tuple(cfg.ops)
+    sel = _one_length(model, ds, max(1, cfg.n_sweep // len(ops)), seed, per_op=True)
+    rest = ds.select(exclude=sel)
+    sweep = distributed.run(cna_mod.head_sweep, model, sel.texts, sel.label_ids, progress=progress, workers=workers)
+    chosen = select_heads(sweep, [p.op for p in sel], cfg.n_top_heads)
+    rand = heads.random_heads(model, len(chosen), exclude=set(chosen), seed=seed, rng="python")[0]
+    held = _per_op(rest, ops, cfg.n_heldout, seed + 1)
+    hsweep = cna_mod.head_effects(model, held.texts, held.label_ids, [*chosen, *rand], progress=progress)
+    return sel, rest, sweep, HeldOutHeads(tuple(chosen), tuple(rand), hsweep, tuple(p.op for p in held))
+
+
+def select_heads(sweep: cna_mod.HeadSweep, ops: list[str], n_top: int) -> list[tuple[int, int]]:
+    """The ``n_top`` heads with the largest selection drop, then the most harmful head of each operation (ties
+    broken by the log-probability drop on that operation's prompts)."""
+    chosen = [tuple(int(x) for x in r) for r in sweep.top(n_top)[["layer", "head"]].values]
+    for op in dict.fromkeys(ops):
+        rows = torch.tensor([i for i, o in enumerate(ops) if o == op])
+        d = sweep.base_correct[rows].float().mean() - sweep.correct[:, :, rows].float().mean(-1)
+        key = d * 1e3 - sweep.prompt_logprob[:, :, rows].mean(-1)
+        flat = int(key.flatten().argmax())
+        h = (flat // d.shape[1], flat % d.shape[1])
+        if h not in chosen:
+            chosen.append(h)
+    return chosen
+
+
+def cna_and_mask_keep(model, cfg: CNAConfig, ds, correct, rest, head, progress: bool = True, workers=None):
+    """Step 3: CNA against ``head`` on correctly answered prompts of one length (in the last ``cna_layers``
+    layers), the neurons ranked by their mean CNA, and the mask/keep table of those neurons on other held-out
+    prompts. Returns the mask/keep prompts, the CNA result, the table, the CNA prompts and the N measured."""
+    seed, ops = cfg.seed, tuple(cfg.ops)
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    mask_set = _per_op(rest, ops, cfg.n_mask, seed + 2)
+    is_right = dict(zip(ds.prompts, correct.tolist()))
+    cna_pool = rest.select(exclude=mask_set) if len(rest) > len(mask_set) else rest
+    if any(is_right[p] for p in cna_pool):
+        cna_pool = ArithmeticDataset(tuple(p for p in cna_pool if is_right[p]))
+    cna_ds = _one_length(model, cna_pool, max(1, -(-cfg.n_cna // len(ops))), seed + 4, per_op=True)
+    cna_ds = cna_ds.select(limit=cfg.n_cna, seed=seed)
+    cna_texts, cna_labels = cna_ds.texts, cna_ds.label_ids
+    cna_layers = None if cfg.cna_layers is None else range(max(head[0], n_layers - cfg.cna_layers), n_layers)
+    res = distributed.run(
+        cna_mod.compare, model, cna_texts, head, target=cna_labels, layers=cna_layers, progress=progress, workers=workers
+    )
+    n_scored = len(res.settings["layers"]) * d_mlp
+    ns = tuple(n for n in sorted(cfg.ns) if n <= n_scored) or (min(10, n_scored),)
+    ranked = cna_mod.ranked_neurons(res, ns[-1])
+    # accuracy decreases are counted on prompts the model gets right; a model that gets none right (a random test
+    # model) is counted on all of them instead
+    mk = cna_mod.mask_keep_heldout(
+        model, mask_set.texts, mask_set.label_ids, ranked, first_layer=head[0], ns=ns,
+        random_layers=res.settings["layers"], only_correct=any(is_right[p] for p in mask_set), seed=seed,
+        progress=progress, head=head,
+    )
+    return mask_set, res, mk, cna_texts, ns
+
+
+def top_neurons(model, cfg: CNAConfig, rest, progress: bool = True, workers=None):
+    """Step 4: METHODS Table 2 (the top-10 FFN neurons of each attribution score zeroed, beside 10 random ones),
+    query neurons of the top value neurons (when every layer is scored) and attention neurons of the last
+    ``attn_layers`` layers. Returns the layers scored (None: all), the Table 2 evaluation, the query evaluation
+    and the layers of value and query neurons, and the attention evaluation (None where not run)."""
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    ev_ds = _one_length(model, rest, cfg.n_top10, cfg.seed + 3)
+    layers = None if cfg.top10_layers is None else list(range(max(0, n_layers - cfg.top10_layers), n_layers))
+    attr = distributed.run(
+        neurons.ffn_neurons, model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers,
+        progress=progress, workers=workers,
+    )
+    top10 = neurons.evaluate_top_neurons(model, ev_ds.texts, attr, k=10, seed=cfg.seed, progress=progress)
+    query, query_layers = None, {}
+    if layers is None:  # query neurons read the value neurons of every layer
+        value_top = min(100, attr["logprob_increase"][0].numel())
+        q = neurons.query_neurons(model, ev_ds.texts, attr, top=value_top, progress=progress)
+        k_q = min(cfg.k_query, n_layers * d_mlp)
+        query = neurons.evaluate_top_neurons(
+            model, ev_ds.texts, q.to_attribution(attr), k=k_q, seed=cfg.seed, progress=progress
+        )
+        v_layers = q.value_neurons[..., 0].float().mean(1)  # mean layer of each prompt's top value neurons
+        q_layers = (q.ffn.reshape(len(ev_ds), -1).topk(value_top, dim=1).indices // d_mlp).float().mean(1)
+        query_layers = {
+            "value_mean_layer": intervals.mean(v_layers).to_json(),
+            "query_mean_layer": intervals.mean(q_layers).to_json(),
+            "value_minus_query": intervals.mean(v_layers - q_layers).to_json(),
+            "n_value_neurons": value_top,
+        }
+    attn = None
+    if cfg.n_attn > 0 and cfg.attn_layers > 0:
+        a_ds = ev_ds.select(indices=range(min(cfg.n_attn, len(ev_ds))))
+        a_layers = list(range(max(0, n_layers - cfg.attn_layers), n_layers))
+        a_attr = neurons.attention_neurons(model, a_ds.texts, target=a_ds.label_ids, layers=a_layers, progress=progress)
+        k_a = min(cfg.k_attn, len(a_layers) * int(model.cfg.n_heads) * int(model.cfg.d_head))
+        attn = neurons.evaluate_top_attention_neurons(model, a_ds.texts, a_attr, k=k_a, seed=cfg.seed, progress=progress)
+    return layers, top10, query, query_layers, attn
+
+
+def parens_task(model, cfg: CNAConfig, progress: bool = True, workers=None) -> TaskFindings | None:
+    """Step 5 (when ``paren_n_values`` is set): the closing-parenthesis task -- every head on its prompts, CNA
+    against the top head and the per-prompt mask/keep table on ``n_cna`` of the prompts it gets right."""
+    if not cfg.paren_n_values:
+        return None
+    from ..tasks import parens
+
+    pds = parens.dataset(model, n_values=tuple(cfg.paren_n_values), n_numbers=cfg.paren_numbers, split=None)
+    accuracy = {str(k): v for k, v in parens.accuracy(model, pds).items()}
+    psub = pds.select(limit=max(1, cfg.n_sweep // len(cfg.paren_n_values)))
+    texts, labels = [p.text for p in psub], torch.tensor([p.label_id for p in psub])
+    sweep = distributed.run(cna_mod.head_sweep, model, texts, labels, progress=progress, workers=workers)
+    head = sweep.top_head()
+    right = [i for i in range(len(texts)) if bool(sweep.base_correct[i])]
+    n_cna = cfg.n_cna
+    pick = right[:: max(1, len(right) // n_cna)][:n_cna] if right else list(range(min(n_cna, len(texts))))
+    cna_texts, cna_labels = [texts[i] for i in pick], labels[pick]
+    res = distributed.run(cna_mod.compare, model, cna_texts, head, target=cna_labels, progress=progress, workers=workers)
+    # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
+    # test model) is measured on all of them instead (its decreases are then n/a)
+    mk = cna_mod.mask_keep(
+        model, cna_texts, res, labels=cna_labels, ns=tuple(sorted(cfg.ns)), only_correct=bool(right), progress=progress
+    )
+    return TaskFindings("parens", accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
+
+
+def run(model, config: CNAConfig | None = None, *, progress: bool = True, workers=None, **overrides) -> CNAStudy:
+    """Run the study with ``config`` (default :class:`CNAConfig`; keyword ``overrides`` change single settings).
+    See the module docstring for the protocol. ``workers`` (a number, a Ray address or a
+    :class:`~codecircuits.distributed.Workers`) shards the head sweeps, CNA and the FFN neuron attribution by
+    prompt over workers (:func:`codecircuits.distributed.run`); the results are one process's."""
+    if workers is not None:
+        from ..distributed.workers import Workers
+
+        if not isinstance(workers, Workers):  # one cluster for every job of the study
+            from ..distributed import using
+
+            with using(workers) as w:
+                return run(model, config, progress=progress, workers=w, **overrides)
+    cfg = _scaled(configure(CNAConfig, config, overrides))
+    t0 = time.time()
+    ds, correct, acc_by_op, acc_by_template = measure_accuracy(model, cfg, progress)
+    sel, rest, sweep, heldout = sweep_heads(model, cfg, ds, progress, workers)
+    head = heldout.heads[0]
+    mask_set, res, mk, cna_texts, ns = cna_and_mask_keep(model, cfg, ds, correct, rest, head, progress, workers)
+    arith = TaskFindings("arithmetic", acc_by_template, sweep, head, res, mk, len(sel), tuple(cna_texts))
+    layers, top10, query, query_layers, attn = top_neurons(model, cfg, rest, progress, workers)
+    parens_f = parens_task(model, cfg, progress, workers)
+    settings = {
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "arith_templates_text": [arithmetic.TEMPLATES.get(t, t) for t in cfg.templates],
+        "n_accuracy_prompts": len(ds),
+        "n_selection_prompts": len(sel),
+        "n_heldout_prompts": len(heldout.ops),
+        "n_mask_prompts": len(mask_set),
+        "mask_keep_ns": list(ns),
+        "cna_scored_layers": [res.settings["layers"][0], res.settings["layers"][-1]],
+        "top10_layers": "all" if layers is None else f"{layers[0]}-{layers[-1]}",
+        "seconds": round(time.time() - t0, 1),
+    }
+    name = str(getattr(model.cfg, "model_name", "model"))
+    study = CNAStudy(
+        name, arith, parens_f, top10, settings, cfg, accuracy_by_op=acc_by_op, heldout=heldout, query=query,
+        query_layers=query_layers, attn=attn,
+    )
+    return dataclasses.replace(study, claims=tuple(claims_of(study)))
+
+# ----------------------------------------------------------------------------------------------------------------
 # claims
+
+#: where the paper's numbers come from: the arithmetic-heads paper (Table 1), CNA's mask/keep verification and the
+#: neuron-attribution paper (Table 2 and its headline numbers); METHODS §3 quotes them
+HEADS_PAPER, CNA_PAPER, ATTRIBUTION_PAPER = (
+    "Yu & Ananiadou, arithmetic heads, Table 1",
+    "Yu & Ananiadou, CNA mask/keep verification (METHODS §3.4)",
+    "Yu & Ananiadou, neuron attribution",
+)
+_claim = functools.partial(Claim, command=COMMAND)
 
 
 def claims_of(study: CNAStudy) -> list[Claim]:
     """The paper's claims with this run's evidence, control and verdict."""
-    out: list[Claim] = []
+    return [*_head_claims(study), *_mask_keep_claims(study), *_top10_claims(study), *_query_and_attention_claims(study)]
+
+
+def _head_claims(study: CNAStudy) -> list[Claim]:
     a, h = study.arithmetic, study.heldout
-    cmd = COMMAND
-    if h is not None:
-        head = a.head
-        d, r = h.drop(head), h.random_drop()
-        ex = h.excess(head)
-        out.append(
-            Claim(
-                f"a single head carries much of the arithmetic: ablating {head_label(*head)} (chosen on "
-                f"{a.n_sweep} selection prompts) drops held-out accuracy, far more than random heads",
-                intervals.verdict(d.above(0.10) and ex.above(0), partly=d.above(0) and ex.above(0)),
-                d,
-                r,
-                detail=f"paper: L17H22 74.8 -> 53.4 (21 points); held-out drop minus random-head drop {ex.format(3)}; "
-                f"n={d.n} held-out prompts",
-                command=cmd,
-            )
+    if h is None:
+        return []
+    head = a.head
+    d, r, ex = h.drop(head), h.random_drop(), h.excess(head)
+    spec = h.specific()
+    best = None
+    for hh in h.heads:
+        for op in h.op_names:
+            iv = h.drop(hh, op)
+            if best is None or iv.low > best[2].low:
+                best = (hh, op, iv)
+    return [
+        _claim(
+            f"a single head carries much of the arithmetic: ablating {head_label(*head)} (chosen on "
+            f"{a.n_sweep} selection prompts) drops held-out accuracy, far more than random heads",
+            intervals.verdict(d.above(0.10) and ex.above(0), partly=d.above(0) and ex.above(0)),
+            d, r,
+            detail=f"paper: L17H22 74.8 -> 53.4 (21 points); held-out drop minus random-head drop {ex.format(3)}; "
+            f"n={d.n} held-out prompts",
+            rule="reproduced: the held-out drop's interval lies above 0.10 and its excess over random heads above 0; "
+            "partly: both above 0",
+            paper="L17H22: accuracy 74.8 -> 53.4 (21 points)",
+            source=HEADS_PAPER,
+        ),
+        _claim(
+            "most heads are harmless: random heads' mean drop is within 2 points of zero",
+            intervals.verdict(r.low > -0.02 and r.high < 0.02, partly=r.below(0.05)),
+            r, None,
+            detail=f"paper: 976 of 1,024 heads change accuracy by <= 2%; selection sweep: "
+            f"{a.sweep.fraction_harmless(0.02):.0%} of heads within 2 points on {a.n_sweep} prompts",
+            rule="reproduced: the random heads' interval lies within (-0.02, 0.02); partly: below 0.05",
+            paper="976 of 1,024 heads change accuracy by <= 2%",
+            source=HEADS_PAPER,
+        ),
+        _claim(
+            "some heads are specific to one operation (drop interval above 0 on one operation only)",
+            intervals.verdict(bool(spec), partly=best is not None and best[2].above(0)),
+            h.drop(spec[0][0], spec[0][1]) if spec else best[2], h.random_drop(spec[0][1] if spec else best[1]),
+            detail=("specific: " + ", ".join(f"{head_label(*x)} on {o}" for x, o in spec))
+            if spec
+            else f"none; largest: {head_label(*best[0])} on {best[1]}",
+            rule="reproduced: a chosen head's drop interval lies above 0 on exactly one operation; partly: the "
+            "largest drop on one operation lies above 0",
+        ),
+    ]
+
+
+def _mask_keep_claims(study: CNAStudy) -> list[Claim]:
+    mk, head = study.arithmetic.mask_keep, study.arithmetic.head
+    if not mk.per_prompt:
+        return []
+    small, n = mk.ns[0], mk.ns[-1]
+    mask, diff, keep_n = mk.decrease("mask", n), mk.mask_minus_random(n), mk.decrease("keep", n)
+    return [
+        _claim(
+            f"masking the top-{n} CNA neurons (ranked on the CNA prompts) removes most held-out correct answers, "
+            f"far more than {n} random neurons",
+            intervals.verdict(mask.above(0.5) and diff.above(0), partly=diff.above(0)),
+            mask, mk.decrease("random_mask", n),
+            detail=f"paper (N=99): 100% decrease; mask minus random {diff.format(3)}; n={mask.n}",
+            rule="reproduced: the decrease's interval lies above 0.5 and mask minus random above 0; partly: mask "
+            "minus random above 0",
+            paper="N=99: 100% accuracy decrease",
+            source=CNA_PAPER,
+        ),
+        _claim(
+            f"keeping only the top CNA neurons of layers >= {head[0]} keeps most answers (small decrease)",
+            intervals.verdict(keep_n.below(0.2), partly=keep_n.below(0.5)),
+            keep_n, mk.decrease("keep", small),
+            detail=f"paper (Llama-7B, layers 17-31): keep-99 decrease 3.9%, keep-10 38.2%; measured: keep-{n}, "
+            f"control column: keep-{small}",
+            rule="reproduced: the keep decrease's interval lies below 0.2; partly: below 0.5",
+            paper="keep-99 decrease 3.9%, keep-10 38.2% (Llama-7B, layers 17-31)",
+            source=CNA_PAPER,
+        ),
+    ]
+
+
+_BEATS_RANDOM = "reproduced: the drop's interval lies above 0.3 and above the random neurons'; partly: above theirs"
+
+
+def _top10_claims(study: CNAStudy) -> list[Claim]:
+    ev = study.top10
+    if "logprob_increase" not in ev.per_prompt or "random" not in ev.per_prompt:
+        return []
+    lpi, rnd = ev.drop("logprob_increase"), ev.drop("random")
+    out = [
+        _claim(
+            f"zeroing the top-10 FFN neurons by log-probability increase ({study.settings.get('top10_layers')} "
+            "layers) lowers the answer's probability far more than 10 random neurons",
+            intervals.verdict(lpi.above(0.3) and lpi.low > rnd.high, partly=lpi.low > rnd.high),
+            lpi, rnd,
+            detail=f"paper Llama-7B: 21.5% -> 9.2% (57% drop); n={lpi.n} prompts",
+            rule=_BEATS_RANDOM,
+            paper="Llama-7B: probability 21.5% -> 9.2% (57% drop)",
+            source=f"{ATTRIBUTION_PAPER}, Table 2",
         )
-        out.append(
-            Claim(
-                "most heads are harmless: random heads' mean drop is within 2 points of zero",
-                intervals.verdict(r.low > -0.02 and r.high < 0.02, partly=r.below(0.05)),
-                r,
-                None,
-                detail=f"paper: 976 of 1,024 heads change accuracy by <= 2%; selection sweep: "
-                f"{a.sweep.fraction_harmless(0.02):.0%} of heads within 2 points on {a.n_sweep} prompts",
-                command=cmd,
-            )
-        )
-        spec = h.specific()
-        best = None
-        for hh in h.heads:
-            for op in dict.fromkeys(h.ops):
-                iv = h.drop(hh, op)
-                if best is None or iv.low > best[2].low:
-                    best = (hh, op, iv)
-        ev = h.drop(spec[0][0], spec[0][1]) if spec else best[2]
-        ctrl = h.random_drop(spec[0][1] if spec else best[1])
-        out.append(
-            Claim(
-                "some heads are specific to one operation (drop interval above 0 on one operation only)",
-                intervals.verdict(bool(spec), partly=best is not None and best[2].above(0)),
-                ev,
-                ctrl,
-                detail=("specific: " + ", ".join(f"{head_label(*x)} on {o}" for x, o in spec))
-                if spec
-                else f"none; largest: {head_label(*best[0])} on {best[1]}",
-                command=cmd,
-            )
-        )
-    mk = a.mask_keep
-    if mk.per_prompt:
-        n = max(int(k.rsplit("_", 1)[1]) for k in mk.per_prompt if k != "base")
-        small = min(int(k.rsplit("_", 1)[1]) for k in mk.per_prompt if k != "base")
-        mask = intervals.mean(1.0 - mk.per_prompt[f"mask_{n}"].float())
-        rnd = intervals.mean(1.0 - mk.per_prompt[f"random_mask_{n}"].float())
-        diff = intervals.mean(mk.per_prompt[f"random_mask_{n}"].float() - mk.per_prompt[f"mask_{n}"].float())
-        out.append(
-            Claim(
-                f"masking the top-{n} CNA neurons (ranked on the CNA prompts) removes most held-out correct answers, "
-                f"far more than {n} random neurons",
-                intervals.verdict(mask.above(0.5) and diff.above(0), partly=diff.above(0)),
-                mask,
-                rnd,
-                detail=f"paper (N=99): 100% decrease; mask minus random {diff.format(3)}; n={mask.n}",
-                command=cmd,
-            )
-        )
-        keep = intervals.mean(1.0 - mk.per_prompt[f"keep_{small}"].float())
-        keep_n = intervals.mean(1.0 - mk.per_prompt[f"keep_{n}"].float())
-        out.append(
-            Claim(
-                f"keeping only the top CNA neurons of layers >= {a.head[0]} keeps most answers (small decrease)",
-                intervals.verdict(keep_n.below(0.2), partly=keep_n.below(0.5)),
-                keep_n,
-                keep,
-                detail=f"paper (Llama-7B, layers 17-31): keep-99 decrease 3.9%, keep-10 38.2%; measured: keep-{n}, "
-                f"control column: keep-{small}",
-                command=cmd,
-            )
-        )
-    t = study.top10.per_prompt
-    if "logprob_increase" in t and "random" in t:
-        o = t["original"][:, 1]
-        lpi = _prob_drop(o, t["logprob_increase"][:, 1])
-        rnd = _prob_drop(o, t["random"][:, 1])
-        out.append(
-            Claim(
-                f"zeroing the top-10 FFN neurons by log-probability increase ({study.settings.get('top10_layers')} "
-                "layers) lowers the answer's probability far more than 10 random neurons",
-                intervals.verdict(lpi.above(0.3) and lpi.low > rnd.high, partly=lpi.low > rnd.high),
-                lpi,
-                rnd,
-                detail=f"paper Llama-7B: 21.5% -> 9.2% (57% drop); n={lpi.n} prompts",
-                command=cmd,
-            )
-        )
-        for other in ("logprob", "coefficient"):
-            if other in t:
-                diff = _prob_drop_difference(o, t["logprob_increase"][:, 1], t[other][:, 1])
-                oth = _prob_drop(o, t[other][:, 1])
-                out.append(
-                    Claim(
-                        f"log-probability increase picks more important top-10 neurons than {other}",
-                        intervals.verdict(diff.above(0), partly=diff.estimate > 0),
-                        diff,
-                        oth,
-                        detail=f"measured: extra relative probability drop over {other}; control: {other}'s own "
-                        f"drop; paper Llama-7B: 9.2% vs {'10.8' if other == 'logprob' else '22.9'}% probability",
-                        command=cmd,
-                    )
+    ]
+    for other, theirs in (("logprob", "10.8"), ("coefficient", "22.9")):
+        if other in ev.per_prompt:
+            diff = ev.extra_drop("logprob_increase", other)
+            out.append(
+                _claim(
+                    f"log-probability increase picks more important top-10 neurons than {other}",
+                    intervals.verdict(diff.above(0), partly=diff.estimate > 0),
+                    diff, ev.drop(other),
+                    detail=f"measured: extra relative probability drop over {other}; control: {other}'s own "
+                    f"drop; paper Llama-7B: 9.2% vs {theirs}% probability",
+                    rule="reproduced: the extra drop's interval lies above 0; partly: its estimate does",
+                    paper=f"Llama-7B: probability 9.2% vs {theirs}%",
+                    source=f"{ATTRIBUTION_PAPER}, Table 2",
                 )
+            )
+    return out
+
+
+def _query_and_attention_claims(study: CNAStudy) -> list[Claim]:
+    out = []
     if study.query is not None:
-        qp = study.query.per_prompt
-        o = qp["original"][:, 1]
-        qd, rd = _prob_drop(o, qp["query_score"][:, 1]), _prob_drop(o, qp["random"][:, 1])
-        out.append(
-            Claim(
+        qd, rd = study.query.drop("query_score"), study.query.drop("random")
+        ql = Interval.from_json(study.query_layers["value_minus_query"])
+        out += [
+            _claim(
                 f"zeroing the top-{study.query.k} query FFN neurons lowers the answer's probability far more than "
                 "random neurons",
                 intervals.verdict(qd.above(0.3) and qd.low > rd.high, partly=qd.low > rd.high),
-                qd,
-                rd,
+                qd, rd,
                 detail=f"paper (top-1000 query neurons): 95-96% probability drop, random 1.1%; n={qd.n}",
-                command=cmd,
-            )
-        )
-        ql = Interval.from_json(study.query_layers["value_minus_query"])
-        out.append(
-            Claim(
+                rule=_BEATS_RANDOM,
+                paper="top-1000 query neurons: 95-96% probability drop, random 1.1%",
+                source=f"{ATTRIBUTION_PAPER} (METHODS §3.1)",
+            ),
+            _claim(
                 "query neurons lie in shallower layers than value neurons",
                 intervals.verdict(ql.above(0)),
-                ql,
-                None,
+                ql, None,
                 detail="measured: mean layer of each prompt's top value neurons minus that of its top query neurons "
                 f"(value {Interval.from_json(study.query_layers['value_mean_layer']).format(1)}, query "
                 f"{Interval.from_json(study.query_layers['query_mean_layer']).format(1)})",
-                command=cmd,
-            )
-        )
+                rule="reproduced: the interval of value minus query mean layer lies above 0",
+            ),
+        ]
     if study.attn is not None:
-        ap = study.attn.per_prompt
-        o = ap["original"][:, 1]
-        ad, rd = _prob_drop(o, ap["logprob_increase"][:, 1]), _prob_drop(o, ap["random"][:, 1])
+        ad, rd = study.attn.drop("logprob_increase"), study.attn.drop("random")
         out.append(
-            Claim(
+            _claim(
                 f"zeroing the top-{study.attn.k} attention neurons (last {study.settings.get('attn_layers')} layers) "
                 "lowers the answer's probability more than random attention neurons",
                 intervals.verdict(ad.above(0.3) and ad.low > rd.high, partly=ad.low > rd.high),
-                ad,
-                rd,
+                ad, rd,
                 detail=f"paper: top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%; n={ad.n}",
-                command=cmd,
+                rule=_BEATS_RANDOM,
+                paper="top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%",
+                source=f"{ATTRIBUTION_PAPER} (METHODS §3.1)",
             )
         )
     return out
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # report
@@ -809,13 +795,9 @@ def _task_sections(r, f: TaskFindings, paper: str) -> None:
         x_title="layer",
         y_title="summed positive CNA",
     )
-    iv = mask_keep_intervals(f.mask_keep)
     table = f.mask_keep.table.copy()
-    if iv:
-        for kind in ("mask", "keep", "random_mask"):
-            table[f"{kind} decrease (95% CI)"] = [
-                Interval.from_json(iv[str(int(n))][kind]).format(2, percent=True) for n in table["N"]
-            ]
+    for kind in ("mask", "keep", "random_mask") if f.mask_keep.per_prompt else ():
+        table[f"{kind} decrease (95% CI)"] = [f.mask_keep.decrease(kind, int(n)).format(2, percent=True) for n in table["N"]]
     r.table(
         table,
         caption=f"mask (zero the top-N CNA neurons) vs keep (zero every other neuron of layers >= {f.head[0]}) vs N "
@@ -824,15 +806,28 @@ def _task_sections(r, f: TaskFindings, paper: str) -> None:
 
 
 def _eval_table(ev: neurons.TopNeuronEval) -> pd.DataFrame:
-    iv = eval_intervals(ev)
     t = ev.table.copy()
-    t["prob drop (95% CI)"] = [Interval.from_json(iv[m]["prob_drop"]).format(2, percent=True) for m in t["method"]]
-    t["MRR drop (95% CI)"] = [Interval.from_json(iv[m]["mrr_drop"]).format(2, percent=True) for m in t["method"]]
+    t["prob drop (95% CI)"] = [ev.drop(m, "prob").format(2, percent=True) for m in t["method"]]
+    t["MRR drop (95% CI)"] = [ev.drop(m, "mrr").format(2, percent=True) for m in t["method"]]
     return t
 
 
+#: the metric cards the report opens with, after the claims (those a run has; N: the largest mask/keep N), and their
+#: labels ("{head}": the top head); every other card follows at the end, named by its key
+KEY_NUMBERS = {
+    "heldout_top_head_drop": "held-out accuracy drop, top head {head} ablated",
+    "heldout_random_heads_drop": "held-out accuracy drop, random heads (mean)",
+    "arith_fraction_heads_within_2pct": "share of heads that change accuracy by at most 2 points",
+    "arith_mask_{n}": "accuracy decrease %, top-{n} CNA neurons zeroed",
+    "arith_random_mask_{n}": "accuracy decrease %, {n} random neurons zeroed",
+    "arith_keep_{n}": "accuracy decrease %, only the top-{n} CNA neurons kept",
+    "top10_mrr_original": "MRR of the answer (nothing zeroed)",
+    "top10_mrr_logprob_increase": "MRR with the top-10 neurons by log-probability increase zeroed",
+}
+
+
 def report(study: CNAStudy):
-    """The study as a :class:`codecircuits.report.Report`."""
+    """The study as a :class:`codecircuits.report.Report`: the claims, a few key numbers, then each step."""
     from ..report import Report
 
     r = Report(
@@ -840,10 +835,14 @@ def report(study: CNAStudy):
         subtitle="Yu & Ananiadou (EMNLP 2024): the paper's arithmetic task (four operations, two-digit operands) "
         "with held-out selection, random controls and bootstrap 95% intervals",
     )
+    metrics, n = study.metrics(), study.settings.get("mask_keep_ns", [0])[-1]
+    labels = {k.format(n=n): v.format(n=n, head=head_label(*study.arithmetic.head)) for k, v in KEY_NUMBERS.items()}
+    key = {k: metrics[k] for k in labels if k in metrics}
+    r.section("Claims and verdicts", text="Each claim of the paper with the number it rests on (95% bootstrap "
+              "interval), its control, the paper's own number and the verdict by the stated rule.")
+    r.claims(list(study.claims))
     r.section("Key numbers")
-    r.metrics(study.metrics())
-    if study.claims:
-        r.claims(list(study.claims))
+    r.metrics(key, labels={k: labels[k] for k in key})
     if study.accuracy_by_op:
         r.table(
             [{"operation": k, "accuracy (95% CI)": v.format(3), "n": v.n} for k, v in study.accuracy_by_op.items()],
@@ -879,13 +878,10 @@ def report(study: CNAStudy):
         r.table(_eval_table(study.attn), caption=f"top-{study.attn.k} attention neurons zeroed")
     if study.parens is not None:
         _task_sections(r, study.parens, "Closing-parenthesis prompts with 1..n open parens.")
+    r.section("Every key number", text="The numbers of results.json's \"metrics\", beside those at the top.")
+    r.metrics({k: v for k, v in metrics.items() if k not in key})
     r.data(study.to_json(), name="results")
     return r
-
-
-def write(study: CNAStudy, out_dir) -> tuple[Path, Path]:
-    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return study.save(out_dir)
 
 
 def tables(study: CNAStudy) -> dict[str, pd.DataFrame]:

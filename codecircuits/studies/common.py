@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import field, fields, replace
 from pathlib import Path
 
@@ -87,6 +89,14 @@ def configure(config_cls, config, overrides: dict):
             f"{config_cls.__name__} has no setting {', '.join(bad)}: choose from {', '.join(sorted(names))}."
         )
     return replace(config, **overrides)
+
+
+@contextmanager
+def timed(timings: dict, name: str):
+    """``with timed(timings, "step"):`` records the block's wall seconds as ``timings["step"]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
 
 
 def model_name(model) -> str:

@@ -116,11 +116,7 @@ class MemoriesStudy(Study):
 
     def depth_shares(self) -> dict[str, float]:
         """Semantic share of labelled keys in the first, middle and last third of the layers."""
-        out = {}
-        for name, part in _thirds(self.distribution).items():
-            lab = part["shallow"].sum() + part["semantic"].sum()
-            out[name] = float(part["semantic"].sum() / lab) if lab else float("nan")
-        return out
+        return {k: iv.estimate for k, iv in self.semantic_by_depth.items()}
 
     def depth_means(self, column: str) -> dict[str, float]:
         """Mean of a per-layer column of :attr:`distribution` over the first, middle and last third of the layers."""
@@ -277,20 +273,8 @@ class MemoriesStudy(Study):
             "claims": [c.to_json() for c in self.claims()],
             "semantic_share_by_depth": {k: v.to_json() for k, v in self.semantic_by_depth.items()},
         }
-        a = self.agreement
-        if a is not None:
-            out["agreement"] = {
-                "buckets": a.bucket_labels(),
-                "bucket_counts": a.total.tolist(),
-                **{f"{c}_by_layer": a.curve(c).tolist() for c in a.components},
-                **{f"{c}_by_bucket": a.by_bucket(c).tolist() for c in a.components},
-                "resid_first_layer_50": a.first_layer("resid_post", 0.5),
-                "resid_mean_depth": a.mean_layer("resid_post"),
-                "resid_late_agreement": a.late_agreement("resid_post"),
-                "mlp_mean_depth": a.mean_layer("mlp_out") if "mlp_out" in a.components else None,
-                "docs": list(a.docs),
-                "intervals": {k: v.to_json() for k, v in self.rq4.items()},
-            }
+        if self.agreement is not None:
+            out["agreement"] = {**self.agreement.to_json(), "intervals": {k: v.to_json() for k, v in self.rq4.items()}}
         return json_safe(out)
 
     def _example_records(self, n_keys: int = 6, n_examples: int = 3) -> list[dict]:

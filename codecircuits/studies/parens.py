@@ -29,22 +29,21 @@ dataset has that token, else ``k - 1`` (the counterfactual's answer, as in the p
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .. import ablation as ablation_mod
 from .. import heads as heads_mod
 from .. import intervals, lens
-from ..core.interventions import Replace, position_mask
-from ..core.interventions import hook as core_hook
-from ..core.runner import Receiver, run_cells
+from ..core.metrics import logit_diff
+from ..core.runner import Receiver
 from ..core.sites import LN_FINAL_SCALE, head_label, hook_name
 from ..errors import InputError
+from ..patching import patch_layers
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, model_name, setting, write_study
+from .common import Study, configure, json_safe, model_name, setting, timed
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -293,6 +292,15 @@ class ParensStudy(Study):
         }
         return json_safe(out, digits=None)
 
+    def summary_text(self) -> str:
+        """What ``codecircuits parens`` prints: accuracy and emergence per count, then each claim's verdict."""
+        acc = ", ".join(f"{k}: {v:.2f}" for k, v in self.accuracy.items())
+        emerge = ", ".join(f"{k}: {v}" for k, v in self.emergence.items())
+        lines = [f"accuracy per number of parens  {acc}", f"answer emerges at layer        {emerge}"]
+        for c in self.claims:
+            lines.append(f"{c.verdict:>15}  {c.claim}" + (f"  {c.evidence.format()}" if c.evidence else ""))
+        return "\n".join(lines)
+
     def key_metrics(self) -> dict[str, float | None]:
         """The headline numbers (also the report's metric cards)."""
         m: dict[str, float] = {}
@@ -317,13 +325,9 @@ class ParensStudy(Study):
         """The study as a :class:`codecircuits.report.Report`."""
         return build_report(self)
 
-    def save(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""
-        return write_study(out_dir, self.to_json(), self.report)
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# the run
+# the run: data, selection split, evaluation split, counting prompts, patching, ablation, amplification, claims
 
 
 def _neighbour(counts: tuple[int, ...], k: int) -> int:
@@ -334,34 +338,13 @@ def _neighbour(counts: tuple[int, ...], k: int) -> int:
     raise InputError(f"The study needs at least two adjacent paren counts; got {counts}.")
 
 
-def _logit_diff_metric(correct: torch.Tensor, wrong: torch.Tensor):
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        ar = torch.arange(logits.shape[0], device=logits.device)
-        last = logits[:, -1]
-        return last[ar, correct.to(logits.device)] - last[ar, wrong.to(logits.device)]
-
-    return metric
-
-
-def vboot(stat, *values, n_resamples: int = 1000, seed: int = 0) -> intervals.Interval:
-    """A percentile-bootstrap interval like :func:`codecircuits.intervals.bootstrap`, vectorised: ``stat`` takes
-    the values with a leading resample axis (``[resamples, n, ...]``) and returns ``[resamples]``."""
-    vals = [torch.as_tensor(v).detach().cpu().double() for v in values]
-    n = vals[0].shape[0]
-    est = float(stat(*[v[None] for v in vals])[0])
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, n, (int(n_resamples), n), generator=gen)
-    stats = stat(*[v[idx] for v in vals]).double()
-    stats = stats[torch.isfinite(stats)]
-    if stats.numel() == 0:
-        return intervals.Interval(est, float("nan"), float("nan"), n)
-    lo, hi = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return intervals.Interval(est, lo, hi, n)
-
-
 def _ratio(p, b, s):
     """Recovery ``(patched - base) / (source - base)`` on means over the examples (last axis)."""
     return (p - b).mean(-1) / (s - b).mean(-1)
+
+
+def _mean_difference(a, b):
+    return (a - b).mean(-1)
 
 
 def _f1_stat(promotes, is_class):
@@ -382,6 +365,15 @@ def _partial_stat(x, y, z):
     return (rx * ry).sum(-1) / (rx.norm(dim=-1) * ry.norm(dim=-1)).clamp_min(1e-12)
 
 
+def _emergence_stat(p, frac):
+    """The first layer from which the mean (over prompts, axis -2) stays >= ``frac`` x its final value; NaN if none."""
+    m = p.mean(-2)  # [R, layers]
+    fin = m[..., -1:]
+    ok = (m >= frac * fin) & (fin > 0)
+    tail = torch.flip(torch.cummin(torch.flip(ok.int(), [-1]), -1).values, [-1]).bool()  # ok from here on
+    return torch.where(tail.any(-1), tail.int().argmax(-1).double(), torch.full(m.shape[:-1], float("nan")))
+
+
 def _iv(x: intervals.Interval | None):
     return None if x is None else x.to_json()
 
@@ -394,6 +386,71 @@ def _lens_names(model) -> list[str]:
         for n in model.hook_dict
         if n == LN_FINAL_SCALE or n in ("hook_embed", "hook_pos_embed") or n.endswith(want)
     ]
+
+
+def _readout(logits: torch.Tensor, correct_id: int, wrong_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct [n], logit diff [n])`` at the last position."""
+    last = logits[:, -1].float().cpu()
+    return last.argmax(-1) == correct_id, last[:, correct_id] - last[:, wrong_id]
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The prompts of a run: heads are chosen on ``sel_ds`` and measured on ``ev_ds``."""
+
+    sel_ds: task.ParensDataset
+    ev_ds: task.ParensDataset
+    counts: tuple[int, ...]
+    paren_ids: dict[int, int]
+    wrong_of: dict[int, int]
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [self.paren_ids[k] for k in self.counts]
+
+    @property
+    def col(self) -> dict[int, int]:
+        return {k: i for i, k in enumerate(self.counts)}
+
+    def ids(self, k: int) -> tuple[int, int]:
+        """The correct and the wrong (neighbouring count's) token of ``k`` parens."""
+        return self.paren_ids[k], self.paren_ids[self.wrong_of[k]]
+
+
+def _prepare(model, cfg: ParensConfig) -> _Setup:
+    ds = task.dataset(model, n_values=cfg.n_values, n_numbers=cfg.n_numbers, seed=cfg.seed, split=None)
+    sel_ds = ds.select(split=cfg.selection_split, limit=cfg.selection_prompts_per_n)
+    ev_ds = ds.select(split=cfg.split, limit=cfg.prompts_per_n)
+    counts = ev_ds.n_opens
+    return _Setup(sel_ds, ev_ds, counts, dict(ds.label_ids), {k: _neighbour(counts, k) for k in counts})
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What the selection split chooses: heads, the layers whose patching is reported, the hardest count."""
+
+    promoters: heads_mod.PromoterHeads
+    counting: heads_mod.CountingHeads
+    accuracy: dict[int, float]
+    hardest: int
+    best_layer: dict[int, dict[str, int]]  # count -> sublayer -> the layer of largest mean direct effect
+
+
+def _select(model, cfg: ParensConfig, su: _Setup) -> _Selection:
+    """Promoters, the older measure's counting heads, the reported layers and the hardest count, on the selection
+    split (one cached forward per count)."""
+    groups = {k: toks for k, (_, toks) in su.sel_ds.groups(model).items()}
+    found = heads_mod.find_paren_heads(
+        model, [(groups[k], k) for k in su.counts], su.token_ids, ratio=cfg.promoter_ratio
+    )
+    accuracy, ld_mean, best_layer = {}, {}, {}
+    for i, k in enumerate(su.counts):
+        correct, ld = _readout(found.logits[i], *su.ids(k))
+        accuracy[k], ld_mean[k] = float(correct.float().mean()), float(ld.mean())
+        c = lens.sublayer_contributions(model, groups[k], *su.ids(k), cache=found.caches[i])
+        best_layer[k] = {"attn_out": int(c.attn.mean(-1).argmax()), "mlp_out": int(c.mlp.mean(-1).argmax())}
+    hardest = min(su.counts, key=lambda k: (accuracy[k], ld_mean[k]))
+    return _Selection(found.promoters, found.counting, accuracy, hardest, best_layer)
 
 
 @dataclass
@@ -411,74 +468,417 @@ class _Evaluated:
     def n(self) -> int:
         return int(self.tokens.shape[0])
 
-    def readout(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        last = logits[:, -1].float().cpu()
-        return last.argmax(-1) == self.correct_id, last[:, self.correct_id] - last[:, self.wrong_id]
-
     def base(self):
-        return self.readout(self.receiver.logits)
+        return _readout(self.receiver.logits, self.correct_id, self.wrong_id)
 
     def run(self, hooks, layer: int, at: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(correct [n], logit diff [n])`` with ``hooks`` (changing layers >= ``layer``) in effect at the answer
         position only (``at="answer"``) or at every position (``"all"``)."""
         start = self.tokens.shape[1] - 1 if at == "answer" else 0
         rows = torch.arange(self.n, device=self.tokens.device)
-        return self.readout(self.receiver.run(layer, start, rows, hooks))
+        return _readout(self.receiver.run(layer, start, rows, hooks), self.correct_id, self.wrong_id)
 
 
-def _patch_cells(rec: Receiver, donor: Receiver, metric, layers, positions, donor_rows, *, chunk: int = 5) -> dict:
-    """``{site: [len(layers)] tensors [pairs]}``: the metric with ``attn_out`` / ``mlp_out`` of one layer patched
-    from the donor's cache (rows ``donor_rows``) into the receiver at ``positions``; the cells of ``chunk``
-    consecutive layers (both sites) share one batched run from the chunk's first layer."""
-    n_pos = rec.n_pos
-    start = min(positions)
-    pos_mask = position_mask(n_pos - start, [p - start for p in positions], rec.tokens.device).view(1, -1, 1)
-    out: dict = {"attn_out": [], "mlp_out": []}
-    for i in range(0, len(layers), chunk):
-        group = list(layers[i : i + chunk])
-        cells = [(site, layer) for layer in group for site in ("attn_out", "mlp_out")]
-        sources = {c: donor.cache[hook_name(c[0], c[1])][donor_rows] for c in cells}
+@dataclass
+class _Evaluation:
+    """The evaluation split's readouts per count, and its cached runs for the interventions."""
 
-        def make_hooks(cell_of_row, ex_of_row, cells=cells, sources=sources):
-            hooks = []
-            for ci, c in enumerate(cells):
-                mask = (cell_of_row == ci).view(-1, 1, 1) & pos_mask
-                hooks.append(core_hook(hook_name(*c), Replace(sources[c]), mask, examples=ex_of_row, offset=start))
-            return hooks
+    runs: dict[int, _Evaluated] = field(default_factory=dict)
+    lenses: dict = field(default_factory=dict)
+    contributions: dict = field(default_factory=dict)
+    head_logits: dict = field(default_factory=dict)
+    accuracy: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
+    correct: dict = field(default_factory=dict)
+    logit_diff: dict = field(default_factory=dict)
+    promoters: heads_mod.PromoterHeads | None = None
+    merged: lens.HeadLogits | None = None
+    labels: torch.Tensor | None = None
 
-        vals = run_cells(rec, metric, group[0], start, len(cells), make_hooks).float().cpu()  # [cells, pairs]
-        for ci, (site, _) in enumerate(cells):
-            out[site].append(vals[ci])
+    def intervene(self, hooks, heads, at: str, counts) -> dict:
+        """``{count: (correct, logit diff)}`` with ``hooks`` on ``heads`` (from their first layer) in effect."""
+        lo = min(a for a, _ in heads)
+        return {k: self.runs[k].run(hooks, lo, at) for k in counts}
+
+
+def _evaluate(model, cfg: ParensConfig, su: _Setup, progress: bool) -> _Evaluation:
+    """One cached forward per count of the evaluation split: the lens, contributions, head logits, accuracy."""
+    names = _lens_names(model)
+    e = _Evaluation()
+    for k, (ps, toks) in tqdm(su.ev_ds.groups(model).items(), disable=not progress, desc="parens: evaluation"):
+        c, w = su.ids(k)
+        n = toks.shape[0]
+        rec = Receiver(model, toks, extra_names=names, metric=logit_diff(torch.full((n,), c), torch.full((n,), w)))
+        e.runs[k] = _Evaluated(k, ps, toks, rec, c, w)
+        e.correct[k], e.logit_diff[k] = e.runs[k].base()
+        e.accuracy[k] = float(e.correct[k].float().mean())
+        e.predictions[k] = [model.tokenizer.decode([i]) for i in rec.logits[:, -1].argmax(-1).tolist()]
+        e.lenses[k] = lens.logit_diff_lens(model, toks, c, w, cache=rec.cache, logits=rec.logits)
+        e.contributions[k] = lens.sublayer_contributions(model, toks, c, w, cache=rec.cache)
+        e.head_logits[k] = lens.head_logits(model, toks, su.token_ids, cache=rec.cache)
+    e.promoters, e.merged, e.labels = heads_mod.promoters_of(
+        [e.head_logits[k] for k in su.counts], su.counts, ratio=cfg.promoter_ratio
+    )
+    return e
+
+
+def _attention_examples(model, su: _Setup, sel: _Selection, ev: _Evaluation) -> dict:
+    """The attention of the top promoters and counting heads on one evaluation prompt per count."""
+    show = []
+    for k in su.counts:
+        show += [h for h in sel.promoters.heads(k, 2) if h not in show]
+    show += [h for h in sel.counting.heads(2) if h not in show]
+    out = {}
+    for k in su.counts:
+        run = ev.runs[k]
+        pats = torch.stack([run.receiver.cache[hook_name("pattern", layer)][0, h] for layer, h in show])
+        out[k] = {
+            "tokens": [model.tokenizer.decode([t]) for t in run.tokens[0].tolist()],
+            "heads": [head_label(layer, h) for layer, h in show],
+            "patterns": pats.float().cpu(),
+        }
     return out
 
 
-def _random_heads(model, k: int, exclude, n_draws: int, seed: int) -> list[list[tuple[int, int]]]:
-    """``n_draws`` sets of ``k`` query heads drawn without replacement from the heads not in ``exclude``."""
-    pool = [(a, b) for a in range(model.cfg.n_layers) for b in range(model.cfg.n_heads) if (a, b) not in set(exclude)]
-    gen = torch.Generator().manual_seed(int(seed))
-    k = min(k, len(pool))
-    return [[pool[int(i)] for i in torch.randperm(len(pool), generator=gen)[:k]] for _ in range(n_draws)]
+def _promoter_f1(cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluation) -> dict:
+    """F1 on the evaluation prompts of each count's top promoter chosen on the selection split, with intervals."""
+    promotes = heads_mod.promoted(ev.merged.values, cfg.promoter_ratio).double()  # [b, l, h, t]
+    out = {}
+    for k in su.counts:
+        top = sel.promoters.heads(k, 1)
+        if not top:
+            continue
+        (layer, h), i = top[0], su.col[k]
+        out[k] = {
+            "head": head_label(layer, h),
+            "f1_selection": float(sel.promoters.f1[i, layer, h]),
+            "f1": intervals.statistic(
+                _f1_stat, promotes[:, layer, h, i], (ev.labels == i).double(), n_resamples=cfg.n_resamples
+            ),
+        }
+    return out
 
 
-def _head_forward(model, groups: dict, token_ids, col, paren_ids, wrong_of, names=None):
-    """One cached forward per count: caches, head logits, accuracy and logit differences per prompt."""
-    caches, hls, correct, lds, logits_of = {}, {}, {}, {}, {}
-    for k, toks in groups.items():
-        logits, cache = lens.run_cache(model, toks, extra=("attn.hook_pattern",))
-        caches[k], logits_of[k] = cache, logits
-        last = logits[:, -1].float().cpu()
-        correct[k] = last.argmax(-1) == paren_ids[k]
-        lds[k] = last[:, paren_ids[k]] - last[:, paren_ids[wrong_of[k]]]
-        hls[k] = lens.head_logits(model, toks, token_ids, cache=cache)
-    return caches, hls, correct, lds, logits_of
-
-
-def _promoters_of(hls, counts, col, token_ids, ratio):
-    merged = lens.HeadLogits(
-        torch.cat([hls[k].values for k in counts]), tuple(token_ids), hls[counts[0]].token_labels, True, -1
+def _closed_prompts_forward(model, cfg: ParensConfig, cds) -> dict:
+    """The counting prompts (``str(`` calls closed first) of both splits, one forward per token length: per split
+    the ``(tokens, n_open)`` groups, their attention patterns and ``(n_open, n_closed, correct)`` per prompt."""
+    both = task.ParensDataset(
+        cds.select(split=cfg.selection_split, limit=cfg.counting_selection_per_cell).prompts
+        + cds.select(split=cfg.split, limit=cfg.counting_prompts_per_cell).prompts,
+        cds.n_values, cds.seed, cds.n_numbers, dict(cds.label_ids),
     )
-    labels = torch.cat([torch.full((hls[k].values.shape[0],), col[k]) for k in counts])
-    return heads_mod.paren_promoters(merged, labels, classes=counts, ratio=ratio), merged, labels
+    parts: dict = {"selection": ([], [], []), "evaluation": ([], [], [])}
+    for ps, toks in both.by_length(model):
+        logits, cache = lens.run_cache(model, toks, names=(), extra=("attn.hook_pattern",))
+        pred = logits[:, -1].argmax(-1).cpu()
+        for part, split in (("selection", cfg.selection_split), ("evaluation", cfg.split)):
+            idx = [i for i, p in enumerate(ps) if p.split == split]
+            if not idx:
+                continue
+            it = torch.tensor(idx)
+            patterns = {n: cache[n][it] for n in (hook_name("pattern", la) for la in range(model.cfg.n_layers))}
+            parts[part][0].append((toks[it], torch.tensor([float(ps[i].n_open) for i in idx])))
+            parts[part][1].append(patterns)
+            parts[part][2].extend((ps[i].n_open, ps[i].n_closed, bool(pred[i] == ps[i].label_id)) for i in idx)
+        del cache
+    return parts
+
+
+def _count_tracking(model, cfg: ParensConfig, su: _Setup, counting: heads_mod.CountingHeads):
+    """Counting heads with token count regressed out, on prompts that close some parens first: ``(json, the
+    intervals of the top head, the older measure's head and random heads, the heads chosen)``; ``(json, None,
+    None)`` when the tokenizer cannot make those prompts."""
+    try:
+        cds = task.closed_dataset(
+            model, n_values=cfg.n_values, closed_values=cfg.counting_closed, n_numbers=cfg.n_numbers, seed=cfg.seed
+        )
+    except InputError as err:
+        return {"available": False, "reason": str(err)}, None, None
+    parts = _closed_prompts_forward(model, cfg, cds)
+    tracks = {n: heads_mod.count_tracking(model, g, caches=c) for n, (g, c, _) in parts.items()}
+    sel, tracking = tracks["selection"], tracks["evaluation"]
+    chosen = sel.heads(3)
+    x, z, R = tracking.n_open, tracking.covariates, cfg.n_resamples
+
+    def signed_partial(head, sign_from) -> intervals.Interval:  # signed so that the head's own direction is up
+        sign = float(torch.sign(sign_from.partial_corr[head].nan_to_num(0)) or 1.0)
+        y = tracking.mass[:, head[0], head[1]]
+        return intervals.statistic(lambda a, b, c: sign * _partial_stat(a, b, c), x, y, z, n_resamples=R)
+
+    def mean_abs_partial(x, y, z):
+        return torch.stack([_partial_stat(x, y[..., j], z).abs() for j in range(y.shape[-1])], -1).mean(-1)
+
+    raw_top = counting.heads(1)[0]  # the older measure's head (plain correlation on the paper's prompts)
+    pc_top, pc_raw = signed_partial(chosen[0], sel), signed_partial(raw_top, tracking)
+    rand = heads_mod.random_heads(model, 1, exclude=chosen, n_draws=max(cfg.n_random, 8), seed=cfg.seed)
+    y_rand = torch.stack([tracking.mass[:, a, b] for ((a, b),) in rand], 1)  # [n, draws]
+    pc_rand = intervals.statistic(mean_abs_partial, x, y_rand, z, n_resamples=R)
+    acc_closed = {}
+    for k in su.counts:
+        rows = [c for (o, _, c) in parts["evaluation"][2] if o == k]
+        if rows:
+            acc_closed[k] = intervals.mean(torch.tensor(rows, dtype=torch.float64), n_resamples=R)
+    out = {
+        "available": True,
+        "closed_values": list(cfg.counting_closed),
+        "n_selection": int(sel.n_open.numel()),
+        "n_evaluation": int(tracking.n_open.numel()),
+        "chosen": [head_label(a, b) for a, b in chosen],
+        "partial_corr_selection": sel.partial_corr,
+        "partial_corr": tracking.partial_corr,
+        "raw_corr": tracking.raw_corr,
+        "top": head_label(*chosen[0]),
+        "top_partial_corr": _iv(pc_top),
+        "raw_measure_head": head_label(*raw_top),
+        "raw_measure_head_partial_corr": _iv(pc_raw),
+        "random_abs_partial_corr": _iv(pc_rand),
+        "table": tracking.top(8).to_dict("records"),
+        "accuracy_with_closed_calls": {k: _iv(v) for k, v in acc_closed.items()},
+    }
+    return out, (pc_top, pc_raw, pc_rand), chosen
+
+
+def _patch_sublayers(model, cfg: ParensConfig, su: _Setup, ev: _Evaluation, sel: _Selection, progress: bool):
+    """``attn_out`` / ``mlp_out`` of one layer patched from the clean into the counterfactual run, at the answer
+    position and at the open-paren positions (:func:`codecircuits.patching.patch_layers`): recovery per layer,
+    and with an interval at the layer chosen on the selection split."""
+    n_layers = int(model.cfg.n_layers)
+    chosen_layers = {v for b in sel.best_layer.values() for v in b.values()}
+    answer_layers = sorted(set(range(0, n_layers, cfg.patch_stride)) | chosen_layers)
+    paren_layers = list(range(0, n_layers, cfg.paren_patch_stride))
+    pairs = task.pairs(model, su.ev_ds, on_missing="skip")
+    out: dict = {}
+    for k in tqdm(pairs.n_opens, disable=not progress, desc="parens: patching"):
+        sub = pairs.select(n_open=k, limit=cfg.pairs_per_n)
+        donor = ev.runs[k]
+        row_of = {p.text: i for i, p in enumerate(donor.prompts)}
+        rows = torch.tensor([row_of[p.clean] for p in sub.pairs])
+        clean, corrupted = sub.tokens(model)
+        metric = logit_diff(*sub.answer_ids())
+        rec = Receiver(model, corrupted, metric=metric)
+        n_pos = int(clean.shape[1])
+        all_c, _ = heads_mod.open_paren_counts(model, clean[:1])
+        paren_pos = [i for i in range(n_pos) if all_c[0, i] > 0]
+        kw = dict(donor_rows=rows, chunk=cfg.patch_chunk)
+        answer = patch_layers(rec, donor.receiver, metric, answer_layers, [n_pos - 1], **kw)
+        at_parens = patch_layers(rec, donor.receiver, metric, paren_layers, paren_pos, **kw)
+        base, source = answer["attn_out"].base, answer["attn_out"].source
+        entry: dict = {
+            "corrupted_count": [float(sub.pairs[0].corrupted_n_open)],
+            "n_pairs": len(sub),
+            "clean_logit_diff": [float(source.mean())],
+            "corrupted_logit_diff": [float(base.mean())],
+            "paren_positions": paren_pos,
+            "answer_layers": answer_layers,
+            "paren_layers": paren_layers,
+        }
+        for key, res in [(s, answer[s]) for s in answer] + [(f"{s}_parens", at_parens[s]) for s in at_parens]:
+            entry[key] = [float((v - base).mean() / (source - base).mean()) for v in res.per_example]
+        for site in ("attn_out", "mlp_out"):
+            layer = sel.best_layer[k][site]
+            per_pair = answer[site].per_example[answer_layers.index(layer)]
+            entry[f"{site}_selected_layer"] = layer
+            entry[f"{site}_selected_recovery"] = _iv(
+                intervals.statistic(_ratio, per_pair, base, source, n_resamples=cfg.n_resamples)
+            )
+        out[k] = entry
+    return out
+
+
+def _ablation_candidates(cfg: ParensConfig, su: _Setup, sel: _Selection, chosen) -> list[tuple[int, int]]:
+    """Each count's top promoter, the top counting heads (partial correlation, then the older measure)."""
+    cand: list[tuple[int, int]] = []
+    for k in su.counts:
+        cand += [h for h in sel.promoters.heads(k, 1) if h not in cand]
+    if chosen is not None:
+        cand += [h for h in chosen[:2] if h not in cand]
+    cand += [h for h in sel.counting.heads(2) if h not in cand]
+    return cand[: cfg.n_candidates]
+
+
+def _ablate(model, cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluation, chosen, progress: bool):
+    """Zero-ablation of single candidate heads, and of each count's promoters against random heads of the same
+    number: ``(json, pooled intervals (drop, random drop, difference) or None)``."""
+    at, R = cfg.intervene_at, cfg.n_resamples
+
+    def ablated(hs, counts):
+        return ev.intervene(ablation_mod.ablation_hooks(model, heads=hs, kind="zero"), hs, at, counts)
+
+    cand = _ablation_candidates(cfg, su, sel, chosen)
+    rows = []
+    for layer, h in tqdm(cand, disable=not progress, desc="parens: head ablation"):
+        r = ablated([(layer, h)], su.counts)
+        row = {"head": head_label(layer, h), "layer": layer, "head_index": h}
+        for k in su.counts:
+            row[f"accuracy_{k}"] = float(r[k][0].float().mean())
+            row[f"d_accuracy_{k}"] = row[f"accuracy_{k}"] - ev.accuracy[k]
+            iv = intervals.mean(r[k][1] - ev.logit_diff[k], n_resamples=R)
+            row[f"d_logit_diff_{k}"] = iv.estimate
+            row[f"d_logit_diff_{k}_ci"] = [iv.low, iv.high]
+        rows.append(row)
+    drops, drops_rand, set_rows = [], [], []
+    for k in su.counts:
+        top = sel.promoters.heads(k, cfg.ablate_top_k)
+        if not top:
+            continue
+        drop = ev.logit_diff[k] - ablated(top, (k,))[k][1]
+        rand_sets = heads_mod.random_heads(model, len(top), exclude=top, n_draws=cfg.n_random, seed=cfg.seed + k)
+        drop_r = torch.stack([ev.logit_diff[k] - ablated(rs, (k,))[k][1] for rs in rand_sets]).mean(0)
+        drops.append(drop)
+        drops_rand.append(drop_r)
+        set_rows.append(
+            {
+                "count": k,
+                "heads": [head_label(a, b) for a, b in top],
+                "drop": _iv(intervals.mean(drop, n_resamples=R)),
+                "random_drop": _iv(intervals.mean(drop_r, n_resamples=R)),
+                "difference": _iv(intervals.statistic(_mean_difference, drop, drop_r, n_resamples=R)),
+            }
+        )
+    pooled = None
+    if drops:
+        d_all, r_all = torch.cat(drops), torch.cat(drops_rand)
+        pooled = (
+            intervals.mean(d_all, n_resamples=R),
+            intervals.mean(r_all, n_resamples=R),
+            intervals.statistic(_mean_difference, d_all, r_all, n_resamples=R),
+        )
+    out = {
+        "intervene_at": at,
+        "candidates": [head_label(layer, h) for layer, h in cand],
+        "baseline": {k: {"accuracy": ev.accuracy[k], "logit_diff": float(ev.logit_diff[k].mean())} for k in su.counts},
+        "rows": rows,
+        "promoter_sets": set_rows,
+        "pooled": None if pooled is None else dict(zip(("drop", "random_drop", "difference"), map(_iv, pooled))),
+    }
+    return out, pooled
+
+
+def _amplify(model, cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluation) -> dict:
+    """Amplification (``hook_z`` x c) of the failing count's promoters and of the authors' general heads, every
+    configuration on every count; the best of each variant against random heads of the same number and c."""
+    hardest, at, counts = sel.hardest, cfg.intervene_at, su.counts
+
+    def scaled(hs, c, only):
+        return ev.intervene(ablation_mod.scale_hooks(model, {hd: c for hd in hs}), hs, at, only)
+
+    rows, per_prompt = [], []
+
+    def add(variant, hs, c, extra):
+        r = scaled(hs, c, counts)
+        row = {"variant": variant, **extra, "n_heads": len(hs), "factor": c, "heads": [head_label(a, b) for a, b in hs]}
+        row.update({f"accuracy_{k}": float(r[k][0].float().mean()) for k in counts})
+        row.update({f"logit_diff_{k}": float(r[k][1].mean()) for k in counts})
+        row["accuracy"] = row[f"accuracy_{hardest}"]
+        rows.append(row)
+        per_prompt.append((row, hs, r[hardest]))
+
+    for ranking in cfg.scale_rankings:
+        for top_k in cfg.scale_top_k:
+            top = sel.promoters.heads(hardest, top_k, min_logit=0.0, by=ranking)
+            if not top:
+                continue
+            for c in cfg.scale_factors:
+                add("failing count", top, c, {"ranking": ranking, "share": None})
+    general = sel.promoters.general(min_f1=cfg.general_min_f1, min_counts=cfg.general_min_counts)
+    for share in cfg.general_shares:
+        top = general[: max(1, int(round(share * len(general))))] if general else []
+        if not top:
+            continue
+        for c in cfg.general_factors:
+            add("general heads (authors)", top, c, {"ranking": "macro-f1", "share": share})
+
+    def rank(row):
+        return row["accuracy"], row[f"logit_diff_{hardest}"]
+
+    best_by_variant = {}
+    for variant in ("failing count", "general heads (authors)"):
+        found = [x for x in per_prompt if x[0]["variant"] == variant]
+        if found:
+            row, hs, amplified = max(found, key=lambda x: rank(x[0]))
+            rand_sets = heads_mod.random_heads(model, len(hs), exclude=hs, n_draws=cfg.n_random, seed=cfg.seed + 100)
+            rand = [scaled(rs, row["factor"], (hardest,))[hardest] for rs in rand_sets]
+            best_by_variant[variant] = _against_random(cfg, ev, hardest, row, amplified, rand)
+    return {
+        "hardest": hardest,
+        "hardest_chosen_on": cfg.selection_split,
+        "selection_accuracy": sel.accuracy,
+        "baseline": ev.accuracy[hardest],
+        "baseline_logit_diff": float(ev.logit_diff[hardest].mean()),
+        "general_heads": [head_label(a, b) for a, b in general],
+        "rows": rows,
+        "best": max(rows, key=rank, default=None),
+        "best_by_variant": best_by_variant,
+        "intervene_at": at,
+        "note": "the best configuration is picked on the evaluation prompts, so its accuracy is an optimistic "
+        "estimate; the random control uses the same number of heads and the same factor",
+    }
+
+
+def _against_random(cfg: ParensConfig, ev: _Evaluation, k: int, row: dict, amplified, rand) -> dict:
+    """An amplification's accuracy and gains on count ``k`` beside the mean of random heads', with intervals."""
+    R = cfg.n_resamples
+    corr_amp, ld_amp = amplified
+    corr_r = torch.stack([x[0].double() for x in rand]).mean(0)
+    ld_r = torch.stack([x[1] for x in rand]).mean(0)
+    base_c, base_ld = ev.correct[k].double(), ev.logit_diff[k]
+    return {
+        "row": dict(row),
+        "accuracy": _iv(intervals.mean(corr_amp.double(), n_resamples=R)),
+        "accuracy_gain": _iv(intervals.mean(corr_amp.double() - base_c, n_resamples=R)),
+        "logit_diff_gain": _iv(intervals.mean(ld_amp - base_ld, n_resamples=R)),
+        "random_accuracy": _iv(intervals.mean(corr_r, n_resamples=R)),
+        "random_accuracy_gain": _iv(intervals.mean(corr_r - base_c, n_resamples=R)),
+        "random_logit_diff_gain": _iv(intervals.mean(ld_r - base_ld, n_resamples=R)),
+        "gain_over_random": _iv(intervals.statistic(_mean_difference, ld_amp, ld_r, n_resamples=R)),
+    }
+
+
+@dataclass(frozen=True)
+class _Headlines:
+    """The intervals of the headline numbers per count."""
+
+    accuracy: dict
+    logit_diff: dict
+    emergence: dict
+    net: dict  # count -> (attention's, MLP's net direct effect per prompt)
+
+    def to_json(self, f1_eval: dict, R: int) -> dict:
+        return {
+            "accuracy": {k: _iv(x) for k, x in self.accuracy.items()},
+            "logit_diff": {k: _iv(x) for k, x in self.logit_diff.items()},
+            "emergence_layer": {k: _iv(x) for k, x in self.emergence.items()},
+            "attn_net": {k: _iv(intervals.mean(a, n_resamples=R)) for k, (a, _) in self.net.items()},
+            "mlp_net": {k: _iv(intervals.mean(m, n_resamples=R)) for k, (_, m) in self.net.items()},
+            "promoter_f1": {k: {**v, "f1": _iv(v["f1"])} for k, v in f1_eval.items()},
+        }
+
+
+def _headlines(cfg: ParensConfig, su: _Setup, ev: _Evaluation) -> _Headlines:
+    R, frac = cfg.n_resamples, cfg.emergence_fraction
+    return _Headlines(
+        {k: intervals.mean(ev.correct[k].double(), n_resamples=R) for k in su.counts},
+        {k: intervals.mean(ev.logit_diff[k], n_resamples=R) for k in su.counts},
+        {
+            k: intervals.statistic(lambda p: _emergence_stat(p, frac), ev.lenses[k].post().T.double(), n_resamples=R)
+            for k in su.counts
+        },
+        {k: (ev.contributions[k].attn.sum(0).double(), ev.contributions[k].mlp.sum(0).double()) for k in su.counts},
+    )
+
+
+def _mined(model, cfg: ParensConfig, su: _Setup, promoters, corpus) -> dict:
+    """The readouts on prompts mined from real code (``{"available": False, ...}`` when off or none found)."""
+    if not cfg.mined:
+        return {"available": False}
+    try:
+        mp = task.mined(
+            model, corpus, counts=su.counts, window=cfg.mined_window, max_per_count=cfg.mined_per_count,
+            max_chars=cfg.mined_max_chars,
+        )
+    except InputError as err:
+        return {"available": False, "reason": str(err)}
+    return _mined_readouts(model, mp, su, promoters, cfg)
 
 
 def run(
@@ -490,599 +890,231 @@ def run(
     to mine real closing-paren positions from (a :class:`codecircuits.corpus.Corpus`; default the standard
     library's held-out ``"test"`` split).
     """
-    from .. import ablation
-
     cfg = configure(ParensConfig, config, overrides)
-    R = cfg.n_resamples
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ds = task.dataset(model, n_values=cfg.n_values, n_numbers=cfg.n_numbers, seed=cfg.seed, split=None)
-    sel_ds = ds.select(split=cfg.selection_split, limit=cfg.selection_prompts_per_n)
-    ev_ds = ds.select(split=cfg.split, limit=cfg.prompts_per_n)
-    counts = ev_ds.n_opens
-    paren_ids = dict(ds.label_ids)
-    wrong_of = {k: _neighbour(counts, k) for k in counts}
-    token_ids = [paren_ids[k] for k in counts]
-    col = {k: i for i, k in enumerate(counts)}
-    timings["data"] = time.perf_counter() - t0
-
-    # ---- selection split: promoters, old-style counting heads, the layers to report, the hardest count
-    t0 = time.perf_counter()
-    sel_groups = {k: toks for k, (_, toks) in sel_ds.groups(model).items()}
-    s_caches, s_hls, s_correct, s_lds, _ = _head_forward(model, sel_groups, token_ids, col, paren_ids, wrong_of)
-    promoters, _, _ = _promoters_of(s_hls, counts, col, token_ids, cfg.promoter_ratio)
-    counting = heads_mod.counting_heads(
-        model,
-        [(sel_groups[k], k) for k in counts],
-        caches=[s_caches[k] for k in counts],
-        head_logits=[s_hls[k] for k in counts],
-        correct_index=[col[k] for k in counts],
-    )
-    s_contrib = {
-        k: lens.sublayer_contributions(model, sel_groups[k], paren_ids[k], paren_ids[wrong_of[k]], cache=s_caches[k])
-        for k in counts
-    }
-    del s_caches
-    sel_accuracy = {k: float(s_correct[k].float().mean()) for k in counts}
-    hardest = min(counts, key=lambda k: (sel_accuracy[k], float(s_lds[k].mean())))
-    # the layer with the largest mean direct effect, per sublayer and count (the layers whose patching is reported)
-    best_layer = {
-        k: {"attn_out": int(s_contrib[k].attn.mean(-1).argmax()), "mlp_out": int(s_contrib[k].mlp.mean(-1).argmax())}
-        for k in counts
-    }
-    timings["selection"] = time.perf_counter() - t0
-
-    # ---- evaluation split: one cached forward per count serves the lens, the heads and every intervention
-    t0 = time.perf_counter()
-    names = _lens_names(model)
-    ev: dict[int, _Evaluated] = {}
-    lenses, contribs, hls, accuracy, preds, correct_b, ld_b = {}, {}, {}, {}, {}, {}, {}
-    for k, (ps, toks) in tqdm(ev_ds.groups(model).items(), disable=not progress, desc="parens: evaluation"):
-        c_ids = torch.full((toks.shape[0],), paren_ids[k])
-        w_ids = torch.full((toks.shape[0],), paren_ids[wrong_of[k]])
-        rec = Receiver(model, toks, extra_names=names, metric=_logit_diff_metric(c_ids, w_ids))
-        e = _Evaluated(k, ps, toks, rec, paren_ids[k], paren_ids[wrong_of[k]])
-        ev[k] = e
-        cache, logits = rec.cache, rec.logits
-        correct_b[k], ld_b[k] = e.base()
-        pred = logits[:, -1].argmax(-1)
-        accuracy[k] = float(correct_b[k].float().mean())
-        preds[k] = [model.tokenizer.decode([i]) for i in pred.tolist()]
-        lenses[k] = lens.logit_diff_lens(model, toks, paren_ids[k], paren_ids[wrong_of[k]], cache=cache, logits=logits)
-        contribs[k] = lens.sublayer_contributions(model, toks, paren_ids[k], paren_ids[wrong_of[k]], cache=cache)
-        hls[k] = lens.head_logits(model, toks, token_ids, cache=cache)
-    promoters_eval, ev_merged, ev_labels = _promoters_of(hls, counts, col, token_ids, cfg.promoter_ratio)
-    # attention of the top heads on one example per count
-    show = []
-    for k in counts:
-        show += [h for h in promoters.heads(k, 2) if h not in show]
-    show += [h for h in counting.heads(2) if h not in show]
-    examples = {}
-    for k in counts:
-        pats = torch.stack([ev[k].receiver.cache[hook_name("pattern", layer)][0, h] for layer, h in show])
-        examples[k] = {
-            "tokens": [model.tokenizer.decode([t]) for t in ev[k].tokens[0].tolist()],
-            "heads": [head_label(layer, h) for layer, h in show],
-            "patterns": pats.float().cpu(),
-        }
-    # promoter F1 of the selected heads, measured on the evaluation prompts
-    v = ev_merged.values
-    mx = v.max(-1, keepdim=True).values
-    promotes = ((v >= cfg.promoter_ratio * mx) & (mx > 0)).double()  # [b, l, h, t]
-    f1_eval = {}
-    for k in counts:
-        top = promoters.heads(k, 1)
-        if not top:
-            continue
-        (layer, h) = top[0]
-        is_k = (ev_labels == col[k]).double()
-        f1_eval[k] = {
-            "head": head_label(layer, h),
-            "f1_selection": float(promoters.f1[col[k], layer, h]),
-            "f1": vboot(_f1_stat, promotes[:, layer, h, col[k]], is_k, n_resamples=R),
-        }
-    timings["evaluation"] = time.perf_counter() - t0
-
-    # ---- counting heads on prompts that close some parens first (token count regressed out)
-    t0 = time.perf_counter()
-    tracking_out: dict = {"available": False}
-    tracking = None
-    try:
-        cds = task.closed_dataset(
-            model, n_values=cfg.n_values, closed_values=cfg.counting_closed, n_numbers=cfg.n_numbers, seed=cfg.seed
-        )
-    except InputError as err:
-        tracking_out["reason"] = str(err)
-    else:
-        both = task.ParensDataset(
-            cds.select(split=cfg.selection_split, limit=cfg.counting_selection_per_cell).prompts
-            + cds.select(split=cfg.split, limit=cfg.counting_prompts_per_cell).prompts,
-            cds.n_values, cds.seed, cds.n_numbers, dict(cds.label_ids),
-        )
-        parts: dict = {"selection": ([], [], []), "evaluation": ([], [], [])}
-        for ps, toks in both.by_length(model):
-            logits, cache = lens.run_cache(model, toks, names=(), extra=("attn.hook_pattern",))
-            pred = logits[:, -1].argmax(-1).cpu()
-            for name_, split_ in (("selection", cfg.selection_split), ("evaluation", cfg.split)):
-                idx = [i for i, p in enumerate(ps) if p.split == split_]
-                if not idx:
-                    continue
-                it = torch.tensor(idx)
-                sub_cache = {n: cache[n][it] for n in (hook_name("pattern", la) for la in range(model.cfg.n_layers))}
-                parts[name_][0].append((toks[it], torch.tensor([float(ps[i].n_open) for i in idx])))
-                parts[name_][1].append(sub_cache)
-                parts[name_][2].extend((ps[i].n_open, ps[i].n_closed, bool(pred[i] == ps[i].label_id)) for i in idx)
-            del cache
-        tracks = {n_: heads_mod.count_tracking(model, g, caches=c) for n_, (g, c, _) in parts.items()}
-        t_acc = {n_: a for n_, (_, _, a) in parts.items()}
-        tracking = tracks["evaluation"]
-        chosen = tracks["selection"].heads(3)
-        top_head = chosen[0]
-        sign = float(torch.sign(tracks["selection"].partial_corr[top_head].nan_to_num(0)) or 1.0)
-        y_ev = tracking.mass[:, top_head[0], top_head[1]]
-        pc_top = vboot(
-            lambda x, y, z: sign * _partial_stat(x, y, z), tracking.n_open, y_ev, tracking.covariates, n_resamples=R
-        )
-        raw_top = counting.heads(1)[0]  # the older measure's head (plain correlation on the paper's prompts)
-        sign_raw = float(torch.sign(tracking.partial_corr[raw_top].nan_to_num(0)) or 1.0)
-        pc_raw = vboot(
-            lambda x, y, z: sign_raw * _partial_stat(x, y, z),
-            tracking.n_open,
-            tracking.mass[:, raw_top[0], raw_top[1]],
-            tracking.covariates,
-            n_resamples=R,
-        )
-        rand = _random_heads(model, 1, chosen, max(cfg.n_random, 8), cfg.seed)
-        y_rand = torch.stack([tracking.mass[:, a, b] for ((a, b),) in rand], 1)  # [n, draws]
-        pc_rand = vboot(
-            lambda x, y, z: torch.stack(
-                [_partial_stat(x, y[..., j], z).abs() for j in range(y.shape[-1])], -1
-            ).mean(-1),
-            tracking.n_open,
-            y_rand,
-            tracking.covariates,
-            n_resamples=R,
-        )
-        acc_closed = {}
-        for k in counts:
-            rows_ = [c for (o, _, c) in t_acc["evaluation"] if o == k]
-            if rows_:
-                acc_closed[k] = intervals.mean(torch.tensor(rows_, dtype=torch.float64), n_resamples=R)
-        tracking_out = {
-            "available": True,
-            "closed_values": list(cfg.counting_closed),
-            "n_selection": int(tracks["selection"].n_open.numel()),
-            "n_evaluation": int(tracking.n_open.numel()),
-            "chosen": [head_label(a, b) for a, b in chosen],
-            "partial_corr_selection": tracks["selection"].partial_corr,
-            "partial_corr": tracking.partial_corr,
-            "raw_corr": tracking.raw_corr,
-            "top": head_label(*top_head),
-            "top_partial_corr": _iv(pc_top),
-            "raw_measure_head": head_label(*raw_top),
-            "raw_measure_head_partial_corr": _iv(pc_raw),
-            "random_abs_partial_corr": _iv(pc_rand),
-            "table": tracking.top(8).to_dict("records"),
-            "accuracy_with_closed_calls": {k: _iv(x) for k, x in acc_closed.items()},
-        }
-        tracking_out["_intervals"] = (pc_top, pc_raw, pc_rand)
-        del tracks["selection"]
-    timings["counting"] = time.perf_counter() - t0
-
-    # ---- sublayer patching, clean into counterfactual, at the answer position and at the open-paren positions
-    t0 = time.perf_counter()
-    n_layers = int(model.cfg.n_layers)
-    pairs = task.pairs(model, ev_ds, on_missing="skip")
-    patch: dict = {}
-    for k in tqdm(pairs.n_opens, disable=not progress, desc="parens: patching"):
-        sub = pairs.select(n_open=k, limit=cfg.pairs_per_n)
-        e = ev[k]
-        row_of = {p.text: i for i, p in enumerate(e.prompts)}
-        rows_clean = torch.tensor([row_of[p.clean] for p in sub.pairs])
-        clean, corrupted = sub.tokens(model)
-        c_ids, w_ids = sub.answer_ids()
-        metric = _logit_diff_metric(c_ids, w_ids)
-        rec = Receiver(model, corrupted, metric=metric)
-        base = metric(rec.logits).float().cpu()
-        source = metric(e.receiver.logits[rows_clean]).float().cpu()
-        n_pos = int(clean.shape[1])
-        all_c, _ = heads_mod.open_paren_counts(model, clean[:1])
-        paren_pos = [i for i in range(n_pos) if all_c[0, i] > 0]
-        entry: dict = {
-            "corrupted_count": [float(sub.pairs[0].corrupted_n_open)],
-            "n_pairs": len(sub),
-            "clean_logit_diff": [float(source.mean())],
-            "corrupted_logit_diff": [float(base.mean())],
-            "paren_positions": paren_pos,
-        }
-        answer_layers = sorted(
-            set(range(0, n_layers, cfg.patch_stride)) | {v_ for b in best_layer.values() for v_ in b.values()}
-        )
-        paren_layers = list(range(0, n_layers, cfg.paren_patch_stride))
-        entry["answer_layers"] = answer_layers
-        entry["paren_layers"] = paren_layers
-        per_pair: dict = {}
-        for where, layers, positions in (("answer", answer_layers, [n_pos - 1]), ("parens", paren_layers, paren_pos)):
-            vals = _patch_cells(rec, e.receiver, metric, layers, positions, rows_clean, chunk=cfg.patch_chunk)
-            for site in ("attn_out", "mlp_out"):
-                key = site if where == "answer" else f"{site}_parens"
-                per_pair[key] = dict(zip(layers, vals[site]))
-                entry[key] = [float((v - base).mean() / (source - base).mean()) for v in vals[site]]
-        # the layer chosen on the selection split (largest direct effect), its recovery with an interval
-        for site in ("attn_out", "mlp_out"):
-            layer = best_layer[k][site]
-            entry[f"{site}_selected_layer"] = layer
-            entry[f"{site}_selected_recovery"] = _iv(vboot(_ratio, per_pair[site][layer], base, source, n_resamples=R))
-        entry["_per_pair"] = (per_pair, base, source)
-        patch[k] = entry
-    timings["patching"] = time.perf_counter() - t0
-
-    # ---- ablation: single heads, and each count's promoters against random heads of the same number
-    t0 = time.perf_counter()
-    at = cfg.intervene_at
-
-    def ablated(hs, only=None):
-        hooks = ablation.ablation_hooks(model, heads=hs, kind="zero")
-        lo = min(a for a, _ in hs)
-        return {k: ev[k].run(hooks, lo, at) for k in (counts if only is None else (only,))}
-
-    cand: list[tuple[int, int]] = []
-    for k in counts:
-        cand += [h for h in promoters.heads(k, 1) if h not in cand]
-    if tracking is not None:
-        cand += [h for h in chosen[:2] if h not in cand]
-    cand += [h for h in counting.heads(2) if h not in cand]
-    cand = cand[: cfg.n_candidates]
-    abl_rows = []
-    for layer, h in tqdm(cand, disable=not progress, desc="parens: head ablation"):
-        r = ablated([(layer, h)])
-        row = {"head": head_label(layer, h), "layer": layer, "head_index": h}
-        for k in counts:
-            d_ld = r[k][1] - ld_b[k]
-            row[f"accuracy_{k}"] = float(r[k][0].float().mean())
-            row[f"d_accuracy_{k}"] = row[f"accuracy_{k}"] - accuracy[k]
-            iv = intervals.mean(d_ld, n_resamples=R)
-            row[f"d_logit_diff_{k}"] = iv.estimate
-            row[f"d_logit_diff_{k}_ci"] = [iv.low, iv.high]
-        abl_rows.append(row)
-    sets, drops, drops_rand = [], [], []
-    set_rows = []
-    for k in counts:
-        top = promoters.heads(k, cfg.ablate_top_k)
-        if not top:
-            continue
-        drop = ld_b[k] - ablated(top, k)[k][1]
-        rand_sets = _random_heads(model, len(top), top, cfg.n_random, cfg.seed + k)
-        drop_r = torch.stack([ld_b[k] - ablated(rs, k)[k][1] for rs in rand_sets]).mean(0)
-        sets.append(top)
-        drops.append(drop)
-        drops_rand.append(drop_r)
-        set_rows.append(
-            {
-                "count": k,
-                "heads": [head_label(a, b) for a, b in top],
-                "drop": _iv(intervals.mean(drop, n_resamples=R)),
-                "random_drop": _iv(intervals.mean(drop_r, n_resamples=R)),
-                "difference": _iv(vboot(lambda a, b: (a - b).mean(-1), drop, drop_r, n_resamples=R)),
-            }
-        )
-    pooled = None
-    if drops:
-        d_all, r_all = torch.cat(drops), torch.cat(drops_rand)
-        pooled = (
-            intervals.mean(d_all, n_resamples=R),
-            intervals.mean(r_all, n_resamples=R),
-            vboot(lambda a, b: (a - b).mean(-1), d_all, r_all, n_resamples=R),
-        )
-    ablation_out = {
-        "intervene_at": at,
-        "candidates": [head_label(layer, h) for layer, h in cand],
-        "baseline": {k: {"accuracy": accuracy[k], "logit_diff": float(ld_b[k].mean())} for k in counts},
-        "rows": abl_rows,
-        "promoter_sets": set_rows,
-        "pooled": None if pooled is None else {n_: _iv(x) for n_, x in zip(("drop", "random_drop", "difference"), pooled)},
-    }
-    timings["ablation"] = time.perf_counter() - t0
-
-    # ---- amplification of the failing count (chosen on the selection split)
-    t0 = time.perf_counter()
-
-    def scaled(hs, c, only=None):
-        hooks = ablation.scale_hooks(model, {hd: c for hd in hs})
-        lo = min(a for a, _ in hs)
-        return {k: ev[k].run(hooks, lo, at) for k in (counts if only is None else (only,))}
-
-    def amp_row(variant, hs, c, extra):
-        r = scaled(hs, c)
-        row = {"variant": variant, **extra, "n_heads": len(hs), "factor": c, "heads": [head_label(a, b) for a, b in hs]}
-        row.update({f"accuracy_{k}": float(r[k][0].float().mean()) for k in counts})
-        row.update({f"logit_diff_{k}": float(r[k][1].mean()) for k in counts})
-        row["accuracy"] = row[f"accuracy_{hardest}"]
-        return row, r[hardest]
-
-    scale_rows, per_prompt = [], []
-    for ranking in cfg.scale_rankings:
-        for top_k in cfg.scale_top_k:
-            top = promoters.heads(hardest, top_k, min_logit=0.0, by=ranking)
-            if not top:
-                continue
-            for c in cfg.scale_factors:
-                row, pp = amp_row("failing count", top, c, {"ranking": ranking, "share": None})
-                scale_rows.append(row)
-                per_prompt.append((row, top, pp))
-    general = promoters.general(min_f1=cfg.general_min_f1, min_counts=cfg.general_min_counts)
-    for share in cfg.general_shares:
-        n_take = max(1, int(round(share * len(general)))) if general else 0
-        top = general[:n_take]
-        if not top:
-            continue
-        for c in cfg.general_factors:
-            row, pp = amp_row("general heads (authors)", top, c, {"ranking": "macro-f1", "share": share})
-            scale_rows.append(row)
-            per_prompt.append((row, top, pp))
-    best = max(scale_rows, key=lambda r: (r["accuracy"], r[f"logit_diff_{hardest}"]), default=None)
-    best_by_variant = {}
-    for variant in ("failing count", "general heads (authors)"):
-        cands_ = [x for x in per_prompt if x[0]["variant"] == variant]
-        if not cands_:
-            continue
-        row, hs, (corr_amp, ld_amp) = max(cands_, key=lambda x: (x[0]["accuracy"], x[0][f"logit_diff_{hardest}"]))
-        rand_sets = _random_heads(model, len(hs), hs, cfg.n_random, cfg.seed + 100)
-        rand = [scaled(rs, row["factor"], hardest)[hardest] for rs in rand_sets]
-        corr_r = torch.stack([x[0].double() for x in rand]).mean(0)
-        ld_r = torch.stack([x[1] for x in rand]).mean(0)
-        base_c, base_ld = correct_b[hardest].double(), ld_b[hardest]
-        best_by_variant[variant] = {
-            "row": {k_: v_ for k_, v_ in row.items()},
-            "accuracy": _iv(intervals.mean(corr_amp.double(), n_resamples=R)),
-            "accuracy_gain": _iv(intervals.mean(corr_amp.double() - base_c, n_resamples=R)),
-            "logit_diff_gain": _iv(intervals.mean(ld_amp - base_ld, n_resamples=R)),
-            "random_accuracy": _iv(intervals.mean(corr_r, n_resamples=R)),
-            "random_accuracy_gain": _iv(intervals.mean(corr_r - base_c, n_resamples=R)),
-            "random_logit_diff_gain": _iv(intervals.mean(ld_r - base_ld, n_resamples=R)),
-            "gain_over_random": _iv(vboot(lambda a, b: (a - b).mean(-1), ld_amp, ld_r, n_resamples=R)),
-        }
-    scaling_out = {
-        "hardest": hardest,
-        "hardest_chosen_on": cfg.selection_split,
-        "selection_accuracy": sel_accuracy,
-        "baseline": accuracy[hardest],
-        "baseline_logit_diff": float(ld_b[hardest].mean()),
-        "general_heads": [head_label(a, b) for a, b in general],
-        "rows": scale_rows,
-        "best": best,
-        "best_by_variant": best_by_variant,
-        "intervene_at": at,
-        "note": "the best configuration is picked on the evaluation prompts, so its accuracy is an optimistic "
-        "estimate; the random control uses the same number of heads and the same factor",
-    }
-    timings["scaling"] = time.perf_counter() - t0
-
-    # ---- intervals of the headline numbers
-    acc_iv = {k: intervals.mean(correct_b[k].double(), n_resamples=R) for k in counts}
-    ld_iv = {k: intervals.mean(ld_b[k], n_resamples=R) for k in counts}
-    emerge_iv = {}
-    for k in counts:
-        post = lenses[k].post().T.double()  # [prompts, layers]
-        frac = cfg.emergence_fraction
-
-        def _emerge(p, frac=frac):
-            m = p.mean(-2)  # [R, layers]
-            fin = m[..., -1:]
-            ok = (m >= frac * fin) & (fin > 0)
-            # first layer from which every later layer is ok
-            tail = torch.flip(torch.cummin(torch.flip(ok.int(), [-1]), -1).values, [-1]).bool()
-            first = torch.where(tail.any(-1), tail.int().argmax(-1).double(), torch.full(m.shape[:-1], float("nan")))
-            return first
-
-        emerge_iv[k] = vboot(_emerge, post, n_resamples=R)
-    net = {}
-    for k in counts:
-        a_ = contribs[k].attn.sum(0).double()
-        m_ = contribs[k].mlp.sum(0).double()
-        net[k] = (a_, m_)
-    intervals_out = {
-        "accuracy": {k: _iv(x) for k, x in acc_iv.items()},
-        "logit_diff": {k: _iv(x) for k, x in ld_iv.items()},
-        "emergence_layer": {k: _iv(x) for k, x in emerge_iv.items()},
-        "attn_net": {k: _iv(intervals.mean(net[k][0], n_resamples=R)) for k in counts},
-        "mlp_net": {k: _iv(intervals.mean(net[k][1], n_resamples=R)) for k in counts},
-        "promoter_f1": {k: {**v_, "f1": _iv(v_["f1"])} for k, v_ in f1_eval.items()},
-    }
-
-    study_claims = _claims(
-        cfg, counts, n_layers, acc_iv, emerge_iv, net, patch, pooled, best_by_variant, hardest, accuracy,
-        tracking_out, f1_eval,
-    )
-    for k in patch:
-        patch[k].pop("_per_pair", None)
-    tracking_out.pop("_intervals", None)
-    for e in ev.values():
+    with timed(timings, "data"):
+        su = _prepare(model, cfg)
+    with timed(timings, "selection"):
+        sel = _select(model, cfg, su)
+    with timed(timings, "evaluation"):
+        ev = _evaluate(model, cfg, su, progress)
+        examples = _attention_examples(model, su, sel, ev)
+        f1_eval = _promoter_f1(cfg, su, sel, ev)
+    with timed(timings, "counting"):
+        tracking, tracking_ivs, chosen = _count_tracking(model, cfg, su, sel.counting)
+    with timed(timings, "patching"):
+        patch = _patch_sublayers(model, cfg, su, ev, sel, progress)
+    with timed(timings, "ablation"):
+        ablation, pooled = _ablate(model, cfg, su, sel, ev, chosen, progress)
+    with timed(timings, "scaling"):
+        scaling = _amplify(model, cfg, su, sel, ev)
+    head = _headlines(cfg, su, ev)
+    claims = _claims(cfg, su, int(model.cfg.n_layers), head, patch, pooled, scaling, ev, tracking, tracking_ivs, f1_eval)
+    for e in ev.runs.values():
         e.receiver = None  # free the caches
-
-    # 7: real code
-    t0 = time.perf_counter()
-    mined_out: dict = {"available": False}
-    if cfg.mined:
-        try:
-            mp = task.mined(
-                model,
-                corpus,
-                counts=counts,
-                window=cfg.mined_window,
-                max_per_count=cfg.mined_per_count,
-                max_chars=cfg.mined_max_chars,
-            )
-        except InputError as err:
-            mined_out = {"available": False, "reason": str(err)}
-        else:
-            mined_out = _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters, cfg)
-    timings["mined"] = time.perf_counter() - t0
-
+    with timed(timings, "mined"):
+        mined = _mined(model, cfg, su, sel.promoters, corpus)
     return ParensStudy(
         model_name=model_name(model),
         config=cfg,
-        counts=counts,
-        paren_ids=paren_ids,
-        wrong_of=wrong_of,
-        accuracy=accuracy,
-        predictions=preds,
-        lens=lenses,
-        contributions=contribs,
-        head_logits=hls,
-        promoters=promoters,
-        counting=counting,
+        counts=su.counts,
+        paren_ids=su.paren_ids,
+        wrong_of=su.wrong_of,
+        accuracy=ev.accuracy,
+        predictions=ev.predictions,
+        lens=ev.lenses,
+        contributions=ev.contributions,
+        head_logits=ev.head_logits,
+        promoters=sel.promoters,
+        counting=sel.counting,
         patching=patch,
-        ablation=ablation_out,
-        scaling=scaling_out,
-        mined=mined_out,
+        ablation=ablation,
+        scaling=scaling,
+        mined=mined,
         examples=examples,
         post_attention_norm=lens.has_post_attention_norm(model),
         timings=timings,
-        promoters_eval=promoters_eval,
-        tracking=tracking_out,
-        intervals=intervals_out,
-        claims=study_claims,
+        promoters_eval=ev.promoters,
+        tracking=tracking,
+        intervals=head.to_json(f1_eval, cfg.n_resamples),
+        claims=claims,
     )
 
 
-COMMAND = "codecircuits parens --model {model}"
+# ----------------------------------------------------------------------------------------------------------------
+# the claims: each with its evidence, control, verdict rule and the paper's value
 
 
-def _claims(cfg, counts, n_layers, acc_iv, emerge_iv, net, patch, pooled, best_by_variant, hardest, accuracy,
-            tracking_out, f1_eval) -> list[intervals.Claim]:
+ABSTRACT = "arXiv 2502.18499, abstract"
+AUTHORS_CODE = "the authors' follow-up code (Dakingrai/parentheses)"
+
+
+def _claims(cfg, su, n_layers, head, patch, pooled, scaling, ev, tracking, tracking_ivs, f1_eval) -> list:
     """The paper's claims with the verdicts this run's intervals give."""
-    R = cfg.n_resamples
-    out = []
+    ok_counts = [
+        k for k in su.counts
+        if head.accuracy[k].estimate > 0.5 and not torch.isnan(torch.tensor(head.emergence[k].estimate))
+    ]
+    found = [
+        _claim_accuracy(su.counts, head.accuracy),
+        _claim_emergence(n_layers, ok_counts, head.emergence) if ok_counts else None,
+        _claim_attention(cfg, ok_counts, head.net, patch) if ok_counts else None,
+        _claim_ablation(cfg, pooled) if pooled is not None else None,
+        _claim_f1(f1_eval) if f1_eval else None,
+        _claim_amplification(scaling, ev.accuracy),
+        _claim_counting(cfg, tracking, *tracking_ivs) if tracking.get("available") else None,
+    ]
+    return [c for c in found if c is not None]
+
+
+def _claim_accuracy(counts, acc: dict) -> intervals.Claim | None:
     last = max(counts)
     easy = [k for k in counts if k != last]
-    worst_easy = min(easy, key=lambda k: acc_iv[k].estimate) if easy else None
-    if worst_easy is not None:
-        ok_easy = all(acc_iv[k].low >= 0.9 for k in easy)
-        fails = acc_iv[last].high <= 0.2
-        out.append(
-            intervals.Claim(
-                f"closes 1-{max(easy)} parens, fails at {last} (the authors' code: gpt2 models fail at 4)",
-                intervals.verdict(ok_easy and fails, ok_easy or fails),
-                evidence=acc_iv[last],
-                control=acc_iv[worst_easy],
-                detail=f"accuracy at {last} parens; control: the lowest of 1-{max(easy)} ({worst_easy} parens); "
-                + ", ".join(f"{k}: {acc_iv[k].format()}" for k in counts),
-            )
-        )
-    ok_counts = [k for k in counts if acc_iv[k].estimate > 0.5 and not torch.isnan(torch.tensor(emerge_iv[k].estimate))]
-    if ok_counts:
-        earliest = min(ok_counts, key=lambda k: emerge_iv[k].estimate)
-        iv = emerge_iv[earliest]
-        late = iv.low >= n_layers / 2
-        out.append(
-            intervals.Claim(
-                "the answer emerges in middle-to-late layers",
-                intervals.verdict(late, iv.estimate >= n_layers / 2),
-                evidence=iv,
-                detail=f"earliest emergence layer (of {n_layers}) over the counts the model gets right "
-                f"({earliest} parens); "
-                + ", ".join(f"{k}: {emerge_iv[k].format(1)}" for k in ok_counts),
-            )
-        )
-        a_all = torch.cat([net[k][0] for k in ok_counts])
-        m_all = torch.cat([net[k][1] for k in ok_counts])
-        diff = vboot(lambda a, m: (a - m).mean(-1), a_all, m_all, n_resamples=R)
-        rec_txt = "; ".join(
-            f"{k}: attn L{patch[k]['attn_out_selected_layer']} "
-            f"{intervals.Interval.from_json(patch[k]['attn_out_selected_recovery']).format()}, mlp "
-            f"L{patch[k]['mlp_out_selected_layer']} "
-            f"{intervals.Interval.from_json(patch[k]['mlp_out_selected_recovery']).format()}"
-            for k in ok_counts
-            if k in patch
-        )
-        per_count = [
-            vboot(lambda a, m: (a - m).mean(-1), net[k][0], net[k][1], n_resamples=R).above(0) for k in ok_counts
-        ]
-        out.append(
-            intervals.Claim(
-                "attention carries the answer (MHA more than FF)",
-                intervals.verdict(diff.above(0) and all(per_count), diff.above(0) or any(per_count)),
-                evidence=intervals.mean(a_all, n_resamples=R),
-                control=intervals.mean(m_all, n_resamples=R),
-                detail=f"net direct effect of all attention vs all MLP sublayers on the logit difference, counts "
-                f"{ok_counts} pooled; difference {diff.format()}; patching recovery at the answer position of the "
-                f"layer chosen on the selection split: {rec_txt}",
-            )
-        )
-    if pooled is not None:
-        drop, rdrop, diff = pooled
-        out.append(
-            intervals.Claim(
-                "promoter heads' ablation hurts more than random heads'",
-                intervals.verdict(diff.above(0), diff.estimate > 0),
-                evidence=drop,
-                control=rdrop,
-                detail=f"drop of the logit difference when each count's top {cfg.ablate_top_k} promoters (chosen "
-                f"on {cfg.selection_split}) are zero-ablated at the {cfg.intervene_at} position(s), all counts "
-                f"pooled; control: {cfg.n_random} random sets of as many heads; difference {diff.format()}",
-            )
-        )
-    if f1_eval:
-        worst = min(f1_eval, key=lambda k: f1_eval[k]["f1"].estimate)
-        out.append(
-            intervals.Claim(
-                "paren-promoting heads promote their count on held-out prompts",
-                intervals.verdict(all(v["f1"].low >= 0.5 for v in f1_eval.values()),
-                                  sum(v["f1"].low >= 0.5 for v in f1_eval.values()) >= 1),
-                evidence=f1_eval[worst]["f1"],
-                detail="F1 on the evaluation prompts of each count's top promoter chosen on the selection split "
-                "(the lowest shown): "
-                + ", ".join(f"{k}: {v['head']} {v['f1'].format()}" for k, v in f1_eval.items()),
-            )
-        )
-    gen = best_by_variant.get("general heads (authors)") or best_by_variant.get("failing count")
-    if gen is not None:
-        acc = intervals.Interval.from_json(gen["accuracy"])
-        gain_r = intervals.Interval.from_json(gen["gain_over_random"])
-        fixed = acc.low >= 0.8 and accuracy[hardest] < 0.8
-        helped = intervals.Interval.from_json(gen["accuracy_gain"]).above(0) and gain_r.above(0)
-        others = "; ".join(
-            f"{v}: {intervals.Interval.from_json(b['accuracy']).format()} (random heads "
-            f"{intervals.Interval.from_json(b['random_accuracy']).format()})"
-            for v, b in best_by_variant.items()
-        )
-        out.append(
-            intervals.Claim(
-                f"amplification fixes the failing count ({hardest} parens)",
-                intervals.verdict(fixed, helped),
-                evidence=acc,
-                control=intervals.Interval.from_json(gen["random_accuracy"]),
-                detail=f"accuracy on {hardest} parens (baseline {accuracy[hardest]:.2f}) of the best configuration "
-                f"({gen['row']['variant']}, {gen['row']['n_heads']} heads x {gen['row']['factor']}); control: random "
-                f"heads, same number and factor; logit-difference gain over random {gain_r.format()}; best per "
-                f"variant: {others}",
-            )
-        )
-    if tracking_out.get("available"):
-        pc_top, pc_raw, pc_rand = tracking_out["_intervals"]
-        out.append(
-            intervals.Claim(
-                "counting heads track the count beyond token count",
-                intervals.verdict(pc_top.low > 0.5 and pc_top.low > pc_rand.high, pc_top.low > 0),
-                evidence=pc_top,
-                control=pc_rand,
-                detail=f"partial correlation (prompt length and '(' tokens regressed out) of {tracking_out['top']}'s "
-                f"attention to '(' with the open-paren count, on evaluation prompts that close 0-"
-                f"{max(cfg.counting_closed)} calls first (head chosen on the selection split); control: random "
-                f"heads' |partial correlation|; the older measure's head {tracking_out['raw_measure_head']}: "
-                f"{pc_raw.format()}",
-            )
-        )
-    return out
+    if not easy:
+        return None
+    worst_easy = min(easy, key=lambda k: acc[k].estimate)
+    ok_easy = all(acc[k].low >= 0.9 for k in easy)
+    fails = acc[last].high <= 0.2
+    return intervals.Claim(
+        f"closes 1-{max(easy)} parens, fails at {last} (the authors' code: gpt2 models fail at 4)",
+        intervals.verdict(ok_easy and fails, ok_easy or fails),
+        evidence=acc[last],
+        control=acc[worst_easy],
+        detail=f"accuracy at {last} parens; control: the lowest of 1-{max(easy)} ({worst_easy} parens); "
+        + ", ".join(f"{k}: {acc[k].format()}" for k in counts),
+        rule="reproduced: every easier count's accuracy interval lies at or above 0.9 and the hardest count's at "
+        "or below 0.2; partly: one of the two",
+        paper="1.00 at 1 and 2 parens, 0.00 at 4 (gpt2-small to gpt2-xl)",
+        source=AUTHORS_CODE + ", temp_results",
+    )
+
+
+def _claim_emergence(n_layers: int, ok_counts, emerge: dict) -> intervals.Claim:
+    earliest = min(ok_counts, key=lambda k: emerge[k].estimate)
+    iv = emerge[earliest]
+    return intervals.Claim(
+        "the answer emerges in middle-to-late layers",
+        intervals.verdict(iv.low >= n_layers / 2, iv.estimate >= n_layers / 2),
+        evidence=iv,
+        detail=f"earliest emergence layer (of {n_layers}) over the counts the model gets right "
+        f"({earliest} parens); " + ", ".join(f"{k}: {emerge[k].format(1)}" for k in ok_counts),
+        rule="reproduced: the interval of the earliest emergence layer lies in the second half of the layers; "
+        "partly: its estimate does",
+        paper="middle-to-late layers (CodeLlama-7b)",
+        source=ABSTRACT,
+    )
+
+
+def _claim_attention(cfg, ok_counts, net: dict, patch: dict) -> intervals.Claim:
+    R = cfg.n_resamples
+    a_all = torch.cat([net[k][0] for k in ok_counts])
+    m_all = torch.cat([net[k][1] for k in ok_counts])
+    diff = intervals.statistic(_mean_difference, a_all, m_all, n_resamples=R)
+    per_count = [intervals.statistic(_mean_difference, *net[k], n_resamples=R).above(0) for k in ok_counts]
+
+    def recovery(k, site):
+        iv = intervals.Interval.from_json(patch[k][f"{site}_selected_recovery"])
+        return f"L{patch[k][f'{site}_selected_layer']} {iv.format()}"
+
+    rec_txt = "; ".join(
+        f"{k}: attn {recovery(k, 'attn_out')}, mlp {recovery(k, 'mlp_out')}" for k in ok_counts if k in patch
+    )
+    return intervals.Claim(
+        "attention carries the answer (MHA more than FF)",
+        intervals.verdict(diff.above(0) and all(per_count), diff.above(0) or any(per_count)),
+        evidence=intervals.mean(a_all, n_resamples=R),
+        control=intervals.mean(m_all, n_resamples=R),
+        detail=f"net direct effect of all attention vs all MLP sublayers on the logit difference, counts "
+        f"{ok_counts} pooled; difference {diff.format()}; patching recovery at the answer position of the "
+        f"layer chosen on the selection split: {rec_txt}",
+        rule="reproduced: attention's minus the MLPs' net direct effect lies above 0 (its interval), pooled and for "
+        "every count; partly: pooled or for some count",
+        paper="both MHA and FF sublayers matter, MHA more",
+        source=ABSTRACT,
+    )
+
+
+def _claim_ablation(cfg, pooled) -> intervals.Claim:
+    drop, rdrop, diff = pooled
+    return intervals.Claim(
+        "promoter heads' ablation hurts more than random heads'",
+        intervals.verdict(diff.above(0), diff.estimate > 0),
+        evidence=drop,
+        control=rdrop,
+        detail=f"drop of the logit difference when each count's top {cfg.ablate_top_k} promoters (chosen "
+        f"on {cfg.selection_split}) are zero-ablated at the {cfg.intervene_at} position(s), all counts "
+        f"pooled; control: {cfg.n_random} random sets of as many heads; difference {diff.format()}",
+        rule="reproduced: the interval of the difference (promoters' drop minus random heads') lies above 0; "
+        "partly: its estimate does",
+    )
+
+
+def _claim_f1(f1_eval: dict) -> intervals.Claim:
+    worst = min(f1_eval, key=lambda k: f1_eval[k]["f1"].estimate)
+    n_ok = sum(v["f1"].low >= 0.5 for v in f1_eval.values())
+    return intervals.Claim(
+        "paren-promoting heads promote their count on held-out prompts",
+        intervals.verdict(n_ok == len(f1_eval), n_ok >= 1),
+        evidence=f1_eval[worst]["f1"],
+        detail="F1 on the evaluation prompts of each count's top promoter chosen on the selection split "
+        "(the lowest shown): " + ", ".join(f"{k}: {v['head']} {v['f1'].format()}" for k, v in f1_eval.items()),
+        rule="reproduced: every count's F1 interval lies at or above 0.5; partly: at least one count's does",
+    )
+
+
+def _claim_amplification(scaling: dict, accuracy: dict) -> intervals.Claim | None:
+    by_variant, hardest = scaling["best_by_variant"], scaling["hardest"]
+    gen = by_variant.get("general heads (authors)") or by_variant.get("failing count")
+    if gen is None:
+        return None
+    iv = {k: intervals.Interval.from_json(v) for k, v in gen.items() if k != "row"}
+    fixed = iv["accuracy"].low >= 0.8 and accuracy[hardest] < 0.8
+    helped = iv["accuracy_gain"].above(0) and iv["gain_over_random"].above(0)
+    others = "; ".join(
+        f"{v}: {intervals.Interval.from_json(b['accuracy']).format()} (random heads "
+        f"{intervals.Interval.from_json(b['random_accuracy']).format()})"
+        for v, b in by_variant.items()
+    )
+    row = gen["row"]
+    return intervals.Claim(
+        f"amplification fixes the failing count ({hardest} parens)",
+        intervals.verdict(fixed, helped),
+        evidence=iv["accuracy"],
+        control=iv["random_accuracy"],
+        detail=f"accuracy on {hardest} parens (baseline {accuracy[hardest]:.2f}) of the best configuration "
+        f"({row['variant']}, {row['n_heads']} heads x {row['factor']}); control: random "
+        f"heads, same number and factor; logit-difference gain over random {iv['gain_over_random'].format()}; "
+        f"best per variant: {others}",
+        rule="reproduced: the best configuration's accuracy interval lies at or above 0.8 where the baseline is "
+        "below 0.8; partly: its accuracy gain and its logit-difference gain over random heads both lie above 0",
+        paper="gpt2-small 3 parens 0.48 -> 1.0; gpt2-xl 4 parens 0 -> 1.0 (top 5-10 heads, c in 1.1-1.6)",
+        source=AUTHORS_CODE + ", improve_performance*.py",
+    )
+
+
+def _claim_counting(cfg, tracking: dict, pc_top, pc_raw, pc_rand) -> intervals.Claim:
+    return intervals.Claim(
+        "counting heads track the count beyond token count",
+        intervals.verdict(pc_top.low > 0.5 and pc_top.low > pc_rand.high, pc_top.low > 0),
+        evidence=pc_top,
+        control=pc_rand,
+        detail=f"partial correlation (prompt length and '(' tokens regressed out) of {tracking['top']}'s "
+        f"attention to '(' with the open-paren count, on evaluation prompts that close 0-"
+        f"{max(cfg.counting_closed)} calls first (head chosen on the selection split); control: random "
+        f"heads' |partial correlation|; the older measure's head {tracking['raw_measure_head']}: "
+        f"{pc_raw.format()}",
+        rule="reproduced: the top head's interval lies above 0.5 and above the random heads'; partly: above 0",
+        paper="some heads track the number of parens precisely",
+        source=ABSTRACT,
+    )
 
 
 @torch.no_grad()
-def _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters, cfg) -> dict:
+def _mined_readouts(model, mp, su: _Setup, promoters, cfg: ParensConfig) -> dict:
     """Accuracy, emergence and the template's top promoters on windows of real code, per count and depth."""
     out = {"available": True, "corpus": mp.corpus, "window": mp.window, "candidates": mp.candidates, "by_count": {}}
-    col = {k: i for i, k in enumerate(counts)}
-    for k in counts:
+    col = su.col
+    for k in su.counts:
         if not (mp.n_close == k).any():
             out["by_count"][k] = {"n": 0}
             continue
@@ -1090,9 +1122,9 @@ def _mined_readouts(model, mp, counts, paren_ids, wrong_of, token_ids, promoters
         logits, cache = lens.run_cache(model, sub.tokens)
         pred = logits[:, -1].argmax(-1).cpu()
         correct = pred == sub.label_ids
-        among = logits[:, -1][:, token_ids].argmax(-1).cpu() == col[k]  # right count among the paren tokens
-        ll = lens.logit_diff_lens(model, sub.tokens, paren_ids[k], paren_ids[wrong_of[k]], cache=cache, logits=logits)
-        hl = lens.head_logits(model, sub.tokens, token_ids, cache=cache)
+        among = logits[:, -1][:, su.token_ids].argmax(-1).cpu() == col[k]  # right count among the paren tokens
+        ll = lens.logit_diff_lens(model, sub.tokens, *su.ids(k), cache=cache, logits=logits)
+        hl = lens.head_logits(model, sub.tokens, su.token_ids, cache=cache)
         tops = promoters.heads(k, 5)
         rel = []
         for layer, h in tops:
@@ -1129,13 +1161,27 @@ def _fmt_layer(x) -> str:
     return "never" if x is None else f"layer {x}"
 
 
+def _metric_labels(counts) -> dict[str, str]:
+    out = {}
+    for k in counts:
+        parens = f"{k} paren{'s' * (k > 1)}"
+        out[f"accuracy_{k}"] = f"accuracy, {parens}"
+        out[f"emergence_layer_{k}"] = f"answer emerges at layer, {parens}"
+        out[f"attn_share_{k}"] = f"attention's share of the direct effect, {parens}"
+    return out | {
+        "scaled_accuracy_hardest": "failing count's accuracy, best amplification",
+        "promoter_ablation_drop": "logit-diff drop, promoters ablated",
+        "random_ablation_drop": "logit-diff drop, random heads ablated",
+        "counting_partial_corr": "counting head: partial correlation with the open count",
+    }
+
+
 def build_report(study: ParensStudy):
-    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`)."""
+    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`): the claims, the key
+    numbers, then a section per step."""
     from ..report import Report
 
     s = study
-    counts = s.counts
-    n_layers = s.lens[counts[0]].post().shape[0]
     r = Report(
         title=f"Closing parentheses on {s.model_name}",
         subtitle="Miller, Rai and Yao (2025), 'Mechanistic Understanding of Language Models in Syntactic Code "
@@ -1147,6 +1193,13 @@ def build_report(study: ParensStudy):
             "seed": s.config.seed,
         },
     )
+    metrics, labels = s.key_metrics(), _metric_labels(s.counts)
+
+    def cards(keys):
+        shown = {k: metrics[k] for k in keys if k in metrics}
+        if shown:
+            r.metrics(shown, labels=labels)
+
     if s.claims:
         r.section(
             "Claims and verdicts",
@@ -1156,15 +1209,30 @@ def build_report(study: ParensStudy):
             f"{s.config.split} split.",
         )
         r.claims(s.claims)
+    r.section("Key numbers")
+    cards([f"accuracy_{k}" for k in s.counts])
+    cards(["scaled_accuracy_hardest", "promoter_ablation_drop", "random_ablation_drop", "counting_partial_corr"])
+    for caveat in s.caveats:
+        r.text("Caveat: " + caveat + ".")
+    _report_task(r, s)
+    _report_lens(r, s)
+    cards([f"emergence_layer_{k}" for k in s.counts])
+    _report_sublayers(r, s)
+    cards([f"attn_share_{k}" for k in s.counts])
+    _report_heads(r, s)
+    _report_interventions(r, s)
+    _report_mined(r, s)
+    r.data(s.to_json(), "results")
+    return r
+
+
+def _report_task(r, s: ParensStudy) -> None:
     r.section(
         "Task and accuracy",
         text="Prompts '#print the string {num}\\nprint(' + 'str(' * n + '{num}'; the answer is one token that "
         "closes all n + 1 parens. Accuracy is top-1 on the evaluated prompts of the test split.",
     )
-    for caveat in s.caveats:
-        r.text("Caveat: " + caveat + ".")
-    r.metrics(s.key_metrics(), labels={f"accuracy_{k}": f"accuracy, {k} paren{'s' * (k > 1)}" for k in counts})
-    r.code(task.prompt_text(max(counts) - 1, 123) + task.label_text(max(counts)), title="the hardest prompt and label")
+    r.code(task.prompt_text(max(s.counts) - 1, 123) + task.label_text(max(s.counts)), title="the hardest prompt and label")
     r.table(
         [
             {
@@ -1174,11 +1242,14 @@ def build_report(study: ParensStudy):
                 "accuracy": s.accuracy[k],
                 "most common prediction": max(set(s.predictions[k]), key=s.predictions[k].count),
             }
-            for k in counts
+            for k in s.counts
         ],
         caption="accuracy per number of closing parens",
     )
 
+
+def _report_lens(r, s: ParensStudy) -> None:
+    counts = s.counts
     r.section(
         "Where the answer emerges",
         text="Logit lens of logit(correct) - logit(wrong) at every resid_pre and resid_post, the final norm's scale "
@@ -1188,7 +1259,7 @@ def build_report(study: ParensStudy):
         + ".",
     )
     r.line_chart(
-        list(range(n_layers)),
+        list(range(s.lens[counts[0]].post().shape[0])),
         {f"{k} parens": s.lens[k].post().mean(-1).tolist() for k in counts},
         title="logit difference read from resid_post",
         x_title="layer",
@@ -1205,6 +1276,9 @@ def build_report(study: ParensStudy):
         value_label="logit diff",
     )
 
+
+def _report_sublayers(r, s: ParensStudy) -> None:
+    counts = s.counts
     r.section(
         "Attention versus MLP",
         text="Direct contribution of each sublayer's output to the logit difference (frozen final scale), and "
@@ -1220,7 +1294,7 @@ def build_report(study: ParensStudy):
         + ".",
     )
     r.line_chart(
-        list(range(n_layers)),
+        list(range(s.lens[counts[0]].post().shape[0])),
         {
             **{f"attn {k}": s.contributions[k].attn.mean(-1).tolist() for k in counts},
             **{f"mlp {k}": s.contributions[k].mlp.mean(-1).tolist() for k in counts},
@@ -1230,42 +1304,46 @@ def build_report(study: ParensStudy):
         y_title="logit diff",
     )
     rows = [k for k in counts if k in s.patching and "answer_layers" in s.patching[k]]
+    if not rows:
+        return
     for site in ("attn_out", "mlp_out"):
-        for key, layers_key, where in ((site, "answer_layers", "the answer position"), (f"{site}_parens", "paren_layers", "the open-paren positions")):
-            if rows:
-                r.heatmap(
-                    [s.patching[k][key] for k in rows],
-                    x_labels=s.patching[rows[0]][layers_key],
-                    y_labels=[f"{k}->{int(s.patching[k]['corrupted_count'][0])} parens" for k in rows],
-                    title=f"patching {site} at {where}: recovery of the clean logit difference "
-                    f"({s.patching[rows[0]]['n_pairs']} pairs per count)",
-                    x_title="layer",
-                    y_title="pair (clean -> counterfactual count)",
-                    center=0.0,
-                    value_label="recovery",
-                )
+        for key, layers_key, where in (
+            (site, "answer_layers", "the answer position"),
+            (f"{site}_parens", "paren_layers", "the open-paren positions"),
+        ):
+            r.heatmap(
+                [s.patching[k][key] for k in rows],
+                x_labels=s.patching[rows[0]][layers_key],
+                y_labels=[f"{k}->{int(s.patching[k]['corrupted_count'][0])} parens" for k in rows],
+                title=f"patching {site} at {where}: recovery of the clean logit difference "
+                f"({s.patching[rows[0]]['n_pairs']} pairs per count)",
+                x_title="layer",
+                y_title="pair (clean -> counterfactual count)",
+                center=0.0,
+                value_label="recovery",
+            )
 
+
+def _report_heads(r, s: ParensStudy) -> None:
     r.section(
         "Paren-promoting heads",
         text=f"Per-head direct logits on the paren tokens at the answer position. A head promotes a token when its "
         f"logit is >= {s.promoters.ratio:g} x its largest paren logit; precision, recall and F1 are against the "
         "labels over all counts.",
     )
-    for k in counts:
+    for k in s.counts:
         r.table(s.promoters.top(5, k), caption=f"top promoters of {task.label_text(k)}")
-    ci = {k: i for i, k in enumerate(counts)}
-    for k in counts:
+    for i, k in enumerate(s.counts):
         r.heatmap(
-            s.promoters.mean_logit[ci[k]].tolist(),
+            s.promoters.mean_logit[i].tolist(),
             x_labels=list(range(s.promoters.f1.shape[-1])),
-            y_labels=list(range(n_layers)),
+            y_labels=list(range(s.promoters.f1.shape[1])),
             title=f"{k} parens: each head's direct logit on the correct token minus the other paren tokens",
             x_title="head",
             y_title="layer",
             center=0.0,
             value_label="relative logit",
         )
-
     r.section(
         "Counting heads",
         text="Heads whose attention from the answer position to the '(' tokens tracks how many parens are open "
@@ -1273,24 +1351,28 @@ def build_report(study: ParensStudy):
         "and how often their top paren token is the right one (promotes_k).",
     )
     r.table(s.counting.top(10), caption="heads ranked by |attention-count correlation| x sqrt(paren attention)")
-    for k in counts:
+    for k in s.counts:
         ex = s.examples[k]
         r.attention(
-            ex["tokens"],
-            ex["patterns"],
-            head_labels=ex["heads"],
-            title=f"{k} parens: top promoters and counting heads",
+            ex["tokens"], ex["patterns"], head_labels=ex["heads"], title=f"{k} parens: top promoters and counting heads"
         )
-
     if s.tracking.get("available"):
+        t = s.tracking
         r.text(
             "Counting heads measured so that token count cannot explain them: on prompts that close 0-"
-            f"{max(s.tracking['closed_values'])} str( calls before the open ones, the partial correlation of a "
+            f"{max(t['closed_values'])} str( calls before the open ones, the partial correlation of a "
             "head's attention to the '(' tokens with the number of open parens, with the prompt's length and its "
-            f"number of '(' tokens regressed out. Heads chosen on {s.tracking['n_selection']} selection prompts "
-            f"({', '.join(s.tracking['chosen'])}), measured on {s.tracking['n_evaluation']} evaluation prompts."
+            f"number of '(' tokens regressed out. Heads chosen on {t['n_selection']} selection prompts "
+            f"({', '.join(t['chosen'])}), measured on {t['n_evaluation']} evaluation prompts."
         )
-        r.table(s.tracking["table"], caption="heads ranked by |partial correlation| (evaluation prompts)")
+        r.table(t["table"], caption="heads ranked by |partial correlation| (evaluation prompts)")
+
+
+def _fmt_iv(d: dict) -> str:
+    return intervals.Interval.from_json(d).format()
+
+
+def _report_interventions(r, s: ParensStudy) -> None:
     r.section(
         "Head ablation and amplification",
         text="Each candidate head zero-ablated alone (accuracy and logit-difference change per count), then the top "
@@ -1308,9 +1390,9 @@ def build_report(study: ParensStudy):
                 {
                     "count": row["count"],
                     "heads": " ".join(row["heads"]),
-                    "drop (95% CI)": intervals.Interval.from_json(row["drop"]).format(),
-                    "random heads' drop": intervals.Interval.from_json(row["random_drop"]).format(),
-                    "difference": intervals.Interval.from_json(row["difference"]).format(),
+                    "drop (95% CI)": _fmt_iv(row["drop"]),
+                    "random heads' drop": _fmt_iv(row["random_drop"]),
+                    "difference": _fmt_iv(row["difference"]),
                 }
                 for row in s.ablation["promoter_sets"]
             ],
@@ -1323,10 +1405,10 @@ def build_report(study: ParensStudy):
                     "variant": v,
                     "heads": b["row"]["n_heads"],
                     "factor": b["row"]["factor"],
-                    "accuracy (95% CI)": intervals.Interval.from_json(b["accuracy"]).format(),
-                    "random heads": intervals.Interval.from_json(b["random_accuracy"]).format(),
-                    "logit-diff gain": intervals.Interval.from_json(b["logit_diff_gain"]).format(),
-                    "random gain": intervals.Interval.from_json(b["random_logit_diff_gain"]).format(),
+                    "accuracy (95% CI)": _fmt_iv(b["accuracy"]),
+                    "random heads": _fmt_iv(b["random_accuracy"]),
+                    "logit-diff gain": _fmt_iv(b["logit_diff_gain"]),
+                    "random gain": _fmt_iv(b["random_logit_diff_gain"]),
                 }
                 for v, b in s.scaling["best_by_variant"].items()
             ],
@@ -1334,33 +1416,30 @@ def build_report(study: ParensStudy):
         )
     if s.scaling["rows"]:
         r.table(
-            [
-                {k: v for k, v in row.items() if k != "heads"} | {"heads": " ".join(row["heads"])}
-                for row in s.scaling["rows"]
-            ],
+            [{k: v for k, v in row.items() if k != "heads"} | {"heads": " ".join(row["heads"])} for row in s.scaling["rows"]],
             caption="amplifying the top promoters of the hardest count (ranked by F1 as in the paper's code, or by "
             "mean direct logit)",
         )
 
+
+def _report_mined(r, s: ParensStudy) -> None:
     r.section(
         "Real code", text="The same readouts on windows of held-out code that end just before a closing-paren token."
     )
-    if s.mined.get("available"):
-        r.table(
-            [
-                {
-                    "parens": k,
-                    "prompts": v.get("n", 0),
-                    "accuracy": v.get("accuracy"),
-                    "right count among paren tokens": v.get("paren_accuracy"),
-                    "emergence layer": v.get("emergence_layer"),
-                    "candidates in corpus": s.mined["candidates"].get(k),
-                }
-                for k, v in s.mined["by_count"].items()
-            ],
-            caption=f"corpus {s.mined['corpus']}, window {s.mined['window']} tokens",
-        )
-    else:
+    if not s.mined.get("available"):
         r.text(f"Not run: {s.mined.get('reason', 'disabled in the config')}.")
-    r.data(s.to_json(), "results")
-    return r
+        return
+    r.table(
+        [
+            {
+                "parens": k,
+                "prompts": v.get("n", 0),
+                "accuracy": v.get("accuracy"),
+                "right count among paren tokens": v.get("paren_accuracy"),
+                "emergence layer": v.get("emergence_layer"),
+                "candidates in corpus": s.mined["candidates"].get(k),
+            }
+            for k, v in s.mined["by_count"].items()
+        ],
+        caption=f"corpus {s.mined['corpus']}, window {s.mined['window']} tokens",
+    )

@@ -51,9 +51,9 @@ import torch
 from .. import corpus as corpus_mod
 from .. import intervals
 from .. import repair as R
-from ..core.batching import bos_id
 from ..core.inputs import token_texts
 from ..errors import InputError
+from ..repair.effects import METHODS
 from .common import Study, configure, json_safe, setting
 
 PAPER = (
@@ -116,10 +116,6 @@ class RepairStudy(Study):
     intervals: dict = field(default_factory=dict)  # name -> intervals.Interval
     claims: tuple = ()  # intervals.Claim rows
 
-    def report(self, model=None):
-        """The study as a :class:`codecircuits.report.Report`."""
-        return report(self)
-
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows))
 
@@ -145,14 +141,7 @@ class RepairStudy(Study):
                     "median_neurons_per_success": float(ok.neurons.median()) if len(ok) else math.nan,
                     "edit_steps_per_success": float(ok.steps.mean()) if len(ok) else math.nan,
                     "seconds_per_case": float(g.seconds.mean()),
-                    "gen_delta_logp": _mean(g.gen_delta_logp),
-                    "gen_acc_before": _mean(g.gen_acc_before),
-                    "gen_acc_after": _mean(g.gen_acc_after),
-                    "gen_fixed": _mean(g.gen_fixed),
-                    "spec_unchanged": _mean(g.spec_unchanged),
-                    "spec_acc_before": _mean(g.spec_acc_before),
-                    "spec_acc_after": _mean(g.spec_acc_after),
-                    "heldout_loss_delta": _mean(g.heldout_loss_delta),
+                    **{k: _mean(g[k]) for k in MEANS},
                 }
             )
         return pd.DataFrame(out)
@@ -167,7 +156,7 @@ class RepairStudy(Study):
         for row in self.summary().to_dict("records"):
             m = row["method"]
             out.update({f"{m}_{k}": row[k] for k in HEADLINE})
-        for method in ("mint", "sgd"):
+        for method in METHODS:
             iv = self.intervals.get(f"{method}_successive_retained")
             if iv is not None:
                 out[f"{method}_successive_retained"] = iv.estimate
@@ -191,6 +180,30 @@ class RepairStudy(Study):
             }
         )
 
+    def summary_text(self) -> str:
+        """What ``codecircuits repair`` prints: :meth:`summary`, rounded."""
+        return self.summary().round(3).to_string(index=False)
+
+    def report(self, model=None):
+        """The study as a :class:`codecircuits.report.Report`: the claims and key numbers first, then MINT versus
+        SGD, the SGD baseline's setting, the successive repairs and every case."""
+        from ..report import Report
+
+        s = self.settings
+        r = Report(
+            title=f"Neuron-level repair (MINT) on {self.model}",
+            subtitle=f"{s['n_cases']} lines of held-out code ({', '.join(s['sources'])}), MINT vs SGD on W_out",
+        )
+        r.claims(list(self.claims))
+        metrics = self.metrics()
+        key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
+        r.metrics(key, labels={k: LABELS[k] for k in key})
+        _report_methods(r, self, {k: v for k, v in metrics.items() if k not in key})
+        _report_successive(r, self)
+        _report_cases(r, self)
+        r.data(self.to_json(), name="results")
+        return r
+
 
 HEADLINE = (
     "success_rate",
@@ -199,6 +212,18 @@ HEADLINE = (
     "gen_fixed",
     "gen_delta_logp",
     "spec_unchanged",
+    "heldout_loss_delta",
+)
+
+#: the per-case numbers :meth:`RepairStudy.summary` averages over the cases that have them
+MEANS = (
+    "gen_delta_logp",
+    "gen_acc_before",
+    "gen_acc_after",
+    "gen_fixed",
+    "spec_unchanged",
+    "spec_acc_before",
+    "spec_acc_after",
     "heldout_loss_delta",
 )
 
@@ -218,46 +243,17 @@ def _task(spec: str) -> str:
     return "shell" if spec.split(":", 1)[0] == "shell" else "python"
 
 
-def _digest(t: torch.Tensor) -> str:
-    """A fingerprint of a tensor's exact bits (bit-identical logits have the same one)."""
-    return hashlib.sha1(t.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+# ----------------------------------------------------------------------------------------------------------------
+# the steps of a run
 
 
-def _fixed(cache: R.ResidCache, case: R.RepairCase) -> bool:
-    """Whether the model (now) completes the whole line right, teacher-forced."""
-    pred = cache.logits(case.tokens)[0].argmax(-1).cpu()
-    return tuple(int(pred[p]) for p in case.positions) == tuple(case.reference)
-
-
-def _measure(model, gen, spec, heldout, base_gen, base_spec, base_loss, cache) -> dict:
-    out: dict[str, float] = {}
-    if gen:
-        ev = R.evaluate_probes(model, gen, cache=cache)
-        out["gen_n"] = len(gen)
-        out["gen_delta_logp"] = float((ev["logp"] - base_gen["logp"]).mean())
-        out["gen_acc_before"] = float(base_gen["correct"].float().mean())
-        out["gen_acc_after"] = float(ev["correct"].float().mean())
-        wrong_before = ~base_gen["correct"]
-        out["gen_n_wrong"] = int(wrong_before.sum())
-        out["gen_fixed"] = float(ev["correct"][wrong_before].float().mean()) if wrong_before.any() else math.nan
-    else:
-        out.update(
-            gen_n=0,
-            gen_delta_logp=math.nan,
-            gen_acc_before=math.nan,
-            gen_acc_after=math.nan,
-            gen_n_wrong=0,
-            gen_fixed=math.nan,
-        )
-    ev = R.evaluate_probes(model, spec, cache=cache)
-    out["spec_n"] = len(spec)
-    out["spec_unchanged"] = float((ev["argmax"] == base_spec["argmax"]).float().mean())
-    out["spec_acc_before"] = float(base_spec["correct"].float().mean())
-    out["spec_acc_after"] = float(ev["correct"].float().mean())
-    out["spec_abs_delta_logp"] = float((ev["logp"] - base_spec["logp"]).abs().mean())
-    out["spec_delta_logp"] = float((ev["logp"] - base_spec["logp"]).mean())
-    out["heldout_loss_delta"] = R.heldout_loss(model, heldout, cache=cache) - base_loss
-    return out
+def _check(cfg: RepairConfig) -> None:
+    if cfg.n_cases < 1:
+        raise InputError("n_cases must be at least 1.")
+    if cfg.n_select < 0 or cfg.n_successive < 0:
+        raise InputError("n_select and n_successive must be >= 0.")
+    if not cfg.sgd_lrs or not cfg.sgd_steps or min(cfg.sgd_lrs) < 0 or min(cfg.sgd_steps) < 1:
+        raise InputError("The SGD grid needs at least one lr >= 0 and one step count >= 1.")
 
 
 def _collect(model, cfg: RepairConfig, progress: bool):
@@ -297,92 +293,55 @@ def _collect(model, cfg: RepairConfig, progress: bool):
     return cases, pool, task, corpora
 
 
-def _sgd_sweep(model, cases, layers, lrs, steps, cache, progress) -> tuple[list[dict], dict]:
-    """Each (lr, steps) of the grid on the selection cases (one trajectory per lr, scored at each step count; SGD
-    without momentum has no state, so 5 steps then 5 more are 10 steps); the choice: most lines repaired, then
-    the highest mean log p of the lines' reference tokens (the setting that pushes hardest toward the repair, so
-    the baseline is not handicapped), then the gentlest (smallest lr x steps)."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Bench:
+    """What every repair is measured against: the probes, the held-out text, the base model's evaluations of them
+    and the base logits of each evaluation case."""
 
-    layer_list = R.upper_layers(model, layers)
-    steps = sorted(set(int(s) for s in steps))
-    scores = {(lr, s): [] for lr in lrs for s in steps}
-    logps = {(lr, s): [] for lr in lrs for s in steps}
-    bar = tqdm(total=len(cases) * len(lrs), desc="SGD sweep", disable=not progress, leave=False)
-    for case in cases:
-        for lr in lrs:
-            snap = R.WeightSnapshot(model, layer_list)
-            done = 0
-            for s in steps:
-                out, _ = R.sgd_repair(model, case, layers=layers, lr=lr, steps=s - done, snapshot=snap)
-                done = s
-                scores[(lr, s)].append(out.success)
-                lp = cache.logits(case.tokens)[0].float().log_softmax(-1).cpu()
-                logps[(lr, s)].append(float(lp[case.positions, list(case.reference)].mean()))
-            snap.restore()
-            bar.update(1)
-    bar.close()
-    rows = [
-        {
-            "lr": lr,
-            "steps": s,
-            "cases": len(v),
-            "success_rate": float(sum(v) / max(len(v), 1)),
-            "reference_logp": float(sum(logps[(lr, s)]) / max(len(v), 1)),
-        }
-        for (lr, s), v in scores.items()
-    ]
-    best = min(rows, key=lambda r: (-r["success_rate"], -round(r["reference_logp"], 6), r["lr"] * r["steps"]))
-    return rows, dict(best)
+    task_of: dict
+    spec_probes: list
+    gen_files: dict  # task -> held-out files outside every case's file
+    gen_ids: dict  # task -> path -> token ids
+    heldout: torch.Tensor
+    cache: R.ResidCache
+    base_spec: dict
+    base_loss: float
+    base_digest: dict  # evaluation case index -> digest of its base logits
 
 
-def _successive(model, method, cases, cfg, lr, steps, spec_probes, base_spec, heldout, base_loss, cache, progress):
-    """Repair ``cases`` one after another without undoing; one row per repair made so far. Restores the base."""
-    from tqdm.auto import tqdm
-
-    layer_list = R.upper_layers(model, cfg.layers)
-    snap = R.WeightSnapshot(model, layer_list)
-    results, rows, repaired = [], [], []
-    earlier, ev = [], None
-    for i, case in enumerate(tqdm(cases, desc=f"successive {method}", disable=not progress, leave=False)):
-        if method == "mint":
-            res = R.mint_repair(
-                model, case, layers=cfg.layers, n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale
-            )
-            results.append(res)
-            ok, seconds = res.success, res.seconds
-        else:
-            out, _ = R.sgd_repair(model, case, layers=cfg.layers, lr=lr, steps=steps, snapshot=snap)
-            ok, seconds = out.success, out.seconds
-        repaired.append(ok)
-        earlier = [_fixed(cache, cases[j]) for j in range(i) if repaired[j]]
-        ev = R.evaluate_probes(model, spec_probes, cache=cache)
-        rows.append(
-            {
-                "method": method,
-                "repairs": i + 1,
-                "success": bool(ok),
-                "seconds": seconds,
-                "successes_so_far": int(sum(repaired)),
-                "earlier_repaired": len(earlier),
-                "earlier_still_fixed": int(sum(earlier)),
-                "retained": float(sum(earlier) / len(earlier)) if earlier else math.nan,
-                "spec_unchanged": float((ev["argmax"] == base_spec["argmax"]).float().mean()),
-                "heldout_loss_delta": R.heldout_loss(model, heldout, cache=cache) - base_loss,
-                "changed_rows": snap.changed_rows(),
-            }
-        )
-    # after the last repair: the earlier repaired lines and the unrelated predictions as its row measured them
-    still = earlier
-    if ev is None:  # no cases: the base itself
-        ev = R.evaluate_probes(model, spec_probes, cache=cache)
-    final_spec = (ev["argmax"] == base_spec["argmax"]).double()
-    if method == "mint":
-        for res in reversed(results):  # undo only: the study then checks the base is back bit for bit
-            res.undo(model)
-    else:
-        snap.restore()
-    return rows, torch.tensor(still, dtype=torch.float64), final_spec
+def _bench(model, cfg: RepairConfig, all_cases, cases, pool, task_of, corpora) -> _Bench:
+    """The specificity probes (unrelated scanned lines), the generalisation files, the held-out text, and the base
+    model measured on them."""
+    case_keys = {(c.source, c.line_no) for c in all_cases}
+    others = [c for c in pool if (c.source, c.line_no) not in case_keys]
+    spec_lines = random.Random(cfg.seed).sample(others, min(cfg.n_spec_lines, len(others)))
+    spec_probes = R.probes_of(spec_lines)
+    if not spec_probes:
+        raise InputError("No unrelated lines are left for the specificity probes; add a source or scan more lines.")
+    # generalisation: held-out positions (not in any case's file) whose next token is the repaired target
+    case_files = {c.source for c in all_cases}
+    sources = tuple(cfg.sources)
+    gen_files = {
+        t: [f for spec in sources if _task(spec) == t for f in corpora[spec] if f.path not in case_files]
+        for t in {_task(s) for s in sources}
+    }
+    gen_ids = {t: R.tokenize_files(model, fs) for t, fs in gen_files.items()}
+    held = [_load("stdlib:validation")]
+    if any(_task(s) == "shell" for s in sources):
+        held.append(_load("shell:validation"))
+    heldout = torch.cat([R.heldout_tokens(model, h, cfg.heldout_tokens) for h in held])
+    cache = R.ResidCache(model, R.upper_layers(model, cfg.layers)[0])  # both methods edit only layers above
+    return _Bench(
+        task_of=task_of,
+        spec_probes=spec_probes,
+        gen_files=gen_files,
+        gen_ids=gen_ids,
+        heldout=heldout,
+        cache=cache,
+        base_spec=R.evaluate_probes(model, spec_probes, cache=cache),
+        base_loss=R.heldout_loss(model, heldout, cache=cache),
+        base_digest={i: R.logits_digest(cache.logits(c.tokens)) for i, c in enumerate(cases)},
+    )
 
 
 class _Progress:
@@ -420,6 +379,120 @@ def _run_key(model, cfg: RepairConfig, cases) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _choose_sgd(model, cfg: RepairConfig, select, bench: _Bench, done: _Progress, progress: bool):
+    """The SGD baseline's setting, chosen on the selection split (:func:`codecircuits.repair.sgd_sweep`): the sweep
+    rows and the choice; without a selection split, MINT's baseline setting (lr 1e-2, 10 steps) where the grid
+    has it."""
+    if select and done.state["sweep"] is not None:
+        return done.state["sweep"]
+    if select:
+        sweep, choice = R.sgd_sweep(
+            model, select, layers=cfg.layers, lrs=cfg.sgd_lrs, steps=cfg.sgd_steps, cache=bench.cache,
+            progress=progress,
+        )
+        done.state["sweep"] = [sweep, choice]
+        done.save()
+        return sweep, choice
+    choice = {
+        "lr": 1e-2 if 1e-2 in cfg.sgd_lrs else cfg.sgd_lrs[0],
+        "steps": 10 if 10 in cfg.sgd_steps else cfg.sgd_steps[0],
+    }
+    return [], choice
+
+
+def _repair_case(model, cfg: RepairConfig, bench: _Bench, ci: int, case, lr: float, steps: int):
+    """Repair one evaluation case from the base by MINT and by SGD, measuring each repair's side effects and
+    undoing it (checked bit for bit); returns the two rows and MINT's example."""
+    tok = model.tokenizer
+    task = bench.task_of[(case.source, case.line_no)]
+    first = case.errors[0]
+    target, wrong = case.reference[first], case.predicted[first]
+    keep = [i for i, p in enumerate(bench.spec_probes) if p.target != target]
+    spec = [bench.spec_probes[i] for i in keep]
+    base_spec = {k: v[keep] for k, v in bench.base_spec.items()}
+    gen = R.same_target_probes(
+        model,
+        bench.gen_files[task],
+        target,
+        cfg.n_gen,
+        wrong=wrong,
+        context_tokens=cfg.context_tokens,
+        max_candidates=2 * cfg.n_gen,
+        seed=cfg.seed + ci,
+        token_ids=bench.gen_ids[task],
+    )
+    base_gen = R.evaluate_probes(model, gen, cache=bench.cache) if gen else None
+
+    def effects_and_restored(undo) -> tuple[dict, bool]:
+        m = R.side_effects(model, gen, spec, bench.heldout, base_gen, base_spec, bench.base_loss, bench.cache)
+        undo()
+        return m, R.logits_digest(bench.cache.logits(case.tokens)) == bench.base_digest[ci]
+
+    common = dict(case=ci, task=task, source=case.source, line_no=case.line_no, errors=len(case.errors),
+                  target=token_texts(tok, [target])[0], wrong=token_texts(tok, [wrong])[0])
+    res = R.mint_repair(
+        model, case, layers=cfg.layers, n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale
+    )
+    m, restored = effects_and_restored(lambda: res.undo(model))
+    neurons = [f"L{a}N{b}" for a, b in res.edits.neurons]
+    mint = dict(common, method="mint", success=res.success, neurons=res.n_neurons, steps=res.n_edits,
+                seconds=res.seconds, restored=restored, edited=" ".join(neurons), **m)
+    example = {
+        "task": task,
+        "line": case.line,
+        "reference": token_texts(tok, case.reference),
+        "before": token_texts(tok, case.predicted),
+        "after_mint": token_texts(tok, res.predicted_after),
+        "neurons": neurons,
+        "success": res.success,
+    }
+    out, snap = R.sgd_repair(model, case, layers=cfg.layers, lr=lr, steps=steps)
+    m, restored = effects_and_restored(snap.restore)
+    sgd = dict(common, method="sgd", success=out.success, neurons=out.changed_rows, steps=out.steps,
+               seconds=out.seconds, restored=restored, edited="", **m)
+    return [mint, sgd], example
+
+
+def _repair_cases(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: _Progress, progress: bool):
+    """Every evaluation case repaired on its own (from the checkpoint where it holds the case); the rows and the
+    first six examples."""
+    from tqdm.auto import tqdm
+
+    rows, examples = [], []
+    for ci, case in enumerate(tqdm(cases, desc="repair", disable=not progress)):
+        saved = done.state["cases"].get(str(ci))
+        if saved is None:
+            new, example = _repair_case(model, cfg, bench, ci, case, lr, steps)
+            saved = {"rows": new, "example": example if len(examples) < 6 else None}
+            done.state["cases"][str(ci)] = saved
+            done.save()
+        rows += saved["rows"]
+        if saved["example"] is not None and len(examples) < 6:
+            examples.append(saved["example"])
+    return rows, examples
+
+
+def _successive(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: _Progress, progress: bool):
+    """Each method's sequence of repairs without undoing (:func:`codecircuits.repair.successive_repairs`), from
+    the checkpoint where it holds it: the rows, and per method the earlier fixes held and unrelated predictions
+    unchanged after the last repair."""
+    rows, still, final_spec = [], {}, {}
+    for method in METHODS:
+        if method not in done.state["successive"]:
+            r_, st, fs = R.successive_repairs(
+                model, method, cases, spec_probes=bench.spec_probes, base_spec=bench.base_spec,
+                heldout=bench.heldout, base_loss=bench.base_loss, cache=bench.cache, layers=cfg.layers,
+                n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale, lr=lr, steps=steps,
+                progress=progress,
+            )
+            done.state["successive"][method] = [r_, st.tolist(), fs.tolist()]
+            done.save()
+        r_, st, fs = done.state["successive"][method]
+        still[method], final_spec[method] = torch.tensor(st, dtype=torch.float64), torch.tensor(fs, dtype=torch.float64)
+        rows += r_
+    return rows, still, final_spec
+
+
 def run(
     model,
     config: RepairConfig | None = None,
@@ -439,174 +512,28 @@ def run(
     checking it came from the same model, settings and cases).
     """
     cfg = configure(RepairConfig, config, overrides)
-    if cfg.n_cases < 1:
-        raise InputError("n_cases must be at least 1.")
-    if cfg.n_select < 0 or cfg.n_successive < 0:
-        raise InputError("n_select and n_successive must be >= 0.")
-    if not cfg.sgd_lrs or not cfg.sgd_steps or min(cfg.sgd_lrs) < 0 or min(cfg.sgd_steps) < 1:
-        raise InputError("The SGD grid needs at least one lr >= 0 and one step count >= 1.")
-    from tqdm.auto import tqdm
-
+    _check(cfg)
     t0 = time.perf_counter()
-    sources = tuple(cfg.sources)
     all_cases, pool, task_of, corpora = _collect(model, cfg, progress)
     select, cases = all_cases[: cfg.n_select], all_cases[cfg.n_select :]
-    case_keys = {(c.source, c.line_no) for c in all_cases}
-    others = [c for c in pool if (c.source, c.line_no) not in case_keys]
-    rng = random.Random(cfg.seed)
-    spec_lines = rng.sample(others, min(cfg.n_spec_lines, len(others)))
-    spec_probes = R.probes_of(spec_lines)
-    if not spec_probes:
-        raise InputError("No unrelated lines are left for the specificity probes; add a source or scan more lines.")
-    # generalisation: held-out positions (not in any case's file) whose next token is the repaired target
-    case_files = {c.source for c in all_cases}
-    gen_corpus = {t: [f for spec in sources if _task(spec) == t for f in corpora[spec]] for t in {_task(s) for s in sources}}
-    gen_ids = {t: R.tokenize_files(model, [f for f in fs if f.path not in case_files]) for t, fs in gen_corpus.items()}
-    held = [_load("stdlib:validation")]
-    if any(_task(s) == "shell" for s in sources):
-        held.append(_load("shell:validation"))
-    heldout = torch.cat([_heldout_tokens(model, h, cfg.heldout_tokens) for h in held])
-
-    layer_list = R.upper_layers(model, cfg.layers)
-    cache = R.ResidCache(model, layer_list[0])  # both methods edit only layers >= layer_list[0]
-    base_spec = R.evaluate_probes(model, spec_probes, cache=cache)
-    base_loss = R.heldout_loss(model, heldout, cache=cache)
-    base_digest = {i: _digest(cache.logits(c.tokens)) for i, c in enumerate(cases)}
+    bench = _bench(model, cfg, all_cases, cases, pool, task_of, corpora)
     done = _Progress(checkpoint, _run_key(model, cfg, all_cases), resume)
     resumed = bool(done.state["cases"] or done.state["sweep"])
-
-    # the SGD baseline's setting, chosen on the selection split
-    if select and done.state["sweep"] is not None:
-        sweep, choice = done.state["sweep"]
-    elif select:
-        sweep, choice = _sgd_sweep(model, select, cfg.layers, cfg.sgd_lrs, cfg.sgd_steps, cache, progress)
-        done.state["sweep"] = [sweep, choice]
-        done.save()
-    else:
-        # no selection split: MINT's baseline setting (lr 1e-2, 10 steps) where the grid has it
-        sweep = []
-        choice = {
-            "lr": 1e-2 if 1e-2 in cfg.sgd_lrs else cfg.sgd_lrs[0],
-            "steps": 10 if 10 in cfg.sgd_steps else cfg.sgd_steps[0],
-        }
-    sgd_lr, sgd_steps = float(choice["lr"]), int(choice["steps"])
-
-    rows, examples = [], []
-    tok = model.tokenizer
-    for ci, case in enumerate(tqdm(cases, desc="repair", disable=not progress)):
-        if str(ci) in done.state["cases"]:
-            saved = done.state["cases"][str(ci)]
-            rows += saved["rows"]
-            if saved["example"] is not None and len(examples) < 6:
-                examples.append(saved["example"])
-            continue
-        n_rows, n_examples = len(rows), len(examples)
-        task = task_of[(case.source, case.line_no)]
-        first = case.errors[0]
-        target, wrong = case.reference[first], case.predicted[first]
-        keep = [i for i, p in enumerate(spec_probes) if p.target != target]
-        spec = [spec_probes[i] for i in keep]
-        base_spec_c = {k: v[keep] for k, v in base_spec.items()}
-        gen = R.same_target_probes(
-            model,
-            [f for f in gen_corpus[task] if f.path not in case_files],
-            target,
-            cfg.n_gen,
-            wrong=wrong,
-            context_tokens=cfg.context_tokens,
-            max_candidates=2 * cfg.n_gen,
-            seed=cfg.seed + ci,
-            token_ids=gen_ids[task],
-        )
-        base_gen = R.evaluate_probes(model, gen, cache=cache) if gen else None
-        common = dict(
-            case=ci,
-            task=task,
-            source=case.source,
-            line_no=case.line_no,
-            errors=len(case.errors),
-            target=token_texts(tok, [target])[0],
-            wrong=token_texts(tok, [wrong])[0],
-        )
-        # MINT
-        res = R.mint_repair(
-            model, case, layers=cfg.layers, n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale
-        )
-        m = _measure(model, gen, spec, heldout, base_gen, base_spec_c, base_loss, cache)
-        res.undo(model)
-        restored = _digest(cache.logits(case.tokens)) == base_digest[ci]
-        rows.append(
-            dict(
-                common,
-                method="mint",
-                success=res.success,
-                neurons=res.n_neurons,
-                steps=res.n_edits,
-                seconds=res.seconds,
-                restored=restored,
-                edited=" ".join(f"L{a}N{b}" for a, b in res.edits.neurons),
-                **m,
-            )
-        )
-        if len(examples) < 6:
-            examples.append(
-                {
-                    "task": task,
-                    "line": case.line,
-                    "reference": token_texts(tok, case.reference),
-                    "before": token_texts(tok, case.predicted),
-                    "after_mint": token_texts(tok, res.predicted_after),
-                    "neurons": [f"L{a}N{b}" for a, b in res.edits.neurons],
-                    "success": res.success,
-                }
-            )
-        # SGD baseline
-        out, snap = R.sgd_repair(model, case, layers=cfg.layers, lr=sgd_lr, steps=sgd_steps)
-        m = _measure(model, gen, spec, heldout, base_gen, base_spec_c, base_loss, cache)
-        snap.restore()
-        restored = _digest(cache.logits(case.tokens)) == base_digest[ci]
-        rows.append(
-            dict(
-                common,
-                method="sgd",
-                success=out.success,
-                neurons=out.changed_rows,
-                steps=out.steps,
-                seconds=out.seconds,
-                restored=restored,
-                edited="",
-                **m,
-            )
-        )
-        done.state["cases"][str(ci)] = {
-            "rows": rows[n_rows:], "example": examples[n_examples] if len(examples) > n_examples else None
-        }
-        done.save()
-
-    # successive repairs, each method in its own sequence from the base
+    sweep, choice = _choose_sgd(model, cfg, select, bench, done, progress)
+    lr, steps = float(choice["lr"]), int(choice["steps"])
+    rows, examples = _repair_cases(model, cfg, bench, cases, lr, steps, done, progress)
     n_succ = len(cases) if cfg.n_successive == 0 else min(cfg.n_successive, len(cases))
-    succ_rows, still, final_spec = [], {}, {}
-    for method in ("mint", "sgd"):
-        if method in done.state["successive"]:
-            r_, st, fs = done.state["successive"][method]
-            still[method], final_spec[method] = torch.tensor(st, dtype=torch.float64), torch.tensor(fs, dtype=torch.float64)
-        else:
-            r_, still[method], final_spec[method] = _successive(
-                model, method, cases[:n_succ], cfg, sgd_lr, sgd_steps, spec_probes, base_spec, heldout, base_loss,
-                cache, progress,
-            )
-            done.state["successive"][method] = [r_, still[method].tolist(), final_spec[method].tolist()]
-            done.save()
-        succ_rows += r_
-    base_restored = all(_digest(cache.logits(c.tokens)) == base_digest[i] for i, c in enumerate(cases))
-    base_restored = base_restored and R.heldout_loss(model, heldout, cache=cache) == base_loss
-
-    ivs, claims = _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice)
+    succ_rows, still, final_spec = _successive(model, cfg, bench, cases[:n_succ], lr, steps, done, progress)
+    base_restored = all(R.logits_digest(bench.cache.logits(c.tokens)) == bench.base_digest[i]
+                        for i, c in enumerate(cases))
+    base_restored = base_restored and R.heldout_loss(model, bench.heldout, cache=bench.cache) == bench.base_loss
+    ivs = _intervals(rows, succ_rows, still, final_spec, cfg)
+    layer_list = R.upper_layers(model, cfg.layers)
     settings = dict(
         n_cases=len(cases),
         n_select=len(select),
         n_successive=n_succ,
-        sources=list(sources),
+        sources=list(cfg.sources),
         tasks=sorted({task_of[(c.source, c.line_no)] for c in cases}),
         lines_per_file=cfg.lines_per_file,
         context_tokens=cfg.context_tokens,
@@ -617,11 +544,11 @@ def run(
         scale=cfg.scale,
         eps=0.01 * cfg.scale,
         sgd_grid={"lr": list(cfg.sgd_lrs), "steps": list(cfg.sgd_steps)},
-        sgd_lr=sgd_lr,
-        sgd_steps=sgd_steps,
+        sgd_lr=lr,
+        sgd_steps=steps,
         n_gen=cfg.n_gen,
-        n_spec_probes=len(spec_probes),
-        heldout_tokens=int(heldout.numel()),
+        n_spec_probes=len(bench.spec_probes),
+        heldout_tokens=int(bench.heldout.numel()),
         pool_lines=len(pool),
         base_restored=bool(base_restored),
         threads=torch.get_num_threads(),
@@ -634,7 +561,7 @@ def run(
         model=str(model.cfg.model_name),
         rows=tuple(rows),
         cases=tuple(cases),
-        heldout_loss_base=base_loss,
+        heldout_loss_base=bench.base_loss,
         settings=settings,
         examples=tuple(examples),
         config=cfg,
@@ -642,7 +569,7 @@ def run(
         sweep=tuple(sweep),
         sgd_choice=choice,
         intervals=ivs,
-        claims=tuple(claims),
+        claims=tuple(_claims(ivs, rows, succ_rows, cfg, choice)),
     )
 
 
@@ -660,12 +587,22 @@ def command_of(cfg: RepairConfig) -> str:
     return " ".join(parts)
 
 
-def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
-    """Bootstrap intervals over cases (paired for MINT - SGD) and the paper's claims with their verdicts."""
-    B, seed = cfg.n_resamples, cfg.seed
+# ----------------------------------------------------------------------------------------------------------------
+# intervals and claims
+
+
+def _by_method(rows) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """All rows, MINT's and SGD's (each in case order)."""
     df = pd.DataFrame(rows)
     mint = df[df.method == "mint"].sort_values("case").reset_index(drop=True)
     sgd = df[df.method == "sgd"].sort_values("case").reset_index(drop=True)
+    return df, mint, sgd
+
+
+def _intervals(rows, succ_rows, still, final_spec, cfg: RepairConfig) -> dict[str, intervals.Interval]:
+    """Bootstrap intervals over cases (paired for MINT - SGD, on the cases where both have the number)."""
+    B, seed = cfg.n_resamples, cfg.seed
+    df, mint, sgd = _by_method(rows)
 
     def col(d, name):
         return torch.tensor(d[name].astype(float).to_numpy(), dtype=torch.float64)
@@ -674,12 +611,9 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
         x = x[~torch.isnan(x)]
         return x.mean() if x.numel() else torch.tensor(float("nan"))
 
-    def paired_diff(name):
-        a, b = col(mint, name), col(sgd, name)
+    def paired_diff(a, b):
         ok = ~(torch.isnan(a) | torch.isnan(b))
-        if not ok.any():
-            return None
-        return intervals.paired(lambda x, y: (x - y).mean(), a[ok], b[ok], n_resamples=B, seed=seed)
+        return intervals.paired(lambda x, y: (x - y).mean(), a[ok], b[ok], n_resamples=B, seed=seed) if ok.any() else None
 
     def mean_of(d, name):
         x = col(d, name)
@@ -697,32 +631,41 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
         for k in ("gen_delta_logp", "gen_fixed", "spec_unchanged", "spec_delta_logp", "heldout_loss_delta"):
             iv[f"{m}_{k}"] = mean_of(d, k)
     for k in ("success", "seconds", "gen_delta_logp", "gen_fixed", "spec_unchanged", "heldout_loss_delta"):
-        iv[f"mint_minus_sgd_{k}"] = paired_diff(k)
+        iv[f"mint_minus_sgd_{k}"] = paired_diff(col(mint, k), col(sgd, k))
     g, s = col(mint, "gen_delta_logp"), col(mint, "spec_delta_logp")
-    ok = ~torch.isnan(g)
+    ok = ~torch.isnan(g)  # the generalisation change against the specificity change, same cases
     iv["mint_gen_minus_spec_delta_logp"] = (
         intervals.paired(lambda x, y: (x - y).mean(), g[ok], s[ok], n_resamples=B, seed=seed) if ok.any() else None
     )
     sr = pd.DataFrame(succ_rows)
-    for m in ("mint", "sgd"):
+    for m in METHODS:
         iv[f"{m}_successive_retained"] = (
             intervals.mean(still[m], n_resamples=B, seed=seed) if still[m].numel() else None
         )
         iv[f"{m}_successive_spec_unchanged"] = intervals.mean(final_spec[m], n_resamples=B, seed=seed)
-        sm = sr[sr.method == m]
         iv[f"{m}_successive_success"] = intervals.mean(
-            torch.tensor(sm.success.astype(float).to_numpy()), n_resamples=B, seed=seed
+            torch.tensor(sr[sr.method == m].success.astype(float).to_numpy()), n_resamples=B, seed=seed
         )
     for t in sorted(set(df.task)):
         for m, d in (("mint", mint), ("sgd", sgd)):
             iv[f"{m}_success_{t}"] = mean_of(d[d.task == t], "success")
-    iv = {k: v for k, v in iv.items() if v is not None}
+    return {k: v for k, v in iv.items() if v is not None}
 
+
+def _claims(iv: dict, rows, succ_rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
+    """The paper's claims with their verdicts: what a repair costs and does, then over successive repairs and on
+    the second task."""
+    return _cost_claims(iv, rows, cfg, choice) + _effect_claims(iv, succ_rows, cfg)
+
+
+def _cost_claims(iv: dict, rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
+    """How few neurons MINT changes, and whether it repairs more lines, faster, than SGD."""
     cmd = command_of(cfg)
+    _, mint, sgd = _by_method(rows)
     n = len(mint)
-    claims = []
-    nps = iv["mint_neurons_per_success"]
-    claims.append(
+    nps, d, dt = iv["mint_neurons_per_success"], iv["mint_minus_sgd_success"], iv["mint_minus_sgd_seconds"]
+    fewer = float(mint.neurons.mean()) * 100 < float(sgd.neurons.mean())
+    return [
         intervals.Claim(
             "MINT repairs by patching 'usually one or two neurons'",
             intervals.verdict(nps.high <= 2.5, not math.isnan(nps.estimate) and nps.estimate <= 3),
@@ -731,10 +674,10 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
             f"value vectors changed per successful MINT repair over {int(mint.success.sum())} successes of {n} "
             "cases; control: rows changed per successful SGD repair",
             cmd,
-        )
-    )
-    d = iv["mint_minus_sgd_success"]
-    claims.append(
+            rule="reproduced: the interval's upper end is at most 2.5 neurons; partly: the estimate is at most 3",
+            paper="usually one or two neurons",
+            source=SOURCE,
+        ),
         intervals.Claim(
             "MINT is more effective than SGD fine-tuning of the FFN output weights",
             intervals.verdict(d.above(0), d.estimate > 0),
@@ -744,11 +687,10 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
             f"{choice['lr']:g}, {choice['steps']} steps, chosen on {cfg.n_select} selection cases) on the same "
             f"{n} cases",
             cmd,
-        )
-    )
-    dt = iv["mint_minus_sgd_seconds"]
-    fewer = float(mint.neurons.mean()) * 100 < float(sgd.neurons.mean())
-    claims.append(
+            rule="reproduced: the paired difference (MINT - SGD) lies above 0; partly: its estimate is positive",
+            paper="significantly outperforms the state of the art in effectiveness",
+            source=SOURCE,
+        ),
         intervals.Claim(
             "MINT is more efficient than SGD (fewer weights changed, less time)",
             intervals.verdict(fewer and dt.below(0), fewer),
@@ -757,10 +699,19 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
             f"paired difference of seconds per case (MINT - SGD); value vectors changed: MINT "
             f"{mint.neurons.mean():.2f}, SGD {sgd.neurons.mean():.0f} per case",
             cmd,
-        )
-    )
-    gs = iv.get("mint_gen_minus_spec_delta_logp")
-    gf = iv.get("mint_gen_fixed")
+            rule="reproduced: MINT changes under a hundredth of SGD's value vectors and the paired difference of "
+            "seconds lies below 0; partly: the first only",
+            paper="significantly outperforms the state of the art in efficiency",
+            source=SOURCE,
+        ),
+    ]
+
+
+def _effect_claims(iv: dict, succ_rows, cfg: RepairConfig) -> list[intervals.Claim]:
+    """Generalisation, specificity, successive repairs and the shell task."""
+    cmd = command_of(cfg)
+    claims = []
+    gs, gf = iv.get("mint_gen_minus_spec_delta_logp"), iv.get("mint_gen_fixed")
     if gs is not None:
         claims.append(
             intervals.Claim(
@@ -772,6 +723,8 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
                 f"prompts); paired difference {gs.format()}; share of wrong same-target prompts made right "
                 f"{gf.format() if gf is not None else 'n/a'}",
                 cmd,
+                rule="reproduced: the paired difference (same fix - unrelated) and the share of wrong same-target "
+                "prompts made right both lie above 0; partly: the first only",
             )
         )
     su, hl = iv["mint_spec_unchanged"], iv["mint_heldout_loss_delta"]
@@ -785,11 +738,13 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
             f"share of unrelated greedy predictions unchanged (control: SGD); held-out loss change "
             f"{hl.format(3)} (SGD {iv['sgd_heldout_loss_delta'].format(3)})",
             cmd,
+            rule="reproduced: the share unchanged is at least 0.9 and the held-out loss change at most 0.05 "
+            "(interval ends); partly: MINT's share is not below SGD's",
         )
     )
-    ret = iv.get("mint_successive_retained")
-    fs = iv["mint_successive_spec_unchanged"]
+    ret, fs = iv.get("mint_successive_retained"), iv["mint_successive_spec_unchanged"]
     if ret is not None:
+        sr = pd.DataFrame(succ_rows)
         last = sr[sr.method == "mint"].iloc[-1]
         claims.append(
             intervals.Claim(
@@ -805,11 +760,12 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
                 f"{float(last.heldout_loss_delta):+.3f} (SGD "
                 f"{float(sr[sr.method == 'sgd'].iloc[-1].heldout_loss_delta):+.3f})",
                 cmd,
+                rule="reproduced: the share of earlier fixes held is at least 0.8 and of unrelated predictions "
+                "unchanged at least 0.9 (interval lower ends); partly: the share held is at least 0.5",
             )
         )
     if "mint_success_shell" in iv:
-        sh = iv["mint_success_shell"]
-        py = iv.get("mint_success_python")
+        sh, py = iv["mint_success_shell"], iv.get("mint_success_python")
         claims.append(
             intervals.Claim(
                 "MINT repairs a second task: shell command lines (our offline stand-in for intent-to-bash)",
@@ -819,48 +775,56 @@ def _intervals_and_claims(rows, succ_rows, still, final_spec, cfg, choice):
                 f"line-level success of MINT on {sh.n} shell cases (Debian bash-completion scripts; control: SGD); "
                 f"Python cases {py.format() if py is not None else 'n/a'}",
                 cmd,
+                rule="reproduced: the success interval's lower end is at least 0.5; partly: its estimate is",
             )
         )
-    return iv, claims
+    return claims
 
 
-def _heldout_tokens(model, corpus, n_tokens: int, seq_len: int = 128) -> torch.Tensor:
-    bos = bos_id(model)
-    rows = []
-    for f in corpus:
-        ids = model.tokenizer(f.text, add_special_tokens=False)["input_ids"]
-        body = seq_len - (bos is not None)
-        for i in range(0, len(ids) - body, body):
-            rows.append(([bos] if bos is not None else []) + ids[i : i + body])
-            if len(rows) * seq_len >= n_tokens:
-                return torch.tensor(rows)
-    if not rows:
-        raise InputError(f"The held-out corpus {corpus.name} is shorter than {seq_len} tokens.")
-    return torch.tensor(rows)
+# ----------------------------------------------------------------------------------------------------------------
+# the report
+
+#: where the paper says what the claims quote
+SOURCE = "Gu et al., arXiv 2312.05356, abstract"
+
+#: the numbers the report opens with, after the claims
+KEY_NUMBERS = (
+    "mint_success_rate",
+    "sgd_success_rate",
+    "mint_neurons_per_success",
+    "sgd_neurons_per_success",
+    "mint_gen_fixed",
+    "mint_spec_unchanged",
+    "mint_heldout_loss_delta",
+    "mint_successive_retained",
+)
+
+LABELS = {
+    "mint_success_rate": "MINT: lines repaired",
+    "sgd_success_rate": "SGD: lines repaired",
+    "mint_neurons_per_success": "MINT: value vectors changed per repair",
+    "sgd_neurons_per_success": "SGD: value vectors changed per repair",
+    "mint_gen_fixed": "MINT: wrong prompts of the same fix made right",
+    "mint_spec_unchanged": "MINT: unrelated predictions unchanged",
+    "mint_heldout_loss_delta": "MINT: held-out loss change",
+    "mint_successive_retained": "MINT: earlier fixes still held after the successive repairs",
+}
 
 
-def report(study: RepairStudy):
-    """The study as a :class:`codecircuits.report.Report`."""
-    from ..report import Report
-
+def _report_methods(r, study: RepairStudy, rest: dict) -> None:
+    """How each method ran, the remaining key numbers, the per-method tables, the intervals and the SGD grid."""
     s = study.settings
-    r = Report(
-        title=f"Neuron-level repair (MINT) on {study.model}",
-        subtitle=f"{s['n_cases']} lines of held-out code ({', '.join(s['sources'])}), MINT vs SGD on W_out",
-    )
     r.section(
-        "Key numbers",
-        text=f"MINT: up to {s['max_edits']} value-vector edits per wrong token among {s['n_candidates']} "
-        f"gradient x activation candidates in layers {s['layers']}, eps = {s['eps']:g}. SGD: {s['sgd_steps']} steps at "
-        f"lr {s['sgd_lr']:g} on the MLP output weights of the same layers, chosen from the grid "
+        "MINT versus SGD",
+        text=f"{PAPER} MINT: up to {s['max_edits']} value-vector edits per wrong token among {s['n_candidates']} "
+        f"gradient x activation candidates in layers {s['layers']}, eps = {s['eps']:g}. SGD: {s['sgd_steps']} steps "
+        f"at lr {s['sgd_lr']:g} on the MLP output weights of the same layers, chosen from the grid "
         f"{s['sgd_grid']} on {s['n_select']} selection cases. Every edit was undone and checked bit-exact before "
         f"the next case; after the successive repairs the base was restored "
-        f"({'bit-identical' if s['base_restored'] else 'NOT bit-identical'}).",
+        f"({'bit-identical' if s['base_restored'] else 'NOT bit-identical'}). Means over the evaluation cases, per "
+        "method and per task; intervals: 95% bootstrap over cases (paired for MINT - SGD).",
     )
-    r.metrics(study.metrics())
-    r.section("Claims and verdicts", text=PAPER + " Intervals: 95% bootstrap over cases (paired for MINT - SGD).")
-    r.claims(list(study.claims))
-    r.section("MINT versus SGD", text="Means over the evaluation cases, per method and per task.")
+    r.metrics(rest)
     r.table(study.summary().round(4), caption="per method: means over cases (neurons = value vectors changed)")
     r.table(study.summary(("method", "task")).round(4), caption="per method and task")
     r.table(
@@ -877,49 +841,45 @@ def report(study: RepairStudy):
             "then the highest mean log p of the reference tokens).",
         )
         r.table(pd.DataFrame(list(study.sweep)).round(4), caption="SGD grid on the selection cases")
+
+
+def _report_successive(r, study: RepairStudy) -> None:
+    """The successive repairs: one curve per method of each measure, and the table."""
     sf = study.successive_frame()
-    if len(sf):
-        r.section(
-            "Successive repairs",
-            text="Each method repairs the cases one after another without undoing. retained = share of the earlier "
-            "repaired lines still completed right; spec_unchanged = share of unrelated greedy predictions as in the "
-            "base model; heldout_loss_delta against the base.",
-        )
-        for col, title in (("retained", "earlier repairs still fixed"), ("spec_unchanged", "unrelated unchanged"),
-                           ("heldout_loss_delta", "held-out loss change")):
-            series = {m: [float(v) for v in sf[sf.method == m][col]] for m in ("mint", "sgd")}
-            if all(math.isnan(v) for vs in series.values() for v in vs):
-                continue  # e.g. no earlier repair succeeded, so nothing could be retained
-            r.line_chart(list(range(1, len(series["mint"]) + 1)), series, title=title, x_title="repairs so far",
-                         y_title=col, zero_line=col == "heldout_loss_delta")
-        r.table(sf.round(4), caption="after each repair in the sequence")
-    df = study.to_dataframe()
+    if not len(sf):
+        return
+    r.section(
+        "Successive repairs",
+        text="Each method repairs the cases one after another without undoing. retained = share of the earlier "
+        "repaired lines still completed right; spec_unchanged = share of unrelated greedy predictions as in the "
+        "base model; heldout_loss_delta against the base.",
+    )
+    for col, title in (("retained", "earlier repairs still fixed"), ("spec_unchanged", "unrelated unchanged"),
+                       ("heldout_loss_delta", "held-out loss change")):
+        series = {m: [float(v) for v in sf[sf.method == m][col]] for m in METHODS}
+        if all(math.isnan(v) for vs in series.values() for v in vs):
+            continue  # e.g. no earlier repair succeeded, so nothing could be retained
+        r.line_chart(list(range(1, len(series["mint"]) + 1)), series, title=title, x_title="repairs so far",
+                     y_title=col, zero_line=col == "heldout_loss_delta")
+    r.table(sf.round(4), caption="after each repair in the sequence")
+
+
+#: the per-case table's columns
+CASE_COLUMNS = [
+    "case", "method", "task", "source", "target", "wrong", "success", "neurons", "steps", "seconds", "gen_n",
+    "gen_delta_logp", "gen_acc_before", "gen_acc_after", "spec_unchanged", "heldout_loss_delta", "edited",
+]  # fmt: skip
+
+
+def _report_cases(r, study: RepairStudy) -> None:
+    """One row per case and method, and a few repaired lines."""
     r.section(
         "Per case",
         text="Generalisation: held-out prompts from other files whose next token is the repaired target, the same "
         "confusion first (gen_*; gen_fixed = share of those the model got wrong that are now right). Specificity: "
         "unrelated prompts whose greedy prediction is unchanged (spec_unchanged), and the held-out loss change.",
     )
-    cols = [
-        "case",
-        "method",
-        "task",
-        "source",
-        "target",
-        "wrong",
-        "success",
-        "neurons",
-        "steps",
-        "seconds",
-        "gen_n",
-        "gen_delta_logp",
-        "gen_acc_before",
-        "gen_acc_after",
-        "spec_unchanged",
-        "heldout_loss_delta",
-        "edited",
-    ]
-    r.table(df[cols].round(4), caption="one row per case and method")
+    r.table(study.to_dataframe()[CASE_COLUMNS].round(4), caption="one row per case and method")
     for ex in study.examples[:4]:
         r.code(
             ex["line"],
@@ -927,10 +887,3 @@ def report(study: RepairStudy):
             f"greedy before {''.join(ex['before'])!r}, after {''.join(ex['after_mint'])!r}",
             language="bash" if ex.get("task") == "shell" else "python",
         )
-    r.data(study.to_json(), name="results")
-    return r
-
-
-def write(study: RepairStudy, out_dir) -> tuple[Path, Path]:
-    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return study.save(out_dir)

@@ -1,4 +1,4 @@
-"""Static SVG figures for the report: heatmaps with labelled axes and a colour bar, and line charts.
+"""Static SVG figures: heatmaps with labelled axes and a colour bar, line charts and bar charts.
 
 They are drawn in Python, so they need no JavaScript and no plotting library, display in any browser and
 print. Every cell and point carries a ``<title>`` tooltip with its labels and exact value.
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ._util import PALETTE, ColourScale, esc, format_value, to_array
+from .style import PALETTE, ColourScale, esc, format_value, to_array
 
 _CHAR_W = 6.6  # approximate width of one character of the 11px label font
 _TITLE_W = 7.4  # ... and of the 12.5px bold axis-title font
