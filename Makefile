@@ -75,8 +75,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# runs every notebook and writes its outputs back (they are committed with them)
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_notebooks.py
+	CC_WRITE_NOTEBOOKS=1 $(BIN)/python -m pytest -q -m slow tests/test_notebooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check codecircuits tests benchmarks

@@ -102,10 +102,24 @@ class EvalResult:
             rows.append(dict(metric=f"parens:{k}", value=v, detail=f"{self.paren_prompts[k]} prompts"))
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5):
+    def top(self, k: int = 10):
+        """The ``k`` paren counts the model closes best (highest accuracy first), as every ``top`` ranks: the rows
+        with the largest score first. :meth:`hardest` gives the other end."""
+        df = self.to_dataframe()
+        return df[df.metric.str.startswith("parens:")].nlargest(k, "value", keep="first")
+
+    def hardest(self, k: int = 10):
         """The ``k`` paren counts with the lowest accuracy (where the model fails first)."""
         df = self.to_dataframe()
-        return df[df.metric.str.startswith("parens:")].nsmallest(k, "value")
+        return df[df.metric.str.startswith("parens:")].nsmallest(k, "value", keep="first")
+
+    def plot(self):
+        """The closing-paren accuracy per number of parens to close, as bars."""
+        from . import figures
+
+        counts = list(self.paren_accuracy)
+        return figures.bars([f"{k} parens" for k in counts], [self.paren_accuracy[k] for k in counts],
+                            title=f"{self.model}: closing-paren accuracy", value_title="top-1 accuracy")
 
     def __str__(self) -> str:
         lines = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from . import figures
 from .core.inputs import token_texts
 from .core.sites import LN_FINAL_SCALE, head_label, hook_name
 
@@ -150,8 +151,15 @@ class LogitDiffLens:
             )
         )
 
-    def top(self, k: int = 5):
-        return self.to_dataframe().sort_values("logit_diff", ascending=False).head(k)
+    def top(self, k: int = 10):
+        """The ``k`` sites with the largest mean logit difference."""
+        return self.to_dataframe().sort_values("logit_diff", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """The mean logit difference at every site, in depth order."""
+        df = self.to_dataframe()
+        return figures.lines([f"{a} {b}" for a, b in zip(df.layer, df.site)], {"logit difference": df.logit_diff},
+                             title="logit lens: logit difference by depth", x_title="site", y_title="logit diff")
 
 
 def logit_diff_lens(model, tokens, correct, wrong, *, pos: int = -1, cache=None, logits=None) -> LogitDiffLens:
@@ -218,9 +226,15 @@ class SublayerContributions:
             rows.append(dict(component=f"L{layer} mlp", layer=layer, kind="mlp", value=float(self.mlp[layer].mean())))
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5):
+    def top(self, k: int = 10):
+        """The ``k`` sublayers with the largest ``|direct effect|``."""
         df = self.to_dataframe()
-        return df.reindex(df.value.abs().sort_values(ascending=False).index).head(k)
+        return df.reindex(df.value.abs().sort_values(ascending=False, kind="stable").index).head(k)
+
+    def plot(self) -> figures.Figure:
+        """Every sublayer's direct effect, in depth order."""
+        df = self.to_dataframe()
+        return figures.bars(df.component, df.value, title="direct effect of each sublayer", value_title="logit diff")
 
 
 def sublayer_contributions(model, tokens, correct, wrong, *, pos: int = -1, cache=None) -> SublayerContributions:
@@ -300,9 +314,15 @@ class HeadLogits:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5, token: int = 0):
+    def top(self, k: int = 10, token: int = 0):
         """The ``k`` heads with the largest mean direct logit on the ``token``-th token."""
-        return self.to_dataframe().sort_values(self.token_labels[token], ascending=False).head(k)
+        return self.to_dataframe().sort_values(self.token_labels[token], ascending=False, kind="stable").head(k)
+
+    def plot(self, token: int = 0) -> figures.Figure:
+        """Each head's mean direct logit on the ``token``-th token, layer by head."""
+        m = self.values.mean(0)[..., token]
+        return figures.heatmap(m, title=f"direct logit of each head on {self.token_labels[token]}", y_title="layer",
+                               x_title="head", center=0.0, value_label="direct logit")
 
 
 def head_logits(model, tokens, token_ids, *, pos: int = -1, frozen_scale: bool = True, cache=None) -> HeadLogits:

@@ -104,7 +104,9 @@ def test_evaluate_on_every_family(tiny, heldout):
     d = json.loads(r.to_json())
     assert d["losses"]["humaneval"]["tokens"] == r.loss("humaneval").tokens
     assert set(r.to_dataframe().metric) >= {"loss:humaneval", "bpb:stdlib:test", "parens:4"}
-    assert len(r.top(2)) == 2
+    top, hardest = r.top(2), r.hardest(2)
+    assert len(top) == 2 and top.value.is_monotonic_decreasing and hardest.value.is_monotonic_increasing
+    assert 'data-bars="4"' in r.plot().svg
     assert "parens accuracy" in str(r)
 
 

@@ -116,6 +116,41 @@ def test_heads_on_every_family(tiny):
     assert len(ch.top(3)) == 3
 
 
+def test_find_paren_heads_is_promoters_and_counting_heads_of_one_forward(tiny):
+    ds = parens.dataset(tiny, n_numbers=4, split=None)
+    groups = [(t, k) for k, (_, t) in ds.groups(tiny).items()]
+    ids = [ds.label_ids[k] for _, k in groups]
+    found = heads.find_paren_heads(tiny, groups, ids, ratio=0.7)
+    hls = [lens.head_logits(tiny, t, ids) for t, _ in groups]
+    pr, merged, labels = heads.promoters_of(hls, [k for _, k in groups], ratio=0.7)
+    torch.testing.assert_close(found.promoters.f1, pr.f1)
+    torch.testing.assert_close(found.head_logits.values, merged.values)
+    assert torch.equal(found.labels, labels) and found.promoters.classes == tuple(k for _, k in groups)
+    ch = heads.counting_heads(tiny, groups, head_logits=hls, correct_index=list(range(len(groups))))
+    torch.testing.assert_close(found.counting.attn_corr, ch.attn_corr, equal_nan=True)
+    assert len(found.logits) == len(found.caches) == len(groups)
+    with pytest.raises(InputError, match="one token per group"):
+        heads.find_paren_heads(tiny, groups, ids[:1])
+
+
+def test_random_heads_draw_as_each_study_did():
+    class model:  # noqa: N801
+        class cfg:  # noqa: N801
+            n_layers, n_heads = 3, 4
+
+    import random
+
+    pool = [(a, b) for a in range(3) for b in range(4) if (a, b) not in {(0, 1), (2, 3)}]
+    draws = heads.random_heads(model, 3, exclude=[(0, 1), (2, 3)], n_draws=2, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    assert draws == [[pool[int(i)] for i in torch.randperm(len(pool), generator=gen)[:3]] for _ in range(2)]
+    (one,) = heads.random_heads(model, 3, exclude={(0, 1), (2, 3)}, seed=7, rng="python")
+    assert one == sorted(random.Random(7).sample(pool, 3))
+    assert len(heads.random_heads(model, 50)[0]) == 12  # never more than the pool
+    with pytest.raises(InputError, match="rng"):
+        heads.random_heads(model, 1, rng="numpy")
+
+
 class _ParenModel:
     """Token 1 is '(', 3 is ')', 4 is '))', others are words: what count_tracking reads (1 layer, 2 heads)."""
 

@@ -38,6 +38,7 @@ def test_lens_final_site_is_the_models_logit_diff(tiny, run_of):
     want = logits[:, -1, c] - logits[:, -1, w]
     torch.testing.assert_close(ll.values[-1], want, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(ll.final, want)
+    assert 'data-points="' + str(2 * tiny.cfg.n_layers) + '"' in ll.plot().svg
     # resid_pre of layer l+1 is resid_post of layer l
     for layer in range(tiny.cfg.n_layers - 1):
         i_post = ll.sites.index((layer, "post"))
@@ -77,7 +78,8 @@ def test_sublayer_contributions_sum_to_the_logit_diff(tiny, run_of):
         torch.testing.assert_close(sc.attn[layer], ref[labels.index(f"{layer}_attn_out")], atol=ATOL, rtol=1e-4)
         torch.testing.assert_close(sc.mlp[layer], ref[labels.index(f"{layer}_mlp_out")], atol=ATOL, rtol=1e-4)
     assert 0.0 <= sc.attn_share() <= 1.0
-    assert len(sc.top(3)) == 3
+    assert len(sc.top(3)) == 3 and sc.top(3).value.abs().is_monotonic_decreasing
+    assert f'data-bars="{2 * tiny.cfg.n_layers}"' in sc.plot().svg
 
 
 def test_head_logits_against_stack_head_results(tiny, run_of):
@@ -103,6 +105,7 @@ def test_head_logits_against_stack_head_results(tiny, run_of):
         heads_sum = heads_sum + bias
     torch.testing.assert_close(heads_sum, sc.attn, atol=ATOL, rtol=1e-4)
     assert list(fro.top(2).columns[:3]) == ["head", "layer", "head_index"]
+    assert f'data-rows="{tiny.cfg.n_layers}"' in fro.plot().svg
 
 
 def test_head_logits_pass_the_norm_after_attention(tmp_path):

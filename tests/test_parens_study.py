@@ -9,6 +9,7 @@ import pytest
 import torch
 from browser import SCREENSHOT_FAMILY, check_study_report
 
+from codecircuits import intervals
 from codecircuits.corpus import directory
 from codecircuits.studies import parens as study
 from codecircuits.tasks import parens as task
@@ -108,7 +109,18 @@ def test_config_errors():
 
 def test_vectorised_bootstrap_matches_the_shared_one():
     x = torch.arange(20.0) % 7
-    a = study.vboot(lambda v: v.mean(-1), x, n_resamples=500)
+    a = intervals.statistic(lambda v: v.mean(-1), x, n_resamples=500)
     assert a.estimate == pytest.approx(float(x.mean())) and a.low < a.estimate < a.high
-    b = study.intervals.mean(x, n_resamples=500)
-    assert a.low == pytest.approx(b.low, abs=0.3) and a.high == pytest.approx(b.high, abs=0.3)
+    b = intervals.mean(x, n_resamples=500)  # the same resamples, averaged the same way
+    assert (a.low, a.high) == pytest.approx((b.low, b.high), abs=1e-12)
+    # several statistics of the same resamples at once, and float32 kept as it is
+    lo_hi = intervals.statistic(lambda v: torch.stack([v.mean(-1), v.amax(-1)], -1), x.float(), n_resamples=50,
+                                dtype=None)
+    assert [iv.estimate for iv in lo_hi] == [pytest.approx(float(x.mean())), 6.0] and lo_hi[1].high == 6.0
+
+
+def test_summary_text_is_what_the_command_prints(family, tiny, tiny_study):
+    s = tiny_study(tiny)
+    lines = s.summary_text().splitlines()
+    assert lines[0].startswith("accuracy per number of parens  1: ") and lines[1].startswith("answer emerges at layer")
+    assert len(lines) == 2 + len(s.claims) and all(c.claim in line for c, line in zip(s.claims, lines[2:]))

@@ -164,6 +164,49 @@ def test_result_api(tiny, pair):
     assert res.plot().to_svg().startswith("<svg")
 
 
+def test_patch_layers_is_the_sweep_at_fixed_positions(tiny, pair):
+    from codecircuits.core.runner import Receiver
+    from codecircuits.core.sites import hook_name
+
+    clean, corr, _ = pair(tiny)
+    L = tiny.cfg.n_layers
+    positions = list(range(patching.first_difference(clean, corr), clean.shape[1]))
+    names = [hook_name(site, layer) for layer in range(L) for site in ("attn_out", "mlp_out")]
+    rec = Receiver(tiny, corr, metric=toy_metric)
+    donor = Receiver(tiny, clean, extra_names=names, metric=toy_metric)
+    out = patching.patch_layers(rec, donor, toy_metric, list(range(L)), positions, chunk=2)
+    for site in ("attn_out", "mlp_out"):
+        ref = patching.sweep(tiny, clean, corr, toy_metric, site=site, by=("layer",), positions=positions,
+                             progress=False)
+        assert out[site].axes == ("layer",) and out[site].labels["layer"] == list(range(L))
+        torch.testing.assert_close(out[site].per_example, ref.per_example.cpu().float(), atol=ATOL, rtol=0)
+        torch.testing.assert_close(out[site].recovery, ref.recovery.cpu().float(), atol=1e-3, rtol=0)
+    # donor rows pick each receiver prompt's donor: the same donor twice is the same patch twice
+    rows = torch.zeros(clean.shape[0], dtype=torch.long)
+    twice = patching.patch_layers(rec, donor, toy_metric, [L - 1], positions, donor_rows=rows, sites=("mlp_out",))
+    torch.testing.assert_close(twice["mlp_out"].source, toy_metric(donor.logits[rows]).float().cpu())
+    with pytest.raises(InputError, match="residual-shaped"):
+        patching.patch_layers(rec, donor, toy_metric, [0], positions, sites=("z",))
+
+
+def test_logit_diff_metric():
+    from codecircuits.core.metrics import RowwiseMetric, logit_diff
+
+    logits = torch.randn(3, 4, 10, generator=torch.Generator().manual_seed(0))
+    c, w = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    want = logits[torch.arange(3), -1, c] - logits[torch.arange(3), -1, w]
+    assert torch.equal(logit_diff(c, w)(logits), want) and torch.equal(logit_diff(c, w, loss=True)(logits), -want)
+    rows = logit_diff(c, w, rows=True)
+    assert isinstance(rows, RowwiseMetric) and torch.equal(rows(logits), want)
+    assert torch.equal(rows(logits[[2, 0]], torch.tensor([2, 0])), want[[2, 0]])
+    # one answer per position: the mean over the positions where the answers differ (-1: no answer there)
+    per_pos = logit_diff(torch.tensor([[-1, 1, 2, 3]]), torch.tensor([[-1, 1, 5, 6]]))(logits[:1])
+    expected = (logits[0, 2, 2] - logits[0, 2, 5] + logits[0, 3, 3] - logits[0, 3, 6]) / 2
+    torch.testing.assert_close(per_pos, expected[None])
+    with pytest.raises(InputError, match="one shape"):
+        logit_diff(c, w[:2])
+
+
 def test_bad_input_is_explained(tiny):
     clean = ["print(str(str(123"]
     longer = ["print(str(str(str(str(123"]

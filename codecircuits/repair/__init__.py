@@ -11,7 +11,9 @@ Every edit is recorded with the row before and after (:class:`NeuronEdit`, :mod:
 them, and :func:`save_edited_model` writes a loadable checkpoint with the edits in it. :func:`sgd_repair`
 (:mod:`~codecircuits.repair.sgd`) is the baseline that fine-tunes the MLP output weights of the same layers with
 SGD (:func:`sgd_sweep` chooses its setting). :mod:`~codecircuits.repair.effects` measures what a repair does to
-other prompts (:func:`side_effects`) and runs repairs one after another (:func:`successive_repairs`).
+other prompts (:func:`side_effects`), compares MINT and SGD on one case (:func:`repair_both`), runs repairs
+one after another (:func:`successive_repairs`), and sums it up over cases (:func:`summarise`, with intervals:
+:func:`repair_intervals`).
 
 Edits act on the weights the forward pass reads: in a ``TransformerBridge`` that is the wrapped Hugging Face
 module ``model.blocks[l].mlp.out`` (``down_proj`` / ``dense_4h_to_h`` / ``c_proj`` / ``fc_out``), in the bridge's
@@ -45,7 +47,7 @@ from .edits import (
     upper_layers,
     value_vector,
 )
-from .effects import side_effects, successive_repairs
+from .effects import repair_both, repair_intervals, side_effects, successive_repairs, summarise
 from .mint import (
     RepairResult,
     TokenRepair,
@@ -84,7 +86,9 @@ __all__ = [
     "mlp_out_module",
     "mlp_out_weight",
     "probes_of",
+    "repair_both",
     "repair_cases",
+    "repair_intervals",
     "same_target_probes",
     "save_edited_model",
     "semantic_basis",
@@ -93,6 +97,7 @@ __all__ = [
     "side_effects",
     "simulate_edits",
     "successive_repairs",
+    "summarise",
     "tokenize_files",
     "upper_layers",
     "value_vector",

@@ -14,7 +14,6 @@ RQ3-RQ4 layer agreement of ``mlp_out`` and residuals with the final prediction, 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..errors import InputError
 from ..memories import agreement as ag
 from ..memories import concepts as cc
 from ..memories.languages import corpus_language
-from .common import Study, configure, json_safe, setting
+from .common import Study, configure, json_safe, setting, timed
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
 
@@ -353,15 +352,9 @@ COMMAND = "codecircuits memories"
 
 #: the columns of the edit table the command prints
 EDIT_COLUMNS = [
-    "concept",
-    "keys",
-    "concept_acc",
-    "concept_acc_masked",
-    "concept_acc_control",
-    "general_acc",
-    "general_acc_masked",
-    "general_acc_control",
-]
+    "concept", "keys", "concept_acc", "concept_acc_masked", "concept_acc_control", "general_acc",
+    "general_acc_masked", "general_acc_control",
+]  # fmt: skip
 
 
 def _paper(rq: str) -> dict:
@@ -389,12 +382,11 @@ def _scan(model, cfg: MemoriesConfig, checkpoint, resume: bool, progress: bool, 
     ck = ck / "scan.safetensors" if ck is not None and ck.is_dir() else ck
     if resume and ck is not None and ck.is_file():
         start_tokens = mem.load_scan(ck).tokens_done
-    t0 = time.perf_counter()
-    scan = distributed.run(
-        mem.scan, model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=checkpoint, resume=resume,
-        progress=progress, workers=workers,
-    )
-    timings["scan_s"] = time.perf_counter() - t0
+    with timed(timings, "scan_s"):
+        scan = distributed.run(
+            mem.scan, model, chunked, k=cfg.k, batch_size=cfg.batch_size, checkpoint=checkpoint, resume=resume,
+            progress=progress, workers=workers,
+        )
     if scan.tokens_done > start_tokens:
         timings["scan_tokens_per_s"] = (scan.tokens_done - start_tokens) / max(timings["scan_s"], 1e-9)
     return chunked, scan
@@ -493,22 +485,19 @@ def run(
     chunked, scan = _scan(model, cfg, checkpoint, resume, progress, workers, timings)
     language = corpus_language(chunked.names)
     concepts = cc.resolve_concepts(cfg.concepts, language)
-    t0 = time.perf_counter()
-    keys = _keys(model, cfg, scan, chunked, concepts, progress)
-    timings["values_and_scores_s"] = time.perf_counter() - t0
+    with timed(timings, "values_and_scores_s"):
+        keys = _keys(model, cfg, scan, chunked, concepts, progress)
     edits, edit_taus = (), {}
     if cfg.edit_tokens:
-        t0 = time.perf_counter()
-        edits, edit_taus = _edits(model, cfg, scan, keys["scores"], progress)
-        timings["edit_s"] = time.perf_counter() - t0
+        with timed(timings, "edit_s"):
+            edits, edit_taus = _edits(model, cfg, scan, keys["scores"], progress)
     agreement = None
     if cfg.agreement_docs:
-        t0 = time.perf_counter()
-        agreement = ag.balanced_agreement(
-            model, cfg.eval_corpus, n_docs=cfg.agreement_docs, positions=cfg.agreement_positions,
-            max_context=cfg.agreement_context, progress=progress,
-        )
-        timings["agreement_s"] = time.perf_counter() - t0
+        with timed(timings, "agreement_s"):
+            agreement = ag.balanced_agreement(
+                model, cfg.eval_corpus, n_docs=cfg.agreement_docs, positions=cfg.agreement_positions,
+                max_context=cfg.agreement_context, progress=progress,
+            )
     return MemoriesStudy(
         model=name,
         scan=scan,

@@ -126,25 +126,9 @@ class RepairStudy(Study):
         return df.sort_values(["success", "neurons"], ascending=[False, True]).head(k)
 
     def summary(self, by: tuple[str, ...] = ("method",)) -> pd.DataFrame:
-        """One row per method (``by=("method", "task")``: per method and task): the key numbers, means over cases."""
-        df = self.to_dataframe()
-        out = []
-        for key, g in df.groupby(list(by), sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            ok = g[g.success]
-            out.append(
-                {
-                    **dict(zip(by, key)),
-                    "cases": len(g),
-                    "success_rate": float(g.success.mean()),
-                    "neurons_per_success": float(ok.neurons.mean()) if len(ok) else math.nan,
-                    "median_neurons_per_success": float(ok.neurons.median()) if len(ok) else math.nan,
-                    "edit_steps_per_success": float(ok.steps.mean()) if len(ok) else math.nan,
-                    "seconds_per_case": float(g.seconds.mean()),
-                    **{k: _mean(g[k]) for k in MEANS},
-                }
-            )
-        return pd.DataFrame(out)
+        """One row per method (``by=("method", "task")``: per method and task): the key numbers, means over cases
+        (:func:`codecircuits.repair.summarise`)."""
+        return R.summarise(self.rows, by)
 
     def successive_frame(self) -> pd.DataFrame:
         """The successive-repair curves: one row per method and number of repairs made so far."""
@@ -205,33 +189,11 @@ class RepairStudy(Study):
         return r
 
 
+#: the numbers of :meth:`RepairStudy.summary` that :meth:`RepairStudy.metrics` gives per method
 HEADLINE = (
-    "success_rate",
-    "neurons_per_success",
-    "seconds_per_case",
-    "gen_fixed",
-    "gen_delta_logp",
-    "spec_unchanged",
+    "success_rate", "neurons_per_success", "seconds_per_case", "gen_fixed", "gen_delta_logp", "spec_unchanged",
     "heldout_loss_delta",
-)
-
-#: the per-case numbers :meth:`RepairStudy.summary` averages over the cases that have them
-MEANS = (
-    "gen_delta_logp",
-    "gen_acc_before",
-    "gen_acc_after",
-    "gen_fixed",
-    "spec_unchanged",
-    "spec_acc_before",
-    "spec_acc_after",
-    "heldout_loss_delta",
-)
-
-
-def _mean(s) -> float:
-    s = pd.Series(s, dtype=float).dropna()
-    return float(s.mean()) if len(s) else math.nan
-
+)  # fmt: skip
 
 @functools.lru_cache(maxsize=16)
 def _load(spec: str):
@@ -401,15 +363,14 @@ def _choose_sgd(model, cfg: RepairConfig, select, bench: _Bench, done: _Progress
 
 
 def _repair_case(model, cfg: RepairConfig, bench: _Bench, ci: int, case, lr: float, steps: int):
-    """Repair one evaluation case from the base by MINT and by SGD, measuring each repair's side effects and
-    undoing it (checked bit for bit); returns the two rows and MINT's example."""
+    """Repair one evaluation case from the base by MINT and by SGD (:func:`codecircuits.repair.repair_both`) with
+    its own probes: unrelated ones of other targets, and held-out prompts of the same fix. Returns the two rows and
+    MINT's example."""
     tok = model.tokenizer
     task = bench.task_of[(case.source, case.line_no)]
     first = case.errors[0]
     target, wrong = case.reference[first], case.predicted[first]
     keep = [i for i, p in enumerate(bench.spec_probes) if p.target != target]
-    spec = [bench.spec_probes[i] for i in keep]
-    base_spec = {k: v[keep] for k, v in bench.base_spec.items()}
     gen = R.same_target_probes(
         model,
         bench.gen_files[task],
@@ -421,36 +382,25 @@ def _repair_case(model, cfg: RepairConfig, bench: _Bench, ci: int, case, lr: flo
         seed=cfg.seed + ci,
         token_ids=bench.gen_ids[task],
     )
-    base_gen = R.evaluate_probes(model, gen, cache=bench.cache) if gen else None
-
-    def effects_and_restored(undo) -> tuple[dict, bool]:
-        m = R.side_effects(model, gen, spec, bench.heldout, base_gen, base_spec, bench.base_loss, bench.cache)
-        undo()
-        return m, R.logits_digest(bench.cache.logits(case.tokens)) == bench.base_digest[ci]
-
+    mint, sgd, res = R.repair_both(
+        model, case, gen=gen, spec=[bench.spec_probes[i] for i in keep], heldout=bench.heldout,
+        base_gen=R.evaluate_probes(model, gen, cache=bench.cache) if gen else None,
+        base_spec={k: v[keep] for k, v in bench.base_spec.items()}, base_loss=bench.base_loss, cache=bench.cache,
+        base_digest=bench.base_digest[ci], layers=cfg.layers, n_candidates=cfg.n_candidates,
+        max_edits=cfg.max_edits, scale=cfg.scale, lr=lr, steps=steps,
+    )
     common = dict(case=ci, task=task, source=case.source, line_no=case.line_no, errors=len(case.errors),
                   target=token_texts(tok, [target])[0], wrong=token_texts(tok, [wrong])[0])
-    res = R.mint_repair(
-        model, case, layers=cfg.layers, n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale
-    )
-    m, restored = effects_and_restored(lambda: res.undo(model))
-    neurons = [f"L{a}N{b}" for a, b in res.edits.neurons]
-    mint = dict(common, method="mint", success=res.success, neurons=res.n_neurons, steps=res.n_edits,
-                seconds=res.seconds, restored=restored, edited=" ".join(neurons), **m)
     example = {
         "task": task,
         "line": case.line,
         "reference": token_texts(tok, case.reference),
         "before": token_texts(tok, case.predicted),
         "after_mint": token_texts(tok, res.predicted_after),
-        "neurons": neurons,
+        "neurons": [f"L{a}N{b}" for a, b in res.edits.neurons],
         "success": res.success,
     }
-    out, snap = R.sgd_repair(model, case, layers=cfg.layers, lr=lr, steps=steps)
-    m, restored = effects_and_restored(snap.restore)
-    sgd = dict(common, method="sgd", success=out.success, neurons=out.changed_rows, steps=out.steps,
-               seconds=out.seconds, restored=restored, edited="", **m)
-    return [mint, sgd], example
+    return [dict(common, method="mint", **mint), dict(common, method="sgd", **sgd)], example
 
 
 def _repair_cases(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: _Progress, progress: bool):
@@ -527,7 +477,7 @@ def run(
     base_restored = all(R.logits_digest(bench.cache.logits(c.tokens)) == bench.base_digest[i]
                         for i, c in enumerate(cases))
     base_restored = base_restored and R.heldout_loss(model, bench.heldout, cache=bench.cache) == bench.base_loss
-    ivs = _intervals(rows, succ_rows, still, final_spec, cfg)
+    ivs = R.repair_intervals(rows, succ_rows, still, final_spec, n_resamples=cfg.n_resamples, seed=cfg.seed)
     layer_list = R.upper_layers(model, cfg.layers)
     settings = dict(
         n_cases=len(cases),
@@ -591,65 +541,12 @@ def command_of(cfg: RepairConfig) -> str:
 # intervals and claims
 
 
-def _by_method(rows) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """All rows, MINT's and SGD's (each in case order)."""
+def _by_method(rows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MINT's rows and SGD's (each in case order)."""
     df = pd.DataFrame(rows)
     mint = df[df.method == "mint"].sort_values("case").reset_index(drop=True)
     sgd = df[df.method == "sgd"].sort_values("case").reset_index(drop=True)
-    return df, mint, sgd
-
-
-def _intervals(rows, succ_rows, still, final_spec, cfg: RepairConfig) -> dict[str, intervals.Interval]:
-    """Bootstrap intervals over cases (paired for MINT - SGD, on the cases where both have the number)."""
-    B, seed = cfg.n_resamples, cfg.seed
-    df, mint, sgd = _by_method(rows)
-
-    def col(d, name):
-        return torch.tensor(d[name].astype(float).to_numpy(), dtype=torch.float64)
-
-    def nanmean(x):
-        x = x[~torch.isnan(x)]
-        return x.mean() if x.numel() else torch.tensor(float("nan"))
-
-    def paired_diff(a, b):
-        ok = ~(torch.isnan(a) | torch.isnan(b))
-        return intervals.paired(lambda x, y: (x - y).mean(), a[ok], b[ok], n_resamples=B, seed=seed) if ok.any() else None
-
-    def mean_of(d, name):
-        x = col(d, name)
-        x = x[~torch.isnan(x)]
-        return intervals.mean(x, n_resamples=B, seed=seed) if x.numel() else None
-
-    iv: dict[str, intervals.Interval] = {}
-    for m, d in (("mint", mint), ("sgd", sgd)):
-        iv[f"{m}_success"] = mean_of(d, "success")
-        iv[f"{m}_neurons_per_success"] = intervals.bootstrap(
-            lambda s, n: nanmean(torch.where(s > 0, n, torch.nan)), col(d, "success"), col(d, "neurons"),
-            n_resamples=B, seed=seed,
-        )
-        iv[f"{m}_seconds"] = mean_of(d, "seconds")
-        for k in ("gen_delta_logp", "gen_fixed", "spec_unchanged", "spec_delta_logp", "heldout_loss_delta"):
-            iv[f"{m}_{k}"] = mean_of(d, k)
-    for k in ("success", "seconds", "gen_delta_logp", "gen_fixed", "spec_unchanged", "heldout_loss_delta"):
-        iv[f"mint_minus_sgd_{k}"] = paired_diff(col(mint, k), col(sgd, k))
-    g, s = col(mint, "gen_delta_logp"), col(mint, "spec_delta_logp")
-    ok = ~torch.isnan(g)  # the generalisation change against the specificity change, same cases
-    iv["mint_gen_minus_spec_delta_logp"] = (
-        intervals.paired(lambda x, y: (x - y).mean(), g[ok], s[ok], n_resamples=B, seed=seed) if ok.any() else None
-    )
-    sr = pd.DataFrame(succ_rows)
-    for m in METHODS:
-        iv[f"{m}_successive_retained"] = (
-            intervals.mean(still[m], n_resamples=B, seed=seed) if still[m].numel() else None
-        )
-        iv[f"{m}_successive_spec_unchanged"] = intervals.mean(final_spec[m], n_resamples=B, seed=seed)
-        iv[f"{m}_successive_success"] = intervals.mean(
-            torch.tensor(sr[sr.method == m].success.astype(float).to_numpy()), n_resamples=B, seed=seed
-        )
-    for t in sorted(set(df.task)):
-        for m, d in (("mint", mint), ("sgd", sgd)):
-            iv[f"{m}_success_{t}"] = mean_of(d[d.task == t], "success")
-    return {k: v for k, v in iv.items() if v is not None}
+    return mint, sgd
 
 
 def _claims(iv: dict, rows, succ_rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
@@ -661,7 +558,7 @@ def _claims(iv: dict, rows, succ_rows, cfg: RepairConfig, choice: dict) -> list[
 def _cost_claims(iv: dict, rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
     """How few neurons MINT changes, and whether it repairs more lines, faster, than SGD."""
     cmd = command_of(cfg)
-    _, mint, sgd = _by_method(rows)
+    mint, sgd = _by_method(rows)
     n = len(mint)
     nps, d, dt = iv["mint_neurons_per_success"], iv["mint_minus_sgd_success"], iv["mint_minus_sgd_seconds"]
     fewer = float(mint.neurons.mean()) * 100 < float(sgd.neurons.mean())

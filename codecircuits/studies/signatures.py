@@ -21,40 +21,33 @@ Every fine-tune is repeated for each seed (the seed sets the data order). Evalua
 intervals are 95% percentile-bootstrap intervals over documents (the per-document losses averaged over seeds), and
 every number is also given per seed. Claims go to ``results.json`` (``"claims"``) and the report.
 
+The code and its shifts (:data:`codecircuits.signatures.SHIFTS`, :func:`~codecircuits.signatures.code_snippets`)
+and the storage and depth profile (:func:`~codecircuits.signatures.storage_sizes`,
+:func:`~codecircuits.signatures.layer_profile`) are the method module's; the steps of :func:`run` are
+:func:`load_data`, :func:`finetune_shifts`, :func:`measure_signatures`, :func:`update_backbone` and
+:func:`measure_transfer`, then the intervals (:func:`measure_intervals`) and the claims (:func:`claims_of`).
+
 >>> study = run(load_model("cc-py-neox"), SignatureConfig())
 >>> html, js = study.save("reports/signatures")
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
-import math
-import random
-import tempfile
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
 
-from .. import corpus as corpus_mod
 from .. import intervals
 from .. import signatures as S
 from ..errors import InputError
-from ..intervals import Claim, Interval
+from ..intervals import Claim, Interval, claims_markdown
+from ..signatures import SHIFTS, code_snippets, shifted_texts, transfer_snippets
 from .common import Study, configure, json_safe, model_name, setting
 
-#: semantics-preserving code shifts, in the order they are applied when combined ("all")
-SHIFTS = {
-    "rename": S.rename_locals,
-    "quotes": S.swap_quotes,
-    "nocomments": S.strip_comments,
-    "tabs": S.tabs_for_spaces,
-    "indent2": S.reindent,
-}
 COMMAND = "codecircuits signatures --threads 1"
 PAPER = (
     "Cai et al. (ICML 2023), VGG/ResNet under image corruptions: a corruption's robust weight signature (its task "
@@ -63,6 +56,7 @@ PAPER = (
     "corruption types, compose by summation, transfer across datasets and to an updated backbone, sit mostly in "
     "shallow layers, and are up to 13x smaller than a full weight copy."
 )
+_claim = functools.partial(Claim, command=COMMAND)
 
 
 @dataclass(frozen=True)
@@ -93,50 +87,7 @@ class SignatureConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# data
-
-
-def shifted_texts(texts: list[str], shift: str, shifts: tuple[str, ...] | None = None) -> list[str]:
-    """``texts`` under ``shift`` ("clean", a name of :data:`SHIFTS`, or "all": every one of ``shifts`` in turn)."""
-    if shift == "clean":
-        return list(texts)
-    if shift == "all":
-        chosen = [s for s in SHIFTS if s in (shifts or tuple(SHIFTS))]
-        out = list(texts)
-        for s in chosen:
-            out = [SHIFTS[s](t) for t in out]
-        return out
-    if shift == "both":  # the earlier study's name for tabs + rename
-        return [S.tabs_for_spaces(S.rename_locals(t)) for t in texts]
-    if shift not in SHIFTS:
-        raise InputError(f"Unknown shift {shift!r}; choose from {', '.join(SHIFTS)}.")
-    return [SHIFTS[shift](t) for t in texts]
-
-
-def snippets_of(files, n_chars: int | None, seed: int | None) -> list[str]:
-    """Top-level functions and classes (200-6,000 characters, indented, with local names) of ``files`` (a seeded
-    shuffle unless ``seed`` is None), up to ``n_chars``: code, not licence headers and imports."""
-    files = list(files)
-    if seed is not None:
-        random.Random(seed).shuffle(files)
-    out, total = [], 0
-    for f in files:
-        try:
-            tree = ast.parse(f.text)
-        except (SyntaxError, ValueError):
-            continue
-        lines = f.text.splitlines(keepends=True)
-        for node in tree.body:
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            seg = "".join(lines[node.lineno - 1 : node.end_lineno]).rstrip()
-            if not seg or len(seg) < 200 or len(seg) > 6000 or "    " not in seg or S.rename_locals(seg) == seg:
-                continue
-            out.append(seg + "\n")
-            total += len(seg)
-        if n_chars is not None and total >= n_chars:
-            break
-    return out
+# the result
 
 
 def _spread(items: list, n: int) -> list:
@@ -145,45 +96,6 @@ def _spread(items: list, n: int) -> list:
         return list(items)
     return [items[int(round(i * (len(items) - 1) / (n - 1)))] for i in range(n)] if n > 1 else items[:1]
 
-
-def code_snippets(split: str, n_chars: int | None, seed: int) -> list[str]:
-    """:func:`snippets_of` the standard library's ``split`` (cached per process: reading the library takes seconds)."""
-    return list(_stdlib_snippets(split, n_chars, seed))
-
-
-@functools.lru_cache(maxsize=16)
-def _stdlib_snippets(split, n_chars, seed) -> tuple[str, ...]:
-    out = snippets_of(_stdlib(split), n_chars, seed)
-    if not out:
-        raise InputError(f"No functions or classes found in stdlib:{split}.")
-    return tuple(out)
-
-
-def _stdlib(split):
-    return tuple(f for f in _stdlib_all() if corpus_mod.split_of(f.path) == split)
-
-
-@functools.lru_cache(maxsize=1)
-def _stdlib_all():
-    return tuple(corpus_mod.stdlib())  # one pass over the library for every split
-
-
-@functools.lru_cache(maxsize=4)
-def _corpus_snippets(spec: str) -> tuple[str, ...]:
-    return tuple(snippets_of(corpus_mod.load(spec), None, None))
-
-
-def transfer_snippets(spec: str, seed: int) -> tuple[list[str], list[str]]:
-    """The transfer corpus's functions, shuffled (``seed``) and dealt alternately to fine-tuning and to evaluation."""
-    found = list(_corpus_snippets(spec))
-    if len(found) < 4:
-        raise InputError(f"The transfer corpus {spec!r} has {len(found)} usable functions; it needs at least 4.")
-    random.Random(seed).shuffle(found)
-    return found[0::2], found[1::2]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the result
 
 
 def _key(seed, corpus, model, ds) -> str:
@@ -243,6 +155,10 @@ class SignatureStudy(Study):
                 out[k] = self.storage[k]
         return json_safe(out)
 
+    def summary_text(self) -> str:
+        """What ``codecircuits signatures`` prints: the claims, then every key number."""
+        return "\n".join([claims_markdown(list(self.claims)), *(f"{k}: {v}" for k, v in self.metrics().items())])
+
     def to_json(self) -> dict:
         return json_safe(
             {
@@ -262,17 +178,10 @@ class SignatureStudy(Study):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the run
+# the steps of a run
 
 
-def run(model, config: SignatureConfig | None = None, *, progress: bool = True, **overrides) -> SignatureStudy:
-    """Fine-tune on clean and on shifted code (per seed), extract the shifts' signatures, patch them into the clean
-    fine-tuned model (and into a model fine-tuned on the transfer corpus, and into an updated backbone) and measure
-    everything on held-out documents. The model's weights are restored at the end. ``config`` defaults to
-    :class:`SignatureConfig`; keyword ``overrides`` change single settings."""
-    from tqdm.auto import tqdm
-
-    cfg = configure(SignatureConfig, config, overrides)
+def _check(cfg: SignatureConfig) -> tuple[str, ...]:
     shifts = tuple(cfg.shifts)
     if not shifts:
         raise InputError("Name at least one shift.")
@@ -285,17 +194,14 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
         raise InputError("Give at least one seed.")
     if cfg.eval_docs < 2:
         raise InputError("eval_docs must be at least 2 (the intervals resample documents).")
-    t0 = time.perf_counter()
-    layers = None if cfg.layers is None else list(cfg.layers)
-    params = S.block_params(model, layers, cfg.kind)
-    n_layers = model.cfg.n_layers
-    trained_layers = sorted({int(n.split(".")[1]) for n in params})
-    half = max(1, len(trained_layers) // 2)
-    shallow, deep = trained_layers[:half], trained_layers[half:]
-    alphas = sorted({float(a) for a in cfg.alphas} | {1.0})
-    seeds = list(cfg.seeds)
+    return shifts
 
-    # data: stdlib train functions (half for the fine-tunes, half for the updated backbone), validation for evaluation
+
+def load_data(model, cfg: SignatureConfig, shifts: tuple[str, ...]):
+    """Step 1: the standard library's train functions (half for the fine-tunes, half for the updated backbone) as
+    training chunks of every shift, its validation functions as held-out documents of every evaluation set, and the
+    transfer corpus's likewise. Returns ``corpora`` (``{corpus: {"train": {shift: tokens}, "eval": {set:
+    docs}}}``), the backbone's tokens, the held-out functions and the evaluation sets."""
     chars = cfg.train_chunks * cfg.seq_len * 5  # characters per token are about 3-4 here
     pool = code_snippets("train", 2 * chars, cfg.data_seed)
     train, more = pool[0::2], pool[1::2] or pool
@@ -319,153 +225,187 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
             "train": {d: batches(tr_train, d) for d in ["clean", *shifts]},
             "eval": {d: docs(tr_eval, d) for d in ["clean", *shifts]},
         }
+    return corpora, more_toks, held, sets
 
-    doc: dict[str, torch.Tensor] = {}
-    rows: list[dict] = []
 
-    def measure(seed, corpus, name, alpha, tvs, coefs, datasets):
-        with S.patched(model, tvs, coefs) if tvs else contextlib.nullcontext():
+@dataclass
+class _Lab:
+    """What the steps of a run share: the model and its trained weights, the config, the data, and what they
+    collect -- per-document losses (``doc``), their means (``rows``) and the fine-tunes' records."""
+
+    model: object
+    cfg: SignatureConfig
+    shifts: tuple[str, ...]
+    params: dict
+    corpora: dict
+    sets: list
+    shallow: list
+    deep: list
+    doc: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    finetunes: dict = field(default_factory=dict)
+
+    def measure(self, seed, corpus, name, alpha, tvs, coefs, datasets) -> None:
+        """The held-out losses of ``corpus``'s ``datasets`` with ``tvs`` patched in at ``coefs`` (as ``name``)."""
+        with S.patched(self.model, tvs, coefs) if tvs else contextlib.nullcontext():
             for d in datasets:
-                v = S.doc_losses(model, corpora[corpus]["eval"][d])
-                doc[_key(seed, corpus, name, d)] = v
-                rows.append({"seed": seed, "corpus": corpus, "model": name, "alpha": alpha, "dataset": d, "loss": float(v.mean())})
+                v = S.doc_losses(self.model, self.corpora[corpus]["eval"][d])
+                self.doc[_key(seed, corpus, name, d)] = v
+                self.rows.append(
+                    {"seed": seed, "corpus": corpus, "model": name, "alpha": alpha, "dataset": d, "loss": float(v.mean())}
+                )
 
-    def tune(tokens, seed, name):
-        return S.finetune(model, tokens, params, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
-                          name=name, progress=False)
+    def tune(self, tokens, seed: int, key: str, *, name: str | None = None, steps: int | None = None):
+        """A fine-tune of the trained weights on ``tokens`` (data order ``seed``; ``steps``: the config's unless
+        given), its task vector called ``name`` (default ``key``), recorded in ``finetunes[key]``."""
+        c = self.cfg
+        run = S.finetune(self.model, tokens, self.params, steps=c.steps if steps is None else steps, lr=c.lr,
+                         batch_size=c.batch_size, seed=seed, name=name or key, progress=False)
+        self.finetunes[key] = {"losses": [round(x, 4) for x in run.losses], "seconds": round(run.seconds, 1),
+                               **run.settings}
+        return run
 
-    measure("all", "stdlib", "pre", 0.0, [], [], sets)
+    @property
+    def alphas(self) -> list[float]:
+        """The alphas of the sweep, 1 always among them."""
+        return sorted({float(a) for a in self.cfg.alphas} | {1.0})
+
+
+def finetune_shifts(lab: _Lab, seed: int, bar):
+    """Step 2 (per seed): the clean fine-tune (``theta_std``, the standard task vector) and one per shift, each
+    shift's signature and a matched-norm random direction per shift."""
+    runs = {}
+    for i, d in enumerate(["clean", *lab.shifts]):
+        runs[d] = lab.tune(lab.corpora["stdlib"]["train"][d], 1000 * seed + i, f"seed {seed} {d}")
+        bar.update()
+    std = runs["clean"].task_vector
+    sigs = {c: S.signature(runs[c].task_vector, std, name=f"{c} signature") for c in lab.shifts}
+    rands = {
+        c: S.random_like(sigs[c], seed=1000 * seed + 7 + i, name=f"random like {c}") for i, c in enumerate(lab.shifts)
+    }
+    return runs, std, sigs, rands
+
+
+def measure_signatures(lab: _Lab, seed: int, std, runs: dict, sigs: dict, rands: dict) -> None:
+    """Step 3 (per seed): on held-out stdlib code, ``theta_std``, each shift fine-tune, ``theta_std + alpha x
+    signature`` for every alpha, the random direction, the shallow and the deep half of the signature, and (with
+    several shifts) all signatures summed at alpha 1 each and at alpha 1/N."""
+    sets, shifts = lab.sets, lab.shifts
+    lab.measure(seed, "stdlib", "std", 0.0, [std], [1.0], sets)
+    for c in shifts:
+        lab.measure(seed, "stdlib", f"ft_{c}", 1.0, [runs[c].task_vector], [1.0], ["clean", c])
+        for a in lab.alphas:
+            ds = ["clean", *shifts] if a == 1.0 else ["clean", c]
+            lab.measure(seed, "stdlib", f"sig_{c}@{a:g}", a, [std, sigs[c]], [1.0, a], ds)
+        lab.measure(seed, "stdlib", f"rand_{c}", 1.0, [std, rands[c]], [1.0, 1.0], ["clean", c])
+        lab.measure(seed, "stdlib", f"shallow_{c}", 1.0, [std, sigs[c].restrict(lab.shallow)], [1.0, 1.0], [c])
+        if lab.deep:
+            lab.measure(seed, "stdlib", f"deep_{c}", 1.0, [std, sigs[c].restrict(lab.deep)], [1.0, 1.0], [c])
+    if len(shifts) > 1:
+        all_sigs, n = [sigs[c] for c in shifts], len(shifts)
+        lab.measure(seed, "stdlib", "compose_sum", 1.0, [std, *all_sigs], [1.0] + [1.0] * n, sets)
+        lab.measure(seed, "stdlib", "compose_mean", 1.0 / n, [std, *all_sigs], [1.0] + [1.0 / n] * n, sets)
+
+
+def update_backbone(lab: _Lab, seed: int, std, sigs: dict, more_toks, bar) -> None:
+    """Step 4 (per seed): ``theta_std`` fine-tuned further on more clean code (the updated backbone), measured
+    alone and with each signature patched in."""
+    with S.patched(lab.model, std):
+        further = lab.tune(more_toks, 1000 * seed + 99, f"seed {seed} backbone", name="backbone",
+                           steps=lab.cfg.backbone_steps)
+    bar.update()
+    upd = further.task_vector
+    lab.measure(seed, "stdlib", "backbone", 0.0, [std, upd], [1.0, 1.0], ["clean", *lab.shifts])
+    for c in lab.shifts:
+        lab.measure(seed, "stdlib", f"backbone+sig_{c}", 1.0, [std, upd, sigs[c]], [1.0, 1.0, 1.0], ["clean", c])
+
+
+def measure_transfer(lab: _Lab, seed: int, sigs: dict, rands: dict, bar) -> None:
+    """Step 5 (per seed): fine-tunes on the transfer corpus (clean and per shift), and the stdlib signatures (and
+    the random directions) patched into its clean fine-tune, on its held-out code."""
+    truns = {}
+    for i, d in enumerate(["clean", *lab.shifts]):
+        truns[d] = lab.tune(lab.corpora["transfer"]["train"][d], 1000 * seed + 50 + i, f"seed {seed} transfer {d}")
+        bar.update()
+    tstd = truns["clean"].task_vector
+    lab.measure(seed, "transfer", "std", 0.0, [tstd], [1.0], ["clean", *lab.shifts])
+    for c in lab.shifts:
+        lab.measure(seed, "transfer", f"ft_{c}", 1.0, [truns[c].task_vector], [1.0], [c])
+        lab.measure(seed, "transfer", f"sig_{c}@1", 1.0, [tstd, sigs[c]], [1.0, 1.0], ["clean", c])
+        lab.measure(seed, "transfer", f"rand_{c}", 1.0, [tstd, rands[c]], [1.0, 1.0], [c])
+
+
+def run(model, config: SignatureConfig | None = None, *, progress: bool = True, **overrides) -> SignatureStudy:
+    """Fine-tune on clean and on shifted code (per seed), extract the shifts' signatures, patch them into the clean
+    fine-tuned model (and into a model fine-tuned on the transfer corpus, and into an updated backbone) and measure
+    everything on held-out documents. The model's weights are restored at the end. ``config`` defaults to
+    :class:`SignatureConfig`; keyword ``overrides`` change single settings."""
+    from tqdm.auto import tqdm
+
+    cfg = configure(SignatureConfig, config, overrides)
+    shifts = _check(cfg)
+    t0 = time.perf_counter()
+    params = S.block_params(model, None if cfg.layers is None else list(cfg.layers), cfg.kind)
+    trained_layers = sorted({int(n.split(".")[1]) for n in params})
+    half = max(1, len(trained_layers) // 2)
+    corpora, more_toks, held, sets = load_data(model, cfg, shifts)
+    lab = _Lab(model, cfg, shifts, params, corpora, sets, trained_layers[:half], trained_layers[half:])
+    lab.measure("all", "stdlib", "pre", 0.0, [], [], sets)
     if cfg.transfer:
-        measure("all", "transfer", "pre", 0.0, [], [], ["clean", *shifts])
-    finetunes, profile_parts = {}, {}
-    first_sigs = None
-    n_ft = len(seeds) * ((1 + len(shifts)) * (2 if cfg.transfer else 1) + (1 if cfg.backbone_steps else 0))
+        lab.measure("all", "transfer", "pre", 0.0, [], [], ["clean", *shifts])
+    first = None
+    n_ft = len(cfg.seeds) * ((1 + len(shifts)) * (2 if cfg.transfer else 1) + (1 if cfg.backbone_steps else 0))
     bar = tqdm(total=n_ft, desc="fine-tunes", disable=not progress)
-    for seed in seeds:
-        runs = {}
-        for i, d in enumerate(["clean", *shifts]):
-            runs[d] = tune(corpora["stdlib"]["train"][d], 1000 * seed + i, f"seed {seed} {d}")
-            bar.update()
-        std = runs["clean"].task_vector
-        sigs = {c: S.signature(runs[c].task_vector, std, name=f"{c} signature") for c in shifts}
-        rands = {c: S.random_like(sigs[c], seed=1000 * seed + 7 + i, name=f"random like {c}") for i, c in enumerate(shifts)}
-        if first_sigs is None:
-            first_sigs, profile_parts = sigs, {"runs": runs, "sigs": sigs}
-        for d, r in runs.items():
-            finetunes[f"seed {seed} {d}"] = {"losses": [round(x, 4) for x in r.losses], "seconds": round(r.seconds, 1), **r.settings}
-
-        measure(seed, "stdlib", "std", 0.0, [std], [1.0], sets)
-        for c in shifts:
-            measure(seed, "stdlib", f"ft_{c}", 1.0, [runs[c].task_vector], [1.0], ["clean", c])
-            for a in alphas:
-                ds = ["clean", *shifts] if a == 1.0 else ["clean", c]
-                measure(seed, "stdlib", f"sig_{c}@{a:g}", a, [std, sigs[c]], [1.0, a], ds)
-            measure(seed, "stdlib", f"rand_{c}", 1.0, [std, rands[c]], [1.0, 1.0], ["clean", c])
-            measure(seed, "stdlib", f"shallow_{c}", 1.0, [std, sigs[c].restrict(shallow)], [1.0, 1.0], [c])
-            if deep:
-                measure(seed, "stdlib", f"deep_{c}", 1.0, [std, sigs[c].restrict(deep)], [1.0, 1.0], [c])
-        if len(shifts) > 1:
-            all_sigs = [sigs[c] for c in shifts]
-            measure(seed, "stdlib", "compose_sum", 1.0, [std, *all_sigs], [1.0] + [1.0] * len(shifts), sets)
-            n = len(shifts)
-            measure(seed, "stdlib", "compose_mean", 1.0 / n, [std, *all_sigs], [1.0] + [1.0 / n] * n, sets)
+    for seed in cfg.seeds:
+        runs, std, sigs, rands = finetune_shifts(lab, seed, bar)
+        first = first or (runs, sigs)
+        measure_signatures(lab, seed, std, runs, sigs, rands)
         if cfg.backbone_steps:
-            with S.patched(model, std):
-                further = S.finetune(model, more_toks, params, steps=cfg.backbone_steps, lr=cfg.lr,
-                                     batch_size=cfg.batch_size, seed=1000 * seed + 99, name="backbone", progress=False)
-            bar.update()
-            finetunes[f"seed {seed} backbone"] = {"losses": [round(x, 4) for x in further.losses],
-                                                  "seconds": round(further.seconds, 1), **further.settings}
-            upd = further.task_vector
-            measure(seed, "stdlib", "backbone", 0.0, [std, upd], [1.0, 1.0], ["clean", *shifts])
-            for c in shifts:
-                measure(seed, "stdlib", f"backbone+sig_{c}", 1.0, [std, upd, sigs[c]], [1.0, 1.0, 1.0], ["clean", c])
+            update_backbone(lab, seed, std, sigs, more_toks, bar)
         if cfg.transfer:
-            truns = {}
-            for i, d in enumerate(["clean", *shifts]):
-                truns[d] = tune(corpora["transfer"]["train"][d], 1000 * seed + 50 + i, f"seed {seed} transfer {d}")
-                bar.update()
-                finetunes[f"seed {seed} transfer {d}"] = {"losses": [round(x, 4) for x in truns[d].losses],
-                                                          "seconds": round(truns[d].seconds, 1), **truns[d].settings}
-            tstd = truns["clean"].task_vector
-            measure(seed, "transfer", "std", 0.0, [tstd], [1.0], ["clean", *shifts])
-            for c in shifts:
-                measure(seed, "transfer", f"ft_{c}", 1.0, [truns[c].task_vector], [1.0], [c])
-                measure(seed, "transfer", f"sig_{c}@1", 1.0, [tstd, sigs[c]], [1.0, 1.0], ["clean", c])
-                measure(seed, "transfer", f"rand_{c}", 1.0, [tstd, rands[c]], [1.0, 1.0], [c])
+            measure_transfer(lab, seed, sigs, rands, bar)
     bar.close()
+    tvs = {name: r.task_vector for name, r in first[0].items()}
+    profile = pd.DataFrame(S.layer_profile(tvs, first[1], model.cfg.n_layers))  # first seed
+    storage = S.storage_sizes(model, first[1][shifts[0]], lab.shallow)
+    settings = _settings(cfg, lab, trained_layers, held, t0)
+    st = SignatureStudy(model_name(model), lab.doc, pd.DataFrame(lab.rows), pd.DataFrame(), {}, (), profile, storage,
+                        lab.finetunes, settings, cfg)
+    headline, per_seed = measure_intervals(st)  # adds tested_shifts to settings
+    st = replace(st, per_seed=per_seed, headline=headline)
+    claims = claims_of(st, headline)
+    settings["seconds"] = round(time.perf_counter() - t0, 1)
+    return replace(st, claims=tuple(claims))
 
-    # per-layer profile (first seed)
-    prof = {"layer": list(range(n_layers))}
-    for name, r in profile_parts["runs"].items():
-        prof[f"norm_tv_{name}"] = [r.task_vector.norm_profile().get(i, 0.0) for i in range(n_layers)]
-    for c, sig in profile_parts["sigs"].items():
-        prof[f"norm_sig_{c}"] = [sig.norm_profile().get(i, 0.0) for i in range(n_layers)]
-        cos: dict[int, list[float]] = {}
-        for tname, v in sig.cosines.items():
-            cos.setdefault(int(tname.split(".")[1]), []).append(v)
-        prof[f"cos_{c}_clean"] = [sum(cos[i]) / len(cos[i]) if i in cos else math.nan for i in range(n_layers)]
-    profile = pd.DataFrame(prof)
-    storage = _storage(model, first_sigs[shifts[0]], shallow)
 
-    settings = dict(
-        shifts=list(shifts),
-        datasets=sets,
+def _settings(cfg: SignatureConfig, lab: _Lab, trained_layers, held, t0) -> dict:
+    """The run's settings as ``results.json`` records them."""
+    return dict(
+        shifts=list(lab.shifts),
+        datasets=lab.sets,
         kind=cfg.kind,
-        layers="all" if layers is None else list(layers),
+        layers="all" if cfg.layers is None else list(cfg.layers),
         trained_layers=trained_layers,
-        shallow_layers=shallow,
-        deep_layers=deep,
+        shallow_layers=lab.shallow,
+        deep_layers=lab.deep,
         steps=cfg.steps,
         backbone_steps=cfg.backbone_steps,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
         seq_len=cfg.seq_len,
-        train_tokens=int(corpora["stdlib"]["train"]["clean"].numel()),
+        train_tokens=int(lab.corpora["stdlib"]["train"]["clean"].numel()),
         tokens_seen_per_finetune=cfg.steps * cfg.batch_size * cfg.seq_len,
         eval_docs=len(held),
-        eval_tokens_clean=int(sum(t.numel() for t in corpora["stdlib"]["eval"]["clean"])),
+        eval_tokens_clean=int(sum(t.numel() for t in lab.corpora["stdlib"]["eval"]["clean"])),
         transfer=cfg.transfer or None,
-        transfer_eval_docs=len(corpora["transfer"]["eval"]["clean"]) if cfg.transfer else 0,
-        trained_params=sum(p.numel() for p in params.values()),
-        alphas=alphas,
-        seeds=seeds,
+        transfer_eval_docs=len(lab.corpora["transfer"]["eval"]["clean"]) if cfg.transfer else 0,
+        trained_params=sum(p.numel() for p in lab.params.values()),
+        alphas=lab.alphas,
+        seeds=list(cfg.seeds),
         n_resamples=cfg.n_resamples,
         min_gain=cfg.min_gain,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    losses = pd.DataFrame(rows)
-    partial = SignatureStudy(model_name(model), doc, losses, pd.DataFrame(), {}, (), profile, storage, finetunes,
-                             settings, cfg)
-    headline, per_seed = _intervals(partial)  # adds tested_shifts to settings
-    partial = SignatureStudy(model_name(model), doc, losses, per_seed, headline, (), profile, storage, finetunes,
-                             settings, cfg)
-    claims = _claims(partial, headline)
-    settings["seconds"] = round(time.perf_counter() - t0, 1)
-    return SignatureStudy(model_name(model), doc, losses, per_seed, headline, tuple(claims), profile, storage,
-                          finetunes, settings, cfg)
-
-
-def _storage(model, sig: S.TaskVector, shallow: list[int]) -> dict:
-    """Sizes on disk of safetensors files: a full copy of the weights, the signature (float32 and float16) and its
-    shallow half (float16)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        full = S.save_full_copy(model, tmp / "full.safetensors").stat().st_size
-        f32 = S.save(sig, tmp / "sig.safetensors").stat().st_size
-        f16 = S.save(sig, tmp / "sig16.safetensors", dtype=torch.float16).stat().st_size
-        sh16 = S.save(sig.restrict(shallow), tmp / "shallow16.safetensors", dtype=torch.float16).stat().st_size
-    mib = 2**20
-    return {
-        "full_copy_file_mib": full / mib,
-        "signature_file_mib": f32 / mib,
-        "signature_fp16_file_mib": f16 / mib,
-        "shallow_fp16_file_mib": sh16 / mib,
-        "ratio_full_to_signature": full / f32,
-        "ratio_full_to_signature_fp16": full / f16,
-        "ratio_full_to_shallow_fp16": full / sh16,
-        "signature_of": sig.name,
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -527,7 +467,7 @@ def _measures(st: SignatureStudy) -> dict:
     return m
 
 
-def _intervals(st: SignatureStudy) -> tuple[dict, pd.DataFrame]:
+def measure_intervals(st: SignatureStudy) -> tuple[dict, pd.DataFrame]:
     """Intervals over documents (per-document values averaged over seeds): ``"X:c"`` for shift c, ``"X"`` pooled over
     the shifts whose fine-tune gains more than ``min_gain`` over theta_std (the *tested* shifts; all shifts if none),
     and the per-seed table. Pooling puts the shifts' per-document values side by side, so a pooled share is the
@@ -566,116 +506,162 @@ def _per_shift(head: dict, measure: str, shifts, digits=2) -> str:
     return "; ".join(f"{c} {head[f'{measure}:{c}'].format(digits)}" for c in shifts if f"{measure}:{c}" in head)
 
 
-def _claims(st: SignatureStudy, head: dict) -> list[Claim]:
-    s, shifts = st.settings, st.settings["shifts"]
-    tested, tested_t = s["tested_shifts"], s["tested_transfer_shifts"]
-    cmd, out = COMMAND, []
 
-    def each(measure, use, test):
-        return bool(use) and all(test(head[f"{measure}:{c}"]) for c in use)
 
-    def on(use):
-        return f"pooled over {', '.join(use)}" if use else "no shift tests this (none learnt)"
+def _pooled(use) -> str:
+    return f"pooled over {', '.join(use)}" if use else "no shift tests this (none learnt)"
 
-    for c in shifts:
+
+def _each(head: dict, measure: str, use, test) -> bool:
+    """Whether ``test`` holds for the interval of ``measure`` on every shift in ``use`` (and ``use`` is not empty)."""
+    return bool(use) and all(test(head[f"{measure}:{c}"]) for c in use)
+
+
+def claims_of(st: SignatureStudy, head: dict) -> list[Claim]:
+    """The paper's claims with this run's evidence (``head``: :func:`measure_intervals`'s intervals), control and
+    verdict: recovery per shift, then the pooled claims, transfer, the updated backbone, depth and storage."""
+    return [*_recovery_claims(st, head), *_pooled_claims(st, head), *_transfer_claims(st, head), _storage_claim(st)]
+
+
+def _recovery_claims(st: SignatureStudy, head: dict) -> list[Claim]:
+    s, out = st.settings, []
+    for c in s["shifts"]:
         share, rnd, gain = head[f"share:{c}"], head[f"random_share:{c}"], head[f"finetune_gain:{c}"]
-        if c in tested:
+        if c in s["tested_shifts"]:
             v = intervals.verdict(share.low > 0.5 and rnd.high < share.low, share.low > 0 and rnd.high < share.low)
             why = ""
         else:
             v = "not reproduced"
             why = f"the {c} fine-tune's gain over theta_std does not clear {s['min_gain']:g} nats/token (its interval " \
                   "reaches below): too little to recover, so this shift is left out of the pooled claims. "
-        out.append(Claim(
+        out.append(_claim(
             f"the {c} signature patched into the clean fine-tuned model recovers the {c} fine-tune's gain on "
             f"{c} code (share of the gain, alpha 1)",
             v, share, rnd,
             f"{why}control: matched-norm random direction; {c} fine-tune gain over theta_std {gain.format(3)} "
             f"nats/token; {_seed_range(st, 'share', c)}",
-            cmd,
+            rule=f"not reproduced unless the shift is learnt (its fine-tune's gain interval above {s['min_gain']:g}); "
+            "reproduced: the share's interval lies above 0.5 and above the random direction's; partly: above 0 and "
+            "the random direction's",
         ))
+    return out
+
+
+def _pooled_claims(st: SignatureStudy, head: dict) -> list[Claim]:
+    s, shifts, tested = st.settings, st.settings["shifts"], st.settings["tested_shifts"]
     amax = max(s["alphas"])
     cost, gain = head["clean_cost_alpha_max"], head["shift_gain_alpha_max"]
-    out.append(Claim(
-        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {on(tested)})",
+    out = [_claim(
+        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {_pooled(tested)})",
         intervals.verdict(bool(tested) and cost.low > 0 and gain.low > 0, bool(tested) and (cost.low > 0 or gain.low > 0)),
         cost, gain,
         f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss increase at alpha 1 "
         f"{head['clean_cost_alpha1'].format(3)}; {_per_shift(head, 'clean_cost_alpha_max', shifts, 3)}",
-        cmd,
-    ))
+        rule="reproduced: both intervals lie above 0; partly: one does",
+    )]
     if "own_minus_other_gain" in head:
         d = head["own_minus_other_gain"]
-        out.append(Claim(
+        out.append(_claim(
             f"signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other shifts "
-            f"(nats/token, {on(tested)})",
-            intervals.verdict(bool(tested) and d.low > 0 and each("own_minus_other_gain", tested, lambda i: i.low > 0),
+            f"(nats/token, {_pooled(tested)})",
+            intervals.verdict(bool(tested) and d.low > 0 and _each(head, "own_minus_other_gain", tested, lambda i: i.low > 0),
                               bool(tested) and d.low > 0),
-            d, None, _per_shift(head, "own_minus_other_gain", shifts, 3), cmd,
+            d, None, _per_shift(head, "own_minus_other_gain", shifts, 3),
+            rule="reproduced: the pooled interval and every tested shift's lie above 0; partly: the pooled one does",
         ))
         for name, label in (("compose_sum_share", "by summation (alpha 1 each)"),
                             ("compose_mean_share", f"in the RWS code's alpha/N form (alpha 1/{len(shifts)} each)")):
             cs = head[name]
-            out.append(Claim(
-                f"signatures compose {label}: the sum keeps each shift's gain (share, {on(tested)})",
-                intervals.verdict(bool(tested) and cs.low > 0.5 and each(name, tested, lambda i: i.low > 0),
+            out.append(_claim(
+                f"signatures compose {label}: the sum keeps each shift's gain (share, {_pooled(tested)})",
+                intervals.verdict(bool(tested) and cs.low > 0.5 and _each(head, name, tested, lambda i: i.low > 0),
                                   bool(tested) and cs.low > 0),
-                cs, None, _per_shift(head, name, shifts), cmd,
+                cs, None, _per_shift(head, name, shifts),
+                rule="reproduced: the pooled share's interval lies above 0.5 and every tested shift's above 0; "
+                "partly: the pooled one lies above 0",
             ))
+    return out
+
+
+def _transfer_claims(st: SignatureStudy, head: dict) -> list[Claim]:
+    s, shifts, out = st.settings, st.settings["shifts"], []
+    tested, tested_t = s["tested_shifts"], s["tested_transfer_shifts"]
     if "transfer_share" in head:
         t, tr = head["transfer_share"], head["transfer_random_share"]
-        out.append(Claim(
+        out.append(_claim(
             f"signatures transfer across datasets: the stdlib signature patched into a model fine-tuned on "
-            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, {on(tested_t)})",
+            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, {_pooled(tested_t)})",
             intervals.verdict(bool(tested_t) and t.low > 0.5 and tr.high < t.low
-                              and each("transfer_share", tested_t, lambda i: i.low > 0),
+                              and _each(head, "transfer_share", tested_t, lambda i: i.low > 0),
                               bool(tested_t) and t.low > 0 and tr.high < t.low),
             t, tr,
             f"control: matched-norm random direction. {_per_shift(head, 'transfer_share', shifts)}; {s['transfer']} "
             f"fine-tune gains {_per_shift(head, 'transfer_finetune_gain', shifts, 3)}",
-            cmd,
+            rule="reproduced: the pooled share's interval lies above 0.5 and the random direction's, and every tested "
+            "shift's above 0; partly: above 0 and the random direction's",
         ))
     if "backbone_retention" in head:
         r, g = head["backbone_retention"], head["backbone_gain"]
-        out.append(Claim(
+        out.append(_claim(
             "signatures survive a backbone update: gain on the clean model fine-tuned further, as a share of the gain "
-            f"on the original clean model ({on(tested)})",
-            intervals.verdict(bool(tested) and r.low > 0.5 and each("backbone_gain", tested, lambda i: i.low > 0),
+            f"on the original clean model ({_pooled(tested)})",
+            intervals.verdict(bool(tested) and r.low > 0.5 and _each(head, "backbone_gain", tested, lambda i: i.low > 0),
                               bool(tested) and g.low > 0),
             r, None,
             f"gain on the updated backbone {g.format(3)} nats/token; {_per_shift(head, 'backbone_retention', shifts)}",
-            cmd,
+            rule="reproduced: the retention's interval lies above 0.5 and every tested shift's gain above 0; partly: "
+            "the pooled gain lies above 0",
         ))
     if "shallow_minus_deep_share" in head:
         d = head["shallow_minus_deep_share"]
-        out.append(Claim(
+        out.append(_claim(
             f"the signature sits mostly in shallow layers: share recovered by layers {s['shallow_layers']} minus that "
-            f"by layers {s['deep_layers']} ({on(tested)})",
-            intervals.verdict(bool(tested) and each("shallow_minus_deep_share", tested, lambda i: i.low > 0),
+            f"by layers {s['deep_layers']} ({_pooled(tested)})",
+            intervals.verdict(bool(tested) and _each(head, "shallow_minus_deep_share", tested, lambda i: i.low > 0),
                               bool(tested) and d.low > 0),
             d, None,
             f"{_per_shift(head, 'shallow_minus_deep_share', shifts)}; shallow half alone "
             f"{head['shallow_share'].format(2)}, deep half alone {head['deep_share'].format(2)}",
-            cmd,
+            rule="reproduced: every tested shift's interval lies above 0; partly: the pooled one does",
         ))
-    st_ = st.storage
-    best = max(st_["ratio_full_to_signature_fp16"], st_["ratio_full_to_shallow_fp16"])
-    out.append(Claim(
+    return out
+
+
+def _storage_claim(st: SignatureStudy) -> Claim:
+    s = st.storage
+    best = max(s["ratio_full_to_signature_fp16"], s["ratio_full_to_shallow_fp16"])
+    return _claim(
         "a signature is up to 13x smaller than a full weight copy (files on disk)",
         intervals.verdict(best >= 13, best > 1), None, None,
-        f"full copy {st_['full_copy_file_mib']:.2f} MiB; signature float32 {st_['signature_file_mib']:.2f} MiB "
-        f"({st_['ratio_full_to_signature']:.1f}x), float16 {st_['ratio_full_to_signature_fp16']:.1f}x, shallow half "
-        f"float16 {st_['ratio_full_to_shallow_fp16']:.1f}x (no interval: one file each)",
-        cmd,
-    ))
-    return out
+        f"full copy {s['full_copy_file_mib']:.2f} MiB; signature float32 {s['signature_file_mib']:.2f} MiB "
+        f"({s['ratio_full_to_signature']:.1f}x), float16 {s['ratio_full_to_signature_fp16']:.1f}x, shallow half "
+        f"float16 {s['ratio_full_to_shallow_fp16']:.1f}x (no interval: one file each)",
+        rule="reproduced: the float16 signature (or its shallow half) is at least 13x smaller than the full copy; "
+        "partly: smaller",
+        paper="up to 13x smaller than a full weight copy",
+        source="Cai et al. (ICML 2023), abstract",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # report
 
+#: the metric cards the report opens with, after the claims (those a run has), and their labels
+KEY_NUMBERS = {
+    "share": "share of the shift fine-tune's gain the signature recovers (pooled)",
+    "random_share": "the same for a matched-norm random direction",
+    "finetune_gain": "shift fine-tune's gain over theta_std on shifted code (nats/token)",
+    "own_minus_other_gain": "gain on its own shift minus on the others (nats/token)",
+    "transfer_share": "share recovered on the transfer corpus",
+    "backbone_retention": "gain kept on an updated backbone (share)",
+    "shallow_minus_deep_share": "share recovered by the shallow half minus the deep half",
+    "ratio_full_to_signature_fp16": "full weight copy / float16 signature (file sizes)",
+}
+
 
 def report(study: SignatureStudy):
+    """The study as a :class:`codecircuits.report.Report`: the claims, a few key numbers, the alpha sweep, every
+    measure, the depth profile and the storage."""
     from ..report import Report
 
     s = study.settings
@@ -688,7 +674,10 @@ def report(study: SignatureStudy):
     r.section("Claims and verdicts", text=PAPER + " Intervals: 95% bootstrap over held-out documents, per-document "
               "losses averaged over the seeds.")
     r.claims(list(study.claims))
-    r.metrics(study.metrics())
+    metrics = study.metrics()
+    key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
+    r.section("Key numbers")
+    r.metrics(key, labels={k: KEY_NUMBERS[k] for k in key})
     r.section("Clean versus shifted loss across alpha",
               text="theta_std + alpha x signature (alpha 0 = the clean fine-tuned model), mean over seeds.")
     for c in s["shifts"]:
@@ -700,6 +689,9 @@ def report(study: SignatureStudy):
                     f"{c}, shift fine-tune": [study.loss(f"ft_{c}", c)] * len(xs)},
             title=f"{c} signature", x_title="alpha", y_title="loss (nats/token)",
         )
+    r.section("Every measure", text="Pooled over the tested shifts (a measure without a shift), or per shift "
+              "(\"measure:shift\"); seeds averaged.")
+    r.metrics({k: v for k, v in metrics.items() if k not in key})
     hl = pd.DataFrame([{"measure": k, **v.to_json()} for k, v in study.headline.items()])
     r.table(hl.round(4), caption="every measure: pooled over seeds (and over shifts where no shift is named)")
     r.table(study.per_seed.round(4), caption="per seed")
@@ -718,9 +710,4 @@ def report(study: SignatureStudy):
     return r
 
 
-def write(study: SignatureStudy, out_dir) -> tuple[Path, Path]:
-    """``study.save(out_dir)``: ``report.html`` and ``results.json`` (the same numbers) under ``out_dir``."""
-    return study.save(out_dir)
-
-
-__all__ = ["SHIFTS", "SignatureConfig", "SignatureStudy", "code_snippets", "run", "shifted_texts", "write"]
+__all__ = ["SHIFTS", "SignatureConfig", "SignatureStudy", "claims_of", "code_snippets", "run", "shifted_texts"]
