@@ -12,7 +12,9 @@
   ablated; both read through ``M``'s frozen final scale, for ``M``'s top-1 token.
 - :func:`mask_keep`: the paper's verification table: zero each prompt's top-N CNA neurons ("mask"), or zero every
   other neuron of the layers from the head's layer on ("keep"), and report the accuracy decrease; plus the
-  decrease of the top neurons' coefficients in ``M'`` and a random-mask control.
+  decrease of the top neurons' coefficients in ``M'`` and a random-mask control. :class:`MaskKeepTable` keeps each
+  prompt's outcome, so its decreases come with bootstrap intervals (:meth:`MaskKeepTable.decrease`,
+  :meth:`MaskKeepTable.intervals`).
 """
 
 from __future__ import annotations

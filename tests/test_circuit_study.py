@@ -103,6 +103,10 @@ def test_report_in_a_browser(tiny_dirs, tmp_path):
     html, js = s.save(tmp_path / "circuit")
     _, graphs = check_circuit_report(html, js, "circuit-tiny-llama.png")
     assert max(gr["edges"] for gr in graphs) > 0
+    # what the command prints: CPR and CMD beside random circuits, then one line per drawn circuit
+    lines = s.summary_text().splitlines()
+    assert lines[0].startswith(f"CPR {s.cpr:.3f}  (random circuits: mean ") and lines[1].startswith("CMD ")
+    assert [line.split("%")[0] for line in lines[2:]] == [f"{p:g}" for p in s.drawn]
 
 
 def test_command_line_on_a_model_directory(tiny_dirs, tmp_path, capsys):

@@ -177,10 +177,8 @@ def _dump(text, shift):
 
 
 def test_new_shifts_keep_the_program_and_change_the_text():
-    from codecircuits.studies import signatures as SS
-
-    texts = SS.code_snippets("validation", 40_000, 0)
-    for name, fn in SS.SHIFTS.items():
+    texts = S.code_snippets("validation", 40_000, 0)
+    for name, fn in S.SHIFTS.items():
         changed = 0
         for t in texts:
             out = fn(t)

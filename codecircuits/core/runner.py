@@ -30,6 +30,14 @@ from .sites import UNEMBED_IN, resid_pre
 
 _RETURNS_TUPLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+# A forward's fixed cost, in row-layer-position evaluations, that patching.sweep weighs when it decides whether to
+# run neighbouring layers' cells in one forward (codecircuits.patching._merge). None (the default) measures it at
+# the start of each sweep (Receiver.forward_overhead): a timing, so on a loaded machine the plan of forwards (never
+# the numbers: merging is exact) changes from run to run. A number pins the plan: 0 never merges layers,
+# float("inf") merges them whenever the memory budget allows. Tests that count the cells of each forward set it
+# (monkeypatch.setattr(runner, "FORWARD_OVERHEAD", ...)) so that they assert on a fixed plan.
+FORWARD_OVERHEAD: float | None = None
+
 
 def _returns_tuple(model) -> bool:
     """Whether the model's blocks return a tuple (the Hugging Face layer's convention), found once per model."""
@@ -234,7 +242,10 @@ class Receiver:
 
     def forward_overhead(self) -> float:
         """A forward's fixed cost in row-layer-position evaluations, measured on this machine: the time of a
-        one-row, one-layer, one-position run over the time per evaluation of the receiver's full forward."""
+        one-row, one-layer, one-position run over the time per evaluation of the receiver's full forward.
+        :data:`FORWARD_OVERHEAD`, when set, is returned instead (nothing is timed)."""
+        if FORWARD_OVERHEAD is not None:
+            return float(FORWARD_OVERHEAD)
         per_eval = self.forward_seconds / (self.n_examples * self.n_layers * self.n_pos)
         rows = torch.zeros(1, dtype=torch.long, device=self.tokens.device)
         best = float("inf")

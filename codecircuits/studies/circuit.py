@@ -530,10 +530,9 @@ def build_report(s: CircuitStudy):
         meta={"n_open": cfg.n_open, "counterfactual": cfg.counterfactual, "ablation": cfg.ablation},
     )
     metrics, labels = s.metrics(), _labels(s)
-    keys = [_key(p) for p in s.drawn]
 
     def cards(names):
-        r.metrics({k: metrics[k] for k in names}, labels=labels)
+        r.metrics({k: metrics[k] for k in names}, labels={k: labels[k] for k in names})
 
     r.section(
         "Key numbers",
@@ -541,15 +540,11 @@ def build_report(s: CircuitStudy):
         "better); CMD: the area between 1 and the curve of the highest |scores| (lower is better); beside random "
         "circuits of the same sizes. Faithfulness 1 = the circuit alone keeps the full model's logit difference.",
     )
-    cards(["cpr", "random_cpr_mean", "cmd", "random_cmd_mean", *(f"faithfulness_{k}" for k in keys)])
+    cards(["cpr", "random_cpr_mean", "cmd", "random_cmd_mean", *(f"faithfulness_{_key(p)}" for p in s.drawn)])
     for caveat in s.caveats:
         r.text("Caveat: " + caveat + ".")
-    _report_task(r, s)
-    cards(["train_pairs", "test_pairs", "edges", "wall_s"])
-    _report_faithfulness(r, s)
-    cards(["random_cpr_max", "random_cmd_min", "clean_logit_diff", "empty_logit_diff"])
-    cards([f"{name}_{k}{end}" for k in keys for name, end in (("faithfulness", "_low"), ("faithfulness", "_high"),
-                                                                ("random_faithfulness", "_max"))])
+    _report_task(r, s, cards)
+    _report_faithfulness(r, s, cards)
     _report_circuits(r, s)
     _report_heads(r, s)
     r.table([{"step": k, "seconds": v} for k, v in s.timings.items()], caption="time per step")
@@ -557,7 +552,7 @@ def build_report(s: CircuitStudy):
     return r
 
 
-def _report_task(r, s: CircuitStudy) -> None:
+def _report_task(r, s: CircuitStudy, cards) -> None:
     p0 = s.pairs["train"][0]
     r.section(
         "Task and pairs",
@@ -566,6 +561,7 @@ def _report_task(r, s: CircuitStudy) -> None:
         "logit(clean answer) - logit(corrupted answer) at the last position. Edges are scored on pairs of the train "
         "numbers and every faithfulness number is measured on pairs of the held-out test numbers.",
     )
+    cards(["train_pairs", "test_pairs", "edges", "wall_s"])
     r.code(p0["clean"] + p0["answer"], title="a clean prompt and its answer")
     r.code(p0["corrupted"] + p0["corrupted_answer"], title="its corrupted prompt and answer")
     r.table(
@@ -578,7 +574,7 @@ def _report_task(r, s: CircuitStudy) -> None:
     r.table(s.pairs["test"], caption="held-out pairs")
 
 
-def _report_faithfulness(r, s: CircuitStudy) -> None:
+def _report_faithfulness(r, s: CircuitStudy, cards) -> None:
     cfg = s.config
     sig, ab = s.curves["signed"], s.curves["absolute"]
     rand = torch.tensor(sig.random) if sig.random else None
@@ -600,6 +596,9 @@ def _report_faithfulness(r, s: CircuitStudy) -> None:
         f"(lower is better). Random circuits of the same sizes are the baseline. CPR {s.cpr:.3f} (random "
         f"{_range(s.random_cpr)}); CMD {s.cmd:.3f} (random {_range(s.random_cmd)}).",
     )
+    cards(["random_cpr_max", "random_cmd_min", "clean_logit_diff", "empty_logit_diff"])
+    for k in map(_key, s.drawn):
+        cards([f"faithfulness_{k}_low", f"faithfulness_{k}_high", f"random_faithfulness_{k}_max"])
     r.line_chart(
         [_pct(p) for p in sig.percentages],
         series,

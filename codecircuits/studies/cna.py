@@ -351,6 +351,11 @@ class CNAStudy(Study):
             lines.append(f"top parens head {head_label(*p.head)}: accuracy drop {m['parens_top_head_accuracy_drop']:.3f}")
         return "\n".join(lines)
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# choosing prompts
+
+
 def _per_op(ds: arithmetic.ArithmeticDataset, ops, n: int, seed: int) -> arithmetic.ArithmeticDataset:
     """Up to ``n`` random prompts of each operation (all templates mixed)."""
     idx = []

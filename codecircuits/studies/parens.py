@@ -1198,7 +1198,7 @@ def build_report(study: ParensStudy):
     def cards(keys):
         shown = {k: metrics[k] for k in keys if k in metrics}
         if shown:
-            r.metrics(shown, labels=labels)
+            r.metrics(shown, labels={k: labels[k] for k in shown})
 
     if s.claims:
         r.section(
@@ -1215,10 +1215,8 @@ def build_report(study: ParensStudy):
     for caveat in s.caveats:
         r.text("Caveat: " + caveat + ".")
     _report_task(r, s)
-    _report_lens(r, s)
-    cards([f"emergence_layer_{k}" for k in s.counts])
-    _report_sublayers(r, s)
-    cards([f"attn_share_{k}" for k in s.counts])
+    _report_lens(r, s, cards)
+    _report_sublayers(r, s, cards)
     _report_heads(r, s)
     _report_interventions(r, s)
     _report_mined(r, s)
@@ -1248,7 +1246,7 @@ def _report_task(r, s: ParensStudy) -> None:
     )
 
 
-def _report_lens(r, s: ParensStudy) -> None:
+def _report_lens(r, s: ParensStudy, cards) -> None:
     counts = s.counts
     r.section(
         "Where the answer emerges",
@@ -1258,6 +1256,7 @@ def _report_lens(r, s: ParensStudy) -> None:
         + "; ".join(f"{k} parens: {_fmt_layer(s.emergence[k])}" for k in counts)
         + ".",
     )
+    cards([f"emergence_layer_{k}" for k in counts])
     r.line_chart(
         list(range(s.lens[counts[0]].post().shape[0])),
         {f"{k} parens": s.lens[k].post().mean(-1).tolist() for k in counts},
@@ -1277,7 +1276,7 @@ def _report_lens(r, s: ParensStudy) -> None:
     )
 
 
-def _report_sublayers(r, s: ParensStudy) -> None:
+def _report_sublayers(r, s: ParensStudy, cards) -> None:
     counts = s.counts
     r.section(
         "Attention versus MLP",
@@ -1293,6 +1292,7 @@ def _report_sublayers(r, s: ParensStudy) -> None:
         )
         + ".",
     )
+    cards([f"attn_share_{k}" for k in counts])
     r.line_chart(
         list(range(s.lens[counts[0]].post().shape[0])),
         {

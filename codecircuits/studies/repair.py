@@ -195,6 +195,7 @@ HEADLINE = (
     "heldout_loss_delta",
 )  # fmt: skip
 
+
 @functools.lru_cache(maxsize=16)
 def _load(spec: str):
     """``corpus.load(spec)``, read once per process (finding a standard-library split walks the whole library)."""

@@ -97,7 +97,6 @@ def _spread(items: list, n: int) -> list:
     return [items[int(round(i * (len(items) - 1) / (n - 1)))] for i in range(n)] if n > 1 else items[:1]
 
 
-
 def _key(seed, corpus, model, ds) -> str:
     return f"{seed}|{corpus}|{model}|{ds}"
 
@@ -504,8 +503,6 @@ def _seed_range(st: SignatureStudy, measure: str, shift: str) -> str:
 
 def _per_shift(head: dict, measure: str, shifts, digits=2) -> str:
     return "; ".join(f"{c} {head[f'{measure}:{c}'].format(digits)}" for c in shifts if f"{measure}:{c}" in head)
-
-
 
 
 def _pooled(use) -> str:

@@ -402,22 +402,11 @@ _CARD_LABELS = {
 }
 
 
-def _hook_metrics(hook: str, rep) -> dict[str, float]:
-    """The headline numbers of one learned subspace (its report section's cards; first seed)."""
+def _hook_metrics(hook: str, rep: sub.IllusionReport) -> dict[str, float]:
+    """The headline numbers of one learned subspace (:meth:`~codecircuits.subspace.IllusionReport.headline`),
+    keyed by the hook: its report section's cards."""
     key = hook.replace(".", "_")
-    m = {
-        f"{key}_fldd_full": rep.fldd("full/test"),
-        f"{key}_fldd_das_train": rep.fldd("das/train"),
-        f"{key}_fldd_das_test": rep.fldd("das/test"),
-        f"{key}_iia_das_test": rep.patches["das/test"].interchange_accuracy,
-        f"{key}_iia_vocab_das_test": rep.patches["das/test"].interchange_accuracy_vocab,
-    }
-    if "rowspace/test" in rep.patches:
-        m[f"{key}_fldd_rowspace_test"] = rep.fldd("rowspace/test")
-        m[f"{key}_rowspace_fraction"] = rep.fraction.estimate
-        m[f"{key}_v_row_norm"] = rep.row_norm
-        m[f"{key}_v_null_norm"] = rep.null_norm
-    return m
+    return {f"{key}_{k}": v for k, v in rep.headline().items()}
 
 
 def _report(s: SubspaceStudy):
@@ -494,24 +483,7 @@ def _report(s: SubspaceStudy):
         caption="one verdict per learned subspace",
     )
     r.table(
-        [
-            {
-                "hook": h,
-                "seed": c.seed,
-                "verdict": c.verdict,
-                "FLDD DAS (held-out)": c.patches["das/test"].fldd_interval.format(1),
-                "FLDD DAS (train)": round(c.patches["das/train"].fldd, 1),
-                "rowspace share": c.fraction.format() if c.fraction else "—",
-                "d along v": c.separation["v"].cohens_d_interval.format(1),
-                "d along v_row": c.separation["v_row"].cohens_d_interval.format(1) if "v_row" in c.separation else "—",
-                "|v_row|": round(c.row_norm, 3),
-                "|v_null|": round(c.null_norm, 3),
-                "IIA (2 tokens)": c.patches["das/test"].accuracy_interval.format(),
-                "IIA (vocabulary)": c.patches["das/test"].accuracy_vocab_interval.format(),
-            }
-            for h, rep in s.checks.items()
-            for c in rep.seeds
-        ],
+        [{"hook": h, **c.row()} for h, rep in s.checks.items() for c in rep.seeds],
         caption="every DAS seed, with 95% bootstrap intervals",
     )
     baselines = [
@@ -530,20 +502,7 @@ def _report(s: SubspaceStudy):
             "difference plus a rowspace direction the prompts never vary along -- the checks should say illusion.",
         )
         r.table(
-            [
-                {
-                    "control": k,
-                    "hook": c.hook_name,
-                    "verdict": c.verdict,
-                    "FLDD (held-out)": c.patches["das/test"].fldd_interval.format(1),
-                    "FLDD full": c.patches["full/test"].fldd_interval.format(1),
-                    "FLDD random": c.patches["random/test"].fldd_interval.format(1),
-                    "rowspace share": c.fraction.format() if c.fraction else "—",
-                    "d along v_row": c.separation["v_row"].cohens_d_interval.format(1),
-                    "reasons": "; ".join(c.reasons) or "—",
-                }
-                for k, c in s.controls.items()
-            ],
+            [{"control": k, **c.summary()} for k, c in s.controls.items()],
             caption="the checks on directions whose answer is known",
         )
     if s.edits:

@@ -396,6 +396,24 @@ class SeedCheck:
             das_losses=list(self.direction.losses),
         )
 
+    def row(self) -> dict:
+        """The seed as one table row of text: its verdict, its DAS patch's FLDD (held-out, with the interval, and
+        training), the rowspace share, Cohen's d along v and v_row, the norms and the interchange accuracies."""
+        das, v_row = self.patches["das/test"], self.separation.get("v_row")
+        return {
+            "seed": self.seed,
+            "verdict": self.verdict,
+            "FLDD DAS (held-out)": das.fldd_interval.format(1),
+            "FLDD DAS (train)": round(self.patches["das/train"].fldd, 1),
+            "rowspace share": self.fraction.format() if self.fraction else "—",
+            "d along v": self.separation["v"].cohens_d_interval.format(1),
+            "d along v_row": v_row.cohens_d_interval.format(1) if v_row else "—",
+            "|v_row|": round(self.row_norm, 3),
+            "|v_null|": round(self.null_norm, 3),
+            "IIA (2 tokens)": das.accuracy_interval.format(),
+            "IIA (vocabulary)": das.accuracy_vocab_interval.format(),
+        }
+
 
 @dataclass(frozen=True)
 class IllusionReport:
@@ -481,6 +499,41 @@ class IllusionReport:
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` patched objects with the largest FLDD."""
         return self.to_dataframe().sort_values("fldd", ascending=False).head(k).reset_index(drop=True)
+
+    def headline(self) -> dict[str, float]:
+        """The headline numbers (first seed): FLDD of the full component (``fldd_full``) and of the DAS direction
+        on training and held-out pairs (``fldd_das_train``, ``fldd_das_test``), its interchange accuracy over the
+        answers and over the vocabulary (``iia_das_test``, ``iia_vocab_das_test``), and with a readout the rowspace
+        part's FLDD and share of the effect and the norms of both parts."""
+        das = self.patches["das/test"]
+        m = {
+            "fldd_full": self.fldd("full/test"),
+            "fldd_das_train": self.fldd("das/train"),
+            "fldd_das_test": self.fldd("das/test"),
+            "iia_das_test": das.interchange_accuracy,
+            "iia_vocab_das_test": das.interchange_accuracy_vocab,
+        }
+        if "rowspace/test" in self.patches:
+            m["fldd_rowspace_test"] = self.fldd("rowspace/test")
+            m["rowspace_fraction"] = self.fraction.estimate
+            m["v_row_norm"] = self.row_norm
+            m["v_null_norm"] = self.null_norm
+        return m
+
+    def summary(self) -> dict:
+        """The report as one table row of text: where, the verdict, the held-out FLDD of the direction, of the full
+        component and of a random direction, the rowspace share, Cohen's d along ``v_row`` and the reasons."""
+        v_row = self.separation.get("v_row")
+        return {
+            "hook": self.hook_name,
+            "verdict": self.verdict,
+            "FLDD (held-out)": self.patches["das/test"].fldd_interval.format(1),
+            "FLDD full": self.patches["full/test"].fldd_interval.format(1),
+            "FLDD random": self.patches["random/test"].fldd_interval.format(1),
+            "rowspace share": self.fraction.format() if self.fraction else "—",
+            "d along v_row": v_row.cohens_d_interval.format(1) if v_row else "—",
+            "reasons": "; ".join(self.reasons) or "—",
+        }
 
     def fldd_by_group(self, groups) -> dict[str, dict]:
         """FLDD of every held-out patch on each group of the held-out pairs (``groups``: one name per pair, e.g.
