@@ -154,50 +154,15 @@ def sweep(
     sel[pos_list] = True
     sel[: first_difference(clean_t, corr_t)] = False  # identical activations: no change, exactly
 
+    deltas = {}
     if query_kv and site == "k":
         deltas = _score_deltas(model, recv_t, {n: donor_cache[n] for n in site_names}, acts, layer_list)
     kv_of = torch.tensor(kv_head_of(model), device=recv_t.device)
     per_layer = []
     for layer in layer_list:
-        name = hook_name(site, layer)
-        delta = donor_cache[name] - acts[name]
-        g = grads[name]
-        if query_kv and site == "v":
-            gz = grads[hook_name("z", layer)]  # [b, q, h, d]
-            pat = acts[hook_name("pattern", layer)]  # [b, h, q, s]
-            dv = delta[:, :, kv_of]  # [b, s, h, d]: each query head's view of its value slot
-            score = einops.einsum(gz, pat, dv, "b q h d, b h q s, b s h d -> b s h")  # [b, pos, head]
-        elif query_kv and site == "k":
-            gs = grads[hook_name("attn_scores", layer)]  # [b, h, q, s]
-            score = einops.einsum(torch.nan_to_num(gs), deltas[layer], "b h q s, b h q s -> b s h")
-        elif kind == "pattern":
-            score = (delta * g).sum(-1).transpose(1, 2)  # [b, dest, head]
-        else:
-            score = delta * g
-            if kind in ("vec", "neuron"):
-                score = score.sum(-1) if kind == "vec" else score  # vec: [b, pos]; neuron: [b, pos, n]
-            else:
-                score = score.sum(-1)  # [b, pos, head or slot]
+        score = _layer_score(site, kind, query_kv, layer, donor_cache, acts, grads, deltas, kv_of)
         score = score * sel.view(1, -1, *([1] * (score.dim() - 2))).to(score.dtype)
-        # score is [b, pos] (vec) or [b, pos, unit]; reduce to the requested axes
-        if by in (("layer",),):
-            cell = score.sum(1)[:, None]
-        elif by == ("layer", "pos"):
-            cell = score[:, pos_list]
-        elif "pos" in by or "dest_pos" in by:
-            units = heads if heads is not None else None
-            cell = score[:, pos_list]
-            if units is not None:
-                cell = cell[:, :, list(units)]
-            if by == ("layer", "head", "dest_pos"):
-                cell = cell.transpose(1, 2)
-            cell = cell.reshape(cell.shape[0], -1)
-        else:  # all positions: (layer, head | kv_head | neuron)
-            cell = score.sum(1)
-            units = neurons if kind == "neuron" else heads
-            if units is not None:
-                cell = cell[:, list(units)]
-        per_layer.append(cell.T)  # [cells, b]
+        per_layer.append(_cells(score, by, pos_list, heads, neurons, kind).T)  # [cells, b]
     est = torch.stack(per_layer)  # [layer, cells, b]
     grid = _grid(by, len(pos_list), est.shape[1])
     per_example = (base + est).reshape(len(layer_list), *grid, -1)
@@ -252,6 +217,44 @@ def sweep(
         exact=exact_res,
         rank_correlation=rank_correlation(result, exact_res),
     )
+
+
+def _layer_score(site, kind, query_kv, layer, donor_cache, acts, grads, deltas, kv_of) -> torch.Tensor:
+    """One layer's first-order effect of patching each component, ``(donor - receiver) . gradient``: ``[b, pos]``
+    for a vector site, ``[b, pos, unit]`` otherwise."""
+    name = hook_name(site, layer)
+    delta = donor_cache[name] - acts[name]
+    g = grads[name]
+    if query_kv and site == "v":
+        gz = grads[hook_name("z", layer)]  # [b, q, h, d]
+        pat = acts[hook_name("pattern", layer)]  # [b, h, q, s]
+        dv = delta[:, :, kv_of]  # [b, s, h, d]: each query head's view of its value slot
+        return einops.einsum(gz, pat, dv, "b q h d, b h q s, b s h d -> b s h")  # [b, pos, head]
+    if query_kv and site == "k":
+        gs = grads[hook_name("attn_scores", layer)]  # [b, h, q, s]
+        return einops.einsum(torch.nan_to_num(gs), deltas[layer], "b h q s, b h q s -> b s h")
+    if kind == "pattern":
+        return (delta * g).sum(-1).transpose(1, 2)  # [b, dest, head]
+    score = delta * g
+    return score if kind == "neuron" else score.sum(-1)  # vec: [b, pos]; neuron: [b, pos, n]; heads: [b, pos, h]
+
+
+def _cells(score: torch.Tensor, by, pos_list, heads, neurons, kind) -> torch.Tensor:
+    """A layer's scores ``[b, pos(, unit)]`` reduced to the sweep's cells ``[b, cells]``."""
+    if by in (("layer",),):
+        return score.sum(1)[:, None]
+    if by == ("layer", "pos"):
+        return score[:, pos_list]
+    if "pos" in by or "dest_pos" in by:
+        cell = score[:, pos_list]
+        if heads is not None:
+            cell = cell[:, :, list(heads)]
+        if by == ("layer", "head", "dest_pos"):
+            cell = cell.transpose(1, 2)
+        return cell.reshape(cell.shape[0], -1)
+    cell = score.sum(1)  # all positions: (layer, head | kv_head | neuron)
+    units = neurons if kind == "neuron" else heads
+    return cell if units is None else cell[:, list(units)]
 
 
 def _grid(by: tuple[str, ...], n_pos: int, n_cells: int) -> tuple[int, ...]:

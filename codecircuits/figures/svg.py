@@ -223,25 +223,7 @@ def line_chart_svg(
 
     ``bands`` (optional) maps a name to ``(low, high)`` values per x, drawn as shaded ranges under the lines (e.g.
     the spread of a random baseline), each with a legend entry."""
-    if not series:
-        raise InputError("line_chart needs at least one series: pass series={'name': [values...]}.")
-    xs = list(x)
-    n = len(xs)
-    if n == 0:
-        raise InputError("line_chart got an empty x: pass the x values (e.g. the layers).")
-    ys = {}
-    for name, vals in series.items():
-        arr = to_array(vals, name=f"series {name!r}", ndim=1)
-        if len(arr) != n:
-            raise InputError(f"series {name!r} has {len(arr)} values but x has {n}: give one value per x.")
-        ys[str(name)] = arr
-    band_arrs = {}
-    for name, (lo_v, hi_v) in (bands or {}).items():
-        lo_a = to_array(lo_v, name=f"band {name!r} low", ndim=1)
-        hi_a = to_array(hi_v, name=f"band {name!r} high", ndim=1)
-        if len(lo_a) != n or len(hi_a) != n:
-            raise InputError(f"band {name!r} has {len(lo_a)}/{len(hi_a)} values but x has {n}: give one per x.")
-        band_arrs[str(name)] = (lo_a, hi_a)
+    xs, n, ys, band_arrs = _line_chart_data(x, series, bands)
     numeric_x = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in xs)
     xv = np.asarray(xs, dtype=np.float64) if numeric_x else np.arange(n, dtype=np.float64)
     finite = np.concatenate(
@@ -296,6 +278,50 @@ def line_chart_svg(
         out.append(f'<text x="{px:.1f}" y="{top + ph + 16}" text-anchor="middle">{esc(s)}</text>')
     out.append("</g>")
     out.append(f'<rect class="frame" x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none"/>')
+    lx = left + pw + 14
+    out += _bands(band_arrs, xv, sx, sy, lx, top + 8 + 18 * len(ys))
+    out += _series(ys, xs, xv, sx, sy, lx, top + 8, x_title, y_title)
+    if x_title:
+        out.append(
+            f'<text class="axis-title" x="{left + pw / 2:.1f}" y="{height - 10}" text-anchor="middle">{esc(x_title)}</text>'
+        )
+    if y_title:
+        out.append(
+            f'<text class="axis-title" transform="translate(13,{top + ph / 2:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{esc(y_title)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _line_chart_data(x, series, bands):
+    """The checked inputs of :func:`line_chart_svg`: x values, their count, series and bands as float arrays."""
+    if not series:
+        raise InputError("line_chart needs at least one series: pass series={'name': [values...]}.")
+    xs = list(x)
+    n = len(xs)
+    if n == 0:
+        raise InputError("line_chart got an empty x: pass the x values (e.g. the layers).")
+    ys = {}
+    for name, vals in series.items():
+        arr = to_array(vals, name=f"series {name!r}", ndim=1)
+        if len(arr) != n:
+            raise InputError(f"series {name!r} has {len(arr)} values but x has {n}: give one value per x.")
+        ys[str(name)] = arr
+    band_arrs = {}
+    for name, (lo_v, hi_v) in (bands or {}).items():
+        lo_a = to_array(lo_v, name=f"band {name!r} low", ndim=1)
+        hi_a = to_array(hi_v, name=f"band {name!r} high", ndim=1)
+        if len(lo_a) != n or len(hi_a) != n:
+            raise InputError(f"band {name!r} has {len(lo_a)}/{len(hi_a)} values but x has {n}: give one per x.")
+        band_arrs[str(name)] = (lo_a, hi_a)
+    return xs, n, ys, band_arrs
+
+
+def _bands(band_arrs, xv, sx, sy, lx: float, ly0: float) -> list[str]:
+    """The shaded ``(low, high)`` ranges and their legend entries."""
+    out = []
+    n = len(xv)
     for j, (name, (lo_a, hi_a)) in enumerate(band_arrs.items()):
         ok = [i for i in range(n) if math.isfinite(lo_a[i]) and math.isfinite(hi_a[i])]
         if ok:
@@ -306,12 +332,18 @@ def line_chart_svg(
                 f'<polygon class="band" data-name="{esc(name)}" points="{" ".join(pts)}" fill="#7f7f7f" '
                 f'fill-opacity="0.18" stroke="none"><title>{esc(name)}</title></polygon>'
             )
-        ly = top + 8 + 18 * (len(ys) + j)
-        lx = left + pw + 14
+        ly = ly0 + 18 * j
         out.append(
             f'<g class="legend"><rect x="{lx}" y="{ly - 5}" width="18" height="10" fill="#7f7f7f" fill-opacity="0.3"/>'
             f'<text x="{lx + 24}" y="{ly + 4}">{esc(_clip_label(name, 28))}</text></g>'
         )
+    return out
+
+
+def _series(ys, xs, xv, sx, sy, lx: float, ly0: float, x_title: str, y_title: str) -> list[str]:
+    """Each series' line (broken at non-finite values), its markers with tooltips, and its legend entry."""
+    out = []
+    n = len(xv)
     for i, (name, arr) in enumerate(ys.items()):
         col = PALETTE[i % len(PALETTE)]
         segs, cur = [], []
@@ -334,20 +366,9 @@ def line_chart_svg(
                     f'<circle cx="{sx(xi):.1f}" cy="{sy(yi):.1f}" r="{r}" fill="{col}"><title>{esc(tip)}</title></circle>'
                 )
         out.append("</g>")
-        ly = top + 8 + 18 * i
-        lx = left + pw + 14
+        ly = ly0 + 18 * i
         out.append(
             f'<g class="legend"><line x1="{lx}" x2="{lx + 18}" y1="{ly}" y2="{ly}" stroke="{col}" stroke-width="2.5"/>'
             f'<text x="{lx + 24}" y="{ly + 4}">{esc(_clip_label(name, 28))}</text></g>'
         )
-    if x_title:
-        out.append(
-            f'<text class="axis-title" x="{left + pw / 2:.1f}" y="{height - 10}" text-anchor="middle">{esc(x_title)}</text>'
-        )
-    if y_title:
-        out.append(
-            f'<text class="axis-title" transform="translate(13,{top + ph / 2:.1f}) rotate(-90)" '
-            f'text-anchor="middle">{esc(y_title)}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
+    return out
