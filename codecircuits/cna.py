@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ablation, intervals
-from .core.batching import n_prompts, parse_budget, prompt_batches
+from .core.batching import budget_from_megabytes, n_prompts, parse_budget, prompt_batches
 from .core.merging import PER_PROMPT, concat_per_prompt
 from .core.metrics import evaluate, rowwise
 from .core.runner import row_bytes
@@ -35,6 +35,7 @@ from .core.sites import Head, Neuron, check_heads
 from .errors import InputError
 from .intervals import Interval
 from .neurons import (
+    DEFAULT_READOUT_BUDGET,
     check_position,
     clean_run,
     ffn_scores_batch,
@@ -169,6 +170,11 @@ def head_sweep(
     forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows. One process;
     ``codecircuits.distributed.run(cna.head_sweep, ..., workers=N)`` shards the prompts over workers.
     """
+    if max_rows is not None:
+        import warnings
+
+        warnings.warn("cna.head_sweep(max_rows=...) is deprecated: pass memory_budget (bytes or a string like "
+                      "'500MB'), the one name of a memory limit across codecircuits.", DeprecationWarning, stacklevel=2)
     if max_rows is not None and max_rows < 1:
         raise InputError(f"max_rows must be at least 1, got {max_rows}.")
     if max_rows is not None and memory_budget is not None:
@@ -397,7 +403,8 @@ def compare(
     all_layers: bool = False,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
-    memory_mb: float = 256,
+    memory_budget=DEFAULT_READOUT_BUDGET,
+    memory_mb: float | None = None,
     progress: bool = True,
 ) -> CNAResult:
     """Comparative neuron analysis of the model against the model with ``head = (layer, head)`` ablated.
@@ -405,6 +412,7 @@ def compare(
     Scores the layers from the head's layer on (``all_layers=True``: every layer, to see the importances
     there too; ``layers``: only these, e.g. the last few, where value neurons concentrate, to save time).
     ``codecircuits.distributed.run(cna.compare, ..., workers=N)`` shards the prompts over workers."""
+    memory_budget = budget_from_megabytes(memory_budget, memory_mb, "cna.compare")
     head = (int(head[0]), int(head[1]))
     hooks = head_zero_hooks(model, [head])
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
@@ -430,7 +438,7 @@ def compare(
         run_o = clean_run(model, toks, pos)
         run_a = clean_run(model, toks, pos, fwd_hooks=hooks)
         t = run_o["logits"].argmax(-1) if tgt is None else tgt[ix]
-        kw = dict(exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers)
+        kw = dict(exact_authors_lens=exact_authors_lens, memory_budget=memory_budget, layers=layers)
         # both runs in one batch: the readout rows W_out @ W_U are computed once and shared by M and M'
         both = {k: torch.cat([run_o[k], run_a[k]]) for k in ("post", "ffn_base")}
         with torch.no_grad():

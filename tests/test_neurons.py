@@ -50,7 +50,7 @@ def test_sub_values_rebuild_the_mlp_output(tiny, runs):
 
 
 def test_every_ffn_score_matches_an_explicit_computation(tiny, runs):
-    res = neurons.ffn_neurons(tiny, PROMPTS, scores="all", progress=False, memory_mb=0.05)
+    res = neurons.ffn_neurons(tiny, PROMPTS, scores="all", progress=False, memory_budget="0.05MB")
     assert set(res.scores) == set(neurons.FFN_SCORES)
     assert res["logprob_increase"].shape == (2, tiny.cfg.n_layers, tiny.cfg.d_mlp)
     for b, (logits, cache) in enumerate(runs):
@@ -131,7 +131,7 @@ def test_head_scores_match_explicit_readout(tiny, runs):
 
 
 def test_attention_neurons_sum_to_the_head_and_match_explicit(tiny, runs):
-    res = neurons.attention_neurons(tiny, PROMPTS[:1], progress=False, memory_mb=0.05)
+    res = neurons.attention_neurons(tiny, PROMPTS[:1], progress=False, memory_budget="0.05MB")
     logits, cache = runs[0]
     n_pos = cache["blocks.0.hook_resid_pre"].shape[1]
     assert res["logprob_increase"].shape == (1, tiny.cfg.n_layers, tiny.cfg.n_heads, tiny.cfg.d_head, n_pos)
@@ -278,3 +278,11 @@ def test_a_subset_of_layers_reports_model_layer_numbers(tiny):
     assert set(part.to_dataframe()["layer"]) == {last}
     ev = neurons.evaluate_top_neurons(tiny, PROMPTS, part, k=2, random_control=False, progress=False)
     assert list(ev.table["method"]) == ["original", "logprob_increase"]
+
+
+def test_memory_mb_is_the_deprecated_name_of_memory_budget(tiny):
+    """One name for a memory limit: memory_mb still works, warns, and gives the numbers of the same memory_budget."""
+    a = neurons.ffn_neurons(tiny, PROMPTS[:2], scores="coefficient", progress=False, memory_budget="0.05MB")
+    with pytest.warns(DeprecationWarning, match="memory_budget"):
+        b = neurons.ffn_neurons(tiny, PROMPTS[:2], scores="coefficient", progress=False, memory_mb=0.05)
+    assert torch.equal(a.scores["coefficient"], b.scores["coefficient"])

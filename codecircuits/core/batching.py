@@ -35,8 +35,24 @@ def parse_budget(budget, *, default: int = DEFAULT_MEMORY_BUDGET) -> int:
 
 
 def megabytes(mb: float) -> int:
-    """Bytes of a budget given in MiB (the ``memory_mb`` arguments), through :func:`parse_budget`."""
+    """Bytes of a budget given in MiB, through :func:`parse_budget`."""
     return parse_budget(f"{float(mb)}MB")
+
+
+def budget_from_megabytes(memory_budget, memory_mb: float | None, where: str):
+    """``memory_budget``, or the budget of the deprecated ``memory_mb`` (MiB) when one is given, with a warning
+    that names the one name a memory limit has: ``memory_budget`` (bytes, or ``"256MB"``)."""
+    if memory_mb is None:
+        return memory_budget
+    import warnings
+
+    warnings.warn(
+        f"{where}(memory_mb=...) is deprecated: pass memory_budget (bytes or a string like '{float(memory_mb):g}MB'), "
+        "the one name of a memory limit across codecircuits.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return megabytes(memory_mb)
 
 
 def pad_id(model) -> int:

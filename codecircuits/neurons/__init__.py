@@ -39,12 +39,12 @@ from .evaluation import (
 )
 from .ffn import FFN_SCORES, ffn_neurons, ffn_neurons_loop, ffn_scores_batch
 from .query import QueryNeurons, query_neurons
-from .readout import DEFAULT_MEMORY_MB, add_and_score, chunk_size, readout_logits, readout_rows
+from .readout import DEFAULT_READOUT_BUDGET, add_and_score, chunk_size, readout_logits, readout_rows
 from .results import Attribution
 from .runs import check_layers, check_position, clean_run, has_resid_mid, resolve_target, target_token_strings
 
 __all__ = [
-    "DEFAULT_MEMORY_MB",
+    "DEFAULT_READOUT_BUDGET",
     "FFN_SCORES",
     "Attribution",
     "QueryNeurons",

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core.batching import n_prompts, prompt_batches
+from ..core.batching import budget_from_megabytes, n_prompts, prompt_batches
 from ..errors import InputError
 from ..models.summary import kv_groups, kv_head_of
-from .readout import DEFAULT_MEMORY_MB, add_and_score, chunk_size, readout_logits, readout_rows
+from .readout import DEFAULT_READOUT_BUDGET, add_and_score, chunk_size, readout_logits, readout_rows
 from .results import Attribution
 from .runs import check_layers, check_position, clean_run, resolve_target, target_token_strings
 
@@ -77,13 +77,15 @@ def attention_neurons(
     exact_authors_lens: bool = False,
     pos: int = -1,
     batch_size: int = 8,
-    memory_mb: float = DEFAULT_MEMORY_MB,
+    memory_budget=DEFAULT_READOUT_BUDGET,
+    memory_mb: float | None = None,
     progress: bool = True,
 ) -> Attribution:
     """Log-probability increase of every attention neuron (axes ``prompt, layer, head, dim, source``): the vector
     ``pattern[l][h, pos, p] * v[l][p, kv(h), j] * W_O[l][h, j]`` on base ``resid_pre[l]``, source positions
     kept separate. ``coefficients`` holds ``pattern * v``; summed over ``dim`` and ``source`` the vectors give the
     head's output. Grouped-/multi-query models read ``v`` of the key/value head each query head shares."""
+    memory_budget = budget_from_megabytes(memory_budget, memory_mb, "attention_neurons")
     layers = check_layers(model, layers)
     batches = prompt_batches(model, prompts, batch_size)
     n = n_prompts(batches)
@@ -109,7 +111,7 @@ def attention_neurons(
                 base_logits = readout_logits(model, run["resid_pre"][:, layer], run["scale"], exact_authors_lens)
                 blp = torch.log_softmax(base_logits, -1).gather(1, t[:, None])[:, 0]
                 w_o = model.W_O[layer].float().reshape(n_heads * d_head, -1)
-                chunk = chunk_size(1, model.cfg.d_vocab, 1, memory_mb)  # rows; add_and_score scores in pieces
+                chunk = chunk_size(1, model.cfg.d_vocab, 1, memory_budget)  # rows; add_and_score scores in pieces
                 vals = torch.zeros_like(coef)
                 for s in range(0, n_heads * d_head, chunk):
                     e = min(n_heads * d_head, s + chunk)

@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from ..core.batching import n_prompts, prompt_batches
+from ..core.batching import budget_from_megabytes, n_prompts, prompt_batches
 from ..errors import InputError
-from .readout import DEFAULT_MEMORY_MB, SCORE_MB, add_and_score, chunk_size, readout_logits, readout_rows
+from .readout import DEFAULT_READOUT_BUDGET, SCORE_BUDGET, add_and_score, chunk_size, readout_logits, readout_rows
 from .results import Attribution
 from .runs import check_layers, check_position, clean_run, resolve_target, target_token_strings
 
@@ -48,7 +48,7 @@ def _param(model, name: str):
 def _rank_score(rows, target) -> torch.Tensor:
     """Reciprocal rank (1 / (1 + #tokens scored above w)) of w in each row's projection: ``[B, c]``."""
     rw = rows[:, target].T  # [B, c]
-    piece = chunk_size(1, 1, target.shape[0] * rows.shape[1], SCORE_MB * 4)  # bool elements are a quarter the size
+    piece = chunk_size(1, 1, target.shape[0] * rows.shape[1], SCORE_BUDGET * 4)  # bool elements are a quarter the size
     above = torch.cat(
         [
             (rows[s : s + piece].unsqueeze(0) > rw[:, s : s + piece].unsqueeze(-1)).sum(-1)
@@ -71,14 +71,14 @@ def ffn_scores_batch(
     scores: Sequence[str],
     *,
     exact_authors_lens: bool,
-    memory_mb: float,
+    memory_budget,
     layers: Sequence[int],
     scale: Float[torch.Tensor, "batch 1"] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """FFN neuron ``scores`` (names from :data:`FFN_SCORES`) of one batch, from a :func:`clean_run` dict (its
     ``post`` and ``ffn_base``) for the ``target`` token of each row: ``({score: [batch, len(layers), d_mlp]},
     base_logprob [batch, len(layers)])``. ``scale`` overrides the run's own final scale (CNA reads an ablated
-    run through the clean run's scale); ``memory_mb`` bounds the readout rows computed at once."""
+    run through the clean run's scale); ``memory_budget`` bounds the readout rows computed at once."""
     scale = run["scale"] if scale is None else scale
     n_b = target.shape[0]
     d_mlp, d_vocab = model.cfg.d_mlp, model.cfg.d_vocab
@@ -86,7 +86,7 @@ def ffn_scores_batch(
     res = {s: torch.zeros(n_b, len(layers), d_mlp) for s in scores}
     base_lp_all = torch.zeros(n_b, len(layers))
     bias = _lens_bias(model, exact_authors_lens)
-    chunk = chunk_size(1, d_vocab, 1, memory_mb)  # readout rows per chunk; add_and_score scores them in pieces
+    chunk = chunk_size(1, d_vocab, 1, memory_budget)  # readout rows per chunk; add_and_score scores them in pieces
     for li, layer in enumerate(layers):
         w_out = model.W_out[layer].float()  # [d_mlp, d_model]
         coef = run["post"][:, layer]  # [B, d_mlp]
@@ -138,7 +138,8 @@ def ffn_neurons(
     pos: int = -1,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
-    memory_mb: float = DEFAULT_MEMORY_MB,
+    memory_budget=DEFAULT_READOUT_BUDGET,
+    memory_mb: float | None = None,
     progress: bool = True,
 ) -> Attribution:
     """Scores of every FFN neuron of every layer (axes ``prompt, layer, neuron``) for the target at ``pos``.
@@ -149,6 +150,7 @@ def ffn_neurons(
     Prompts of different token lengths are grouped into equal-length batches automatically. One process;
     ``codecircuits.distributed.run(ffn_neurons, ..., workers=N)`` shards the prompts over workers.
     """
+    memory_budget = budget_from_megabytes(memory_budget, memory_mb, "ffn_neurons")
     scores = FFN_SCORES if scores == "all" else _check_scores(scores, FFN_SCORES)
     layers = check_layers(model, layers)
     batches = prompt_batches(model, prompts, batch_size)
@@ -164,7 +166,7 @@ def ffn_neurons(
         t = run["logits"].argmax(-1) if tgt is None else tgt[ix]
         with torch.no_grad():
             res, blp = ffn_scores_batch(
-                model, run, t, scores, exact_authors_lens=exact_authors_lens, memory_mb=memory_mb, layers=layers
+                model, run, t, scores, exact_authors_lens=exact_authors_lens, memory_budget=memory_budget, layers=layers
             )
         for s in scores:
             out[s][ix] = res[s]

@@ -17,16 +17,16 @@ from __future__ import annotations
 import torch
 
 from .. import lens
-from ..core.batching import megabytes
+from ..core.batching import parse_budget
 
-#: the default ``memory_mb`` of the scoring functions: MiB of float32 readout rows (``[components, d_vocab]``)
+#: the default ``memory_budget`` of the scoring functions: float32 readout rows (``[components, d_vocab]``)
 #: computed at once; each chunk of rows streams the whole unembedding once, so larger chunks read it fewer times
-DEFAULT_MEMORY_MB = 256
-#: MiB of float32 ``[prompt, component, d_vocab]`` logits scored at once inside a chunk of rows. Kept small so the
+DEFAULT_READOUT_BUDGET = "256MB"
+#: float32 ``[prompt, component, d_vocab]`` logits scored at once inside a chunk of rows (bytes). Kept small so the
 #: allocator reuses its buffers: glibc maps every allocation above 32 MiB fresh from the kernel, and zeroing those
 #: pages cost as much system time as the scoring itself (Table 2 of the CNA study: 107 s system beside 100 s user
 #: with 256 MiB pieces, 0.1 s with 16 MiB)
-SCORE_MB = 16
+SCORE_BUDGET = 16 * 1024**2
 
 
 def readout_rows(model, vectors: torch.Tensor) -> torch.Tensor:
@@ -37,21 +37,22 @@ def readout_rows(model, vectors: torch.Tensor) -> torch.Tensor:
     return vectors.float() @ model.W_U.float()
 
 
-def chunk_size(n_rows: int, d_vocab: int, per_row: int, memory_mb: float) -> int:
+def chunk_size(n_rows: int, d_vocab: int, per_row: int, memory_budget) -> int:
     """How many neurons (or other components) to score at once so that ``n_rows`` prompts x ``per_row`` logit
-    vectors of ``d_vocab`` float32 values per component fit in ``memory_mb`` MiB (at least one)."""
-    budget = megabytes(memory_mb) / 4  # float32 elements
+    vectors of ``d_vocab`` float32 values per component fit in ``memory_budget`` (bytes or ``"256MB"``; at least
+    one)."""
+    budget = parse_budget(memory_budget) / 4  # float32 elements
     return max(1, int(budget // max(1, n_rows * per_row * d_vocab)))
 
 
-def add_and_score(base_logits, base_lp, coef, rows, target, want: set[str], alone_bias=None, score_mb=SCORE_MB):
+def add_and_score(base_logits, base_lp, coef, rows, target, want: set[str], alone_bias=None, score_budget=SCORE_BUDGET):
     """Scores for adding ``coef[b, c, *rest] * rows[c]`` to ``base_logits[b]``. Returns dict of ``[b, c, *rest]``.
 
     ``base_logits [B, V]`` include the 1/scale factor; ``coef`` already carries 1/scale. The components are scored
-    in pieces of at most ``score_mb`` MiB of logits (:data:`SCORE_MB`); the numbers do not depend on it.
+    in pieces of at most ``score_budget`` bytes of logits (:data:`SCORE_BUDGET`); the numbers do not depend on it.
     """
     per_component = coef.shape[0] * max(1, coef[0, 0].numel()) * rows.shape[1]
-    piece = chunk_size(1, 1, per_component, score_mb)
+    piece = chunk_size(1, 1, per_component, score_budget)
     if piece >= coef.shape[1]:
         return _add_and_score(base_logits, base_lp, coef, rows, target, want, alone_bias)
     parts = [
