@@ -23,6 +23,7 @@ the sweep ends.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -397,22 +398,11 @@ def sweep(
     site, kind, by = st.site, st.kind, st.by
     clean_t, corr_t, recv_t, donor_t = st.clean_t, st.corr_t, st.recv_t, st.donor_t
     layer_list, pos_list, n_pos = st.layer_list, st.pos_list, int(st.clean_t.shape[1])
-    cfg = model.cfg
-    n_heads = int(cfg.n_heads)
-    n_kv = n_kv_heads(model)
-    if kind == "neuron":
-        n_units, units = int(cfg.d_mlp), neurons
-    elif "kv_head" in by:
-        n_units, units = n_kv, heads
-    else:
-        n_units, units = n_heads, heads
-    if units is not None:
-        units = [int(u) for u in units]
-        if any(not 0 <= u < n_units for u in units):
-            raise InputError(f"Indices {units} are out of range for {n_units} {by[-1]}s.")
+    n_units, units = _units(model, kind, by, heads, neurons)
     d = first_difference(clean_t, corr_t)
     grid, plans = _plan(by, layer_list, n_units, pos_list, d, units)
 
+    n_heads, n_kv = int(model.cfg.n_heads), n_kv_heads(model)
     query_kv = kind == "kv" and "head" in by and n_kv != n_heads  # per-query-head patch of a shared slot
     sk = SITE_KINDS[site]
     hook_names = [sk.hook(layer) for layer in layer_list]
@@ -432,64 +422,21 @@ def sweep(
     n_cells = math.prod(grid) if grid else 1
     per_example = base.expand(len(layer_list), n_cells, n_ex).clone()  # cells that change nothing keep the base
     layer_index = {layer: i for i, layer in enumerate(layer_list)}
-    kv_of = torch.tensor(kv_head_of(model), device=recv_t.device)
     sel_pos = torch.zeros(n_pos, dtype=torch.bool, device=recv_t.device)
     sel_pos[pos_list] = True
     sel_pos[:d] = False  # positions before the first difference are identical in both runs
+    cells = _CellHooks(site, kind, query_kv, donor_cache, receiver, sel_pos, n_heads,
+                       torch.tensor(kv_head_of(model), device=recv_t.device))
     overhead = receiver.forward_overhead() if len(plans) > 4 else 0.0
-    max_cells = (
-        receiver.cells_per_chunk(min(p.start for p in plans), memory_budget) if plans else 1
-    )
+    max_cells = receiver.cells_per_chunk(min(p.start for p in plans), memory_budget) if plans else 1
     groups = _merge(plans, n_pos, n_ex, overhead, max_cells)
     total = sum(len(p.cells) for p in plans)
     with progress_bar(total, f"patching {site}", progress) as bar:
         for grp in groups:
-            start = grp.start
-            g_layer, g_pos, g_unit = (t.to(recv_t.device) for t in (grp.layers, grp.pos, grp.unit))
-
-            def make_hooks(cell_of_row, ex_of_row, g_layer=g_layer, g_pos=g_pos, g_unit=g_unit, start=start):
-                lay_of_row, pos_of_row, unit_of_row = g_layer[cell_of_row], g_pos[cell_of_row], g_unit[cell_of_row]
-                # [rows, s] which suffix positions each row patches
-                q = torch.arange(start, n_pos, device=pos_of_row.device)
-                pmask = torch.where(
-                    pos_of_row[:, None] < 0, sel_pos[start:][None, :], q[None, :] == pos_of_row[:, None]
-                )
-                hooks = []
-                for L in sorted(set(lay_of_row.tolist())):
-                    on = lay_of_row == L  # the rows that patch at this layer
-                    name = sk.hook(L)
-                    pm = pmask & on[:, None]
-                    if kind == "vec":
-                        m = pm[:, :, None]
-                    elif kind in ("head", "kv", "neuron"):
-                        n_slots = donor_cache[name].shape[2]
-                        slot = kv_of[unit_of_row] if query_kv else unit_of_row
-                        umask = torch.nn.functional.one_hot(slot, n_slots).bool()  # [rows, slots]
-                        m = pm[:, :, None] & umask[:, None, :]
-                        m = m[..., None] if donor_cache[name].dim() == 4 else m
-                    else:  # pattern [rows, head, dest, src]: whole rows of the patched destination positions
-                        umask = torch.nn.functional.one_hot(unit_of_row, n_heads).bool()
-                        m = umask[:, :, None, None] & pm[:, None, :, None]
-                    patch = Replace(donor_cache[name], pattern=kind == "pattern")
-                    hooks.append(hook(name, patch, m, examples=ex_of_row, offset=start))
-                    if query_kv:
-                        # the slot is shared: the other query heads of its group keep the receiver's values, which
-                        # are exact at the patched layer
-                        other = (
-                            (kv_of[None, :] == kv_of[unit_of_row][:, None])
-                            & (torch.arange(n_heads, device=kv_of.device)[None, :] != unit_of_row[:, None])
-                            & on[:, None]
-                        )  # [rows, head]
-                        if site == "k":
-                            name2, m2 = SITE_KINDS["pattern"].hook(L), other[:, :, None, None]
-                        else:
-                            name2, m2 = SITE_KINDS["z"].hook(L), other[:, None, :, None]
-                        keep = Replace(receiver[name2], pattern=site == "k")
-                        hooks.append(hook(name2, keep, m2, examples=ex_of_row, offset=start))
-                return hooks
-
+            make_hooks = functools.partial(cells.hooks, grp)
             vals = run_cells(
-                receiver, metric, grp.layer, start, len(grp.cells), make_hooks, memory_budget=memory_budget, pbar=bar
+                receiver, metric, grp.layer, grp.start, len(grp.cells), make_hooks, memory_budget=memory_budget,
+                pbar=bar,
             )
             rows_l = torch.tensor([layer_index[int(x)] for x in grp.layers], device=per_example.device)
             per_example[rows_l, grp.cells.to(per_example.device)] = vals
@@ -512,6 +459,79 @@ def sweep(
         site=site,
         method=f"patch {'clean->corrupted' if into == 'corrupted' else 'corrupted->clean'}",
     )
+
+
+def _units(model, kind: str, by: tuple[str, ...], heads, neurons) -> tuple[int, list[int] | None]:
+    """How many units a cell's last axis ranges over (neurons, key/value heads or query heads) and the subset."""
+    if kind == "neuron":
+        n_units, units = int(model.cfg.d_mlp), neurons
+    elif "kv_head" in by:
+        n_units, units = n_kv_heads(model), heads
+    else:
+        n_units, units = int(model.cfg.n_heads), heads
+    if units is not None:
+        units = [int(u) for u in units]
+        if any(not 0 <= u < n_units for u in units):
+            raise InputError(f"Indices {units} are out of range for {n_units} {by[-1]}s.")
+    return n_units, units
+
+
+@dataclass(frozen=True)
+class _CellHooks:
+    """The hooks that patch a group of cells, one batch row per (cell, example): each row replaces its cell's
+    slice of the site (positions from the group's start on, a unit) with the donor's values."""
+
+    site: str
+    kind: str
+    query_kv: bool  # a query head's own use of a key/value slot its group shares
+    donor_cache: dict
+    receiver: Receiver
+    sel_pos: torch.Tensor  # the positions a cell without a position axis patches
+    n_heads: int
+    kv_of: torch.Tensor
+
+    def hooks(self, grp, cell_of_row: torch.Tensor, ex_of_row: torch.Tensor) -> list:
+        start = grp.start
+        dev = self.sel_pos.device
+        g_layer, g_pos, g_unit = (t.to(dev) for t in (grp.layers, grp.pos, grp.unit))
+        lay_of_row, pos_of_row, unit_of_row = g_layer[cell_of_row], g_pos[cell_of_row], g_unit[cell_of_row]
+        n_pos = int(self.sel_pos.shape[0])
+        # [rows, s] which suffix positions each row patches
+        q = torch.arange(start, n_pos, device=pos_of_row.device)
+        pmask = torch.where(pos_of_row[:, None] < 0, self.sel_pos[start:][None, :], q[None, :] == pos_of_row[:, None])
+        sk, kind, n_heads, kv_of = SITE_KINDS[self.site], self.kind, self.n_heads, self.kv_of
+        hooks = []
+        for L in sorted(set(lay_of_row.tolist())):
+            on = lay_of_row == L  # the rows that patch at this layer
+            name = sk.hook(L)
+            pm = pmask & on[:, None]
+            donor = self.donor_cache[name]
+            if kind == "vec":
+                m = pm[:, :, None]
+            elif kind in ("head", "kv", "neuron"):
+                slot = kv_of[unit_of_row] if self.query_kv else unit_of_row
+                umask = torch.nn.functional.one_hot(slot, donor.shape[2]).bool()  # [rows, slots]
+                m = pm[:, :, None] & umask[:, None, :]
+                m = m[..., None] if donor.dim() == 4 else m
+            else:  # pattern [rows, head, dest, src]: whole rows of the patched destination positions
+                umask = torch.nn.functional.one_hot(unit_of_row, n_heads).bool()
+                m = umask[:, :, None, None] & pm[:, None, :, None]
+            hooks.append(hook(name, Replace(donor, pattern=kind == "pattern"), m, examples=ex_of_row, offset=start))
+            if self.query_kv:
+                # the slot is shared: the other query heads of its group keep the receiver's values, which are
+                # exact at the patched layer
+                other = (
+                    (kv_of[None, :] == kv_of[unit_of_row][:, None])
+                    & (torch.arange(n_heads, device=kv_of.device)[None, :] != unit_of_row[:, None])
+                    & on[:, None]
+                )  # [rows, head]
+                if self.site == "k":
+                    name2, m2 = SITE_KINDS["pattern"].hook(L), other[:, :, None, None]
+                else:
+                    name2, m2 = SITE_KINDS["z"].hook(L), other[:, None, :, None]
+                keep = Replace(self.receiver[name2], pattern=self.site == "k")
+                hooks.append(hook(name2, keep, m2, examples=ex_of_row, offset=start))
+        return hooks
 
 
 def patch_layers(
