@@ -95,52 +95,14 @@ def prompt_report(
     if k_heads < 1 or k_neurons < 1:
         raise InputError("k_heads and k_neurons must be at least 1.")
     toks = to_tokens(model, prompt)
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if toks.shape[1] < 2:
         raise InputError(f"prompt {prompt!r} is a single token; give at least one token after the first.")
-    names = {LN_FINAL_SCALE}
-    for layer in range(n_layers):
-        names |= {
-            hook_name("pattern", layer),
-            hook_name("resid_post", layer),
-            hook_name("post", layer),
-        }
-    # head_logits reads attn.hook_z, ln_final.hook_scale and (models with a norm after attention) its scale
-    names |= {hook_name("z", layer) for layer in range(n_layers)}
-    names |= {hook_name("ln1_post_scale", layer) for layer in range(n_layers)}
-    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
+    logits, cache = _run(model, toks)
     tokens = str_tokens(model, toks)
-
-    probs = logits[0, -1].float().softmax(-1)
-    top_p, top_i = probs.topk(5)
-    top_id = int(top_i[0])
-    top_tokens = list(zip(token_texts(model.tokenizer, top_i.tolist()), top_p.tolist()))
-
-    scale = final_scale(cache, pos=-1)
-    resid = torch.stack([cache[hook_name("resid_post", layer)][0, -1] for layer in range(n_layers)])
-    lens_logits = to_logits(model, resid, scale[0]).float()
-    lens_logprob = lens_logits.log_softmax(-1)[:, top_id]
-    is_top = lens_logits.argmax(-1) == top_id
-    first_top1 = next((layer for layer in range(n_layers) if bool(is_top[layer:].all())), None)
-
-    direct = head_logits(model, toks, [top_id], cache=cache).values[0, :, :, 0].float()  # [layer, head]
-    if heads is None:
-        order = direct.flatten().argsort(descending=True)[: min(k_heads, n_layers * n_heads)].tolist()
-        head_pairs = sorted((i // n_heads, i % n_heads) for i in order)
-    else:
-        head_pairs = parse_heads(model, heads)
-    pats = torch.stack([cache[hook_name("pattern", layer)][0, h] for layer, h in head_pairs]).float()
-    head_labels = [head_label(layer, h) for layer, h in head_pairs]
-
-    acts_last = torch.stack([cache[hook_name("post", layer)][0, -1] for layer in range(n_layers)]).float()
-    if neurons is None:
-        d_mlp = acts_last.shape[1]
-        order = acts_last.flatten().argsort(descending=True)[: min(k_neurons, acts_last.numel())].tolist()
-        neuron_pairs = [(i // d_mlp, i % d_mlp) for i in order]
-    else:
-        neuron_pairs = parse_neurons(model, neurons)
-    acts = torch.stack([cache[hook_name("post", layer)][0, :, n] for layer, n in neuron_pairs], -1).float()
-    neuron_labels = [f"L{layer}N{n}" for layer, n in neuron_pairs]
+    top_id, top_tokens = _top_tokens(model, logits)
+    lens_logprob, first_top1 = _logit_lens(model, cache, top_id)
+    direct, pats, head_labels = _chosen_heads(model, toks, cache, top_id, heads, k_heads)
+    acts, neuron_labels = _chosen_neurons(model, cache, neurons, k_neurons)
 
     name = model_name or str(getattr(model.cfg, "model_name", "model"))
     summary = PromptSummary(
@@ -164,16 +126,93 @@ def prompt_report(
         },
     )
 
-    top_shown = show_token(summary.top_token)
     bos = getattr(model.tokenizer, "bos_token_id", None)
-    has_bos = bos is not None and int(toks[0, 0]) == int(bos)
     r = Report(
         f"What {name} does on one prompt",
         subtitle="Next-token prediction, attention and MLP neurons",
         meta={"model": name},
     )
+    _prediction_section(r, summary, has_bos=bos is not None and int(toks[0, 0]) == int(bos))
+    _attention_section(r, summary, direct, pats, heads_given=heads is not None)
+    _neurons_section(r, summary, acts)
+    r.data(summary.to_dict())
+    return r, summary
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _run(model, toks):
+    """``(logits, cache)`` of one forward pass, caching only what the report reads: the attention patterns, the
+    residual stream and the MLP activations of every layer, and what :func:`head_logits` reads (``attn.hook_z``,
+    ``ln_final.hook_scale`` and, in models with a norm after attention, its scale)."""
+    n_layers = model.cfg.n_layers
+    names = {LN_FINAL_SCALE}
+    for layer in range(n_layers):
+        names |= {
+            hook_name("pattern", layer),
+            hook_name("resid_post", layer),
+            hook_name("post", layer),
+        }
+    names |= {hook_name("z", layer) for layer in range(n_layers)}
+    names |= {hook_name("ln1_post_scale", layer) for layer in range(n_layers)}
+    return model.run_with_cache(toks, names_filter=lambda n: n in names)
+
+
+def _top_tokens(model, logits) -> tuple[int, list[tuple[str, float]]]:
+    """The id of the predicted next token, and the five most likely next tokens with their probabilities."""
+    probs = logits[0, -1].float().softmax(-1)
+    top_p, top_i = probs.topk(5)
+    return int(top_i[0]), list(zip(token_texts(model.tokenizer, top_i.tolist()), top_p.tolist()))
+
+
+def _logit_lens(model, cache, top_id: int):
+    """The log-probability of token ``top_id`` read from the residual stream after each layer at the last
+    position (final-norm scale frozen), and the first layer from which it stays top-1 (None if it never does)."""
+    n_layers = model.cfg.n_layers
+    scale = final_scale(cache, pos=-1)
+    resid = torch.stack([cache[hook_name("resid_post", layer)][0, -1] for layer in range(n_layers)])
+    lens_logits = to_logits(model, resid, scale[0]).float()
+    lens_logprob = lens_logits.log_softmax(-1)[:, top_id]
+    is_top = lens_logits.argmax(-1) == top_id
+    first_top1 = next((layer for layer in range(n_layers) if bool(is_top[layer:].all())), None)
+    return lens_logprob, first_top1
+
+
+def _chosen_heads(model, toks, cache, top_id: int, heads, k_heads: int):
+    """``(direct, patterns, labels)``: every head's direct logit onto ``top_id`` at the last position
+    (``[layer, head]``), and the attention patterns and labels of ``heads`` (by default the ``k_heads`` heads with
+    the largest direct logit, in layer order)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    direct = head_logits(model, toks, [top_id], cache=cache).values[0, :, :, 0].float()  # [layer, head]
+    if heads is None:
+        order = direct.flatten().argsort(descending=True)[: min(k_heads, n_layers * n_heads)].tolist()
+        head_pairs = sorted((i // n_heads, i % n_heads) for i in order)
+    else:
+        head_pairs = parse_heads(model, heads)
+    pats = torch.stack([cache[hook_name("pattern", layer)][0, h] for layer, h in head_pairs]).float()
+    return direct, pats, [head_label(layer, h) for layer, h in head_pairs]
+
+
+def _chosen_neurons(model, cache, neurons, k_neurons: int):
+    """``(acts, labels)``: the activations ``[position, neuron]`` and labels of ``neurons`` (by default the
+    ``k_neurons`` neurons with the largest activation at the last position, largest first)."""
+    n_layers = model.cfg.n_layers
+    acts_last = torch.stack([cache[hook_name("post", layer)][0, -1] for layer in range(n_layers)]).float()
+    if neurons is None:
+        d_mlp = acts_last.shape[1]
+        order = acts_last.flatten().argsort(descending=True)[: min(k_neurons, acts_last.numel())].tolist()
+        neuron_pairs = [(i // d_mlp, i % d_mlp) for i in order]
+    else:
+        neuron_pairs = parse_neurons(model, neurons)
+    acts = torch.stack([cache[hook_name("post", layer)][0, :, n] for layer, n in neuron_pairs], -1).float()
+    return acts, [f"L{layer}N{n}" for layer, n in neuron_pairs]
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def _prediction_section(r: Report, summary: PromptSummary, *, has_bos: bool) -> None:
+    """The prompt, the key numbers, the top five next tokens and the logit lens of the predicted one."""
+    top_shown = show_token(summary.top_token)
     r.section("Prediction", text="The prompt, and the token the model puts first after it.")
-    r.code(prompt, title="Prompt")
+    r.code(summary.prompt, title="Prompt")
     r.metrics(
         summary.metrics(),
         labels={
@@ -185,11 +224,11 @@ def prompt_report(
         },
     )
     r.table(
-        [{"rank": i + 1, "token": show_token(t), "probability": p} for i, (t, p) in enumerate(top_tokens)],
+        [{"rank": i + 1, "token": show_token(t), "probability": p} for i, (t, p) in enumerate(summary.top_tokens)],
         caption="Top five next tokens",
     )
     r.line_chart(
-        list(range(n_layers)),
+        list(range(len(summary.lens_logprob))),
         {f"log-prob of {top_shown!r}": summary.lens_logprob},
         title="Where the prediction emerges",
         x_title="layer (residual stream after it)",
@@ -197,6 +236,12 @@ def prompt_report(
         caption="Logit lens: each layer's residual stream at the last position read through the unembedding, "
         "with the final norm's scale frozen at its clean value.",
     )
+
+
+def _attention_section(r: Report, summary: PromptSummary, direct, pats, *, heads_given: bool) -> None:
+    """Every head's direct logit onto the prediction, and the attention patterns of the chosen heads."""
+    top_shown = show_token(summary.top_token)
+    n_layers, n_heads = direct.shape
     r.section(
         "Attention",
         text=f"Which heads write the prediction: each head's output at the last position read through the "
@@ -214,13 +259,19 @@ def prompt_report(
         center=0.0,
     )
     r.attention(
-        tokens,
+        summary.tokens,
         pats.cpu(),
-        head_labels,
-        title="Attention patterns of the heads writing most toward the prediction"
-        if heads is None
-        else "Attention patterns of the chosen heads",
+        summary.heads,
+        title="Attention patterns of the chosen heads"
+        if heads_given
+        else "Attention patterns of the heads writing most toward the prediction",
     )
+
+
+def _neurons_section(r: Report, summary: PromptSummary, acts) -> None:
+    """The chosen neurons' activations over the prompt: a heatmap, the pick-one view and the first one's token
+    values."""
+    tokens, neuron_labels = summary.tokens, summary.neurons
     r.section(
         "Neurons", text="MLP neurons (after the activation function) with the largest activation at the last position."
     )
@@ -255,5 +306,3 @@ def prompt_report(
         marked=[len(tokens) - 1],
         caption="The outlined token is the last position, where the neuron was chosen. " + first_note,
     )
-    r.data(summary.to_dict())
-    return r, summary
