@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import ablation, intervals
+from . import ablation, figures, intervals
 from .core.batching import budget_from_megabytes, n_prompts, parse_budget, prompt_batches
 from .core.merging import PER_PROMPT, concat_per_prompt
 from .core.metrics import evaluate, rowwise
@@ -114,9 +114,25 @@ class HeadSweep:
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` heads whose ablation hurts most (accuracy drop, then log-probability drop)."""
-        df = self.to_dataframe().sort_values(["accuracy_drop", "logprob_drop"], ascending=False)
+        """The ``k`` rows of :meth:`to_dataframe` whose ablation hurts most: the largest signed ``accuracy_drop``
+        first, ties broken by the larger ``logprob_drop`` (a stable sort: then by layer and head)."""
+        df = self.to_dataframe().sort_values(["accuracy_drop", "logprob_drop"], ascending=False, kind="stable")
         return df.head(k).reset_index(drop=True)
+
+    def plot(self, of: str = "accuracy_drop") -> figures.Figure:
+        """A layer × head heatmap of ``of``: ``"accuracy_drop"`` (default; positive = the head helps),
+        ``"logprob_drop"``, ``"accuracy"`` or ``"logprob"``."""
+        grids = {
+            "accuracy_drop": self.accuracy_drop,
+            "logprob_drop": self.base_logprob - self.logprob,
+            "accuracy": self.accuracy,
+            "logprob": self.logprob,
+        }
+        if of not in grids:
+            raise InputError(f"plot(of={of!r}): choose one of {', '.join(map(repr, grids))}.")
+        centred = of.endswith("_drop")
+        return figures.heatmap(grids[of].float(), title=f"each head ablated alone: {of.replace('_', ' ')}",
+                               y_title="layer", x_title="head", center=0.0 if centred else None, value_label=of)
 
     def top_head(self) -> tuple[int, int]:
         row = self.top(1).iloc[0]
@@ -355,14 +371,18 @@ class CNAResult:
         return out
 
     def top(self, k: int = 10, prompt: int | None = None) -> pd.DataFrame:
-        """The top-``k`` neurons by CNA for one prompt, or by the mean over prompts."""
+        """The ``k`` neurons with the largest signed CNA (the mean over prompts, or ``prompt``'s), largest first, one
+        row per neuron (:meth:`to_dataframe` has one per prompt and neuron), among the layers the ablation
+        reaches."""
 
         def pick(t):
             return t.nanmean(0) if prompt is None else t[prompt]
 
         cna = self._reachable(pick(self.cna))
-        top = cna.flatten().topk(min(k, int(torch.isfinite(cna).sum())))
-        layer, neuron = torch.unravel_index(top.indices, cna.shape)
+        ranked = torch.sort(cna.flatten(), descending=True, stable=True)
+        n = min(k, int(torch.isfinite(cna).sum()))
+        values, order = ranked.values[:n], ranked.indices[:n]
+        layer, neuron = torch.unravel_index(order, cna.shape)
         cols = {
             "imp_original": pick(self.imp_original),
             "imp_ablated": pick(self.imp_ablated),
@@ -370,7 +390,7 @@ class CNAResult:
             "coef_ablated": pick(self.coef_ablated),
         }
         rows = []
-        for r, (li, ni, v) in enumerate(zip(layer.tolist(), neuron.tolist(), top.values.tolist())):
+        for r, (li, ni, v) in enumerate(zip(layer.tolist(), neuron.tolist(), values.tolist())):
             row = {"rank": r + 1, "layer": li, "neuron": ni, "name": str(Neuron(li, ni)), "cna": v}
             row.update({c: float(t[li, ni]) for c, t in cols.items()})
             rows.append(row)
@@ -390,6 +410,11 @@ class CNAResult:
         """Per layer: mean over prompts of the summed positive CNA (where the head's effect lands)."""
         pos = self.cna.clamp(min=0).sum(-1).mean(0)
         return pd.DataFrame({"layer": range(len(pos)), "positive_cna": pos.tolist()})
+
+    def plot(self, k: int = 20, prompt: int | None = None) -> figures.Figure:
+        """The top ``k`` neurons by CNA (:meth:`top`) as bars."""
+        return figures.top_bars(self.top(k, prompt), "cna", label="name",
+                                title=f"CNA against head {Head(*self.head)}: top {k} neurons")
 
 
 def compare(
@@ -491,9 +516,20 @@ class MaskKeepTable:
     def to_dataframe(self) -> pd.DataFrame:
         return self.table.copy()
 
-    def top(self, k: int = 5) -> pd.DataFrame:
-        """The first ``k`` rows (smallest N first)."""
-        return self.table.sort_values("N").head(k).reset_index(drop=True)
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` rows of :meth:`to_dataframe` where masking the top-N CNA neurons lowers accuracy most (the
+        largest signed ``mask_acc_decrease_pct`` first; the table itself is in the order of N)."""
+        return self.table.sort_values("mask_acc_decrease_pct", ascending=False, kind="stable").head(k).reset_index(
+            drop=True
+        )
+
+    def plot(self) -> figures.Figure:
+        """The accuracy decrease (%) over N when the top-N CNA neurons are masked, when every other neuron is
+        (keep), and when N random neurons are (the control)."""
+        t = self.table.sort_values("N", kind="stable")
+        series = {kind.replace("_", " "): t[f"{kind}_acc_decrease_pct"].tolist() for kind in _MASK_KINDS}
+        return figures.lines([int(n) for n in t["N"]], series, title=f"mask / keep: head {Head(*self.head)}",
+                             x_title="N (neurons)", y_title="accuracy decrease (%)")
 
     @property
     def ns(self) -> list[int]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import figures
 from .core.sites import head_label, hook_name
 from .errors import InputError
 from .lens import HeadLogits, head_logits, run_cache
@@ -101,12 +102,24 @@ class PromoterHeads:
                     )
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5, n_open: int | None = None):
+    def top(self, k: int = 10, n_open: int | None = None):
+        """The ``k`` rows of :meth:`to_dataframe` (one per count and head; only ``n_open``'s when given) with the
+        largest F1, largest first, ties broken by the larger ``mean_logit`` (a stable sort)."""
         df = self.to_dataframe()
         if n_open is not None:
             self._ci(n_open)
             df = df[df.n_open == n_open]
-        return df.sort_values(["f1", "mean_logit"], ascending=False).head(k)
+        return df.sort_values(["f1", "mean_logit"], ascending=False, kind="stable").head(k)
+
+    def plot(self, n_open: int | None = None):
+        """A layer × head heatmap of each head's F1 as a promoter of ``n_open`` parens (default: the macro F1 over
+        the counts, :meth:`macro_f1`)."""
+        if n_open is None:
+            values, what = self.macro_f1(), "macro F1 over the counts"
+        else:
+            values, what = self.f1[self._ci(n_open)], f"F1 for {n_open} parens"
+        return figures.heatmap(values.float(), title=f"paren-promoting heads: {what}", y_title="layer", x_title="head",
+                               vmin=0.0, vmax=1.0, value_label="F1")
 
 
 def paren_promoters(
@@ -315,8 +328,20 @@ class CountingHeads:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5, by: str = "score"):
-        return self.to_dataframe().sort_values(by, ascending=False, key=lambda s: s.abs()).head(k)
+    def top(self, k: int = 10, by: str = "score"):
+        """The ``k`` rows of :meth:`to_dataframe` with the largest ``|by|`` (``score``, the default, is never
+        negative; a correlation's sign is not the point), largest first."""
+        return self.to_dataframe().sort_values(by, ascending=False, kind="stable", key=lambda s: s.abs()).head(k)
+
+    def plot(self, by: str = "score"):
+        """A layer × head heatmap of ``by``: ``"score"`` (default), ``"attn_corr"`` or ``"output_corr"``."""
+        grids = {"score": self.score(), "attn_corr": self.attn_corr}
+        if self.output_corr is not None:
+            grids["output_corr"] = self.output_corr
+        if by not in grids:
+            raise InputError(f"plot(by={by!r}): choose one of {', '.join(map(repr, grids))}.")
+        return figures.heatmap(grids[by].float(), title=f"counting heads: {by.replace('_', ' ')}", y_title="layer",
+                               x_title="head", center=None if by == "score" else 0.0, value_label=by)
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -515,8 +540,19 @@ class CountTracking:
                 )
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5, by: str = "partial_corr"):
-        return self.to_dataframe().sort_values(by, ascending=False, key=lambda s: s.abs().fillna(0)).head(k)
+    def top(self, k: int = 10, by: str = "partial_corr"):
+        """The ``k`` rows of :meth:`to_dataframe` with the largest ``|by|`` (a correlation's sign is not the point;
+        NaN counts as 0), largest first."""
+        return self.to_dataframe().sort_values(
+            by, ascending=False, kind="stable", key=lambda s: s.abs().fillna(0)
+        ).head(k)
+
+    def plot(self, by: str = "partial_corr"):
+        """A layer × head heatmap of ``by``: ``"partial_corr"`` (default) or ``"raw_corr"``."""
+        if by not in ("partial_corr", "raw_corr"):
+            raise InputError(f"plot(by={by!r}): choose 'partial_corr' or 'raw_corr'.")
+        return figures.heatmap(getattr(self, by).float(), title=f"count tracking: {by.replace('_', ' ')}",
+                               y_title="layer", x_title="head", center=0.0, value_label=by)
 
 
 def count_tracking(

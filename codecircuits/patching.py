@@ -142,13 +142,14 @@ class SweepResult:
         return pd.DataFrame(data)
 
     def top(self, k: int = 10, *, by: str | None = None, absolute: bool = True) -> pd.DataFrame:
-        """The ``k`` cells with the largest (absolute) ``by`` column: recovery for patching, effect otherwise."""
+        """The ``k`` rows of :meth:`to_dataframe` with the largest ``|by|`` (``absolute=False``: the largest ``by``),
+        largest first: ``by`` is recovery for patching, effect otherwise."""
         df = self.to_dataframe()
         by = by or ("recovery" if self.source is not None else "effect")
         if by not in df.columns:
             raise InputError(f"Cannot rank by {by!r}: choose one of {', '.join(df.columns)}.")
         key = df[by].abs() if absolute else df[by]
-        return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
+        return df.loc[key.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
 
     def plot(self, of: str | None = None, *, title: str | None = None) -> Figure:
         """The sweep as a figure: a heatmap over the first axis and the rest (a 3-D sweep's last axes merged), or a

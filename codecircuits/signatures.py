@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import corpus as corpus_mod
+from . import figures
 from .errors import InputError
 
 __all__ = [
@@ -189,7 +190,15 @@ class TaskVector:
         )
 
     def top(self, k: int = 10):
-        return self.to_dataframe().sort_values("norm", ascending=False).head(k)
+        """The ``k`` rows of :meth:`to_dataframe` (tensors) with the largest delta ``norm`` (never negative), largest
+        first."""
+        return self.to_dataframe().sort_values("norm", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """The norm of the deltas per layer (:meth:`norm_profile`)."""
+        prof = self.norm_profile()
+        return figures.lines(list(prof), {self.name: list(prof.values())}, title=f"{self.name}: delta norm by layer",
+                             x_title="layer", y_title="L2 norm")
 
 
 def task_vector(model_or_state, base: Mapping[str, torch.Tensor], name: str = "task") -> TaskVector:
@@ -739,6 +748,15 @@ class FinetuneRun:
         import pandas as pd
 
         return pd.DataFrame({"step": range(len(self.losses)), "loss": self.losses})
+
+    def top(self, k: int = 10):
+        """The ``k`` rows of :meth:`to_dataframe` (steps) with the largest loss, largest first."""
+        return self.to_dataframe().sort_values("loss", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """The training loss per step."""
+        return figures.lines(list(range(len(self.losses))), {"loss": list(self.losses)},
+                             title=f"fine-tune {self.task_vector.name}: loss", x_title="step", y_title="loss")
 
 
 def finetune(

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import figures
 from .errors import InputError
 
 EOT = "<|endoftext|>"
@@ -330,6 +331,24 @@ class TrainResult:
         d = asdict(self)
         d["config"] = asdict(self.config)
         return d
+
+    def to_dataframe(self):
+        """One row per logging interval: the step and the mean training loss over the interval."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.losses), columns=["step", "loss"])
+
+    def top(self, k: int = 10):
+        """The ``k`` rows of :meth:`to_dataframe` with the largest training loss, largest first."""
+        return self.to_dataframe().sort_values("loss", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """The training loss over the steps."""
+        if not self.losses:
+            raise InputError("This run logged no losses: nothing to plot.")
+        steps, losses = zip(*self.losses)
+        return figures.lines([int(s) for s in steps], {"train loss": [float(v) for v in losses]},
+                             title="training loss", x_title="step", y_title="loss")
 
 
 def _corpus_split(spec: str, split: str):

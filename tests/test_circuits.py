@@ -295,6 +295,8 @@ def test_faithfulness_curves_beside_random_circuits(family, tiny, toks):
         assert c.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
         assert len(c.random) == 2 and all(len(r) == 10 for r in c.random)
         assert c.n_edges[-1] == s.graph.n_edges
+        assert c.top(3)["faithfulness"].is_monotonic_decreasing and "<svg" in c.plot().to_svg()
+        assert list(c.to_dataframe()["percentage"]) == list(c.percentages)
     assert curves["absolute"].area_from_1 < min(curves["absolute"].random_area_from_1)
 
 

@@ -99,6 +99,7 @@ def test_mask_keep_table_extremes(tiny):
     t = mk.table.set_index("N")
     assert mk.n_prompts == 3 and mk.base_accuracy == 1.0  # the target is the model's own top-1
     assert t.loc[n_all, "keep_acc_decrease_pct"] == 0.0  # keeping every neuron changes nothing
+    assert mk.top()["mask_acc_decrease_pct"].is_monotonic_decreasing and "<svg" in mk.plot().to_svg()
     # masking every neuron of the last layer equals zeroing that layer's MLP by hand
     with torch.no_grad(), tiny.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", lambda a, hook: a * 0)]):
         preds = torch.stack([tiny(tiny.to_tokens(p))[0, -1].argmax() for p in PROMPTS])

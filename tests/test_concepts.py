@@ -88,7 +88,7 @@ def test_key_scores_match_examples(tiny):
         assert (sc.scores[0, sc.layers.index(layer), ns] >= 0.5).all()
     assert labels.shape == (tiny.cfg.n_layers, tiny.cfg.d_mlp)
     assert set(sc.to_dataframe()["concept"]) == {c.name for c in concepts}
-    assert len(sc.top(3)) == 3
+    assert len(sc.top(3)) == 3 and sc.top(3)["score"].is_monotonic_decreasing and "<svg" in sc.plot().to_svg()
 
 
 def test_masking_zero_keys_changes_nothing(tiny):
@@ -163,6 +163,8 @@ def test_edit_concept_table(tiny):
     assert list(df["condition"]) == ["baseline", "concept keys masked", "random keys masked"]
     assert df["concept_tokens"].iloc[0] > 0 and df["general_tokens"].iloc[0] > 0
     assert df["concept_loss"].iloc[1] != df["concept_loss"].iloc[0]  # masking six keys does something
+    assert df["concept_drop"].iloc[0] == 0 and e.top()["concept_drop"].is_monotonic_decreasing
+    assert "<svg" in e.plot().to_svg()
     iv = e.intervals
     assert set(iv) >= {"concept_drop", "control_concept_drop", "excess_concept_drop", "general_drop"}
     assert iv["concept_drop"].estimate == pytest.approx(e.drops()["concept_drop"])

@@ -127,6 +127,7 @@ def test_cross_language_overlap_against_layer_matched_chance():
     assert by["loops"].jaccard["python/java"] <= by["loops"].chance_high["python/java"] + 0.25
     df = res.to_dataframe()
     assert list(df.columns[:3]) == ["concept", "pair", "keys_a"] and len(df) == 2
+    assert res.top(1)["concept"].tolist() == ["comment"] and "<svg" in res.plot().to_svg()
     assert res.summary()["concept_pairs"] == 2
     with pytest.raises(InputError, match="at least two"):
         crosslang.compare_languages({"python": py})

@@ -168,7 +168,8 @@ def test_value_tokens_and_agreement(tiny):
     assert torch.equal(v.top_ids[layer, n], logits.topk(5).indices)
     assert torch.equal(v.bottom_ids[layer, n], (-logits).topk(5).indices)
     assert (v.top_logits[..., :-1] >= v.top_logits[..., 1:]).all()
-    assert len(v.tokens(layer, n)) == 5 and len(v.top(3)) == 3
+    assert len(v.tokens(layer, n)) == 5 and len(v.top(3)) == 3 and v.top(3)["logit"].is_monotonic_decreasing
+    assert "<svg" in v.plot().to_svg()
     ch = mem.chunk_corpus(tiny, TEXTS, window=16, max_chunks=8)
     s = mem.scan(tiny, ch, k=2, progress=False)
     nxt = s.next_token_ids(ch)

@@ -197,7 +197,7 @@ def test_query_scores_match_the_formula(tiny, runs):
     want = sum((u @ key) / (x @ key) for key in keys) / len(keys) * imp
     torch.testing.assert_close(q.ffn[0, layer, j], want, atol=1e-5, rtol=1e-3)
     assert torch.all(q.ffn[0, vl:] == 0)  # nothing at or after the value neuron's layer is upstream of it
-    assert not q.top(3).empty
+    assert not q.top(3).empty and "<svg" in q.plot().to_svg()
 
 
 def test_results_are_tables(tiny):

@@ -196,6 +196,9 @@ def test_mint_repairs_a_near_miss_and_undo_restores(tiny):
     assert torch.equal(tiny(case.tokens), logits0)
     df = res.to_dataframe()
     assert list(df["index"]) == [3]
+    assert list(res.top()["index"]) == [3] and "<svg" in res.plot().to_svg()
+    if res.n_edits:
+        assert res.edits.top()["delta_norm"].is_monotonic_decreasing and "<svg" in res.edits.plot().to_svg()
 
 
 def test_sgd_baseline_restores_exactly(tiny):

@@ -102,6 +102,8 @@ def test_finetune_gives_the_task_vector_and_restores(tiny):
     params = S.block_params(tiny, None, "mlp_out")
     run = S.finetune(tiny, data, params, steps=3, lr=1e-2, batch_size=2, progress=False)
     assert len(run.losses) == 3 and run.settings["tensors"] == len(params)
+    assert run.top(2)["loss"].is_monotonic_decreasing and "<svg" in run.plot().to_svg()
+    assert run.task_vector.top()["norm"].is_monotonic_decreasing and "<svg" in run.task_vector.plot().to_svg()
     assert torch.equal(tiny(toks), logits0)  # restored
     assert run.task_vector.norm() > 0
     assert all(not p.requires_grad or p.grad is None for p in tiny.parameters())

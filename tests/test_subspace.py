@@ -109,7 +109,7 @@ def test_das_trains_and_lowers_its_loss(tiny, hook):
     assert abs(float(d.vector.norm()) - 1.0) < 1e-5
     assert d.losses[-1] < d.losses[0]
     assert [p.requires_grad for p in tiny.parameters()] == flags  # the model's flags are restored
-    assert len(d.top(5)) == 5
+    assert len(d.top(5)) == 5 and d.top(5)["weight"].abs().is_monotonic_decreasing and "<svg" in d.plot().to_svg()
 
 
 def test_das_matches_transformer_lens_fit_das(tiny):
@@ -169,7 +169,11 @@ def test_illusion_checks_run_and_are_consistent(tiny):
     b = rep.norm_baseline
     assert b.row_low <= b.row_mean <= b.row_high and b.row_mean == pytest.approx(math.sqrt(b.rank / b.dim), abs=0.05)
     df = rep.to_dataframe()
-    assert len(df) == len(rep.patches) and len(rep.top(3)) == 3
+    assert len(df) == len(rep.patches) and len(rep.top(3)) == 3 and rep.top()["fldd"].is_monotonic_decreasing
+    das = rep.patches["das/test"]
+    assert das.top(3)["drop"].is_monotonic_decreasing and das.top(3).index.isin(range(das.n_pairs)).all()
+    for result in (rep, das, rep.separation["v"]):
+        assert "<svg" in result.plot().to_svg()
     resid = sub.illusion_checks(tiny, train, test, "blocks.0.hook_resid_post", epochs=1, batch_size=2, progress=False)
     assert "rowspace/test" not in resid.patches and resid.row_norm != resid.row_norm  # nan: no readout
     assert resid.fraction is None and resid.norm_baseline is None
@@ -260,6 +264,7 @@ def test_rank1_edit_of_w_out_equals_the_patch(tiny, rule):
         assert float(e.max_logit_diff.max()) < 1e-4
         assert torch.allclose(e.ld_edit, e.ld_patch, atol=1e-4)
     assert not torch.allclose(e.ld_patch, e.ld_clean, atol=1e-4)  # the patch did something (the test can fail)
+    assert e.top(3)["max_logit_diff"].is_monotonic_decreasing and "<svg" in e.plot().to_svg()
     assert torch.equal(sub.readout_matrix(tiny, hook), before)  # every edit was undone, bit for bit
     with pytest.raises(InputError, match="hook_post"):
         sub.edit_equivalence(tiny, pairs, torch.ones(tiny.cfg.d_model), "blocks.0.hook_resid_post")

@@ -58,6 +58,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert full.finished and full.steps_done == TINY.steps
     first, last = full.losses[0][1], full.losses[-1][1]
     assert last < first - 0.5, full.losses  # it learns
+    assert full.top(1)["loss"].iloc[0] == max(v for _, v in full.losses) and "<svg" in full.plot().to_svg()
     # the card and the weights are written
     card = (tmp_path / "full" / "MODEL.md").read_text()
     assert "bigram" in card and f"{full.val_loss:.4f}" in card

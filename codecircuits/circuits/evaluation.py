@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import einops
 import torch
 
+from .. import figures
 from ..core.batching import paired_tokens, parse_budget, progress_bar
 from ..core.metrics import RowwiseMetric, check_output, per_cell
 from ..core.runner import row_bytes
@@ -358,6 +359,39 @@ class FaithfulnessCurve:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_dataframe(self):
+        """One row per circuit size: its percentage of the edges, edges after pruning, faithfulness, the mean metric,
+        and the mean faithfulness of the random circuits of that size."""
+        import pandas as pd
+
+        rnd = [sum(r[i] for r in self.random) / len(self.random) if self.random else math.nan
+               for i in range(len(self.percentages))]
+        return pd.DataFrame(
+            {
+                "percentage": self.percentages,
+                "n_edges": self.n_edges,
+                "faithfulness": self.faithfulness,
+                "metric": self.metric,
+                "random_faithfulness": rnd,
+            }
+        )
+
+    def top(self, k: int = 10):
+        """The ``k`` circuit sizes with the largest signed faithfulness: the rows of :meth:`to_dataframe`, largest
+        first."""
+        return self.to_dataframe().sort_values("faithfulness", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """Faithfulness over circuit size, with the random circuits' range of the same sizes shaded."""
+        series = {"circuit": list(self.faithfulness)}
+        bands = None
+        if self.random:
+            cols = list(zip(*self.random))
+            bands = {"random circuits": ([min(c) for c in cols], [max(c) for c in cols])}
+        kind = "|score|" if self.absolute else "signed score"
+        return figures.lines(list(self.percentages), series, bands=bands, x_title="edges (%)", y_title="faithfulness",
+                             title=f"faithfulness of {self.selection} circuits by {kind}")
 
 
 def areas(percentages: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:

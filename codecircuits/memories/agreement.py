@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import figures
 from ..core.batching import pad_id
 from ..core.sites import LN_FINAL_SCALE, hook_name
 from ..errors import InputError
@@ -168,11 +169,27 @@ class LayerAgreement:
                     )
         return pd.DataFrame(rows)
 
-    def top(self, k: int = 5, component: str = "mlp_out") -> pd.DataFrame:
-        """The ``k`` layers whose ``component`` agrees most often with the final prediction."""
-        c = self.curve(component)
-        order = np.argsort(-c, kind="stable")[:k]
-        return pd.DataFrame({"layer": order, "agreement": c[order]})
+    def top(self, k: int = 10, component: str = "mlp_out") -> pd.DataFrame:
+        """The ``k`` layers whose ``component`` agrees most often with the final prediction: the rows of
+        :meth:`to_dataframe` for ``component`` over all context lengths (bucket ``"all"``), the largest agreement
+        first."""
+        self._ci(component)
+        df = self.to_dataframe()
+        df = df[(df["component"] == component) & (df["bucket"] == "all")]
+        return df.sort_values("agreement", ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+    def plot(self, bucket: str = "all") -> figures.Figure:
+        """Each component's agreement with the final prediction per layer, over all context lengths (``bucket``:
+        one of :meth:`bucket_labels` for one bucket of context lengths)."""
+        labels = self.bucket_labels()
+        if bucket != "all" and bucket not in labels:
+            raise InputError(f"plot(bucket={bucket!r}): choose 'all' or one of {', '.join(labels)}.")
+        series = {
+            c: (self.curve(c) if bucket == "all" else self.by_bucket(c)[:, labels.index(bucket)]).tolist()
+            for c in self.components
+        }
+        title = "top-1 agreement with the final prediction" + ("" if bucket == "all" else f", context {bucket}")
+        return figures.lines(list(range(self.n_layers)), series, title=title, x_title="layer", y_title="agreement")
 
 
 def _cap(keep: torch.Tensor, bucket: torch.Tensor, total: torch.Tensor, cap: int) -> torch.Tensor:

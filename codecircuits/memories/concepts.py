@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import figures
 from ..core.batching import pad_id
 from ..core.interventions import Zero, hook
 from ..core.sites import hook_name
@@ -268,10 +269,12 @@ class ConceptScores:
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10, concept=None) -> pd.DataFrame:
-        """The ``k`` keys with the highest score (for ``concept``, or for any concept)."""
+        """The ``k`` keys with the highest score (the share of their trigger examples that match; for ``concept``, or
+        for any concept), largest first, one row per concept and key (:meth:`to_dataframe` summarises each
+        concept)."""
         sc = self.scores if concept is None else self.scores[self._ci(concept)].unsqueeze(0)
         flat = sc.flatten()
-        idx = flat.topk(min(k, flat.numel())).indices
+        idx = torch.sort(flat, descending=True, stable=True).indices[: min(k, flat.numel())]
         L, N = sc.shape[1], sc.shape[2]
         ci, rest = idx // (L * N), idx % (L * N)
         li, ni = rest // N, rest % N
@@ -284,6 +287,12 @@ class ConceptScores:
                 "score": flat[idx].tolist(),
             }
         )
+
+    def plot(self, k: int = 20, concept=None) -> figures.Figure:
+        """The top ``k`` keys (:meth:`top`, for ``concept`` or any) as bars of their score."""
+        df = self.top(k, concept)
+        df["key"] = [f"L{a}N{b} {c}" for a, b, c in zip(df.layer, df.neuron, df.concept)]
+        return figures.top_bars(df, "score", label="key", title=f"concept scores: top {k} keys")
 
 
 def key_scores(scan: TriggerScan, chunked: ChunkedCorpus, concepts=None) -> ConceptScores:
@@ -449,10 +458,31 @@ class ConceptEdit:
         return sum(len(v) for v in self.keys.values())
 
     def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self.rows))
+        """One row per condition (baseline, concept keys masked, random keys masked), with the accuracy drop from
+        the baseline on concept and on general tokens (``concept_drop``, ``general_drop``)."""
+        df = pd.DataFrame(list(self.rows))
+        if len(df) and "condition" in df and (df["condition"] == "baseline").any():
+            base = df[df["condition"] == "baseline"].iloc[0]
+            df["concept_drop"] = base["concept_accuracy"] - df["concept_accuracy"]
+            df["general_drop"] = base["general_accuracy"] - df["general_accuracy"]
+        return df
 
-    def top(self, k: int = 3) -> pd.DataFrame:
-        return self.to_dataframe().head(k)
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` conditions that lower accuracy on the concept's tokens most: the rows of :meth:`to_dataframe`
+        with the largest signed ``concept_drop`` first (a stable sort; the table itself is in condition order)."""
+        df = self.to_dataframe()
+        return (df.sort_values("concept_drop", ascending=False, kind="stable") if "concept_drop" in df else df).head(k)
+
+    def plot(self) -> figures.Figure:
+        """The accuracy drop on concept and on general tokens for each masking condition, as bars."""
+        df = self.to_dataframe()
+        if "concept_drop" not in df:
+            raise InputError("This edit has no baseline row to measure a drop from: nothing to plot.")
+        df = df[df["condition"] != "baseline"]
+        labels = [f"{c}: {on} tokens" for c in df["condition"] for on in ("concept", "general")]
+        values = [v for a, b in zip(df["concept_drop"], df["general_drop"]) for v in (a, b)]
+        return figures.bars(labels, values, title=f"masking the keys of {self.concept.name}",
+                            value_title="accuracy drop")
 
     def drops(self) -> dict[str, float]:
         """Accuracy drops (baseline − condition) on concept and general tokens, for the concept mask and control."""

@@ -21,6 +21,7 @@ from itertools import combinations
 import pandas as pd
 import torch
 
+from .. import figures
 from ..errors import InputError
 from .concepts import ConceptScores
 
@@ -77,6 +78,23 @@ class CrossLanguage:
                     }
                 )
         return pd.DataFrame(rows)
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` rows of :meth:`to_dataframe` (concept and pair of languages) whose keys overlap most: the largest
+        ``jaccard`` first."""
+        return self.to_dataframe().sort_values("jaccard", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """A concept × pair-of-languages heatmap of the overlap (Jaccard) of the keys each selects."""
+        df = self.to_dataframe()
+        if not len(df):
+            raise InputError("No shared concepts to plot.")
+        grid = df.pivot(index="concept", columns="pair", values="jaccard")
+        concepts = [o.concept for o in self.overlaps]
+        grid = grid.reindex(index=concepts, columns=self.pairs)
+        return figures.heatmap(grid.to_numpy(dtype=float), title="keys shared across languages (Jaccard)",
+                               y_labels=concepts, x_labels=self.pairs, y_title="concept", x_title="languages",
+                               vmin=0.0, vmax=1.0, value_label="jaccard")
 
     def shared_pairs(self) -> pd.DataFrame:
         """The rows of :meth:`to_dataframe` whose concept has keys in both languages of the pair."""

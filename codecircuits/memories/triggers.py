@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import figures
 from ..core.batching import pad_id
 from ..core.sites import hook_name
 from ..errors import InputError
@@ -122,10 +123,12 @@ class TriggerScan:
         return self.values.abs() if self.settings.get("rank_by") == "abs" else self.values
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` keys with the strongest top trigger (by the ranking score)."""
+        """The ``k`` keys with the strongest top trigger, largest first, by the scan's ranking score (:meth:`scores`:
+        ``|coefficient|`` or the signed coefficient, by its ``rank_by``): the rank-0 rows of :meth:`to_dataframe`,
+        with the document's name."""
         s = self.scores()[..., 0]
         flat = s.flatten().nan_to_num(neginf=-np.inf)
-        idx = flat.topk(min(k, flat.numel())).indices
+        idx = torch.sort(flat, descending=True, stable=True).indices[: min(k, flat.numel())]
         li, ni = idx // s.shape[1], idx % s.shape[1]
         return pd.DataFrame(
             {
@@ -137,6 +140,12 @@ class TriggerScan:
                 "pos": self.pos[li, ni, 0].tolist(),
             }
         )
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The ``k`` keys with the strongest top trigger (:meth:`top`) as bars of its coefficient."""
+        df = self.top(k)
+        df["key"] = [f"L{a}N{b}" for a, b in zip(df.layer, df.neuron)]
+        return figures.top_bars(df, "coefficient", label="key", title=f"trigger scan: top {k} keys")
 
     def to_dataframe(self, layer: int | None = None, neuron: int | None = None) -> pd.DataFrame:
         """Long table of trigger examples (one row per key and rank), optionally of one layer / neuron."""

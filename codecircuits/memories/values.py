@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import figures
 from ..core.inputs import token_texts
 from ..errors import InputError
 from .chunks import ChunkedCorpus
@@ -62,9 +63,10 @@ class ValueTokens:
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` keys whose value vector gives the largest single-token logit."""
+        """The ``k`` keys whose value vector gives the largest single-token logit (signed: the most promoted token's
+        ``top_logit`` of :meth:`to_dataframe`), largest first, with the tokens each promotes."""
         s = self.top_logits[..., 0]
-        idx = s.flatten().topk(min(k, s.numel())).indices
+        idx = torch.sort(s.flatten(), descending=True, stable=True).indices[: min(k, s.numel())]
         li, ni = idx // s.shape[1], idx % s.shape[1]
         return pd.DataFrame(
             {
@@ -74,6 +76,12 @@ class ValueTokens:
                 "promotes": [self.tokens(self.layers[int(a)], self.neurons[int(b)]) for a, b in zip(li, ni)],
             }
         )
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The top ``k`` keys (:meth:`top`) as bars of their largest token logit, each labelled with that token."""
+        df = self.top(k)
+        df["key"] = [f"L{a}N{b} {p[0]!r}" if p else f"L{a}N{b}" for a, b, p in zip(df.layer, df.neuron, df.promotes)]
+        return figures.top_bars(df, "logit", label="key", title=f"value vectors: top {k} token logits")
 
 
 def value_tokens(

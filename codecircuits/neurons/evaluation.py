@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import intervals
+from .. import figures, intervals
 from ..core.batching import n_prompts, prompt_batches
 from ..core.interventions import Zero, hook, unit_mask
 from ..core.sites import check_heads, hook_name
@@ -43,10 +43,21 @@ class TopNeuronEval:
     def to_dataframe(self) -> pd.DataFrame:
         return self.table.copy()
 
-    def top(self, k: int = 3) -> pd.DataFrame:
-        """The ``k`` scores whose top neurons lower the MRR most (the best attribution methods)."""
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` rows of :meth:`to_dataframe` whose neurons lower the MRR most (the best attribution methods):
+        the largest signed ``mrr_drop_pct`` first (the lowest MRR, as before); the ``original`` row, the model
+        untouched, is left out."""
         t = self.table[~self.table["method"].isin(["original"])]
-        return t.sort_values("mrr").head(k).reset_index(drop=True)
+        return t.sort_values("mrr_drop_pct", ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+    def plot(self, metric: str = "mrr") -> figures.Figure:
+        """The relative drop (%) of the target's ``metric`` (``"mrr"`` or ``"prob"``) when each method's top neurons
+        are zeroed, one bar per method (the random control included), in table order."""
+        if metric not in ("mrr", "prob"):
+            raise InputError(f"plot(metric={metric!r}): choose 'mrr' or 'prob'.")
+        t = self.table[~self.table["method"].isin(["original"])]
+        return figures.bars(t["method"], t[f"{metric}_drop_pct"], title=f"zeroing the top {self.k} neurons per prompt",
+                            value_title=f"{metric} drop (%)")
 
     def drop(self, method: str, metric: str = "prob") -> Interval:
         """The relative drop of the target's mean ``metric`` (``"prob"`` or ``"mrr"``) when ``method``'s neurons are

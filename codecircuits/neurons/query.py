@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import lens
+from .. import figures, lens
 from ..core.batching import n_prompts, prompt_batches
 from ..core.sites import Neuron
 from ..errors import InputError
@@ -34,18 +34,25 @@ class QueryNeurons:
     axes: tuple[str, ...] = ("prompt", "layer", "neuron")
 
     def top(self, k: int = 10, prompt: int | None = None) -> pd.DataFrame:
+        """The ``k`` FFN neurons with the largest signed query score (the mean over prompts, or ``prompt``'s),
+        largest first, one row per neuron (:meth:`to_dataframe` has one per prompt and neuron)."""
         values = self.ffn.mean(0) if prompt is None else self.ffn[prompt]
-        top = values.flatten().topk(min(k, values.numel()))
-        layer, neuron = torch.unravel_index(top.indices, values.shape)
+        top = torch.sort(values.flatten(), descending=True, stable=True)
+        order, scores = top.indices[: min(k, values.numel())], top.values[: min(k, values.numel())]
+        layer, neuron = torch.unravel_index(order, values.shape)
         return pd.DataFrame(
             {
                 "rank": range(1, len(layer) + 1),
                 "layer": layer.tolist(),
                 "neuron": neuron.tolist(),
                 "name": [str(Neuron(a, b)) for a, b in zip(layer.tolist(), neuron.tolist())],
-                "query_score": top.values.tolist(),
+                "query_score": scores.tolist(),
             }
         )
+
+    def plot(self, k: int = 20, prompt: int | None = None) -> figures.Figure:
+        """The top ``k`` query neurons (:meth:`top`) as bars."""
+        return figures.top_bars(self.top(k, prompt), "query_score", label="name", title=f"query neurons: top {k}")
 
     def to_dataframe(self) -> pd.DataFrame:
         b, n_layers, d_mlp = self.ffn.shape

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from .. import figures
 from ..core.merging import PER_PROMPT, concat_per_prompt
 from ..core.sites import Head, Neuron
 from ..errors import InputError
@@ -65,13 +66,15 @@ class Attribution:
         return flat.topk(k, dim=1).indices
 
     def top(self, k: int = 10, score: str = "logprob_increase", prompt: int | None = None) -> pd.DataFrame:
-        """The ``k`` highest components for one prompt, or by their mean over prompts (``prompt=None``)."""
+        """The ``k`` components with the largest signed ``score`` (every score is "higher = more important"), largest
+        first: by their mean over prompts (``prompt=None``) or for one prompt, one row per component
+        (:meth:`to_dataframe` has one per prompt and component), with every score and the coefficient."""
         values = self[score].mean(0) if prompt is None else self[score][prompt]
         k = min(k, values.numel())
-        top = values.flatten().topk(k)
-        idx = torch.stack(torch.unravel_index(top.indices, values.shape), dim=1)
+        order = torch.sort(values.flatten(), descending=True, stable=True).indices[:k]
+        idx = torch.stack(torch.unravel_index(order, values.shape), dim=1)
         rows = []
-        for rank, (vals, flat) in enumerate(zip(idx.tolist(), top.indices.tolist())):
+        for rank, (vals, flat) in enumerate(zip(idx.tolist(), order.tolist())):
             vals = self._model_layers(vals)
             row = {"rank": rank + 1, **dict(zip(self.axes[1:], vals))}
             row["name"] = _label(self.axes[1:], vals)
@@ -83,6 +86,17 @@ class Attribution:
                 row["coefficient_m"] = float(c.flatten()[flat])
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def plot(self, k: int = 20, score: str = "logprob_increase", prompt: int | None = None) -> figures.Figure:
+        """Heads (axes ``layer, head``): a layer × head heatmap of the mean ``score`` (or ``prompt``'s); other
+        components: the top ``k`` (:meth:`top`) as bars."""
+        if tuple(self.axes[1:]) == ("layer", "head"):
+            values = self[score].mean(0) if prompt is None else self[score][prompt]
+            layers = self.settings.get("layers") or range(values.shape[0])
+            return figures.heatmap(values.float(), title=f"{self.kind} attribution: {score}", y_title="layer",
+                                   x_title="head", y_labels=list(layers), center=0.0, value_label=score)
+        return figures.top_bars(self.top(k, score, prompt), score, label="name",
+                                title=f"{self.kind} attribution: top {k} by {score}")
 
     def _model_layers(self, vals: list[int]) -> list[int]:
         """Map the ``layer`` index of ``axes[1:]`` to the model's layer number when only some layers were scored."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 
+from .. import figures
 from ..core.sites import Neuron
 from ..errors import CheckpointError, InputError
 
@@ -167,8 +168,18 @@ class Edits:
         )
 
     def top(self, k: int = 10):
+        """The ``k`` rows of :meth:`to_dataframe` (edits) that moved their value vector most: the largest
+        ``delta_norm`` (never negative) first."""
         df = self.to_dataframe()
-        return df.sort_values("delta_norm", ascending=False).head(k) if len(df) else df
+        return df.sort_values("delta_norm", ascending=False, kind="stable").head(k) if len(df) else df
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The ``k`` largest edits (:meth:`top`) as bars of ``|new - old|``."""
+        df = self.top(k)
+        if not len(df):
+            raise InputError("No edits to plot.")
+        df["edit"] = [f"{i}: {Neuron(a, b)}" for i, a, b in zip(df.step, df.layer, df.neuron)]
+        return figures.top_bars(df, "delta_norm", label="edit", title=f"value-vector edits: top {k}")
 
     def save(self, path: str | Path) -> Path:
         """Write the edits (old and new rows) to a safetensors file."""

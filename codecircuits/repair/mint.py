@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float, Int
 
+from .. import figures
 from ..core.interventions import ValueVectorEdit, hook
 from ..core.runner import resid_at, run_from
 from ..core.sites import Neuron, hook_name
@@ -198,7 +199,19 @@ class RepairResult:
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10):
-        return self.edits.top(k)
+        """The ``k`` wrong tokens that took the most edit steps: the rows of :meth:`to_dataframe` with the largest
+        ``steps`` first (the largest edits themselves: ``self.edits.top(k)``)."""
+        df = self.to_dataframe()
+        return df.sort_values("steps", ascending=False, kind="stable").head(k) if len(df) else df
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The wrong tokens (:meth:`top`, at most ``k``) as bars of the edit steps each took."""
+        df = self.top(k)
+        if not len(df):
+            raise InputError("No wrong tokens were repaired: nothing to plot.")
+        df["token"] = [f"token {i} ({'fixed' if f else 'not fixed'})" for i, f in zip(df["index"], df["fixed"])]
+        where = f"{self.case.source}:{self.case.line_no}"
+        return figures.top_bars(df, "steps", label="token", title=f"MINT on {where}: edit steps per token")
 
 
 def mint_repair(

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from .. import intervals
+from .. import figures, intervals
 from ..core import sites
 from ..errors import InputError
 from .das import Direction, activations, clean_activations, fit_direction, mean_difference_direction, random_direction
@@ -105,8 +105,20 @@ class Separation:
         return pd.DataFrame({"projection": self.projections.numpy(), "value": self.values.numpy()})
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` prompts with the largest projections."""
-        return self.to_dataframe().sort_values("projection", ascending=False).head(k)
+        """The ``k`` rows of :meth:`to_dataframe` (prompts; the index) with the largest signed projection, largest
+        first."""
+        return self.to_dataframe().sort_values("projection", ascending=False, kind="stable").head(k)
+
+    def plot(self) -> figures.Figure:
+        """The quantiles of the projections, one line per feature value: the wider the gap between the lines, the
+        better the direction separates the values."""
+        df = self.to_dataframe()
+        q = np.linspace(0.0, 1.0, min(len(df), 21))
+        series = {f"value {v}": np.quantile(g["projection"].to_numpy(), q).tolist()
+                  for v, g in df.groupby("value", sort=True)}
+        return figures.lines([round(float(x), 3) for x in q], series,
+                             title=f"{self.name}: projections by feature value (Cohen's d {self.cohens_d:.2f})",
+                             x_title="quantile", y_title="projection")
 
 
 def cohens_d(projections: torch.Tensor, values: torch.Tensor) -> float:
@@ -497,8 +509,14 @@ class IllusionReport:
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` patched objects with the largest FLDD."""
-        return self.to_dataframe().sort_values("fldd", ascending=False).head(k).reset_index(drop=True)
+        """The ``k`` rows of :meth:`to_dataframe` (patched object and split) with the largest signed FLDD, largest
+        first."""
+        return self.to_dataframe().sort_values("fldd", ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The patches (:meth:`top`, at most ``k``) as bars of their FLDD."""
+        return figures.top_bars(self.top(k), "fldd", label=["patched", "split"],
+                                title=f"illusion checks at {self.hook_name}: FLDD (%)")
 
     def headline(self) -> dict[str, float]:
         """The headline numbers (first seed): FLDD of the full component (``fldd_full``) and of the DAS direction

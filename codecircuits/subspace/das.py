@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens.tools.analysis.interchange import LearnedSubspace, mean_difference_basis, random_basis
 
+from .. import figures
 from ..core.inputs import check_hook_names
 from ..core.interventions import SubspaceSwap, hook
 from ..core.sites import layer_of_hook
@@ -57,9 +58,16 @@ class Direction:
         return pd.DataFrame({"index": np.arange(len(self.vector)), "weight": self.vector.numpy()})
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` coordinates (neurons, for an MLP hook) with the largest absolute weight."""
+        """The ``k`` rows of :meth:`to_dataframe` (coordinates: neurons, for an MLP hook) with the largest
+        ``|weight|`` (a direction's sign is arbitrary), largest first."""
         df = self.to_dataframe()
-        return df.reindex(df["weight"].abs().sort_values(ascending=False).index).head(k).reset_index(drop=True)
+        order = df["weight"].abs().sort_values(ascending=False, kind="stable").index
+        return df.reindex(order).head(k).reset_index(drop=True)
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The top ``k`` coordinates (:meth:`top`) as bars of their weight."""
+        return figures.top_bars(self.top(k), "weight", label="index",
+                                title=f"{self.kind} direction at {self.hook_name}: top {k} coordinates")
 
 
 def unit_vector(v: torch.Tensor) -> Float[torch.Tensor, " d"]:

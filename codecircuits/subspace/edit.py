@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import intervals
+from .. import figures, intervals
 from ..core import sites
 from ..core.runner import run_from
 from ..errors import InputError
@@ -147,6 +147,33 @@ class EditResult:
             fldd_patch=self.fldd_patch.to_json(),
             fldd_difference=self.fldd_difference.to_json(),
         )
+
+    def to_dataframe(self):
+        """One row per pair (the index): the logit difference clean, patched and edited, and the largest absolute
+        difference between the edited and the patched model's logits (``max_logit_diff``) and MLP outputs."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "ld_clean": self.ld_clean.detach().cpu().double().numpy(),
+                "ld_patch": self.ld_patch.detach().cpu().double().numpy(),
+                "ld_edit": self.ld_edit.detach().cpu().double().numpy(),
+                "max_logit_diff": self.max_logit_diff.detach().cpu().double().numpy(),
+                "mlp_out_diff": self.mlp_out_diff.detach().cpu().double().numpy(),
+            }
+        )
+
+    def top(self, k: int = 10):
+        """The ``k`` pairs on which the edit and the patch differ most: the rows of :meth:`to_dataframe` with the
+        largest ``max_logit_diff`` (never negative) first."""
+        return self.to_dataframe().sort_values("max_logit_diff", ascending=False, kind="stable").head(k)
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The ``k`` pairs on which the edit and the patch differ most (:meth:`top`), as bars."""
+        df = self.top(k)
+        df["pair"] = [f"pair {i}" for i in df.index]
+        return figures.top_bars(df, "max_logit_diff", label="pair",
+                                title=f"rank-1 edit ({self.rule}) against the patch at {self.hook_name}")
 
 
 def edit_equivalence(

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import intervals
+from .. import figures, intervals
 from ..core import sites
 from ..core.interventions import SubspaceSwap, hook
 from ..errors import InputError
@@ -107,13 +107,22 @@ class PatchResult:
         return out
 
     def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame({"ld_clean": self.ld_clean.numpy(), "ld_patched": self.ld_patched.numpy()})
+        """One row per pair (the index): the logit difference clean and patched, and its ``drop``
+        (``ld_clean - ld_patched``)."""
+        df = pd.DataFrame({"ld_clean": self.ld_clean.numpy(), "ld_patched": self.ld_patched.numpy()})
+        df["drop"] = df["ld_clean"] - df["ld_patched"]
+        return df
 
     def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` pairs the patch moved most (largest drop in logit difference)."""
-        df = self.to_dataframe()
-        df["drop"] = df["ld_clean"] - df["ld_patched"]
-        return df.sort_values("drop", ascending=False).head(k)
+        """The ``k`` pairs the patch moved most: the rows of :meth:`to_dataframe` with the largest signed ``drop`` in
+        logit difference first (the index is the pair)."""
+        return self.to_dataframe().sort_values("drop", ascending=False, kind="stable").head(k)
+
+    def plot(self, k: int = 20) -> figures.Figure:
+        """The ``k`` pairs the patch moved most (:meth:`top`) as bars of the drop in logit difference."""
+        df = self.top(k)
+        df["pair"] = [f"pair {i}" for i in df.index]
+        return figures.top_bars(df, "drop", label="pair", title=f"{self.name} patch at {self.hook_name}: top {k} pairs")
 
 
 def _ld(logits: torch.Tensor, pairs: PatchPairs) -> torch.Tensor:
