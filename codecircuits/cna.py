@@ -143,6 +143,20 @@ class HeadSweep:
         return float((self.accuracy_drop.abs() <= tolerance).float().mean())
 
 
+
+def _target_of(target, labels, where: str):
+    """``target``, or the deprecated ``labels=`` keyword's value, with a warning naming the one name labels have
+    across codecircuits (``target``, as in ``cna.compare`` and ``neurons.ffn_neurons``)."""
+    if labels is None:
+        return target
+    if target is not None:
+        raise InputError(f"{where}: give target (the correct token per prompt), not both target and labels.")
+    import warnings
+
+    warnings.warn(f"{where}(labels=...) is deprecated: pass target=, the one name of the correct tokens across "
+                  "codecircuits.", DeprecationWarning, stacklevel=3)
+    return labels
+
 def _label_metrics(pos: int, labels: torch.Tensor) -> dict:
     """``{"logprob": log p(label), "correct": 1.0 where the top-1 is the label}`` at ``pos``, row-wise: row ``r``
     scores the label of prompt ``examples[r]``."""
@@ -166,18 +180,19 @@ def _rows_budget(model, n_pos: int, rows: int) -> int:
 def head_sweep(
     model,
     prompts,
-    labels=None,
+    target=None,
     *,
     pos: int = -1,
     heads: Sequence[tuple[int, int]] | None = None,
     batch_size: int = 32,
     max_rows: int | None = None,
     memory_budget=None,
+    labels=None,
     progress: bool = True,
 ) -> HeadSweep:
     """Ablate every head (or the given ``(layer, head)`` list, pairs or ``"L3H7"`` labels) alone and score the task.
 
-    ``labels``: the correct next token per prompt (ids or single-token strings); None uses the clean run's top-1,
+    ``target``: the correct next token per prompt (ids or single-token strings); None uses the clean run's top-1,
     so the base accuracy is 1. Heads not in ``heads`` keep the base values.
 
     The zero ablations run on :func:`codecircuits.ablation.head_sweep` (both scores from the same forwards, each
@@ -186,6 +201,7 @@ def head_sweep(
     forward; ``max_rows`` instead bounds it to about that many (head, prompt) rows. One process;
     ``codecircuits.distributed.run(cna.head_sweep, ..., workers=N)`` shards the prompts over workers.
     """
+    target = _target_of(target, labels, "cna.head_sweep")
     if max_rows is not None:
         import warnings
 
@@ -200,7 +216,7 @@ def head_sweep(
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     batches = prompt_batches(model, prompts, batch_size)
     n = n_prompts(batches)
-    lab = resolve_target(model, labels, n)
+    lab = resolve_target(model, target, n)
     todo = (
         [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
         if heads is None
@@ -278,7 +294,7 @@ def _sweep_result(todo, correct, plp, base_correct, base_lp, labels) -> HeadSwee
 def head_effects(
     model,
     prompts,
-    labels,
+    target,
     heads: Sequence[tuple[int, int]],
     *,
     pos: int = -1,
@@ -287,14 +303,14 @@ def head_effects(
 ) -> HeadSweep:
     """A few heads (pairs or ``"L3H7"`` labels) ablated alone, each by one full forward with its ``attn.hook_z``
     zeroed at every position: the same numbers as :func:`head_sweep` with ``heads=``, cheaper when the heads lie in
-    many different layers (the sweep engine runs one clean forward per layer it sweeps). ``labels``: the correct
+    many different layers (the sweep engine runs one clean forward per layer it sweeps). ``target``: the correct
     token per prompt. Heads not listed keep the base values."""
     todo = check_heads(model, heads)
     batches = prompt_batches(model, prompts, batch_size)
     n = n_prompts(batches)
-    lab = resolve_target(model, labels, n)
+    lab = resolve_target(model, target, n)
     if lab is None:
-        raise InputError("head_effects needs the correct token of every prompt (labels).")
+        raise InputError("head_effects needs the correct token of every prompt (target).")
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     correct = torch.zeros(n_layers, n_heads, n, dtype=torch.bool)
     plp = torch.zeros(n_layers, n_heads, n)
@@ -590,19 +606,21 @@ def mask_keep(
     cna: CNAResult,
     *,
     ns: Sequence[int] = (10, 20, 30, 50, 99),
-    labels=None,
+    target=None,
     only_correct: bool = True,
     seed: int = 0,
     batch_size: int = 32,
+    labels=None,
     progress: bool = True,
 ) -> MaskKeepTable:
-    """The mask-versus-keep table for ``cna`` (see :class:`MaskKeepTable`). ``labels``: the correct token per
+    """The mask-versus-keep table for ``cna`` (see :class:`MaskKeepTable`). ``target``: the correct token per
     prompt (default: the CNA target, i.e. the model's top-1)."""
+    target = _target_of(target, labels, "cna.mask_keep")
     batches = prompt_batches(model, prompts, batch_size)
     n = n_prompts(batches)
     if n != cna.n_prompts:
         raise InputError(f"{n} prompts but the CNA result was computed on {cna.n_prompts}.")
-    lab = resolve_target(model, labels, n)
+    lab = resolve_target(model, target, n)
     lab = cna.target.to(model.cfg.device) if lab is None else lab
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     first = cna.head[0]
@@ -660,7 +678,7 @@ def ranked_neurons(cna: CNAResult, k: int) -> torch.Tensor:
 def mask_keep_heldout(
     model,
     prompts,
-    labels,
+    target,
     neurons: torch.Tensor,
     *,
     first_layer: int,
@@ -673,16 +691,16 @@ def mask_keep_heldout(
     head: tuple[int, int] | None = None,
 ) -> MaskKeepTable:
     """The mask-versus-keep table for one ranked neuron set (e.g. :func:`ranked_neurons` of a CNA on other
-    prompts) on ``prompts`` with correct tokens ``labels``: zero the first N neurons of ``neurons`` ("mask"), or
+    prompts) on ``prompts`` with correct tokens ``target``: zero the first N neurons of ``neurons`` ("mask"), or
     every neuron of layers ``>= first_layer`` but those ("keep"), or N random neurons of ``random_layers``
     (default: layers ``>= first_layer``; drawn per prompt) as the control. Accuracies are counted on the prompts
     the model gets right (``only_correct``); ``per_prompt`` keeps each counted prompt's outcome so intervals can
     be drawn. ``coef_decrease_pct`` is not measured here (NaN): it needs the head-ablated run of each prompt."""
     batches = prompt_batches(model, prompts, batch_size)
     n = n_prompts(batches)
-    lab = resolve_target(model, labels, n)
+    lab = resolve_target(model, target, n)
     if lab is None:
-        raise InputError("mask_keep_heldout needs the correct token of every prompt (labels).")
+        raise InputError("mask_keep_heldout needs the correct token of every prompt (target).")
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     neurons = torch.as_tensor(neurons).long().reshape(-1)
     ns = sorted(int(x) for x in ns)

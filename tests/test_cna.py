@@ -296,3 +296,15 @@ def test_cna_on_a_subset_of_layers(tiny):
     assert set(part.top(3)["layer"]) == {last}
     with pytest.raises(InputError, match="subset"):
         cna.compare(tiny, PROMPTS[:1], (0, 1), layers=[99], progress=False)
+
+
+def test_target_is_the_one_name_of_the_correct_tokens(tiny):
+    """cna's functions take the correct tokens as target=, as cna.compare and neurons.ffn_neurons do; the old
+    labels= keyword still works, warns, and gives the same numbers."""
+    ids = tiny.to_tokens(PROMPTS[0])[0, :1].repeat(len(PROMPTS))
+    a = cna.head_sweep(tiny, PROMPTS, target=ids, progress=False)
+    with pytest.warns(DeprecationWarning, match="target="):
+        b = cna.head_sweep(tiny, PROMPTS, labels=ids, progress=False)
+    assert torch.equal(a.correct, b.correct) and torch.equal(a.prompt_logprob, b.prompt_logprob)
+    with pytest.raises(InputError, match="not both"):
+        cna.head_sweep(tiny, PROMPTS, ids, labels=ids, progress=False)

@@ -62,12 +62,12 @@ def _run(workers, model, fn, prompts, target, kwargs, merge, progress, desc, sha
 # cna.head_sweep
 
 
-def head_sweep_shard(model, shard: Shard, prompts, labels, kwargs: dict):
+def head_sweep_shard(model, shard: Shard, prompts, target, kwargs: dict):
     """One shard of :func:`codecircuits.cna.head_sweep` (runs on a worker)."""
-    return cna.head_sweep(model, slice_prompts(prompts, shard), _part(labels, shard), progress=False, **kwargs)
+    return cna.head_sweep(model, slice_prompts(prompts, shard), _part(target, shard), progress=False, **kwargs)
 
 
-def head_sweep(model, prompts, labels=None, *, workers, progress: bool = True, shard: int | None = None, **kwargs):
+def head_sweep(model, prompts, target=None, *, workers, progress: bool = True, shard: int | None = None, **kwargs):
     """:func:`codecircuits.cna.head_sweep` sharded by prompt over ``workers``."""
     prompts = as_prompt_list(prompts)
     n = len(prompts)
@@ -76,7 +76,7 @@ def head_sweep(model, prompts, labels=None, *, workers, progress: bool = True, s
         model,
         head_sweep_shard,
         prompts,
-        _targets(model, labels, n),
+        _targets(model, target, n),
         kwargs,
         cna.HeadSweep.merge,
         progress,

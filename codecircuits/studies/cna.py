@@ -541,7 +541,7 @@ def parens_task(model, cfg: CNAConfig, progress: bool = True, workers=None) -> T
     # accuracy decreases are measured on prompts the model gets right; a model that gets none right (a random
     # test model) is measured on all of them instead (its decreases are then n/a)
     mk = cna_mod.mask_keep(
-        model, cna_texts, res, labels=cna_labels, ns=tuple(sorted(cfg.ns)), only_correct=bool(right), progress=progress
+        model, cna_texts, res, target=cna_labels, ns=tuple(sorted(cfg.ns)), only_correct=bool(right), progress=progress
     )
     return TaskFindings("parens", accuracy, sweep, head, res, mk, len(texts), tuple(cna_texts))
 
