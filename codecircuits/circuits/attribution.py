@@ -189,7 +189,9 @@ class EdgeScores:
         return selection.greedy(self.edge_matrix, self.graph, n, absolute=absolute, prune=prune)
 
 
-def _metric_values(metric, logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+def metric_values(metric, logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    """``metric`` on the logits of the examples ``examples`` (their indices in the whole set): a row-wise metric is
+    handed the indices, a plain one only the logits; checked to give one value per example."""
     if isinstance(metric, RowwiseMetric):
         return check_output(metric(logits, examples), logits.shape[0])
     return check_output(metric(logits), logits.shape[0])
@@ -197,7 +199,7 @@ def _metric_values(metric, logits: torch.Tensor, examples: torch.Tensor) -> torc
 
 def _metric_sum(metric, logits: torch.Tensor, examples: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(_metric_values(metric, logits, examples).double().sum())
+        return float(metric_values(metric, logits, examples).double().sum())
 
 
 def example_chunks(model, metric, n_examples: int, n_pos: int, per_example_bytes: int, budget) -> list[slice]:
@@ -386,7 +388,7 @@ class _Pass:
         hooks += [(g.input_hook(), input_leaf)] + list(replace) + self.destination_hooks() + list(extra)
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(tokens)
-            values = _metric_values(metric, logits, examples)
+            values = metric_values(metric, logits, examples)
             torch.autograd.grad(values.sum(), [leaf_box["leaf"]], retain_graph=self.ungroup)
             self.flush_all()
             if self.ungroup:

@@ -24,11 +24,11 @@ import torch
 
 from .. import figures
 from ..core.batching import paired_tokens, parse_budget, progress_bar
-from ..core.metrics import RowwiseMetric, check_output, per_cell
+from ..core.metrics import RowwiseMetric, per_cell
 from ..core.runner import row_bytes
 from ..errors import InputError
 from . import selection
-from .attribution import EdgeScores, direction_sign, resolve_direction
+from .attribution import EdgeScores, direction_sign, metric_values, resolve_direction
 from .graph import Graph
 from .hooks import destination_inputs, destination_slices, input_taps, output_weights, source_hooks
 
@@ -313,11 +313,8 @@ def _mean_metric(model, tokens: torch.Tensor, metric, fwd_hooks=()) -> float:
     """The metric's mean over the prompts ``tokens`` (one forward without gradients)."""
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         logits = model(tokens)
-        if isinstance(metric, RowwiseMetric):
-            values = metric(logits, torch.arange(tokens.shape[0], device=logits.device))
-        else:
-            values = metric(logits)
-    return float(check_output(values, tokens.shape[0]).double().mean())
+        values = metric_values(metric, logits, torch.arange(tokens.shape[0], device=logits.device))
+    return float(values.double().mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------

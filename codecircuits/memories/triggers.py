@@ -549,6 +549,8 @@ class ScanRun:
         self.model_name = str(getattr(model.cfg, "model_name", "") or "model")
         self.settings = {"k": k, "window": chunked.window, "rank_by": rb, "layers": list(lays), "bos": chunked.bos}
         self.n_chunks = len(chunked)
+        # the chunk plan's tensors, made once: every state (each checkpoint, each callback) shares them
+        self.chunk_doc, self.chunk_start = torch.as_tensor(chunked.chunk_doc), torch.as_tensor(chunked.chunk_start)
         self.top = TopK.empty(len(lays), int(model.cfg.d_mlp), k)
         self.done = 0
         ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -589,8 +591,8 @@ class ScanRun:
             chunk=self.top.chunk,
             pos=self.top.pos,
             layers=self.layers,
-            chunk_doc=torch.as_tensor(chunked.chunk_doc),
-            chunk_start=torch.as_tensor(chunked.chunk_start),
+            chunk_doc=self.chunk_doc,
+            chunk_start=self.chunk_start,
             docs=chunked.names,
             doc_sha=chunked.sha,
             model=self.model_name,
