@@ -58,6 +58,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "training",
         "tracr_models",
         "testing",
+        "transcoders",
+        "graphs",
     ),
     "distributed": ("distributed",),
     "report": ("report",),
