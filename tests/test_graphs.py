@@ -199,3 +199,23 @@ def test_bad_input_is_explained(tiny, tmp_path):
         attribute(tiny, PROMPT, wrong, progress=False)
     with pytest.raises(InputError, match="vocabulary"):
         attribute(tiny, PROMPT, "neurons", targets={"x": torch.ones(3)}, progress=False)
+
+
+def test_graph_command(tiny_dirs, tmp_path, capsys):
+    """``codecircuits graph`` end to end on a tiny model: neurons, then a transcoder set from its folder."""
+    from codecircuits import load_model
+    from codecircuits.cli import main
+
+    out = tmp_path / "neurons"
+    assert main(["graph", PROMPT, "--model", str(tiny_dirs["qwen2"]), "--max-feature-nodes", "150", "--checks", "3", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["basis"] == "neurons" and summary["nodes"]["features"] == 150
+    assert summary["linearised_check"]["column_error"] < 1e-3
+    assert set(json.loads((out / "graph.json").read_text())) == {"metadata", "qParams", "nodes", "links"}
+    assert "<svg" not in (out / "graph.html").read_text()[:200] and "CC_GRAPH" in (out / "graph.html").read_text()
+    tc = random_transcoders(load_model(tiny_dirs["qwen2"], device="cpu"), 16, activation="topk", k=3).save(tmp_path / "set")
+    out = tmp_path / "tc"
+    assert main(["graph", PROMPT, "--model", str(tiny_dirs["qwen2"]), "--transcoders", str(tc), "--diff", "1", "2", "--checks", "0", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["basis"] == "transcoders" and summary["targets"][0]["name"] == "1 − 2"
+    assert "replacement score" in capsys.readouterr().out
