@@ -78,7 +78,7 @@ def main(quick: bool = False) -> dict:
 
     from codecircuits import load_model
     from codecircuits.circuits import Graph, circuit_metric, edge_scores, exact_edge_scores, from_transformer_lens
-    from codecircuits.circuits.evaluation import MIB_PERCENTAGES
+    from codecircuits.circuits.faithfulness import MIB_PERCENTAGES
     from codecircuits.core.batching import paired_tokens
     from codecircuits.core.inputs import single_token_id
     from codecircuits.testing import tiny_model

@@ -6,15 +6,15 @@
 
 The methods are submodules, imported on first use (``cc.patching``, ``cc.ablation``, ``cc.circuits``, ...; see
 ``__all__``), so ``import codecircuits`` loads only the model registry and the error classes (no Ray, no method
-code). Old module names that moved (``cc.metrics``, ``cc.inputs``, ``cc.concepts``, ``cc.agreement``) still work
-but warn with their new home.
+code). Old module names that moved (``cc.metrics``, ``cc.inputs``, ``cc.concepts``, ``cc.agreement``,
+``cc.evaluation``; the table is :data:`codecircuits._moved.MOVED`) still work but warn with their new home.
 """
 
 from __future__ import annotations
 
 import importlib as _importlib
 
-from ._moved import MOVED as _MOVED_NAMES
+from ._moved import package_getattr as _package_getattr
 from .errors import (
     CheckpointError,
     CodeCircuitsError,
@@ -45,15 +45,17 @@ _SUBMODULES = (
     "core",
     "corpus",
     "distributed",
+    "graphs",
     "intervals",
     "models",
+    "quality",
     "report",
     "studies",
     "tasks",
+    "transcoders",
 )
 
-#: old top-level module -> where its names live now (the old module still imports, with a DeprecationWarning)
-_MOVED = {old.rsplit(".", 1)[1]: tuple(dict.fromkeys(table.values())) for old, table in _MOVED_NAMES.items()}
+_moved_getattr = _package_getattr(__name__)  # an old module name imports its alias, which warns with the new home(s)
 
 
 def __getattr__(name: str):
@@ -61,9 +63,7 @@ def __getattr__(name: str):
         module = _importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module
         return module
-    if name in _MOVED:
-        return _importlib.import_module(f"{__name__}.{name}")  # the alias module warns with the new home(s)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _moved_getattr(name)
 
 
 def __dir__() -> list[str]:

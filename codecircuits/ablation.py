@@ -5,6 +5,10 @@
     >>> with scale_heads(model, {(12, 4): 1.5}):    # multiply the head's output (attn.hook_z) by 1.5
     ...     logits = model(tokens)
     >>> res = head_sweep(model, tokens, metric)      # each head ablated alone; res.values is [layer, head]
+    >>> res = head_sweep(model, tokens, label_metrics(labels))  # {"logprob": SweepResult, "correct": SweepResult}
+
+This module is the one route to zero or mean-ablate heads: :func:`ablate` (or :func:`ablation_hooks`) for given
+heads, :func:`head_sweep` for each head alone, with one metric or several named ones (:func:`label_metrics`).
 
 A head is always a query head: its output is ``blocks.{l}.attn.hook_z[:, :, h]``, so ablating one query head of
 a grouped-query or multi-query model leaves the heads that share its key/value head untouched. A neuron is an
@@ -40,7 +44,7 @@ from .core.interventions import (
     resample_index,
     unit_mask,
 )
-from .core.metrics import Metrics, evaluate
+from .core.metrics import Metrics, evaluate, rowwise
 from .core.runner import Receiver, run_cells
 from .core.sites import LAYER_PARTS, Layer, check_heads, hook_name
 from .errors import InputError
@@ -55,7 +59,22 @@ SHARDABLE_KINDS = ("zero", "mean")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# checked arguments
+# named metrics and checked arguments
+
+
+def label_metrics(labels: torch.Tensor, pos: int = -1) -> dict:
+    """The two named metrics of a labelled task at position ``pos``: ``{"logprob": log p(label), "correct": 1.0
+    where the top-1 token is the label}``, one value per prompt. Row-wise (:func:`~codecircuits.core.metrics.rowwise`):
+    row ``r`` scores the label of prompt ``examples[r]``, so a sweep calls each once per stack of cells."""
+
+    def logprob(logits, examples):
+        lg = logits[:, pos].float()
+        return torch.log_softmax(lg, -1).gather(1, labels[examples][:, None])[:, 0]
+
+    def correct(logits, examples):
+        return (logits[:, pos].float().argmax(-1) == labels[examples]).float()
+
+    return {"logprob": rowwise(logprob), "correct": rowwise(correct)}
 
 
 def check_kind(kind: str) -> str:
@@ -228,17 +247,8 @@ def ablate(
         mean_over: ``"prompts"`` (a mean per position) or ``"prompts_and_positions"``.
         seed: for resample ablation.
     """
-    hooks = ablation_hooks(
-        model,
-        heads,
-        neurons,
-        layers,
-        kind=kind,
-        reference=reference,
-        positions=positions,
-        mean_over=mean_over,
-        seed=seed,
-    )
+    hooks = ablation_hooks(model, heads, neurons, layers, kind=kind, reference=reference, positions=positions,
+                           mean_over=mean_over, seed=seed)
     with model.hooks(fwd_hooks=hooks):
         yield model
 
@@ -264,10 +274,8 @@ def scale_hooks(
 
 @contextmanager
 def scale_heads(model, factors: Mapping[tuple[int, int], float], *, positions: Sequence[int] | int | None = None):
-    """Multiply the output of heads by factors inside the ``with`` block: ``{(layer, head): factor}``.
-
-    A factor of 0 is zero ablation; factors above 1 amplify a head (as in the parenthesis study).
-    """
+    """Multiply the output of heads by factors inside the ``with`` block: ``{(layer, head): factor}``; factors
+    above 1 amplify a head (as in the parenthesis study). To zero or mean-ablate heads, use :func:`ablate`."""
     with model.hooks(fwd_hooks=scale_hooks(model, factors, positions=positions)):
         yield model
 
@@ -343,6 +351,25 @@ def _sweep_layers(
     return per, base, cell_idx.cpu()
 
 
+def _sweep(model, tokens, metric, unit: str, layers, units, **options):
+    """The sweep of each ``unit`` (``"head"``, ``"neuron"`` or a layer's ``"part"``) of ``layers`` ablated alone."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    if unit == "head":
+        _check_heads(model, [(layer, 0) for layer in layers])
+        hooks_of_layer, n_units, site = (lambda layer: [hook_name("z", layer)]), int(model.cfg.n_heads), "z"
+    elif unit == "neuron":
+        _check_layers(model, [(layer, "mlp") for layer in layers])
+        hooks_of_layer, n_units, site = (lambda layer: [hook_name("post", layer)]), int(model.cfg.d_mlp), "post"
+    else:
+        _check_layers(model, layers)
+        hooks_of_layer, n_units, site = (lambda layer: [_layer_hook(layer, p) for p in LAYER_PARTS]), 2, "out"
+    desc = f"{'layer' if unit == 'part' else unit} ablation"
+    per, base, idx = _sweep_layers(model, tokens, metric, hooks_of_layer=hooks_of_layer, n_units=n_units, units=units,
+                                   what=unit.capitalize(), layers=layers, desc=desc, **options)
+    labels = {"layer": layers, unit: list(LAYER_PARTS) if unit == "part" else idx.tolist()}
+    return _ablation_result(per, base, ("layer", unit), labels, site, options["kind"])
+
+
 def _ablation_result(per_example, base, axes, labels, site, kind):
     """A :class:`SweepResult`, or ``{name: SweepResult}`` for several metrics."""
     if isinstance(per_example, dict):
@@ -382,27 +409,8 @@ def head_sweep(
     One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
     workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    _check_heads(model, [(layer, 0) for layer in layers])
-    per, base, idx = _sweep_layers(
-        model,
-        tokens,
-        metric,
-        hooks_of_layer=lambda layer: [hook_name("z", layer)],
-        n_units=int(model.cfg.n_heads),
-        units=heads,
-        what="Head",
-        layers=layers,
-        kind=kind,
-        reference=reference,
-        positions=positions,
-        mean_over=mean_over,
-        seed=seed,
-        memory_budget=memory_budget,
-        progress=progress,
-        desc="head ablation",
-    )
-    return _ablation_result(per, base, ("layer", "head"), {"layer": layers, "head": idx.tolist()}, "z", kind)
+    return _sweep(model, tokens, metric, "head", layers, heads, kind=kind, reference=reference, positions=positions,
+                  mean_over=mean_over, seed=seed, memory_budget=memory_budget, progress=progress)
 
 
 def neuron_sweep(
@@ -427,27 +435,8 @@ def neuron_sweep(
     One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
     workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    _check_layers(model, [(layer, "mlp") for layer in layers])
-    per, base, idx = _sweep_layers(
-        model,
-        tokens,
-        metric,
-        hooks_of_layer=lambda layer: [hook_name("post", layer)],
-        n_units=int(model.cfg.d_mlp),
-        units=neurons,
-        what="Neuron",
-        layers=layers,
-        kind=kind,
-        reference=reference,
-        positions=positions,
-        mean_over=mean_over,
-        seed=seed,
-        memory_budget=memory_budget,
-        progress=progress,
-        desc="neuron ablation",
-    )
-    return _ablation_result(per, base, ("layer", "neuron"), {"layer": layers, "neuron": idx.tolist()}, "post", kind)
+    return _sweep(model, tokens, metric, "neuron", layers, neurons, kind=kind, reference=reference, positions=positions,
+                  mean_over=mean_over, seed=seed, memory_budget=memory_budget, progress=progress)
 
 
 def layer_sweep(
@@ -470,27 +459,8 @@ def layer_sweep(
     One process; ``codecircuits.distributed.run(ablation.<sweep>, ..., workers=N)`` shards the prompts over
     workers (the result is one process's). Resample ablation is not shardable (:data:`SHARDABLE_KINDS`).
     """
-    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    _check_layers(model, layers)
-    per, base, _ = _sweep_layers(
-        model,
-        tokens,
-        metric,
-        hooks_of_layer=lambda layer: [_layer_hook(layer, part) for part in LAYER_PARTS],
-        n_units=len(LAYER_PARTS),
-        units=None,
-        what="Part",
-        layers=layers,
-        kind=kind,
-        reference=reference,
-        positions=positions,
-        mean_over=mean_over,
-        seed=seed,
-        memory_budget=memory_budget,
-        progress=progress,
-        desc="layer ablation",
-    )
-    return _ablation_result(per, base, ("layer", "part"), {"layer": layers, "part": list(LAYER_PARTS)}, "out", kind)
+    return _sweep(model, tokens, metric, "part", layers, None, kind=kind, reference=reference, positions=positions,
+                  mean_over=mean_over, seed=seed, memory_budget=memory_budget, progress=progress)
 
 
 __all__ = [
@@ -498,6 +468,7 @@ __all__ = [
     "ablate",
     "ablation_hooks",
     "head_sweep",
+    "label_metrics",
     "layer_sweep",
     "neuron_sweep",
     "resample_index",

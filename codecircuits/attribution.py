@@ -19,7 +19,7 @@ node-level scores of ``transformer_lens``'s ``attribution_patch`` (head outputs 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import einops
 import pandas as pd
@@ -177,46 +177,15 @@ def sweep(
             n_units = per_example.shape[by.index(ax)]
             units = neurons if ax == "neuron" else heads
             labels[ax] = [int(u) for u in units] if units is not None else list(range(n_units))
-    exact_res = None
     if exact is True:
-        exact_res = exact_sweep(
-            model,
-            clean_t,
-            corr_t,
-            metric,
-            site=site,
-            by=by,
-            into=into,
-            layers=layers,
-            positions=positions,
-            heads=heads,
-            neurons=neurons,
-            progress=progress,
-        )
-    elif isinstance(exact, SweepResult):
-        exact_res = exact
-    result = AttributionResult(
-        per_example=per_example,
-        axes=by,
-        base=base,
-        source=source,
-        labels=labels,
-        site=site,
-        method=f"attribution {'clean->corrupted' if into == 'corrupted' else 'corrupted->clean'}",
-    )
-    if exact_res is None:
+        exact = exact_sweep(model, clean_t, corr_t, metric, site=site, by=by, into=into, layers=layers,
+                            positions=positions, heads=heads, neurons=neurons, progress=progress)
+    direction = "clean->corrupted" if into == "corrupted" else "corrupted->clean"
+    result = AttributionResult(per_example=per_example, axes=by, base=base, source=source, labels=labels, site=site,
+                               method=f"attribution {direction}")
+    if not isinstance(exact, SweepResult):
         return result
-    return AttributionResult(
-        per_example=per_example,
-        axes=by,
-        base=base,
-        source=source,
-        labels=labels,
-        site=site,
-        method=result.method,
-        exact=exact_res,
-        rank_correlation=rank_correlation(result, exact_res),
-    )
+    return replace(result, exact=exact, rank_correlation=rank_correlation(result, exact))
 
 
 def _layer_score(site, kind, query_kv, layer, donor_cache, acts, grads, deltas, kv_of) -> torch.Tensor:

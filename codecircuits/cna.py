@@ -5,8 +5,8 @@
   :func:`codecircuits.ablation.head_sweep` with those two metrics: each layer's heads are stacked along the batch
   and run from the cached ``resid_pre`` of that layer, with the earlier blocks skipped and only the scored
   position unembedded, so the sweep costs about half a forward pass per head instead of a full one.
-- :func:`head_effects`: a few given heads ablated alone, one full forward each (the held-out re-scoring of the
-  heads a sweep selected).
+- :func:`head_effects`: a few given heads ablated alone (:func:`codecircuits.ablation.ablate`), one full forward
+  each (the held-out re-scoring of the heads a sweep selected).
 - :func:`compare`: CNA. ``CNA(l, k) = Imp_M(l, k) - Imp_M'(l, k)`` where ``Imp`` is the log-probability increase
   of FFN neuron k of layer l (:mod:`codecircuits.neurons`), ``M`` the model and ``M'`` the model with one head
   ablated; both read through ``M``'s frozen final scale, for ``M``'s top-1 token.
@@ -15,6 +15,10 @@
   decrease of the top neurons' coefficients in ``M'`` and a random-mask control. :class:`MaskKeepTable` keeps each
   prompt's outcome, so its decreases come with bootstrap intervals (:meth:`MaskKeepTable.decrease`,
   :meth:`MaskKeepTable.intervals`).
+
+The two head functions are the task-level views of :mod:`codecircuits.ablation`, the one route that zeroes or
+mean-ablates heads: they score its named metrics (:func:`codecircuits.ablation.label_metrics`) over batches of
+prompts; :func:`compare` ablates its head through :func:`codecircuits.ablation.ablation_hooks`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from tqdm.auto import tqdm
 from . import ablation, figures, intervals
 from .core.batching import budget_from_megabytes, n_prompts, parse_budget, prompt_batches
 from .core.merging import PER_PROMPT, concat_per_prompt
-from .core.metrics import evaluate, rowwise
+from .core.metrics import evaluate
 from .core.runner import row_bytes
 from .core.sites import Head, Neuron, check_heads
 from .errors import InputError
@@ -39,7 +43,6 @@ from .neurons import (
     check_position,
     clean_run,
     ffn_scores_batch,
-    head_zero_hooks,
     neuron_mask_hooks,
     resolve_target,
     target_token_strings,
@@ -78,17 +81,10 @@ class HeadSweep:
         base_correct = torch.cat([p.base_correct for p in parts])
         n = sum(int(p.base_correct.shape[0]) for p in parts)
         base_logprob = sum(p.base_logprob * int(p.base_correct.shape[0]) for p in parts) / n
-        return replace(
-            parts[0],
-            accuracy=correct.float().mean(-1),
-            logprob=plp.mean(-1),
-            base_accuracy=float(base_correct.float().mean()),
-            base_logprob=float(base_logprob),
-            correct=correct,
-            prompt_logprob=plp,
-            base_correct=base_correct,
-            labels=torch.cat([p.labels for p in parts]),
-        )
+        return replace(parts[0], accuracy=correct.float().mean(-1), logprob=plp.mean(-1),
+                       base_accuracy=float(base_correct.float().mean()), base_logprob=float(base_logprob),
+                       correct=correct, prompt_logprob=plp, base_correct=base_correct,
+                       labels=torch.cat([p.labels for p in parts]))
 
     @property
     def accuracy_drop(self) -> torch.Tensor:
@@ -156,19 +152,6 @@ def _target_of(target, labels, where: str):
     warnings.warn(f"{where}(labels=...) is deprecated: pass target=, the one name of the correct tokens across "
                   "codecircuits.", DeprecationWarning, stacklevel=3)
     return labels
-
-def _label_metrics(pos: int, labels: torch.Tensor) -> dict:
-    """``{"logprob": log p(label), "correct": 1.0 where the top-1 is the label}`` at ``pos``, row-wise: row ``r``
-    scores the label of prompt ``examples[r]``."""
-
-    def logprob(logits, examples):
-        lg = logits[:, pos].float()
-        return torch.log_softmax(lg, -1).gather(1, labels[examples][:, None])[:, 0]
-
-    def correct(logits, examples):
-        return (logits[:, pos].float().argmax(-1) == labels[examples]).float()
-
-    return {"logprob": rowwise(logprob), "correct": rowwise(correct)}
 
 
 def _rows_budget(model, n_pos: int, rows: int) -> int:
@@ -243,20 +226,12 @@ def head_sweep(
             t = clean[:, pos].float().argmax(-1)
         else:
             t = lab[ix]
-        metrics = _label_metrics(pos, t)
+        metrics = ablation.label_metrics(t, pos)
         budget = _rows_budget(model, toks.shape[1], max_rows) if max_rows is not None else memory_budget
         base = None
         for hs, layers in groups.items():
-            res = ablation.head_sweep(
-                model,
-                toks,
-                metrics,
-                kind="zero",
-                layers=layers,
-                heads=list(hs),
-                memory_budget=budget,
-                progress=progress,
-            )
+            res = ablation.head_sweep(model, toks, metrics, kind="zero", layers=layers, heads=list(hs),
+                                      memory_budget=budget, progress=progress)
             if base is None:
                 base = {k: r.base for k, r in res.items()}
             at = (torch.tensor(layers)[:, None, None], torch.tensor(hs)[None, :, None], torch.tensor(ix)[None, None, :])
@@ -279,16 +254,9 @@ def _sweep_result(todo, correct, plp, base_correct, base_lp, labels) -> HeadSwee
         swept[h.layer, h.head] = True
     correct[~swept] = base_correct
     plp[~swept] = base_lp
-    return HeadSweep(
-        accuracy=correct.float().mean(-1),
-        logprob=plp.mean(-1),
-        base_accuracy=float(base_correct.float().mean()),
-        base_logprob=float(base_lp.mean()),
-        correct=correct,
-        prompt_logprob=plp,
-        base_correct=base_correct,
-        labels=labels,
-    )
+    return HeadSweep(accuracy=correct.float().mean(-1), logprob=plp.mean(-1),
+                     base_accuracy=float(base_correct.float().mean()), base_logprob=float(base_lp.mean()),
+                     correct=correct, prompt_logprob=plp, base_correct=base_correct, labels=labels)
 
 
 def head_effects(
@@ -329,7 +297,7 @@ def head_effects(
             base_correct[ix], base_lp[ix] = score(model(toks), t)
             bar.update(1)
             for h in todo:
-                with model.hooks(fwd_hooks=head_zero_hooks(model, [h])):
+                with ablation.ablate(model, heads=[h]):
                     correct[h.layer, h.head, ix], plp[h.layer, h.head, ix] = score(model(toks), t)
                 bar.update(1)
     bar.close()
@@ -455,7 +423,7 @@ def compare(
     ``codecircuits.distributed.run(cna.compare, ..., workers=N)`` shards the prompts over workers."""
     memory_budget = budget_from_megabytes(memory_budget, memory_mb, "cna.compare")
     head = (int(head[0]), int(head[1]))
-    hooks = head_zero_hooks(model, [head])
+    hooks = ablation.ablation_hooks(model, [head])
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     if layers is not None:
         layers = sorted({int(x) for x in layers})
@@ -496,21 +464,10 @@ def compare(
         p_o[ix] = torch.softmax(run_o["logits"], -1).gather(1, t[:, None])[:, 0].cpu()
         p_a[ix] = torch.softmax(run_a["logits"], -1).gather(1, t[:, None])[:, 0].cpu()
     cna = torch.nan_to_num(imp_o - imp_a, nan=0.0)
-    return CNAResult(
-        cna=cna,
-        imp_original=imp_o,
-        imp_ablated=imp_a,
-        coef_original=coef_o,
-        coef_ablated=coef_a,
-        target=targets,
-        prob_original=p_o,
-        prob_ablated=p_a,
-        head=head,
-        exact_authors_lens=exact_authors_lens,
-        pos=pos,
-        target_tokens=target_token_strings(model, targets),
-        settings={"layers": layers},
-    )
+    return CNAResult(cna=cna, imp_original=imp_o, imp_ablated=imp_a, coef_original=coef_o, coef_ablated=coef_a,
+                     target=targets, prob_original=p_o, prob_ablated=p_a, head=head,
+                     exact_authors_lens=exact_authors_lens, pos=pos, target_tokens=target_token_strings(model, targets),
+                     settings={"layers": layers})
 
 
 @dataclass(frozen=True)
@@ -600,6 +557,36 @@ def _mask_keep_table(hit, base, ns, *, only_correct, head, coef_decrease=None) -
     )
 
 
+def _mask_runs(model, batches, lab, pos, ns, first, chosen, rand_all, desc, progress):
+    """``(hit, base)``: whether each prompt's top-1 at ``pos`` is its label ``lab`` with nothing masked (``base``) and
+    (``hit[(kind, N)]``) with the first N neurons ``chosen(ix, N)`` (flat ``[rows, N]`` indices) zeroed (``mask``),
+    with every neuron of layers ``>= first`` but those zeroed (``keep``), or with ``rand_all[ix, :N]`` zeroed."""
+    n, n_layers, d_mlp = n_prompts(batches), model.cfg.n_layers, model.cfg.d_mlp
+    base = torch.zeros(n, dtype=torch.bool)
+    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in _MASK_KINDS for k in ns}
+    bar = tqdm(total=len(batches) * len(ns), desc=desc, disable=not progress)
+    with torch.no_grad():
+        for ix, toks in batches:
+            t = lab[ix]
+            base[ix] = (model(toks)[:, pos].argmax(-1) == t).cpu()
+            for k in ns:
+                for kind in _MASK_KINDS:
+                    idx = rand_all[ix, :k] if kind == "random_mask" else chosen(ix, k)
+                    if kind == "keep":
+                        mask = torch.zeros(len(ix), n_layers * d_mlp)
+                        mask[:, : first * d_mlp] = 1.0
+                        mask.scatter_(1, idx, 1.0)
+                    else:
+                        mask = torch.ones(len(ix), n_layers * d_mlp)
+                        mask.scatter_(1, idx, 0.0)
+                    mask = mask.reshape(len(ix), n_layers, d_mlp).to(model.cfg.device)
+                    with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask)):
+                        hit[(kind, k)][ix] = (model(toks)[:, pos].argmax(-1) == t).cpu()
+                bar.update(1)
+    bar.close()
+    return hit, base
+
+
 def mask_keep(
     model,
     prompts,
@@ -630,31 +617,11 @@ def mask_keep(
             f"N={ns[-1]} exceeds the {(n_layers - first) * d_mlp} neurons in layers {first}..{n_layers - 1}."
         )
     g = torch.Generator().manual_seed(seed)
-    base = torch.zeros(n, dtype=torch.bool)
-    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in _MASK_KINDS for k in ns}
     top_all = cna.top_indices(ns[-1])
     rand_all = torch.stack([torch.randperm((n_layers - first) * d_mlp, generator=g)[: ns[-1]] for _ in range(n)])
     rand_all = rand_all + first * d_mlp
-    bar = tqdm(total=len(batches) * len(ns), desc="mask vs keep", disable=not progress)
-    with torch.no_grad():
-        for ix, toks in batches:
-            t = lab[ix]
-            base[ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
-            for k in ns:
-                for kind in _MASK_KINDS:
-                    idx = (rand_all if kind == "random_mask" else top_all)[ix, :k]
-                    if kind == "keep":
-                        mask = torch.zeros(len(ix), n_layers * d_mlp)
-                        mask[:, : first * d_mlp] = 1.0
-                        mask.scatter_(1, idx, 1.0)
-                    else:
-                        mask = torch.ones(len(ix), n_layers * d_mlp)
-                        mask.scatter_(1, idx, 0.0)
-                    mask = mask.reshape(len(ix), n_layers, d_mlp).to(model.cfg.device)
-                    with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask)):
-                        hit[(kind, k)][ix] = (model(toks)[:, cna.pos].argmax(-1) == t).cpu()
-                bar.update(1)
-    bar.close()
+    hit, base = _mask_runs(model, batches, lab, cna.pos, ns, first, lambda ix, k: top_all[ix, :k], rand_all,
+                           "mask vs keep", progress)
     flat_o = cna.coef_original.reshape(n, -1)
     flat_a = cna.coef_ablated.reshape(n, -1)
 
@@ -716,27 +683,7 @@ def mask_keep_heldout(
         raise InputError(f"N={ns[-1]} exceeds the {len(pool)} neurons of the random control's layers.")
     g = torch.Generator().manual_seed(seed)
     rand_all = torch.stack([pool[torch.randperm(len(pool), generator=g)[: ns[-1]]] for _ in range(n)])
-    base = torch.zeros(n, dtype=torch.bool)
-    hit = {(kind, k): torch.zeros(n, dtype=torch.bool) for kind in _MASK_KINDS for k in ns}
-    bar = tqdm(total=len(batches) * len(ns), desc="mask vs keep (held out)", disable=not progress)
-    with torch.no_grad():
-        for ix, toks in batches:
-            t = lab[ix]
-            base[ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
-            for k in ns:
-                for kind in _MASK_KINDS:
-                    if kind == "keep":
-                        mask = torch.zeros(len(ix), n_layers * d_mlp)
-                        mask[:, : first_layer * d_mlp] = 1.0
-                        mask[:, neurons[:k]] = 1.0
-                    else:
-                        mask = torch.ones(len(ix), n_layers * d_mlp)
-                        idx = rand_all[ix, :k] if kind == "random_mask" else neurons[:k].expand(len(ix), k)
-                        mask.scatter_(1, idx, 0.0)
-                    mask = mask.reshape(len(ix), n_layers, d_mlp).to(model.cfg.device)
-                    with model.hooks(fwd_hooks=neuron_mask_hooks(model, mask)):
-                        hit[(kind, k)][ix] = (model(toks)[:, -1].argmax(-1) == t).cpu()
-                bar.update(1)
-    bar.close()
+    hit, base = _mask_runs(model, batches, lab, -1, ns, first_layer, lambda ix, k: neurons[:k].expand(len(ix), k),
+                           rand_all, "mask vs keep (held out)", progress)
     head = head if head is not None else (first_layer, -1)
     return _mask_keep_table(hit, base, ns, only_correct=only_correct, head=head)

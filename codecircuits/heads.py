@@ -89,16 +89,9 @@ class PromoterHeads:
             for layer in range(n_layers):
                 for h in range(n_heads):
                     rows.append(
-                        dict(
-                            n_open=c,
-                            head=head_label(layer, h),
-                            layer=layer,
-                            head_index=h,
-                            precision=float(self.precision[i, layer, h]),
-                            recall=float(self.recall[i, layer, h]),
-                            f1=float(self.f1[i, layer, h]),
-                            mean_logit=float(self.mean_logit[i, layer, h]),
-                        )
+                        dict(n_open=c, head=head_label(layer, h), layer=layer, head_index=h,
+                             precision=float(self.precision[i, layer, h]), recall=float(self.recall[i, layer, h]),
+                             f1=float(self.f1[i, layer, h]), mean_logit=float(self.mean_logit[i, layer, h]))
                     )
         return pd.DataFrame(rows)
 
@@ -312,13 +305,8 @@ class CountingHeads:
         n_layers, n_heads = self.attn_corr.shape
         for layer in range(n_layers):
             for h in range(n_heads):
-                row = dict(
-                    head=head_label(layer, h),
-                    layer=layer,
-                    head_index=h,
-                    score=float(score[layer, h]),
-                    attn_corr=float(self.attn_corr[layer, h]),
-                )
+                row = dict(head=head_label(layer, h), layer=layer, head_index=h, score=float(score[layer, h]),
+                           attn_corr=float(self.attn_corr[layer, h]))
                 if self.output_corr is not None:
                     row["output_corr"] = float(self.output_corr[layer, h])
                 for i, c in enumerate(self.counts):
@@ -405,14 +393,8 @@ def counting_heads(
     count_all = torch.cat(counts_b)
     attn_corr = _pearson(count_all, mass_all)
     output_corr = _pearson(count_all, torch.cat(expected)) if expected is not None else None
-    return CountingHeads(
-        torch.stack([x.mean(0) for x in masses]),
-        torch.stack(per_paren),
-        attn_corr,
-        output_corr,
-        torch.stack(promotes) if promotes is not None else None,
-        tuple(counts),
-    )
+    return CountingHeads(torch.stack([x.mean(0) for x in masses]), torch.stack(per_paren), attn_corr, output_corr,
+                         torch.stack(promotes) if promotes is not None else None, tuple(counts))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,12 +487,6 @@ class CountTracking:
         n_heads = vals.shape[1]
         return [(int(j) // n_heads, int(j) % n_heads) for j in order]
 
-    def head_partial_corr(self, head: tuple[int, int], rows: torch.Tensor | None = None) -> float:
-        """``partial_corr`` of one head, on the prompts ``rows`` (all by default): the statistic to bootstrap."""
-        sel = slice(None) if rows is None else rows
-        y = self.mass[sel][:, head[0], head[1]]
-        return float(partial_correlation(self.n_open[sel], y[:, None], self.covariates[sel])[0])
-
     def to_dataframe(self):
         import pandas as pd
 
@@ -527,16 +503,10 @@ class CountTracking:
         for layer in range(n_layers):
             for h in range(n_heads):
                 rows.append(
-                    dict(
-                        head=head_label(layer, h),
-                        layer=layer,
-                        head_index=h,
-                        partial_corr=float(self.partial_corr[layer, h]),
-                        raw_corr=float(self.raw_corr[layer, h]),
-                        paren_attn=float(self.mass[:, layer, h].mean()),
-                        per_open_paren=float(per_open[layer, h]),
-                        per_closed_paren=float(per_closed[layer, h]),
-                    )
+                    dict(head=head_label(layer, h), layer=layer, head_index=h,
+                         partial_corr=float(self.partial_corr[layer, h]), raw_corr=float(self.raw_corr[layer, h]),
+                         paren_attn=float(self.mass[:, layer, h].mean()), per_open_paren=float(per_open[layer, h]),
+                         per_closed_paren=float(per_closed[layer, h]))
                 )
         return pd.DataFrame(rows)
 
@@ -597,13 +567,5 @@ def count_tracking(
         raise InputError("count_tracking needs prompts with at least two different numbers of open parens.")
     n_parens_t, n_tokens_t = torch.cat(n_parens), torch.cat(n_tokens)
     cov = torch.stack([n_tokens_t, n_parens_t], 1)
-    return CountTracking(
-        mass,
-        torch.cat(opens),
-        torch.cat(closeds),
-        n_open_t,
-        n_parens_t,
-        n_tokens_t,
-        partial_correlation(n_open_t, mass, cov),
-        _pearson(n_open_t, mass),
-    )
+    return CountTracking(mass, torch.cat(opens), torch.cat(closeds), n_open_t, n_parens_t, n_tokens_t,
+                         partial_correlation(n_open_t, mass, cov), _pearson(n_open_t, mass))

@@ -246,17 +246,9 @@ class Claim:
     @classmethod
     def from_json(cls, d: dict) -> Claim:
         """A claim read back from a study's ``results.json``."""
-        return cls(
-            d["claim"],
-            d["verdict"],
-            Interval.from_json(d["evidence"]) if d.get("evidence") else None,
-            Interval.from_json(d["control"]) if d.get("control") else None,
-            d.get("detail", ""),
-            d.get("command", ""),
-            d.get("rule", ""),
-            d.get("paper", ""),
-            d.get("source", ""),
-        )
+        return cls(d["claim"], d["verdict"], Interval.from_json(d["evidence"]) if d.get("evidence") else None,
+                   Interval.from_json(d["control"]) if d.get("control") else None, d.get("detail", ""),
+                   d.get("command", ""), d.get("rule", ""), d.get("paper", ""), d.get("source", ""))
 
     def row(self, digits: int = 2) -> dict:
         """The claim as a table row of strings (the report's and the findings' table)."""

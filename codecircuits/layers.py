@@ -24,14 +24,17 @@ Where a module sits, and why:
   memories study's corpus chunking (``memories/chunks.py``: documents cut into token windows).
 - ``core``: sites, interventions, the runner, metrics and result merging: the one vocabulary every method speaks.
 - ``methods``: everything a notebook calls: patching, ablation, attribution, lens, heads, CNA, neurons, memories,
-  repair, subspace, signatures, circuits, confidence intervals, evaluation, training, the tracr models, and the
-  tiny-model helpers of ``testing.py``.
+  repair, subspace, signatures, circuits, confidence intervals, the held-out loss and paren accuracy
+  (``quality.py``), training, the tracr models, and the tiny-model helpers of ``testing.py``.
 - ``distributed``: runs methods on shards over Ray workers and merges what they return; no method imports it.
 - ``report``: HTML reports and views; ``report/prompt.py`` draws lens results, so it sits above the methods.
-- ``studies``: one paper's protocol each, composed of methods and reported with ``report``.
+- ``studies``: one paper's protocol each, composed of methods and reported with ``report``. The old alias
+  ``circuits/evaluation.py`` (now ``circuits/faithfulness.py``) sits here, not with the shims, only while
+  ``studies/circuit.py`` still imports it; it joins the shims when that import reads ``circuits.faithfulness``.
 - ``commands``: the command line (``cli.py``, ``__main__.py``, ``commands/``): a study's config as options.
-- ``shims``: the old module names kept for users (``metrics``, ``inputs``, ``concepts``, ``agreement``); they
-  re-export where the code went, and since nothing may import a higher layer, the library never imports them.
+- ``shims``: the old module names kept for users (``metrics``, ``inputs``, ``concepts``, ``agreement``,
+  ``evaluation``, ``neurons.evaluation``); they re-export where the code went, and since nothing may import a
+  higher layer, the library never imports them.
 """
 
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -54,7 +57,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "signatures",
         "circuits",
         "intervals",
-        "evaluation",
+        "quality",
         "training",
         "tracr_models",
         "testing",
@@ -63,7 +66,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "distributed": ("distributed",),
     "report": ("report",),
-    "studies": ("studies",),
+    "studies": ("studies", "circuits.evaluation"),
     "commands": ("cli", "__main__", "commands"),
-    "shims": ("metrics", "inputs", "concepts", "agreement"),
+    "shims": ("metrics", "inputs", "concepts", "agreement", "evaluation", "neurons.evaluation"),
 }

@@ -143,12 +143,8 @@ class LogitDiffLens:
 
         m, s = self.values.mean(-1), self.values.std(-1) if self.values.shape[-1] > 1 else self.values[:, 0] * 0
         return pd.DataFrame(
-            dict(
-                layer=[x for x, _ in self.sites],
-                site=[k for _, k in self.sites],
-                logit_diff=m.tolist(),
-                std=s.tolist(),
-            )
+            dict(layer=[x for x, _ in self.sites], site=[k for _, k in self.sites], logit_diff=m.tolist(),
+                 std=s.tolist())
         )
 
     def top(self, k: int = 10):

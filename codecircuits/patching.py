@@ -199,10 +199,6 @@ def position_labels(model, tokens: torch.Tensor) -> tuple[str, ...]:
     return tuple(f"{i}:{t}" for i, t in enumerate(toks))
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # sites and sweeps
 

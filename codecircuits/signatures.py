@@ -53,14 +53,12 @@ __all__ = [
     "Signature",
     "TaskVector",
     "WeightPatch",
-    "alpha_sweep",
     "block_params",
     "code_snippets",
     "compose",
     "doc_losses",
     "doc_tokens",
     "finetune",
-    "full_copy_bytes",
     "layer_profile",
     "lm_loss",
     "load",
@@ -134,16 +132,6 @@ def _params_by_name(model, names: Iterable[str]) -> dict[str, torch.nn.Parameter
 def snapshot(model, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """Copies (on CPU) of the named weights."""
     return {n: p.detach().cpu().clone() for n, p in _params_by_name(model, names).items()}
-
-
-def full_copy_bytes(model) -> int:
-    """Bytes of a full copy of the model's weights, at their stored dtype."""
-    seen, total = set(), 0
-    for p in model.original_model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -814,36 +802,7 @@ def finetune(
             with torch.no_grad():
                 for n, p in named.items():
                     p.copy_(base[n].to(device=p.device, dtype=p.dtype))
-    settings = dict(
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        seq_len=int(tokens.shape[1]),
-        seed=seed,
-        n_params=sum(p.numel() for p in named.values()),
-        tensors=len(named),
-    )
+    settings = dict(steps=steps, lr=lr, batch_size=batch_size, seq_len=int(tokens.shape[1]), seed=seed,
+                    n_params=sum(p.numel() for p in named.values()), tensors=len(named))
     return FinetuneRun(tv, tuple(losses), time.perf_counter() - t0, settings)
 
-
-def alpha_sweep(
-    model,
-    signatures: TaskVector | Sequence[TaskVector],
-    alphas: Sequence[float],
-    evals: Mapping[str, torch.Tensor],
-    *,
-    loss_fn: Callable = lm_loss,
-    progress: bool = True,
-):
-    """Loss on each evaluation set (name -> tokens) with the model patched by ``alpha * signature(s)``, per alpha.
-
-    Returns a DataFrame with one row per alpha; the model is restored after each alpha.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    rows = []
-    for a in tqdm(list(alphas), desc="alpha", disable=not progress):
-        with patched(model, signatures, a):
-            rows.append({"alpha": float(a), **{k: loss_fn(model, v) for k, v in evals.items()}})
-    return pd.DataFrame(rows)

@@ -49,12 +49,8 @@ def tiny_tokenizer(vocab_size: int = 320):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_TOKENIZER_TEXT * 4 + [")", "))", ")))", "))))"] * 20, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
@@ -68,77 +64,30 @@ def tiny_hf_model(
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    if family == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_heads,
-            max_position_embeddings=256,
-            **common,
-        )
-        cls = tf.LlamaForCausalLM
-    elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(
-            hidden_size=d_model,
-            intermediate_size=4 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            max_position_embeddings=256,
-            rotary_pct=0.25,
-            **common,
-        )
-        cls = tf.GPTNeoXForCausalLM
-    elif family == "codegen":
-        cfg = tf.CodeGenConfig(
-            n_embd=d_model, n_layer=n_layers, n_head=n_heads, rotary_dim=8, n_positions=256, n_ctx=256, **common
-        )
-        cls = tf.CodeGenForCausalLM
-    elif family == "gpt_bigcode":
-        cfg = tf.GPTBigCodeConfig(
-            n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=256, multi_query=True, **common
-        )
-        cls = tf.GPTBigCodeForCausalLM
-    elif family == "qwen2":
-        cfg = tf.Qwen2Config(
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2),
-            max_position_embeddings=256,
-            **common,
-        )
-        cls = tf.Qwen2ForCausalLM
-    elif family == "starcoder2":
-        cfg = tf.Starcoder2Config(
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2),
-            max_position_embeddings=256,
-            **common,
-        )
-        cls = tf.Starcoder2ForCausalLM
-    elif family == "gemma3":  # outside the main matrix: a norm after attention and after the MLP, q/k norms
-        cfg = tf.Gemma3TextConfig(
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2),
-            head_dim=d_model // n_heads,
-            query_pre_attn_scalar=d_model // n_heads,
-            sliding_window=16,
-            layer_types=["sliding_attention", "full_attention"] * (n_layers // 2) + ["full_attention"] * (n_layers % 2),
-            max_position_embeddings=256,
-            **common,
-        )
-        cls = tf.Gemma3ForCausalLM
-    else:
+    hf = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+              num_attention_heads=n_heads, max_position_embeddings=256, **common)  # the Llama-like configs
+    gpt = dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=256, **common)  # the GPT-2-like ones
+    gqa = max(1, n_heads // 2)
+    gemma = dict(  # outside the main matrix: a norm after attention and after the MLP, q/k norms
+        head_dim=d_model // n_heads,
+        query_pre_attn_scalar=d_model // n_heads,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * (n_layers // 2) + ["full_attention"] * (n_layers % 2),
+    )
+    families = {
+        "llama": (tf.LlamaConfig, hf | {"num_key_value_heads": n_heads}, tf.LlamaForCausalLM),
+        "gpt_neox": (tf.GPTNeoXConfig, hf | {"intermediate_size": 4 * d_model, "rotary_pct": 0.25},
+                     tf.GPTNeoXForCausalLM),
+        "codegen": (tf.CodeGenConfig, gpt | {"rotary_dim": 8, "n_ctx": 256}, tf.CodeGenForCausalLM),
+        "gpt_bigcode": (tf.GPTBigCodeConfig, gpt | {"multi_query": True}, tf.GPTBigCodeForCausalLM),
+        "qwen2": (tf.Qwen2Config, hf | {"num_key_value_heads": gqa}, tf.Qwen2ForCausalLM),
+        "starcoder2": (tf.Starcoder2Config, hf | {"num_key_value_heads": gqa}, tf.Starcoder2ForCausalLM),
+        "gemma3": (tf.Gemma3TextConfig, hf | {"num_key_value_heads": gqa} | gemma, tf.Gemma3ForCausalLM),
+    }
+    if family not in families:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    config_cls, kwargs, cls = families[family]
+    cfg = config_cls(**kwargs)
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     # random init is small; scale weights up a little so attention patterns and activations are not flat

@@ -63,15 +63,9 @@ class TracrVocab:
 
     @classmethod
     def from_json(cls, d: dict) -> TracrVocab:
-        return cls(
-            bos=d["bos"],
-            pad=d["pad"],
-            max_seq_len=int(d["max_seq_len"]),
-            input_tokens=tuple(d["input_tokens"]),
-            input_ids={k: int(v) for k, v in d["input"]},
-            output_ids={k: int(v) for k, v in d["output"]},
-            program=d.get("program", ""),
-        )
+        return cls(bos=d["bos"], pad=d["pad"], max_seq_len=int(d["max_seq_len"]), input_tokens=tuple(d["input_tokens"]),
+                   input_ids={k: int(v) for k, v in d["input"]}, output_ids={k: int(v) for k, v in d["output"]},
+                   program=d.get("program", ""))
 
     @property
     def output_values(self) -> list:
@@ -114,15 +108,9 @@ class TracrCircuit:
 
     @classmethod
     def from_json(cls, d: dict) -> TracrCircuit:
-        return cls(
-            heads=tuple(d["heads"]),
-            mlps=tuple(d["mlps"]),
-            true_edges=frozenset(d["true_edges"]),
-            all_edges=tuple(d["all_edges"]),
-            effective_edges=frozenset(d.get("effective_edges", ())),
-            pair_length=int(d.get("pair_length", 0)),
-            carries=dict(d.get("carries", {})),
-        )
+        return cls(heads=tuple(d["heads"]), mlps=tuple(d["mlps"]), true_edges=frozenset(d["true_edges"]),
+                   all_edges=tuple(d["all_edges"]), effective_edges=frozenset(d.get("effective_edges", ())),
+                   pair_length=int(d.get("pair_length", 0)), carries=dict(d.get("carries", {})))
 
     def labels(self, edges=None, *, effective: bool = False) -> torch.Tensor:
         """``[len(edges)]`` booleans: which of ``edges`` (default: every edge of the graph) are true (with
@@ -156,12 +144,9 @@ def _split_qkv_attention(cfg):
         PositionEmbeddingsAttentionBridge,
     )
 
-    return PositionEmbeddingsAttentionBridge(
-        name="attn",
-        config=cfg,
-        submodules={n: LinearBridge(name=n) for n in ("q", "k", "v", "o")},
-        is_causal=cfg.attention_dir == "causal",
-    )
+    return PositionEmbeddingsAttentionBridge(name="attn", config=cfg,
+                                             submodules={n: LinearBridge(name=n) for n in ("q", "k", "v", "o")},
+                                             is_causal=cfg.attention_dir == "causal")
 
 
 def build_bridge(config: dict, state_dict: dict[str, torch.Tensor]):
@@ -290,16 +275,10 @@ def tracr_pairs(name: str, n: int, seed: int = 0, *, length: int | None = None) 
             clean.append(a)
             corrupted.append(b)
     clean_answers, corrupted_answers = _answers(name, vocab, clean), _answers(name, vocab, corrupted)
-    return TracrPairs(
-        clean=clean,
-        corrupted=corrupted,
-        clean_tokens=vocab.encode(clean),
-        corrupted_tokens=vocab.encode(corrupted),
-        clean_answers=clean_answers,
-        corrupted_answers=corrupted_answers,
-        differ=clean_answers != corrupted_answers,
-        metric=logit_diff(clean_answers, corrupted_answers, rows=True),
-    )
+    return TracrPairs(clean=clean, corrupted=corrupted, clean_tokens=vocab.encode(clean),
+                      corrupted_tokens=vocab.encode(corrupted), clean_answers=clean_answers,
+                      corrupted_answers=corrupted_answers, differ=clean_answers != corrupted_answers,
+                      metric=logit_diff(clean_answers, corrupted_answers, rows=True))
 
 
 __all__ = [

@@ -68,12 +68,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 4096):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # the paren runs are rare in real code (")))))" even rarer); a few thousand extra occurrences make BPE
     # learn their merges early, so each of ) )) ))) )))) is one token as in SmolLM2's and CodeLlama's vocabularies
     extra = [" ".join(PAREN_TOKENS)] * 5000
@@ -152,23 +148,11 @@ def build_model(cfg: TrainConfig, tokenizer):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     eot = tokenizer.convert_tokens_to_ids(EOT)
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.d_model,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        intermediate_size=cfg.d_mlp,
-        hidden_act="gelu",
-        rotary_pct=cfg.rotary_pct,
-        max_position_embeddings=cfg.n_ctx,
-        use_parallel_residual=True,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-    )
+    hf_cfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+                           num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_mlp, hidden_act="gelu",
+                           rotary_pct=cfg.rotary_pct, max_position_embeddings=cfg.n_ctx, use_parallel_residual=True,
+                           attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False, bos_token_id=eot,
+                           eos_token_id=eot, pad_token_id=eot)
     torch.manual_seed(cfg.seed)
     return GPTNeoXForCausalLM(hf_cfg)
 
@@ -416,11 +400,8 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        betas=(0.9, 0.95), eps=1e-8)
 
 
 def _train_step(model, optimizer, cfg: TrainConfig, stream: np.ndarray, step: int) -> float:
@@ -531,19 +512,9 @@ def train(
     train_seconds = elapsed_before + (time.time() - t0)
 
     val_loss, bigram, val_sample = _evaluate_and_save(model, tokenizer, streams, cfg, out) if finished else (None,) * 3
-    result = TrainResult(
-        out_dir=str(out),
-        config=cfg,
-        steps_done=step,
-        finished=finished,
-        train_tokens_seen=step * cfg.batch_size * cfg.n_ctx,
-        corpus_stats=stats,
-        val_loss=val_loss,
-        bigram=bigram,
-        wall_seconds=train_seconds,
-        losses=tuple(losses),
-        val_sample=val_sample,
-    )
+    result = TrainResult(out_dir=str(out), config=cfg, steps_done=step, finished=finished,
+                         train_tokens_seen=step * cfg.batch_size * cfg.n_ctx, corpus_stats=stats, val_loss=val_loss,
+                         bigram=bigram, wall_seconds=train_seconds, losses=tuple(losses), val_sample=val_sample)
     if finished:
         (out / "training.json").write_text(json.dumps(result.to_dict(), indent=1))
         (out / "MODEL.md").write_text(model_card(result, n_params=sum(p.numel() for p in model.parameters())))

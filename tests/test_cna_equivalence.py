@@ -14,7 +14,7 @@ import torch
 from _reference import cna as ref_cna
 from _reference import neurons as ref_neurons
 
-from codecircuits import cna, neurons
+from codecircuits import ablation, cna, neurons
 from codecircuits.errors import InputError
 
 # two token lengths under the tiny tokenizer (9, 10, 9, 10 tokens with a BOS), interleaved so the batches by length
@@ -106,7 +106,7 @@ def test_hooks_equal_the_reference_hooks(tiny):
     toks = tiny.to_tokens(PROMPTS[0])
     heads = [(0, 1), (tiny.cfg.n_layers - 1, 0), (tiny.cfg.n_layers - 1, 3)]
     with torch.no_grad():
-        with tiny.hooks(fwd_hooks=neurons.head_zero_hooks(tiny, heads)):
+        with tiny.hooks(fwd_hooks=ablation.ablation_hooks(tiny, heads)):
             a = tiny(toks)
         with tiny.hooks(fwd_hooks=ref_neurons.head_zero_hooks(tiny, heads)):
             b = tiny(toks)

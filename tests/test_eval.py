@@ -1,4 +1,4 @@
-"""codecircuits.evaluation and `codecircuits eval`: loss bookkeeping on every family, paren accuracy, the CLI."""
+"""codecircuits.quality and `codecircuits eval`: loss bookkeeping on every family, paren accuracy, the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from codecircuits.corpus import CodeFile, Corpus
 from codecircuits.errors import InputError
-from codecircuits.evaluation import _windows, corpus_loss, evaluate
+from codecircuits.quality import _windows, corpus_loss, evaluate
 
 FILES = Corpus(
     "tiny",
@@ -144,7 +144,7 @@ def test_cli_eval_writes_json(tiny_dirs, tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_paren_accuracy_and_bos_decision(default_model):
     """Faithful dequantization + bridge: SmolLM2 closes 1-3 parens and fails at 4, like GPT-2 in the paper."""
-    from codecircuits.evaluation import paren_accuracy
+    from codecircuits.quality import paren_accuracy
 
     assert default_model.cfg.default_prepend_bos is False  # the registry's decision (docs/models.md)
     acc, counts = paren_accuracy(default_model, n_numbers=100)

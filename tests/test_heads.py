@@ -202,7 +202,6 @@ def test_count_tracking_tells_counting_from_dilution():
     assert tr.partial_corr[0, 0] > 0.99  # counts the open parens
     assert abs(tr.partial_corr[0, 1]) < 0.5 < tr.raw_corr[0, 1]  # dilution passes the raw measure, not this one
     assert tr.heads(1) == [(0, 0)]
-    assert tr.head_partial_corr((0, 0)) == pytest.approx(float(tr.partial_corr[0, 0]), abs=1e-5)
     assert len(tr.top(2)) == 2 and tr.top().iloc[0]["head"] == "L0H0" and "<svg" in tr.plot().to_svg()
     with pytest.raises(InputError, match="two different"):
         heads.count_tracking(_ParenModel, groups[:1], caches=caches[:1])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codecircuits import neurons
+from codecircuits import ablation, neurons
 from codecircuits.errors import InputError
 from codecircuits.models import kv_head_of
 
@@ -230,7 +230,9 @@ def test_bad_input_gets_a_clear_error(tiny):
     with pytest.raises(InputError, match="No prompts"):
         neurons.heads(tiny, [], progress=False)
     with pytest.raises(InputError, match="does not exist"):
-        neurons.head_zero_hooks(tiny, [(0, 99)])
+        ablation.ablation_hooks(tiny, [(0, 99)])
+    with pytest.warns(DeprecationWarning, match="codecircuits.ablation.ablation_hooks"):
+        assert neurons.head_zero_hooks is ablation.ablation_hooks  # the old name, deprecated
 
 
 def test_attention_neuron_evaluation_zeroes_the_chosen_neurons(tiny):

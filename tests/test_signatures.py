@@ -114,14 +114,6 @@ def test_finetune_gives_the_task_vector_and_restores(tiny):
     assert loss1 < loss0
 
 
-def test_alpha_sweep(tiny):
-    data = S.make_batches(tiny, TEXTS, seq_len=16, n=4)
-    sig = _fake_tv(tiny, None, "sig", 6)
-    df = S.alpha_sweep(tiny, sig, [0.0, 1.0], {"clean": data}, progress=False)
-    assert list(df["alpha"]) == [0.0, 1.0]
-    assert df["clean"][0] == pytest.approx(S.lm_loss(tiny, data))
-
-
 def test_bad_input(tiny):
     with pytest.raises(InputError, match="weight kind"):
         S.block_params(tiny, None, "ffn")

@@ -6,13 +6,14 @@ circuits selected and pruned from its scores, and MIB's faithfulness metrics.
   reached on the model's bridge (its split inputs, or its projections recomputed).
 - :mod:`~codecircuits.circuits.attribution`: the edge scores of every method.
 - :mod:`~codecircuits.circuits.selection`: circuits by top-n, threshold or greedy, and pruning.
-- :mod:`~codecircuits.circuits.evaluation`: running the model with everything outside a circuit patched or
+- :mod:`~codecircuits.circuits.faithfulness`: running the model with everything outside a circuit patched or
   ablated, many circuits per batched forward; exact edge patching; the faithfulness curve, CPR and CMD.
 - :mod:`~codecircuits.circuits.interop`: EAP-IG's graph files read and written; TransformerLens's edge results.
 """
 
+from .._moved import package_getattr
 from .attribution import LEVELS, METHODS, EdgeScores, edge_scores
-from .evaluation import (
+from .faithfulness import (
     ABLATIONS,
     MIB_PERCENTAGES,
     FaithfulnessCurve,
@@ -56,3 +57,5 @@ __all__ = [
     "threshold",
     "top_n",
 ]
+
+__getattr__ = package_getattr(__name__)  # the old module names that moved (codecircuits._moved.MOVED)

@@ -67,15 +67,9 @@ class Graph:
         n_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
         if per_position and not n_pos:
             raise InputError("A per-position graph needs n_pos, the token length of the prompts it scores.")
-        return cls(
-            n_layers=int(cfg.n_layers),
-            n_heads=int(cfg.n_heads),
-            n_kv_heads=n_kv,
-            d_model=int(cfg.d_model),
-            parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
-            grouped=grouped,
-            n_pos=int(n_pos) if per_position else None,
-        )
+        return cls(n_layers=int(cfg.n_layers), n_heads=int(cfg.n_heads), n_kv_heads=n_kv, d_model=int(cfg.d_model),
+                   parallel=bool(getattr(cfg, "parallel_attn_mlp", False)), grouped=grouped,
+                   n_pos=int(n_pos) if per_position else None)
 
     def with_view(self, *, grouped: bool) -> Graph:
         """The same model's graph in the other key/value view."""

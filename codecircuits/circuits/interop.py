@@ -75,14 +75,8 @@ def read_eapig(path, *, method: str = "EAP-IG file") -> tuple[EdgeScores, Circui
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: not an EAP-IG graph file ({e}); expected keys cfg, nodes and edges.") from None
     n_kv = int(cfg.get("n_key_value_heads", cfg["n_heads"]))
-    graph = Graph(
-        int(cfg["n_layers"]),
-        int(cfg["n_heads"]),
-        n_kv,
-        int(cfg["d_model"]),
-        bool(cfg.get("parallel_attn_mlp", False)),
-        grouped=bool(cfg.get("grouped", False)),
-    )
+    graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]), n_kv, int(cfg["d_model"]),
+                  bool(cfg.get("parallel_attn_mlp", False)), grouped=bool(cfg.get("grouped", False)))
     scores = torch.zeros(graph.valid.shape)
     keep = torch.zeros(graph.valid.shape, dtype=torch.bool)
     for name, info in edges.items():

@@ -30,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import evaluate
     from ..models import DEFAULT_MODEL, load_model
+    from ..quality import evaluate
 
     name = args.model or DEFAULT_MODEL
     model = load_model(name, device=args.device)

@@ -28,21 +28,9 @@ def edge_scores(
     clean_t, corr_t = paired_tokens(model, clean, corrupted)
     n = int(clean_t.shape[0])
     check_shardable(model, metric, n, int(clean_t.shape[1]))
-    return map_shards(
-        workers,
-        model,
-        edge_shard,
-        n,
-        clean_t,
-        corr_t,
-        metric,
-        kwargs,
-        merge=EdgeScores.merge,
-        describe=describe_prompts(None, "prompt pairs"),
-        progress=progress,
-        desc="edge scores",
-        shard=shard,
-    )
+    return map_shards(workers, model, edge_shard, n, clean_t, corr_t, metric, kwargs, merge=EdgeScores.merge,
+                      describe=describe_prompts(None, "prompt pairs"), progress=progress, desc="edge scores",
+                      shard=shard)
 
 
 __all__ = ["edge_scores", "edge_shard"]

@@ -41,21 +41,12 @@ def _batch_size(method, kwargs: dict) -> int:
 
 
 def _run(workers, model, fn, prompts, target, kwargs, merge, progress, desc, shard, method):
-    return map_shards(
-        workers,
-        model,
-        fn,
-        len(prompts),
-        prompts,
-        target,
-        kwargs,
-        merge=merge,
-        describe=describe_prompts(prompts),
-        progress=progress,
-        desc=desc,
-        shard=shard,
-        align=_batch_size(method, kwargs),  # each shard runs one process's batches (equal-length prompts)
-    )
+    """``fn`` on shards of the prompts (and of their targets), merged by ``merge``."""
+    prompts = as_prompt_list(prompts)
+    target = _targets(model, target, len(prompts))
+    return map_shards(workers, model, fn, len(prompts), prompts, target, kwargs, merge=merge,
+                      describe=describe_prompts(prompts), progress=progress, desc=desc, shard=shard,
+                      align=_batch_size(method, kwargs))  # each shard runs one process's batches (equal lengths)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,21 +60,9 @@ def head_sweep_shard(model, shard: Shard, prompts, target, kwargs: dict):
 
 def head_sweep(model, prompts, target=None, *, workers, progress: bool = True, shard: int | None = None, **kwargs):
     """:func:`codecircuits.cna.head_sweep` sharded by prompt over ``workers``."""
-    prompts = as_prompt_list(prompts)
-    n = len(prompts)
-    return _run(
-        workers,
-        model,
-        head_sweep_shard,
-        prompts,
-        _targets(model, target, n),
-        kwargs,
-        cna.HeadSweep.merge,
-        progress,
-        "head sweep",
-        shard,
-        cna.head_sweep,
-    )
+    merge = cna.HeadSweep.merge
+    return _run(workers, model, head_sweep_shard, prompts, target, kwargs, merge, progress, "head sweep", shard,
+                cna.head_sweep)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,13 +76,9 @@ def compare_shard(model, shard: Shard, prompts, target, kwargs: dict):
 
 def compare(model, prompts, head, *, workers, target=None, progress: bool = True, shard: int | None = None, **kwargs):
     """:func:`codecircuits.cna.compare` sharded by prompt over ``workers``."""
-    prompts = as_prompt_list(prompts)
-    n = len(prompts)
     kw = dict(kwargs, head=(int(head[0]), int(head[1])))
-    return _run(
-        workers, model, compare_shard, prompts, _targets(model, target, n), kw, cna.CNAResult.merge, progress, "CNA", shard,
-        cna.compare,
-    )
+    return _run(workers, model, compare_shard, prompts, target, kw, cna.CNAResult.merge, progress, "CNA", shard,
+                cna.compare)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,21 +92,8 @@ def ffn_shard(model, shard: Shard, prompts, target, kwargs: dict):
 
 def ffn_neurons(model, prompts, *, workers, target=None, progress: bool = True, shard: int | None = None, **kwargs):
     """:func:`codecircuits.neurons.ffn_neurons` sharded by prompt over ``workers``."""
-    prompts = as_prompt_list(prompts)
-    n = len(prompts)
-    return _run(
-        workers,
-        model,
-        ffn_shard,
-        prompts,
-        _targets(model, target, n),
-        kwargs,
-        Attribution.merge,
-        progress,
-        "FFN neuron scores",
-        shard,
-        ffn.ffn_neurons,
-    )
+    return _run(workers, model, ffn_shard, prompts, target, kwargs, Attribution.merge, progress, "FFN neuron scores",
+                shard, ffn.ffn_neurons)
 
 
 __all__ = [

@@ -76,17 +76,8 @@ def sharded_scan(
                 advance(pending.pop(nxt[0]), shards[nxt[0]].stop)
                 nxt[0] += 1
 
-        results, failures = w.map(
-            model,
-            scan_shard,
-            shards,
-            chunked,
-            common,
-            describe=lambda s: documents(chunked, s),
-            on_result=on_result,
-            progress=progress,
-            desc="scan",
-        )
+        results, failures = w.map(model, scan_shard, shards, chunked, common, describe=lambda s: documents(chunked, s),
+                                  on_result=on_result, progress=progress, desc="scan")
     if failures:
         # every shard after the first failed one completed but was not merged: hand them on, in chunk order
         raise ShardsFailed(failures, len(shards), partial=[pending[i] for i in sorted(pending)])

@@ -6,8 +6,8 @@ per-example values are concatenated along the batch axis in prompt order, so ``v
 ``recovery`` are those of one process.
 
 - Mean ablation uses the mean over every reference prompt: each shard is handed the whole reference.
-- Resample ablation is refused (it is not in ``ablation.SHARDABLE_KINDS``): which reference prompt each prompt takes its activations from is drawn for the
-  whole run at once (a derangement of all the prompts), which a shard of the prompts cannot reproduce.
+- Resample ablation is refused (it is not in ``ablation.SHARDABLE_KINDS``): which reference prompt each prompt
+  takes its activations from is drawn for the whole run at once (a derangement of all the prompts), which a shard of the prompts cannot reproduce.
 - Patching: a cell that patches only positions where a shard's clean and corrupted prompts agree is the
   receiver's baseline, exactly, in that shard (one process runs it when another shard's prompts differ there,
   and gets the baseline up to rounding); position labels are those of the first prompt of the whole set.
@@ -77,22 +77,8 @@ def ablation_sweep(
     if kind == "mean":  # the mean over every reference prompt (the run's own prompts by default), in every shard
         ref = toks if reference is None else to_tokens(model, reference)
     kw = dict(kwargs, kind=kind)
-    return map_shards(
-        workers,
-        model,
-        ablation_shard,
-        n,
-        which,
-        toks,
-        metric,
-        ref,
-        kw,
-        merge=merge_sweeps,
-        describe=describe_prompts(None),
-        progress=progress,
-        desc=which.replace("_", " "),
-        shard=shard,
-    )
+    return map_shards(workers, model, ablation_shard, n, which, toks, metric, ref, kw, merge=merge_sweeps,
+                      describe=describe_prompts(None), progress=progress, desc=which.replace("_", " "), shard=shard)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,21 +113,9 @@ def patching_sweep(
     n = int(clean_t.shape[0])
     check_shardable(model, metric, n, int(clean_t.shape[1]))
     kw = dict(kwargs, site=site, by=by, into=into, layers=layers, positions=positions)
-    res = map_shards(
-        workers,
-        model,
-        patching_shard,
-        n,
-        clean_t,
-        corr_t,
-        metric,
-        kw,
-        merge=merge_sweeps,
-        describe=describe_prompts(None, "prompt pairs"),
-        progress=progress,
-        desc=f"patching {st.site}",
-        shard=shard,
-    )
+    res = map_shards(workers, model, patching_shard, n, clean_t, corr_t, metric, kw, merge=merge_sweeps,
+                     describe=describe_prompts(None, "prompt pairs"), progress=progress, desc=f"patching {st.site}",
+                     shard=shard)
     labels = dict(res.labels)
     plabels = position_labels(model, st.recv_t)  # the first prompt of the whole set, as one process labels them
     for ax in st.by[1:]:

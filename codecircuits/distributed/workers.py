@@ -92,12 +92,8 @@ class _Worker:
             from ..models.loading import apply_bos, load_model
 
             self.model = None  # free the last replica before loading the next
-            model = load_model(
-                spec.name_or_path,
-                dtype=getattr(torch, spec.dtype),
-                trust_remote_code=spec.trust_remote_code,
-                compatibility_mode=spec.compatibility_mode,
-            )
+            model = load_model(spec.name_or_path, dtype=getattr(torch, spec.dtype),
+                               trust_remote_code=spec.trust_remote_code, compatibility_mode=spec.compatibility_mode)
             apply_bos(model, spec.bos)
             with torch.no_grad():  # warm up (allocator, kernels) here, not in the first shard's time
                 model(torch.zeros((1, 8), dtype=torch.long, device=model.cfg.device))
@@ -230,12 +226,8 @@ class Workers:
                     f"The Ray cluster of this process has {free:g} free {kind}s and {self.size} workers need {need:g} "
                     "(another Workers holds the rest?): close that one, or pass it as workers= to reuse it."
                 )
-            cls = ray.remote(_Worker).options(
-                num_cpus=0 if gpus else (self.threads or 1),
-                num_gpus=gpus,
-                max_restarts=self.retries,
-                max_task_retries=self.retries,
-            )
+            cls = ray.remote(_Worker).options(num_cpus=0 if gpus else (self.threads or 1), num_gpus=gpus,
+                                              max_restarts=self.retries, max_task_retries=self.retries)
             self._actors = [cls.remote(None if gpus else self.threads) for _ in range(self.size)]
         return self._actors
 

@@ -283,14 +283,8 @@ def layer_agreement(
                     top = _top1(model, x, scale, comp, readout_rows)
                     agree[ci, layer] += torch.bincount(bk[top == final], minlength=len(eds) - 1)
             del cache
-    return LayerAgreement(
-        agree=agree,
-        total=total,
-        components=comps,
-        edges=eds,
-        model=str(getattr(model.cfg, "model_name", "") or "model"),
-        corpus=chunked.name,
-    )
+    return LayerAgreement(agree=agree, total=total, components=comps, edges=eds,
+                          model=str(getattr(model.cfg, "model_name", "") or "model"), corpus=chunked.name)
 
 
 def balanced_agreement(
@@ -387,17 +381,9 @@ def balanced_agreement(
                     hit = top == final
                     doc_agree[ci, layer].index_put_((bk[hit], slot[hit]), torch.ones_like(bk[hit]), accumulate=True)
             del cache
-    return LayerAgreement(
-        agree=doc_agree.sum(-1),
-        total=doc_total.sum(-1),
-        components=comps,
-        edges=eds,
-        model=str(getattr(model.cfg, "model_name", "") or "model"),
-        corpus=chunked.name,
-        doc_agree=doc_agree,
-        doc_total=doc_total,
-        docs=tuple(chunked.names[d] for d in docs),
-    )
+    return LayerAgreement(agree=doc_agree.sum(-1), total=doc_total.sum(-1), components=comps, edges=eds,
+                          model=str(getattr(model.cfg, "model_name", "") or "model"), corpus=chunked.name,
+                          doc_agree=doc_agree, doc_total=doc_total, docs=tuple(chunked.names[d] for d in docs))
 
 
 def depth_intervals(a: LayerAgreement, n_resamples: int = 1000) -> dict:

@@ -208,18 +208,10 @@ def _chunked(name, files, ids, offs, doc_l, start_l, window, bos, min_tokens, ma
             f"The corpus {name!r} gives no chunk of at least {min_tokens} tokens within the budget "
             f"(max_tokens={max_tokens}, max_chunks={max_chunks})."
         )
-    return ChunkedCorpus(
-        name=name,
-        names=tuple(f.path for f in files),
-        texts=tuple(f.text for f in files),
-        sha=tuple(_sha(f.text) for f in files),
-        ids=tuple(ids),
-        offsets=tuple(offs),
-        chunk_doc=np.asarray(doc_l, dtype=np.int64),
-        chunk_start=np.asarray(start_l, dtype=np.int64),
-        window=window,
-        bos=bos,
-    )
+    return ChunkedCorpus(name=name, names=tuple(f.path for f in files), texts=tuple(f.text for f in files),
+                         sha=tuple(_sha(f.text) for f in files), ids=tuple(ids), offsets=tuple(offs),
+                         chunk_doc=np.asarray(doc_l, dtype=np.int64), chunk_start=np.asarray(start_l, dtype=np.int64),
+                         window=window, bos=bos)
 
 
 def _sampled_plan(files, tok, body: int, *, max_tokens, max_chunks, min_tokens: int, seed: int):

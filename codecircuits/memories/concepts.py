@@ -513,12 +513,9 @@ def _row(condition: str, n_keys: int, ev: TokenEval, sel: torch.Tensor) -> dict:
 
 
 def _mean_eval(evs: Sequence[TokenEval]) -> TokenEval:
-    return TokenEval(
-        loss=torch.stack([e.loss for e in evs]).mean(0),
-        correct=torch.stack([e.correct.float() for e in evs]).mean(0) >= 0.5,
-        target=evs[0].target,
-        source=evs[0].source,
-    )
+    return TokenEval(loss=torch.stack([e.loss for e in evs]).mean(0),
+                     correct=torch.stack([e.correct.float() for e in evs]).mean(0) >= 0.5, target=evs[0].target,
+                     source=evs[0].source)
 
 
 def concept_positions(ev: TokenEval, mask: torch.Tensor, at: str) -> torch.Tensor:

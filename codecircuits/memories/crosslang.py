@@ -188,15 +188,8 @@ def compare_languages(
             corr[p] = _spearman(sa.scores[sa._ci(name)][both], sb.scores[sb._ci(name)][both])
         in_all = torch.stack([sel[g] for g in langs]).all(0)
         out.append(
-            ConceptOverlap(
-                concept=name,
-                n_keys={g: int(sel[g].sum()) for g in langs},
-                in_all=int(in_all.sum()),
-                jaccard=jac,
-                chance_mean=cm,
-                chance_high=ch,
-                score_rank_corr=corr,
-            )
+            ConceptOverlap(concept=name, n_keys={g: int(sel[g].sum()) for g in langs}, in_all=int(in_all.sum()),
+                           jaccard=jac, chance_mean=cm, chance_high=ch, score_rank_corr=corr)
         )
     return CrossLanguage(languages=langs, overlaps=tuple(out), tau=tau, min_lift=min_lift, n_draws=n_draws)
 

@@ -205,16 +205,8 @@ class TriggerScan:
             a, e = int(off[s, 0]), int(off[p, 1])
             nxt = text[int(off[p + 1, 0]) : int(off[p + 1, 1])] if p + 1 < len(off) else ""
             out.append(
-                TriggerExample(
-                    rank=r,
-                    doc=self.docs[d],
-                    chunk=c,
-                    pos=p,
-                    coefficient=float(self.values[li, neuron, r]),
-                    prefix=text[a:e],
-                    trigger=text[int(off[p, 0]) : e],
-                    next_token=nxt,
-                )
+                TriggerExample(rank=r, doc=self.docs[d], chunk=c, pos=p, coefficient=float(self.values[li, neuron, r]),
+                               prefix=text[a:e], trigger=text[int(off[p, 0]) : e], next_token=nxt)
             )
         return out
 
@@ -317,23 +309,12 @@ def load_scan(path: str | os.PathLike) -> TriggerScan:
             f"{path} is not a codecircuits memories scan (format {meta.get('format')!r}, want {FORMAT!r})."
         )
     settings = meta["settings"]
-    return TriggerScan(
-        values=t["values"],
-        chunk=t["chunk"],
-        pos=t["pos"],
-        layers=tuple(settings["layers"]),
-        chunk_doc=t["chunk_doc"],
-        chunk_start=t["chunk_start"],
-        docs=tuple(d["name"] for d in meta["docs"]),
-        doc_sha=tuple(d["sha256"] for d in meta["docs"]),
-        model=meta["model"],
-        corpus=meta["corpus"],
-        settings=settings,
-        chunks_done=int(meta["chunks_done"]),
-        tokens_done=int(meta["tokens_done"]),
-        act_sum=t.get("act_sum"),
-        act_sq=t.get("act_sq"),
-    )
+    return TriggerScan(values=t["values"], chunk=t["chunk"], pos=t["pos"], layers=tuple(settings["layers"]),
+                       chunk_doc=t["chunk_doc"], chunk_start=t["chunk_start"],
+                       docs=tuple(d["name"] for d in meta["docs"]), doc_sha=tuple(d["sha256"] for d in meta["docs"]),
+                       model=meta["model"], corpus=meta["corpus"], settings=settings,
+                       chunks_done=int(meta["chunks_done"]), tokens_done=int(meta["tokens_done"]),
+                       act_sum=t.get("act_sum"), act_sq=t.get("act_sq"))
 
 
 def _resolve_rank_by(model, rank_by: str) -> str:
@@ -373,15 +354,10 @@ class TopK:
     def empty(cls, n_layers: int, d_mlp: int, k: int, stats: bool = True) -> TopK:
         shape = (n_layers, d_mlp, k)
         zeros = torch.zeros((n_layers, d_mlp), dtype=torch.float64) if stats else None
-        return cls(
-            score=torch.full(shape, -torch.inf, dtype=torch.float32),
-            values=torch.zeros(shape, dtype=torch.float32),
-            chunk=torch.full(shape, -1, dtype=torch.long),
-            pos=torch.full(shape, -1, dtype=torch.long),
-            act_sum=zeros,
-            act_sq=None if zeros is None else zeros.clone(),
-            tokens=0,
-        )
+        return cls(score=torch.full(shape, -torch.inf, dtype=torch.float32),
+                   values=torch.zeros(shape, dtype=torch.float32), chunk=torch.full(shape, -1, dtype=torch.long),
+                   pos=torch.full(shape, -1, dtype=torch.long), act_sum=zeros,
+                   act_sq=None if zeros is None else zeros.clone(), tokens=0)
 
     def merge(self, later: TopK) -> TopK:
         """The top-K of both: a stable sort, so ties keep the earlier chunk (``later`` covers later chunks).
@@ -392,15 +368,12 @@ class TopK:
         all_s = torch.cat([self.score, later.score], dim=-1)
         order = all_s.argsort(dim=-1, descending=True, stable=True)[..., :k]
         both = self.act_sum is not None and later.act_sum is not None
-        return TopK(
-            score=all_s.gather(-1, order),
-            values=torch.cat([self.values, later.values], dim=-1).gather(-1, order),
-            chunk=torch.cat([self.chunk, later.chunk], dim=-1).gather(-1, order),
-            pos=torch.cat([self.pos, later.pos], dim=-1).gather(-1, order),
-            act_sum=_add(self.act_sum, later.act_sum) if both else None,
-            act_sq=_add(self.act_sq, later.act_sq) if both else None,
-            tokens=self.tokens + later.tokens,
-        )
+        return TopK(score=all_s.gather(-1, order),
+                    values=torch.cat([self.values, later.values], dim=-1).gather(-1, order),
+                    chunk=torch.cat([self.chunk, later.chunk], dim=-1).gather(-1, order),
+                    pos=torch.cat([self.pos, later.pos], dim=-1).gather(-1, order),
+                    act_sum=_add(self.act_sum, later.act_sum) if both else None,
+                    act_sq=_add(self.act_sq, later.act_sq) if both else None, tokens=self.tokens + later.tokens)
 
 
 def _add(acc: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
@@ -564,15 +537,10 @@ class ScanRun:
                 old = load_scan(ckpt)
                 _check_resumable(old, self.model_name, self.settings, chunked)
                 score = old.values.abs() if rb == "abs" else old.values.clone()
-                self.top = TopK(
-                    score=torch.where(old.chunk >= 0, score, torch.full_like(score, -torch.inf)),
-                    values=old.values.clone(),
-                    chunk=old.chunk.clone(),
-                    pos=old.pos.clone(),
-                    act_sum=None if old.act_sum is None else old.act_sum.clone(),
-                    act_sq=None if old.act_sq is None else old.act_sq.clone(),
-                    tokens=old.tokens_done,
-                )
+                self.top = TopK(score=torch.where(old.chunk >= 0, score, torch.full_like(score, -torch.inf)),
+                                values=old.values.clone(), chunk=old.chunk.clone(), pos=old.pos.clone(),
+                                act_sum=None if old.act_sum is None else old.act_sum.clone(),
+                                act_sq=None if old.act_sq is None else old.act_sq.clone(), tokens=old.tokens_done)
                 self.done = old.chunks_done
         self.last_checkpoint = self.done
         stats = self.top.act_sum is not None
@@ -586,23 +554,11 @@ class ScanRun:
     def state(self) -> TriggerScan:
         """The scan so far."""
         chunked = self.chunked
-        return TriggerScan(
-            values=self.top.values,
-            chunk=self.top.chunk,
-            pos=self.top.pos,
-            layers=self.layers,
-            chunk_doc=self.chunk_doc,
-            chunk_start=self.chunk_start,
-            docs=chunked.names,
-            doc_sha=chunked.sha,
-            model=self.model_name,
-            corpus=chunked.name,
-            settings=dict(self.settings),
-            chunks_done=self.done,
-            tokens_done=self.top.tokens,
-            act_sum=self.top.act_sum,
-            act_sq=self.top.act_sq,
-        )
+        return TriggerScan(values=self.top.values, chunk=self.top.chunk, pos=self.top.pos, layers=self.layers,
+                           chunk_doc=self.chunk_doc, chunk_start=self.chunk_start, docs=chunked.names,
+                           doc_sha=chunked.sha, model=self.model_name, corpus=chunked.name,
+                           settings=dict(self.settings), chunks_done=self.done, tokens_done=self.top.tokens,
+                           act_sum=self.top.act_sum, act_sq=self.top.act_sq)
 
     def advance(self, part: TopK, upto: int) -> None:
         """Merge the state of the chunks ``done .. upto - 1`` (the next ones in order), checkpoint every

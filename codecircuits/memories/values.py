@@ -129,15 +129,9 @@ def value_tokens(
                 botl.append(torch.cat(bl)),
             )
     strs = tuple(token_texts(model.tokenizer, range(W_U.shape[1])))
-    return ValueTokens(
-        top_ids=torch.stack(tops).cpu(),
-        top_logits=torch.stack(topl).cpu(),
-        bottom_ids=torch.stack(bots).cpu(),
-        bottom_logits=torch.stack(botl).cpu(),
-        layers=lays,
-        neurons=tuple(nidx.tolist()),
-        token_strs=strs,
-    )
+    return ValueTokens(top_ids=torch.stack(tops).cpu(), top_logits=torch.stack(topl).cpu(),
+                       bottom_ids=torch.stack(bots).cpu(), bottom_logits=torch.stack(botl).cpu(), layers=lays,
+                       neurons=tuple(nidx.tolist()), token_strs=strs)
 
 
 def key_value_agreement(

@@ -265,13 +265,8 @@ def load_model(
     dtype = dtype or torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            attn_implementation="eager",
-        ).eval()
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
+            trust_remote_code=trust_remote_code, attn_implementation="eager").eval()
         bridge = TransformerBridge.boot_transformers(
             str(path), hf_model=hf_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )

@@ -78,21 +78,11 @@ def describe(model) -> ModelSummary:
         norm, norm
     )
     arch = getattr(cfg, "original_architecture", None) or type(getattr(model, "original_model", model)).__name__
-    return ModelSummary(
-        name=str(getattr(cfg, "model_name", "") or arch),
-        architecture=str(arch),
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        n_kv_heads=n_kv_heads(model),
-        kv_groups=kv_groups(model),
-        d_model=int(cfg.d_model),
-        d_head=int(cfg.d_head),
-        d_mlp=int(cfg.d_mlp),
-        gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-        act_fn=str(getattr(cfg, "act_fn", "")),
-        normalization=norm,
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        d_vocab=int(cfg.d_vocab),
-        n_ctx=int(cfg.n_ctx),
-        n_params=sum(p.numel() for p in getattr(model, "original_model", model).parameters()),
-    )
+    return ModelSummary(name=str(getattr(cfg, "model_name", "") or arch), architecture=str(arch),
+                        n_layers=int(cfg.n_layers), n_heads=int(cfg.n_heads), n_kv_heads=n_kv_heads(model),
+                        kv_groups=kv_groups(model), d_model=int(cfg.d_model), d_head=int(cfg.d_head),
+                        d_mlp=int(cfg.d_mlp), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+                        act_fn=str(getattr(cfg, "act_fn", "")), normalization=norm,
+                        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), d_vocab=int(cfg.d_vocab),
+                        n_ctx=int(cfg.n_ctx),
+                        n_params=sum(p.numel() for p in getattr(model, "original_model", model).parameters()))

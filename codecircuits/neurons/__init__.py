@@ -22,22 +22,22 @@ Modules
   per-neuron reference loop (:func:`ffn_neurons_loop`).
 - :mod:`~codecircuits.neurons.attention`: heads (:func:`heads`) and attention neurons (:func:`attention_neurons`).
 - :mod:`~codecircuits.neurons.query`: query neurons (:func:`query_neurons`, METHODS §3.2).
-- :mod:`~codecircuits.neurons.evaluation`: hooks that zero neurons or heads, and the top-k zero-ablation
+- :mod:`~codecircuits.neurons.knockout`: hooks that zero neurons, and the top-k zero-ablation
   evaluation (:func:`evaluate_top_neurons`, METHODS Table 2; :func:`evaluate_top_attention_neurons`).
 
 Everything public is importable from here (``from codecircuits import neurons; neurons.ffn_neurons(...)``).
 """
 
+from .._moved import package_getattr
 from .attention import attention_neurons, heads
-from .evaluation import (
+from .ffn import FFN_SCORES, ffn_neurons, ffn_neurons_loop, ffn_scores_batch
+from .knockout import (
     TopNeuronEval,
     attention_neuron_mask_hooks,
     evaluate_top_attention_neurons,
     evaluate_top_neurons,
-    head_zero_hooks,
     neuron_mask_hooks,
 )
-from .ffn import FFN_SCORES, ffn_neurons, ffn_neurons_loop, ffn_scores_batch
 from .query import QueryNeurons, query_neurons
 from .readout import DEFAULT_READOUT_BUDGET, add_and_score, chunk_size, readout_logits, readout_rows
 from .results import Attribution
@@ -62,7 +62,6 @@ __all__ = [
     "ffn_neurons_loop",
     "ffn_scores_batch",
     "has_resid_mid",
-    "head_zero_hooks",
     "heads",
     "neuron_mask_hooks",
     "query_neurons",
@@ -71,3 +70,5 @@ __all__ = [
     "resolve_target",
     "target_token_strings",
 ]
+
+__getattr__ = package_getattr(__name__)  # the old names that moved (codecircuits._moved.RENAMED)

@@ -55,17 +55,9 @@ def heads(
                 pi[ix, layer] = lp.exp() - blp.exp()[:, None]
                 base_lp[ix, layer] = blp
         targets[ix] = t.cpu()
-    return Attribution(
-        scores={"logprob_increase": lpi, "prob_increase": pi},
-        axes=("prompt", "layer", "head"),
-        target=targets,
-        base_logprob=base_lp,
-        kind="head",
-        exact_authors_lens=exact_authors_lens,
-        pos=pos,
-        target_tokens=target_token_strings(model, targets),
-        kv_groups=kv_groups(model),
-    )
+    return Attribution(scores={"logprob_increase": lpi, "prob_increase": pi}, axes=("prompt", "layer", "head"),
+                       target=targets, base_logprob=base_lp, kind="head", exact_authors_lens=exact_authors_lens,
+                       pos=pos, target_tokens=target_token_strings(model, targets), kv_groups=kv_groups(model))
 
 
 def attention_neurons(
@@ -122,16 +114,8 @@ def attention_neurons(
                 coefs[ix, li] = coef.reshape(len(ix), n_heads, d_head, seq).cpu()
                 base_lp[ix, li] = blp
         targets[ix] = t.cpu()
-    return Attribution(
-        scores={"logprob_increase": lpi},
-        axes=("prompt", "layer", "head", "dim", "source"),
-        target=targets,
-        base_logprob=base_lp,
-        coefficients=coefs,
-        kind="attention_neuron",
-        exact_authors_lens=exact_authors_lens,
-        pos=pos,
-        target_tokens=target_token_strings(model, targets),
-        kv_groups=kv_groups(model),
-        settings={"layers": layers},
-    )
+    return Attribution(scores={"logprob_increase": lpi}, axes=("prompt", "layer", "head", "dim", "source"),
+                       target=targets, base_logprob=base_lp, coefficients=coefs, kind="attention_neuron",
+                       exact_authors_lens=exact_authors_lens, pos=pos,
+                       target_tokens=target_token_strings(model, targets), kv_groups=kv_groups(model),
+                       settings={"layers": layers})

@@ -173,18 +173,9 @@ def ffn_neurons(
         coefs[ix] = run["post"][:, layers].cpu()
         base_lp[ix] = blp
         targets[ix] = t.cpu()
-    return Attribution(
-        scores=out,
-        axes=("prompt", "layer", "neuron"),
-        target=targets,
-        base_logprob=base_lp,
-        coefficients=coefs,
-        kind="ffn",
-        exact_authors_lens=exact_authors_lens,
-        pos=pos,
-        target_tokens=target_token_strings(model, targets),
-        settings={"layers": layers},
-    )
+    return Attribution(scores=out, axes=("prompt", "layer", "neuron"), target=targets, base_logprob=base_lp,
+                       coefficients=coefs, kind="ffn", exact_authors_lens=exact_authors_lens, pos=pos,
+                       target_tokens=target_token_strings(model, targets), settings={"layers": layers})
 
 
 def ffn_neurons_loop(

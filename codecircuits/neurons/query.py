@@ -69,17 +69,10 @@ class QueryNeurons:
         neurons with :func:`~codecircuits.neurons.evaluate_top_neurons`."""
         if value.n_prompts != self.ffn.shape[0]:
             raise InputError(f"{value.n_prompts} prompts in the value attribution, {self.ffn.shape[0]} here.")
-        return Attribution(
-            scores={"query_score": self.ffn},
-            axes=("prompt", "layer", "neuron"),
-            target=value.target,
-            base_logprob=torch.zeros(self.ffn.shape[:2]),
-            kind="ffn",
-            exact_authors_lens=value.exact_authors_lens,
-            pos=value.pos,
-            target_tokens=value.target_tokens,
-            settings={"layers": list(range(self.ffn.shape[1]))},
-        )
+        return Attribution(scores={"query_score": self.ffn}, axes=("prompt", "layer", "neuron"), target=value.target,
+                           base_logprob=torch.zeros(self.ffn.shape[:2]), kind="ffn",
+                           exact_authors_lens=value.exact_authors_lens, pos=value.pos,
+                           target_tokens=value.target_tokens, settings={"layers": list(range(self.ffn.shape[1]))})
 
     def layer_totals(self) -> pd.DataFrame:
         """Per layer, the mean over prompts of the summed FFN query scores and the attention layer's score."""

@@ -138,15 +138,9 @@ def repair_cases(
         raise InputError("lines_per_file must be at least 1.")
     cases, scanned = [], []
     bar = progress_bar(n, "repair cases", progress)
-    for src, line_no, line, ctx, ref in _scan_lines(
-        model,
-        corpus,
-        context_tokens=context_tokens,
-        max_line_tokens=max_line_tokens,
-        seed=seed,
-        limit=max_lines,
-        lines_per_file=lines_per_file,
-    ):
+    for src, line_no, line, ctx, ref in _scan_lines(model, corpus, context_tokens=context_tokens,
+                                                    max_line_tokens=max_line_tokens, seed=seed, limit=max_lines,
+                                                    lines_per_file=lines_per_file):
         toks = torch.tensor([ctx + ref[:-1]])
         pred = _greedy(model, toks)[len(ctx) - 1 :]
         case = RepairCase(src, line_no, line, ctx, ref, tuple(int(t) for t in pred))

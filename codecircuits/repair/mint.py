@@ -301,23 +301,10 @@ def mint_repair(
         repairs.append(TokenRepair(i, int(target), wrong, fixed, steps, te, tuple(cands)))
         current = greedy()
     after = tuple(int(current[p]) for p in case.positions)
-    settings = dict(
-        layers=layer_list if not isinstance(layers, str) else layers,
-        n_candidates=n_candidates,
-        max_edits=max_edits,
-        scale=scale,
-        semantics=semantics,
-        orthogonalize=orthogonalize,
-    )
-    return RepairResult(
-        case=case,
-        success=after == tuple(case.reference),
-        tokens=tuple(repairs),
-        edits=kept,
-        seconds=time.perf_counter() - t0,
-        predicted_after=after,
-        settings=settings,
-    )
+    settings = dict(layers=layer_list if not isinstance(layers, str) else layers, n_candidates=n_candidates,
+                    max_edits=max_edits, scale=scale, semantics=semantics, orthogonalize=orthogonalize)
+    return RepairResult(case=case, success=after == tuple(case.reference), tokens=tuple(repairs), edits=kept,
+                        seconds=time.perf_counter() - t0, predicted_after=after, settings=settings)
 
 
 __all__ = [

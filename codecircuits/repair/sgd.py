@@ -74,15 +74,9 @@ def sgd_repair(
     with torch.no_grad():
         after = run_from(model, resid, start).argmax(-1)[0].cpu()
     pred = tuple(int(after[p]) for p in case.positions)
-    out = CaseOutcome(
-        case=case,
-        success=pred == tuple(case.reference),
-        steps=steps,
-        seconds=time.perf_counter() - t0,
-        changed_rows=snap.changed_rows(),
-        predicted_after=pred,
-        settings=dict(layers=layers if isinstance(layers, str) else layer_list, lr=lr, steps=steps),
-    )
+    out = CaseOutcome(case=case, success=pred == tuple(case.reference), steps=steps, seconds=time.perf_counter() - t0,
+                      changed_rows=snap.changed_rows(), predicted_after=pred,
+                      settings=dict(layers=layers if isinstance(layers, str) else layer_list, lr=lr, steps=steps))
     return out, snap
 
 

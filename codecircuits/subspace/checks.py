@@ -2,7 +2,7 @@
 
 At an MLP's ``hook_post`` a direction splits as ``v = v_row + v_null`` with ``v_null`` in the kernel of the output
 weights ``W_out[l]`` (:func:`readout_matrix`, :func:`rowspace_split`); clean activations projected on a direction
-should separate by feature value (:func:`activation_separation`); :func:`illusion_checks` runs all the checks of
+should separate by feature value (:func:`projection_separation`); :func:`illusion_checks` runs all the checks of
 the package docstring and gives a verdict.
 """
 
@@ -92,14 +92,8 @@ class Separation:
 
     def summary(self) -> dict:
         ci = self.cohens_d_interval
-        return dict(
-            direction=self.name,
-            cohens_d=self.cohens_d,
-            cohens_d_low=ci.low,
-            cohens_d_high=ci.high,
-            mean_gap=self.mean_gap,
-            threshold_accuracy=self.accuracy,
-        )
+        return dict(direction=self.name, cohens_d=self.cohens_d, cohens_d_low=ci.low, cohens_d_high=ci.high,
+                    mean_gap=self.mean_gap, threshold_accuracy=self.accuracy)
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame({"projection": self.projections.numpy(), "value": self.values.numpy()})
@@ -163,15 +157,6 @@ def projection_separation(
     return Separation(name, d, gap, (float(a.mean()), float(b.mean())), (sa, sb), acc, proj, values)
 
 
-def activation_separation(
-    model, pairs: PatchPairs, hook_name: str, vectors: dict[str, torch.Tensor], *, batch_size: int = 64
-) -> dict[str, Separation]:
-    """Project the clean activations of every distinct prompt on each vector and measure separation by value."""
-    check_pairs(model, pairs, hook_name)
-    acts, values = clean_activations(model, pairs, hook_name, batch_size)
-    return {name: projection_separation(name, acts, values, v.detach().float().cpu()) for name, v in vectors.items()}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the baselines a direction's norms and effects are compared with
 
@@ -194,13 +179,9 @@ class NormBaseline:
     dim: int
 
     def to_json(self) -> dict:
-        return dict(
-            row=dict(mean=self.row_mean, low=self.row_low, high=self.row_high),
-            null=dict(mean=self.null_mean, low=self.null_low, high=self.null_high),
-            n=self.n,
-            rank=self.rank,
-            dim=self.dim,
-        )
+        return dict(row=dict(mean=self.row_mean, low=self.row_low, high=self.row_high),
+                    null=dict(mean=self.null_mean, low=self.null_low, high=self.null_high), n=self.n, rank=self.rank,
+                    dim=self.dim)
 
     def row_interval(self) -> intervals.Interval:
         """The random ``|v_row|`` as an :class:`~codecircuits.intervals.Interval` (mean, 95% range; a range over
@@ -395,18 +376,12 @@ class SeedCheck:
     flags: dict
 
     def to_dict(self) -> dict:
-        return dict(
-            seed=self.seed,
-            verdict=self.verdict,
-            reasons=list(self.reasons),
-            flags=self.flags,
-            row_norm=self.row_norm,
-            null_norm=self.null_norm,
-            fraction=self.fraction.to_json() if self.fraction else None,
-            patches={k: {**v.summary(), "intervals": v.intervals()} for k, v in self.patches.items()},
-            separation={k: v.summary() for k, v in self.separation.items()},
-            das_losses=list(self.direction.losses),
-        )
+        return dict(seed=self.seed, verdict=self.verdict, reasons=list(self.reasons), flags=self.flags,
+                    row_norm=self.row_norm, null_norm=self.null_norm,
+                    fraction=self.fraction.to_json() if self.fraction else None,
+                    patches={k: {**v.summary(), "intervals": v.intervals()} for k, v in self.patches.items()},
+                    separation={k: v.summary() for k, v in self.separation.items()},
+                    das_losses=list(self.direction.losses))
 
     def row(self) -> dict:
         """The seed as one table row of text: its verdict, its DAS patch's FLDD (held-out, with the interval, and
@@ -499,12 +474,8 @@ class IllusionReport:
         for key, r in self.patches.items():
             obj, split = key.split("/")
             rows.append(
-                dict(
-                    hook=self.hook_name,
-                    patched=obj,
-                    split=split,
-                    **{k: v for k, v in r.summary().items() if k not in ("name", "hook")},
-                )
+                dict(hook=self.hook_name, patched=obj, split=split,
+                     **{k: v for k, v in r.summary().items() if k not in ("name", "hook")})
             )
         return pd.DataFrame(rows)
 
@@ -654,15 +625,8 @@ def illusion_checks(
         first_extra = first_extra or extra
         bar.update(3)
     bar.close()
-    settings = dict(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seeds=list(seeds) if direction is None else None,
-        rule=rule.__dict__,
-        n_train=len(train),
-        n_test=len(test),
-    )
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seeds=list(seeds) if direction is None else None,
+                    rule=rule.__dict__, n_train=len(train), n_test=len(test))
     return _report(hook_name, checks, shared, first_extra, control_sep, settings, baseline)
 
 
@@ -677,27 +641,16 @@ class _HookChecks:
         self.data = {}
         for split, pairs in (("train", train), ("test", test)):
             base_resid = base_residual(model, pairs.base_tokens, layer)
-            self.data[split] = dict(
-                source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
-                clean=patched_logits(model, pairs, hook_name, None, 1.0, 64, base_resid=base_resid),
-                base_resid=base_resid,
-                pairs=pairs,
-            )
+            self.data[split] = dict(source=activations(model, hook_name, pairs.source_tokens, pairs.source_positions),
+                                    clean=patched_logits(model, pairs, hook_name, None, 1.0, 64, base_resid=base_resid),
+                                    base_resid=base_resid, pairs=pairs)
         self.train = train
         self.test_acts, self.test_values = clean_activations(model, test, hook_name)
 
     def patch(self, split: str, obj: str, vec) -> PatchResult:
         d = self.data[split]
-        return patch(
-            self.model,
-            d["pairs"],
-            self.hook_name,
-            vec,
-            name=obj,
-            clean=d["clean"],
-            source=d["source"],
-            base_resid=d["base_resid"],
-        )
+        return patch(self.model, d["pairs"], self.hook_name, vec, name=obj, clean=d["clean"], source=d["source"],
+                     base_resid=d["base_resid"])
 
     def separation(self, vectors: dict[str, torch.Tensor]) -> dict[str, Separation]:
         return {
@@ -757,16 +710,12 @@ class _HookChecks:
         separation = self.separation(vectors)
         if self.readout is not None:
             row_sep = separation["v_row"].cohens_d_interval if row_norm > 1e-6 else intervals.Interval(0.0, 0.0, 0.0, 0)
-        verdict, reasons, flags = decide(
-            effect=patches["das/test"].fldd_interval,
-            train_effect=patches["das/train"].fldd,
-            control=shared["random/test"].fldd_interval,
-            separation=separation["v"].cohens_d_interval,
-            full=shared["full/test"].fldd_interval,
-            fraction=fraction,
-            row_separation=row_sep,
-            rule=rule,
-        )
+        verdict, reasons, flags = decide(effect=patches["das/test"].fldd_interval,
+                                         train_effect=patches["das/train"].fldd,
+                                         control=shared["random/test"].fldd_interval,
+                                         separation=separation["v"].cohens_d_interval,
+                                         full=shared["full/test"].fldd_interval, fraction=fraction,
+                                         row_separation=row_sep, rule=rule)
         check = SeedCheck(seed, d, row_norm, null_norm, patches, separation, fraction, verdict, reasons, flags)
         return check, first_extra
 
@@ -782,19 +731,8 @@ def _report(hook_name, checks, shared, first_extra, control_sep, settings, basel
     separation = dict(first.separation)
     separation.update(control_sep)
     verdict = first.verdict if len({c.verdict for c in checks}) == 1 else "seeds disagree"
-    return IllusionReport(
-        hook_name,
-        first.direction,
-        patches,
-        first.row_norm,
-        first.null_norm,
-        separation,
-        verdict,
-        first.reasons,
-        settings,
-        tuple(checks),
-        baseline,
-    )
+    return IllusionReport(hook_name, first.direction, patches, first.row_norm, first.null_norm, separation, verdict,
+                          first.reasons, settings, tuple(checks), baseline)
 
 
 __all__ = [
@@ -805,7 +743,6 @@ __all__ = [
     "Rule",
     "SeedCheck",
     "Separation",
-    "activation_separation",
     "cohens_d",
     "decide",
     "illusion_checks",

@@ -45,15 +45,8 @@ def answer_gradient(model, pairs: PatchPairs, hook_name: str) -> torch.Tensor:
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
-        logits = answer_logits(
-            model,
-            pairs.base_tokens,
-            pairs.base_positions,
-            pairs.answer_ids,
-            [hook(hook_name, Add(delta))],
-            layer=layer,
-            resid=resid,
-        )
+        logits = answer_logits(model, pairs.base_tokens, pairs.base_positions, pairs.answer_ids,
+                               [hook(hook_name, Add(delta))], layer=layer, resid=resid)
         (logits[:, 1] - logits[:, 0]).mean().backward()
     finally:
         for p, flag in zip(model.parameters(), flags):

@@ -162,15 +162,9 @@ def fit_direction(
                 idx = order[chunk]
                 optimizer.zero_grad()
                 swap = SubspaceSwap(subspace.basis, source[idx], 1.0, positions=pairs.base_positions[idx])
-                logits = answer_logits(
-                    model,
-                    pairs.base_tokens[idx],
-                    pairs.base_positions[idx],
-                    pairs.answer_ids,
-                    [hook(hook_name, swap)],
-                    layer=layer,
-                    resid=None if base_resid is None else base_resid[idx.to(base_resid.device)],
-                )
+                logits = answer_logits(model, pairs.base_tokens[idx], pairs.base_positions[idx], pairs.answer_ids,
+                                       [hook(hook_name, swap)], layer=layer,
+                                       resid=None if base_resid is None else base_resid[idx.to(base_resid.device)])
                 loss = F.cross_entropy(logits, targets[idx].to(logits.device))
                 loss.backward()
                 optimizer.step()

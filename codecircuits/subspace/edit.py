@@ -137,16 +137,10 @@ class EditResult:
         )
 
     def summary(self) -> dict:
-        return dict(
-            hook=self.hook_name,
-            rule=self.rule,
-            n_pairs=self.n_pairs,
-            max_logit_diff=float(self.max_logit_diff.max()),
-            max_mlp_out_diff=float(self.mlp_out_diff.max()),
-            fldd_edit=self.fldd_edit.to_json(),
-            fldd_patch=self.fldd_patch.to_json(),
-            fldd_difference=self.fldd_difference.to_json(),
-        )
+        return dict(hook=self.hook_name, rule=self.rule, n_pairs=self.n_pairs,
+                    max_logit_diff=float(self.max_logit_diff.max()), max_mlp_out_diff=float(self.mlp_out_diff.max()),
+                    fldd_edit=self.fldd_edit.to_json(), fldd_patch=self.fldd_patch.to_json(),
+                    fldd_difference=self.fldd_difference.to_json())
 
     def to_dataframe(self):
         """One row per pair (the index): the logit difference clean, patched and edited, and the largest absolute
@@ -260,15 +254,8 @@ def edit_equivalence(
         x = x[:, ids]
         return x[rows, pairs.base_values] - x[rows, pairs.source_values]
 
-    return EditResult(
-        hook_name,
-        rule,
-        ld(clean),
-        ld(patched),
-        ld(edited),
-        (edited - patched).abs().max(dim=1).values,
-        torch.tensor(out_diff),
-    )
+    return EditResult(hook_name, rule, ld(clean), ld(patched), ld(edited), (edited - patched).abs().max(dim=1).values,
+                      torch.tensor(out_diff))
 
 
 __all__ = ["RULES", "EditResult", "edit_equivalence", "mlp_layer", "rank1_edit", "second_moment_pinv"]

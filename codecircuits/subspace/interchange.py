@@ -85,19 +85,10 @@ class PatchResult:
 
     def summary(self) -> dict:
         f = self.fldd_interval
-        return dict(
-            name=self.name,
-            hook=self.hook_name,
-            dimension=self.dimension,
-            fldd=self.fldd,
-            fldd_low=f.low,
-            fldd_high=f.high,
-            interchange_accuracy=self.interchange_accuracy,
-            interchange_accuracy_vocab=self.interchange_accuracy_vocab,
-            ld_clean=float(self.ld_clean.mean()),
-            ld_patched=float(self.ld_patched.mean()),
-            n_pairs=self.n_pairs,
-        )
+        return dict(name=self.name, hook=self.hook_name, dimension=self.dimension, fldd=self.fldd, fldd_low=f.low,
+                    fldd_high=f.high, interchange_accuracy=self.interchange_accuracy,
+                    interchange_accuracy_vocab=self.interchange_accuracy_vocab, ld_clean=float(self.ld_clean.mean()),
+                    ld_patched=float(self.ld_patched.mean()), n_pairs=self.n_pairs)
 
     def intervals(self) -> dict:
         """Every headline number of the patch with its interval (JSON-ready)."""

@@ -106,18 +106,11 @@ class PatchPairs:
         if index.numel() == 0:
             raise InputError("The selection holds no pairs.")
         ix = index.tolist()
-        return replace(
-            self,
-            base_tokens=self.base_tokens[index],
-            source_tokens=self.source_tokens[index],
-            base_positions=self.base_positions[index],
-            source_positions=self.source_positions[index],
-            base_values=self.base_values[index],
-            source_values=self.source_values[index],
-            groups=tuple(self.groups[i] for i in ix),
-            base_prompts=tuple(self.base_prompts[i] for i in ix),
-            source_prompts=tuple(self.source_prompts[i] for i in ix),
-        )
+        return replace(self, base_tokens=self.base_tokens[index], source_tokens=self.source_tokens[index],
+                       base_positions=self.base_positions[index], source_positions=self.source_positions[index],
+                       base_values=self.base_values[index], source_values=self.source_values[index],
+                       groups=tuple(self.groups[i] for i in ix), base_prompts=tuple(self.base_prompts[i] for i in ix),
+                       source_prompts=tuple(self.source_prompts[i] for i in ix))
 
     def in_groups(self, names: Sequence[str]) -> PatchPairs:
         """The pairs whose group is one of ``names``."""
@@ -126,17 +119,10 @@ class PatchPairs:
 
     def swapped(self) -> PatchPairs:
         """Every pair with base and source exchanged."""
-        return replace(
-            self,
-            base_tokens=self.source_tokens,
-            source_tokens=self.base_tokens,
-            base_positions=self.source_positions,
-            source_positions=self.base_positions,
-            base_values=self.source_values,
-            source_values=self.base_values,
-            base_prompts=self.source_prompts,
-            source_prompts=self.base_prompts,
-        )
+        return replace(self, base_tokens=self.source_tokens, source_tokens=self.base_tokens,
+                       base_positions=self.source_positions, source_positions=self.base_positions,
+                       base_values=self.source_values, source_values=self.base_values, base_prompts=self.source_prompts,
+                       source_prompts=self.base_prompts)
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(

@@ -483,27 +483,15 @@ class MinedPrompts:
         if not sel.any():
             raise InputError(f"No mined prompts close {n_close} parens.")
         idx = sel.nonzero().flatten().tolist()
-        return MinedPrompts(
-            self.tokens[sel],
-            self.n_close[sel],
-            self.depth[sel],
-            self.label_ids[sel],
-            tuple(self.sources[i] for i in idx),
-            self.window,
-            self.corpus,
-            dict(self.candidates),
-        )
+        return MinedPrompts(self.tokens[sel], self.n_close[sel], self.depth[sel], self.label_ids[sel],
+                            tuple(self.sources[i] for i in idx), self.window, self.corpus, dict(self.candidates))
 
     def to_dataframe(self):
         import pandas as pd
 
         return pd.DataFrame(
-            dict(
-                n_close=self.n_close.tolist(),
-                depth=self.depth.tolist(),
-                label_id=self.label_ids.tolist(),
-                source=list(self.sources),
-            )
+            dict(n_close=self.n_close.tolist(), depth=self.depth.tolist(), label_id=self.label_ids.tolist(),
+                 source=list(self.sources))
         )
 
 
@@ -570,13 +558,5 @@ def mined(
     bos = bos_id(model)
     if bos is not None:
         toks = torch.cat([torch.full((toks.shape[0], 1), bos), toks], 1)
-    return MinedPrompts(
-        toks.to(model.cfg.device),
-        torch.tensor(n_close),
-        torch.tensor(depth_l),
-        torch.tensor(labels),
-        tuple(sources),
-        window,
-        corpus.name,
-        {k: len(found[k]) for k in counts},
-    )
+    return MinedPrompts(toks.to(model.cfg.device), torch.tensor(n_close), torch.tensor(depth_l), torch.tensor(labels),
+                        tuple(sources), window, corpus.name, {k: len(found[k]) for k in counts})
