@@ -4,7 +4,7 @@ It prints, from one run:
 
 - the time to build the graph with the neuron basis (feature nodes capped at 4,096 of about 900,000 active
   neurons, so the best-first choice runs) and with a full transcoder set (random ReLU transcoders of 512 features
-  per layer, every active feature a node, as circuit-tracer's default does), with the backward batch each used;
+  per layer firing on about 2% of tokens, every active feature a node, as circuit-tracer's default does), with the backward batch each used;
 - peak resident memory above the loaded model during each, beside the memory budget given;
 - circuit-tracer's time for the same random-transcoder graph where it was measured on this machine (its own
   environment: circuit-tracer 0.5.0 does not install beside TransformerLens 4; ``scripts/circuit_tracer_check.py``
@@ -74,7 +74,7 @@ def main(quick: bool = False, circuit_tracer_seconds: float | None = None) -> di
     model = tiny_model("llama") if quick else load_model("smollm2-135m", device="cpu")
     budget = "256MB" if quick else "2GB"
     n_tokens = model.to_tokens(PROMPT).shape[1]
-    transcoders = random_transcoders(model, 64 if quick else 512, activation="relu", seed=0)
+    transcoders = random_transcoders(model, 64 if quick else 512, activation="relu", seed=0, density=0.02)
     out = {"model": "tiny-llama" if quick else "smollm2-135m", "tokens": int(n_tokens), "budget_bytes": parse_budget(budget)}
     for name, basis, cap in (("neurons", "neurons", 256 if quick else 4096), ("transcoders", transcoders, None)):
         graph, seconds, peak = _one(model, basis, budget, cap)

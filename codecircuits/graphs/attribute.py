@@ -222,7 +222,7 @@ class Columns:
         return out
 
 
-def _prompt_state(model, tokens, basis: Basis):
+def _prompt_state(model, tokens, basis: Basis, exclude_positions=()):
     """The clean run: logits, each layer's MLP input and output, and the basis's active features."""
     names = {"blocks.0.hook_resid_pre"}
     for layer in range(model.cfg.n_layers):
@@ -236,6 +236,9 @@ def _prompt_state(model, tokens, basis: Basis):
     acts = {}
     for layer in basis.layers(model):
         a, gain = basis.activations(model, layer, cache)
+        if exclude_positions:  # no feature nodes there: their MLP output is all error
+            a = a.clone()
+            a[list(exclude_positions)] = 0
         acts[layer] = a
         pos, idx = (a != 0).nonzero(as_tuple=True)
         x = cache[f"blocks.{layer}.mlp.hook_in"][0].to(wd)
@@ -360,6 +363,7 @@ def attribute(
     desired_logit_prob: float = 0.95,
     batch_size: int | None = None,
     memory_budget=None,
+    exclude_positions: tuple[int, ...] = (),
     progress: bool = True,
 ) -> Graph:
     """The attribution graph of ``prompt``'s next token (see the module docstring for the method).
@@ -367,7 +371,10 @@ def attribute(
     ``basis``: ``"neurons"`` (the MLPs' own neurons, exact), a :class:`~codecircuits.transcoders.TranscoderSet`, or
     the path of one. ``targets``: see :func:`logit_targets`. ``max_feature_nodes`` caps the feature nodes (``None``:
     every active feature). ``batch_size`` rows go through each backward pass; by default as many as
-    ``memory_budget`` allows (bytes or ``"2GB"``; 2 GiB by default)."""
+    ``memory_budget`` allows (bytes or ``"2GB"``; 2 GiB by default). ``exclude_positions`` get no feature nodes
+    (their MLP outputs are all error), as circuit-tracer does for the BOS position.
+
+    ``prompt`` is a string, or token ids ``[1, pos]`` (to control BOS yourself)."""
     t0 = time.perf_counter()
     basis = as_basis(basis)
     basis.check(model)
@@ -375,10 +382,17 @@ def attribute(
     if tokens.shape[0] != 1:
         raise InputError("attribute() builds the graph of one prompt; give a single string")
     n_pos = tokens.shape[1]
-    last_logits, cache, acts, feats = _prompt_state(model, tokens, basis)
+    last_logits, cache, acts, feats = _prompt_state(model, tokens, basis, exclude_positions)
     tg = logit_targets(model, last_logits, targets, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob)
     n_active = len(feats)
     capped = max_feature_nodes is not None and n_active > max_feature_nodes
+    n_nodes = (max_feature_nodes if capped else n_active) + (model.cfg.n_layers + 1) * n_pos + len(tg.names)
+    if 4 * n_nodes**2 > 4 * parse_budget(memory_budget, default=DEFAULT_MEMORY_BUDGET):
+        raise InputError(
+            f"the graph would have {n_nodes:,} nodes ({n_active:,} active features), and its adjacency matrix "
+            f"{4 * n_nodes**2 / 2**30:.1f} GiB, over four times the memory budget: cap the feature nodes "
+            "(max_feature_nodes=4096) or raise memory_budget"
+        )
     batch = batch_size or default_batch(model, n_pos, n_active if capped else min(n_active, max_feature_nodes or n_active), memory_budget)
     run = FrozenRun(model, tokens, basis, batch)
     emb = cache["blocks.0.hook_resid_pre"][0].to(work_dtype(model))

@@ -211,8 +211,9 @@ class InterventionCheck:
         return pd.DataFrame(self.rows)
 
     def top(self, k: int = 10):
+        """The ``k`` ablated nodes of largest |measured| change, largest first (both groups)."""
         frame = self.to_dataframe()
-        return frame.reindex(frame.measured.abs().sort_values(ascending=False).index).head(k).reset_index(drop=True)
+        return frame.reindex(frame.measured.abs().sort_values(ascending=False, kind="stable").index).head(k).reset_index(drop=True)
 
     def plot(self):
         from ..figures import bars

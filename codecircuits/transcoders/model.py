@@ -366,19 +366,28 @@ def random_transcoders(
     skip: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    density: float | None = None,
 ) -> TranscoderSet:
     """Untrained transcoders for ``model`` (encoder and decoder Gaussian, scaled so activations and outputs are of
     the residual stream's size; JumpReLU thresholds small and positive): for tests and for measuring speed and
-    memory, never for reading features."""
+    memory, never for reading features.
+
+    ``density`` (ReLU and JumpReLU) sets each feature's ``b_enc`` so that it fires on about that share of the tokens
+    of a short sample of code run through ``model`` (trained sets fire on a few percent); ``None`` leaves ``b_enc``
+    small and random, so about half the features fire."""
     gen = torch.Generator().manual_seed(seed)
     d = model.cfg.d_model
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    inputs = _sample_mlp_inputs(model, layers) if density is not None and activation != "topk" else {}
     transcoders = {}
     for layer in layers:
         tc = Transcoder(d, n_features, d, activation=activation, k=k, skip=skip, dtype=dtype)
         with torch.no_grad():
             tc.W_enc.copy_(torch.randn(d, n_features, generator=gen) / d**0.5)
             tc.b_enc.copy_(torch.randn(n_features, generator=gen) * 0.1)
+            if layer in inputs:
+                pre = inputs[layer].to(tc.W_enc.dtype) @ tc.W_enc
+                tc.b_enc.copy_(-torch.quantile(pre.float(), 1 - density, dim=0).to(tc.b_enc.dtype))
             tc.W_dec.copy_(torch.randn(n_features, d, generator=gen) / n_features**0.5)
             tc.b_dec.copy_(torch.randn(d, generator=gen) * 0.01)
             if tc.threshold is not None:
@@ -387,3 +396,18 @@ def random_transcoders(
                 tc.W_skip.copy_(torch.randn(d, d, generator=gen) / d)
         transcoders[layer] = tc
     return TranscoderSet(transcoders, scan=f"random-{n_features}-{activation}")
+
+
+_SAMPLE = (
+    "import os\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n\n"
+    "for i in range(10):\n    total = total + i * 2\n    print('i is', i)\n"
+    "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+)
+
+
+def _sample_mlp_inputs(model, layers) -> dict[int, torch.Tensor]:
+    """Each layer's MLP inputs ``[tokens, d_model]`` on a short sample of Python (for :func:`random_transcoders`)."""
+    names = {f"blocks.{layer}.mlp.hook_in" for layer in layers}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(model.to_tokens(_SAMPLE), names_filter=lambda n: n in names)
+    return {layer: cache[f"blocks.{layer}.mlp.hook_in"][0].detach().cpu() for layer in layers}
