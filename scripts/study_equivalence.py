@@ -86,8 +86,21 @@ def _repair(model, tmp):
                       n_resamples=50, progress=False)
 
 
+def _languages(model, tmp):
+    from codecircuits.studies import languages
+
+    dirs, root = [], Path(tempfile.gettempdir()) / "cc-study-equivalence-languages"  # one path: the study records it
+    for lang, text in (("java", "class A {\n    int f(int x) { return x + 1; }\n}\n"),
+                       ("go", "package main\n\nfunc f(x int) int {\n\treturn x + 1\n}\n")):
+        (root / lang).mkdir(parents=True, exist_ok=True)
+        (root / lang / f"a.{lang}").write_text(text * 8)
+        dirs.append(f"{lang}:{root / lang}")
+    return languages.run(model, corpora=("stdlib:test", *dirs), max_tokens=200, window=24, k=3, n_draws=20,
+                         out_dir=tmp, progress=False)
+
+
 STUDIES = {"parens": _parens, "circuit": _circuit, "cna": _cna, "subspace": _subspace, "memories": _memories,
-           "signatures": _signatures, "repair": _repair}
+           "signatures": _signatures, "repair": _repair, "languages": _languages}
 
 
 def run(out: Path, studies: list[str], family: str) -> None:

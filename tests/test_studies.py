@@ -56,3 +56,47 @@ def test_unknown_study_is_explained():
 
     with pytest.raises(InputError, match="parens"):
         get("no-such-study")
+
+
+def test_results_json_comes_from_the_fields_and_claims_from_their_table():
+    """One ``to_json`` for every study: each field converted (its ``json`` metadata, else its own ``to_json``,
+    a DataFrame's records, a dataclass's fields), renamed by ``key`` or left out, then the derived numbers, the
+    claims and the key numbers; a claim is a row of its study's table filled with the run's numbers."""
+    from dataclasses import dataclass
+
+    import pandas as pd
+
+    from codecircuits.intervals import Interval
+    from codecircuits.studies.common import Study, claim_specs, result
+
+    specs = claim_specs("codecircuits toy", "the paper, p. 1", big=("{x} is big", "reproduced: above {x}", "1.0"),
+                        own=("small", "rule", "2.0", "elsewhere"), bare=("bare", "rule"))
+
+    @dataclass(frozen=True)
+    class Toy(Study):
+        name: str = result(key="model")
+        table: pd.DataFrame = result(default_factory=lambda: pd.DataFrame({"a": [1, 2]}))
+        iv: Interval = Interval(0.5, 0.25, 0.75, 4)
+        hidden: object = result(None, json=None)
+        scaled: float = result(2.0, json=lambda v: v * 10)
+        JSON_DIGITS = 2
+
+        def json_extra(self):
+            return {"third": 1 / 3}
+
+        def metrics(self):
+            return {"x": 0.123456}
+
+        def claims(self):
+            return [specs["big"](True, False, self.iv, None, "d", x=3), specs["own"](False, True), specs["bare"](0, 0)]
+
+    data = Toy("m").to_json()
+    assert data["model"] == "m" and "name" not in data and "hidden" not in data
+    assert data["table"] == [{"a": 1}, {"a": 2}] and data["iv"]["estimate"] == 0.5 and data["scaled"] == 20.0
+    assert data["third"] == 0.33 and data["metrics"] == {"x": 0.12}
+    big, own, bare = (Claim.from_json(c) for c in data["claims"])
+    assert (big.claim, big.verdict, big.rule, big.paper, big.source, big.command) == (
+        "3 is big", "reproduced", "reproduced: above 3", "1.0", "the paper, p. 1", "codecircuits toy")
+    assert (own.verdict, own.source, bare.verdict, bare.source) == ("partly", "elsewhere", "not reproduced", "")
+    r = Toy("m").open_report("toy", labels={"x": "the x"})
+    assert r.metric_keys == {"x"}

@@ -44,5 +44,3 @@ def position_labels(tokens: Sequence[str]) -> list[str]:
 
 def is_special_token(token: str) -> bool:
     return token.startswith(_SPECIAL_PREFIXES) and token.endswith(">")
-
-

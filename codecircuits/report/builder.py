@@ -68,6 +68,11 @@ class Report:
         self._data: dict[str, object] = {}
         self._metric_keys: set[str] = set()
 
+    @property
+    def metric_keys(self) -> frozenset[str]:
+        """The keys of the metric cards added so far."""
+        return frozenset(self._metric_keys)
+
     # ------------------------------------------------------------------------------------------ structure
     def add(self, fragment: el.Fragment) -> Report:
         """Append a rendered fragment (e.g. a view's) to the current section."""
@@ -133,18 +138,8 @@ class Report:
         colours diverge around it (blue below, red above); hover a cell for its labels and exact value."""
         return self.add(
             el.heatmap(
-                values,
-                title=title,
-                caption=caption,
-                x_labels=x_labels,
-                y_labels=y_labels,
-                x_title=x_title,
-                y_title=y_title,
-                center=center,
-                vmin=vmin,
-                vmax=vmax,
-                value_label=value_label,
-                annotate=annotate,
+                values, title=title, caption=caption, x_labels=x_labels, y_labels=y_labels, x_title=x_title,
+                y_title=y_title, center=center, vmin=vmin, vmax=vmax, value_label=value_label, annotate=annotate,
             )
         )
 
@@ -176,11 +171,7 @@ class Report:
         """Activations ``[pos, neuron]`` or ``[pos, layer, neuron]`` over the tokens with a neuron picker (circuitsvis)."""
         return self.add(
             el.neuron_activations(
-                tokens,
-                activations,
-                neuron_labels=neuron_labels,
-                layer_labels=layer_labels,
-                title=title,
+                tokens, activations, neuron_labels=neuron_labels, layer_labels=layer_labels, title=title,
                 caption=caption,
             )
         )
@@ -201,15 +192,8 @@ class Report:
         """Code token by token, each coloured by its value (e.g. one neuron's activation); ``marked`` outlines positions."""
         return self.add(
             el.token_values(
-                tokens,
-                values,
-                title=title,
-                caption=caption,
-                value_label=value_label,
-                center=center,
-                vmin=vmin,
-                vmax=vmax,
-                marked=marked,
+                tokens, values, title=title, caption=caption, value_label=value_label, center=center, vmin=vmin,
+                vmax=vmax, marked=marked,
             )
         )
 
@@ -233,13 +217,7 @@ class Report:
         ``bands`` adds shaded ``(low, high)`` ranges (see :func:`codecircuits.figures.svg.line_chart_svg`)."""
         return self.add(
             el.line_chart(
-                x,
-                series,
-                title=title,
-                caption=caption,
-                x_title=x_title,
-                y_title=y_title,
-                zero_line=zero_line,
+                x, series, title=title, caption=caption, x_title=x_title, y_title=y_title, zero_line=zero_line,
                 bands=bands,
             )
         )

@@ -41,12 +41,7 @@ def _kind(graph, dst: int) -> tuple[str, int, int]:
 
 
 def circuit_graph_svg(
-    circuit,
-    scores=None,
-    *,
-    marks: Mapping[str, str] | None = None,
-    max_edges: int = 2500,
-    width: int = 860,
+    circuit, scores=None, *, marks: Mapping[str, str] | None = None, max_edges: int = 2500, width: int = 860
 ) -> str:
     """The SVG of ``circuit`` (a :class:`codecircuits.circuits.Circuit` on edges summed over positions).
 
@@ -185,15 +180,9 @@ def _layout(g, node_ids: list[int], pairs, *, width: int, n_marks: int, omitted:
     plot_w = col_w * (cols + 0.5)
     legend_h = 44 + 16 * math.ceil(n_marks / 3) + (16 if omitted else 0)
     return _Layout(
-        graph=g,
-        row_of={layer: i + 1 for i, layer in enumerate(layers)},
-        n_rows=n_rows,
-        col_w=col_w,
-        plot_w=plot_w,
-        width=int(_LEFT + plot_w + _RIGHT),
-        height=int(_TOP + _ROW_H * (n_rows - 1) + 30 + legend_h),
-        r_head=min(11.0, col_w * 0.28),
-        port=g.grouped and g.group_size > 1,
+        graph=g, row_of={layer: i + 1 for i, layer in enumerate(layers)}, n_rows=n_rows, col_w=col_w, plot_w=plot_w,
+        width=int(_LEFT + plot_w + _RIGHT), height=int(_TOP + _ROW_H * (n_rows - 1) + 30 + legend_h),
+        r_head=min(11.0, col_w * 0.28), port=g.grouped and g.group_size > 1,
     )
 
 

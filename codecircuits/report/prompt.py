@@ -128,8 +128,7 @@ def prompt_report(
 
     bos = getattr(model.tokenizer, "bos_token_id", None)
     r = Report(
-        f"What {name} does on one prompt",
-        subtitle="Next-token prediction, attention and MLP neurons",
+        f"What {name} does on one prompt", subtitle="Next-token prediction, attention and MLP neurons",
         meta={"model": name},
     )
     _prediction_section(r, summary, has_bos=bos is not None and int(toks[0, 0]) == int(bos))
@@ -147,11 +146,7 @@ def _run(model, toks):
     n_layers = model.cfg.n_layers
     names = {LN_FINAL_SCALE}
     for layer in range(n_layers):
-        names |= {
-            hook_name("pattern", layer),
-            hook_name("resid_post", layer),
-            hook_name("post", layer),
-        }
+        names |= {hook_name("pattern", layer), hook_name("resid_post", layer), hook_name("post", layer)}
     names |= {hook_name("z", layer) for layer in range(n_layers)}
     names |= {hook_name("ln1_post_scale", layer) for layer in range(n_layers)}
     return model.run_with_cache(toks, names_filter=lambda n: n in names)
@@ -249,14 +244,9 @@ def _attention_section(r: Report, summary: PromptSummary, direct, pats, *, heads
         "below with their attention patterns: what they read to write it.",
     )
     r.heatmap(
-        direct.cpu(),
-        x_labels=[str(h) for h in range(n_heads)],
-        y_labels=[str(layer) for layer in range(n_layers)],
-        x_title="head",
-        y_title="layer",
-        title=f"Direct logit of each head onto {top_shown!r}",
-        value_label="direct logit",
-        center=0.0,
+        direct.cpu(), x_labels=[str(h) for h in range(n_heads)], y_labels=[str(layer) for layer in range(n_layers)],
+        x_title="head", y_title="layer", title=f"Direct logit of each head onto {top_shown!r}",
+        value_label="direct logit", center=0.0,
     )
     r.attention(
         summary.tokens,
@@ -281,28 +271,15 @@ def _neurons_section(r: Report, summary: PromptSummary, acts) -> None:
     lim = float(rest.abs().max()) or 1.0
     first_note = "Colours are scaled on positions 1 onward (position 0 often holds outliers); hover for exact values."
     r.heatmap(
-        acts.T.cpu(),
-        x_labels=position_labels(tokens),
-        y_labels=neuron_labels,
-        x_title="position and token",
-        y_title="neuron",
-        center=0.0,
-        vmin=-lim,
-        vmax=lim,
-        title="Activation of each chosen neuron at each position",
-        caption=first_note,
-        value_label="activation",
+        acts.T.cpu(), x_labels=position_labels(tokens), y_labels=neuron_labels, x_title="position and token",
+        y_title="neuron", center=0.0, vmin=-lim, vmax=lim, title="Activation of each chosen neuron at each position",
+        caption=first_note, value_label="activation",
     )
     r.neuron_activations(tokens, acts.cpu(), neuron_labels, title="Chosen neurons over the prompt (pick one)")
     lo, hi = float(rest[:, 0].min()), float(rest[:, 0].max())
     r.token_values(
-        tokens,
-        acts[:, 0].cpu(),
-        title=f"{neuron_labels[0]} over the prompt",
-        value_label=f"{neuron_labels[0]} activation",
-        center=0.0 if lo < 0 else None,
-        vmin=lo,
-        vmax=hi if hi > lo else lo + 1.0,
-        marked=[len(tokens) - 1],
+        tokens, acts[:, 0].cpu(), title=f"{neuron_labels[0]} over the prompt",
+        value_label=f"{neuron_labels[0]} activation", center=0.0 if lo < 0 else None, vmin=lo,
+        vmax=hi if hi > lo else lo + 1.0, marked=[len(tokens) - 1],
         caption="The outlined token is the last position, where the neuron was chosen. " + first_note,
     )

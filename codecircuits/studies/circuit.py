@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -48,7 +48,7 @@ from ..core.metrics import logit_diff
 from ..core.sites import head_label
 from ..errors import InputError
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, model_name, setting, timed
+from .common import ClaimSpec, Study, check_config, configure, json_safe, model_name, result, setting, timed
 
 #: MIB's circuit sizes (percent of edges), the faithfulness curve's default points
 PERCENTAGES = tuple(float(p) for p in ev.MIB_PERCENTAGES)
@@ -60,8 +60,7 @@ class CircuitConfig:
 
     n_open: int = setting(3, "open parens of the clean prompts (the answer closes them all)")
     counterfactual: str = setting(
-        "fewer",
-        "corrupted prompts: fewer (a str( neutralised: one paren fewer) or extra (a ( made ((: one more)",
+        "fewer", "corrupted prompts: fewer (a str( neutralised: one paren fewer) or extra (a ( made ((: one more)"
     )
     n_pairs: int = setting(8, "pairs of train numbers whose edges are scored")
     n_test_pairs: int = setting(8, "pairs of held-out test numbers the faithfulness is measured on")
@@ -87,45 +86,26 @@ class CircuitConfig:
     )
 
     def __post_init__(self):
-        for name in ("n_open", "n_pairs", "n_test_pairs", "steps", "head_prompts", "top_heads", "n_bootstrap"):
-            if getattr(self, name) < 1:
-                raise InputError(f"CircuitConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.counterfactual not in ("fewer", "extra"):
-            raise InputError(f"counterfactual must be 'fewer' or 'extra', got {self.counterfactual!r}.")
+        check_config(self, at_least={1: "n_open n_pairs n_test_pairs steps head_prompts top_heads n_bootstrap",
+                                     0: "n_random"},
+                     choices={"counterfactual": ("fewer", "extra"), "method": cc.METHODS, "ablation": ev.ABLATIONS})
         if self.counterfactual == "fewer" and self.n_open < 2:
             raise InputError("counterfactual='fewer' needs n_open >= 2 (a str( call to neutralise).")
-        if self.method not in cc.METHODS:
-            raise InputError(f"Unknown method {self.method!r}; choose one of {', '.join(cc.METHODS)}.")
-        if self.ablation not in ev.ABLATIONS:
-            raise InputError(f"Unknown ablation {self.ablation!r}; choose one of {', '.join(ev.ABLATIONS)}.")
         for name in ("percentages", "drawn"):
             vals = getattr(self, name)
             if not vals or any(not 0 < p <= 100 for p in vals):
                 raise InputError(f"CircuitConfig.{name} must be percentages in (0, 100], got {vals}.")
         if list(self.percentages) != sorted(set(self.percentages)) or len(self.percentages) < 2:
             raise InputError(f"percentages must be at least two increasing sizes, got {self.percentages}.")
-        if self.n_random < 0:
-            raise InputError(f"n_random must be >= 0, got {self.n_random}.")
         if len(set(self.head_counts)) < 2 or min(self.head_counts) < 1:
             raise InputError(f"head_counts must be at least two paren counts >= 1, got {self.head_counts}.")
 
     @classmethod
     def tiny(cls, **kw) -> CircuitConfig:
-        """Small sizes for tests and smoke runs on tiny models."""
-        base = dict(
-            n_pairs=3,
-            n_test_pairs=3,
-            steps=2,
-            n_random=2,
-            n_bootstrap=200,
-            head_prompts=3,
-            top_heads=3,
-            n_numbers=20,
-            percentages=(1.0, 5.0, 10.0, 50.0, 100.0),
-            drawn=(5.0, 10.0, 50.0),
-        )
-        base.update(kw)
-        return cls(**base)
+        """Small sizes for tests and smoke runs on tiny models (the registry's smoke settings)."""
+        from .registry import get
+
+        return cls(**{**get("circuit").smoke, **kw})
 
 
 def _key(p: float) -> str:
@@ -136,18 +116,24 @@ def _key(p: float) -> str:
 class CircuitStudy(Study):
     """Every result of a study run; :meth:`to_json` has every number, :meth:`report` the HTML."""
 
-    model_name: str
-    config: CircuitConfig
-    graph: cc.Graph
-    scores: cc.EdgeScores
-    curves: dict  # "signed" / "absolute" -> FaithfulnessCurve
-    circuits: dict  # percent -> Circuit (top |score| edges)
-    drawn: dict  # percent -> {faithfulness, interval, random, heads, shared, ...}
-    pairs: dict  # "train" / "test" -> list of pair dicts
-    accuracy: dict  # "train" / "test" -> share of clean prompts answered correctly
-    paren_heads: dict  # "promoters" / "counting" -> [labels], with their numbers
-    timings: dict = field(default_factory=dict)
-    claims: list = field(default_factory=list)  # intervals.Claim rows: CPR and CMD against random circuits
+    model_name: str = result(key="model")
+    config: CircuitConfig = result()
+    graph: cc.Graph = result(json=lambda g: {**g.to_dict(), "n_edges": g.n_edges})
+    scores: cc.EdgeScores = result(json=lambda sc: {
+        "method": sc.method, "steps": sc.steps, "n_examples": sc.n_examples,
+        "metric": "loss = -(logit[clean answer] - logit[corrupted answer]) at the last position",
+        "top_edges": [{"edge": e, "score": v} for e, v in sc.top_edges(30)],
+        "node_scores": dict(zip(sc.graph.source_names, sc.node_scores.tolist()))})
+    curves: dict = result()  # "signed" / "absolute" -> FaithfulnessCurve
+    circuits: dict = result(json=None)  # percent -> Circuit (top |score| edges)
+    # percent -> {faithfulness, interval, random, heads, shared, ...}
+    drawn: dict = result(key="circuits", json=lambda d: {_key(p): v for p, v in d.items()})
+    pairs: dict = result()  # "train" / "test" -> list of pair dicts
+    accuracy: dict = result()  # "train" / "test" -> share of clean prompts answered correctly
+    paren_heads: dict = result()  # "promoters" / "counting" -> [labels], with their numbers
+    timings: dict = result(default_factory=dict)
+    claims: list = result(default_factory=list)  # intervals.Claim rows: CPR and CMD against random circuits
+    JSON_DIGITS = None
 
     # ------------------------------------------------------------------------------------------ headlines
     @property
@@ -211,37 +197,9 @@ class CircuitStudy(Study):
         m["wall_s"] = self.timings.get("total_s")
         return json_safe(m, digits=None)
 
-    def to_json(self) -> dict:
-        """Every number of the study as JSON-able data (NaN becomes None)."""
-        return json_safe(
-            dict(
-                model=self.model_name,
-                config=asdict(self.config),
-                caveats=self.caveats,
-                graph={**self.graph.to_dict(), "n_edges": self.graph.n_edges},
-                scores={
-                    "method": self.scores.method,
-                    "steps": self.scores.steps,
-                    "n_examples": self.scores.n_examples,
-                    "metric": "loss = -(logit[clean answer] - logit[corrupted answer]) at the last position",
-                    "top_edges": [{"edge": e, "score": s} for e, s in self.scores.top_edges(30)],
-                    "node_scores": dict(zip(self.graph.source_names, self.scores.node_scores.tolist())),
-                },
-                curves={k: c.to_dict() for k, c in self.curves.items()},
-                cpr=self.cpr,
-                cmd=self.cmd,
-                random={"cpr": self.random_cpr, "cmd": self.random_cmd},
-                circuits={_key(p): d for p, d in self.drawn.items()},
-                pairs=self.pairs,
-                accuracy=self.accuracy,
-                paren_heads=self.paren_heads,
-                timings=self.timings,
-                wall_s=self.timings.get("total_s"),
-                claims=[c.to_json() for c in self.claims],
-                metrics=self.metrics(),
-            ),
-            digits=None,
-        )
+    def json_extra(self) -> dict:
+        return {"caveats": self.caveats, "cpr": self.cpr, "cmd": self.cmd, "wall_s": self.timings.get("total_s"),
+                "random": {"cpr": self.random_cpr, "cmd": self.random_cmd}}
 
     def summary_text(self) -> str:
         """What ``codecircuits circuit`` prints: CPR and CMD beside random circuits, then each drawn circuit."""
@@ -264,8 +222,6 @@ class CircuitStudy(Study):
 
     def report(self, model=None):
         return build_report(self)
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,15 +419,9 @@ def run(
         data = _prepare(model, cfg)
     with timed(timings, "scores_s"):
         scores = distributed.run(
-            cc.edge_scores,
-            model,
-            *data.tokens["train"],
-            logit_diff(*data.pairs["train"].answer_ids(), loss=True, rows=workers is not None),
-            method=cfg.method,
-            steps=cfg.steps,
-            budget=cfg.budget,
-            progress=progress,
-            workers=workers,
+            cc.edge_scores, model, *data.tokens["train"],
+            logit_diff(*data.pairs["train"].answer_ids(), loss=True, rows=workers is not None), method=cfg.method,
+            steps=cfg.steps, budget=cfg.budget, progress=progress, workers=workers,
         )
     metric = logit_diff(*data.pairs["test"].answer_ids())
     with timed(timings, "curves_s"):
@@ -538,6 +488,11 @@ def _area(cfg: CircuitConfig, curve, from_1: bool) -> intervals.Interval:
     return replace(iv, estimate=curve.area_from_1 if from_1 else curve.area)
 
 
+CLAIM = ClaimSpec("edge attribution's circuits beat random circuits on {name} ({better} is better)",
+                  "reproduced: the interval lies {side} every random circuit's {name}; partly: its estimate does",
+                  "attribution (EAP-IG) and mask-optimisation methods score best", MIB)
+
+
 def _claims(cfg: CircuitConfig, curves: dict) -> list[intervals.Claim]:
     out = []
     for name, curve, from_1 in (("CPR", curves["signed"], False), ("CMD", curves["absolute"], True)):
@@ -549,21 +504,11 @@ def _claims(cfg: CircuitConfig, curves: dict) -> list[intervals.Claim]:
             beats, near = iv.high < min(rand), iv.estimate < min(rand)
         else:
             beats, near = iv.low > max(rand), iv.estimate > max(rand)
-        better = "lower" if from_1 else "higher"
-        out.append(
-            intervals.Claim(
-                f"edge attribution's circuits beat random circuits on {name} ({better} is better)",
-                intervals.verdict(beats, near),
-                evidence=iv,
-                detail=f"{name} of the {cfg.method} circuits (ranked by {'|score|' if from_1 else 'signed score'}) "
-                f"on {iv.n} held-out pairs, interval over the pairs; random circuits of the same sizes "
-                f"({cfg.n_random} per size): {_range(rand)}",
-                rule=f"reproduced: the interval lies {'below' if from_1 else 'above'} every random circuit's {name}; "
-                "partly: its estimate does",
-                paper="attribution (EAP-IG) and mask-optimisation methods score best",
-                source=MIB,
-            )
-        )
+        out.append(CLAIM(
+            beats, near, iv, None,
+            f"{name} of the {cfg.method} circuits (ranked by {'|score|' if from_1 else 'signed score'}) on {iv.n} "
+            f"held-out pairs, interval over the pairs; random circuits of the same sizes ({cfg.n_random} per size): "
+            f"{_range(rand)}", name=name, better="lower" if from_1 else "higher", side="below" if from_1 else "above"))
     return out
 
 
@@ -580,48 +525,33 @@ def _f3(x) -> str:
 
 
 def build_report(s: CircuitStudy):
-    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`): the key numbers, then the
-    task, the faithfulness curves, the drawn circuits and the heads they share with the parens study."""
-    from ..report import Report
-
+    """The study's self-contained HTML report (see :class:`codecircuits.report.Report`): the claims and key
+    numbers, then the task, the faithfulness curves, the drawn circuits and the heads they share with the parens
+    study."""
     cfg = s.config
-    r = Report(
-        title=f"The closing-paren circuit of {s.model_name}",
-        subtitle=f"edge attribution ({s.scores.method}) on {len(s.pairs['train'])} pairs, faithfulness (MIB's CPR "
-        f"and CMD) on {len(s.pairs['test'])} held-out pairs",
+    r = s.open_report(
+        f"The closing-paren circuit of {s.model_name}",
+        f"edge attribution ({s.scores.method}) on {len(s.pairs['train'])} pairs, faithfulness (MIB's CPR and CMD) on "
+        f"{len(s.pairs['test'])} held-out pairs",
         meta={"n_open": cfg.n_open, "counterfactual": cfg.counterfactual, "ablation": cfg.ablation},
-    )
-    metrics, labels = s.metrics(), _labels(s)
-    if s.claims:
-        r.section(
-            "Claims and verdicts",
-            text=f"The circuits against random circuits of the same sizes; each interval is a 95% bootstrap interval "
-            f"over the held-out pairs ({cfg.n_bootstrap} resamples), the circuits fixed.",
-        )
-        r.claims(s.claims)
-
-    def cards(names):
-        r.metrics({k: metrics[k] for k in names}, labels={k: labels[k] for k in names})
-
-    r.section(
-        "Key numbers",
-        text="CPR: the area under the faithfulness curve of the circuits of the highest signed scores (higher is "
+        labels=_labels(s),
+        claims_text="The circuits against random circuits of the same sizes; each interval is a 95% bootstrap "
+        f"interval over the held-out pairs ({cfg.n_bootstrap} resamples), the circuits fixed.",
+        key_text="CPR: the area under the faithfulness curve of the circuits of the highest signed scores (higher is "
         "better); CMD: the area between 1 and the curve of the highest |scores| (lower is better); beside random "
         "circuits of the same sizes. Faithfulness 1 = the circuit alone keeps the full model's logit difference.",
     )
-    cards(["cpr", "random_cpr_mean", "cmd", "random_cmd_mean", *(f"faithfulness_{_key(p)}" for p in s.drawn)])
     for caveat in s.caveats:
         r.text("Caveat: " + caveat + ".")
-    _report_task(r, s, cards)
-    _report_faithfulness(r, s, cards)
+    _report_task(r, s)
+    _report_faithfulness(r, s)
     _report_circuits(r, s)
     _report_heads(r, s)
     r.table([{"step": k, "seconds": v} for k, v in s.timings.items()], caption="time per step")
-    r.data(s.to_json(), "results")
-    return r
+    return s.close_report(r, _labels(s))
 
 
-def _report_task(r, s: CircuitStudy, cards) -> None:
+def _report_task(r, s: CircuitStudy) -> None:
     p0 = s.pairs["train"][0]
     r.section(
         "Task and pairs",
@@ -630,7 +560,6 @@ def _report_task(r, s: CircuitStudy, cards) -> None:
         "logit(clean answer) - logit(corrupted answer) at the last position. Edges are scored on pairs of the train "
         "numbers and every faithfulness number is measured on pairs of the held-out test numbers.",
     )
-    cards(["train_pairs", "test_pairs", "edges", "wall_s"])
     r.code(p0["clean"] + p0["answer"], title="a clean prompt and its answer")
     r.code(p0["corrupted"] + p0["corrupted_answer"], title="its corrupted prompt and answer")
     r.table(
@@ -643,7 +572,7 @@ def _report_task(r, s: CircuitStudy, cards) -> None:
     r.table(s.pairs["test"], caption="held-out pairs")
 
 
-def _report_faithfulness(r, s: CircuitStudy, cards) -> None:
+def _report_faithfulness(r, s: CircuitStudy) -> None:
     cfg = s.config
     sig, ab = s.curves["signed"], s.curves["absolute"]
     rand = torch.tensor(sig.random) if sig.random else None
@@ -665,16 +594,9 @@ def _report_faithfulness(r, s: CircuitStudy, cards) -> None:
         f"(lower is better). Random circuits of the same sizes are the baseline. CPR {s.cpr:.3f} (random "
         f"{_range(s.random_cpr)}); CMD {s.cmd:.3f} (random {_range(s.random_cmd)}).",
     )
-    cards(["random_cpr_max", "random_cmd_min", "clean_logit_diff", "empty_logit_diff"])
-    for k in map(_key, s.drawn):
-        cards([f"faithfulness_{k}_low", f"faithfulness_{k}_high", f"random_faithfulness_{k}_max"])
     r.line_chart(
-        [_pct(p) for p in sig.percentages],
-        series,
-        bands=bands,
-        title="faithfulness by circuit size",
-        x_title="circuit size (% of edges)",
-        y_title="faithfulness",
+        [_pct(p) for p in sig.percentages], series, bands=bands, title="faithfulness by circuit size",
+        x_title="circuit size (% of edges)", y_title="faithfulness",
     )
     r.table(
         [
@@ -697,17 +619,6 @@ def _report_faithfulness(r, s: CircuitStudy, cards) -> None:
             for i, p in enumerate(sig.percentages)
         ],
         caption="the curves' points (edges after pruning)",
-    )
-    r.table(
-        [
-            {"measure": "CPR (area under the signed curve, higher is better)", "circuit": s.cpr, **_stats(s.random_cpr)},
-            {
-                "measure": "CMD (area between 1 and the |score| curve, lower is better)",
-                "circuit": s.cmd,
-                **_stats(s.random_cmd),
-            },
-        ],
-        caption=f"CPR and CMD beside {cfg.n_random} random circuits of each size",
     )
 
 
@@ -741,10 +652,7 @@ def _report_circuits(r, s: CircuitStudy) -> None:
         rnd = f"; random circuits of this size: {_range(d['random'])}" if d["random"] else ""
         r.add(
             circuit_graph(
-                s.circuits[p],
-                s.scores,
-                marks=marks,
-                max_edges=s.config.max_edges_drawn,
+                s.circuits[p], s.scores, marks=marks, max_edges=s.config.max_edges_drawn,
                 title=f"{_pct(p)} of edges: {d['n_edges']} edges, {len(d['heads'])} heads, {len(d['mlps'])} MLPs",
                 caption=f"faithfulness {d['faithfulness']:.3f}{ci}{rnd}",
             )
@@ -795,12 +703,6 @@ def _report_heads(r, s: CircuitStudy) -> None:
         [{"edge": e["edge"], "score": e["score"]} for e in s.to_json()["scores"]["top_edges"]],
         caption="the 30 edges of largest |score| (scored on the train pairs)",
     )
-def _stats(v: list[float]) -> dict:
-    if not v:
-        return {}
-    return {"random mean": sum(v) / len(v), "random min": min(v), "random max": max(v)}
-
-
 def _range(v: list[float]) -> str:
     if not v:
         return "none"
@@ -808,26 +710,6 @@ def _range(v: list[float]) -> str:
 
 
 def _labels(s: CircuitStudy) -> dict:
-    out = {
-        "cpr": "CPR (higher is better)",
-        "random_cpr_mean": "CPR of random circuits, mean",
-        "random_cpr_max": "CPR of random circuits, largest",
-        "cmd": "CMD (lower is better)",
-        "random_cmd_mean": "CMD of random circuits, mean",
-        "random_cmd_min": "CMD of random circuits, smallest",
-        "clean_logit_diff": "logit diff, full model (held out)",
-        "empty_logit_diff": "logit diff, empty circuit",
-        "train_pairs": "pairs scored (train)",
-        "test_pairs": "pairs evaluated (held out)",
-        "edges": "edges in the graph",
-        "wall_s": "wall time (s)",
-    }
-    for p in s.drawn:
-        k = _key(p)
-        out[f"faithfulness_{k}"] = f"faithfulness at {_pct(p)} of edges"
-        out[f"faithfulness_{k}_low"] = f"faithfulness at {_pct(p)}, 95% interval low"
-        out[f"faithfulness_{k}_high"] = f"faithfulness at {_pct(p)}, 95% interval high"
-        out[f"random_faithfulness_{k}_max"] = f"random circuits at {_pct(p)}, largest"
-    return out
-
-
+    out = {"cpr": "CPR (higher is better)", "random_cpr_mean": "CPR of random circuits, mean",
+           "cmd": "CMD (lower is better)", "random_cmd_mean": "CMD of random circuits, mean"}
+    return out | {f"faithfulness_{_key(p)}": f"faithfulness at {_pct(p)} of edges" for p in s.drawn}

@@ -35,7 +35,6 @@ summarise (:meth:`codecircuits.cna.MaskKeepTable.intervals`, :meth:`codecircuits
 from __future__ import annotations
 
 import dataclasses
-import functools
 import random
 import time
 import warnings
@@ -51,7 +50,7 @@ from ..errors import InputError
 from ..intervals import Claim, Interval, claims_markdown
 from ..tasks import arithmetic
 from ..tasks.arithmetic import ArithmeticDataset
-from .common import Study, configure, json_safe, setting
+from .common import Study, claim_specs, configure, json_safe, result, setting
 
 ARITH_TEMPLATES = (*arithmetic.PAPER_TEMPLATES, "assert")
 COMMAND = "codecircuits cna --model smollm2-135m"
@@ -117,9 +116,7 @@ def _scaled(cfg: CNAConfig) -> CNAConfig:
     if not cfg.paper_scale:
         return cfg
     defaults = CNAConfig()
-    return dataclasses.replace(
-        cfg, **{k: v for k, v in PAPER_SCALE.items() if getattr(cfg, k) == getattr(defaults, k)}
-    )
+    return dataclasses.replace(cfg, **{k: v for k, v in PAPER_SCALE.items() if getattr(cfg, k) == getattr(defaults, k)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ class TaskFindings:
     n_sweep: int
     cna_prompts: tuple[str, ...]
 
-    def summary(self) -> dict:
+    def to_json(self) -> dict:
         top = self.sweep.top(5)
         return {
             "accuracy": self.accuracy,
@@ -161,6 +158,12 @@ class TaskFindings:
             "mask_keep_n_prompts": self.mask_keep.n_prompts,
             "mask_keep_intervals": self.mask_keep.intervals(),
         }
+
+    summary = to_json
+
+
+def _evals(ev, **extra):
+    return None if ev is None else {"table": ev.table.to_dict("records"), "intervals": ev.intervals(), **extra}
 
 
 @dataclass(frozen=True)
@@ -251,43 +254,23 @@ class CNAStudy(Study):
     model: str
     arithmetic: TaskFindings
     parens: TaskFindings | None
-    top10: neurons.TopNeuronEval
+    top10: neurons.TopNeuronEval = result(key="top10_ablation", json=lambda ev: ev.table.to_dict("records"))
     settings: dict = field(default_factory=dict)
-    config: CNAConfig | None = None
+    config: CNAConfig | None = result(None, json=None)  # its settings are in ``settings``
     accuracy_by_op: dict = field(default_factory=dict)  # op -> Interval
-    heldout: HeldOutHeads | None = None
-    query: neurons.TopNeuronEval | None = None
-    query_layers: dict = field(default_factory=dict)
-    attn: neurons.TopNeuronEval | None = None
+    heldout: HeldOutHeads | None = result(None, key="heldout_heads")
+    query: neurons.TopNeuronEval | None = result(None, json=None)
+    query_layers: dict = result(default_factory=dict, json=None)
+    attn: neurons.TopNeuronEval | None = result(None, key="attention_neurons", json=lambda ev: _evals(ev))
     claims: tuple[Claim, ...] = ()
 
     def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
         return report(self)
 
-    def results(self) -> dict:
-        return {**self.to_json(), "metrics": self.metrics()}
-
-    def to_json(self) -> dict:
-        def evals(ev, **extra):
-            return None if ev is None else {"table": ev.table.to_dict("records"), "intervals": ev.intervals(), **extra}
-
-        return json_safe(
-            {
-                "model": self.model,
-                "settings": self.settings,
-                "accuracy_by_op": {k: v.to_json() for k, v in self.accuracy_by_op.items()},
-                "arithmetic": self.arithmetic.summary(),
-                "heldout_heads": None if self.heldout is None else self.heldout.to_json(),
-                "parens": None if self.parens is None else self.parens.summary(),
-                "top10_ablation": self.top10.table.to_dict("records"),
-                "top10_n_prompts": self.top10.n_prompts,
-                "top10_intervals": self.top10.intervals(),
-                "query_neurons": evals(self.query, layers=self.query_layers),
-                "attention_neurons": evals(self.attn),
-                "claims": [c.to_json() for c in self.claims],
-            }
-        )
+    def json_extra(self) -> dict:
+        return {"top10_n_prompts": self.top10.n_prompts, "top10_intervals": self.top10.intervals(),
+                "query_neurons": _evals(self.query, layers=self.query_layers)}
 
     def metrics(self) -> dict[str, float]:
         """The key numbers (flat), as written to the report's metric cards and the JSON."""
@@ -597,12 +580,47 @@ HEADS_PAPER, CNA_PAPER, ATTRIBUTION_PAPER = (
     "Yu & Ananiadou, CNA mask/keep verification (METHODS §3.4)",
     "Yu & Ananiadou, neuron attribution",
 )
-_claim = functools.partial(Claim, command=COMMAND)
+_BEATS_RANDOM = "reproduced: the drop's interval lies above 0.3 and above the random neurons'; partly: above theirs"
+CLAIMS = claim_specs(
+    COMMAND,
+    head=("a single head carries much of the arithmetic: ablating {head} (chosen on {n} selection prompts) drops "
+          "held-out accuracy, far more than random heads",
+          "reproduced: the held-out drop's interval lies above 0.10 and its excess over random heads above 0; partly: "
+          "both above 0", "L17H22: accuracy 74.8 -> 53.4 (21 points)", HEADS_PAPER),
+    harmless=("most heads are harmless: random heads' mean drop is within 2 points of zero",
+              "reproduced: the random heads' interval lies within (-0.02, 0.02); partly: below 0.05",
+              "976 of 1,024 heads change accuracy by <= 2%", HEADS_PAPER),
+    specific=("some heads are specific to one operation (drop interval above 0 on one operation only)",
+              "reproduced: a chosen head's drop interval lies above 0 on exactly one operation; partly: the largest "
+              "drop on one operation lies above 0"),
+    mask=("masking the top-{n} CNA neurons (ranked on the CNA prompts) removes most held-out correct answers, far "
+          "more than {n} random neurons",
+          "reproduced: the decrease's interval lies above 0.5 and mask minus random above 0; partly: mask minus random "
+          "above 0", "N=99: 100% accuracy decrease", CNA_PAPER),
+    keep=("keeping only the top CNA neurons of layers >= {layer} keeps most answers (small decrease)",
+          "reproduced: the keep decrease's interval lies below 0.2; partly: below 0.5",
+          "keep-99 decrease 3.9%, keep-10 38.2% (Llama-7B, layers 17-31)", CNA_PAPER),
+    top10=("zeroing the top-10 FFN neurons by log-probability increase ({layers} layers) lowers the answer's "
+           "probability far more than 10 random neurons", _BEATS_RANDOM,
+           "Llama-7B: probability 21.5% -> 9.2% (57% drop)", f"{ATTRIBUTION_PAPER}, Table 2"),
+    score=("log-probability increase picks more important top-10 neurons than {other}",
+           "reproduced: the extra drop's interval lies above 0; partly: its estimate does",
+           "Llama-7B: probability 9.2% vs {theirs}%", f"{ATTRIBUTION_PAPER}, Table 2"),
+    query=("zeroing the top-{k} query FFN neurons lowers the answer's probability far more than random neurons",
+           _BEATS_RANDOM, "top-1000 query neurons: 95-96% probability drop, random 1.1%",
+           f"{ATTRIBUTION_PAPER} (METHODS §3.1)"),
+    query_layers=("query neurons lie in shallower layers than value neurons",
+                  "reproduced: the interval of value minus query mean layer lies above 0"),
+    attention=("zeroing the top-{k} attention neurons (last {layers} layers) lowers the answer's probability more "
+               "than random attention neurons", _BEATS_RANDOM,
+               "top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%",
+               f"{ATTRIBUTION_PAPER} (METHODS §3.1)"),
+)
 
 
 def claims_of(study: CNAStudy) -> list[Claim]:
     """The paper's claims with this run's evidence, control and verdict."""
-    return [*_head_claims(study), *_mask_keep_claims(study), *_top10_claims(study), *_query_and_attention_claims(study)]
+    return [*_head_claims(study), *_neuron_claims(study)]
 
 
 def _head_claims(study: CNAStudy) -> list[Claim]:
@@ -619,150 +637,67 @@ def _head_claims(study: CNAStudy) -> list[Claim]:
             if best is None or iv.low > best[2].low:
                 best = (hh, op, iv)
     return [
-        _claim(
-            f"a single head carries much of the arithmetic: ablating {head_label(*head)} (chosen on "
-            f"{a.n_sweep} selection prompts) drops held-out accuracy, far more than random heads",
-            intervals.verdict(d.above(0.10) and ex.above(0), partly=d.above(0) and ex.above(0)),
-            d, r,
-            detail=f"paper: L17H22 74.8 -> 53.4 (21 points); held-out drop minus random-head drop {ex.format(3)}; "
-            f"n={d.n} held-out prompts",
-            rule="reproduced: the held-out drop's interval lies above 0.10 and its excess over random heads above 0; "
-            "partly: both above 0",
-            paper="L17H22: accuracy 74.8 -> 53.4 (21 points)",
-            source=HEADS_PAPER,
-        ),
-        _claim(
-            "most heads are harmless: random heads' mean drop is within 2 points of zero",
-            intervals.verdict(r.low > -0.02 and r.high < 0.02, partly=r.below(0.05)),
-            r, None,
-            detail=f"paper: 976 of 1,024 heads change accuracy by <= 2%; selection sweep: "
-            f"{a.sweep.fraction_harmless(0.02):.0%} of heads within 2 points on {a.n_sweep} prompts",
-            rule="reproduced: the random heads' interval lies within (-0.02, 0.02); partly: below 0.05",
-            paper="976 of 1,024 heads change accuracy by <= 2%",
-            source=HEADS_PAPER,
-        ),
-        _claim(
-            "some heads are specific to one operation (drop interval above 0 on one operation only)",
-            intervals.verdict(bool(spec), partly=best is not None and best[2].above(0)),
-            h.drop(spec[0][0], spec[0][1]) if spec else best[2], h.random_drop(spec[0][1] if spec else best[1]),
-            detail=("specific: " + ", ".join(f"{head_label(*x)} on {o}" for x, o in spec))
-            if spec
+        CLAIMS["head"](d.above(0.10) and ex.above(0), d.above(0) and ex.above(0), d, r,
+                       f"paper: L17H22 74.8 -> 53.4 (21 points); held-out drop minus random-head drop {ex.format(3)}; "
+                       f"n={d.n} held-out prompts", head=head_label(*head), n=a.n_sweep),
+        CLAIMS["harmless"](r.low > -0.02 and r.high < 0.02, r.below(0.05), r, None,
+                           f"paper: 976 of 1,024 heads change accuracy by <= 2%; selection sweep: "
+                           f"{a.sweep.fraction_harmless(0.02):.0%} of heads within 2 points on {a.n_sweep} prompts"),
+        CLAIMS["specific"](
+            bool(spec), best is not None and best[2].above(0), h.drop(spec[0][0], spec[0][1]) if spec else best[2],
+            h.random_drop(spec[0][1] if spec else best[1]),
+            ("specific: " + ", ".join(f"{head_label(*x)} on {o}" for x, o in spec)) if spec
             else f"none; largest: {head_label(*best[0])} on {best[1]}",
-            rule="reproduced: a chosen head's drop interval lies above 0 on exactly one operation; partly: the "
-            "largest drop on one operation lies above 0",
         ),
     ]
 
 
-def _mask_keep_claims(study: CNAStudy) -> list[Claim]:
-    mk, head = study.arithmetic.mask_keep, study.arithmetic.head
-    if not mk.per_prompt:
-        return []
-    small, n = mk.ns[0], mk.ns[-1]
-    mask, diff, keep_n = mk.decrease("mask", n), mk.mask_minus_random(n), mk.decrease("keep", n)
-    return [
-        _claim(
-            f"masking the top-{n} CNA neurons (ranked on the CNA prompts) removes most held-out correct answers, "
-            f"far more than {n} random neurons",
-            intervals.verdict(mask.above(0.5) and diff.above(0), partly=diff.above(0)),
-            mask, mk.decrease("random_mask", n),
-            detail=f"paper (N=99): 100% decrease; mask minus random {diff.format(3)}; n={mask.n}",
-            rule="reproduced: the decrease's interval lies above 0.5 and mask minus random above 0; partly: mask "
-            "minus random above 0",
-            paper="N=99: 100% accuracy decrease",
-            source=CNA_PAPER,
-        ),
-        _claim(
-            f"keeping only the top CNA neurons of layers >= {head[0]} keeps most answers (small decrease)",
-            intervals.verdict(keep_n.below(0.2), partly=keep_n.below(0.5)),
-            keep_n, mk.decrease("keep", small),
-            detail=f"paper (Llama-7B, layers 17-31): keep-99 decrease 3.9%, keep-10 38.2%; measured: keep-{n}, "
-            f"control column: keep-{small}",
-            rule="reproduced: the keep decrease's interval lies below 0.2; partly: below 0.5",
-            paper="keep-99 decrease 3.9%, keep-10 38.2% (Llama-7B, layers 17-31)",
-            source=CNA_PAPER,
-        ),
-    ]
-
-
-_BEATS_RANDOM = "reproduced: the drop's interval lies above 0.3 and above the random neurons'; partly: above theirs"
-
-
-def _top10_claims(study: CNAStudy) -> list[Claim]:
-    ev = study.top10
-    if "logprob_increase" not in ev.per_prompt or "random" not in ev.per_prompt:
-        return []
-    lpi, rnd = ev.drop("logprob_increase"), ev.drop("random")
-    out = [
-        _claim(
-            f"zeroing the top-10 FFN neurons by log-probability increase ({study.settings.get('top10_layers')} "
-            "layers) lowers the answer's probability far more than 10 random neurons",
-            intervals.verdict(lpi.above(0.3) and lpi.low > rnd.high, partly=lpi.low > rnd.high),
-            lpi, rnd,
-            detail=f"paper Llama-7B: 21.5% -> 9.2% (57% drop); n={lpi.n} prompts",
-            rule=_BEATS_RANDOM,
-            paper="Llama-7B: probability 21.5% -> 9.2% (57% drop)",
-            source=f"{ATTRIBUTION_PAPER}, Table 2",
-        )
-    ]
-    for other, theirs in (("logprob", "10.8"), ("coefficient", "22.9")):
-        if other in ev.per_prompt:
-            diff = ev.extra_drop("logprob_increase", other)
-            out.append(
-                _claim(
-                    f"log-probability increase picks more important top-10 neurons than {other}",
-                    intervals.verdict(diff.above(0), partly=diff.estimate > 0),
-                    diff, ev.drop(other),
-                    detail=f"measured: extra relative probability drop over {other}; control: {other}'s own "
-                    f"drop; paper Llama-7B: 9.2% vs {theirs}% probability",
-                    rule="reproduced: the extra drop's interval lies above 0; partly: its estimate does",
-                    paper=f"Llama-7B: probability 9.2% vs {theirs}%",
-                    source=f"{ATTRIBUTION_PAPER}, Table 2",
-                )
-            )
-    return out
-
-
-def _query_and_attention_claims(study: CNAStudy) -> list[Claim]:
+def _neuron_claims(study: CNAStudy) -> list[Claim]:
+    """Mask/keep of the CNA neurons, METHODS Table 2, query and attention neurons, each against random neurons."""
     out = []
+    mk, head = study.arithmetic.mask_keep, study.arithmetic.head
+    if mk.per_prompt:
+        small, n = mk.ns[0], mk.ns[-1]
+        mask, diff, keep_n = mk.decrease("mask", n), mk.mask_minus_random(n), mk.decrease("keep", n)
+        out += [
+            CLAIMS["mask"](mask.above(0.5) and diff.above(0), diff.above(0), mask, mk.decrease("random_mask", n),
+                           f"paper (N=99): 100% decrease; mask minus random {diff.format(3)}; n={mask.n}", n=n),
+            CLAIMS["keep"](keep_n.below(0.2), keep_n.below(0.5), keep_n, mk.decrease("keep", small),
+                           f"paper (Llama-7B, layers 17-31): keep-99 decrease 3.9%, keep-10 38.2%; measured: keep-{n}, "
+                           f"control column: keep-{small}", layer=head[0]),
+        ]
+    ev = study.top10
+    if "logprob_increase" in ev.per_prompt and "random" in ev.per_prompt:
+        lpi, rnd = ev.drop("logprob_increase"), ev.drop("random")
+        out.append(CLAIMS["top10"](lpi.above(0.3) and lpi.low > rnd.high, lpi.low > rnd.high, lpi, rnd,
+                                   f"paper Llama-7B: 21.5% -> 9.2% (57% drop); n={lpi.n} prompts",
+                                   layers=study.settings.get("top10_layers")))
+        for other, theirs in (("logprob", "10.8"), ("coefficient", "22.9")):
+            if other in ev.per_prompt:
+                diff = ev.extra_drop("logprob_increase", other)
+                out.append(CLAIMS["score"](diff.above(0), diff.estimate > 0, diff, ev.drop(other),
+                                           f"measured: extra relative probability drop over {other}; control: "
+                                           f"{other}'s own drop; paper Llama-7B: 9.2% vs {theirs}% probability",
+                                           other=other, theirs=theirs))
     if study.query is not None:
         qd, rd = study.query.drop("query_score"), study.query.drop("random")
         ql = Interval.from_json(study.query_layers["value_minus_query"])
         out += [
-            _claim(
-                f"zeroing the top-{study.query.k} query FFN neurons lowers the answer's probability far more than "
-                "random neurons",
-                intervals.verdict(qd.above(0.3) and qd.low > rd.high, partly=qd.low > rd.high),
-                qd, rd,
-                detail=f"paper (top-1000 query neurons): 95-96% probability drop, random 1.1%; n={qd.n}",
-                rule=_BEATS_RANDOM,
-                paper="top-1000 query neurons: 95-96% probability drop, random 1.1%",
-                source=f"{ATTRIBUTION_PAPER} (METHODS §3.1)",
-            ),
-            _claim(
-                "query neurons lie in shallower layers than value neurons",
-                intervals.verdict(ql.above(0)),
-                ql, None,
-                detail="measured: mean layer of each prompt's top value neurons minus that of its top query neurons "
-                f"(value {Interval.from_json(study.query_layers['value_mean_layer']).format(1)}, query "
-                f"{Interval.from_json(study.query_layers['query_mean_layer']).format(1)})",
-                rule="reproduced: the interval of value minus query mean layer lies above 0",
-            ),
+            CLAIMS["query"](qd.above(0.3) and qd.low > rd.high, qd.low > rd.high, qd, rd,
+                            f"paper (top-1000 query neurons): 95-96% probability drop, random 1.1%; n={qd.n}",
+                            k=study.query.k),
+            CLAIMS["query_layers"](
+                ql.above(0), False, ql, None,
+                "measured: mean layer of each prompt's top value neurons minus that of its top query neurons "
+                f"(value {Interval.from_json(study.query_layers['value_mean_layer']).format(1)}, "
+                f"query {Interval.from_json(study.query_layers['query_mean_layer']).format(1)})"),
         ]
     if study.attn is not None:
         ad, rd = study.attn.drop("logprob_increase"), study.attn.drop("random")
-        out.append(
-            _claim(
-                f"zeroing the top-{study.attn.k} attention neurons (last {study.settings.get('attn_layers')} layers) "
-                "lowers the answer's probability more than random attention neurons",
-                intervals.verdict(ad.above(0.3) and ad.low > rd.high, partly=ad.low > rd.high),
-                ad, rd,
-                detail=f"paper: top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%; n={ad.n}",
-                rule=_BEATS_RANDOM,
-                paper="top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%",
-                source=f"{ATTRIBUTION_PAPER} (METHODS §3.1)",
-            )
-        )
+        out.append(CLAIMS["attention"](
+            ad.above(0.3) and ad.low > rd.high, ad.low > rd.high, ad, rd,
+            f"paper: top-200 attention + top-100 FFN value neurons: 99% probability drop, random 0.1%; n={ad.n}",
+            k=study.attn.k, layers=study.settings.get("attn_layers")))
     return out
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -776,13 +711,8 @@ def _task_sections(r, f: TaskFindings, paper: str) -> None:
         text=f"Each head zeroed alone (attn.hook_z at every position) over {f.n_sweep} prompts. {paper}",
     )
     r.heatmap(
-        f.sweep.accuracy_drop.numpy(),
-        x_labels=list(range(n_heads)),
-        y_labels=list(range(n_layers)),
-        title="accuracy drop when the head is ablated",
-        x_title="head",
-        y_title="layer",
-        center=0.0,
+        f.sweep.accuracy_drop.numpy(), x_labels=list(range(n_heads)), y_labels=list(range(n_layers)),
+        title="accuracy drop when the head is ablated", x_title="head", y_title="layer", center=0.0,
     )
     r.table(f.sweep.top(10), caption="heads whose ablation hurts most")
     r.section(
@@ -794,11 +724,8 @@ def _task_sections(r, f: TaskFindings, paper: str) -> None:
     r.table(f.cna.top(15), caption="top neurons by mean CNA")
     lt = f.cna.layer_totals()
     r.line_chart(
-        lt["layer"].tolist(),
-        {"positive CNA": lt["positive_cna"].tolist()},
-        title="where the head's effect lands",
-        x_title="layer",
-        y_title="summed positive CNA",
+        lt["layer"].tolist(), {"positive CNA": lt["positive_cna"].tolist()}, title="where the head's effect lands",
+        x_title="layer", y_title="summed positive CNA",
     )
     table = f.mask_keep.table.copy()
     for kind in ("mask", "keep", "random_mask") if f.mask_keep.per_prompt else ():
@@ -833,21 +760,14 @@ KEY_NUMBERS = {
 
 def report(study: CNAStudy):
     """The study as a :class:`codecircuits.report.Report`: the claims, a few key numbers, then each step."""
-    from ..report import Report
-
-    r = Report(
-        title=f"Arithmetic heads and comparative neuron analysis on {study.model}",
-        subtitle="Yu & Ananiadou (EMNLP 2024): the paper's arithmetic task (four operations, two-digit operands) "
-        "with held-out selection, random controls and bootstrap 95% intervals",
-    )
-    metrics, n = study.metrics(), study.settings.get("mask_keep_ns", [0])[-1]
+    n = study.settings.get("mask_keep_ns", [0])[-1]
     labels = {k.format(n=n): v.format(n=n, head=head_label(*study.arithmetic.head)) for k, v in KEY_NUMBERS.items()}
-    key = {k: metrics[k] for k in labels if k in metrics}
-    r.section("Claims and verdicts", text="Each claim of the paper with the number it rests on (95% bootstrap "
-              "interval), its control, the paper's own number and the verdict by the stated rule.")
-    r.claims(list(study.claims))
-    r.section("Key numbers")
-    r.metrics(key, labels={k: labels[k] for k in key})
+    r = study.open_report(
+        f"Arithmetic heads and comparative neuron analysis on {study.model}",
+        "Yu & Ananiadou (EMNLP 2024): the paper's arithmetic task (four operations, two-digit operands) with held-out "
+        "selection, random controls and bootstrap 95% intervals",
+        labels=labels,
+    )
     if study.accuracy_by_op:
         r.table(
             [{"operation": k, "accuracy (95% CI)": v.format(3), "n": v.n} for k, v in study.accuracy_by_op.items()],
@@ -883,10 +803,7 @@ def report(study: CNAStudy):
         r.table(_eval_table(study.attn), caption=f"top-{study.attn.k} attention neurons zeroed")
     if study.parens is not None:
         _task_sections(r, study.parens, "Closing-parenthesis prompts with 1..n open parens.")
-    r.section("Every key number", text="The numbers of results.json's \"metrics\", beside those at the top.")
-    r.metrics({k: v for k, v in metrics.items() if k not in key})
-    r.data(study.to_json(), name="results")
-    return r
+    return study.close_report(r)
 
 
 def tables(study: CNAStudy) -> dict[str, pd.DataFrame]:

@@ -7,8 +7,9 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import InputError
 
@@ -91,6 +92,21 @@ def configure(config_cls, config, overrides: dict):
     return replace(config, **overrides)
 
 
+def check_config(cfg, *, at_least: dict[int, str] | None = None, choices: dict[str, tuple] | None = None) -> None:
+    """Raise an :class:`InputError` naming the first setting of ``cfg`` below its minimum (``at_least``: minimum ->
+    the settings' names, space-separated) or outside its choices (``choices``: setting -> allowed values; every
+    item of a tuple setting must be one)."""
+    cls = type(cfg).__name__
+    for low, names in (at_least or {}).items():
+        for name in names.split():
+            if getattr(cfg, name) < low:
+                raise InputError(f"{cls}.{name} must be >= {low}, got {getattr(cfg, name)}.")
+    for name, allowed in (choices or {}).items():
+        value = getattr(cfg, name)
+        if any(v not in allowed for v in (value if isinstance(value, tuple) else (value,))):
+            raise InputError(f"{cls}.{name} must be one of {', '.join(map(str, allowed))}; got {value!r}.")
+
+
 @contextmanager
 def timed(timings: dict, name: str):
     """``with timed(timings, "step"):`` records the block's wall seconds as ``timings["step"]``."""
@@ -104,14 +120,91 @@ def model_name(model) -> str:
     return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
 
 
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A claim of a paper as data: its text, the rule its verdict applies, the paper's value and where that is
+    given, and the command that measures it; ``text``, ``rule`` and ``paper`` may hold ``{name}`` fields a run fills
+    in.
+    Calling it with the run's tests and numbers gives the :class:`~codecircuits.intervals.Claim` row."""
+
+    text: str
+    rule: str = ""
+    paper: str = ""
+    source: str = ""
+    command: str = ""
+
+    def __call__(self, reproduced: bool, partly: bool, evidence=None, control=None, detail: str = "", **fill):
+        from ..intervals import Claim, verdict
+
+        text, rule, paper = (x.format(**fill) if fill else x for x in (self.text, self.rule, self.paper))
+        return Claim(text, verdict(reproduced, partly), evidence, control, detail, self.command, rule, paper,
+                     self.source)
+
+
+def claim_specs(command: str = "", source: str = "", **specs: tuple) -> dict[str, ClaimSpec]:
+    """A study's claims as a table: ``name=(text, rule, paper, source)`` (the paper's value and its source may be
+    left off; a claim with the paper's value and no source of its own cites ``source``), each measured by
+    ``command``."""
+    out = {}
+    for name, spec in specs.items():
+        text, rule, paper, src = (*spec, "", "", "")[:4]
+        out[name] = ClaimSpec(text, rule, paper, src or (source if paper and len(spec) < 4 else ""), command)
+    return out
+
+
+def plain(value):
+    """``value`` as JSON-ready data: a result's own ``to_json()``, a DataFrame's records, a dataclass's fields,
+    containers item by item (the default conversion of a study's fields)."""
+    if hasattr(value, "columns") and hasattr(value, "to_dict"):  # a DataFrame
+        return value.to_dict("records")
+    for method in ("to_json", "to_dict"):
+        if hasattr(value, method) and not isinstance(value, type):
+            return getattr(value, method)()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def result(default=MISSING, *, json: Callable | None = plain, key: str | None = None, **kw):
+    """A field of a study's result: ``json`` converts its value for ``results.json`` (``None``: left out), under
+    ``key`` (default: the field's name)."""
+    meta = {"json": json, "key": key}
+    if default is not MISSING:
+        kw["default"] = default
+    return field(metadata=meta, **kw)
+
+
 class Study:
     """What every study result has: ``to_json()`` (every number), ``report(model=None)`` (a
     :class:`codecircuits.report.Report`; a study whose report shows token texts reads them from ``model``),
     ``claims`` (its :class:`~codecircuits.intervals.Claim` rows), ``summary_text()`` (what its command prints) and
-    one ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``."""
+    one ``save(out)``, which writes ``results.json`` and ``report.html`` into the directory ``out``.
+
+    ``to_json`` is written from the dataclass's fields (each converted by its ``json`` metadata, see
+    :func:`result`, else by :func:`plain`), then :meth:`json_extra` (numbers derived from the fields), the
+    ``claims`` and the key numbers (``metrics()``), rounded to :attr:`JSON_DIGITS`."""
+
+    JSON_DIGITS: ClassVar[int | None] = 6
+
+    def json_extra(self) -> dict:
+        """Numbers ``results.json`` holds beyond the fields (default: none)."""
+        return {}
 
     def to_json(self) -> dict:
-        raise NotImplementedError
+        out = {}
+        for f in fields(self):
+            convert = f.metadata.get("json", plain)
+            if convert is not None:
+                out[f.metadata.get("key") or f.name] = convert(getattr(self, f.name))
+        out.update(self.json_extra())
+        out["claims"] = [c.to_json() for c in self.claim_rows()]
+        if hasattr(self, "metrics"):
+            out["metrics"] = self.metrics()
+        return json_safe(out, self.JSON_DIGITS)
 
     def report(self, model=None):
         raise NotImplementedError
@@ -131,6 +224,36 @@ class Study:
         """The study's :class:`~codecircuits.intervals.Claim` rows (``claims``, a field or a method)."""
         claims = getattr(self, "claims", None)
         return list((claims() if callable(claims) else claims) or [])
+
+    def open_report(self, title: str, subtitle: str | None = None, *, labels: dict, meta: dict | None = None,
+                    claims_text: str | None = None, key_text: str | None = None):
+        """A :class:`codecircuits.report.Report` that opens as every study's does: the claims table, then the key
+        numbers ``labels`` names (``metrics()`` key -> the label a reader understands; those a run lacks are
+        skipped)."""
+        from ..report import Report
+
+        r = Report(title, subtitle, meta=meta)
+        claims = self.claim_rows()
+        if claims:
+            r.section("Claims and verdicts", text=claims_text or "Each claim with the number it rests on (95% "
+                      "bootstrap interval), its control, the paper's own number and the verdict by the stated rule.")
+            r.claims(claims)
+        metrics = json_safe(self.metrics(), self.JSON_DIGITS) if hasattr(self, "metrics") else {}
+        shown = {k: metrics[k] for k in labels if k in metrics}
+        if shown:
+            r.section("Key numbers", text=key_text)
+            r.metrics(shown, labels={k: labels[k] for k in shown})
+        return r
+
+    def close_report(self, r, labels: dict | None = None):
+        """End report ``r`` as every study's does: the key numbers not shown yet (labelled by ``labels``, else by
+        their key) and the JSON of :meth:`to_json`."""
+        metrics = json_safe(self.metrics(), self.JSON_DIGITS) if hasattr(self, "metrics") else {}
+        rest = {k: v for k, v in metrics.items() if k not in r.metric_keys}
+        if rest:
+            r.section("Every key number", text="The numbers of results.json's \"metrics\", beside those above.")
+            r.metrics(rest, labels={k: (labels or {}).get(k, k) for k in rest})
+        return r.data(self.to_json(), "results")
 
     def save(self, out_dir, model=None) -> tuple[Path, Path]:
         """Write ``report.html`` and ``results.json`` into ``out_dir``; returns both paths."""

@@ -15,7 +15,7 @@ a 95% bootstrap interval that resamples the labelled keys of each third.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import distributed, intervals
@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..memories import concepts as cc
 from ..memories.crosslang import CrossLanguage, compare_languages
 from ..memories.languages import corpus_language
-from .common import Study, configure, json_safe, model_name, setting
+from .common import Study, claim_specs, configure, model_name, result, setting
 
 PAPER = (
     "Haider et al. study Java, Go and Python with the same method; lower layers store shallow patterns and higher "
@@ -63,9 +63,10 @@ class LanguagesStudy(Study):
     languages: tuple[str, ...]
     corpora: dict
     tokens: dict
-    distributions: dict = field(repr=False)  # language -> per-layer shallow / semantic DataFrame
+    distributions: dict = result(repr=False, key="layer_distribution")  # language -> per-layer DataFrame
     rq1: dict = field(default_factory=dict)  # language -> third -> Interval of the semantic share
-    comparison: CrossLanguage | None = None
+    comparison: CrossLanguage | None = result(None, key="cross_language",
+                                              json=lambda c: c.to_dataframe().to_dict("records"))
     timings: dict = field(default_factory=dict)
     config: LanguagesConfig | None = None
 
@@ -79,71 +80,28 @@ class LanguagesStudy(Study):
         return m
 
     def claims(self) -> list[intervals.Claim]:
-        out = []
-        for g in self.languages:
-            e, late = self.rq1[g]["early"], self.rq1[g]["late"]
-            rise = late.low > e.high
-            out.append(
-                intervals.Claim(
-                    f"{g}: the semantic share of labelled keys rises from the first to the last third of the layers",
-                    intervals.verdict(rise, partly=late.estimate > e.estimate),
-                    evidence=late,
-                    control=e,
-                    detail="measured: last third; control: first third",
-                    command=COMMAND,
-                    rule="reproduced: the last third's interval lies above the first third's; partly: its estimate "
-                    "is higher",
-                    paper="lower layers shallow, higher layers more semantic, in each language",
-                    source="Haider et al. 2024, RQ1",
-                )
-            )
-        return out + [self._cross_claim()]
-
-    def _cross_claim(self) -> intervals.Claim:
-        """Whether a concept selects the same keys in every language, against layer-matched random key sets."""
+        """RQ1 per language, then whether a concept selects the same keys in every language (against
+        layer-matched random key sets)."""
+        out = [CLAIMS["rq1"](late.low > e.high, late.estimate > e.estimate, late, e,
+                             "measured: last third; control: first third", language=g)
+               for g in self.languages for e, late in [(self.rq1[g]["early"], self.rq1[g]["late"])]]
         s = self.comparison.summary()
         share = s["above_chance"] / s["concept_pairs"] if s["concept_pairs"] else 0.0
         df = self.comparison.shared_pairs()
+        evidence = control = excess = None
+        detail = "no concept has keys in two languages"
         if len(df):  # intervals over the concept-language pairs with keys in both languages
             jac, chance = df["jaccard"].to_numpy(dtype=float), df["chance_mean"].to_numpy(dtype=float)
             evidence, control = intervals.mean(jac), intervals.mean(chance)
             excess = intervals.paired(lambda a, b: (a - b).mean(), jac, chance)
-            detail = (
-                f"{s['above_chance']} of {s['concept_pairs']} concept-language pairs above the 95% chance range; "
-                f"mean Jaccard excess over chance {excess.format(3)}"
-            )
-        else:
-            evidence = control = excess = None
-            detail = "no concept has keys in two languages"
+            detail = (f"{s['above_chance']} of {s['concept_pairs']} concept-language pairs above the 95% chance "
+                      f"range; mean Jaccard excess over chance {excess.format(3)}")
         above = excess is not None and excess.low > 0
-        return intervals.Claim(
-            "a concept selects the same keys in every language (overlap above layer-matched chance)",
-            intervals.verdict(share >= 0.5 and above, partly=share > 0.1 or above),
-            evidence=evidence,
-            control=control,
-            detail=detail + "; measured: mean Jaccard of the pairs; control: mean of layer-matched random sets",
-            command=COMMAND,
-            rule="reproduced: at least half the concept-language pairs lie above their chance range and the mean "
-            "Jaccard excess over chance lies above 0; partly: more than a tenth do, or the excess is above 0",
-        )
+        return out + [CLAIMS["cross"](share >= 0.5 and above, share > 0.1 or above, evidence, control, detail +
+                      "; measured: mean Jaccard of the pairs; control: mean of layer-matched random sets")]
 
-    def to_json(self) -> dict:
-        return json_safe(
-            {
-                "model": self.model,
-                "paper": PAPER,
-                "languages": list(self.languages),
-                "corpora": self.corpora,
-                "tokens": self.tokens,
-                "metrics": self.metrics(),
-                "rq1": {g: {t: iv.to_json() for t, iv in d.items()} for g, d in self.rq1.items()},
-                "layer_distribution": {g: d.to_dict(orient="records") for g, d in self.distributions.items()},
-                "cross_language": self.comparison.to_dataframe().to_dict(orient="records"),
-                "claims": [c.to_json() for c in self.claims()],
-                "timings": self.timings,
-                "config": None if self.config is None else asdict(self.config),
-            }
-        )
+    def json_extra(self) -> dict:
+        return {"paper": PAPER}
 
     def summary_text(self) -> str:
         """What ``codecircuits languages`` prints: RQ1 per language and the cross-language overlap."""
@@ -160,16 +118,11 @@ class LanguagesStudy(Study):
 
     def report(self, model=None):
         """The claims and key numbers first, then RQ1 per language and the cross-language comparison."""
-        from ..report import Report
-
-        r = Report(f"FF memories in {', '.join(self.languages)} on {self.model}")
-        r.claims(self.claims())
-        metrics = json_safe(self.metrics())
         labels = {f"{g}_semantic_share_{t}": f"{g}: semantic share of labelled keys, {third} third of the layers"
                   for g in self.languages for t, third in (("early", "first"), ("late", "last"))}
         labels.update(cross_mean_jaccard="keys a concept selects in two languages: mean Jaccard overlap",
                       cross_mean_chance="the same for layer-matched random keys (chance)")
-        r.metrics({k: metrics[k] for k in labels}, labels=labels)
+        r = self.open_report(f"FF memories in {', '.join(self.languages)} on {self.model}", labels=labels)
         r.section("RQ1 per language", text=PAPER)
         r.table(
             [
@@ -182,9 +135,7 @@ class LanguagesStudy(Study):
         r.line_chart(
             list(range(len(next(iter(self.distributions.values()))))),
             {g: d["semantic_share"].fillna(0).tolist() for g, d in self.distributions.items()},
-            title="Semantic share of labelled keys by layer",
-            x_title="layer",
-            y_title="semantic share",
+            title="Semantic share of labelled keys by layer", x_title="layer", y_title="semantic share",
         )
         r.section(
             "The same keys in every language?",
@@ -192,13 +143,19 @@ class LanguagesStudy(Study):
             f"of random key sets with the same number of keys per layer ({self.comparison.n_draws} draws).",
         )
         r.table(self.comparison.to_dataframe(), caption="Keys a concept selects, compared across languages")
-        r.section("Every number", text="Tokens scanned, the semantic share per third, the cross-language summary.")
-        r.metrics({k: v for k, v in metrics.items() if k not in labels})
-        r.data(self.to_json())
-        return r
+        return self.close_report(r)
 
 
 COMMAND = "codecircuits languages"
+CLAIMS = claim_specs(
+    COMMAND,
+    rq1=("{language}: the semantic share of labelled keys rises from the first to the last third of the layers",
+         "reproduced: the last third's interval lies above the first third's; partly: its estimate is higher",
+         "lower layers shallow, higher layers more semantic, in each language", "Haider et al. 2024, RQ1"),
+    cross=("a concept selects the same keys in every language (overlap above layer-matched chance)",
+           "reproduced: at least half the concept-language pairs lie above their chance range and the mean Jaccard "
+           "excess over chance lies above 0; partly: more than a tenth do, or the excess is above 0"),
+)
 
 
 def _scan_language(model, cfg: LanguagesConfig, spec: str, chunked, scans_dir: Path, progress: bool, workers):
@@ -243,15 +200,8 @@ def run(
         timings[f"{lang}_s"] = round(time.perf_counter() - t0, 1)
     comparison = compare_languages(scores, tau=cfg.tau, min_lift=cfg.min_lift, n_draws=cfg.n_draws)
     return LanguagesStudy(
-        model=model_name(model),
-        languages=tuple(scores),
-        corpora=corpora,
-        tokens=tokens,
-        distributions=dists,
-        rq1=rq1,
-        comparison=comparison,
-        timings=timings,
-        config=cfg,
+        model=model_name(model), languages=tuple(scores), corpora=corpora, tokens=tokens, distributions=dists, rq1=rq1,
+        comparison=comparison, timings=timings, config=cfg,
     )
 
 

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..memories import agreement as ag
 from ..memories import concepts as cc
 from ..memories.languages import corpus_language
-from .common import Study, configure, json_safe, setting, timed
+from .common import Study, claim_specs, configure, result, setting, timed
 
 TAUS = (0.3, 0.5, 0.7)  # thresholds at which the per-layer semantic share is also reported
 
@@ -81,25 +81,26 @@ class MemoriesConfig:
     batch_size: int = setting(8, "chunks per forward of the scan")
 
 
-
 @dataclass(frozen=True)
 class MemoriesStudy(Study):
     """Everything the study measured on one model, with the settings that produced it."""
 
     model: str
-    scan: mem.TriggerScan
-    chunked: mem.ChunkedCorpus = field(repr=False)
-    values: mem.ValueTokens = field(repr=False)
-    scores: cc.ConceptScores = field(repr=False)
-    distribution: pd.DataFrame = field(repr=False)
-    kv_agreement: pd.DataFrame = field(repr=False)
-    edits: tuple[cc.ConceptEdit, ...] = ()
-    agreement: ag.LayerAgreement | None = None
-    showcase: tuple = ()  # (concept, layer, neuron, score) of the keys shown with their trigger examples
-    showcase_values: mem.ValueTokens | None = field(default=None, repr=False)
+    scan: mem.TriggerScan = result(json=lambda s: {
+        "corpus": s.corpus, "chunks": s.chunks_done, "tokens": s.tokens_done, "k": s.k, "window": s.settings["window"],
+        "rank_by": s.settings["rank_by"]})
+    chunked: mem.ChunkedCorpus = result(repr=False, json=None)
+    values: mem.ValueTokens = result(repr=False, json=None)
+    scores: cc.ConceptScores = result(repr=False, key="concepts", json=lambda c: c.to_dataframe().to_dict("records"))
+    distribution: pd.DataFrame = result(repr=False, key="layer_distribution")
+    kv_agreement: pd.DataFrame = result(repr=False, key="key_value_agreement")
+    edits: tuple[cc.ConceptEdit, ...] = result((), json=None)
+    agreement: ag.LayerAgreement | None = result(None, json=None)
+    showcase: tuple = result((), json=None)  # (concept, layer, neuron, score) of the keys shown with their triggers
+    showcase_values: mem.ValueTokens | None = result(None, repr=False, json=None)
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-    config: MemoriesConfig | None = None
+    config: MemoriesConfig | None = result(None, json=None)  # its settings are in ``settings``
 
     def promotes(self, layer: int, neuron: int) -> list[str]:
         """The tokens key (``layer``, ``neuron``) promotes, in the sign of its strongest trigger's coefficient."""
@@ -169,112 +170,56 @@ class MemoriesStudy(Study):
         d = self.semantic_by_depth
         e, late = d["early"], d["late"]
         ok = e.n and late.n
-        out = [
-            intervals.Claim(
-                "RQ1: lower layers store shallow patterns, higher layers more semantic ones",
-                intervals.verdict(bool(ok and late.low > e.high), partly=bool(ok and late.estimate > e.estimate)),
-                evidence=late if late.n else None,
-                control=e if e.n else None,
-                detail="semantic share of labelled keys, last third of the layers (control: first third); "
-                "interval over the labelled keys",
-                command=COMMAND,
-                rule="reproduced: the last third's interval lies above the first third's; partly: its estimate is "
-                "higher",
-                **_paper("rq1"),
-            )
-        ]
+        out = [CLAIMS["rq1"](bool(ok and late.low > e.high), bool(ok and late.estimate > e.estimate),
+                             late if late.n else None, e if e.n else None,
+                             "semantic share of labelled keys, last third of the layers (control: first third); "
+                             "interval over the labelled keys")]
         for ed in self.edits:
             ex, gen = ed.intervals.get("excess_concept_drop"), ed.intervals.get("general_drop")
-            if ex is None or gen is None:
-                continue
-            out.append(
-                intervals.Claim(
-                    f"RQ2: masking the {ed.concept.name} keys ({ed.concept.kind}) hurts that concept more than "
-                    "random keys do",
-                    intervals.verdict(ex.above(0) and gen.estimate < ex.low, partly=ex.estimate > 0),
-                    evidence=ed.intervals["concept_drop"],
-                    control=ed.intervals["control_concept_drop"],
-                    detail=f"{ed.n_keys} keys; accuracy drop on its predictions vs {len(ed.controls)} magnitude-"
-                    f"matched random draws; excess {ex.format(3)}; general drop {gen.format(3)}",
-                    command=COMMAND,
-                    rule="reproduced: the excess drop over random keys lies above 0 and the general drop is below "
-                    "its lower end; partly: the excess is positive",
-                    **_paper("rq2"),
-                )
-            )
+            if ex is not None and gen is not None:
+                out.append(CLAIMS["rq2"](
+                    ex.above(0) and gen.estimate < ex.low, ex.estimate > 0, ed.intervals["concept_drop"],
+                    ed.intervals["control_concept_drop"],
+                    f"{ed.n_keys} keys; accuracy drop on its predictions vs {len(ed.controls)} magnitude-matched "
+                    f"random draws; excess {ex.format(3)}; general drop {gen.format(3)}",
+                    concept=ed.concept.name, kind=ed.concept.kind,
+                ))
         a = self.agreement
         if a is not None and a.doc_agree is not None:
-            out += self._agreement_claims(a)
+            n = a.n_layers
+            q = max(1, n // 4)
+
+            def quarter(part):
+                return lambda x: float(x.curve("resid_post")[part].mean())
+
+            early, late_q = a.interval(quarter(slice(0, q))), a.interval(quarter(slice(n - 1 - q, n - 1)))
+            gap = self.rq4["depth_gap"]
+            out += [
+                CLAIMS["rq3"](late_q.low > early.high and early.estimate < 0.2, late_q.low > early.high, late_q, early,
+                              "residual agreement, the last quarter of layers before the final one (control: the "
+                              "first quarter); interval over documents"),
+                CLAIMS["rq4"](gap.above(0), gap.estimate > 0, self.rq4["depth_longest"], self.rq4["depth_shortest"],
+                              f"residual depth to agree, longest vs shortest contexts (same {len(a.docs)} documents); "
+                              f"gap {gap.format(3)}"),
+            ]
         return out
 
-    def _agreement_claims(self, a: ag.LayerAgreement) -> list[intervals.Claim]:
-        """RQ3 (agreement rises with depth) and RQ4 (short contexts agree earlier), intervals over documents."""
-        n = a.n_layers
-        q = max(1, n // 4)
-
-        def quarter(part):
-            return lambda x: float(x.curve("resid_post")[part].mean())
-
-        early = a.interval(quarter(slice(0, q)))
-        late_q = a.interval(quarter(slice(n - 1 - q, n - 1)))
-        gap = self.rq4["depth_gap"]
-        return [
-            intervals.Claim(
-                "RQ3: early layers rarely agree with the final prediction; agreement rises in later layers",
-                intervals.verdict(late_q.low > early.high and early.estimate < 0.2, partly=late_q.low > early.high),
-                evidence=late_q,
-                control=early,
-                detail="residual agreement, the last quarter of layers before the final one (control: the first "
-                "quarter); interval over documents",
-                command=COMMAND,
-                rule="reproduced: the late quarter's interval lies above the early quarter's and the early quarter "
-                "agrees below 0.2; partly: the intervals are apart",
-                **_paper("rq3"),
-            ),
-            intervals.Claim(
-                "RQ4: short contexts are resolved in earlier layers than long ones",
-                intervals.verdict(gap.above(0), partly=gap.estimate > 0),
-                evidence=self.rq4["depth_longest"],
-                control=self.rq4["depth_shortest"],
-                detail=f"residual depth to agree, longest vs shortest contexts (same {len(a.docs)} documents); "
-                f"gap {gap.format(3)}",
-                command=COMMAND,
-                rule="reproduced: the depth gap (longest − shortest) lies above 0; partly: its estimate is positive",
-                **_paper("rq4"),
-            ),
-        ]
-
-    def to_json(self) -> dict:
-        """Every number of the study, JSON-ready (NaN becomes null)."""
-        s = self.scan
+    def json_extra(self) -> dict:
         out = {
-            "model": self.model,
             "paper": PAPER,
-            "settings": self.settings,
-            "timings": self.timings,
-            "metrics": self.metrics(),
-            "scan": {"corpus": s.corpus, "chunks": s.chunks_done, "tokens": s.tokens_done, "k": s.k,
-                     "window": s.settings["window"], "rank_by": s.settings["rank_by"]},
-            "concepts": self.scores.to_dataframe().to_dict(orient="records"),
-            "layer_distribution": self.distribution.to_dict(orient="records"),
-            "key_value_agreement": self.kv_agreement.to_dict(orient="records"),
             "edits": self.edit_table().to_dict(orient="records") if self.edits else [],
             "edit_keys": {e.concept.name: {str(k): v for k, v in e.keys.items()} for e in self.edits},
             "edit_intervals": {
-                e.concept.name: {
-                    "drops": {k: v.to_json() for k, v in e.intervals.items()},
-                    "control_draws": list(e.control_draws),
-                    "magnitude": e.magnitude,
-                }
+                e.concept.name: {"drops": {k: v.to_json() for k, v in e.intervals.items()},
+                                 "control_draws": list(e.control_draws), "magnitude": e.magnitude}
                 for e in self.edits
             },
             "examples": self._example_records(),
-            "claims": [c.to_json() for c in self.claims()],
             "semantic_share_by_depth": {k: v.to_json() for k, v in self.semantic_by_depth.items()},
         }
         if self.agreement is not None:
             out["agreement"] = {**self.agreement.to_json(), "intervals": {k: v.to_json() for k, v in self.rq4.items()}}
-        return json_safe(out)
+        return out
 
     def _example_records(self, n_keys: int = 6, n_examples: int = 3) -> list[dict]:
         """The showcase keys with their value's tokens and the tails of their strongest trigger examples."""
@@ -321,32 +266,21 @@ class MemoriesStudy(Study):
     def report(self, model=None, *, n_keys: int = 6, n_examples: int = 2, tail_tokens: int = 48):
         """The study as a :class:`codecircuits.report.Report`: the claims and key numbers first, then RQ1-RQ4;
         with ``model``, trigger examples get per-token coefficients."""
-        from ..report import Report
-
         s = self.settings
-        r = Report(
-            title=f"Feed-forward key-value memories in {self.model}",
-            subtitle=f"Haider et al. 2024 (after Geva et al. 2021) on {s['corpus']}: trigger examples, concept keys, "
-            "masking edits, layer agreement",
+        r = self.open_report(
+            f"Feed-forward key-value memories in {self.model}",
+            f"Haider et al. 2024 (after Geva et al. 2021) on {s['corpus']}: trigger examples, concept keys, masking "
+            "edits, layer agreement",
             meta={"window": s["window"], "top-K": s["k"], "tau": s["tau"], "min lift": s["min_lift"]},
+            labels={k: LABELS[k] for k in KEY_NUMBERS},
         )
-        r.claims(self.claims())
-        metrics = json_safe(self.metrics())  # the same numbers as results.json ("—" where a number is undefined)
-        key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
-        r.metrics(key, labels={k: LABELS[k] for k in key})
         _report_keys(r, self)
         _report_examples(r, self, model, n_keys, n_examples, tail_tokens)
         if self.edits:
             _report_edits(r, self)
         if self.agreement is not None:
             _report_agreement(r, self)
-        r.section("Every number", text="The scan, the keys, the edits and the agreement in numbers (results.json's "
-                  "metrics).")
-        rest = {k: v for k, v in metrics.items() if k not in key}
-        r.metrics(rest, labels={k: LABELS.get(k, k) for k in rest})
-        r.data(self.to_json())
-        return r
-
+        return self.close_report(r, LABELS)
 
 COMMAND = "codecircuits memories"
 
@@ -357,9 +291,22 @@ EDIT_COLUMNS = [
 ]  # fmt: skip
 
 
-def _paper(rq: str) -> dict:
-    """A claim's ``paper`` and ``source``: the paper's finding in words (its numbers are not known to us)."""
-    return {"paper": PAPER[rq], "source": f"Haider et al. 2024, {rq.upper()}"}
+#: the paper's four claims: the paper's finding in words (its numbers are not known to us) and the rule
+CLAIMS = claim_specs(
+    COMMAND,
+    rq1=("RQ1: lower layers store shallow patterns, higher layers more semantic ones",
+         "reproduced: the last third's interval lies above the first third's; partly: its estimate is higher",
+         PAPER["rq1"], "Haider et al. 2024, RQ1"),
+    rq2=("RQ2: masking the {concept} keys ({kind}) hurts that concept more than random keys do",
+         "reproduced: the excess drop over random keys lies above 0 and the general drop is below its lower end; "
+         "partly: the excess is positive", PAPER["rq2"], "Haider et al. 2024, RQ2"),
+    rq3=("RQ3: early layers rarely agree with the final prediction; agreement rises in later layers",
+         "reproduced: the late quarter's interval lies above the early quarter's and the early quarter agrees below "
+         "0.2; partly: the intervals are apart", PAPER["rq3"], "Haider et al. 2024, RQ3"),
+    rq4=("RQ4: short contexts are resolved in earlier layers than long ones",
+         "reproduced: the depth gap (longest − shortest) lies above 0; partly: its estimate is positive",
+         PAPER["rq4"], "Haider et al. 2024, RQ4"),
+)
 
 
 def _thirds(d: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -499,15 +446,9 @@ def run(
                 max_context=cfg.agreement_context, progress=progress,
             )
     return MemoriesStudy(
-        model=name,
-        scan=scan,
-        chunked=chunked,
-        edits=edits,
-        agreement=agreement,
+        model=name, scan=scan, chunked=chunked, edits=edits, agreement=agreement,
         settings=_settings(cfg, name, chunked, concepts, language, edit_taus),
-        timings={k: round(v, 3) for k, v in timings.items()},
-        config=cfg,
-        **keys,
+        timings={k: round(v, 3) for k, v in timings.items()}, config=cfg, **keys,
     )
 
 
@@ -576,12 +517,9 @@ def _report_keys(r, study: MemoriesStudy) -> None:
         y_title="share",
     )
     r.line_chart(
-        layers,
-        {"trigger-token purity": d["token_purity"].tolist()},
-        title="Trigger-token purity per layer",
+        layers, {"trigger-token purity": d["token_purity"].tolist()}, title="Trigger-token purity per layer",
         caption="Mean over keys of the share of trigger examples whose trigger is the key's most common token",
-        x_title="layer",
-        y_title="purity",
+        x_title="layer", y_title="purity",
     )
     r.table(d, caption="Keys per layer labelled shallow, semantic or not at all; mean trigger-token purity")
     r.table(study.scores.to_dataframe(), caption="Concepts: base rate among scanned tokens and keys that store them")
@@ -654,14 +592,8 @@ def _report_agreement(r, study: MemoriesStudy) -> None:
     )
     for c in a.components:
         r.heatmap(
-            a.by_bucket(c),
-            x_labels=a.bucket_labels(),
-            y_labels=[str(i) for i in range(a.n_layers)],
-            title=f"{c} agreement by context length",
-            x_title="context length",
-            y_title="layer",
-            vmin=0.0,
-            vmax=1.0,
+            a.by_bucket(c), x_labels=a.bucket_labels(), y_labels=[str(i) for i in range(a.n_layers)],
+            title=f"{c} agreement by context length", x_title="context length", y_title="layer", vmin=0.0, vmax=1.0,
             value_label="agreement",
         )
     r.table(

@@ -29,7 +29,7 @@ dataset has that token, else ``k - 1`` (the counterfactual's answer, as in the p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +43,7 @@ from ..core.sites import LN_FINAL_SCALE, head_label, hook_name
 from ..errors import InputError
 from ..patching import patch_layers
 from ..tasks import parens as task
-from .common import Study, configure, json_safe, model_name, setting, timed
+from .common import Study, check_config, claim_specs, configure, model_name, result, setting, timed
 
 PAPER_CLAIMS = {
     "emergence": "the correct label becomes confidently predicted only in middle-to-late layers",
@@ -113,89 +113,70 @@ class ParensConfig:
     batch_size: int = setting(32, "prompts per forward")
 
     def __post_init__(self):
-        for name in (
-            "prompts_per_n", "selection_prompts_per_n", "pairs_per_n", "batch_size", "paren_patch_stride",
-            "patch_stride", "patch_chunk", "counting_selection_per_cell",
-            "counting_prompts_per_cell", "n_random", "n_resamples",
-        ):
-            if getattr(self, name) < 1:
-                raise InputError(f"ParensConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.n_candidates < 0 or self.mined_per_count < 1 or self.ablate_top_k < 1:
-            raise InputError("ParensConfig.n_candidates must be >= 0, mined_per_count and ablate_top_k >= 1.")
+        check_config(self, at_least={
+            1: "prompts_per_n selection_prompts_per_n pairs_per_n batch_size paren_patch_stride patch_stride patch_chunk "
+               "counting_selection_per_cell counting_prompts_per_cell n_random n_resamples mined_per_count ablate_top_k",
+            0: "n_candidates",
+        }, choices={"split": task.SPLITS, "selection_split": task.SPLITS, "scale_rankings": ("f1", "logit"),
+                    "intervene_at": ("answer", "all")})
         if self.pairs_per_n > self.prompts_per_n:
             raise InputError(
                 f"pairs_per_n ({self.pairs_per_n}) must not exceed prompts_per_n ({self.prompts_per_n}): the pairs' "
                 "clean prompts are the evaluation prompts."
             )
-        for name in ("split", "selection_split"):
-            if getattr(self, name) not in task.SPLITS:
-                raise InputError(f"ParensConfig.{name} must be one of {task.SPLITS}, got {getattr(self, name)!r}.")
-        if any(r not in ("f1", "logit") for r in self.scale_rankings):
-            raise InputError(f"scale_rankings must be 'f1' and/or 'logit', got {self.scale_rankings}.")
         if any(c <= 0 for c in (*self.scale_factors, *self.general_factors)):
             raise InputError(f"amplification factors must be positive, got {self.scale_factors + self.general_factors}.")
         if any(not 0 < x <= 1 for x in self.general_shares):
             raise InputError(f"general_shares must lie in (0, 1], got {self.general_shares}.")
-        if self.intervene_at not in ("answer", "all"):
-            raise InputError(f"intervene_at must be 'answer' or 'all', got {self.intervene_at!r}.")
 
     @classmethod
     def tiny(cls, **kw) -> ParensConfig:
-        """Small sizes for tests and smoke runs on tiny models."""
-        base = dict(
-            n_numbers=20,
-            selection_prompts_per_n=4,
-            prompts_per_n=4,
-            pairs_per_n=2,
-            paren_patch_stride=1,
-            patch_stride=1,
-            counting_prompts_per_cell=1,
-            counting_selection_per_cell=1,
-            counting_closed=(0, 2),
-            n_candidates=3,
-            ablate_top_k=1,
-            n_random=2,
-            scale_top_k=(2,),
-            scale_factors=(1.5,),
-            general_factors=(1.5,),
-            general_shares=(1.0,),
-            general_min_f1=0.3,
-            n_resamples=100,
-            mined_per_count=3,
-            mined_window=8,
-            mined_max_chars=60_000,
-        )
-        base.update(kw)
-        return cls(**base)
+        """Small sizes for tests and smoke runs on tiny models (the registry's smoke settings)."""
+        from .registry import get
+
+        return cls(**{**get("parens").smoke, **kw})
 
 
 @dataclass(frozen=True)
 class ParensStudy(Study):
     """Every result of a study run; :meth:`to_json` has every number, :meth:`report` the HTML."""
 
-    model_name: str
-    config: ParensConfig
-    counts: tuple[int, ...]  # numbers of closing parens studied (n + 1)
-    paren_ids: dict[int, int]
-    wrong_of: dict[int, int]  # count -> the neighbouring count used as the wrong answer
-    accuracy: dict[int, float]
-    predictions: dict[int, list[str]]  # count -> predicted tokens of the eval prompts
-    lens: dict[int, lens.LogitDiffLens]
-    contributions: dict[int, lens.SublayerContributions]
-    head_logits: dict[int, lens.HeadLogits]
-    promoters: heads_mod.PromoterHeads
-    counting: heads_mod.CountingHeads
-    patching: dict[int, dict[str, list[float]]]  # count -> {"attn_out": [layer], "mlp_out": [layer], ...}
-    ablation: dict  # candidate heads, baseline and per-head accuracy / logit diff per count
-    scaling: dict  # hardest count, configs and their accuracies
-    mined: dict  # accuracy and emergence on real code
-    examples: dict  # count -> (tokens, patterns of top heads) for attention views
-    post_attention_norm: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    promoters_eval: heads_mod.PromoterHeads | None = None  # the same measure on the evaluation prompts
-    tracking: dict = field(default_factory=dict)  # counting heads with token count regressed out
-    intervals: dict = field(default_factory=dict)  # bootstrap intervals of the headline numbers
-    claims: list = field(default_factory=list)  # intervals.Claim rows
+    model_name: str = result(key="model")
+    config: ParensConfig = result()
+    counts: tuple[int, ...] = result()  # numbers of closing parens studied (n + 1)
+    paren_ids: dict[int, int] = result(key="paren_token_ids")
+    wrong_of: dict[int, int] = result(key="wrong_count")  # count -> the neighbouring count used as the wrong answer
+    accuracy: dict[int, float] = result()
+    predictions: dict[int, list[str]] = result()  # count -> predicted tokens of the eval prompts
+    lens: dict[int, lens.LogitDiffLens] = result(key="logit_lens", json=lambda d: {
+        k: {"sites": v.labels, "mean": v.mean(), "std": v.values.std(-1), "final": v.final.mean()}
+        for k, v in d.items()})
+    contributions: dict[int, lens.SublayerContributions] = result(json=lambda d: {
+        k: {"attn": v.attn.mean(-1), "mlp": v.mlp.mean(-1), "attn_sum": v.attn.sum(0).mean(),
+            "mlp_sum": v.mlp.sum(0).mean(), "embed": v.embed.mean(), "bias": v.bias.mean(), "total": v.total.mean()}
+        for k, v in d.items()})
+    head_logits: dict[int, lens.HeadLogits] = result(key="head_logits_mean", json=lambda d: {
+        k: {"tokens": list(v.token_labels), "values": v.values.mean(0)} for k, v in d.items()})
+    promoters: heads_mod.PromoterHeads = result(json=lambda pr: {
+        "classes": list(pr.classes), "ratio": pr.ratio, "support": list(pr.support), "precision": pr.precision,
+        "recall": pr.recall, "f1": pr.f1, "mean_logit": pr.mean_logit,
+        "top": {c: pr.top(5, c).to_dict("records") for c in pr.classes}})
+    counting: heads_mod.CountingHeads = result(json=lambda c: {
+        "counts": list(c.counts), "attn_mass": c.attn_mass, "per_paren": c.per_paren, "attn_corr": c.attn_corr,
+        "output_corr": c.output_corr, "promotes_correct": c.promotes_correct, "top": c.top(8).to_dict("records")})
+    patching: dict[int, dict[str, list[float]]] = result()  # count -> {"attn_out": [layer], "mlp_out": [layer], ...}
+    ablation: dict = result()  # candidate heads, baseline and per-head accuracy / logit diff per count
+    scaling: dict = result()  # hardest count, configs and their accuracies
+    mined: dict = result()  # accuracy and emergence on real code
+    examples: dict = result(json=None)  # count -> (tokens, patterns of top heads) for attention views
+    post_attention_norm: bool = result(False, json=None)
+    timings: dict[str, float] = result(default_factory=dict, key="timings_s")
+    promoters_eval: heads_mod.PromoterHeads | None = result(  # the same measure on the evaluation prompts
+        None, key="promoters_eval_f1", json=lambda p: None if p is None else p.f1)
+    tracking: dict = result(default_factory=dict, key="count_tracking")  # counting heads, token count regressed out
+    intervals: dict = result(default_factory=dict)  # bootstrap intervals of the headline numbers
+    claims: list = result(default_factory=list)  # intervals.Claim rows
+    JSON_DIGITS = None
 
     # ------------------------------------------------------------------------------------------ summaries
     @property
@@ -226,71 +207,9 @@ class ParensStudy(Study):
         """count -> share of the absolute direct effect carried by attention sublayers."""
         return {k: v.attn_share() for k, v in self.contributions.items()}
 
-    def to_json(self) -> dict:
-        """Every number of the study as JSON-able data (NaN becomes None); ``metrics`` are the report's cards."""
-        pr = self.promoters
-        out = {
-            "model": self.model_name,
-            "config": asdict(self.config),
-            "paper_claims": PAPER_CLAIMS,
-            "counts": list(self.counts),
-            "caveats": self.caveats,
-            "paren_token_ids": self.paren_ids,
-            "wrong_count": self.wrong_of,
-            "accuracy": self.accuracy,
-            "predictions": self.predictions,
-            "emergence_layer": self.emergence,
-            "attn_share": self.attn_share,
-            "logit_lens": {
-                k: {"sites": v.labels, "mean": v.mean(), "std": v.values.std(-1), "final": v.final.mean()}
-                for k, v in self.lens.items()
-            },
-            "contributions": {
-                k: {
-                    "attn": v.attn.mean(-1),
-                    "mlp": v.mlp.mean(-1),
-                    "attn_sum": v.attn.sum(0).mean(),
-                    "mlp_sum": v.mlp.sum(0).mean(),
-                    "embed": v.embed.mean(),
-                    "bias": v.bias.mean(),
-                    "total": v.total.mean(),
-                }
-                for k, v in self.contributions.items()
-            },
-            "head_logits_mean": {
-                k: {"tokens": list(v.token_labels), "values": v.values.mean(0)} for k, v in self.head_logits.items()
-            },
-            "promoters": {
-                "classes": list(pr.classes),
-                "ratio": pr.ratio,
-                "support": list(pr.support),
-                "precision": pr.precision,
-                "recall": pr.recall,
-                "f1": pr.f1,
-                "mean_logit": pr.mean_logit,
-                "top": {c: pr.top(5, c).to_dict("records") for c in pr.classes},
-            },
-            "counting": {
-                "counts": list(self.counting.counts),
-                "attn_mass": self.counting.attn_mass,
-                "per_paren": self.counting.per_paren,
-                "attn_corr": self.counting.attn_corr,
-                "output_corr": self.counting.output_corr,
-                "promotes_correct": self.counting.promotes_correct,
-                "top": self.counting.top(8).to_dict("records"),
-            },
-            "promoters_eval_f1": None if self.promoters_eval is None else self.promoters_eval.f1,
-            "count_tracking": self.tracking,
-            "intervals": self.intervals,
-            "claims": [c.to_json() for c in self.claims],
-            "patching": self.patching,
-            "ablation": self.ablation,
-            "scaling": self.scaling,
-            "mined": self.mined,
-            "timings_s": self.timings,
-            "metrics": self.key_metrics(),
-        }
-        return json_safe(out, digits=None)
+    def json_extra(self) -> dict:
+        return {"paper_claims": PAPER_CLAIMS, "caveats": self.caveats, "emergence_layer": self.emergence,
+                "attn_share": self.attn_share}
 
     def summary_text(self) -> str:
         """What ``codecircuits parens`` prints: accuracy and emergence per count, then each claim's verdict."""
@@ -301,7 +220,7 @@ class ParensStudy(Study):
             lines.append(f"{c.verdict:>15}  {c.claim}" + (f"  {c.evidence.format()}" if c.evidence else ""))
         return "\n".join(lines)
 
-    def key_metrics(self) -> dict[str, float | None]:
+    def metrics(self) -> dict[str, float | None]:
         """The headline numbers (also the report's metric cards)."""
         m: dict[str, float] = {}
         for k in self.counts:
@@ -320,6 +239,8 @@ class ParensStudy(Study):
         if self.tracking.get("available"):
             m["counting_partial_corr"] = round(float(self.tracking["top_partial_corr"]["estimate"]), 4)
         return m
+
+    key_metrics = metrics
 
     def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
@@ -382,9 +303,7 @@ def _lens_names(model) -> list[str]:
     """The hook names :func:`codecircuits.lens.run_cache` keeps, plus the attention patterns."""
     want = (*lens.LENS_HOOKS, "attn.hook_pattern")
     return [
-        n
-        for n in model.hook_dict
-        if n == LN_FINAL_SCALE or n in ("hook_embed", "hook_pos_embed") or n.endswith(want)
+        n for n in model.hook_dict if n == LN_FINAL_SCALE or n in ("hook_embed", "hook_pos_embed") or n.endswith(want)
     ]
 
 
@@ -881,9 +800,7 @@ def _mined(model, cfg: ParensConfig, su: _Setup, promoters, corpus) -> dict:
     return _mined_readouts(model, mp, su, promoters, cfg)
 
 
-def run(
-    model, config: ParensConfig | None = None, *, corpus=None, progress: bool = True, **overrides
-) -> ParensStudy:
+def run(model, config: ParensConfig | None = None, *, corpus=None, progress: bool = True, **overrides) -> ParensStudy:
     """Run the whole study on ``model`` (see the module docstring); returns a :class:`ParensStudy`.
 
     ``config`` defaults to :class:`ParensConfig`; keyword ``overrides`` change single settings. ``corpus``: the code
@@ -915,29 +832,12 @@ def run(
     with timed(timings, "mined"):
         mined = _mined(model, cfg, su, sel.promoters, corpus)
     return ParensStudy(
-        model_name=model_name(model),
-        config=cfg,
-        counts=su.counts,
-        paren_ids=su.paren_ids,
-        wrong_of=su.wrong_of,
-        accuracy=ev.accuracy,
-        predictions=ev.predictions,
-        lens=ev.lenses,
-        contributions=ev.contributions,
-        head_logits=ev.head_logits,
-        promoters=sel.promoters,
-        counting=sel.counting,
-        patching=patch,
-        ablation=ablation,
-        scaling=scaling,
-        mined=mined,
-        examples=examples,
-        post_attention_norm=lens.has_post_attention_norm(model),
-        timings=timings,
-        promoters_eval=ev.promoters,
-        tracking=tracking,
-        intervals=head.to_json(f1_eval, cfg.n_resamples),
-        claims=claims,
+        model_name=model_name(model), config=cfg, counts=su.counts, paren_ids=su.paren_ids, wrong_of=su.wrong_of,
+        accuracy=ev.accuracy, predictions=ev.predictions, lens=ev.lenses, contributions=ev.contributions,
+        head_logits=ev.head_logits, promoters=sel.promoters, counting=sel.counting, patching=patch, ablation=ablation,
+        scaling=scaling, mined=mined, examples=examples, post_attention_norm=lens.has_post_attention_norm(model),
+        timings=timings, promoters_eval=ev.promoters, tracking=tracking,
+        intervals=head.to_json(f1_eval, cfg.n_resamples), claims=claims,
     )
 
 
@@ -947,119 +847,93 @@ def run(
 
 ABSTRACT = "arXiv 2502.18499, abstract"
 AUTHORS_CODE = "the authors' follow-up code (Dakingrai/parentheses)"
+CLAIMS = claim_specs(
+    source=ABSTRACT,
+    accuracy=("closes 1-{easy} parens, fails at {last} (the authors' code: gpt2 models fail at 4)",
+              "reproduced: every easier count's accuracy interval lies at or above 0.9 and the hardest count's at or "
+              "below 0.2; partly: one of the two", "1.00 at 1 and 2 parens, 0.00 at 4 (gpt2-small to gpt2-xl)",
+              AUTHORS_CODE + ", temp_results"),
+    emergence=("the answer emerges in middle-to-late layers",
+               "reproduced: the interval of the earliest emergence layer lies in the second half of the layers; "
+               "partly: its estimate does", "middle-to-late layers (CodeLlama-7b)"),
+    attention=("attention carries the answer (MHA more than FF)",
+               "reproduced: attention's minus the MLPs' net direct effect lies above 0 (its interval), pooled and for "
+               "every count; partly: pooled or for some count", "both MHA and FF sublayers matter, MHA more"),
+    ablation=("promoter heads' ablation hurts more than random heads'",
+              "reproduced: the interval of the difference (promoters' drop minus random heads') lies above 0; partly: "
+              "its estimate does"),
+    f1=("paren-promoting heads promote their count on held-out prompts",
+        "reproduced: every count's F1 interval lies at or above 0.5; partly: at least one count's does"),
+    amplification=("amplification fixes the failing count ({hardest} parens)",
+                   "reproduced: the best configuration's accuracy interval lies at or above 0.8 where the baseline is "
+                   "below 0.8; partly: its accuracy gain and its logit-difference gain over random heads both lie "
+                   "above 0", "gpt2-small 3 parens 0.48 -> 1.0; gpt2-xl 4 parens 0 -> 1.0 (top 5-10 heads, c in "
+                   "1.1-1.6)", AUTHORS_CODE + ", improve_performance*.py"),
+    counting=("counting heads track the count beyond token count",
+              "reproduced: the top head's interval lies above 0.5 and above the random heads'; partly: above 0",
+              "some heads track the number of parens precisely"),
+)
 
 
 def _claims(cfg, su, n_layers, head, patch, pooled, scaling, ev, tracking, tracking_ivs, f1_eval) -> list:
     """The paper's claims with the verdicts this run's intervals give."""
-    ok_counts = [
-        k for k in su.counts
-        if head.accuracy[k].estimate > 0.5 and not torch.isnan(torch.tensor(head.emergence[k].estimate))
-    ]
-    found = [
-        _claim_accuracy(su.counts, head.accuracy),
-        _claim_emergence(n_layers, ok_counts, head.emergence) if ok_counts else None,
-        _claim_attention(cfg, ok_counts, head.net, patch) if ok_counts else None,
-        _claim_ablation(cfg, pooled) if pooled is not None else None,
-        _claim_f1(f1_eval) if f1_eval else None,
-        _claim_amplification(scaling, ev.accuracy),
-        _claim_counting(cfg, tracking, *tracking_ivs) if tracking.get("available") else None,
-    ]
-    return [c for c in found if c is not None]
+    acc, emerge, R = head.accuracy, head.emergence, cfg.n_resamples
+    ok = [k for k in su.counts if acc[k].estimate > 0.5 and not torch.isnan(torch.tensor(emerge[k].estimate))]
+    out = []
+    last = max(su.counts)
+    easy = [k for k in su.counts if k != last]
+    if easy:
+        worst = min(easy, key=lambda k: acc[k].estimate)
+        ok_easy, fails = all(acc[k].low >= 0.9 for k in easy), acc[last].high <= 0.2
+        out.append(CLAIMS["accuracy"](
+            ok_easy and fails, ok_easy or fails, acc[last], acc[worst],
+            f"accuracy at {last} parens; control: the lowest of 1-{max(easy)} ({worst} parens); "
+            + ", ".join(f"{k}: {acc[k].format()}" for k in su.counts), easy=max(easy), last=last))
+    if ok:
+        iv = emerge[earliest := min(ok, key=lambda k: emerge[k].estimate)]
+        out.append(CLAIMS["emergence"](
+            iv.low >= n_layers / 2, iv.estimate >= n_layers / 2, iv, None,
+            f"earliest emergence layer (of {n_layers}) over the counts the model gets right ({earliest} parens); "
+            + ", ".join(f"{k}: {emerge[k].format(1)}" for k in ok)))
+        a_all, m_all = torch.cat([head.net[k][0] for k in ok]), torch.cat([head.net[k][1] for k in ok])
+        diff = intervals.statistic(_mean_difference, a_all, m_all, n_resamples=R)
+        per_count = [intervals.statistic(_mean_difference, *head.net[k], n_resamples=R).above(0) for k in ok]
 
+        def recovery(k, site):
+            iv = intervals.Interval.from_json(patch[k][f"{site}_selected_recovery"])
+            return f"L{patch[k][f'{site}_selected_layer']} {iv.format()}"
 
-def _claim_accuracy(counts, acc: dict) -> intervals.Claim | None:
-    last = max(counts)
-    easy = [k for k in counts if k != last]
-    if not easy:
-        return None
-    worst_easy = min(easy, key=lambda k: acc[k].estimate)
-    ok_easy = all(acc[k].low >= 0.9 for k in easy)
-    fails = acc[last].high <= 0.2
-    return intervals.Claim(
-        f"closes 1-{max(easy)} parens, fails at {last} (the authors' code: gpt2 models fail at 4)",
-        intervals.verdict(ok_easy and fails, ok_easy or fails),
-        evidence=acc[last],
-        control=acc[worst_easy],
-        detail=f"accuracy at {last} parens; control: the lowest of 1-{max(easy)} ({worst_easy} parens); "
-        + ", ".join(f"{k}: {acc[k].format()}" for k in counts),
-        rule="reproduced: every easier count's accuracy interval lies at or above 0.9 and the hardest count's at "
-        "or below 0.2; partly: one of the two",
-        paper="1.00 at 1 and 2 parens, 0.00 at 4 (gpt2-small to gpt2-xl)",
-        source=AUTHORS_CODE + ", temp_results",
-    )
-
-
-def _claim_emergence(n_layers: int, ok_counts, emerge: dict) -> intervals.Claim:
-    earliest = min(ok_counts, key=lambda k: emerge[k].estimate)
-    iv = emerge[earliest]
-    return intervals.Claim(
-        "the answer emerges in middle-to-late layers",
-        intervals.verdict(iv.low >= n_layers / 2, iv.estimate >= n_layers / 2),
-        evidence=iv,
-        detail=f"earliest emergence layer (of {n_layers}) over the counts the model gets right "
-        f"({earliest} parens); " + ", ".join(f"{k}: {emerge[k].format(1)}" for k in ok_counts),
-        rule="reproduced: the interval of the earliest emergence layer lies in the second half of the layers; "
-        "partly: its estimate does",
-        paper="middle-to-late layers (CodeLlama-7b)",
-        source=ABSTRACT,
-    )
-
-
-def _claim_attention(cfg, ok_counts, net: dict, patch: dict) -> intervals.Claim:
-    R = cfg.n_resamples
-    a_all = torch.cat([net[k][0] for k in ok_counts])
-    m_all = torch.cat([net[k][1] for k in ok_counts])
-    diff = intervals.statistic(_mean_difference, a_all, m_all, n_resamples=R)
-    per_count = [intervals.statistic(_mean_difference, *net[k], n_resamples=R).above(0) for k in ok_counts]
-
-    def recovery(k, site):
-        iv = intervals.Interval.from_json(patch[k][f"{site}_selected_recovery"])
-        return f"L{patch[k][f'{site}_selected_layer']} {iv.format()}"
-
-    rec_txt = "; ".join(
-        f"{k}: attn {recovery(k, 'attn_out')}, mlp {recovery(k, 'mlp_out')}" for k in ok_counts if k in patch
-    )
-    return intervals.Claim(
-        "attention carries the answer (MHA more than FF)",
-        intervals.verdict(diff.above(0) and all(per_count), diff.above(0) or any(per_count)),
-        evidence=intervals.mean(a_all, n_resamples=R),
-        control=intervals.mean(m_all, n_resamples=R),
-        detail=f"net direct effect of all attention vs all MLP sublayers on the logit difference, counts "
-        f"{ok_counts} pooled; difference {diff.format()}; patching recovery at the answer position of the "
-        f"layer chosen on the selection split: {rec_txt}",
-        rule="reproduced: attention's minus the MLPs' net direct effect lies above 0 (its interval), pooled and for "
-        "every count; partly: pooled or for some count",
-        paper="both MHA and FF sublayers matter, MHA more",
-        source=ABSTRACT,
-    )
-
-
-def _claim_ablation(cfg, pooled) -> intervals.Claim:
-    drop, rdrop, diff = pooled
-    return intervals.Claim(
-        "promoter heads' ablation hurts more than random heads'",
-        intervals.verdict(diff.above(0), diff.estimate > 0),
-        evidence=drop,
-        control=rdrop,
-        detail=f"drop of the logit difference when each count's top {cfg.ablate_top_k} promoters (chosen "
-        f"on {cfg.selection_split}) are zero-ablated at the {cfg.intervene_at} position(s), all counts "
-        f"pooled; control: {cfg.n_random} random sets of as many heads; difference {diff.format()}",
-        rule="reproduced: the interval of the difference (promoters' drop minus random heads') lies above 0; "
-        "partly: its estimate does",
-    )
-
-
-def _claim_f1(f1_eval: dict) -> intervals.Claim:
-    worst = min(f1_eval, key=lambda k: f1_eval[k]["f1"].estimate)
-    n_ok = sum(v["f1"].low >= 0.5 for v in f1_eval.values())
-    return intervals.Claim(
-        "paren-promoting heads promote their count on held-out prompts",
-        intervals.verdict(n_ok == len(f1_eval), n_ok >= 1),
-        evidence=f1_eval[worst]["f1"],
-        detail="F1 on the evaluation prompts of each count's top promoter chosen on the selection split "
-        "(the lowest shown): " + ", ".join(f"{k}: {v['head']} {v['f1'].format()}" for k, v in f1_eval.items()),
-        rule="reproduced: every count's F1 interval lies at or above 0.5; partly: at least one count's does",
-    )
+        rec = "; ".join(f"{k}: attn {recovery(k, 'attn_out')}, mlp {recovery(k, 'mlp_out')}" for k in ok if k in patch)
+        out.append(CLAIMS["attention"](
+            diff.above(0) and all(per_count), diff.above(0) or any(per_count), intervals.mean(a_all, n_resamples=R),
+            intervals.mean(m_all, n_resamples=R),
+            f"net direct effect of all attention vs all MLP sublayers on the logit difference, counts {ok} pooled; "
+            f"difference {diff.format()}; patching recovery at the answer position of the layer chosen on the "
+            f"selection split: {rec}"))
+    if pooled is not None:
+        drop, rdrop, diff = pooled
+        out.append(CLAIMS["ablation"](
+            diff.above(0), diff.estimate > 0, drop, rdrop,
+            f"drop of the logit difference when each count's top {cfg.ablate_top_k} promoters (chosen on "
+            f"{cfg.selection_split}) are zero-ablated at the {cfg.intervene_at} position(s), all counts pooled; "
+            f"control: {cfg.n_random} random sets of as many heads; difference {diff.format()}"))
+    if f1_eval:
+        worst = min(f1_eval, key=lambda k: f1_eval[k]["f1"].estimate)
+        n_ok = sum(v["f1"].low >= 0.5 for v in f1_eval.values())
+        out.append(CLAIMS["f1"](
+            n_ok == len(f1_eval), n_ok >= 1, f1_eval[worst]["f1"], None,
+            "F1 on the evaluation prompts of each count's top promoter chosen on the selection split (the lowest "
+            "shown): " + ", ".join(f"{k}: {v['head']} {v['f1'].format()}" for k, v in f1_eval.items())))
+    out.append(_claim_amplification(scaling, ev.accuracy))
+    if tracking.get("available"):
+        pc_top, pc_raw, pc_rand = tracking_ivs
+        out.append(CLAIMS["counting"](
+            pc_top.low > 0.5 and pc_top.low > pc_rand.high, pc_top.low > 0, pc_top, pc_rand,
+            f"partial correlation (prompt length and '(' tokens regressed out) of {tracking['top']}'s attention to "
+            f"'(' with the open-paren count, on evaluation prompts that close 0-{max(cfg.counting_closed)} calls "
+            f"first (head chosen on the selection split); control: random heads' |partial correlation|; the older "
+            f"measure's head {tracking['raw_measure_head']}: {pc_raw.format()}"))
+    return [c for c in out if c is not None]
 
 
 def _claim_amplification(scaling: dict, accuracy: dict) -> intervals.Claim | None:
@@ -1076,37 +950,12 @@ def _claim_amplification(scaling: dict, accuracy: dict) -> intervals.Claim | Non
         for v, b in by_variant.items()
     )
     row = gen["row"]
-    return intervals.Claim(
-        f"amplification fixes the failing count ({hardest} parens)",
-        intervals.verdict(fixed, helped),
-        evidence=iv["accuracy"],
-        control=iv["random_accuracy"],
-        detail=f"accuracy on {hardest} parens (baseline {accuracy[hardest]:.2f}) of the best configuration "
-        f"({row['variant']}, {row['n_heads']} heads x {row['factor']}); control: random "
-        f"heads, same number and factor; logit-difference gain over random {iv['gain_over_random'].format()}; "
-        f"best per variant: {others}",
-        rule="reproduced: the best configuration's accuracy interval lies at or above 0.8 where the baseline is "
-        "below 0.8; partly: its accuracy gain and its logit-difference gain over random heads both lie above 0",
-        paper="gpt2-small 3 parens 0.48 -> 1.0; gpt2-xl 4 parens 0 -> 1.0 (top 5-10 heads, c in 1.1-1.6)",
-        source=AUTHORS_CODE + ", improve_performance*.py",
-    )
-
-
-def _claim_counting(cfg, tracking: dict, pc_top, pc_raw, pc_rand) -> intervals.Claim:
-    return intervals.Claim(
-        "counting heads track the count beyond token count",
-        intervals.verdict(pc_top.low > 0.5 and pc_top.low > pc_rand.high, pc_top.low > 0),
-        evidence=pc_top,
-        control=pc_rand,
-        detail=f"partial correlation (prompt length and '(' tokens regressed out) of {tracking['top']}'s "
-        f"attention to '(' with the open-paren count, on evaluation prompts that close 0-"
-        f"{max(cfg.counting_closed)} calls first (head chosen on the selection split); control: random "
-        f"heads' |partial correlation|; the older measure's head {tracking['raw_measure_head']}: "
-        f"{pc_raw.format()}",
-        rule="reproduced: the top head's interval lies above 0.5 and above the random heads'; partly: above 0",
-        paper="some heads track the number of parens precisely",
-        source=ABSTRACT,
-    )
+    return CLAIMS["amplification"](
+        fixed, helped, iv["accuracy"], iv["random_accuracy"],
+        f"accuracy on {hardest} parens (baseline {accuracy[hardest]:.2f}) of the best configuration "
+        f"({row['variant']}, {row['n_heads']} heads x {row['factor']}); control: random heads, same number and "
+        f"factor; logit-difference gain over random {iv['gain_over_random'].format()}; best per variant: {others}",
+        hardest=hardest)
 
 
 @torch.no_grad()
@@ -1161,57 +1010,46 @@ def _fmt_layer(x) -> str:
     return "never" if x is None else f"layer {x}"
 
 
+#: the labels of the key numbers a run has beyond those of each count
+KEY_NUMBERS = {
+    "scaled_accuracy_hardest": "failing count's accuracy, best amplification",
+    "promoter_ablation_drop": "logit-diff drop, promoters ablated",
+    "random_ablation_drop": "logit-diff drop, random heads ablated",
+    "counting_partial_corr": "counting head: partial correlation with the open count",
+}
+
+
 def _metric_labels(counts) -> dict[str, str]:
+    """Every key number's label: per count (accuracy, emergence, attention's share), then :data:`KEY_NUMBERS`."""
     out = {}
-    for k in counts:
-        parens = f"{k} paren{'s' * (k > 1)}"
-        out[f"accuracy_{k}"] = f"accuracy, {parens}"
-        out[f"emergence_layer_{k}"] = f"answer emerges at layer, {parens}"
-        out[f"attn_share_{k}"] = f"attention's share of the direct effect, {parens}"
-    return out | {
-        "scaled_accuracy_hardest": "failing count's accuracy, best amplification",
-        "promoter_ablation_drop": "logit-diff drop, promoters ablated",
-        "random_ablation_drop": "logit-diff drop, random heads ablated",
-        "counting_partial_corr": "counting head: partial correlation with the open count",
-    }
+    for what, label in (("accuracy", "accuracy"), ("emergence_layer", "answer emerges at layer"),
+                        ("attn_share", "attention's share of the direct effect")):
+        out |= {f"{what}_{k}": f"{label}, {k} paren{'s' * (k > 1)}" for k in counts}
+    return out | KEY_NUMBERS
 
 
 def build_report(study: ParensStudy):
     """The study's self-contained HTML report (see :class:`codecircuits.report.Report`): the claims, the key
     numbers, then a section per step."""
-    from ..report import Report
-
-    s = study
-    r = Report(
-        title=f"Closing parentheses on {s.model_name}",
-        subtitle="Miller, Rai and Yao (2025), 'Mechanistic Understanding of Language Models in Syntactic Code "
-        "Completion', reproduced with every number measured",
-        meta={
-            "prompts per count": s.config.prompts_per_n,
-            "heads chosen on": f"{s.config.selection_split} ({s.config.selection_prompts_per_n} per count)",
-            "measured on": s.config.split,
-            "seed": s.config.seed,
-        },
+    s, cfg = study, study.config
+    r = s.open_report(
+        f"Closing parentheses on {s.model_name}",
+        "Miller, Rai and Yao (2025), 'Mechanistic Understanding of Language Models in Syntactic Code Completion', "
+        "reproduced with every number measured",
+        meta={"prompts per count": cfg.prompts_per_n, "measured on": cfg.split, "seed": cfg.seed,
+              "heads chosen on": f"{cfg.selection_split} ({cfg.selection_prompts_per_n} per count)"},
+        labels={k: v for k, v in _metric_labels(s.counts).items() if k.startswith("accuracy") or k in KEY_NUMBERS},
+        claims_text="Each claim of the paper (or of the authors' follow-up code) with the number it rests on, its 95% "
+        f"bootstrap interval over prompts ({cfg.n_resamples} resamples) and its control. Heads, layers and the failing "
+        f"count are chosen on the {cfg.selection_split} split and measured on the {cfg.split} split.",
     )
-    metrics, labels = s.key_metrics(), _metric_labels(s.counts)
+    metrics, labels = s.metrics(), _metric_labels(s.counts)
 
     def cards(keys):
         shown = {k: metrics[k] for k in keys if k in metrics}
         if shown:
             r.metrics(shown, labels={k: labels[k] for k in shown})
 
-    if s.claims:
-        r.section(
-            "Claims and verdicts",
-            text="Each claim of the paper (or of the authors' follow-up code) with the number it rests on, its 95% "
-            f"bootstrap interval over prompts ({s.config.n_resamples} resamples) and its control. Heads, layers "
-            f"and the failing count are chosen on the {s.config.selection_split} split and measured on the "
-            f"{s.config.split} split.",
-        )
-        r.claims(s.claims)
-    r.section("Key numbers")
-    cards([f"accuracy_{k}" for k in s.counts])
-    cards(["scaled_accuracy_hardest", "promoter_ablation_drop", "random_ablation_drop", "counting_partial_corr"])
     for caveat in s.caveats:
         r.text("Caveat: " + caveat + ".")
     _report_task(r, s)
@@ -1260,19 +1098,12 @@ def _report_lens(r, s: ParensStudy, cards) -> None:
     r.line_chart(
         list(range(s.lens[counts[0]].post().shape[0])),
         {f"{k} parens": s.lens[k].post().mean(-1).tolist() for k in counts},
-        title="logit difference read from resid_post",
-        x_title="layer",
-        y_title="logit diff (correct - wrong)",
+        title="logit difference read from resid_post", x_title="layer", y_title="logit diff (correct - wrong)",
     )
     r.heatmap(
-        torch.stack([s.lens[k].mean() for k in counts]).tolist(),
-        x_labels=s.lens[counts[0]].labels,
-        y_labels=[f"{k} parens" for k in counts],
-        title="logit lens at every resid_pre / resid_post",
-        x_title="site",
-        y_title="parens",
-        center=0.0,
-        value_label="logit diff",
+        torch.stack([s.lens[k].mean() for k in counts]).tolist(), x_labels=s.lens[counts[0]].labels,
+        y_labels=[f"{k} parens" for k in counts], title="logit lens at every resid_pre / resid_post", x_title="site",
+        y_title="parens", center=0.0, value_label="logit diff",
     )
 
 
@@ -1335,14 +1166,10 @@ def _report_heads(r, s: ParensStudy) -> None:
         r.table(s.promoters.top(5, k), caption=f"top promoters of {task.label_text(k)}")
     for i, k in enumerate(s.counts):
         r.heatmap(
-            s.promoters.mean_logit[i].tolist(),
-            x_labels=list(range(s.promoters.f1.shape[-1])),
+            s.promoters.mean_logit[i].tolist(), x_labels=list(range(s.promoters.f1.shape[-1])),
             y_labels=list(range(s.promoters.f1.shape[1])),
             title=f"{k} parens: each head's direct logit on the correct token minus the other paren tokens",
-            x_title="head",
-            y_title="layer",
-            center=0.0,
-            value_label="relative logit",
+            x_title="head", y_title="layer", center=0.0, value_label="relative logit",
         )
     r.section(
         "Counting heads",

@@ -72,7 +72,10 @@ STUDIES: tuple[StudySpec, ...] = (
         "Miller, Rai and Yao (2025), closing-parenthesis completion", "docs/findings_parens.md",
         smoke={"n_numbers": 20, "selection_prompts_per_n": 4, "prompts_per_n": 4, "pairs_per_n": 2,
                "paren_patch_stride": 1, "patch_stride": 1, "counting_prompts_per_cell": 1,
-               "counting_selection_per_cell": 1, "counting_closed": (0, 2), "n_candidates": 3},
+               "counting_selection_per_cell": 1, "counting_closed": (0, 2), "n_candidates": 3, "ablate_top_k": 1,
+               "n_random": 2, "scale_top_k": (2,), "scale_factors": (1.5,), "general_factors": (1.5,),
+               "general_shares": (1.0,), "general_min_f1": 0.3, "n_resamples": 100, "mined_per_count": 3,
+               "mined_window": 8, "mined_max_chars": 60_000},
     ),
     _spec(
         "circuit", "CircuitConfig",

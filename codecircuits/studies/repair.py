@@ -42,7 +42,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +54,7 @@ from .. import repair as R
 from ..core.inputs import token_texts
 from ..errors import InputError
 from ..repair.effects import METHODS
-from .common import Study, configure, json_safe, setting
+from .common import Study, claim_specs, configure, json_safe, result, setting
 
 PAPER = (
     "MINT (Gu et al., arXiv 2312.05356) reports that it repairs line-level code generation (and shellcode and "
@@ -105,13 +105,13 @@ class RepairStudy(Study):
 
     model: str
     rows: tuple[dict, ...]
-    cases: tuple[R.RepairCase, ...]
-    heldout_loss_base: float
+    cases: tuple[R.RepairCase, ...] = result(json=None)
+    heldout_loss_base: float = result(json=None)  # in ``metrics``
     settings: dict = field(default_factory=dict)
     examples: tuple[dict, ...] = ()
-    config: RepairConfig | None = None
+    config: RepairConfig | None = result(None, json=None)  # its settings are in ``settings``
     successive: tuple[dict, ...] = ()  # one row per method and number of repairs so far
-    sweep: tuple[dict, ...] = ()  # one row per SGD setting on the selection split
+    sweep: tuple[dict, ...] = result((), key="sgd_sweep")  # one row per SGD setting on the selection split
     sgd_choice: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)  # name -> intervals.Interval
     claims: tuple = ()  # intervals.Claim rows
@@ -146,23 +146,9 @@ class RepairStudy(Study):
                 out[f"{method}_successive_retained"] = iv.estimate
         return json_safe(out)
 
-    def to_json(self) -> dict:
-        return json_safe(
-            {
-                "model": self.model,
-                "settings": self.settings,
-                "metrics": self.metrics(),
-                "summary": self.summary().to_dict("records"),
-                "summary_by_task": self.summary(("method", "task")).to_dict("records"),
-                "intervals": {k: v.to_json() for k, v in self.intervals.items()},
-                "claims": [c.to_json() for c in self.claims],
-                "sgd_sweep": list(self.sweep),
-                "sgd_choice": self.sgd_choice,
-                "successive": list(self.successive),
-                "rows": list(self.rows),
-                "examples": list(self.examples),
-            }
-        )
+    def json_extra(self) -> dict:
+        return {"summary": self.summary().to_dict("records"),
+                "summary_by_task": self.summary(("method", "task")).to_dict("records")}
 
     def summary_text(self) -> str:
         """What ``codecircuits repair`` prints: :meth:`summary`, rounded."""
@@ -171,22 +157,16 @@ class RepairStudy(Study):
     def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`: the claims and key numbers first, then MINT versus
         SGD, the SGD baseline's setting, the successive repairs and every case."""
-        from ..report import Report
-
         s = self.settings
-        r = Report(
-            title=f"Neuron-level repair (MINT) on {self.model}",
-            subtitle=f"{s['n_cases']} lines of held-out code ({', '.join(s['sources'])}), MINT vs SGD on W_out",
+        r = self.open_report(
+            f"Neuron-level repair (MINT) on {self.model}",
+            f"{s['n_cases']} lines of held-out code ({', '.join(s['sources'])}), MINT vs SGD on W_out",
+            labels={k: LABELS[k] for k in KEY_NUMBERS},
         )
-        r.claims(list(self.claims))
-        metrics = self.metrics()
-        key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
-        r.metrics(key, labels={k: LABELS[k] for k in key})
-        _report_methods(r, self, {k: v for k, v in metrics.items() if k not in key})
+        _report_methods(r, self)
         _report_successive(r, self)
         _report_cases(r, self)
-        r.data(self.to_json(), name="results")
-        return r
+        return self.close_report(r, LABELS)
 
 
 #: the numbers of :meth:`RepairStudy.summary` that :meth:`RepairStudy.metrics` gives per method
@@ -232,16 +212,8 @@ def _collect(model, cfg: RepairConfig, progress: bool):
         if n == 0:
             continue
         c, scanned = R.repair_cases(
-            model,
-            corpora[spec],
-            n,
-            context_tokens=cfg.context_tokens,
-            max_errors=cfg.max_errors,
-            seed=cfg.seed,
-            min_scanned=3 * n,
-            lines_per_file=cfg.lines_per_file,
-            max_lines=max(2000, 40 * n),
-            progress=progress,
+            model, corpora[spec], n, context_tokens=cfg.context_tokens, max_errors=cfg.max_errors, seed=cfg.seed,
+            min_scanned=3 * n, lines_per_file=cfg.lines_per_file, max_lines=max(2000, 40 * n), progress=progress,
         )
         if len(c) < n:
             raise InputError(
@@ -295,12 +267,7 @@ def _bench(model, cfg: RepairConfig, all_cases, cases, pool, task_of, corpora) -
     heldout = torch.cat([R.heldout_tokens(model, h, cfg.heldout_tokens) for h in held])
     cache = R.ResidCache(model, R.upper_layers(model, cfg.layers)[0])  # both methods edit only layers above
     return _Bench(
-        task_of=task_of,
-        spec_probes=spec_probes,
-        gen_files=gen_files,
-        gen_ids=gen_ids,
-        heldout=heldout,
-        cache=cache,
+        task_of=task_of, spec_probes=spec_probes, gen_files=gen_files, gen_ids=gen_ids, heldout=heldout, cache=cache,
         base_spec=R.evaluate_probes(model, spec_probes, cache=cache),
         base_loss=R.heldout_loss(model, heldout, cache=cache),
         base_digest={i: R.logits_digest(cache.logits(c.tokens)) for i, c in enumerate(cases)},
@@ -350,8 +317,7 @@ def _choose_sgd(model, cfg: RepairConfig, select, bench: _Bench, done: _Progress
         return done.state["sweep"]
     if select:
         sweep, choice = R.sgd_sweep(
-            model, select, layers=cfg.layers, lrs=cfg.sgd_lrs, steps=cfg.sgd_steps, cache=bench.cache,
-            progress=progress,
+            model, select, layers=cfg.layers, lrs=cfg.sgd_lrs, steps=cfg.sgd_steps, cache=bench.cache, progress=progress
         )
         done.state["sweep"] = [sweep, choice]
         done.save()
@@ -373,15 +339,8 @@ def _repair_case(model, cfg: RepairConfig, bench: _Bench, ci: int, case, lr: flo
     target, wrong = case.reference[first], case.predicted[first]
     keep = [i for i, p in enumerate(bench.spec_probes) if p.target != target]
     gen = R.same_target_probes(
-        model,
-        bench.gen_files[task],
-        target,
-        cfg.n_gen,
-        wrong=wrong,
-        context_tokens=cfg.context_tokens,
-        max_candidates=2 * cfg.n_gen,
-        seed=cfg.seed + ci,
-        token_ids=bench.gen_ids[task],
+        model, bench.gen_files[task], target, cfg.n_gen, wrong=wrong, context_tokens=cfg.context_tokens,
+        max_candidates=2 * cfg.n_gen, seed=cfg.seed + ci, token_ids=bench.gen_ids[task],
     )
     mint, sgd, res = R.repair_both(
         model, case, gen=gen, spec=[bench.spec_probes[i] for i in keep], heldout=bench.heldout,
@@ -431,10 +390,9 @@ def _successive(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done:
     for method in METHODS:
         if method not in done.state["successive"]:
             r_, st, fs = R.successive_repairs(
-                model, method, cases, spec_probes=bench.spec_probes, base_spec=bench.base_spec,
-                heldout=bench.heldout, base_loss=bench.base_loss, cache=bench.cache, layers=cfg.layers,
-                n_candidates=cfg.n_candidates, max_edits=cfg.max_edits, scale=cfg.scale, lr=lr, steps=steps,
-                progress=progress,
+                model, method, cases, spec_probes=bench.spec_probes, base_spec=bench.base_spec, heldout=bench.heldout,
+                base_loss=bench.base_loss, cache=bench.cache, layers=cfg.layers, n_candidates=cfg.n_candidates,
+                max_edits=cfg.max_edits, scale=cfg.scale, lr=lr, steps=steps, progress=progress,
             )
             done.state["successive"][method] = [r_, st.tolist(), fs.tolist()]
             done.save()
@@ -481,46 +439,20 @@ def run(
     ivs = R.repair_intervals(rows, succ_rows, still, final_spec, n_resamples=cfg.n_resamples, seed=cfg.seed)
     layer_list = R.upper_layers(model, cfg.layers)
     settings = dict(
-        n_cases=len(cases),
-        n_select=len(select),
-        n_successive=n_succ,
-        sources=list(cfg.sources),
-        tasks=sorted({task_of[(c.source, c.line_no)] for c in cases}),
-        lines_per_file=cfg.lines_per_file,
-        context_tokens=cfg.context_tokens,
-        max_errors=cfg.max_errors,
-        layers=f"{cfg.layers} ({layer_list[0]}..{layer_list[-1]})",
-        n_candidates=cfg.n_candidates,
-        max_edits=cfg.max_edits,
-        scale=cfg.scale,
-        eps=0.01 * cfg.scale,
-        sgd_grid={"lr": list(cfg.sgd_lrs), "steps": list(cfg.sgd_steps)},
-        sgd_lr=lr,
-        sgd_steps=steps,
-        n_gen=cfg.n_gen,
-        n_spec_probes=len(bench.spec_probes),
-        heldout_tokens=int(bench.heldout.numel()),
-        pool_lines=len(pool),
-        base_restored=bool(base_restored),
-        threads=torch.get_num_threads(),
-        seed=cfg.seed,
-        command=command_of(cfg),
-        resumed=resumed,
-        seconds=round(time.perf_counter() - t0, 1),
+        n_cases=len(cases), n_select=len(select), n_successive=n_succ, sources=list(cfg.sources),
+        tasks=sorted({task_of[(c.source, c.line_no)] for c in cases}), lines_per_file=cfg.lines_per_file,
+        context_tokens=cfg.context_tokens, max_errors=cfg.max_errors,
+        layers=f"{cfg.layers} ({layer_list[0]}..{layer_list[-1]})", n_candidates=cfg.n_candidates,
+        max_edits=cfg.max_edits, scale=cfg.scale, eps=0.01 * cfg.scale,
+        sgd_grid={"lr": list(cfg.sgd_lrs), "steps": list(cfg.sgd_steps)}, sgd_lr=lr, sgd_steps=steps, n_gen=cfg.n_gen,
+        n_spec_probes=len(bench.spec_probes), heldout_tokens=int(bench.heldout.numel()), pool_lines=len(pool),
+        base_restored=bool(base_restored), threads=torch.get_num_threads(), seed=cfg.seed, command=command_of(cfg),
+        resumed=resumed, seconds=round(time.perf_counter() - t0, 1),
     )
     return RepairStudy(
-        model=str(model.cfg.model_name),
-        rows=tuple(rows),
-        cases=tuple(cases),
-        heldout_loss_base=bench.base_loss,
-        settings=settings,
-        examples=tuple(examples),
-        config=cfg,
-        successive=tuple(succ_rows),
-        sweep=tuple(sweep),
-        sgd_choice=choice,
-        intervals=ivs,
-        claims=tuple(_claims(ivs, rows, succ_rows, cfg, choice)),
+        model=str(model.cfg.model_name), rows=tuple(rows), cases=tuple(cases), heldout_loss_base=bench.base_loss,
+        settings=settings, examples=tuple(examples), config=cfg, successive=tuple(succ_rows), sweep=tuple(sweep),
+        sgd_choice=choice, intervals=ivs, claims=tuple(_claims(ivs, rows, succ_rows, cfg, choice)),
     )
 
 
@@ -550,140 +482,91 @@ def _by_method(rows) -> tuple[pd.DataFrame, pd.DataFrame]:
     return mint, sgd
 
 
+#: where the paper says what the claims quote
+SOURCE = "Gu et al., arXiv 2312.05356, abstract"
+CLAIMS = claim_specs(
+    source=SOURCE,
+    neurons=("MINT repairs by patching 'usually one or two neurons'",
+             "reproduced: the interval's upper end is at most 2.5 neurons; partly: the estimate is at most 3",
+             "usually one or two neurons"),
+    effective=("MINT is more effective than SGD fine-tuning of the FFN output weights",
+               "reproduced: the paired difference (MINT - SGD) lies above 0; partly: its estimate is positive",
+               "significantly outperforms the state of the art in effectiveness"),
+    efficient=("MINT is more efficient than SGD (fewer weights changed, less time)",
+               "reproduced: MINT changes under a hundredth of SGD's value vectors and the paired difference of seconds "
+               "lies below 0; partly: the first only", "significantly outperforms the state of the art in efficiency"),
+    generalise=("MINT's edits generalise to other prompts of the same fix",
+                "reproduced: the paired difference (same fix - unrelated) and the share of wrong same-target prompts "
+                "made right both lie above 0; partly: the first only"),
+    specific=("MINT has little effect on unrelated prompts (specificity)",
+              "reproduced: the share unchanged is at least 0.9 and the held-out loss change at most 0.05 (interval "
+              "ends); partly: MINT's share is not below SGD's"),
+    successive=("MINT keeps working over repairs made in succession (earlier fixes hold, unrelated predictions stay)",
+                "reproduced: the share of earlier fixes held is at least 0.8 and of unrelated predictions unchanged at "
+                "least 0.9 (interval lower ends); partly: the share held is at least 0.5"),
+    shell=("MINT repairs a second task: shell command lines (our offline stand-in for intent-to-bash)",
+           "reproduced: the success interval's lower end is at least 0.5; partly: its estimate is"),
+)
+
+
 def _claims(iv: dict, rows, succ_rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
     """The paper's claims with their verdicts: what a repair costs and does, then over successive repairs and on
-    the second task."""
-    return _cost_claims(iv, rows, cfg, choice) + _effect_claims(iv, succ_rows, cfg)
-
-
-def _cost_claims(iv: dict, rows, cfg: RepairConfig, choice: dict) -> list[intervals.Claim]:
-    """How few neurons MINT changes, and whether it repairs more lines, faster, than SGD."""
-    cmd = command_of(cfg)
+    the second task; each measured by the command that runs ``cfg``."""
     mint, sgd = _by_method(rows)
     n = len(mint)
     nps, d, dt = iv["mint_neurons_per_success"], iv["mint_minus_sgd_success"], iv["mint_minus_sgd_seconds"]
     fewer = float(mint.neurons.mean()) * 100 < float(sgd.neurons.mean())
-    return [
-        intervals.Claim(
-            "MINT repairs by patching 'usually one or two neurons'",
-            intervals.verdict(nps.high <= 2.5, not math.isnan(nps.estimate) and nps.estimate <= 3),
-            nps,
-            iv["sgd_neurons_per_success"],
-            f"value vectors changed per successful MINT repair over {int(mint.success.sum())} successes of {n} "
-            "cases; control: rows changed per successful SGD repair",
-            cmd,
-            rule="reproduced: the interval's upper end is at most 2.5 neurons; partly: the estimate is at most 3",
-            paper="usually one or two neurons",
-            source=SOURCE,
-        ),
-        intervals.Claim(
-            "MINT is more effective than SGD fine-tuning of the FFN output weights",
-            intervals.verdict(d.above(0), d.estimate > 0),
-            d,
-            iv["sgd_success"],
-            f"paired difference of line-level success, MINT {iv['mint_success'].format()} vs SGD (lr "
-            f"{choice['lr']:g}, {choice['steps']} steps, chosen on {cfg.n_select} selection cases) on the same "
-            f"{n} cases",
-            cmd,
-            rule="reproduced: the paired difference (MINT - SGD) lies above 0; partly: its estimate is positive",
-            paper="significantly outperforms the state of the art in effectiveness",
-            source=SOURCE,
-        ),
-        intervals.Claim(
-            "MINT is more efficient than SGD (fewer weights changed, less time)",
-            intervals.verdict(fewer and dt.below(0), fewer),
-            dt,
-            iv["sgd_seconds"],
-            f"paired difference of seconds per case (MINT - SGD); value vectors changed: MINT "
-            f"{mint.neurons.mean():.2f}, SGD {sgd.neurons.mean():.0f} per case",
-            cmd,
-            rule="reproduced: MINT changes under a hundredth of SGD's value vectors and the paired difference of "
-            "seconds lies below 0; partly: the first only",
-            paper="significantly outperforms the state of the art in efficiency",
-            source=SOURCE,
-        ),
+    out = [
+        CLAIMS["neurons"](nps.high <= 2.5, not math.isnan(nps.estimate) and nps.estimate <= 3, nps,
+                          iv["sgd_neurons_per_success"],
+                          f"value vectors changed per successful MINT repair over {int(mint.success.sum())} successes "
+                          f"of {n} cases; control: rows changed per successful SGD repair"),
+        CLAIMS["effective"](d.above(0), d.estimate > 0, d, iv["sgd_success"],
+                            f"paired difference of line-level success, MINT {iv['mint_success'].format()} vs SGD (lr "
+                            f"{choice['lr']:g}, {choice['steps']} steps, chosen on {cfg.n_select} selection cases) on "
+                            f"the same {n} cases"),
+        CLAIMS["efficient"](fewer and dt.below(0), fewer, dt, iv["sgd_seconds"],
+                            f"paired difference of seconds per case (MINT - SGD); value vectors changed: MINT "
+                            f"{mint.neurons.mean():.2f}, SGD {sgd.neurons.mean():.0f} per case"),
     ]
-
-
-def _effect_claims(iv: dict, succ_rows, cfg: RepairConfig) -> list[intervals.Claim]:
-    """Generalisation, specificity, successive repairs and the shell task."""
-    cmd = command_of(cfg)
-    claims = []
     gs, gf = iv.get("mint_gen_minus_spec_delta_logp"), iv.get("mint_gen_fixed")
     if gs is not None:
-        claims.append(
-            intervals.Claim(
-                "MINT's edits generalise to other prompts of the same fix",
-                intervals.verdict(gs.above(0) and gf is not None and gf.above(0), gs.above(0)),
-                iv["mint_gen_delta_logp"],
-                iv["mint_spec_delta_logp"],
-                f"change of log p(target) on held-out prompts of the repaired target (control: on unrelated "
-                f"prompts); paired difference {gs.format()}; share of wrong same-target prompts made right "
-                f"{gf.format() if gf is not None else 'n/a'}",
-                cmd,
-                rule="reproduced: the paired difference (same fix - unrelated) and the share of wrong same-target "
-                "prompts made right both lie above 0; partly: the first only",
-            )
-        )
-    su, hl = iv["mint_spec_unchanged"], iv["mint_heldout_loss_delta"]
-    dsp = iv.get("mint_minus_sgd_spec_unchanged")
-    claims.append(
-        intervals.Claim(
-            "MINT has little effect on unrelated prompts (specificity)",
-            intervals.verdict(su.low >= 0.9 and hl.high <= 0.05, dsp is not None and not dsp.below(0)),
-            su,
-            iv["sgd_spec_unchanged"],
-            f"share of unrelated greedy predictions unchanged (control: SGD); held-out loss change "
-            f"{hl.format(3)} (SGD {iv['sgd_heldout_loss_delta'].format(3)})",
-            cmd,
-            rule="reproduced: the share unchanged is at least 0.9 and the held-out loss change at most 0.05 "
-            "(interval ends); partly: MINT's share is not below SGD's",
-        )
-    )
+        out.append(CLAIMS["generalise"](
+            gs.above(0) and gf is not None and gf.above(0), gs.above(0), iv["mint_gen_delta_logp"],
+            iv["mint_spec_delta_logp"],
+            f"change of log p(target) on held-out prompts of the repaired target (control: on unrelated prompts); "
+            f"paired difference {gs.format()}; share of wrong same-target prompts made right "
+            f"{gf.format() if gf is not None else 'n/a'}"))
+    su, hl, dsp = iv["mint_spec_unchanged"], iv["mint_heldout_loss_delta"], iv.get("mint_minus_sgd_spec_unchanged")
+    out.append(CLAIMS["specific"](
+        su.low >= 0.9 and hl.high <= 0.05, dsp is not None and not dsp.below(0), su, iv["sgd_spec_unchanged"],
+        f"share of unrelated greedy predictions unchanged (control: SGD); held-out loss change {hl.format(3)} (SGD "
+        f"{iv['sgd_heldout_loss_delta'].format(3)})"))
     ret, fs = iv.get("mint_successive_retained"), iv["mint_successive_spec_unchanged"]
     if ret is not None:
         sr = pd.DataFrame(succ_rows)
         last = sr[sr.method == "mint"].iloc[-1]
-        claims.append(
-            intervals.Claim(
-                "MINT keeps working over repairs made in succession (earlier fixes hold, unrelated predictions "
-                "stay)",
-                intervals.verdict(ret.low >= 0.8 and fs.low >= 0.9, ret.estimate >= 0.5),
-                ret,
-                iv.get("sgd_successive_retained"),
-                f"after {int(last.repairs)} MINT repairs without undoing: share of the earlier repaired lines still "
-                f"fixed (control: SGD's sequence); success of each repair in the sequence "
-                f"{iv['mint_successive_success'].format()}; unrelated predictions unchanged {fs.format()} (SGD "
-                f"{iv['sgd_successive_spec_unchanged'].format()}); held-out loss change "
-                f"{float(last.heldout_loss_delta):+.3f} (SGD "
-                f"{float(sr[sr.method == 'sgd'].iloc[-1].heldout_loss_delta):+.3f})",
-                cmd,
-                rule="reproduced: the share of earlier fixes held is at least 0.8 and of unrelated predictions "
-                "unchanged at least 0.9 (interval lower ends); partly: the share held is at least 0.5",
-            )
-        )
+        out.append(CLAIMS["successive"](
+            ret.low >= 0.8 and fs.low >= 0.9, ret.estimate >= 0.5, ret, iv.get("sgd_successive_retained"),
+            f"after {int(last.repairs)} MINT repairs without undoing: share of the earlier repaired lines still fixed "
+            f"(control: SGD's sequence); success of each repair in the sequence "
+            f"{iv['mint_successive_success'].format()}; unrelated predictions unchanged {fs.format()} (SGD "
+            f"{iv['sgd_successive_spec_unchanged'].format()}); held-out loss change "
+            f"{float(last.heldout_loss_delta):+.3f} (SGD "
+            f"{float(sr[sr.method == 'sgd'].iloc[-1].heldout_loss_delta):+.3f})"))
     if "mint_success_shell" in iv:
         sh, py = iv["mint_success_shell"], iv.get("mint_success_python")
-        claims.append(
-            intervals.Claim(
-                "MINT repairs a second task: shell command lines (our offline stand-in for intent-to-bash)",
-                intervals.verdict(sh.low >= 0.5, sh.estimate >= 0.5),
-                sh,
-                iv.get("sgd_success_shell"),
-                f"line-level success of MINT on {sh.n} shell cases (Debian bash-completion scripts; control: SGD); "
-                f"Python cases {py.format() if py is not None else 'n/a'}",
-                cmd,
-                rule="reproduced: the success interval's lower end is at least 0.5; partly: its estimate is",
-            )
-        )
-    return claims
+        out.append(CLAIMS["shell"](
+            sh.low >= 0.5, sh.estimate >= 0.5, sh, iv.get("sgd_success_shell"),
+            f"line-level success of MINT on {sh.n} shell cases (Debian bash-completion scripts; control: SGD); Python "
+            f"cases {py.format() if py is not None else 'n/a'}"))
+    cmd = command_of(cfg)
+    return [replace(c, command=cmd) for c in out]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the report
 
-#: where the paper says what the claims quote
-SOURCE = "Gu et al., arXiv 2312.05356, abstract"
 
 #: the numbers the report opens with, after the claims
 KEY_NUMBERS = (
@@ -709,8 +592,8 @@ LABELS = {
 }
 
 
-def _report_methods(r, study: RepairStudy, rest: dict) -> None:
-    """How each method ran, the remaining key numbers, the per-method tables, the intervals and the SGD grid."""
+def _report_methods(r, study: RepairStudy) -> None:
+    """How each method ran, the per-method tables, the intervals and the SGD grid."""
     s = study.settings
     r.section(
         "MINT versus SGD",
@@ -722,7 +605,6 @@ def _report_methods(r, study: RepairStudy, rest: dict) -> None:
         f"({'bit-identical' if s['base_restored'] else 'NOT bit-identical'}). Means over the evaluation cases, per "
         "method and per task; intervals: 95% bootstrap over cases (paired for MINT - SGD).",
     )
-    r.metrics(rest)
     r.table(study.summary().round(4), caption="per method: means over cases (neurons = value vectors changed)")
     r.table(study.summary(("method", "task")).round(4), caption="per method and task")
     r.table(

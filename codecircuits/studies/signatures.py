@@ -34,7 +34,6 @@ and the storage and depth profile (:func:`~codecircuits.signatures.storage_sizes
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass, field, replace
 
@@ -46,7 +45,7 @@ from .. import signatures as S
 from ..errors import InputError
 from ..intervals import Claim, Interval, claims_markdown
 from ..signatures import SHIFTS, code_snippets, shifted_texts, transfer_snippets
-from .common import Study, configure, json_safe, model_name, setting
+from .common import Study, claim_specs, configure, json_safe, model_name, result, setting
 
 COMMAND = "codecircuits signatures --threads 1"
 PAPER = (
@@ -56,7 +55,6 @@ PAPER = (
     "corruption types, compose by summation, transfer across datasets and to an updated backbone, sit mostly in "
     "shallow layers, and are up to 13x smaller than a full weight copy."
 )
-_claim = functools.partial(Claim, command=COMMAND)
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,8 @@ class SignatureStudy(Study):
     per-layer profile and the storage on disk."""
 
     model: str
-    doc: dict  # "seed|corpus|model|dataset" -> per-document losses [n_docs] (float64)
+    doc: dict = result(key="doc_losses", json=lambda d: {k: [round(float(x), 4) for x in v] for k, v in d.items()})
+    # "seed|corpus|model|dataset" -> per-document losses [n_docs] (float64)
     losses: pd.DataFrame  # one row per (seed, corpus, model, alpha, dataset): the mean over documents
     per_seed: pd.DataFrame  # one row per (measure, shift, seed): estimate and interval
     headline: dict[str, Interval]  # "measure" (pooled over the tested shifts) or "measure:shift", seeds averaged
@@ -116,7 +115,7 @@ class SignatureStudy(Study):
     storage: dict
     finetunes: dict  # name -> loss curve and settings
     settings: dict = field(default_factory=dict)
-    config: SignatureConfig | None = None
+    config: SignatureConfig | None = result(None, json=None)  # its settings are in ``settings``
 
     def report(self, model=None):
         """The study as a :class:`codecircuits.report.Report`."""
@@ -157,23 +156,6 @@ class SignatureStudy(Study):
     def summary_text(self) -> str:
         """What ``codecircuits signatures`` prints: the claims, then every key number."""
         return "\n".join([claims_markdown(list(self.claims)), *(f"{k}: {v}" for k, v in self.metrics().items())])
-
-    def to_json(self) -> dict:
-        return json_safe(
-            {
-                "model": self.model,
-                "settings": self.settings,
-                "metrics": self.metrics(),
-                "claims": [c.to_json() for c in self.claims],
-                "headline": {k: v.to_json() for k, v in self.headline.items()},
-                "per_seed": self.per_seed.to_dict("records"),
-                "losses": self.losses.to_dict("records"),
-                "profile": self.profile.to_dict("records"),
-                "storage": self.storage,
-                "finetunes": self.finetunes,
-                "doc_losses": {k: [round(float(x), 4) for x in v] for k, v in self.doc.items()},
-            }
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -380,30 +362,17 @@ def run(model, config: SignatureConfig | None = None, *, progress: bool = True, 
 def _settings(cfg: SignatureConfig, lab: _Lab, trained_layers, held, t0) -> dict:
     """The run's settings as ``results.json`` records them."""
     return dict(
-        shifts=list(lab.shifts),
-        datasets=lab.sets,
-        kind=cfg.kind,
-        layers="all" if cfg.layers is None else list(cfg.layers),
-        trained_layers=trained_layers,
-        shallow_layers=lab.shallow,
-        deep_layers=lab.deep,
-        steps=cfg.steps,
-        backbone_steps=cfg.backbone_steps,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
+        shifts=list(lab.shifts), datasets=lab.sets, kind=cfg.kind,
+        layers="all" if cfg.layers is None else list(cfg.layers), trained_layers=trained_layers,
+        shallow_layers=lab.shallow, deep_layers=lab.deep, steps=cfg.steps, backbone_steps=cfg.backbone_steps, lr=cfg.lr,
+        batch_size=cfg.batch_size, seq_len=cfg.seq_len,
         train_tokens=int(lab.corpora["stdlib"]["train"]["clean"].numel()),
-        tokens_seen_per_finetune=cfg.steps * cfg.batch_size * cfg.seq_len,
-        eval_docs=len(held),
+        tokens_seen_per_finetune=cfg.steps * cfg.batch_size * cfg.seq_len, eval_docs=len(held),
         eval_tokens_clean=int(sum(t.numel() for t in lab.corpora["stdlib"]["eval"]["clean"])),
         transfer=cfg.transfer or None,
         transfer_eval_docs=len(lab.corpora["transfer"]["eval"]["clean"]) if cfg.transfer else 0,
-        trained_params=sum(p.numel() for p in lab.params.values()),
-        alphas=lab.alphas,
-        seeds=list(cfg.seeds),
-        n_resamples=cfg.n_resamples,
-        min_gain=cfg.min_gain,
-        seconds=round(time.perf_counter() - t0, 1),
+        trained_params=sum(p.numel() for p in lab.params.values()), alphas=lab.alphas, seeds=list(cfg.seeds),
+        n_resamples=cfg.n_resamples, min_gain=cfg.min_gain, seconds=round(time.perf_counter() - t0, 1),
     )
 
 
@@ -514,70 +483,75 @@ def _each(head: dict, measure: str, use, test) -> bool:
     return bool(use) and all(test(head[f"{measure}:{c}"]) for c in use)
 
 
+_RANDOM = "reproduced: the pooled share's interval lies above 0.5 and the random direction's, and every tested "
+_COMPOSE = ("signatures compose {label}: the sum keeps each shift's gain (share, {pooled})",
+            "reproduced: the pooled share's interval lies above 0.5 and every tested shift's above 0; partly: the "
+            "pooled one lies above 0")
+CLAIMS = claim_specs(
+    COMMAND,
+    recovery=("the {shift} signature patched into the clean fine-tuned model recovers the {shift} fine-tune's gain on "
+              "{shift} code (share of the gain, alpha 1)",
+              "not reproduced unless the shift is learnt (its fine-tune's gain interval above {min_gain:g}); "
+              "reproduced: the share's interval lies above 0.5 and above the random direction's; partly: above 0 and "
+              "the random direction's"),
+    alpha=("alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {pooled})",
+           "reproduced: both intervals lie above 0; partly: one does"),
+    discriminative=("signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other "
+                    "shifts (nats/token, {pooled})",
+                    "reproduced: the pooled interval and every tested shift's lie above 0; partly: the pooled one "
+                    "does"),
+    compose_sum_share=_COMPOSE,
+    compose_mean_share=_COMPOSE,
+    transfer=("signatures transfer across datasets: the stdlib signature patched into a model fine-tuned on {corpus} "
+              "recovers that corpus's shift fine-tune gain (share, {pooled})",
+              _RANDOM + "shift's above 0; partly: above 0 and the random direction's"),
+    backbone=("signatures survive a backbone update: gain on the clean model fine-tuned further, as a share of the "
+              "gain on the original clean model ({pooled})",
+              "reproduced: the retention's interval lies above 0.5 and every tested shift's gain above 0; partly: the "
+              "pooled gain lies above 0"),
+    shallow=("the signature sits mostly in shallow layers: share recovered by layers {shallow} minus that by layers "
+             "{deep} ({pooled})",
+             "reproduced: every tested shift's interval lies above 0; partly: the pooled one does"),
+    storage=("a signature is up to 13x smaller than a full weight copy (files on disk)",
+             "reproduced: the float16 signature (or its shallow half) is at least 13x smaller than the full copy; "
+             "partly: smaller", "up to 13x smaller than a full weight copy", "Cai et al. (ICML 2023), abstract"),
+)
+
+
 def claims_of(st: SignatureStudy, head: dict) -> list[Claim]:
     """The paper's claims with this run's evidence (``head``: :func:`measure_intervals`'s intervals), control and
     verdict: recovery per shift, then the pooled claims, transfer, the updated backbone, depth and storage."""
-    return [*_recovery_claims(st, head), *_pooled_claims(st, head), *_transfer_claims(st, head), _storage_claim(st)]
-
-
-def _recovery_claims(st: SignatureStudy, head: dict) -> list[Claim]:
-    s, out = st.settings, []
-    for c in s["shifts"]:
+    s, shifts, tested = st.settings, st.settings["shifts"], st.settings["tested_shifts"]
+    out, pooled = [], _pooled(tested)
+    for c in shifts:
         share, rnd, gain = head[f"share:{c}"], head[f"random_share:{c}"], head[f"finetune_gain:{c}"]
-        if c in s["tested_shifts"]:
-            v = intervals.verdict(share.low > 0.5 and rnd.high < share.low, share.low > 0 and rnd.high < share.low)
-            why = ""
-        else:
-            v = "not reproduced"
+        learnt, why = c in tested, ""
+        if not learnt:
             why = f"the {c} fine-tune's gain over theta_std does not clear {s['min_gain']:g} nats/token (its interval " \
                   "reaches below): too little to recover, so this shift is left out of the pooled claims. "
-        out.append(_claim(
-            f"the {c} signature patched into the clean fine-tuned model recovers the {c} fine-tune's gain on "
-            f"{c} code (share of the gain, alpha 1)",
-            v, share, rnd,
-            f"{why}control: matched-norm random direction; {c} fine-tune gain over theta_std {gain.format(3)} "
-            f"nats/token; {_seed_range(st, 'share', c)}",
-            rule=f"not reproduced unless the shift is learnt (its fine-tune's gain interval above {s['min_gain']:g}); "
-            "reproduced: the share's interval lies above 0.5 and above the random direction's; partly: above 0 and "
-            "the random direction's",
-        ))
-    return out
-
-
-def _pooled_claims(st: SignatureStudy, head: dict) -> list[Claim]:
-    s, shifts, tested = st.settings, st.settings["shifts"], st.settings["tested_shifts"]
-    amax = max(s["alphas"])
+        out.append(CLAIMS["recovery"](
+            learnt and share.low > 0.5 and rnd.high < share.low, learnt and share.low > 0 and rnd.high < share.low,
+            share, rnd, f"{why}control: matched-norm random direction; {c} fine-tune gain over theta_std "
+            f"{gain.format(3)} nats/token; {_seed_range(st, 'share', c)}", shift=c, min_gain=s["min_gain"]))
+    amax, t = max(s["alphas"]), bool(tested)
     cost, gain = head["clean_cost_alpha_max"], head["shift_gain_alpha_max"]
-    out = [_claim(
-        f"alpha trades clean for shifted performance (clean-loss increase at alpha {amax:g}, {_pooled(tested)})",
-        intervals.verdict(bool(tested) and cost.low > 0 and gain.low > 0, bool(tested) and (cost.low > 0 or gain.low > 0)),
-        cost, gain,
+    out.append(CLAIMS["alpha"](
+        t and cost.low > 0 and gain.low > 0, t and (cost.low > 0 or gain.low > 0), cost, gain,
         f"control column: the shifted-loss gain at alpha {amax:g}; clean-loss increase at alpha 1 "
         f"{head['clean_cost_alpha1'].format(3)}; {_per_shift(head, 'clean_cost_alpha_max', shifts, 3)}",
-        rule="reproduced: both intervals lie above 0; partly: one does",
-    )]
+        amax=amax, pooled=pooled))
     if "own_minus_other_gain" in head:
         d = head["own_minus_other_gain"]
-        out.append(_claim(
-            f"signatures are discriminative: a signature's gain on its own shift exceeds its gain on the other shifts "
-            f"(nats/token, {_pooled(tested)})",
-            intervals.verdict(bool(tested) and d.low > 0 and _each(head, "own_minus_other_gain", tested, lambda i: i.low > 0),
-                              bool(tested) and d.low > 0),
-            d, None, _per_shift(head, "own_minus_other_gain", shifts, 3),
-            rule="reproduced: the pooled interval and every tested shift's lie above 0; partly: the pooled one does",
-        ))
+        out.append(CLAIMS["discriminative"](
+            t and d.low > 0 and _each(head, "own_minus_other_gain", tested, lambda i: i.low > 0), t and d.low > 0, d,
+            None, _per_shift(head, "own_minus_other_gain", shifts, 3), pooled=pooled))
         for name, label in (("compose_sum_share", "by summation (alpha 1 each)"),
                             ("compose_mean_share", f"in the RWS code's alpha/N form (alpha 1/{len(shifts)} each)")):
             cs = head[name]
-            out.append(_claim(
-                f"signatures compose {label}: the sum keeps each shift's gain (share, {_pooled(tested)})",
-                intervals.verdict(bool(tested) and cs.low > 0.5 and _each(head, name, tested, lambda i: i.low > 0),
-                                  bool(tested) and cs.low > 0),
-                cs, None, _per_shift(head, name, shifts),
-                rule="reproduced: the pooled share's interval lies above 0.5 and every tested shift's above 0; "
-                "partly: the pooled one lies above 0",
-            ))
-    return out
+            out.append(CLAIMS[name](t and cs.low > 0.5 and _each(head, name, tested, lambda i: i.low > 0),
+                                    t and cs.low > 0, cs, None, _per_shift(head, name, shifts), label=label,
+                                    pooled=pooled))
+    return out + _transfer_claims(st, head) + [_storage_claim(st)]
 
 
 def _transfer_claims(st: SignatureStudy, head: dict) -> list[Claim]:
@@ -585,59 +559,39 @@ def _transfer_claims(st: SignatureStudy, head: dict) -> list[Claim]:
     tested, tested_t = s["tested_shifts"], s["tested_transfer_shifts"]
     if "transfer_share" in head:
         t, tr = head["transfer_share"], head["transfer_random_share"]
-        out.append(_claim(
-            f"signatures transfer across datasets: the stdlib signature patched into a model fine-tuned on "
-            f"{s['transfer']} recovers that corpus's shift fine-tune gain (share, {_pooled(tested_t)})",
-            intervals.verdict(bool(tested_t) and t.low > 0.5 and tr.high < t.low
-                              and _each(head, "transfer_share", tested_t, lambda i: i.low > 0),
-                              bool(tested_t) and t.low > 0 and tr.high < t.low),
-            t, tr,
+        out.append(CLAIMS["transfer"](
+            bool(tested_t) and t.low > 0.5 and tr.high < t.low
+            and _each(head, "transfer_share", tested_t, lambda i: i.low > 0),
+            bool(tested_t) and t.low > 0 and tr.high < t.low, t, tr,
             f"control: matched-norm random direction. {_per_shift(head, 'transfer_share', shifts)}; {s['transfer']} "
             f"fine-tune gains {_per_shift(head, 'transfer_finetune_gain', shifts, 3)}",
-            rule="reproduced: the pooled share's interval lies above 0.5 and the random direction's, and every tested "
-            "shift's above 0; partly: above 0 and the random direction's",
-        ))
+            corpus=s["transfer"], pooled=_pooled(tested_t)))
     if "backbone_retention" in head:
         r, g = head["backbone_retention"], head["backbone_gain"]
-        out.append(_claim(
-            "signatures survive a backbone update: gain on the clean model fine-tuned further, as a share of the gain "
-            f"on the original clean model ({_pooled(tested)})",
-            intervals.verdict(bool(tested) and r.low > 0.5 and _each(head, "backbone_gain", tested, lambda i: i.low > 0),
-                              bool(tested) and g.low > 0),
-            r, None,
+        out.append(CLAIMS["backbone"](
+            bool(tested) and r.low > 0.5 and _each(head, "backbone_gain", tested, lambda i: i.low > 0),
+            bool(tested) and g.low > 0, r, None,
             f"gain on the updated backbone {g.format(3)} nats/token; {_per_shift(head, 'backbone_retention', shifts)}",
-            rule="reproduced: the retention's interval lies above 0.5 and every tested shift's gain above 0; partly: "
-            "the pooled gain lies above 0",
-        ))
+            pooled=_pooled(tested)))
     if "shallow_minus_deep_share" in head:
         d = head["shallow_minus_deep_share"]
-        out.append(_claim(
-            f"the signature sits mostly in shallow layers: share recovered by layers {s['shallow_layers']} minus that "
-            f"by layers {s['deep_layers']} ({_pooled(tested)})",
-            intervals.verdict(bool(tested) and _each(head, "shallow_minus_deep_share", tested, lambda i: i.low > 0),
-                              bool(tested) and d.low > 0),
-            d, None,
+        out.append(CLAIMS["shallow"](
+            bool(tested) and _each(head, "shallow_minus_deep_share", tested, lambda i: i.low > 0),
+            bool(tested) and d.low > 0, d, None,
             f"{_per_shift(head, 'shallow_minus_deep_share', shifts)}; shallow half alone "
             f"{head['shallow_share'].format(2)}, deep half alone {head['deep_share'].format(2)}",
-            rule="reproduced: every tested shift's interval lies above 0; partly: the pooled one does",
-        ))
+            shallow=s["shallow_layers"], deep=s["deep_layers"], pooled=_pooled(tested)))
     return out
 
 
 def _storage_claim(st: SignatureStudy) -> Claim:
     s = st.storage
     best = max(s["ratio_full_to_signature_fp16"], s["ratio_full_to_shallow_fp16"])
-    return _claim(
-        "a signature is up to 13x smaller than a full weight copy (files on disk)",
-        intervals.verdict(best >= 13, best > 1), None, None,
+    return CLAIMS["storage"](
+        best >= 13, best > 1, None, None,
         f"full copy {s['full_copy_file_mib']:.2f} MiB; signature float32 {s['signature_file_mib']:.2f} MiB "
         f"({s['ratio_full_to_signature']:.1f}x), float16 {s['ratio_full_to_signature_fp16']:.1f}x, shallow half "
-        f"float16 {s['ratio_full_to_shallow_fp16']:.1f}x (no interval: one file each)",
-        rule="reproduced: the float16 signature (or its shallow half) is at least 13x smaller than the full copy; "
-        "partly: smaller",
-        paper="up to 13x smaller than a full weight copy",
-        source="Cai et al. (ICML 2023), abstract",
-    )
+        f"float16 {s['ratio_full_to_shallow_fp16']:.1f}x (no interval: one file each)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -659,22 +613,16 @@ KEY_NUMBERS = {
 def report(study: SignatureStudy):
     """The study as a :class:`codecircuits.report.Report`: the claims, a few key numbers, the alpha sweep, every
     measure, the depth profile and the storage."""
-    from ..report import Report
-
     s = study.settings
-    r = Report(
-        title=f"Weight signatures of code shifts on {study.model}",
-        subtitle=f"shifts: {', '.join(s['shifts'])}; {len(s['seeds'])} seeds of {s['steps']} fine-tuning steps of "
+    r = study.open_report(
+        f"Weight signatures of code shifts on {study.model}",
+        f"shifts: {', '.join(s['shifts'])}; {len(s['seeds'])} seeds of {s['steps']} fine-tuning steps of "
         f"{s['batch_size']}x{s['seq_len']} tokens on the {s['kind']} weights ({s['trained_params'] / 1e6:.2f}M "
         f"parameters); {s['eval_docs']} held-out documents",
+        labels=KEY_NUMBERS,
+        claims_text=PAPER + " Intervals: 95% bootstrap over held-out documents, per-document losses averaged over the "
+        "seeds.",
     )
-    r.section("Claims and verdicts", text=PAPER + " Intervals: 95% bootstrap over held-out documents, per-document "
-              "losses averaged over the seeds.")
-    r.claims(list(study.claims))
-    metrics = study.metrics()
-    key = {k: metrics[k] for k in KEY_NUMBERS if k in metrics}
-    r.section("Key numbers")
-    r.metrics(key, labels={k: KEY_NUMBERS[k] for k in key})
     r.section("Clean versus shifted loss across alpha",
               text="theta_std + alpha x signature (alpha 0 = the clean fine-tuned model), mean over seeds.")
     for c in s["shifts"]:
@@ -688,7 +636,7 @@ def report(study: SignatureStudy):
         )
     r.section("Every measure", text="Pooled over the tested shifts (a measure without a shift), or per shift "
               "(\"measure:shift\"); seeds averaged.")
-    r.metrics({k: v for k, v in metrics.items() if k not in key})
+    r.metrics({k: v for k, v in study.metrics().items() if k not in r.metric_keys})
     hl = pd.DataFrame([{"measure": k, **v.to_json()} for k, v in study.headline.items()])
     r.table(hl.round(4), caption="every measure: pooled over seeds (and over shifts where no shift is named)")
     r.table(study.per_seed.round(4), caption="per seed")
@@ -703,8 +651,7 @@ def report(study: SignatureStudy):
     r.table(p.round(5), caption="norm and cosine profile by layer")
     r.section("Storage", text="safetensors files on disk: a full copy of the weights against the signature.")
     r.table(pd.DataFrame([study.storage]).round(3), caption="sizes in MiB")
-    r.data(study.to_json(), name="results")
-    return r
+    return study.close_report(r)
 
 
 __all__ = ["SHIFTS", "SignatureConfig", "SignatureStudy", "claims_of", "code_snippets", "run", "shifted_texts"]

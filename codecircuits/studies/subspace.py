@@ -31,14 +31,10 @@ Each step is a function of the config and what the earlier steps made: :func:`bu
 :func:`sweep_and_choose`, :func:`check_hooks`, :func:`run_controls`, :func:`run_edits`.
 """
 
-
 from __future__ import annotations
 
-import contextlib
-import functools
 import random
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -49,7 +45,7 @@ from ..core.inputs import single_token_id
 from ..core.sites import hook_name
 from ..errors import InputError
 from ..tasks import parens
-from .common import Study, configure, json_safe, model_name, setting
+from .common import Study, claim_specs, configure, json_safe, model_name, result, setting, timed
 
 # Held-out templates: the paper's comment line reworded; the code line is the paper's.
 TEMPLATES = {
@@ -95,21 +91,22 @@ class SubspaceConfig:
 class SubspaceStudy(Study):
     """Everything a study run measured; :meth:`to_json` has every number, :meth:`report` the HTML."""
 
-    model_name: str
-    config: SubspaceConfig
-    accuracy: dict  # template -> {value: accuracy of the clean model}
-    n_pairs: dict  # "train" / "test" -> number of pairs
-    test_groups: dict  # group -> number of held-out pairs
-    sweep: dict  # "resid" / "mlp" -> [layer] full-patch FLDD
-    choice: dict  # role -> hook name, with why
-    checks: dict  # hook -> IllusionReport
-    by_group: dict  # hook -> group -> {object: FLDD}
-    examples: list  # a few pairs
-    timings: dict = field(default_factory=dict)
-    roles: dict = field(default_factory=dict)  # "causal" / "quiet" / "resid" -> hook
-    controls: dict = field(default_factory=dict)  # "probe" / "planted" -> IllusionReport
-    edits: dict = field(default_factory=dict)  # rule -> EditResult
-    claims: list = field(default_factory=list)  # intervals.Claim rows
+    model_name: str = result(key="model")
+    config: SubspaceConfig = result()
+    accuracy: dict = result()  # template -> {value: accuracy of the clean model}
+    n_pairs: dict = result()  # "train" / "test" -> number of pairs
+    test_groups: dict = result()  # group -> number of held-out pairs
+    sweep: dict = result()  # "resid" / "mlp" -> [layer] full-patch FLDD
+    choice: dict = result()  # role -> hook name, with why
+    checks: dict = result()  # hook -> IllusionReport
+    by_group: dict = result()  # hook -> group -> {object: FLDD}
+    examples: list = result()  # a few pairs
+    timings: dict = result(default_factory=dict)
+    roles: dict = result(default_factory=dict)  # "causal" / "quiet" / "resid" -> hook
+    controls: dict = result(default_factory=dict)  # "probe" / "planted" -> IllusionReport
+    edits: dict = result(default_factory=dict, json=lambda d: {k: e.summary() for k, e in d.items()})  # EditResults
+    claims: list = result(default_factory=list)  # intervals.Claim rows
+    JSON_DIGITS = None
 
     def verdicts(self) -> dict[str, str]:
         return {h: r.verdict for h, r in self.checks.items()}
@@ -120,29 +117,6 @@ class SubspaceStudy(Study):
         for h, rep in self.checks.items():
             m.update(_hook_metrics(h, rep))
         return m
-
-    def to_json(self) -> dict:
-        return json_safe(
-            dict(
-                model=self.model_name,
-                config=asdict(self.config),
-                accuracy=self.accuracy,
-                n_pairs=self.n_pairs,
-                test_groups=self.test_groups,
-                sweep=self.sweep,
-                choice=self.choice,
-                checks={h: r.to_dict() for h, r in self.checks.items()},
-                roles=self.roles,
-                controls={k: r.to_dict() for k, r in self.controls.items()},
-                edits={k: e.summary() for k, e in self.edits.items()},
-                claims=[c.to_json() for c in self.claims],
-                by_group=self.by_group,
-                examples=self.examples,
-                timings=self.timings,
-                metrics=self.metrics(),
-            ),
-            digits=None,
-        )
 
     def report(self, model=None):
         return _report(self)
@@ -283,17 +257,10 @@ def check_hooks(model, config: SubspaceConfig, train, test, choice: dict, timing
     each report's FLDD per held-out template; the seconds of each go to ``timings``."""
     checks, by_group = {}, {}
     for role, c in choice.items():
-        with _timed(timings, f"{role}_s"):
+        with timed(timings, f"{role}_s"):
             rep = sub.illusion_checks(
-                model,
-                train,
-                test,
-                c["hook"],
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                seeds=tuple(config.seeds),
-                progress=progress,
+                model, train, test, c["hook"], epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                seeds=tuple(config.seeds), progress=progress,
             )
             checks[c["hook"]] = rep
             by_group[c["hook"]] = rep.fldd_by_group(test.groups)
@@ -322,31 +289,24 @@ def run_edits(model, train, test, checks: dict, roles: dict, *, progress: bool =
     return {"prompt": prompt, "covariance": cov}
 
 
-@contextlib.contextmanager
-def _timed(timings: dict, key: str):
-    t0 = time.perf_counter()
-    yield
-    timings[key] = time.perf_counter() - t0
-
-
 def run(model, config: SubspaceConfig | None = None, *, progress: bool = True, **overrides) -> SubspaceStudy:
     """Run the study on ``model`` (see the module docstring). ``config`` defaults to :class:`SubspaceConfig`;
     keyword ``overrides`` change single settings."""
     config = configure(SubspaceConfig, config, overrides)
     timings: dict[str, float] = {}
-    with _timed(timings, "data_s"):
+    with timed(timings, "data_s"):
         train, test, accuracy = build_pairs(model, config, progress=progress)
-    with _timed(timings, "sweep_s"):
+    with timed(timings, "sweep_s"):
         sweep, choice = sweep_and_choose(model, config, train, progress=progress)
     checks, by_group = check_hooks(model, config, train, test, choice, timings, progress=progress)
     roles = _roles(choice, checks)
     controls: dict = {}
     edits: dict = {}
     if config.controls:
-        with _timed(timings, "controls_s"):
+        with timed(timings, "controls_s"):
             controls = run_controls(model, train, test, checks, roles, progress=progress)
     if config.edit:
-        with _timed(timings, "edit_s"):
+        with timed(timings, "edit_s"):
             edits = run_edits(model, train, test, checks, roles, progress=progress)
     groups: dict[str, int] = {}
     for g in test.groups:
@@ -413,23 +373,17 @@ def _report(s: SubspaceStudy):
     """The study as a :class:`codecircuits.report.Report`: the claims, the key numbers (the pairs, and each hook's
     full-component and DAS patches), then the pairs, the sweep, the verdicts, the controls and one section per
     hook."""
-    from ..report import Report
-
     v0, v1 = s.config.values
-    r = Report(
-        title=f"Subspace patching and its illusion on {s.model_name}",
-        subtitle=f"feature: {v0} vs {v1} open parentheses at the end of the prompt (answer {')' * v0} vs {')' * v1})",
-    )
-    if s.claims:
-        r.section("Claims and verdicts")
-        r.claims(s.claims, caption="claims and verdicts (95% bootstrap intervals over held-out pairs or prompts)")
-    metrics, labels = s.metrics(), {"train_pairs": "training pairs", "test_pairs": "held-out pairs"}
+    labels = {"train_pairs": "training pairs", "test_pairs": "held-out pairs"}
     for h in list(s.checks)[:3]:
         key = h.replace(".", "_")
         labels[f"{key}_fldd_full"] = f"FLDD %, whole component at {h} (held-out)"
         labels[f"{key}_fldd_das_test"] = f"FLDD %, DAS direction at {h} (held-out)"
-    r.section("Key numbers")
-    r.metrics({k: metrics[k] for k in labels}, labels=labels)
+    r = s.open_report(
+        f"Subspace patching and its illusion on {s.model_name}",
+        f"feature: {v0} vs {v1} open parentheses at the end of the prompt (answer {')' * v0} vs {')' * v1})",
+        labels=labels, claims_text="95% bootstrap intervals over held-out pairs or prompts.",
+    )
     r.section(
         "The feature and the pairs",
         text="Each pair is a base and a source prompt with a different number of open parens (and a different number). "
@@ -450,11 +404,8 @@ def _report(s: SubspaceStudy):
         "stream and MLP hook_post. The locations below were chosen from this sweep.",
     )
     r.line_chart(
-        x=list(range(len(s.sweep["resid"]))),
-        series={"resid_post": s.sweep["resid"], "mlp hook_post": s.sweep["mlp"]},
-        title="FLDD (%) of full-component patches",
-        x_title="layer",
-        y_title="FLDD %",
+        x=list(range(len(s.sweep["resid"]))), series={"resid_post": s.sweep["resid"], "mlp hook_post": s.sweep["mlp"]},
+        title="FLDD (%) of full-component patches", x_title="layer", y_title="FLDD %",
     )
     r.table([{"role": k, **v} for k, v in s.choice.items()], caption="chosen locations")
 
@@ -516,8 +467,7 @@ def _report(s: SubspaceStudy):
         r.table([e.summary() for e in s.edits.values()], caption="edit vs patch on the held-out pairs")
     for h, rep in s.checks.items():
         _hook_section(r, s, h, rep, shown=set(labels))
-    r.data(s.to_json(), "results")
-    return r
+    return s.close_report(r)
 
 
 def _hook_section(r, s: SubspaceStudy, h: str, rep: sub.IllusionReport, shown: set) -> None:
@@ -540,19 +490,13 @@ def _hook_section(r, s: SubspaceStudy, h: str, rep: sub.IllusionReport, shown: s
     r.line_chart(x=x, series=series, title="clean projections on v", x_title="projection", y_title="prompts")
     if "v_row" in rep.separation:
         x, series = _hist(rep.separation["v_row"])
-        r.line_chart(
-            x=x, series=series, title="clean projections on v_row", x_title="projection", y_title="prompts"
-        )
+        r.line_chart(x=x, series=series, title="clean projections on v_row", x_title="projection", y_title="prompts")
     r.table(
-        [{"group": g, **d} for g, d in s.by_group[h].items()],
-        caption="FLDD (%) of each patch per held-out template",
+        [{"group": g, **d} for g, d in s.by_group[h].items()], caption="FLDD (%) of each patch per held-out template"
     )
     r.line_chart(
-        x=list(range(1, len(rep.direction.losses) + 1)),
-        series={"loss": list(rep.direction.losses)},
-        title="DAS training loss",
-        x_title="epoch",
-        y_title="cross-entropy",
+        x=list(range(1, len(rep.direction.losses) + 1)), series={"loss": list(rep.direction.losses)},
+        title="DAS training loss", x_title="epoch", y_title="cross-entropy",
     )
 
 
@@ -562,7 +506,39 @@ COMMAND = "codecircuits subspace --model smollm2-135m"
 #: where the paper's numbers come from (METHODS §5 quotes them)
 TABLE_1 = "Makelov et al., Table 1 (GPT-2 small IOI)"
 NOTEBOOK = "the authors' IOI analysis notebook (METHODS §5)"
-_claim = functools.partial(intervals.Claim, command=COMMAND)
+CLAIMS = claim_specs(
+    COMMAND, TABLE_1,
+    quiet=("a DAS direction at a quiet MLP ({hook}) moves the output while patching the whole MLP does not (paper, "
+           "MLP8: FLDD 46.7% vs -8%)",
+           "reproduced: on every seed the full MLP's interval lies below {quiet:g} and the DAS direction's above it "
+           "(with an effect); partly: on some seeds", "MLP8: FLDD 46.7% (DAS) vs -8% (full MLP)"),
+    dormant=("its effect comes through a dormant rowspace part: the rowspace-only patch loses most of it (paper: keeps "
+             "13.5/46.7 = 29%)",
+             "reproduced: every seed's verdict is illusion; partly: some seed's is, or its fraction's interval lies "
+             "below {fraction:g}", "the rowspace-only patch keeps 13.5/46.7 = 29%"),
+    null_norm=("the DAS direction at the quiet MLP has a large nullspace part (paper: |v_null| 0.657, |v_row| 0.753)",
+               "reproduced: every seed's |v_null| at least a random unit vector's 2.5% quantile; partly: at least 0.5",
+               "|v_null| 0.657, |v_row| 0.753", NOTEBOOK),
+    null_patch=("the nullspace part alone does nothing (paper: 0%)",
+                "reproduced: the interval lies within (-1, 1) FLDD points", "0%", NOTEBOOK),
+    resid=("a DAS direction in the residual stream ({hook}) is faithful and does more than the full residual patch "
+           "(paper: 140.7% vs 123.6%)",
+           "reproduced: every seed is faithful and above the full patch's interval; partly: every seed is faithful",
+           "FLDD 140.7% (DAS) vs 123.6% (full residual)"),
+    flips=("DAS at the quiet MLP flips the answer less often than DAS in the residual stream (paper interchange "
+           "accuracy 4.2% vs 74.8%)",
+           "reproduced: the quiet MLP's interval lies below the residual stream's lower end; partly: its estimate is "
+           "lower", "interchange accuracy 4.2% vs 74.8%"),
+    probe=("positive control: at the MLP whose full patch carries the count ({hook}), the checks call a linear probe's "
+           "direction, and the DAS directions, faithful",
+           "reproduced: the probe's direction and every DAS seed are called faithful; partly: one of the two"),
+    planted=("negative control: the checks call a planted illusion at {hook} an illusion",
+             "reproduced: the planted direction's verdict is illusion"),
+    edit=("the 1-D patch at {hook} equals a rank-1 edit of W_out (paper: patch = edit W_out + b a^T)",
+          "reproduced: the edited model's largest |logit difference| from the patch and that of the MLP output are "
+          "below 1e-3; partly: the MLP output's is", "patch = edit W_out + b a^T",
+          "Makelov et al., the rank-1 link (METHODS §5)"),
+)
 
 
 def _seed_range(values: list[float]) -> intervals.Interval:
@@ -570,218 +546,106 @@ def _seed_range(values: list[float]) -> intervals.Interval:
     return intervals.Interval(float(values[0]), float(min(values)), float(max(values)), len(values))
 
 
-def _verdict_over_seeds(hits: list[bool]) -> str:
-    return intervals.verdict(all(hits), any(hits))
-
-
 def study_claims(s: SubspaceStudy) -> list[intervals.Claim]:
     """The claim -> verdict rows of the study (Makelov et al.'s Table 1 and checks, and the controls), each with
     the interval it rests on and its control. Verdicts that need every DAS seed say so in the detail."""
-    return [*_quiet_mlp_claims(s), *_resid_claims(s), *_control_claims(s), *_edit_claims(s)]
+    return [*_quiet_mlp_claims(s), *_resid_claims(s), *_control_claims(s)]
 
 
 def _quiet_mlp_claims(s: SubspaceStudy) -> list[intervals.Claim]:
     """At the quiet MLP: the DAS direction beats the full patch, through a dormant rowspace part."""
-    roles = s.roles
-    claims: list[intervals.Claim] = []
-    if "quiet" not in roles:
-        return claims
-    q = s.checks[roles["quiet"]]
+    if "quiet" not in s.roles:
+        return []
+    q, rule = s.checks[s.roles["quiet"]], sub.RULE
     das, full, rand = (q.patches[k].fldd_interval for k in ("das/test", "full/test", "random/test"))
     exceeds = [c.flags.get("exceeds_component", False) and c.verdict != "no effect" for c in q.seeds]
-    claims.append(
-        _claim(
-            f"a DAS direction at a quiet MLP ({q.hook_name}) moves the output while patching the whole MLP "
-            "does not (paper, MLP8: FLDD 46.7% vs -8%)",
-            _verdict_over_seeds(exceeds),
-            das,
-            rand,
-            detail=f"FLDD %; full MLP {full.format(1)}; DAS per seed "
-            + ", ".join(f"{c.patches['das/test'].fldd:.1f}" for c in q.seeds)
-            + f"; {sum(exceeds)}/{len(exceeds)} seeds exceed the full patch (rule: full CI below "
-            f"{sub.RULE.quiet_full:g}, DAS CI above it); control: a random unit direction",
-            rule=f"reproduced: on every seed the full MLP's interval lies below {sub.RULE.quiet_full:g} and the DAS "
-            "direction's above it (with an effect); partly: on some seeds",
-            paper="MLP8: FLDD 46.7% (DAS) vs -8% (full MLP)",
-            source=TABLE_1,
-        )
-    )
+    claims = [CLAIMS["quiet"](
+        all(exceeds), any(exceeds), das, rand,
+        f"FLDD %; full MLP {full.format(1)}; DAS per seed "
+        + ", ".join(f"{c.patches['das/test'].fldd:.1f}" for c in q.seeds)
+        + f"; {sum(exceeds)}/{len(exceeds)} seeds exceed the full patch (rule: full CI below {rule.quiet_full:g}, "
+        "DAS CI above it); control: a random unit direction", hook=q.hook_name, quiet=rule.quiet_full)]
     if q.fraction is not None:
-        rand_frac = sub.rowspace_fraction(q.patches["das/test"], q.patches["random_rowspace/test"])
         dormant = [c.verdict == "illusion" for c in q.seeds]
-        loses = [c.fraction is not None and c.fraction.below(sub.RULE.min_fraction) for c in q.seeds]
-        claims.append(
-            _claim(
-                "its effect comes through a dormant rowspace part: the rowspace-only patch loses most of it "
-                "(paper: keeps 13.5/46.7 = 29%)",
-                intervals.verdict(all(dormant), any(dormant) or any(loses)),
-                q.fraction,
-                rand_frac,
-                detail="share of the DAS effect the rowspace-only patch keeps, per seed "
+        loses = [c.fraction is not None and c.fraction.below(rule.min_fraction) for c in q.seeds]
+        nulls, b = [c.null_norm for c in q.seeds], q.norm_baseline
+        null = q.patches["nullspace/test"].fldd_interval
+        claims += [
+            CLAIMS["dormant"](
+                all(dormant), any(dormant) or any(loses), q.fraction,
+                sub.rowspace_fraction(q.patches["das/test"], q.patches["random_rowspace/test"]),
+                "share of the DAS effect the rowspace-only patch keeps, per seed "
                 + ", ".join(f"{c.fraction.format()}" for c in q.seeds if c.fraction)
                 + "; Cohen's d along v_row per seed "
                 + ", ".join(f"{c.separation['v_row'].cohens_d_interval.format(1)}" for c in q.seeds)
-                + f"; verdicts {', '.join(q.verdicts)} (illusion = fraction CI below {sub.RULE.min_fraction:g} "
-                f"or d CI along v_row below {sub.RULE.min_cohens_d:g}); control: a random rowspace direction's "
-                "share",
-                rule=f"reproduced: every seed's verdict is illusion; partly: some seed's is, or its fraction's "
-                f"interval lies below {sub.RULE.min_fraction:g}",
-                paper="the rowspace-only patch keeps 13.5/46.7 = 29%",
-                source=TABLE_1,
-            )
-        )
-        nulls = [c.null_norm for c in q.seeds]
-        b = q.norm_baseline
-        as_random = min(nulls) >= b.null_low
-        claims.append(
-            _claim(
-                "the DAS direction at the quiet MLP has a large nullspace part (paper: |v_null| 0.657, "
-                "|v_row| 0.753)",
-                intervals.verdict(as_random, min(nulls) >= 0.5),
-                _seed_range(nulls),
-                b.null_interval(),
-                detail="|v_null| of seed 0 [min, max over seeds]; |v_row| per seed "
+                + f"; verdicts {', '.join(q.verdicts)} (illusion = fraction CI below {rule.min_fraction:g} or d CI "
+                f"along v_row below {rule.min_cohens_d:g}); control: a random rowspace direction's share",
+                fraction=rule.min_fraction),
+            CLAIMS["null_norm"](
+                min(nulls) >= b.null_low, min(nulls) >= 0.5, _seed_range(nulls), b.null_interval(),
+                "|v_null| of seed 0 [min, max over seeds]; |v_row| per seed "
                 + ", ".join(f"{c.row_norm:.2f}" for c in q.seeds)
                 + f"; control: {b.n} random unit vectors (mean [95% range]), |v_row| {b.row_mean:.2f} "
-                f"[{b.row_low:.2f}, {b.row_high:.2f}]; partly = at least 0.5 but less than a random vector's",
-                rule="reproduced: every seed's |v_null| at least a random unit vector's 2.5% quantile; partly: at "
-                "least 0.5",
-                paper="|v_null| 0.657, |v_row| 0.753",
-                source=NOTEBOOK,
-            )
-        )
-        null = q.patches["nullspace/test"].fldd_interval
-        claims.append(
-            _claim(
-                "the nullspace part alone does nothing (paper: 0%)",
-                intervals.verdict(max(abs(null.low), abs(null.high)) < 1.0),
-                null,
-                rand,
-                detail="FLDD % of the patch along v_null/|v_null|; W_out maps it to zero",
-                rule="reproduced: the interval lies within (-1, 1) FLDD points",
-                paper="0%",
-                source=NOTEBOOK,
-            )
-        )
+                f"[{b.row_low:.2f}, {b.row_high:.2f}]; partly = at least 0.5 but less than a random vector's"),
+            CLAIMS["null_patch"](max(abs(null.low), abs(null.high)) < 1.0, False, null, rand,
+                                 "FLDD % of the patch along v_null/|v_null|; W_out maps it to zero"),
+        ]
     return claims
 
 
 def _resid_claims(s: SubspaceStudy) -> list[intervals.Claim]:
     """In the residual stream: the DAS direction is faithful, and flips more answers than the quiet MLP's."""
-    roles = s.roles
-    claims: list[intervals.Claim] = []
-    if "resid" not in roles:
-        return claims
-    r = s.checks[roles["resid"]]
+    if "resid" not in s.roles:
+        return []
+    r = s.checks[s.roles["resid"]]
     das, full, rand = (r.patches[k].fldd_interval for k in ("das/test", "full/test", "random/test"))
     faithful = [c.verdict == "faithful" for c in r.seeds]
     beats = [c.patches["das/test"].fldd_interval.above(full.high) for c in r.seeds]
-    claims.append(
-        _claim(
-            f"a DAS direction in the residual stream ({r.hook_name}) is faithful and does more than the full "
-            "residual patch (paper: 140.7% vs 123.6%)",
-            intervals.verdict(all(faithful) and all(beats), all(faithful)),
-            das,
-            rand,
-            detail=f"FLDD %; full residual {full.format(1)}; verdicts per seed {', '.join(r.verdicts)}; "
-            f"{sum(beats)}/{len(beats)} seeds above the full patch's interval; control: a random direction",
-            rule="reproduced: every seed is faithful and above the full patch's interval; partly: every seed is "
-            "faithful",
-            paper="FLDD 140.7% (DAS) vs 123.6% (full residual)",
-            source=TABLE_1,
-        )
-    )
-    if "quiet" in roles:
-        q = s.checks[roles["quiet"]]
-        qa = q.patches["das/test"].accuracy_vocab_interval
-        ra = r.patches["das/test"].accuracy_vocab_interval
-        claims.append(
-            _claim(
-                "DAS at the quiet MLP flips the answer less often than DAS in the residual stream (paper "
-                "interchange accuracy 4.2% vs 74.8%)",
-                intervals.verdict(qa.below(ra.low), qa.estimate < ra.estimate),
-                qa,
-                ra,
-                detail="interchange accuracy, argmax over the whole vocabulary (quiet MLP | control column: "
-                f"residual stream); over the two answer tokens only: "
-                f"{q.patches['das/test'].accuracy_interval.format()} vs "
-                f"{r.patches['das/test'].accuracy_interval.format()}",
-                rule="reproduced: the quiet MLP's interval lies below the residual stream's lower end; partly: "
-                "its estimate is lower",
-                paper="interchange accuracy 4.2% vs 74.8%",
-                source=TABLE_1,
-            )
-        )
+    claims = [CLAIMS["resid"](
+        all(faithful) and all(beats), all(faithful), das, rand,
+        f"FLDD %; full residual {full.format(1)}; verdicts per seed {', '.join(r.verdicts)}; {sum(beats)}/{len(beats)} "
+        "seeds above the full patch's interval; control: a random direction", hook=r.hook_name)]
+    if "quiet" in s.roles:
+        q = s.checks[s.roles["quiet"]]
+        qa, ra = q.patches["das/test"].accuracy_vocab_interval, r.patches["das/test"].accuracy_vocab_interval
+        claims.append(CLAIMS["flips"](
+            qa.below(ra.low), qa.estimate < ra.estimate, qa, ra,
+            "interchange accuracy, argmax over the whole vocabulary (quiet MLP | control column: residual stream); "
+            f"over the two answer tokens only: {q.patches['das/test'].accuracy_interval.format()} vs "
+            f"{r.patches['das/test'].accuracy_interval.format()}"))
     return claims
 
 
 def _control_claims(s: SubspaceStudy) -> list[intervals.Claim]:
-    """The controls with known answers: the probe's direction (faithful) and the planted illusion (illusion)."""
-    claims: list[intervals.Claim] = []
+    """The controls with known answers (the probe's direction: faithful; the planted illusion: illusion), and the
+    patch at the quiet MLP equal to a rank-1 edit of W_out."""
+    claims = []
     if "probe" in s.controls:
-        p = s.controls["probe"]
-        c = s.checks[s.roles["causal"]]
-        full = p.patches["full/test"].fldd_interval
+        p, c = s.controls["probe"], s.checks[s.roles["causal"]]
         ok = [p.verdict == "faithful", all(v == "faithful" for v in c.verdicts)]
-        claims.append(
-            _claim(
-                f"positive control: at the MLP whose full patch carries the count ({p.hook_name}), the checks call "
-                "a linear probe's direction, and the DAS directions, faithful",
-                intervals.verdict(all(ok), any(ok)),
-                p.patches["das/test"].fldd_interval,
-                p.patches["random/test"].fldd_interval,
-                detail=f"FLDD % of the probe direction (class-mean difference fitted on the training prompts); "
-                f"full MLP {full.format(1)}; probe: {p.verdict}, d along v_row "
-                f"{p.separation['v_row'].cohens_d_interval.format(1)}, rowspace share {p.fraction.format()}; "
-                f"DAS per seed: {', '.join(c.verdicts)}",
-                rule="reproduced: the probe's direction and every DAS seed are called faithful; partly: one of the two",
-            )
-        )
+        claims.append(CLAIMS["probe"](
+            all(ok), any(ok), p.patches["das/test"].fldd_interval, p.patches["random/test"].fldd_interval,
+            f"FLDD % of the probe direction (class-mean difference fitted on the training prompts); full MLP "
+            f"{p.patches['full/test'].fldd_interval.format(1)}; probe: {p.verdict}, d along v_row "
+            f"{p.separation['v_row'].cohens_d_interval.format(1)}, rowspace share {p.fraction.format()}; DAS per seed: "
+            f"{', '.join(c.verdicts)}", hook=p.hook_name))
     if "planted" in s.controls:
         p = s.controls["planted"]
-        claims.append(
-            _claim(
-                f"negative control: the checks call a planted illusion at {p.hook_name} an illusion",
-                intervals.verdict(p.verdict == "illusion"),
-                p.patches["das/test"].fldd_interval,
-                p.patches["random/test"].fldd_interval,
-                detail=f"FLDD % of the planted direction (nullspace part of the class-mean difference + a dormant "
-                f"rowspace direction); verdict {p.verdict}; rowspace share {p.fraction.format()}; d along v_row "
-                f"{p.separation['v_row'].cohens_d_interval.format(1)}",
-                rule="reproduced: the planted direction's verdict is illusion",
-            )
-        )
-    return claims
-
-
-def _edit_claims(s: SubspaceStudy) -> list[intervals.Claim]:
-    """The patch at the quiet MLP equals a rank-1 edit of W_out."""
-    claims: list[intervals.Claim] = []
-    if "prompt" not in s.edits:
-        return claims
-    e, cov = s.edits["prompt"], s.edits.get("covariance")
-    exact = float(e.max_logit_diff.max()) < 1e-3 and float(e.mlp_out_diff.max()) < 1e-3
-    detail = (
-        f"FLDD % of the edited model (key b orthogonal to the prompt's other positions) | control column: the "
-        f"subspace patch; largest |logit difference| edit vs patch over the vocabulary "
-        f"{float(e.max_logit_diff.max()):.1e}, of the MLP output {float(e.mlp_out_diff.max()):.1e}"
-    )
-    if cov is not None:
-        detail += (
-            f"; the paper's key b = S+w/(wTS+w): FLDD {cov.fldd_edit.format(1)}, edit minus patch "
-            f"{cov.fldd_difference.format(1)}, largest |logit difference| {float(cov.max_logit_diff.max()):.2f}"
-        )
-    claims.append(
-        _claim(
-            f"the 1-D patch at {e.hook_name} equals a rank-1 edit of W_out (paper: patch = edit W_out + b a^T)",
-            intervals.verdict(exact, float(e.mlp_out_diff.max()) < 1e-3),
-            e.fldd_edit,
-            e.fldd_patch,
-            detail=detail,
-            rule="reproduced: the edited model's largest |logit difference| from the patch and that of the MLP "
-            "output are below 1e-3; partly: the MLP output's is",
-            paper="patch = edit W_out + b a^T",
-            source="Makelov et al., the rank-1 link (METHODS §5)",
-        )
-    )
+        claims.append(CLAIMS["planted"](
+            p.verdict == "illusion", False, p.patches["das/test"].fldd_interval, p.patches["random/test"].fldd_interval,
+            f"FLDD % of the planted direction (nullspace part of the class-mean difference + a dormant rowspace "
+            f"direction); verdict {p.verdict}; rowspace share {p.fraction.format()}; d along v_row "
+            f"{p.separation['v_row'].cohens_d_interval.format(1)}", hook=p.hook_name))
+    if "prompt" in s.edits:
+        e, cov = s.edits["prompt"], s.edits.get("covariance")
+        detail = (f"FLDD % of the edited model (key b orthogonal to the prompt's other positions) | control column: "
+                  f"the subspace patch; largest |logit difference| edit vs patch over the vocabulary "
+                  f"{float(e.max_logit_diff.max()):.1e}, of the MLP output {float(e.mlp_out_diff.max()):.1e}")
+        if cov is not None:
+            detail += (f"; the paper's key b = S+w/(wTS+w): FLDD {cov.fldd_edit.format(1)}, edit minus patch "
+                       f"{cov.fldd_difference.format(1)}, largest |logit difference| "
+                       f"{float(cov.max_logit_diff.max()):.2f}")
+        exact = float(e.max_logit_diff.max()) < 1e-3 and float(e.mlp_out_diff.max()) < 1e-3
+        claims.append(CLAIMS["edit"](exact, float(e.mlp_out_diff.max()) < 1e-3, e.fldd_edit, e.fldd_patch, detail,
+                                     hook=e.hook_name))
     return claims
