@@ -7,7 +7,8 @@ circuit-tracer cannot be installed beside TransformerLens 4 (it needs ``HookedTr
     CT/bin/python scripts/circuit_tracer_check.py theirs OUT   # in circuit-tracer's (see below)
     python scripts/circuit_tracer_check.py compare OUT
 
-``ours`` writes into OUT a random ReLU transcoder set in circuit-tracer's layout (``--features`` per layer), a copy of
+``ours`` writes into OUT a random ReLU transcoder set in circuit-tracer's layout (``--features`` per layer, firing on
+about 2% of tokens, encoders for the model's own MLP input: the norm's weight unfolded), a copy of
 the default model's directory that transformers 4.57 reads (``rope_theta`` at the top level, ``torch_dtype``, a
 ``PreTrainedTokenizerFast`` tokenizer class), the prompt's tokens with the BOS token circuit-tracer always puts first,
 and our graph of those tokens (features at position 0 excluded, as circuit-tracer zeroes them; every active feature
@@ -39,7 +40,7 @@ def ours(out: Path, features: int) -> None:
     from codecircuits import load_model
     from codecircuits.graphs import attribute
     from codecircuits.models.cache import model_cache_dir
-    from codecircuits.transcoders import random_transcoders
+    from codecircuits.transcoders import load_transcoders, random_transcoders
 
     out.mkdir(parents=True, exist_ok=True)
     model = load_model("smollm2-135m", device="cpu")
@@ -54,8 +55,9 @@ def ours(out: Path, features: int) -> None:
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1))
 
-    transcoders = random_transcoders(model, features, activation="relu", seed=0, density=0.02)
-    transcoders.save(out / "transcoders")
+    if not (out / "transcoders" / "config.yaml").exists():  # written for the model's own MLP input, as circuit-tracer reads it
+        random_transcoders(model, features, activation="relu", seed=0, density=0.02).save(out / "transcoders", model=model)
+    transcoders = load_transcoders(out / "transcoders")  # the same files circuit-tracer reads (norm weights folded in here)
     bos = model.tokenizer.bos_token_id
     tokens = torch.tensor([[bos] + model.to_tokens(PROMPT, prepend_bos=False)[0].tolist()])
     t0 = time.perf_counter()

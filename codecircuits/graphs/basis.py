@@ -136,7 +136,10 @@ class TranscoderBasis(Basis):
         return self.transcoders.layers
 
     def check(self, model) -> None:
+        """Fits the model (:meth:`TranscoderSet.check_model`), and reads the bridge's MLP input: a set trained on
+        the model's own activations gets its norm weights folded in (:meth:`TranscoderSet.for_model`)."""
         self.transcoders.check_model(model)
+        self.transcoders = self.transcoders.for_model(model)
 
     def decoder(self, model, layer):
         return self.transcoders[layer].W_dec.detach()

@@ -52,6 +52,7 @@ def linearised_inputs(model, graph: Graph, basis, factors: torch.Tensor, *, stat
     """Every node's input (``[k, n_nodes]``, NaN for error and token nodes) in the linearised model with source node
     ``s`` scaled by ``factors[i, s]`` in run ``i`` (``factors`` is ``[k, n_nodes]``; 1 everywhere is the prompt)."""
     basis = as_basis(basis)
+    basis.check(model)
     tokens = torch.tensor([graph.tokens], device=model.cfg.device)
     cache, decomposition = state or _state(model, tokens, basis, graph)
     k, n_pos, wd = factors.shape[0], graph.n_pos, work_dtype(model)
@@ -116,6 +117,7 @@ def check_edges(model, graph: Graph, basis, *, sources=None, n_sources: int = 6,
     in the linearised model and compare the change of every node's input with minus its column of the adjacency;
     zero every node to get the constant part and compare each row's sum with the node's input."""
     basis = as_basis(basis)
+    basis.check(model)
     tokens = torch.tensor([graph.tokens])
     state = _state(model, tokens, basis, graph)
     if sources is None:
@@ -170,6 +172,7 @@ def measured_effects(model, graph: Graph, basis, nodes: list[int], target: int =
     from its MLP's output (its activation times its decoder row, times ``fraction``, subtracted) in the real model;
     with ``frozen``, attention patterns and norm scales are held at the prompt's (the MLPs stay live)."""
     basis = as_basis(basis)
+    basis.check(model)
     tokens = torch.tensor([graph.tokens], device=model.cfg.device)
     direction = graph.target_directions[target].double()
     fixed = []

@@ -210,6 +210,23 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
 # loading
 
 
+def mlp_input_norms(bridge) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each block's norm in front of its MLP, ``(weight, bias)``, read before compatibility mode folds them into the
+    weights that follow: the model's own MLP input is ``weight ⊙ x̂ + bias``, where the bridge's ``mlp.hook_in`` then
+    reads ``x̂``. Transcoders trained on the model's own activations (circuit-tracer's and SAELens's sets) need it to
+    read the bridge (:meth:`codecircuits.transcoders.TranscoderSet.for_model`)."""
+    out = {}
+    for layer, block in enumerate(bridge.blocks):
+        norm = getattr(block, "ln2", None) or getattr(block, "ln1", None)
+        module = getattr(norm, "_original_component", norm)
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        bias = getattr(module, "bias", None)
+        out[layer] = (weight.detach().clone().float(), None if bias is None else bias.detach().clone().float())
+    return out
+
+
 def apply_bos(model, bos: str | None) -> None:
     """Apply a registry entry's tokenization decision: ``"default"``, ``None`` (no BOS) or a BOS token string."""
     if bos == "default":
@@ -271,6 +288,7 @@ def load_model(
             str(path), hf_model=hf_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
         if compatibility_mode:
+            bridge.codecircuits_mlp_input_norm = mlp_input_norms(bridge)
             bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
     forward_cache_to_attention(bridge)

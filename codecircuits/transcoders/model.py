@@ -152,6 +152,10 @@ class TranscoderSet:
     output_hook: str = "mlp.hook_out"
     scan: str = "codecircuits"
     meta: dict = field(default_factory=dict)
+    #: which MLP input the encoders read: ``"model"``, the model's own (after its norm's weight and bias: what
+    #: circuit-tracer's and SAELens's sets hold), or ``"bridge"``, the bridge's ``mlp.hook_in`` in compatibility
+    #: mode, where that weight and bias are folded into the MLP (what sets trained here read). See :meth:`for_model`.
+    input_convention: str = "bridge"
 
     def __post_init__(self):
         if not self.transcoders:
@@ -180,6 +184,47 @@ class TranscoderSet:
             tc.to(*args, **kwargs)
         return self
 
+    def for_model(self, model) -> TranscoderSet:
+        """This set reading the bridge's ``mlp.hook_in``: a set of ``input_convention="model"`` gets each layer's
+        norm weight ``γ`` and bias ``β`` folded into its encoder (``W_enc ← diag(γ) W_enc``, ``b_enc ← b_enc + β W_enc``),
+        since compatibility mode folded them out of the activations (``codecircuits.load_model`` records them before
+        it does). A set already in the bridge's convention, or a model whose norms were not folded, is returned as
+        is."""
+        norms = getattr(model, "codecircuits_mlp_input_norm", None)
+        if self.input_convention == "bridge" or not norms:
+            return self
+        folded = {}
+        for layer, tc in self:
+            gamma, beta = norms[layer]
+            new = _copy(tc)
+            with torch.no_grad():
+                W = tc.W_enc.detach()
+                if beta is not None:
+                    new.b_enc.copy_(tc.b_enc + beta.to(W.dtype) @ W)
+                new.W_enc.copy_(gamma.to(W.dtype)[:, None] * W)
+            folded[layer] = new
+        return TranscoderSet(folded, self.input_hook, self.output_hook, self.scan, dict(self.meta), "bridge")
+
+    def to_model_convention(self, model) -> TranscoderSet:
+        """The inverse of :meth:`for_model`: encoders that read the model's own MLP input (what circuit-tracer and
+        SAELens expect in a file). Needs every norm weight nonzero."""
+        norms = getattr(model, "codecircuits_mlp_input_norm", None)
+        if self.input_convention == "model" or not norms:
+            return self
+        out = {}
+        for layer, tc in self:
+            gamma, beta = norms[layer]
+            if bool((gamma == 0).any()):
+                raise InputError(f"layer {layer}'s norm has zero weights: its transcoder cannot be written for the model's own input")
+            new = _copy(tc)
+            with torch.no_grad():
+                W = tc.W_enc.detach() / gamma.to(tc.W_enc.dtype)[:, None]
+                new.W_enc.copy_(W)
+                if beta is not None:
+                    new.b_enc.copy_(tc.b_enc - beta.to(W.dtype) @ W)
+            out[layer] = new
+        return TranscoderSet(out, self.input_hook, self.output_hook, self.scan, dict(self.meta), "model")
+
     def input_hook_of(self, layer: int) -> str:
         return f"blocks.{layer}.{self.input_hook}"
 
@@ -202,11 +247,16 @@ class TranscoderSet:
                 if hook not in model.hook_dict:
                     raise InputError(f"the transcoder set reads or writes {hook!r}, which the model has not")
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the set in circuit-tracer's layout (``config.yaml`` + ``layer_{i}.safetensors``)."""
+    def save(self, directory: str | Path, model=None) -> Path:
+        """Write the set in circuit-tracer's layout (``config.yaml`` + ``layer_{i}.safetensors``). Given the
+        ``model`` the set was made for, the encoders are written for the model's own MLP input (the norm's weight
+        unfolded, :meth:`to_model_convention`), so circuit-tracer reads the file as it reads its own sets; without
+        it they are written as they are, and ``config.yaml`` records which input they read."""
         import yaml
         from safetensors.torch import save_file
 
+        if model is not None:
+            self = self.to_model_convention(model)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         first = next(iter(self.transcoders.values()))
@@ -221,8 +271,7 @@ class TranscoderSet:
         }
         if first.k is not None:
             config["k"] = first.k
-        if self.meta:
-            config["codecircuits"] = self.meta
+        config["codecircuits"] = {**self.meta, "input_convention": self.input_convention}
         for layer, tc in self:
             tensors = {
                 "W_enc": tc.W_enc.detach().T.contiguous().cpu(),
@@ -239,6 +288,13 @@ class TranscoderSet:
             save_file(tensors, str(directory / f"layer_{layer}.safetensors"))
         (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return directory
+
+
+def _copy(tc: Transcoder) -> Transcoder:
+    new = Transcoder(tc.d_in, tc.n_features, tc.d_out, activation=tc.activation, k=tc.k, skip=tc.W_skip is not None,
+                     dtype=tc.W_enc.dtype)
+    new.load_state_dict(tc.state_dict())
+    return new
 
 
 def _from_tensors(tensors: dict, *, enc_rows_are_features: bool, activation: str | None, k: int | None, dtype):
@@ -300,7 +356,8 @@ def _read_circuit_tracer(directory: Path, dtype) -> TranscoderSet:
         input_hook=config["feature_input_hook"],
         output_hook=config["feature_output_hook"],
         scan=str(config.get("scan", directory.name)),
-        meta=config.get("codecircuits") or {},
+        meta={k: v for k, v in (config.get("codecircuits") or {}).items() if k != "input_convention"},
+        input_convention=(config.get("codecircuits") or {}).get("input_convention", "model"),
     )
 
 
@@ -353,7 +410,8 @@ def load_transcoders(path: str | Path | list, *, dtype: torch.dtype = torch.floa
     if len(hooks) > 1:
         raise CheckpointError(f"the SAELens transcoders in {path} read or write different hooks: {sorted(hooks)}")
     (h_in, h_out), = hooks
-    return TranscoderSet({layer: tc for layer, tc, _, _ in read}, input_hook=h_in, output_hook=h_out, scan=Path(folders[0]).parent.name)
+    return TranscoderSet({layer: tc for layer, tc, _, _ in read}, input_hook=h_in, output_hook=h_out,
+                         scan=Path(folders[0]).parent.name, input_convention="model")
 
 
 def random_transcoders(
