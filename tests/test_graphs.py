@@ -219,3 +219,43 @@ def test_graph_command(tiny_dirs, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["meta"]["basis"] == "transcoders" and summary["targets"][0]["name"] == "1 − 2"
     assert "replacement score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fam", ["llama", "gpt_neox"])
+def test_sets_for_the_models_own_input_read_the_bridge(fam, tmp_path):
+    """circuit-tracer's and SAELens's sets read the model's own MLP input (after its norm's weight and bias);
+    compatibility mode folds those into the MLP, so ``for_model`` folds them into the encoders: on the bridge's
+    ``mlp.hook_in`` the folded set gives what the set gives on the Hugging Face model's MLP input."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from codecircuits import load_model
+    from codecircuits.testing import save_tiny_model
+
+    path = save_tiny_model(fam, tmp_path / "m")
+    weights = load_file(str(path / "model.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    for name in weights:  # norms with weights and biases far from 1 and 0
+        if ("post_attention_layernorm" in name or "input_layernorm" in name) and name.endswith((".weight", ".bias")):
+            weights[name] = (0.5 + torch.rand(weights[name].shape, generator=gen)) if name.endswith("weight") else 0.3 * torch.randn(weights[name].shape, generator=gen)
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model = load_model(path, device="cpu")
+    gamma, _ = model.codecircuits_mlp_input_norm[1]
+    assert (gamma - 1).abs().min() > 1e-3  # the norm really has weights to fold
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    tokens = model.to_tokens(PROMPT)
+    seen = {}
+    layer = 1
+    handle = hf.base_model.layers[layer].mlp.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
+    with torch.no_grad():
+        hf(tokens)
+    handle.remove()
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == f"blocks.{layer}.mlp.hook_in")
+    own = random_transcoders(model, 16, activation="relu", seed=5)
+    own.input_convention = "model"  # as if it had been trained on the Hugging Face model's activations
+    folded = own.for_model(model)
+    assert torch.allclose(folded[layer].encode(cache[f"blocks.{layer}.mlp.hook_in"]), own[layer].encode(seen["x"]), atol=1e-4)
+    # and back: written for the model's own input, read again, folded again: the same set
+    again = load_transcoders(folded.save(tmp_path / "set", model=model)).for_model(model)
+    assert again.input_convention == "bridge"
+    assert torch.allclose(again[layer].W_enc, folded[layer].W_enc, atol=1e-5) and torch.allclose(again[layer].b_enc, folded[layer].b_enc, atol=1e-5)
