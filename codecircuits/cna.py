@@ -35,7 +35,7 @@ from .core.batching import budget_from_megabytes, n_prompts, parse_budget, promp
 from .core.merging import PER_PROMPT, concat_per_prompt
 from .core.metrics import evaluate
 from .core.runner import row_bytes
-from .core.sites import Head, Neuron, check_heads
+from .core.sites import Head, Neuron, check_heads, head_label
 from .errors import InputError
 from .intervals import Interval
 from .neurons import (
@@ -302,6 +302,107 @@ def head_effects(
                 bar.update(1)
     bar.close()
     return _sweep_result(todo, correct, plp, base_correct, base_lp, lab.cpu())
+
+
+def select_heads(sweep: HeadSweep, ops: Sequence[str], n_top: int) -> list[tuple[int, int]]:
+    """Heads chosen on a :func:`head_sweep`: the ``n_top`` heads with the largest accuracy drop, then the most
+    harmful head of each group of prompts (``ops[prompt]`` names its group, e.g. its operation; ties broken by the
+    log-probability drop on that group's prompts)."""
+    chosen = [tuple(int(x) for x in r) for r in sweep.top(n_top)[["layer", "head"]].values]
+    for op in dict.fromkeys(ops):
+        rows = torch.tensor([i for i, o in enumerate(ops) if o == op])
+        d = sweep.base_correct[rows].float().mean() - sweep.correct[:, :, rows].float().mean(-1)
+        key = d * 1e3 - sweep.prompt_logprob[:, :, rows].mean(-1)
+        flat = int(key.flatten().argmax())
+        h = (flat // d.shape[1], flat % d.shape[1])
+        if h not in chosen:
+            chosen.append(h)
+    return chosen
+
+
+@dataclass(frozen=True)
+class HeldOutHeads:
+    """Chosen heads and a random-head control re-scored on held-out prompts (:func:`head_effects` of both):
+    ``sweep`` holds every prompt's outcome for these heads (``correct[layer, head, prompt]``); ``ops[prompt]`` names
+    each prompt's group (its operation). Accuracy drops per head and group with paired bootstrap intervals, the
+    excess over the random heads, and the heads specific to one group."""
+
+    heads: tuple[tuple[int, int], ...]
+    random_heads: tuple[tuple[int, int], ...]
+    sweep: HeadSweep
+    ops: tuple[str, ...]
+
+    @property
+    def op_names(self) -> list[str]:
+        return list(dict.fromkeys(self.ops))
+
+    def _rows(self, op: str | None) -> torch.Tensor:
+        rows = [i for i, o in enumerate(self.ops) if op is None or o == op]
+        if not rows:
+            raise InputError(f"No held-out prompt of operation {op!r}.")
+        return torch.tensor(rows)
+
+    def drops(self, head: tuple[int, int], op: str | None = None) -> torch.Tensor:
+        """Per prompt: 1 where the head's ablation breaks a right answer, -1 where it mends a wrong one."""
+        r = self._rows(op)
+        return self.sweep.base_correct[r].float() - self.sweep.correct[head[0], head[1], r].float()
+
+    def drop(self, head: tuple[int, int], op: str | None = None) -> Interval:
+        """The head's accuracy drop (base minus ablated accuracy) with its paired bootstrap interval."""
+        return intervals.mean(self.drops(head, op))
+
+    def random_drops(self, op: str | None = None) -> torch.Tensor:
+        """Per prompt, the drop averaged over the random control heads."""
+        return torch.stack([self.drops(h, op) for h in self.random_heads]).mean(0)
+
+    def random_drop(self, op: str | None = None) -> Interval:
+        return intervals.mean(self.random_drops(op))
+
+    def excess(self, head: tuple[int, int], op: str | None = None) -> Interval:
+        """The head's drop minus the random heads' mean drop on the same prompts (paired)."""
+        return intervals.mean(self.drops(head, op) - self.random_drops(op))
+
+    def base_accuracy(self, op: str | None = None) -> Interval:
+        return intervals.mean(self.sweep.base_correct[self._rows(op)].float())
+
+    def specific(self) -> list[tuple[tuple[int, int], str]]:
+        """``(head, op)`` pairs where the head's drop interval lies above zero on ``op`` and on no other op."""
+        out = []
+        for h in self.heads:
+            above = [o for o in self.op_names if self.drop(h, o).above(0)]
+            if len(above) == 1:
+                out.append((h, above[0]))
+        return out
+
+    def _per_op(self, f) -> dict:
+        """``{"all": f(None), op: f(op), ...}``."""
+        return {"all": f(None), **{o: f(o) for o in self.op_names}}
+
+    def table(self) -> pd.DataFrame:
+        """One row per head (chosen, random, then the random heads' mean): its drop with interval per group."""
+        rows = []
+        for kind, hs in (("selected", self.heads), ("random", self.random_heads)):
+            for h in hs:
+                rows.append({"head": head_label(*h), "kind": kind,
+                             **self._per_op(lambda o, h=h: self.drop(h, o).format(3))})
+        rows.append({"head": "mean of random heads", "kind": "control",
+                     **self._per_op(lambda o: self.random_drop(o).format(3))})
+        return pd.DataFrame(rows)
+
+    def to_json(self) -> dict:
+        return {
+            "heads": [head_label(*h) for h in self.heads],
+            "random_heads": [head_label(*h) for h in self.random_heads],
+            "n_prompts": len(self.ops),
+            "n_prompts_per_op": {o: sum(1 for x in self.ops if x == o) for o in self.op_names},
+            "base_accuracy": self._per_op(lambda o: self.base_accuracy(o).to_json()),
+            "accuracy_drop": {
+                head_label(*h): self._per_op(lambda o, h=h: self.drop(h, o).to_json())
+                for h in (*self.heads, *self.random_heads)
+            },
+            "random_heads_mean_drop": self._per_op(lambda o: self.random_drop(o).to_json()),
+            "specific_heads": [{"head": head_label(*h), "op": o} for h, o in self.specific()],
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import figures
+from . import figures, intervals
 from .core.sites import head_label, hook_name
 from .errors import InputError
 from .lens import HeadLogits, head_logits, run_cache
@@ -486,6 +486,27 @@ class CountTracking:
         order = vals.flatten().argsort(descending=True)[:k]
         n_heads = vals.shape[1]
         return [(int(j) // n_heads, int(j) % n_heads) for j in order]
+
+    def partial_interval(self, head: tuple[int, int], *, sign: float = 1.0,
+                         n_resamples: int = 1000) -> intervals.Interval:
+        """``sign`` x the partial correlation of ``head``'s paren attention with ``n_open`` (given ``n_tokens`` and
+        ``n_parens``) with its bootstrap interval over prompts (``sign``: e.g. the sign it had where the head was
+        chosen, so that the head's own direction is up)."""
+        y = self.mass[:, head[0], head[1]]
+        return intervals.statistic(lambda a, b, c: sign * intervals.partial_correlation(a, b, c), self.n_open, y,
+                                   self.covariates, n_resamples=n_resamples)
+
+    def mean_abs_partial_interval(self, heads: Sequence[tuple[int, int]], *,
+                                  n_resamples: int = 1000) -> intervals.Interval:
+        """The mean over ``heads`` (e.g. random heads: the control) of ``|partial correlation|``, with its bootstrap
+        interval over prompts."""
+        y = torch.stack([self.mass[:, a, b] for a, b in heads], 1)  # [n, heads]
+
+        def stat(x, y, z):
+            pcs = [intervals.partial_correlation(x, y[..., j], z).abs() for j in range(y.shape[-1])]
+            return torch.stack(pcs, -1).mean(-1)
+
+        return intervals.statistic(stat, self.n_open, y, self.covariates, n_resamples=n_resamples)
 
     def to_dataframe(self):
         import pandas as pd

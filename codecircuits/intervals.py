@@ -207,6 +207,53 @@ def _percentiles(est: float, stats: torch.Tensor, n: int, level: float) -> Inter
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# statistics to bootstrap: each takes per-example values with any leading (resample) axes, as :func:`statistic`
+# passes them, and returns one number per leading index
+
+
+def mean_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mean(a - b)`` over the examples (last axis): a paired effect, e.g. an ablation's drop against random
+    heads' drop on the same prompts."""
+    return (a - b).mean(-1)
+
+
+def recovery(patched: torch.Tensor, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The share of the way from ``base`` to ``source`` that ``patched`` goes, ``mean(patched - base) /
+    mean(source - base)`` over the examples (last axis): 0 = the corrupted run, 1 = the clean run."""
+    return (patched - base).mean(-1) / (source - base).mean(-1)
+
+
+def f1(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """F1 over the examples (last axis) of 0/1 ``predicted`` against 0/1 ``labels``; 0 where nothing is right."""
+    tp = (predicted * labels).sum(-1)
+    prec = tp / predicted.sum(-1)
+    rec = tp / labels.sum(-1)
+    return torch.where(tp > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
+
+
+def partial_correlation(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The correlation of ``x`` and ``y`` (``[..., n]``) once the covariates ``z`` (``[..., n, k]``, an intercept
+    added) are regressed out of both: the resample-batched form of :func:`codecircuits.heads.partial_correlation`
+    (which reads every head at once and gives NaN where a residual is constant; here the denominator is clamped)."""
+    ones = torch.ones(*z.shape[:-1], 1, dtype=z.dtype)
+    zz = torch.cat([ones, z - z.mean(-2, keepdim=True)], -1)
+    proj = zz @ torch.linalg.pinv(zz)
+    rx = x - (proj @ x[..., None])[..., 0]
+    ry = y - (proj @ y[..., None])[..., 0]
+    return (rx * ry).sum(-1) / (rx.norm(dim=-1) * ry.norm(dim=-1)).clamp_min(1e-12)
+
+
+def emergence_layer(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The first layer from which the mean of ``values`` (``[..., examples, layers]``, averaged over the examples)
+    stays >= ``fraction`` x its final, positive value; NaN where there is none (float64, for :func:`statistic`)."""
+    m = values.mean(-2)
+    fin = m[..., -1:]
+    ok = (m >= fraction * fin) & (fin > 0)
+    tail = torch.flip(torch.cummin(torch.flip(ok.int(), [-1]), -1).values, [-1]).bool()  # ok from here on
+    return torch.where(tail.any(-1), tail.int().argmax(-1).double(), torch.full(m.shape[:-1], float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # claims and verdicts
 
 

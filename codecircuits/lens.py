@@ -78,6 +78,14 @@ def _check_ids_in_vocab(model, *ids: torch.Tensor) -> None:
 LENS_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z", "ln1_post.hook_scale")
 
 
+def cache_names(model, *, names=LENS_HOOKS, extra: tuple[str, ...] = ()) -> list[str]:
+    """The hook names of ``model`` that :func:`run_cache` keeps (with ``extra`` suffixes), for a cache run another
+    way (e.g. :class:`codecircuits.core.runner.Receiver`'s ``extra_names``) that the lens methods then read."""
+    want = tuple(names) + tuple(extra)
+    fixed = (LN_FINAL_SCALE, "hook_embed", "hook_pos_embed")
+    return [n for n in model.hook_dict if n in fixed or n.endswith(want)]
+
+
 def run_cache(model, tokens, *, names=LENS_HOOKS, extra: tuple[str, ...] = ()):
     """Logits and a cache with the hooks the lens methods read (plus ``extra`` hook-name suffixes), no grad."""
     from .core.batching import to_tokens

@@ -21,9 +21,8 @@ from codecircuits._moved import MOVED, RENAMED, homes
 PACKAGE = Path(cc.__file__).parent
 REPO = PACKAGE.parent
 SUBMODULES = [n for n in cc.__all__ if (PACKAGE / n).is_dir() or (PACKAGE / f"{n}.py").is_file()]
-# every deprecated alias module but circuits.evaluation, which studies/circuit.py still imports (codecircuits/layers.py
-# keeps it in the studies layer until that import reads circuits.faithfulness; then this is set(MOVED))
-ALIASES = set(MOVED) - {"codecircuits.circuits.evaluation"}
+# every deprecated alias module: the library imports none of them
+ALIASES = set(MOVED)
 
 
 def _python(code: str) -> str:

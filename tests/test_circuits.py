@@ -17,6 +17,7 @@ from codecircuits.circuits import (
     edge_scores,
     exact_edge_scores,
     faithfulness_curves,
+    faithfulness_stat,
     from_transformer_lens,
     read_eapig,
     write_eapig,
@@ -298,6 +299,14 @@ def test_faithfulness_curves_beside_random_circuits(family, tiny, toks):
         assert c.top(3)["faithfulness"].is_monotonic_decreasing and "<svg" in c.plot().to_svg()
         assert list(c.to_dataframe()["percentage"]) == list(c.percentages)
     assert curves["absolute"].area_from_1 < min(curves["absolute"].random_area_from_1)
+    # the areas with intervals over the prompts, and faithfulness as a statistic of per-prompt values
+    signed = curves["signed"]
+    for from_1, area in ((False, signed.area), (True, signed.area_from_1)):
+        iv = signed.area_interval(from_1, n_resamples=50)
+        assert iv.estimate == area and iv.n == clean.shape[0]
+    values = torch.tensor([signed.full_per_example, signed.empty_per_example, *signed.per_example]).T  # [n, 2 + k]
+    torch.testing.assert_close(faithfulness_stat(values[None])[0].double(), torch.tensor(signed.faithfulness,
+                               dtype=torch.float64), atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def test_eapig_files_round_trip(family, tiny, toks, tmp_path):

@@ -153,14 +153,46 @@ def test_paper_arithmetic_task_two_digits_four_operations(tiny):
 
 
 def test_selection_of_one_length_warns_when_it_holds_fewer_than_asked(tiny):
-    from codecircuits.studies.cna import _one_length
+    from codecircuits.tasks.arithmetic import one_length
 
     ds = arithmetic.dataset(tiny, templates=arithmetic.PAPER_TEMPLATES, ops=arithmetic.PAPER_OPS, digits=2, n=5)
-    sel = _one_length(tiny, ds, 2, seed=0, per_op=True)
+    sel = one_length(tiny, ds, 2, seed=0, per_op=True)
     assert len({len(tiny.to_tokens(t)[0]) for t in sel.texts}) == 1
-    with pytest.warns(UserWarning, match="Raise n_acc"):
-        big = _one_length(tiny, ds, 50, seed=0, per_op=True)
+    with pytest.warns(UserWarning, match="raise n_acc"):
+        big = one_length(tiny, ds, 50, seed=0, per_op=True)
     assert len(big) < 50 * len(set(big.ops))  # capped by the prompts of that length, and said so
+    per_op = ds.per_op(3, ("+", "-"), seed=1)
+    assert sorted(per_op.ops) == ["+", "-"] and all(sum(p.op == o for p in per_op) == 3 for o in "+-")
+    assert per_op.texts == ds.per_op(3, ("+", "-"), seed=1).texts  # seeded
+    assert set(ds.per_op(2).ops) == set(ds.ops)  # every operation by default
+
+
+
+def _sweep(correct, base_correct):
+    correct = torch.tensor(correct, dtype=torch.bool)
+    base = torch.tensor(base_correct, dtype=torch.bool)
+    plp = correct.double() - 1
+    return cna.HeadSweep(accuracy=correct.float().mean(-1), logprob=plp.mean(-1),
+                         base_accuracy=float(base.float().mean()), base_logprob=0.0, correct=correct,
+                         prompt_logprob=plp, base_correct=base, labels=torch.zeros(base.shape[0], dtype=torch.long))
+
+
+def test_select_heads_and_held_out_heads_against_random_heads():
+    # two layers x two heads, four prompts (ops + + * *), every answer right before ablation
+    correct = [[[0, 0, 1, 1], [1, 1, 1, 1]], [[1, 1, 0, 0], [1, 1, 1, 1]]]
+    sweep = _sweep(correct, [1, 1, 1, 1])
+    ops = ["+", "+", "*", "*"]
+    # L0H0 and L1H0 tie on the overall drop; each is the most harmful head of one operation
+    assert sorted(cna.select_heads(sweep, ops, 1)) == [(0, 0), (1, 0)]
+    held = cna.HeldOutHeads(((0, 0),), ((0, 1),), sweep, tuple(ops))
+    assert held.drop((0, 0), "+").estimate == 1.0 and held.drop((0, 0), "*").estimate == 0.0
+    assert held.random_drop().estimate == 0.0 and held.excess((0, 0)).estimate == 0.5
+    assert held.specific() == [((0, 0), "+")]  # its drop's interval lies above 0 on '+' only
+    js = held.to_json()
+    assert js["specific_heads"] == [{"head": "L0H0", "op": "+"}] and js["n_prompts_per_op"] == {"+": 2, "*": 2}
+    assert list(held.table()["head"]) == ["L0H0", "L0H1", "mean of random heads"]
+    with pytest.raises(InputError, match="No held-out prompt"):
+        held.drop((0, 0), "-")
 
 
 #: the default-model study run the slow tests share: every head of every layer on a small selection split, the

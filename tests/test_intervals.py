@@ -69,3 +69,31 @@ def test_claims_table_and_json():
     assert intervals.Interval.from_json(c.to_json()["evidence"]) == ci
     assert ci.format(percent=True, digits=2) == "64% [49%, 78%]"
     assert intervals.verdict(False, partly=True) == "partly"
+
+
+def test_statistics_to_bootstrap_match_their_definitions_and_batch_over_resamples():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    assert torch.isclose(intervals.mean_difference(a, b), (a - b).mean())
+    base, source = torch.zeros(20, dtype=torch.float64), torch.full((20,), 2.0, dtype=torch.float64)
+    assert float(intervals.recovery(torch.ones(20, dtype=torch.float64), base, source)) == 0.5
+    pred = torch.tensor([1, 1, 0, 0], dtype=torch.float64)
+    lab = torch.tensor([1, 0, 1, 0], dtype=torch.float64)
+    assert float(intervals.f1(pred, lab)) == 0.5  # precision 1/2, recall 1/2
+    assert float(intervals.f1(torch.zeros(4, dtype=torch.float64), lab)) == 0.0  # nothing right: 0, not NaN
+    # a covariate that explains y fully leaves x's own signal
+    z = torch.randn(40, 1, generator=g, dtype=torch.float64)
+    x = torch.randn(40, generator=g, dtype=torch.float64)
+    y = x + 5 * z[:, 0]
+    assert float(intervals.partial_correlation(x, y, z)) > 0.99
+    from codecircuits.heads import partial_correlation as heads_pc
+
+    assert abs(float(intervals.partial_correlation(x, y, z)) - float(heads_pc(x, y[:, None], z)[0])) < 1e-5
+    # emergence: the mean over examples reaches half its final value at layer 2 and stays
+    lens = torch.tensor([[0.0, 0.1, 0.6, 0.8, 1.0]] * 3, dtype=torch.float64)
+    assert float(intervals.emergence_layer(lens, 0.5)) == 2.0
+    assert torch.isnan(intervals.emergence_layer(-lens, 0.5))  # a final value <= 0 never emerges
+    # batched: a leading resample axis gives one value per resample, as intervals.statistic passes them
+    assert intervals.emergence_layer(torch.stack([lens, lens]), 0.5).tolist() == [2.0, 2.0]
+    iv = intervals.statistic(intervals.mean_difference, a, b, n_resamples=200)
+    assert iv.low <= float((a - b).mean()) <= iv.high

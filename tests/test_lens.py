@@ -138,3 +138,11 @@ def test_bad_ids_are_clear_errors(tiny, run_of):
         lens.sublayer_contributions(tiny, toks, tiny.cfg.d_vocab, 3, cache=cache)
     with pytest.raises(InputError):
         lens.head_logits(tiny, toks, [-1], cache=cache)
+
+
+def test_cache_names_are_the_hooks_the_lens_reads(tiny):
+    names = lens.cache_names(tiny)
+    assert set(names) <= set(tiny.hook_dict)
+    assert {f"blocks.{i}.hook_resid_post" for i in range(tiny.cfg.n_layers)} <= set(names)
+    extra = lens.cache_names(tiny, extra=("attn.hook_pattern",))
+    assert set(extra) - set(names) == {f"blocks.{i}.attn.hook_pattern" for i in range(tiny.cfg.n_layers)}

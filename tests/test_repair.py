@@ -400,3 +400,16 @@ def test_mint_repairs_held_out_code_with_few_neurons_on_the_default_model(defaul
     assert list(sf.repairs) == [1, 2, 1, 2]
     mint_seq = sf[sf.method == "mint"]
     assert int(mint_seq.successes_so_far.iloc[-1]) == int(mint_seq.success.sum())
+
+
+def test_checkpoint_saves_atomically_and_refuses_another_runs_file(tmp_path):
+    path = tmp_path / "progress.json"
+    done = R.Checkpoint(path, "key-a", resume=False)
+    done.state["cases"]["0"] = [1, 2]
+    done.save()
+    assert not (tmp_path / "progress.json.tmp").exists()
+    assert R.Checkpoint(path, "key-a", resume=True).state["cases"] == {"0": [1, 2]}
+    assert R.Checkpoint(path, "key-a", resume=False).state["cases"] == {}  # without resume: afresh
+    with pytest.raises(InputError, match="other settings"):
+        R.Checkpoint(path, "key-b", resume=True)
+    R.Checkpoint(None, "key-a", resume=True).save()  # no file: in memory only

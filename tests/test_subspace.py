@@ -422,3 +422,26 @@ def test_smollm2_patch_is_a_rank1_edit(smol):
     assert float(e.max_logit_diff.max()) < 1e-3 and float(e.mlp_out_diff.max()) < 1e-3
     assert not e.fldd_patch.excludes(e.fldd_edit.estimate)
     assert e.fldd_patch.above(sub.RULE.min_effect)  # the patch it equals does something
+
+
+def test_choose_hooks_reads_the_sweep_or_the_given_layers():
+    sweep = {"mlp": [5.0, 80.0, 1.0, 20.0, 3.0], "resid": [0.0, 30.0, 60.0, 90.0, 100.0]}
+    c = sub.choose_hooks(sweep)
+    assert c["mlp_causal"]["hook"] == "blocks.1.mlp.hook_post"  # the largest full-MLP effect
+    assert c["mlp_inert"]["hook"] == "blocks.2.mlp.hook_post"  # the quietest from layer 2 (resid first >= 50)
+    assert c["resid"]["hook"] == "blocks.2.hook_resid_post" and "60.0%" in c["resid"]["why"]
+    given = sub.choose_hooks(sweep, mlp_layers=(3,), resid_layer=0)
+    assert [v["hook"] for v in given.values()] == ["blocks.3.mlp.hook_post", "blocks.0.hook_resid_post"]
+
+
+def test_paren_pairs_refuse_values_that_are_not_two_counts(tiny):
+    with pytest.raises(InputError, match="two different numbers"):
+        sub.paren_pairs(tiny, (2, 2))
+    assert sub.paren_prompt(sub.PAREN_TEMPLATES["paper"], 3, 123).endswith("print(str(str(123")
+
+
+def test_separation_histogram_counts_each_value_over_shared_bins():
+    sep = sub.Separation("v", 1.0, 1.0, (0.0, 2.5), (0.5, 0.5), 1.0, torch.tensor([0.0, 1.0, 2.0, 3.0]),
+                         torch.tensor([0, 0, 1, 1]))
+    centres, series = sep.histogram(bins=2)
+    assert len(centres) == 2 and series == {"value 0": [2.0, 0.0], "value 1": [0.0, 2.0]}

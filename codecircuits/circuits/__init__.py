@@ -24,6 +24,7 @@ from .faithfulness import (
     edge_auroc,
     exact_edge_scores,
     faithfulness_curves,
+    faithfulness_stat,
 )
 from .graph import Graph
 from .interop import from_transformer_lens, read_eapig, write_eapig
@@ -35,6 +36,7 @@ __all__ = [
     "MIB_PERCENTAGES",
     "FaithfulnessCurve",
     "areas",
+    "faithfulness_stat",
     "circuit_metric",
     "cmd",
     "cpr",

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import einops
 import torch
 
-from .. import figures
+from .. import figures, intervals
 from ..core.batching import paired_tokens, parse_budget, progress_bar
 from ..core.metrics import RowwiseMetric, per_cell
 from ..core.runner import row_bytes
@@ -364,6 +364,21 @@ class FaithfulnessCurve:
             }
         )
 
+    def area_interval(self, from_1: bool = False, *, n_resamples: int = 1000, seed: int = 0) -> intervals.Interval:
+        """The curve's area (``area``, CPR for a signed curve; ``from_1``: ``area_from_1``, CMD for ``|score|``)
+        with a percentile-bootstrap interval over the examples, the circuits fixed."""
+        values = torch.tensor([self.full_per_example, self.empty_per_example, *self.per_example]).T
+        x = torch.tensor(self.percentages, dtype=torch.float64) / 100
+
+        def stat(v):  # [resamples, examples, 2 + sizes] -> [resamples]
+            means = v.mean(-2)
+            f = (means[..., 2:] - means[..., 1:2]) / (means[..., :1] - means[..., 1:2])
+            y = (1 - f).abs() if from_1 else f
+            return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
+
+        iv = intervals.statistic(stat, values, n_resamples=n_resamples, seed=seed)
+        return replace(iv, estimate=self.area_from_1 if from_1 else self.area)
+
     def top(self, k: int = 10):
         """The ``k`` circuit sizes with the largest signed faithfulness: the rows of :meth:`to_dataframe`, largest
         first."""
@@ -379,6 +394,17 @@ class FaithfulnessCurve:
         kind = "|score|" if self.absolute else "signed score"
         return figures.lines(list(self.percentages), series, bands=bands, x_title="edges (%)", y_title="faithfulness",
                              title=f"faithfulness of {self.selection} circuits by {kind}")
+
+
+def faithfulness_stat(values: torch.Tensor) -> torch.Tensor:
+    """``values [..., examples, circuits]`` (per-example metric of the full circuit first, the empty one second, then
+    the others) -> ``[..., circuits - 2]``: each other circuit's faithfulness, NaN where full and empty give the same
+    mean; a statistic for :func:`codecircuits.intervals.statistic` (``dtype=None`` keeps the metric's precision)."""
+    means = values.movedim(-1, 0).contiguous().mean(-1)  # [circuits, ...]
+    full, empty = means[0], means[1]
+    span = full - empty
+    out = torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan")))
+    return out.movedim(0, -1)
 
 
 def areas(percentages: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import figures, lens
+from .. import figures, intervals, lens
 from ..core.batching import n_prompts, prompt_batches
 from ..core.sites import Neuron
 from ..errors import InputError
@@ -62,6 +62,15 @@ class QueryNeurons:
         df = pd.DataFrame(grid.reshape(-1, 3).numpy(), columns=list(self.axes))
         df["query_score"] = self.ffn.reshape(-1).numpy()
         return df
+
+    def mean_layers(self, k: int) -> dict[str, intervals.Interval]:
+        """Per prompt, the mean layer of its value neurons and of its ``k`` top FFN query neurons, as bootstrap
+        intervals over prompts: ``"value_mean_layer"``, ``"query_mean_layer"`` and ``"value_minus_query"`` (above
+        0: the query neurons lie in shallower layers)."""
+        v = self.value_neurons[..., 0].float().mean(1)
+        q = (self.ffn.reshape(self.ffn.shape[0], -1).topk(k, dim=1).indices // self.ffn.shape[-1]).float().mean(1)
+        return {"value_mean_layer": intervals.mean(v), "query_mean_layer": intervals.mean(q),
+                "value_minus_query": intervals.mean(v - q)}
 
     def to_attribution(self, value: Attribution) -> Attribution:
         """The FFN query scores as an FFN :class:`Attribution` (score ``"query_score"``, every layer) for the

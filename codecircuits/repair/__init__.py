@@ -13,7 +13,8 @@ them, and :func:`save_edited_model` writes a loadable checkpoint with the edits 
 SGD (:func:`sgd_sweep` chooses its setting). :mod:`~codecircuits.repair.effects` measures what a repair does to
 other prompts (:func:`side_effects`), compares MINT and SGD on one case (:func:`repair_both`), runs repairs
 one after another (:func:`successive_repairs`), and sums it up over cases (:func:`summarise`, with intervals:
-:func:`repair_intervals`).
+:func:`repair_intervals`). :class:`Checkpoint` (:mod:`~codecircuits.repair.checkpoint`) keeps a long run's finished
+steps on disk so that it resumes where it stopped.
 
 Edits act on the weights the forward pass reads: in a ``TransformerBridge`` that is the wrapped Hugging Face
 module ``model.blocks[l].mlp.out`` (``down_proj`` / ``dense_4h_to_h`` / ``c_proj`` / ``fc_out``), in the bridge's
@@ -33,6 +34,7 @@ from .cases import (
     same_target_probes,
     tokenize_files,
 )
+from .checkpoint import Checkpoint, checkpoint_key
 from .edits import (
     Edits,
     NeuronEdit,
@@ -64,6 +66,7 @@ _simulate = simulate_edits
 
 __all__ = [
     "CaseOutcome",
+    "Checkpoint",
     "Edits",
     "NeuronEdit",
     "Probe",
@@ -74,6 +77,7 @@ __all__ = [
     "WeightSnapshot",
     "apply_edit",
     "candidate_neurons",
+    "checkpoint_key",
     "edited",
     "evaluate_probes",
     "heldout_loss",

@@ -11,9 +11,10 @@ Steps (:func:`run`):
 2. every edge scored on the train pairs (:func:`codecircuits.circuits.edge_scores`, default EAP-IG over the input
    embeddings, 5 steps) with the loss ``-logit difference``, as EAP-IG and MIB score, so that a positive score
    means the edge supports the clean answer;
-3. MIB's two faithfulness curves on the held-out pairs (:func:`~codecircuits.circuits.evaluation.faithfulness_curves`):
-   circuits of the top edges by signed score (CPR, the area under the curve: higher is better) and by ``|score|``
-   (CMD, the area between the curve and 1: lower is better), beside ``n_random`` random circuits of each size;
+3. MIB's two faithfulness curves on the held-out pairs
+   (:func:`~codecircuits.circuits.faithfulness.faithfulness_curves`): circuits of the top edges by signed score
+   (CPR, the area under the curve: higher is better) and by ``|score|`` (CMD, the area between the curve and 1:
+   lower is better), beside ``n_random`` random circuits of each size;
 4. the circuits of the top ``|score|`` edges at the ``drawn`` sizes (1, 5, 10% of edges): their faithfulness with
    a bootstrap interval over the held-out pairs, drawn as graphs in the report;
 5. the heads of those circuits beside the paren-promoting and counting heads of the parens study
@@ -33,8 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -42,8 +42,7 @@ from tqdm.auto import tqdm
 from .. import circuits as cc
 from .. import distributed, intervals
 from .. import heads as heads_mod
-from ..circuits import evaluation as ev
-from ..core.batching import to_tokens
+from ..circuits import faithfulness as ev
 from ..core.metrics import logit_diff
 from ..core.sites import head_label
 from ..errors import InputError
@@ -228,10 +227,6 @@ class CircuitStudy(Study):
 # data
 
 
-def _n_tokens(model, text: str) -> int:
-    return int(model.to_tokens(text).shape[1])
-
-
 def _pairs_of(model, ds: task.ParensDataset, cfg: CircuitConfig, n: int, split: str) -> task.ParenPairs:
     """``n`` same-length counterfactual pairs of ``ds``'s prompts (one token length: the most common)."""
     found = task.pairs(model, ds, strategy=cfg.counterfactual, on_missing="skip") if len(ds) else ()
@@ -242,9 +237,7 @@ def _pairs_of(model, ds: task.ParensDataset, cfg: CircuitConfig, n: int, split: 
             f"No {cfg.counterfactual!r} counterfactual with a single-token answer for {cfg.n_open} open parens "
             f"({split} numbers) under this tokenizer: try counterfactual='{other}' or another n_open."
         )
-    lengths = Counter(_n_tokens(model, p.clean) for p in found)
-    length = lengths.most_common(1)[0][0]
-    return task.ParenPairs(tuple(p for p in found if _n_tokens(model, p.clean) == length)[:n], cfg.counterfactual)
+    return task.ParenPairs(tuple(found), cfg.counterfactual).one_length(model, n)
 
 
 def build_pairs(model, cfg: CircuitConfig) -> dict[str, task.ParenPairs]:
@@ -300,13 +293,8 @@ def _paren_heads(model, cfg: CircuitConfig) -> dict:
     ``head_prompts`` train prompts of one token length per count (:func:`codecircuits.heads.find_paren_heads`)."""
     counts = tuple(sorted(set(cfg.head_counts) | {cfg.n_open}))
     ds = task.dataset(model, n_values=tuple(k - 1 for k in counts), n_numbers=cfg.n_numbers, seed=cfg.seed)
-    ds = ds.select(split="train")
-    groups = []
-    for k in counts:
-        ps = [p for p in ds if p.n_open == k]
-        length = Counter(_n_tokens(model, p.text) for p in ps).most_common(1)[0][0]
-        ps = [p for p in ps if _n_tokens(model, p.text) == length][: cfg.head_prompts]
-        groups.append((to_tokens(model, [p.text for p in ps]), k))
+    ds = ds.select(split="train").one_length(model, cfg.head_prompts)
+    groups = [(toks, k) for k, (_, toks) in ds.groups(model).items()]
     found = heads_mod.find_paren_heads(model, groups, [ds.label_ids[k] for k in counts], ratio=cfg.promoter_ratio)
     ci = counts.index(cfg.n_open)
     prom = found.promoters.heads(cfg.n_open, cfg.top_heads)
@@ -326,15 +314,6 @@ def _paren_heads(model, cfg: CircuitConfig) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 # the run
-
-
-def _faithfulness_stat(values: torch.Tensor) -> torch.Tensor:
-    """``values [resamples, examples, circuits]`` (the full circuit's metric first, the empty one's second) ->
-    ``[resamples, circuits - 2]`` faithfulness of the others, NaN where full and empty give the same mean."""
-    means = values.permute(2, 0, 1).contiguous().mean(-1)  # [circuits, resamples]
-    full, empty = means[0], means[1]
-    span = full - empty
-    return torch.where(span.abs() > 0, (means[2:] - empty) / span, torch.full_like(means[2:], float("nan"))).T
 
 
 def _drawn_values(model, cfg: CircuitConfig, data: _Data, scores, curves, circuits: dict, metric, progress):
@@ -394,7 +373,7 @@ def _drawn_circuits(model, cfg, data: _Data, scores, curves, metric, progress):
     circuits = {float(p): scores.top_n(int(float(p) / 100 * total), absolute=True) for p in cfg.drawn}
     values = _drawn_values(model, cfg, data, scores, curves, circuits, metric, progress)
     boot = intervals.statistic(
-        _faithfulness_stat, values.T, n_resamples=cfg.n_bootstrap, seed=cfg.random_seed, dtype=None
+        ev.faithfulness_stat, values.T, n_resamples=cfg.n_bootstrap, seed=cfg.random_seed, dtype=None
     )
     return circuits, values, boot
 
@@ -466,28 +445,6 @@ def run(
 MIB = "MIB (Mueller et al. 2025), circuit-localization track"
 
 
-def _area_stat(x: torch.Tensor, from_1: bool):
-    """``values [resamples, pairs, 2 + sizes]`` (the full circuit's metric, the empty one's, then the curve's
-    circuits) -> ``[resamples]``: MIB's area under the resampled faithfulness curve (or under ``|1 - f|``)."""
-
-    def stat(values):
-        means = values.mean(-2)
-        f = (means[..., 2:] - means[..., 1:2]) / (means[..., :1] - means[..., 1:2])
-        y = (1 - f).abs() if from_1 else f
-        return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
-
-    return stat
-
-
-def _area(cfg: CircuitConfig, curve, from_1: bool) -> intervals.Interval:
-    """The curve's area (CPR, or CMD ``from_1``) with a bootstrap interval over the held-out pairs, the circuits
-    fixed."""
-    values = torch.tensor([curve.full_per_example, curve.empty_per_example, *curve.per_example]).T
-    x = torch.tensor(curve.percentages, dtype=torch.float64) / 100
-    iv = intervals.statistic(_area_stat(x, from_1), values, n_resamples=cfg.n_bootstrap, seed=cfg.random_seed)
-    return replace(iv, estimate=curve.area_from_1 if from_1 else curve.area)
-
-
 CLAIM = ClaimSpec("edge attribution's circuits beat random circuits on {name} ({better} is better)",
                   "reproduced: the interval lies {side} every random circuit's {name}; partly: its estimate does",
                   "attribution (EAP-IG) and mask-optimisation methods score best", MIB)
@@ -496,7 +453,7 @@ CLAIM = ClaimSpec("edge attribution's circuits beat random circuits on {name} ({
 def _claims(cfg: CircuitConfig, curves: dict) -> list[intervals.Claim]:
     out = []
     for name, curve, from_1 in (("CPR", curves["signed"], False), ("CMD", curves["absolute"], True)):
-        iv = _area(cfg, curve, from_1)
+        iv = curve.area_interval(from_1, n_resamples=cfg.n_bootstrap, seed=cfg.random_seed)
         rand = curve.random_area_from_1 if from_1 else curve.random_area
         if not rand:
             beats = near = False

@@ -35,9 +35,7 @@ summarise (:meth:`codecircuits.cna.MaskKeepTable.intervals`, :meth:`codecircuits
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -167,86 +165,6 @@ def _evals(ev, **extra):
 
 
 @dataclass(frozen=True)
-class HeldOutHeads:
-    """The selected heads and a random-head control re-scored on held-out prompts: ``sweep`` holds every prompt's
-    outcome for these heads (``correct[layer, head, prompt]``); ``ops[prompt]`` names each prompt's operation."""
-
-    heads: tuple[tuple[int, int], ...]
-    random_heads: tuple[tuple[int, int], ...]
-    sweep: cna_mod.HeadSweep
-    ops: tuple[str, ...]
-
-    @property
-    def op_names(self) -> list[str]:
-        return list(dict.fromkeys(self.ops))
-
-    def _rows(self, op: str | None) -> torch.Tensor:
-        rows = [i for i, o in enumerate(self.ops) if op is None or o == op]
-        if not rows:
-            raise InputError(f"No held-out prompt of operation {op!r}.")
-        return torch.tensor(rows)
-
-    def drops(self, head: tuple[int, int], op: str | None = None) -> torch.Tensor:
-        """Per prompt: 1 where the head's ablation breaks a right answer, -1 where it mends a wrong one."""
-        r = self._rows(op)
-        return self.sweep.base_correct[r].float() - self.sweep.correct[head[0], head[1], r].float()
-
-    def drop(self, head: tuple[int, int], op: str | None = None) -> Interval:
-        """The head's accuracy drop (base minus ablated accuracy) with its paired bootstrap interval."""
-        return intervals.mean(self.drops(head, op))
-
-    def random_drops(self, op: str | None = None) -> torch.Tensor:
-        """Per prompt, the drop averaged over the random control heads."""
-        return torch.stack([self.drops(h, op) for h in self.random_heads]).mean(0)
-
-    def random_drop(self, op: str | None = None) -> Interval:
-        return intervals.mean(self.random_drops(op))
-
-    def excess(self, head: tuple[int, int], op: str | None = None) -> Interval:
-        """The head's drop minus the random heads' mean drop on the same prompts (paired)."""
-        return intervals.mean(self.drops(head, op) - self.random_drops(op))
-
-    def base_accuracy(self, op: str | None = None) -> Interval:
-        return intervals.mean(self.sweep.base_correct[self._rows(op)].float())
-
-    def specific(self) -> list[tuple[tuple[int, int], str]]:
-        """``(head, op)`` pairs where the head's drop interval lies above zero on ``op`` and on no other op."""
-        out = []
-        for h in self.heads:
-            above = [o for o in self.op_names if self.drop(h, o).above(0)]
-            if len(above) == 1:
-                out.append((h, above[0]))
-        return out
-
-    def _per_op(self, f) -> dict:
-        """``{"all": f(None), op: f(op), ...}``."""
-        return {"all": f(None), **{o: f(o) for o in self.op_names}}
-
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for kind, hs in (("selected", self.heads), ("random", self.random_heads)):
-            for h in hs:
-                rows.append({"head": head_label(*h), "kind": kind, **self._per_op(lambda o, h=h: self.drop(h, o).format(3))})
-        rows.append({"head": "mean of random heads", "kind": "control", **self._per_op(lambda o: self.random_drop(o).format(3))})
-        return pd.DataFrame(rows)
-
-    def to_json(self) -> dict:
-        return {
-            "heads": [head_label(*h) for h in self.heads],
-            "random_heads": [head_label(*h) for h in self.random_heads],
-            "n_prompts": len(self.ops),
-            "n_prompts_per_op": {o: sum(1 for x in self.ops if x == o) for o in self.op_names},
-            "base_accuracy": self._per_op(lambda o: self.base_accuracy(o).to_json()),
-            "accuracy_drop": {
-                head_label(*h): self._per_op(lambda o, h=h: self.drop(h, o).to_json())
-                for h in (*self.heads, *self.random_heads)
-            },
-            "random_heads_mean_drop": self._per_op(lambda o: self.random_drop(o).to_json()),
-            "specific_heads": [{"head": head_label(*h), "op": o} for h, o in self.specific()],
-        }
-
-
-@dataclass(frozen=True)
 class CNAStudy(Study):
     """Everything a run measured: accuracy, the head sweep and its held-out re-scoring, CNA and mask/keep, the
     top-10 comparison, query and attention neurons, and the claims table."""
@@ -258,7 +176,7 @@ class CNAStudy(Study):
     settings: dict = field(default_factory=dict)
     config: CNAConfig | None = result(None, json=None)  # its settings are in ``settings``
     accuracy_by_op: dict = field(default_factory=dict)  # op -> Interval
-    heldout: HeldOutHeads | None = result(None, key="heldout_heads")
+    heldout: cna_mod.HeldOutHeads | None = result(None, key="heldout_heads")
     query: neurons.TopNeuronEval | None = result(None, json=None)
     query_layers: dict = result(default_factory=dict, json=None)
     attn: neurons.TopNeuronEval | None = result(None, key="attention_neurons", json=lambda ev: _evals(ev))
@@ -336,57 +254,6 @@ class CNAStudy(Study):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# choosing prompts
-
-
-def _per_op(ds: arithmetic.ArithmeticDataset, ops, n: int, seed: int) -> arithmetic.ArithmeticDataset:
-    """Up to ``n`` random prompts of each operation (all templates mixed)."""
-    idx = []
-    rng = random.Random(seed)
-    for op in ops:
-        rows = [i for i, p in enumerate(ds) if p.op == op]
-        idx += rng.sample(rows, min(n, len(rows)))
-    if not idx:
-        raise InputError("No held-out prompts left: raise n_acc or lower n_sweep.")
-    return ds.select(indices=sorted(idx))
-
-
-def _one_length(
-    model, ds: arithmetic.ArithmeticDataset, n: int, seed: int, *, per_op: bool = False
-) -> arithmetic.ArithmeticDataset:
-    """``n`` random prompts (``per_op``: ``n`` of each operation) of one token length, the length with the most
-    operations, so that a sweep or an attribution runs as one batch (the readout rows and the clean forwards are
-    shared by a batch) and attention neurons can be compared."""
-    by_len: dict[int, list[int]] = {}
-    for i, t in enumerate(ds.texts):
-        by_len.setdefault(int(model.to_tokens(t).shape[1]), []).append(i)
-
-    def n_ops(ix):
-        return len({ds.prompts[i].op for i in ix})
-
-    best = max(by_len.values(), key=lambda ix: (n_ops(ix), len(ix)))
-    rng = random.Random(seed)
-    if not per_op:
-        _warn_short(n, len(best), "")
-        return ds.select(indices=sorted(rng.sample(best, min(n, len(best)))))
-    idx = []
-    for op in dict.fromkeys(ds.prompts[i].op for i in best):
-        rows = [i for i in best if ds.prompts[i].op == op]
-        _warn_short(n, len(rows), f" of operation {op!r}")
-        idx += rng.sample(rows, min(n, len(rows)))
-    return ds.select(indices=sorted(idx))
-
-
-def _warn_short(wanted: int, have: int, what: str) -> None:
-    if have < wanted:
-        warnings.warn(
-            f"Only {have} prompts{what} share one token length, fewer than the {wanted} asked for; the sweep uses "
-            f"{have}. Raise n_acc (--n-acc) to draw more prompts, or lower n_sweep (--n-sweep).",
-            stacklevel=3,
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # the steps of a run
 
 
@@ -405,32 +272,18 @@ def measure_accuracy(model, cfg: CNAConfig, progress: bool = True):
 
 def sweep_heads(model, cfg: CNAConfig, ds: ArithmeticDataset, progress: bool = True, workers=None):
     """Step 2: every head ablated alone on the selection split (prompts of one token length, so the sweep runs
-    as one batch), the chosen heads (:func:`select_heads`) and as many random heads re-scored on held-out
-    prompts. Returns the selection split, the rest of the dataset, the sweep and the :class:`HeldOutHeads`."""
+    as one batch), the chosen heads (:func:`codecircuits.cna.select_heads`) and as many random heads re-scored on held-out
+    prompts. Returns the selection split, the rest of the dataset, the sweep and the
+    :class:`~codecircuits.cna.HeldOutHeads`."""
     seed, ops = cfg.seed, tuple(cfg.ops)
-    sel = _one_length(model, ds, max(1, cfg.n_sweep // len(ops)), seed, per_op=True)
+    sel = arithmetic.one_length(model, ds, max(1, cfg.n_sweep // len(ops)), seed, per_op=True)
     rest = ds.select(exclude=sel)
     sweep = distributed.run(cna_mod.head_sweep, model, sel.texts, sel.label_ids, progress=progress, workers=workers)
-    chosen = select_heads(sweep, [p.op for p in sel], cfg.n_top_heads)
+    chosen = cna_mod.select_heads(sweep, [p.op for p in sel], cfg.n_top_heads)
     rand = heads.random_heads(model, len(chosen), exclude=set(chosen), seed=seed, rng="python")[0]
-    held = _per_op(rest, ops, cfg.n_heldout, seed + 1)
+    held = rest.per_op(cfg.n_heldout, ops, seed=seed + 1)
     hsweep = cna_mod.head_effects(model, held.texts, held.label_ids, [*chosen, *rand], progress=progress)
-    return sel, rest, sweep, HeldOutHeads(tuple(chosen), tuple(rand), hsweep, tuple(p.op for p in held))
-
-
-def select_heads(sweep: cna_mod.HeadSweep, ops: list[str], n_top: int) -> list[tuple[int, int]]:
-    """The ``n_top`` heads with the largest selection drop, then the most harmful head of each operation (ties
-    broken by the log-probability drop on that operation's prompts)."""
-    chosen = [tuple(int(x) for x in r) for r in sweep.top(n_top)[["layer", "head"]].values]
-    for op in dict.fromkeys(ops):
-        rows = torch.tensor([i for i, o in enumerate(ops) if o == op])
-        d = sweep.base_correct[rows].float().mean() - sweep.correct[:, :, rows].float().mean(-1)
-        key = d * 1e3 - sweep.prompt_logprob[:, :, rows].mean(-1)
-        flat = int(key.flatten().argmax())
-        h = (flat // d.shape[1], flat % d.shape[1])
-        if h not in chosen:
-            chosen.append(h)
-    return chosen
+    return sel, rest, sweep, cna_mod.HeldOutHeads(tuple(chosen), tuple(rand), hsweep, tuple(p.op for p in held))
 
 
 def cna_and_mask_keep(model, cfg: CNAConfig, ds, correct, rest, head, progress: bool = True, workers=None):
@@ -439,12 +292,12 @@ def cna_and_mask_keep(model, cfg: CNAConfig, ds, correct, rest, head, progress: 
     prompts. Returns the mask/keep prompts, the CNA result, the table, the CNA prompts and the N measured."""
     seed, ops = cfg.seed, tuple(cfg.ops)
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    mask_set = _per_op(rest, ops, cfg.n_mask, seed + 2)
+    mask_set = rest.per_op(cfg.n_mask, ops, seed=seed + 2)
     is_right = dict(zip(ds.prompts, correct.tolist()))
     cna_pool = rest.select(exclude=mask_set) if len(rest) > len(mask_set) else rest
     if any(is_right[p] for p in cna_pool):
         cna_pool = ArithmeticDataset(tuple(p for p in cna_pool if is_right[p]))
-    cna_ds = _one_length(model, cna_pool, max(1, -(-cfg.n_cna // len(ops))), seed + 4, per_op=True)
+    cna_ds = arithmetic.one_length(model, cna_pool, max(1, -(-cfg.n_cna // len(ops))), seed + 4, per_op=True)
     cna_ds = cna_ds.select(limit=cfg.n_cna, seed=seed)
     cna_texts, cna_labels = cna_ds.texts, cna_ds.label_ids
     cna_layers = None if cfg.cna_layers is None else range(max(head[0], n_layers - cfg.cna_layers), n_layers)
@@ -470,7 +323,7 @@ def top_neurons(model, cfg: CNAConfig, rest, progress: bool = True, workers=None
     ``attn_layers`` layers. Returns the layers scored (None: all), the Table 2 evaluation, the query evaluation
     and the layers of value and query neurons, and the attention evaluation (None where not run)."""
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    ev_ds = _one_length(model, rest, cfg.n_top10, cfg.seed + 3)
+    ev_ds = arithmetic.one_length(model, rest, cfg.n_top10, cfg.seed + 3)
     layers = None if cfg.top10_layers is None else list(range(max(0, n_layers - cfg.top10_layers), n_layers))
     attr = distributed.run(
         neurons.ffn_neurons, model, ev_ds.texts, target=ev_ds.label_ids, scores="all", layers=layers,
@@ -485,14 +338,7 @@ def top_neurons(model, cfg: CNAConfig, rest, progress: bool = True, workers=None
         query = neurons.evaluate_top_neurons(
             model, ev_ds.texts, q.to_attribution(attr), k=k_q, seed=cfg.seed, progress=progress
         )
-        v_layers = q.value_neurons[..., 0].float().mean(1)  # mean layer of each prompt's top value neurons
-        q_layers = (q.ffn.reshape(len(ev_ds), -1).topk(value_top, dim=1).indices // d_mlp).float().mean(1)
-        query_layers = {
-            "value_mean_layer": intervals.mean(v_layers).to_json(),
-            "query_mean_layer": intervals.mean(q_layers).to_json(),
-            "value_minus_query": intervals.mean(v_layers - q_layers).to_json(),
-            "n_value_neurons": value_top,
-        }
+        query_layers = {k: iv.to_json() for k, iv in q.mean_layers(value_top).items()} | {"n_value_neurons": value_top}
     attn = None
     if cfg.n_attn > 0 and cfg.attn_layers > 0:
         a_ds = ev_ds.select(indices=range(min(cfg.n_attn, len(ev_ds))))

@@ -39,7 +39,7 @@ from .. import heads as heads_mod
 from .. import intervals, lens
 from ..core.metrics import logit_diff
 from ..core.runner import Receiver
-from ..core.sites import LN_FINAL_SCALE, head_label, hook_name
+from ..core.sites import head_label, hook_name
 from ..errors import InputError
 from ..patching import patch_layers
 from ..tasks import parens as task
@@ -259,52 +259,8 @@ def _neighbour(counts: tuple[int, ...], k: int) -> int:
     raise InputError(f"The study needs at least two adjacent paren counts; got {counts}.")
 
 
-def _ratio(p, b, s):
-    """Recovery ``(patched - base) / (source - base)`` on means over the examples (last axis)."""
-    return (p - b).mean(-1) / (s - b).mean(-1)
-
-
-def _mean_difference(a, b):
-    return (a - b).mean(-1)
-
-
-def _f1_stat(promotes, is_class):
-    """F1 over the examples (last axis) of 0/1 ``promotes`` against 0/1 ``is_class``."""
-    tp = (promotes * is_class).sum(-1)
-    prec = tp / promotes.sum(-1)
-    rec = tp / is_class.sum(-1)
-    return torch.where(tp > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
-
-
-def _partial_stat(x, y, z):
-    """Partial correlation of ``x`` and ``y`` given ``z`` (intercept added), batched over a leading axis."""
-    ones = torch.ones(*z.shape[:-1], 1, dtype=z.dtype)
-    zz = torch.cat([ones, z - z.mean(-2, keepdim=True)], -1)
-    proj = zz @ torch.linalg.pinv(zz)
-    rx = x - (proj @ x[..., None])[..., 0]
-    ry = y - (proj @ y[..., None])[..., 0]
-    return (rx * ry).sum(-1) / (rx.norm(dim=-1) * ry.norm(dim=-1)).clamp_min(1e-12)
-
-
-def _emergence_stat(p, frac):
-    """The first layer from which the mean (over prompts, axis -2) stays >= ``frac`` x its final value; NaN if none."""
-    m = p.mean(-2)  # [R, layers]
-    fin = m[..., -1:]
-    ok = (m >= frac * fin) & (fin > 0)
-    tail = torch.flip(torch.cummin(torch.flip(ok.int(), [-1]), -1).values, [-1]).bool()  # ok from here on
-    return torch.where(tail.any(-1), tail.int().argmax(-1).double(), torch.full(m.shape[:-1], float("nan")))
-
-
 def _iv(x: intervals.Interval | None):
     return None if x is None else x.to_json()
-
-
-def _lens_names(model) -> list[str]:
-    """The hook names :func:`codecircuits.lens.run_cache` keeps, plus the attention patterns."""
-    want = (*lens.LENS_HOOKS, "attn.hook_pattern")
-    return [
-        n for n in model.hook_dict if n == LN_FINAL_SCALE or n in ("hook_embed", "hook_pos_embed") or n.endswith(want)
-    ]
 
 
 def _readout(logits: torch.Tensor, correct_id: int, wrong_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,7 +378,7 @@ class _Evaluation:
 
 def _evaluate(model, cfg: ParensConfig, su: _Setup, progress: bool) -> _Evaluation:
     """One cached forward per count of the evaluation split: the lens, contributions, head logits, accuracy."""
-    names = _lens_names(model)
+    names = lens.cache_names(model, extra=("attn.hook_pattern",))  # the lens hooks and the attention patterns
     e = _Evaluation()
     for k, (ps, toks) in tqdm(su.ev_ds.groups(model).items(), disable=not progress, desc="parens: evaluation"):
         c, w = su.ids(k)
@@ -472,7 +428,7 @@ def _promoter_f1(cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluation
             "head": head_label(layer, h),
             "f1_selection": float(sel.promoters.f1[i, layer, h]),
             "f1": intervals.statistic(
-                _f1_stat, promotes[:, layer, h, i], (ev.labels == i).double(), n_resamples=cfg.n_resamples
+                intervals.f1, promotes[:, layer, h, i], (ev.labels == i).double(), n_resamples=cfg.n_resamples
             ),
         }
     return out
@@ -517,21 +473,16 @@ def _count_tracking(model, cfg: ParensConfig, su: _Setup, counting: heads_mod.Co
     tracks = {n: heads_mod.count_tracking(model, g, caches=c) for n, (g, c, _) in parts.items()}
     sel, tracking = tracks["selection"], tracks["evaluation"]
     chosen = sel.heads(3)
-    x, z, R = tracking.n_open, tracking.covariates, cfg.n_resamples
+    R = cfg.n_resamples
 
     def signed_partial(head, sign_from) -> intervals.Interval:  # signed so that the head's own direction is up
         sign = float(torch.sign(sign_from.partial_corr[head].nan_to_num(0)) or 1.0)
-        y = tracking.mass[:, head[0], head[1]]
-        return intervals.statistic(lambda a, b, c: sign * _partial_stat(a, b, c), x, y, z, n_resamples=R)
-
-    def mean_abs_partial(x, y, z):
-        return torch.stack([_partial_stat(x, y[..., j], z).abs() for j in range(y.shape[-1])], -1).mean(-1)
+        return tracking.partial_interval(head, sign=sign, n_resamples=R)
 
     raw_top = counting.heads(1)[0]  # the older measure's head (plain correlation on the paper's prompts)
     pc_top, pc_raw = signed_partial(chosen[0], sel), signed_partial(raw_top, tracking)
     rand = heads_mod.random_heads(model, 1, exclude=chosen, n_draws=max(cfg.n_random, 8), seed=cfg.seed)
-    y_rand = torch.stack([tracking.mass[:, a, b] for ((a, b),) in rand], 1)  # [n, draws]
-    pc_rand = intervals.statistic(mean_abs_partial, x, y_rand, z, n_resamples=R)
+    pc_rand = tracking.mean_abs_partial_interval([h for (h,) in rand], n_resamples=R)
     acc_closed = {}
     for k in su.counts:
         rows = [c for (o, _, c) in parts["evaluation"][2] if o == k]
@@ -598,7 +549,7 @@ def _patch_sublayers(model, cfg: ParensConfig, su: _Setup, ev: _Evaluation, sel:
             per_pair = answer[site].per_example[answer_layers.index(layer)]
             entry[f"{site}_selected_layer"] = layer
             entry[f"{site}_selected_recovery"] = _iv(
-                intervals.statistic(_ratio, per_pair, base, source, n_resamples=cfg.n_resamples)
+                intervals.statistic(intervals.recovery, per_pair, base, source, n_resamples=cfg.n_resamples)
             )
         out[k] = entry
     return out
@@ -651,7 +602,7 @@ def _ablate(model, cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluati
                 "heads": [head_label(a, b) for a, b in top],
                 "drop": _iv(intervals.mean(drop, n_resamples=R)),
                 "random_drop": _iv(intervals.mean(drop_r, n_resamples=R)),
-                "difference": _iv(intervals.statistic(_mean_difference, drop, drop_r, n_resamples=R)),
+                "difference": _iv(intervals.statistic(intervals.mean_difference, drop, drop_r, n_resamples=R)),
             }
         )
     pooled = None
@@ -660,7 +611,7 @@ def _ablate(model, cfg: ParensConfig, su: _Setup, sel: _Selection, ev: _Evaluati
         pooled = (
             intervals.mean(d_all, n_resamples=R),
             intervals.mean(r_all, n_resamples=R),
-            intervals.statistic(_mean_difference, d_all, r_all, n_resamples=R),
+            intervals.statistic(intervals.mean_difference, d_all, r_all, n_resamples=R),
         )
     out = {
         "intervene_at": at,
@@ -749,7 +700,7 @@ def _against_random(cfg: ParensConfig, ev: _Evaluation, k: int, row: dict, ampli
         "random_accuracy": _iv(intervals.mean(corr_r, n_resamples=R)),
         "random_accuracy_gain": _iv(intervals.mean(corr_r - base_c, n_resamples=R)),
         "random_logit_diff_gain": _iv(intervals.mean(ld_r - base_ld, n_resamples=R)),
-        "gain_over_random": _iv(intervals.statistic(_mean_difference, ld_amp, ld_r, n_resamples=R)),
+        "gain_over_random": _iv(intervals.statistic(intervals.mean_difference, ld_amp, ld_r, n_resamples=R)),
     }
 
 
@@ -779,7 +730,8 @@ def _headlines(cfg: ParensConfig, su: _Setup, ev: _Evaluation) -> _Headlines:
         {k: intervals.mean(ev.correct[k].double(), n_resamples=R) for k in su.counts},
         {k: intervals.mean(ev.logit_diff[k], n_resamples=R) for k in su.counts},
         {
-            k: intervals.statistic(lambda p: _emergence_stat(p, frac), ev.lenses[k].post().T.double(), n_resamples=R)
+            k: intervals.statistic(lambda p: intervals.emergence_layer(p, frac), ev.lenses[k].post().T.double(),
+                                   n_resamples=R)
             for k in su.counts
         },
         {k: (ev.contributions[k].attn.sum(0).double(), ev.contributions[k].mlp.sum(0).double()) for k in su.counts},
@@ -896,8 +848,8 @@ def _claims(cfg, su, n_layers, head, patch, pooled, scaling, ev, tracking, track
             f"earliest emergence layer (of {n_layers}) over the counts the model gets right ({earliest} parens); "
             + ", ".join(f"{k}: {emerge[k].format(1)}" for k in ok)))
         a_all, m_all = torch.cat([head.net[k][0] for k in ok]), torch.cat([head.net[k][1] for k in ok])
-        diff = intervals.statistic(_mean_difference, a_all, m_all, n_resamples=R)
-        per_count = [intervals.statistic(_mean_difference, *head.net[k], n_resamples=R).above(0) for k in ok]
+        diff = intervals.statistic(intervals.mean_difference, a_all, m_all, n_resamples=R)
+        per_count = [intervals.statistic(intervals.mean_difference, *head.net[k], n_resamples=R).above(0) for k in ok]
 
         def recovery(k, site):
             iv = intervals.Interval.from_json(patch[k][f"{site}_selected_recovery"])

@@ -36,10 +36,7 @@ paper's claims get verdicts (``study.claims``; ``results.json["claims"]``).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -274,42 +271,7 @@ def _bench(model, cfg: RepairConfig, all_cases, cases, pool, task_of, corpora) -
     )
 
 
-class _Progress:
-    """The study's finished steps in a JSON file, rewritten atomically after each one (the SGD sweep, each case,
-    each successive sequence), so an interrupted run resumes where it stopped. Each case is undone before the next
-    and the study checks the base bit for bit, so resumed results equal an uninterrupted run's (times aside)."""
-
-    def __init__(self, path, key: str, resume: bool):
-        self.path = None if path is None else Path(path)
-        self.state = {"key": key, "sweep": None, "cases": {}, "successive": {}}
-        if resume and self.path is not None and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved.get("key") != key:
-                raise InputError(
-                    f"{self.path} was written by a run with other settings, model or cases; delete it, give "
-                    "another --out, or run without --resume to start afresh."
-                )
-            self.state = saved
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state))
-        os.replace(tmp, self.path)
-
-
-def _run_key(model, cfg: RepairConfig, cases) -> str:
-    ident = {
-        "model": str(model.cfg.model_name),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "n_resamples"},
-        "cases": [[c.source, c.line_no, list(c.reference), list(c.predicted)] for c in cases],
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _choose_sgd(model, cfg: RepairConfig, select, bench: _Bench, done: _Progress, progress: bool):
+def _choose_sgd(model, cfg: RepairConfig, select, bench: _Bench, done: R.Checkpoint, progress: bool):
     """The SGD baseline's setting, chosen on the selection split (:func:`codecircuits.repair.sgd_sweep`): the sweep
     rows and the choice; without a selection split, MINT's baseline setting (lr 1e-2, 10 steps) where the grid
     has it."""
@@ -363,7 +325,7 @@ def _repair_case(model, cfg: RepairConfig, bench: _Bench, ci: int, case, lr: flo
     return [dict(common, method="mint", **mint), dict(common, method="sgd", **sgd)], example
 
 
-def _repair_cases(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: _Progress, progress: bool):
+def _repair_cases(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: R.Checkpoint, progress: bool):
     """Every evaluation case repaired on its own (from the checkpoint where it holds the case); the rows and the
     first six examples."""
     from tqdm.auto import tqdm
@@ -382,7 +344,7 @@ def _repair_cases(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, don
     return rows, examples
 
 
-def _successive(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: _Progress, progress: bool):
+def _successive(model, cfg: RepairConfig, bench: _Bench, cases, lr, steps, done: R.Checkpoint, progress: bool):
     """Each method's sequence of repairs without undoing (:func:`codecircuits.repair.successive_repairs`), from
     the checkpoint where it holds it: the rows, and per method the earlier fixes held and unrelated predictions
     unchanged after the last repair."""
@@ -426,7 +388,8 @@ def run(
     all_cases, pool, task_of, corpora = _collect(model, cfg, progress)
     select, cases = all_cases[: cfg.n_select], all_cases[cfg.n_select :]
     bench = _bench(model, cfg, all_cases, cases, pool, task_of, corpora)
-    done = _Progress(checkpoint, _run_key(model, cfg, all_cases), resume)
+    settings = {k: v for k, v in asdict(cfg).items() if k != "n_resamples"}  # the bootstrap is redone on resume
+    done = R.Checkpoint(checkpoint, R.checkpoint_key(model, settings, all_cases), resume)
     resumed = bool(done.state["cases"] or done.state["sweep"])
     sweep, choice = _choose_sgd(model, cfg, select, bench, done, progress)
     lr, steps = float(choice["lr"]), int(choice["steps"])

@@ -33,28 +33,14 @@ Each step is a function of the config and what the earlier steps made: :func:`bu
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, replace
-
-import numpy as np
-from tqdm.auto import tqdm
 
 from .. import intervals
 from .. import subspace as sub
-from ..core.inputs import single_token_id
-from ..core.sites import hook_name
-from ..errors import InputError
-from ..tasks import parens
 from .common import Study, claim_specs, configure, json_safe, model_name, result, setting, timed
 
-# Held-out templates: the paper's comment line reworded; the code line is the paper's.
-TEMPLATES = {
-    "paper": "#print the string {num}\nprint({calls}{num}",
-    "number": "#print the number {num}\nprint({calls}{num}",
-    "show": "# show the string {num}\nprint({calls}{num}",
-    "output": "# output the string {num}\nprint({calls}{num}",
-    "value": "#print the value {num}\nprint({calls}{num}",
-}
+#: the prompts' templates (the paper's, and its comment line reworded) and those DAS is trained on
+TEMPLATES = sub.PAREN_TEMPLATES
 TRAIN_TEMPLATES = ("paper",)
 
 
@@ -139,117 +125,24 @@ class SubspaceStudy(Study):
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def _prompt(template: str, n_open: int, num: int) -> str:
-    return template.format(num=num, calls=parens.CALL * (n_open - 1))
-
-
 def build_pairs(model, config: SubspaceConfig, *, progress: bool = False):
-    """Train pairs, held-out pairs and the clean model's accuracy per template and value."""
-    values = tuple(config.values)
-    if len(values) != 2 or values[0] == values[1] or min(values) < 1:
-        raise InputError(f"values must be two different numbers of open parens (>= 1), got {values}.")
-    answers = [parens.label_text(v) for v in values]
-    answer_ids = [single_token_id(model, a) for a in answers]
-    numbers = random.Random(20).sample(range(100, 1000), config.n_numbers)
-    n_train = int(round(parens.TRAIN_FRACTION * len(numbers)))
-    split_numbers = {"train": numbers[:n_train], "test": numbers[n_train:]}
-    rng = random.Random(config.seed)
-    accuracy: dict = {}
-    pools: dict = {}  # (template, split) -> value index -> [prompts the model gets right]
-    for name, template in tqdm(TEMPLATES.items(), desc="clean prompts", disable=not progress, leave=False):
-        accuracy[name] = {}
-        for split, nums in split_numbers.items():
-            if name not in TRAIN_TEMPLATES and split == "train":
-                continue
-            pools[(name, split)] = {}
-            # enough numbers for distinct prompts in each pair, not the whole split
-            want = (
-                config.train_pairs
-                if split == "train"
-                else (config.test_pairs if name in TRAIN_TEMPLATES else config.template_pairs)
-            )
-            nums = nums[: max(8, want + 4)]
-            for k, v in enumerate(values):
-                prompts = [_prompt(template, v, n) for n in nums]
-                ok = sub.answers_correct(model, prompts, answer_ids[k])
-                pools[(name, split)][k] = [p for p, good in zip(prompts, ok) if good or not config.only_correct]
-                accuracy[name].setdefault(v, []).extend(ok)
-    accuracy = {t: {v: float(np.mean(ok)) for v, ok in d.items()} for t, d in accuracy.items()}
-
-    def make(template: str, split: str, n: int) -> tuple[list, list, list, list, list]:
-        pool = pools[(template, split)]
-        base, source, bv, sv = [], [], [], []
-        for i in range(n):
-            a = i % 2  # alternate the direction of the interchange
-            b = 1 - a
-            if not pool[a] or not pool[b]:
-                break
-            base.append(rng.choice(pool[a]))
-            source.append(rng.choice(pool[b]))
-            bv.append(a)
-            sv.append(b)
-        return base, source, bv, sv, [template] * len(base)
-
-    def pairs_of(parts) -> sub.PatchPairs:
-        cols = [sum((p[i] for p in parts), []) for i in range(5)]
-        if not cols[0]:
-            raise InputError(
-                f"The model answers too few prompts correctly to build pairs for values {values}; accuracy per "
-                f"template: {accuracy}."
-            )
-        return sub.PatchPairs.from_prompts(model, cols[0], cols[1], cols[2], cols[3], answers, groups=cols[4])
-
-    train = pairs_of([make(t, "train", config.train_pairs) for t in TRAIN_TEMPLATES])
-    test_parts = [make(t, "test", config.test_pairs) for t in TRAIN_TEMPLATES]
-    test_parts += [make(t, "test", config.template_pairs) for t in TEMPLATES if t not in TRAIN_TEMPLATES]
-    test = pairs_of([p for p in test_parts if p[0]])
-    return train, test, accuracy
+    """Step 1: train pairs, held-out pairs and the clean model's accuracy per template and value
+    (:func:`codecircuits.subspace.paren_pairs` with the config's sizes)."""
+    return sub.paren_pairs(
+        model, tuple(config.values), train_pairs=config.train_pairs, test_pairs=config.test_pairs,
+        template_pairs=config.template_pairs, templates=TEMPLATES, train_templates=TRAIN_TEMPLATES,
+        n_numbers=config.n_numbers, seed=config.seed, only_correct=config.only_correct, progress=progress,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ steps
 
 
-def choose_hooks(sweep: dict[str, list[float]], config: SubspaceConfig) -> dict[str, dict]:
-    """The three locations (see the module docstring), unless the config names them."""
-    n = len(sweep["mlp"])
-    mlp = np.asarray(sweep["mlp"])
-    resid = np.asarray(sweep["resid"])
-    choice: dict[str, dict] = {}
-    if config.mlp_layers:
-        for i, layer in enumerate(config.mlp_layers):
-            choice[f"mlp_{i}"] = dict(hook=hook_name("post", layer), why="given in the config")
-    else:
-        top = int(np.argmax(mlp))
-        choice["mlp_causal"] = dict(
-            hook=hook_name("post", top), why=f"largest full-MLP patch effect (FLDD {mlp[top]:.1f}%)"
-        )
-        reached = [layer for layer in range(n) if resid[layer] >= 50.0]
-        start = reached[0] if reached else n // 2
-        cands = [layer for layer in range(start, n - 1) if layer != top] or [
-            layer for layer in range(n) if layer != top
-        ]
-        quiet = min(cands, key=lambda layer: abs(mlp[layer]))
-        choice["mlp_inert"] = dict(
-            hook=hook_name("post", quiet),
-            why=f"smallest full-MLP patch effect (FLDD {mlp[quiet]:.1f}%) from layer {start}, where patching the "
-            "residual stream first moves the answer half way",
-        )
-    layer = config.resid_layer
-    if layer is None:
-        inert = choice.get("mlp_inert") or next(iter(choice.values()))
-        layer = int(inert["hook"].split(".")[1])
-        why = "the residual stream after the inert MLP's layer (as resid_post.8 beside MLP8 in the paper)"
-    else:
-        why = "given in the config"
-    choice["resid"] = dict(hook=hook_name("resid_post", layer), why=why + f"; full-patch FLDD {resid[layer]:.1f}%")
-    return choice
-
-
 def sweep_and_choose(model, config: SubspaceConfig, train: sub.PatchPairs, *, progress: bool = False):
     """Steps 2-3: the full-component sweep on the first ``sweep_pairs`` training pairs and the locations chosen
-    from it (:func:`choose_hooks`)."""
+    from it (:func:`codecircuits.subspace.choose_hooks`)."""
     sweep = sub.full_patch_sweep(model, train.subset(slice(0, config.sweep_pairs)), progress=progress)
-    return sweep, choose_hooks(sweep, config)
+    return sweep, sub.choose_hooks(sweep, mlp_layers=config.mlp_layers, resid_layer=config.resid_layer)
 
 
 def check_hooks(model, config: SubspaceConfig, train, test, choice: dict, timings: dict, *, progress: bool = False):
@@ -336,17 +229,6 @@ def _roles(choice: dict, checks: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-
-
-def _hist(sep: sub.Separation, bins: int = 12) -> tuple[list[float], dict[str, list[float]]]:
-    p = sep.projections.numpy()
-    edges = np.linspace(p.min(), p.max() + 1e-9, bins + 1)
-    centres = ((edges[:-1] + edges[1:]) / 2).tolist()
-    series = {}
-    for v in sorted(set(sep.values.tolist())):
-        counts, _ = np.histogram(p[sep.values.numpy() == v], bins=edges)
-        series[f"value {v}"] = counts.astype(float).tolist()
-    return centres, series
 
 
 _CARD_LABELS = {
@@ -486,10 +368,10 @@ def _hook_section(r, s: SubspaceStudy, h: str, rep: sub.IllusionReport, shown: s
         [{"direction": k, **v.summary()} for k, v in rep.separation.items()],
         caption="separation of clean activations (held-out prompts) along each direction",
     )
-    x, series = _hist(rep.separation["v"])
+    x, series = rep.separation["v"].histogram()
     r.line_chart(x=x, series=series, title="clean projections on v", x_title="projection", y_title="prompts")
     if "v_row" in rep.separation:
-        x, series = _hist(rep.separation["v_row"])
+        x, series = rep.separation["v_row"].histogram()
         r.line_chart(x=x, series=series, title="clean projections on v_row", x_title="projection", y_title="prompts")
     r.table(
         [{"group": g, **d} for g, d in s.by_group[h].items()], caption="FLDD (%) of each patch per held-out template"

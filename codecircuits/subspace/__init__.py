@@ -42,13 +42,15 @@ edit of ``W_out`` (:mod:`~codecircuits.subspace.edit`, :func:`edit_equivalence`)
 Modules
 -------
 - :mod:`~codecircuits.subspace.pairs`: :class:`PatchPairs`, the counterfactual prompt pairs, and their answer logits;
-  :func:`answers_correct`, which prompts the model answers right.
+  :func:`answers_correct`, which prompts the model answers right; :func:`paren_pairs`, pairs of the number of open
+  parens on the closing-paren prompts.
 - :mod:`~codecircuits.subspace.das`: :class:`Direction`; activations at a hook; DAS (:func:`fit_direction`), the
   difference of class means and random directions (TransformerLens's :class:`LearnedSubspace`,
   ``mean_difference_basis`` and ``random_basis``).
 - :mod:`~codecircuits.subspace.interchange`: :func:`patch` and :class:`PatchResult`; the patch is
   :class:`codecircuits.core.interventions.SubspaceSwap` at one position per pair, equal to TransformerLens's
-  ``SubspaceInterchange`` there; :func:`full_patch_sweep`, the full-component patch at every layer.
+  ``SubspaceInterchange`` there; :func:`full_patch_sweep`, the full-component patch at every layer, and
+  :func:`choose_hooks`, the locations it points to.
 - :mod:`~codecircuits.subspace.checks`: :func:`readout_matrix`, :func:`rowspace_split`, separation, the baselines,
   :func:`decide` and :func:`illusion_checks`.
 - :mod:`~codecircuits.subspace.controls`: the positive control and the planted illusion.
@@ -88,8 +90,17 @@ from .das import (
     unit_vector,
 )
 from .edit import EditResult, edit_equivalence, rank1_edit, second_moment_pinv
-from .interchange import PatchResult, fldd_of, full_patch_sweep, patch, patched_logits, patched_vocab_logits
+from .interchange import (
+    PatchResult,
+    choose_hooks,
+    fldd_of,
+    full_patch_sweep,
+    patch,
+    patched_logits,
+    patched_vocab_logits,
+)
 from .pairs import (
+    PAREN_TEMPLATES,
     PatchPairs,
     answer_logits,
     answers_correct,
@@ -97,6 +108,8 @@ from .pairs import (
     batch_slices,
     check_pairs,
     last_logits,
+    paren_pairs,
+    paren_prompt,
     start_layer,
 )
 
@@ -106,6 +119,7 @@ __all__ = [
     "Direction",
     "EditResult",
     "IllusionReport",
+    "PAREN_TEMPLATES",
     "NormBaseline",
     "PatchPairs",
     "PatchResult",
@@ -121,6 +135,7 @@ __all__ = [
     "base_residual",
     "batch_slices",
     "check_pairs",
+    "choose_hooks",
     "clean_activations",
     "cohens_d",
     "decide",
@@ -131,6 +146,8 @@ __all__ = [
     "illusion_checks",
     "last_logits",
     "mean_difference_direction",
+    "paren_pairs",
+    "paren_prompt",
     "patch",
     "patched_logits",
     "patched_vocab_logits",

@@ -103,6 +103,18 @@ class Separation:
         first."""
         return self.to_dataframe().sort_values("projection", ascending=False, kind="stable").head(k)
 
+    def histogram(self, bins: int = 12) -> tuple[list[float], dict[str, list[float]]]:
+        """The projections' histogram per feature value over ``bins`` equal bins spanning them all: the bins'
+        centres and ``{"value v": counts}``."""
+        p = self.projections.numpy()
+        edges = np.linspace(p.min(), p.max() + 1e-9, bins + 1)
+        centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+        series = {}
+        for v in sorted(set(self.values.tolist())):
+            counts, _ = np.histogram(p[self.values.numpy() == v], bins=edges)
+            series[f"value {v}"] = counts.astype(float).tolist()
+        return centres, series
+
     def plot(self) -> figures.Figure:
         """The quantiles of the projections, one line per feature value: the wider the gap between the lines, the
         better the direction separates the values."""

@@ -8,9 +8,11 @@ basis ``B`` (``[d, k]``), which is TransformerLens's ``SubspaceInterchange``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -260,4 +262,45 @@ def full_patch_sweep(model, pairs: PatchPairs, *, progress: bool = False) -> dic
     return out
 
 
-__all__ = ["PatchResult", "fldd_of", "full_patch_sweep", "patch", "patched_logits", "patched_vocab_logits"]
+def choose_hooks(sweep: dict[str, list[float]], *, mlp_layers: Sequence[int] | None = None,
+                 resid_layer: int | None = None) -> dict[str, dict]:
+    """Three locations to study, chosen from a :func:`full_patch_sweep` as Makelov et al. chose MLP8 and
+    resid_post.8 for IOI: ``"mlp_causal"``, the MLP whose full patch matters most; ``"mlp_inert"``, the MLP whose
+    full patch matters least once the feature has reached the last position (the residual patch first moves the
+    answer half way); ``"resid"``, the residual stream after the inert MLP's layer. ``mlp_layers`` (then
+    ``"mlp_0"``, ...) and ``resid_layer`` override the choice. Each is ``{"hook": name, "why": reason}``."""
+    n = len(sweep["mlp"])
+    mlp = np.asarray(sweep["mlp"])
+    resid = np.asarray(sweep["resid"])
+    choice: dict[str, dict] = {}
+    if mlp_layers:
+        for i, layer in enumerate(mlp_layers):
+            choice[f"mlp_{i}"] = dict(hook=sites.hook_name("post", layer), why="given in the config")
+    else:
+        top = int(np.argmax(mlp))
+        choice["mlp_causal"] = dict(
+            hook=sites.hook_name("post", top), why=f"largest full-MLP patch effect (FLDD {mlp[top]:.1f}%)"
+        )
+        reached = [layer for layer in range(n) if resid[layer] >= 50.0]
+        start = reached[0] if reached else n // 2
+        cands = [la for la in range(start, n - 1) if la != top] or [la for la in range(n) if la != top]
+        quiet = min(cands, key=lambda layer: abs(mlp[layer]))
+        choice["mlp_inert"] = dict(
+            hook=sites.hook_name("post", quiet),
+            why=f"smallest full-MLP patch effect (FLDD {mlp[quiet]:.1f}%) from layer {start}, where patching the "
+            "residual stream first moves the answer half way",
+        )
+    layer = resid_layer
+    if layer is None:
+        inert = choice.get("mlp_inert") or next(iter(choice.values()))
+        layer = int(inert["hook"].split(".")[1])
+        why = "the residual stream after the inert MLP's layer (as resid_post.8 beside MLP8 in the paper)"
+    else:
+        why = "given in the config"
+    why += f"; full-patch FLDD {resid[layer]:.1f}%"
+    choice["resid"] = dict(hook=sites.hook_name("resid_post", layer), why=why)
+    return choice
+
+
+__all__ = ["PatchResult", "choose_hooks", "fldd_of", "full_patch_sweep", "patch", "patched_logits",
+           "patched_vocab_logits"]

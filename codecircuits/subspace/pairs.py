@@ -3,17 +3,21 @@ them: check them, batch them, read the answer logits at each base prompt's last 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Int
+from tqdm.auto import tqdm
 
 from ..core.inputs import check_hook_names, single_token_id
 from ..core.runner import resid_at, run_from, run_with_hooks
 from ..core.sites import UNEMBED_IN, layer_of_hook
 from ..errors import InputError
+from ..tasks import parens
 
 
 @dataclass(frozen=True)
@@ -245,3 +249,88 @@ __all__ = [
     "last_logits",
     "start_layer",
 ]
+
+
+#: the closing-paren prompt's templates (``{calls}``: the ``str(`` calls): the paper's, and its comment line reworded
+#: (held-out templates); the code line is the paper's
+PAREN_TEMPLATES = {
+    "paper": "#print the string {num}\nprint({calls}{num}",
+    "number": "#print the number {num}\nprint({calls}{num}",
+    "show": "# show the string {num}\nprint({calls}{num}",
+    "output": "# output the string {num}\nprint({calls}{num}",
+    "value": "#print the value {num}\nprint({calls}{num}",
+}
+
+
+def paren_prompt(template: str, n_open: int, num: int) -> str:
+    """``template`` with ``n_open`` open parens in all (``print(`` and ``n_open - 1`` ``str(`` calls) before
+    ``num``."""
+    return template.format(num=num, calls=parens.CALL * (n_open - 1))
+
+
+def paren_pairs(model, values: tuple[int, int] = (2, 3), *, train_pairs: int = 32, test_pairs: int = 16,
+                template_pairs: int = 6, templates: dict[str, str] | None = None,
+                train_templates: Sequence[str] = ("paper",), n_numbers: int = 300, seed: int = 0,
+                only_correct: bool = True, progress: bool = False) -> tuple[PatchPairs, PatchPairs, dict]:
+    """Counterfactual pairs of the number of open parens (``values``: two counts) on the closing-paren prompts:
+    ``(train, test, accuracy)``. ``train`` holds ``train_pairs`` pairs of the ``train_templates`` with train
+    numbers; ``test`` their ``test_pairs`` pairs with held-out numbers and ``template_pairs`` of each other template
+    (:data:`PAREN_TEMPLATES` by default), its ``groups`` naming each pair's template; ``accuracy`` is the clean
+    model's, per template and value. A pair's base and source alternate between the two values; ``only_correct``
+    keeps the prompts the model answers right."""
+    templates = PAREN_TEMPLATES if templates is None else templates
+    values = tuple(values)
+    if len(values) != 2 or values[0] == values[1] or min(values) < 1:
+        raise InputError(f"values must be two different numbers of open parens (>= 1), got {values}.")
+    answers = [parens.label_text(v) for v in values]
+    answer_ids = [single_token_id(model, a) for a in answers]
+    numbers = random.Random(20).sample(range(100, 1000), n_numbers)
+    n_train = int(round(parens.TRAIN_FRACTION * len(numbers)))
+    split_numbers = {"train": numbers[:n_train], "test": numbers[n_train:]}
+    rng = random.Random(seed)
+    accuracy: dict = {}
+    pools: dict = {}  # (template, split) -> value index -> [prompts the model gets right]
+    for name, template in tqdm(templates.items(), desc="clean prompts", disable=not progress, leave=False):
+        accuracy[name] = {}
+        for split, nums in split_numbers.items():
+            if name not in train_templates and split == "train":
+                continue
+            pools[(name, split)] = {}
+            # enough numbers for distinct prompts in each pair, not the whole split
+            want = train_pairs if split == "train" else (test_pairs if name in train_templates else template_pairs)
+            nums = nums[: max(8, want + 4)]
+            for k, v in enumerate(values):
+                prompts = [paren_prompt(template, v, n) for n in nums]
+                ok = answers_correct(model, prompts, answer_ids[k])
+                pools[(name, split)][k] = [p for p, good in zip(prompts, ok) if good or not only_correct]
+                accuracy[name].setdefault(v, []).extend(ok)
+    accuracy = {t: {v: float(np.mean(ok)) for v, ok in d.items()} for t, d in accuracy.items()}
+
+    def make(template: str, split: str, n: int) -> tuple[list, list, list, list, list]:
+        pool = pools[(template, split)]
+        base, source, bv, sv = [], [], [], []
+        for i in range(n):
+            a = i % 2  # alternate the direction of the interchange
+            b = 1 - a
+            if not pool[a] or not pool[b]:
+                break
+            base.append(rng.choice(pool[a]))
+            source.append(rng.choice(pool[b]))
+            bv.append(a)
+            sv.append(b)
+        return base, source, bv, sv, [template] * len(base)
+
+    def pairs_of(parts) -> PatchPairs:
+        cols = [sum((p[i] for p in parts), []) for i in range(5)]
+        if not cols[0]:
+            raise InputError(
+                f"The model answers too few prompts correctly to build pairs for values {values}; accuracy per "
+                f"template: {accuracy}."
+            )
+        return PatchPairs.from_prompts(model, cols[0], cols[1], cols[2], cols[3], answers, groups=cols[4])
+
+    train = pairs_of([make(t, "train", train_pairs) for t in train_templates])
+    test_parts = [make(t, "test", test_pairs) for t in train_templates]
+    test_parts += [make(t, "test", template_pairs) for t in templates if t not in train_templates]
+    test = pairs_of([p for p in test_parts if p[0]])
+    return train, test, accuracy

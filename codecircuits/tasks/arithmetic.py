@@ -14,6 +14,7 @@ otherwise). Only the first token of the answer is scored (for a tokenizer that s
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -144,8 +145,45 @@ class ArithmeticDataset:
             tuple(self.prompts[i] for i in rest)
         )
 
+    def per_op(self, n: int, ops: Iterable[str] | None = None, *, seed: int = 0) -> ArithmeticDataset:
+        """Up to ``n`` random prompts of each operation of ``ops`` (default: every operation; all templates mixed),
+        in the dataset's order."""
+        idx = []
+        rng = random.Random(seed)
+        for op in self.ops if ops is None else ops:
+            rows = [i for i, p in enumerate(self.prompts) if p.op == op]
+            idx += rng.sample(rows, min(n, len(rows)))
+        if not idx:
+            raise InputError(f"No prompts of operations {tuple(ops or ())} left to draw {n} of each from.")
+        return self.select(indices=sorted(idx))
+
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame([p.__dict__ for p in self.prompts])
+
+
+def one_length(model, ds: ArithmeticDataset, n: int, seed: int = 0, *, per_op: bool = False) -> ArithmeticDataset:
+    """``n`` random prompts of ``ds`` (``per_op``: ``n`` of each operation) of one token length, the length with the
+    most operations (then the most prompts), so that a sweep or an attribution runs as one batch; warns when that
+    length holds fewer prompts than asked for."""
+    by_len: dict[int, list[int]] = {}
+    for i, t in enumerate(ds.texts):
+        by_len.setdefault(int(model.to_tokens(t).shape[1]), []).append(i)
+    best = max(by_len.values(), key=lambda ix: (len({ds.prompts[i].op for i in ix}), len(ix)))
+    rng = random.Random(seed)
+    groups = {"": best} if not per_op else {
+        f" of operation {op!r}": [i for i in best if ds.prompts[i].op == op]
+        for op in dict.fromkeys(ds.prompts[i].op for i in best)
+    }
+    idx = []
+    for what, rows in groups.items():
+        if len(rows) < n:
+            warnings.warn(
+                f"Only {len(rows)} prompts{what} share one token length, fewer than the {n} asked for; the selection "
+                f"uses {len(rows)}. Draw more prompts (in the CNA study: raise n_acc, --n-acc) or ask for fewer.",
+                stacklevel=2,
+            )
+        idx += rng.sample(rows, min(n, len(rows)))
+    return ds.select(indices=sorted(idx))
 
 
 def _label_id(model, prompt: str, answer: str) -> tuple[int, str]:

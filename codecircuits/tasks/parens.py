@@ -25,6 +25,7 @@ of open parens varies apart from the number of ``(`` tokens and the prompt's len
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -149,6 +150,17 @@ class ParensDataset:
             out.append(p)
         if not out:
             raise InputError(f"No prompts left after selecting n_open={n_open!r}, split={split!r}.")
+        return ParensDataset(tuple(out), self.n_values, self.seed, self.n_numbers, dict(self.label_ids))
+
+    def one_length(self, model, limit: int | None = None) -> ParensDataset:
+        """Per ``n_open``, the prompts of its most common token length (the first ``limit`` of them), so that
+        :meth:`groups` gives one batch per count."""
+        n_tok = {p: int(model.to_tokens(p.text).shape[1]) for p in self.prompts}
+        out = []
+        for k in self.n_opens:
+            ps = [p for p in self.prompts if p.n_open == k]
+            length = Counter(n_tok[p] for p in ps).most_common(1)[0][0]
+            out += [p for p in ps if n_tok[p] == length][:limit]
         return ParensDataset(tuple(out), self.n_values, self.seed, self.n_numbers, dict(self.label_ids))
 
     def groups(self, model) -> dict[int, tuple[list[ParenPrompt], torch.Tensor]]:
@@ -327,6 +339,13 @@ class ParenPairs:
         if not out:
             raise InputError(f"No pairs left after selecting n_open={n_open!r}.")
         return ParenPairs(tuple(out), self.strategy)
+
+    def one_length(self, model, limit: int | None = None) -> ParenPairs:
+        """The pairs whose clean prompt has the most common token length (the first ``limit`` of them), so that
+        :meth:`tokens` gives one batch."""
+        n_tok = [int(model.to_tokens(p.clean).shape[1]) for p in self.pairs]
+        length = Counter(n_tok).most_common(1)[0][0]
+        return ParenPairs(tuple(p for p, n in zip(self.pairs, n_tok) if n == length)[:limit], self.strategy)
 
     def tokens(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean and corrupted tokens ``[batch, pos]`` (all pairs must share one length: select one ``n_open``)."""
