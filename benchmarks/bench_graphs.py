@@ -2,7 +2,7 @@
 
 It prints, from one run:
 
-- the time to build the graph with the neuron basis (feature nodes capped at 4,096 of about 900,000 active
+- the time to build the graph with the neuron basis (feature nodes capped at 1,024 of about 900,000 active
   neurons, so the best-first choice runs) and with a full transcoder set (random ReLU transcoders of 512 features
   per layer firing on about 2% of tokens, every active feature a node, as circuit-tracer's default does), with the backward batch each used;
 - peak resident memory above the loaded model during each, beside the memory budget given;
@@ -76,7 +76,7 @@ def main(quick: bool = False, circuit_tracer_seconds: float | None = None) -> di
     n_tokens = model.to_tokens(PROMPT).shape[1]
     transcoders = random_transcoders(model, 64 if quick else 512, activation="relu", seed=0, density=0.02)
     out = {"model": "tiny-llama" if quick else "smollm2-135m", "tokens": int(n_tokens), "budget_bytes": parse_budget(budget)}
-    for name, basis, cap in (("neurons", "neurons", 256 if quick else 4096), ("transcoders", transcoders, None)):
+    for name, basis, cap in (("neurons", "neurons", 256 if quick else 1024), ("transcoders", transcoders, None)):
         graph, seconds, peak = _one(model, basis, budget, cap)
         out[name] = {"seconds": seconds, "feature_nodes": graph.n_features, "active": graph.meta["n_active"],
                      "batch_size": graph.meta["batch_size"], "peak_bytes": peak}
