@@ -204,11 +204,15 @@ class Columns:
     def n(self) -> int:
         return self.n_feat + self.errors.shape[0] * self.errors.shape[1] + self.emb.shape[0]
 
-    def contract(self, g_emb: torch.Tensor, g_layers: dict[int, torch.Tensor]) -> torch.Tensor:
+    def contract(self, g_emb: torch.Tensor, g_layers: dict[int, torch.Tensor], below: int | None = None) -> torch.Tensor:
+        """The row block of a batch. ``below``: the batch's targets all read layers below it, so the gradients at
+        that layer's MLP output and above are zero and their columns are skipped."""
         B = g_emb.shape[0]
         wd = self.dtype
-        out = torch.empty(B, self.n, dtype=wd)
+        out = torch.zeros(B, self.n, dtype=wd)
         for layer, p, cols, ids, vals, dense, scaled in self.groups:
+            if below is not None and layer >= below:
+                continue
             g = g_layers[layer][:, p, :].to(wd)
             if not dense:
                 block = g @ scaled.T
@@ -312,7 +316,7 @@ def _rows(run: FrozenRun, model, basis, cache, feats: Features, targets: LogitTa
             enc = basis.encoders(model, layer, cache, feats.pos[nodes], feats.index[nodes])
             grads[layer][slots, feats.pos[nodes]] = enc.to(grads[layer].dtype)
         g_emb, g_layers = run.gradients(grads, None)
-        block = columns.contract(g_emb, g_layers)
+        block = columns.contract(g_emb, g_layers, below=max(grads))
         for b, j in enumerate(chunk.tolist()):
             rows[where[j]] = block[b]
         bar.update(len(chunk))
