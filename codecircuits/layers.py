@@ -25,16 +25,15 @@ Where a module sits, and why:
 - ``core``: sites, interventions, the runner, metrics and result merging: the one vocabulary every method speaks.
 - ``methods``: everything a notebook calls: patching, ablation, attribution, lens, heads, CNA, neurons, memories,
   repair, subspace, signatures, circuits, confidence intervals, the held-out loss and paren accuracy
-  (``quality.py``), training, the tracr models, and the tiny-model helpers of ``testing.py``.
+  (``quality.py``), training, the tracr models, the tiny-model helpers of ``testing.py`` and the 7B-shaped
+  random models of ``shapes.py``.
 - ``distributed``: runs methods on shards over Ray workers and merges what they return; no method imports it.
 - ``report``: HTML reports and views; ``report/prompt.py`` draws lens results, so it sits above the methods.
-- ``studies``: one paper's protocol each, composed of methods and reported with ``report``. The old alias
-  ``circuits/evaluation.py`` (now ``circuits/faithfulness.py``) sits here, not with the shims, only while
-  ``studies/circuit.py`` still imports it; it joins the shims when that import reads ``circuits.faithfulness``.
+- ``studies``: one paper's protocol each, composed of methods and reported with ``report``.
 - ``commands``: the command line (``cli.py``, ``__main__.py``, ``commands/``): a study's config as options.
 - ``shims``: the old module names kept for users (``metrics``, ``inputs``, ``concepts``, ``agreement``,
-  ``evaluation``, ``neurons.evaluation``); they re-export where the code went, and since nothing may import a
-  higher layer, the library never imports them.
+  ``evaluation``, ``neurons.evaluation``, ``circuits.evaluation``); they re-export where the code went, and since
+  nothing may import a higher layer, the library never imports them.
 """
 
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -61,12 +60,21 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "training",
         "tracr_models",
         "testing",
+        "shapes",
         "transcoders",
         "graphs",
     ),
     "distributed": ("distributed",),
     "report": ("report",),
-    "studies": ("studies", "circuits.evaluation"),
+    "studies": ("studies",),
     "commands": ("cli", "__main__", "commands"),
-    "shims": ("metrics", "inputs", "concepts", "agreement", "evaluation", "neurons.evaluation"),
+    "shims": (
+        "metrics",
+        "inputs",
+        "concepts",
+        "agreement",
+        "evaluation",
+        "neurons.evaluation",
+        "circuits.evaluation",
+    ),
 }
